@@ -1,0 +1,41 @@
+/* The backend interface: the only way the core reaches a GPU. Each backend directory fills
+ * one table; a backend that is not built compiles a stub whose open function returns
+ * FLP_ERROR_UNSUPPORTED with a message, so the ABI never changes with build options. */
+#ifndef FLP_CORE_BACKEND_H
+#define FLP_CORE_BACKEND_H
+
+#include "core/decode_params.h"
+#include "core/internal.h"
+
+typedef struct flp_backend_ops {
+    const char *name;
+    /* Frees ctx->backend after waiting for queued work. */
+    void (*destroy)(flp_context *ctx);
+    /* buf->size is set; fill device_address and native. Memory content is undefined. */
+    flp_status (*buffer_create)(flp_context *ctx, flp_buffer *buf);
+    /* Frees what buffer_create or a wrap made (never the caller's memory of a wrap). */
+    void (*buffer_destroy)(flp_context *ctx, flp_buffer *buf);
+    /* Ordered after queued work, blocking. Ranges are already checked. */
+    flp_status (*buffer_write)(flp_context *ctx, flp_buffer *buf, size_t offset, const void *src,
+                               size_t size);
+    flp_status (*buffer_read)(flp_context *ctx, const flp_buffer *buf, size_t offset, void *dst,
+                              size_t size);
+    flp_status (*synchronize)(flp_context *ctx);
+    /* Workgroups of the decode kernel for this head_dim: a multiple of the compute units that
+     * fills the device (the plan fixes it at creation, so launch sizes never change). */
+    int32_t (*decode_grid_size)(flp_context *ctx, int32_t head_dim);
+    /* Checks the launch is supported (dtypes, head_dim, ...) without queueing anything. */
+    flp_status (*decode_check)(flp_context *ctx, const flp_decode_launch *launch);
+    /* Queues the decode kernel and, when launch->needs_merge, the merge kernel after it. */
+    flp_status (*decode_run)(flp_context *ctx, const flp_decode_launch *launch);
+} flp_backend_ops;
+
+/* Each opens a device of its backend and sets ctx->ops, ctx->backend and ctx->info.
+ * device_index: index in the backend's device order (Vulkan: discrete GPUs, integrated,
+ * virtual, other, CPU; within a kind, enumeration order). prefer_gpu (Vulkan, AUTO only):
+ * fail with FLP_ERROR_UNSUPPORTED when only CPU devices exist. */
+flp_status flp_cuda_backend_open(flp_context *ctx, int device_index, void *cu_context);
+flp_status flp_vulkan_backend_open(flp_context *ctx, int device_index, bool prefer_gpu,
+                                   const void *vulkan_device_desc);
+
+#endif /* FLP_CORE_BACKEND_H */

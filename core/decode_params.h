@@ -1,0 +1,102 @@
+/* The decode launch: the parameter block every decode kernel reads, and the layout of the plan
+ * memory it points at. Plain C with fixed-width types so that the CUDA kernels include it as is
+ * (by value kernel argument) and shaders/decode_params.glsl mirrors it field for field (the
+ * Vulkan backend writes it into the plan's params slot; GLSL reads it through a buffer
+ * reference, std430 rules: every 8-byte field is 8-aligned, so C and GLSL agree).
+ * Keep the three in sync: tests/test_layout.c checks sizes and offsets of the C side. */
+#ifndef FLP_CORE_DECODE_PARAMS_H
+#define FLP_CORE_DECODE_PARAMS_H
+
+#if defined(__CUDACC_RTC__)
+/* NVRTC has no system headers at run time on users' machines: declare what we use. */
+typedef unsigned int uint32_t;
+typedef int int32_t;
+typedef unsigned long long uint64_t;
+typedef long long int64_t;
+#else
+#include <stdint.h>
+#endif
+
+/* flags */
+#define FLP_DECODE_FLAG_CAUSAL 1u  /* key j kept iff j <= pos(row) */
+#define FLP_DECODE_FLAG_WINDOW 2u  /* key j kept iff j >= pos(row) - window_left */
+#define FLP_DECODE_FLAG_SOFTCAP 4u /* logit = soft_cap * tanh(logit / soft_cap) */
+#define FLP_DECODE_FLAG_ALIBI 8u   /* logit += slope[h] * (j - pos(row)) after the soft cap */
+#define FLP_DECODE_FLAG_ROPE 16u   /* rotate-half RoPE of q (at pos+q_off) and k (at j+k_off) */
+#define FLP_DECODE_FLAG_LSE 32u    /* write lse (natural log) */
+
+/* One work item = 5 int32 in the plan: the keys [kv_begin, kv_end) of one request for one KV
+ * head and all query heads of its group (and all qo_len rows). partial_slot < 0: write the
+ * final out/lse rows; else write the fp32 partial state to that scratch slot for the merge. */
+#define FLP_WORK_ITEM_INTS 5
+#define FLP_WORK_REQUEST 0
+#define FLP_WORK_KV_HEAD 1
+#define FLP_WORK_KV_BEGIN 2
+#define FLP_WORK_KV_END 3
+#define FLP_WORK_PARTIAL_SLOT 4
+
+/* Device-visible parameters of one decode run. Addresses are CUdeviceptr / VkDeviceAddress of
+ * the first element of each tensor; all strides are in elements. A query/output row r is
+ * request r / qo_len, row-in-request r % qo_len; its position is kv_len - qo_len + r % qo_len.
+ *
+ * Plan memory at `plan` (offsets in 4-byte words):
+ *   kv_indptr     i32 [batch_size + 1]     page-list start of each request
+ *   kv_indices    i32 [kv_indptr[batch]]   page ids
+ *   kv_len        i32 [batch_size]         tokens per request
+ *   q_rope_offset i32 [batch_size]         added to query positions for RoPE
+ *   k_rope_offset i32 [batch_size]         added to key positions for RoPE
+ *   rope_freq     f32 [head_dim / 2]       frequency of pair d (scaling already applied)
+ *   alibi_slopes  f32 [num_qo_heads]
+ *   work_indptr   i32 [num_ctas + 1]       items of workgroup c: [work_indptr[c], [c+1])
+ *   work_items    i32 [num_items * FLP_WORK_ITEM_INTS]
+ *   merge_info    i32 [batch_size * 2]     {first partial slot, chunks}; chunks <= 1: no merge
+ *   partial_o     f32 [slots][qo_len][group_size][head_dim]
+ *   partial_lse   f32 [slots][qo_len][group_size]
+ * Partial slot of request b, KV head g, chunk c = merge_info[2b] + g * chunks + c.
+ * The merge writes out/lse of request b, query head h, row i from the chunks' partials of its
+ * KV head h / group_size, in chunk order (so results are deterministic). */
+typedef struct flp_decode_params {
+    uint64_t q, k, v, o, lse, plan;
+    int64_t q_stride_row, q_stride_head;
+    int64_t o_stride_row, o_stride_head;
+    int64_t k_stride_page, k_stride_slot, k_stride_head;
+    int64_t v_stride_page, v_stride_slot, v_stride_head;
+    int64_t lse_stride_row; /* lse head stride is 1 */
+
+    uint32_t off_kv_indptr, off_kv_indices, off_kv_len, off_q_rope_offset;
+    uint32_t off_k_rope_offset, off_rope_freq, off_alibi_slopes, off_work_indptr;
+    uint32_t off_work_items, off_merge_info, off_partial_o, off_partial_lse;
+
+    int32_t batch_size, qo_len, num_qo_heads, num_kv_heads;
+    int32_t group_size, head_dim, page_size, num_ctas;
+    uint32_t flags;
+    int32_t window_left;
+    int32_t q_dtype, kv_dtype; /* flp_dtype values; out has q_dtype */
+    float sm_scale, soft_cap, k_scale, v_scale;
+    int32_t reserved[2]; /* pads to 256 bytes */
+} flp_decode_params;
+
+#ifndef __cplusplus
+_Static_assert(sizeof(flp_decode_params) == 256, "flp_decode_params layout changed: update "
+                                                 "shaders/decode_params.glsl");
+#endif
+
+#ifndef FLP_KERNEL_SOURCE
+#include <stdbool.h>
+struct flp_plan;
+struct flp_buffer;
+/* What the core hands a backend's decode_run. */
+typedef struct flp_decode_launch {
+    flp_decode_params params;
+    const struct flp_plan *plan;
+    struct flp_buffer *plan_buffer; /* holds the plan memory (params.plan points into it) */
+    uint64_t params_slot_offset;    /* byte offset in plan_buffer of a 256-byte slot reserved
+                                       for the params (Vulkan writes them there) */
+    int32_t num_ctas;               /* decode grid (fixed by the plan's capacities) */
+    int32_t merge_grid;             /* merge grid: max_batch_size * num_qo_heads workgroups,
+                                       each (request, query head) pair; fixed by capacity */
+    bool needs_merge;               /* some request is split */
+} flp_decode_launch;
+#endif
+
+#endif /* FLP_CORE_DECODE_PARAMS_H */

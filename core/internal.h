@@ -1,0 +1,53 @@
+/* Internal object layouts and error helpers shared by the core and the backends. */
+#ifndef FLP_CORE_INTERNAL_H
+#define FLP_CORE_INTERNAL_H
+
+#include "flashport/flashport.h"
+
+#include <stdarg.h>
+
+struct flp_backend_ops;
+
+#define FLP_ERROR_MESSAGE_SIZE 2048
+
+struct flp_context {
+    const struct flp_backend_ops *ops;
+    void *backend; /* backend-private state */
+    flp_device_info info;
+    flp_log_fn log;
+    void *log_user_data;
+    flp_log_level log_level;
+    char last_error[FLP_ERROR_MESSAGE_SIZE];
+};
+
+struct flp_buffer {
+    flp_context *ctx;
+    size_t size;
+    uint64_t device_address; /* CUdeviceptr or VkDeviceAddress of byte 0 */
+    void *native;            /* backend-private object */
+    bool wrapped;            /* caller-owned memory: never freed by the library */
+};
+
+/* Records message as ctx's last error, logs it at FLP_LOG_ERROR and returns status.
+ * ctx may be NULL (then it only returns status). */
+flp_status flp_fail(flp_context *ctx, flp_status status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Logs through ctx's callback when one is set and level passes the threshold. */
+void flp_log(const flp_context *ctx, flp_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Clears the last error (called at the start of each public entry point). */
+void flp_clear_error(flp_context *ctx);
+
+/* Log through a callback without a context (context creation). */
+void flp_log_raw(flp_log_fn log, void *user, flp_log_level min_level, flp_log_level level,
+                 const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+/* Allocates a context and opens one backend: used by flp_context_create (kind AUTO/CUDA/VULKAN)
+ * and by the interop creators. interop: a CUcontext for CUDA, a const flp_vulkan_device_desc *
+ * for Vulkan, or NULL for the library's own device. */
+flp_status flp_context_create_on(const flp_context_desc *desc, flp_backend_kind kind,
+                                 const void *interop, flp_context **out);
+
+#define FLP_ALIGN_UP(x, a) ((((x) + (a)-1) / (a)) * (a))
+
+#endif /* FLP_CORE_INTERNAL_H */

@@ -1,0 +1,178 @@
+/* Plan creation: capacities, memory layout, workspace. */
+#include "core/plan.h"
+#include "core/backend.h"
+#include "core/scheduler.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define PLAN_ALIGN 256
+
+static size_t take(size_t *cursor, size_t bytes, size_t align) {
+    size_t at = FLP_ALIGN_UP(*cursor, align);
+    *cursor = at + bytes;
+    return at;
+}
+
+static flp_plan_layout compute_layout(const flp_plan_desc *d, int32_t num_ctas, int32_t max_items) {
+    flp_plan_layout l;
+    size_t at = 0, i32 = sizeof(int32_t);
+    size_t group = (size_t)(d->num_qo_heads / d->num_kv_heads);
+    size_t rows_per_slot = (size_t)d->max_qo_len * group;
+    l.params_slot = take(&at, sizeof(flp_decode_params), PLAN_ALIGN);
+    l.metadata_begin = FLP_ALIGN_UP(at, PLAN_ALIGN);
+    l.kv_indptr = take(&at, i32 * ((size_t)d->max_batch_size + 1), PLAN_ALIGN);
+    l.kv_len = take(&at, i32 * (size_t)d->max_batch_size, 16);
+    l.q_rope_offset = take(&at, i32 * (size_t)d->max_batch_size, 16);
+    l.k_rope_offset = take(&at, i32 * (size_t)d->max_batch_size, 16);
+    l.rope_freq = take(&at, sizeof(float) * (size_t)(d->head_dim / 2), 16);
+    l.alibi_slopes = take(&at, sizeof(float) * (size_t)d->num_qo_heads, 16);
+    l.work_indptr = take(&at, i32 * ((size_t)num_ctas + 1), 16);
+    l.merge_info = take(&at, i32 * 2 * (size_t)d->max_batch_size, 16);
+    l.work_items = take(&at, i32 * FLP_WORK_ITEM_INTS * (size_t)max_items, 16);
+    l.kv_indices = take(&at, i32 * (size_t)d->max_pages, 16);
+    l.metadata_end = at;
+    l.partial_o = take(&at, sizeof(float) * (size_t)max_items * rows_per_slot * (size_t)d->head_dim,
+                       PLAN_ALIGN);
+    l.partial_lse = take(&at, sizeof(float) * (size_t)max_items * rows_per_slot, PLAN_ALIGN);
+    l.total = FLP_ALIGN_UP(at, PLAN_ALIGN);
+    return l;
+}
+
+static flp_status check_desc(flp_context *ctx, const char *fn, const flp_plan_desc *d) {
+    if (d->max_batch_size <= 0)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: max_batch_size = %d must be > 0", fn,
+                        d->max_batch_size);
+    if (d->max_qo_len < 0 || d->max_qo_len > FLP_DECODE_MAX_QO_LEN)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                        "%s: max_qo_len = %d must be in 1..%d (0 = 1)", fn, d->max_qo_len,
+                        FLP_DECODE_MAX_QO_LEN);
+    if (d->max_pages <= 0)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: max_pages = %d must be > 0", fn,
+                        d->max_pages);
+    if (d->num_qo_heads <= 0 || d->num_kv_heads <= 0)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                        "%s: num_qo_heads = %d and num_kv_heads = %d must be > 0", fn,
+                        d->num_qo_heads, d->num_kv_heads);
+    if (d->num_qo_heads % d->num_kv_heads != 0)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                        "%s: num_qo_heads = %d is not a multiple of num_kv_heads = %d", fn,
+                        d->num_qo_heads, d->num_kv_heads);
+    if (d->head_dim != 64 && d->head_dim != 128 && d->head_dim != 256)
+        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
+                        "%s: head_dim = %d: supported head dims are 64, 128 and 256", fn,
+                        d->head_dim);
+    if (d->max_batch_size > (1 << 24) || d->num_qo_heads > 4096 || d->max_pages > (1 << 30))
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                        "%s: capacities too large (max_batch_size %d, num_qo_heads %d, "
+                        "max_pages %d)",
+                        fn, d->max_batch_size, d->num_qo_heads, d->max_pages);
+    if (d->workspace) {
+        if (d->workspace->ctx != ctx)
+            return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                            "%s: workspace belongs to another context", fn);
+        if (d->workspace_offset % PLAN_ALIGN != 0)
+            return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                            "%s: workspace_offset = %zu is not a multiple of %d", fn,
+                            d->workspace_offset, PLAN_ALIGN);
+    }
+    return FLP_OK;
+}
+
+/* Validates desc and computes the grid and the layout. */
+static flp_status prepare(flp_context *ctx, const char *fn, const flp_plan_desc *in,
+                          flp_plan_desc *d, int32_t *num_ctas, int32_t *max_items,
+                          flp_plan_layout *layout) {
+    if (!in)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: desc is NULL", fn);
+    *d = *in;
+    flp_status status = check_desc(ctx, fn, d);
+    if (status != FLP_OK)
+        return status;
+    if (d->max_qo_len == 0)
+        d->max_qo_len = 1;
+    *num_ctas = ctx->ops->decode_grid_size(ctx, d->head_dim);
+    if (*num_ctas <= 0)
+        return flp_fail(ctx, FLP_ERROR_BACKEND, "%s: backend reported a decode grid of %d", fn,
+                        *num_ctas);
+    *max_items = flp_decode_max_items(d->max_batch_size, d->num_kv_heads, *num_ctas);
+    *layout = compute_layout(d, *num_ctas, *max_items);
+    return FLP_OK;
+}
+
+flp_status flp_plan_workspace_size(flp_context *ctx, const flp_plan_desc *desc, size_t *bytes) {
+    if (!ctx)
+        return FLP_ERROR_INVALID_ARGUMENT;
+    flp_clear_error(ctx);
+    if (!bytes)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "flp_plan_workspace_size: bytes is NULL");
+    flp_plan_desc d;
+    int32_t num_ctas, max_items;
+    flp_plan_layout layout;
+    flp_status status =
+        prepare(ctx, "flp_plan_workspace_size", desc, &d, &num_ctas, &max_items, &layout);
+    if (status == FLP_OK)
+        *bytes = layout.total;
+    return status;
+}
+
+/* Points the plan at the caller's workspace or allocates its own buffer. */
+static flp_status attach_memory(flp_context *ctx, const char *fn, flp_plan *plan) {
+    flp_buffer *ws = plan->desc.workspace;
+    if (!ws) {
+        flp_buffer_desc bd = {.size = plan->layout.total};
+        flp_status status = flp_buffer_create(ctx, &bd, &plan->buffer);
+        plan->owns_buffer = status == FLP_OK;
+        return status;
+    }
+    size_t offset = plan->desc.workspace_offset;
+    size_t available = ws->size > offset ? ws->size - offset : 0;
+    if (available < plan->layout.total)
+        return flp_fail(ctx, FLP_ERROR_CAPACITY,
+                        "%s: workspace has %zu bytes after offset %zu, the plan needs %zu "
+                        "(flp_plan_workspace_size)",
+                        fn, available, offset, plan->layout.total);
+    plan->buffer = ws;
+    plan->base = offset;
+    return FLP_OK;
+}
+
+flp_status flp_plan_create(flp_context *ctx, const flp_plan_desc *desc, flp_plan **out) {
+    static const char *fn = "flp_plan_create";
+    if (!ctx)
+        return FLP_ERROR_INVALID_ARGUMENT;
+    flp_clear_error(ctx);
+    if (!out)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: out is NULL", fn);
+    *out = NULL;
+    flp_plan *plan = calloc(1, sizeof *plan);
+    if (!plan)
+        return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "%s: host allocation", fn);
+    plan->ctx = ctx;
+    flp_status status =
+        prepare(ctx, fn, desc, &plan->desc, &plan->num_ctas, &plan->max_items, &plan->layout);
+    if (status == FLP_OK) {
+        plan->group_size = plan->desc.num_qo_heads / plan->desc.num_kv_heads;
+        plan->host = calloc(1, plan->layout.metadata_end);
+        if (!plan->host)
+            status = flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "%s: host allocation of %zu bytes", fn,
+                              plan->layout.metadata_end);
+    }
+    if (status == FLP_OK)
+        status = attach_memory(ctx, fn, plan);
+    if (status != FLP_OK) {
+        flp_plan_destroy(plan);
+        return status;
+    }
+    *out = plan;
+    return FLP_OK;
+}
+
+void flp_plan_destroy(flp_plan *plan) {
+    if (!plan)
+        return;
+    if (plan->owns_buffer)
+        flp_buffer_destroy(plan->buffer);
+    free(plan->host);
+    free(plan);
+}

@@ -1,0 +1,36 @@
+/* The decode work partition (DESIGN.md section 4): split long requests into KV chunks when the
+ * batch does not fill the device, then assign the work items longest-first to the least loaded
+ * workgroup. Pure host code, deterministic. */
+#ifndef FLP_CORE_SCHEDULER_H
+#define FLP_CORE_SCHEDULER_H
+
+#include "core/decode_params.h"
+
+#include <stdbool.h>
+
+typedef struct flp_decode_schedule_input {
+    int32_t batch_size;
+    int32_t num_kv_heads;
+    int32_t num_ctas;        /* workgroups of the decode launch */
+    const int32_t *kv_begin; /* [batch_size] first key any row can see (sliding window) */
+    const int32_t *kv_end;   /* [batch_size] kv_len */
+    int32_t min_chunk;       /* smallest KV chunk worth a work item, tokens */
+    int32_t chunk_align;     /* chunk sizes are multiples of this, tokens */
+} flp_decode_schedule_input;
+
+typedef struct flp_decode_schedule {
+    int32_t num_items;
+    int32_t num_partial_slots;
+    int32_t chunk_size;   /* tokens per chunk; INT32_MAX when nothing is split */
+    int32_t *work_indptr; /* [num_ctas + 1], caller-owned */
+    int32_t *work_items;  /* [max_items * FLP_WORK_ITEM_INTS], caller-owned */
+    int32_t *merge_info;  /* [batch_size * 2], caller-owned */
+} flp_decode_schedule;
+
+/* Most work items any schedule of up to max_batch_size requests can produce. */
+int32_t flp_decode_max_items(int32_t max_batch_size, int32_t num_kv_heads, int32_t num_ctas);
+
+/* Fills out's arrays. Returns false only when the host allocation for sorting fails. */
+bool flp_decode_schedule_build(const flp_decode_schedule_input *in, flp_decode_schedule *out);
+
+#endif /* FLP_CORE_SCHEDULER_H */

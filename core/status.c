@@ -1,0 +1,69 @@
+/* Status names, the per-context last error, and logging. */
+#include "core/internal.h"
+
+#include <stdio.h>
+#include <string.h>
+
+const char *flp_status_string(flp_status status) {
+    switch (status) {
+    case FLP_OK:
+        return "FLP_OK";
+    case FLP_ERROR_INVALID_ARGUMENT:
+        return "FLP_ERROR_INVALID_ARGUMENT";
+    case FLP_ERROR_UNSUPPORTED:
+        return "FLP_ERROR_UNSUPPORTED";
+    case FLP_ERROR_OUT_OF_MEMORY:
+        return "FLP_ERROR_OUT_OF_MEMORY";
+    case FLP_ERROR_CAPACITY:
+        return "FLP_ERROR_CAPACITY";
+    case FLP_ERROR_COMPILE:
+        return "FLP_ERROR_COMPILE";
+    case FLP_ERROR_BACKEND:
+        return "FLP_ERROR_BACKEND";
+    case FLP_ERROR_DEVICE_LOST:
+        return "FLP_ERROR_DEVICE_LOST";
+    }
+    return "FLP_ERROR_UNKNOWN";
+}
+
+static void emit(flp_log_fn log, void *user, flp_log_level min_level, flp_log_level level,
+                 const char *fmt, va_list ap) {
+    if (!log || level < min_level)
+        return;
+    char message[FLP_ERROR_MESSAGE_SIZE];
+    vsnprintf(message, sizeof message, fmt, ap);
+    log(user, level, message);
+}
+
+void flp_log_raw(flp_log_fn log, void *user, flp_log_level min_level, flp_log_level level,
+                 const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    emit(log, user, min_level, level, fmt, ap);
+    va_end(ap);
+}
+
+void flp_log(const flp_context *ctx, flp_log_level level, const char *fmt, ...) {
+    if (!ctx)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    emit(ctx->log, ctx->log_user_data, ctx->log_level, level, fmt, ap);
+    va_end(ap);
+}
+
+flp_status flp_fail(flp_context *ctx, flp_status status, const char *fmt, ...) {
+    if (!ctx)
+        return status;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ctx->last_error, sizeof ctx->last_error, fmt, ap);
+    va_end(ap);
+    flp_log(ctx, FLP_LOG_ERROR, "%s: %s", flp_status_string(status), ctx->last_error);
+    return status;
+}
+
+void flp_clear_error(flp_context *ctx) {
+    if (ctx)
+        ctx->last_error[0] = '\0';
+}

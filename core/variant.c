@@ -1,0 +1,130 @@
+/* Variant validation, defaults, and the standard ALiBi slopes. */
+#include "core/variant.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+
+static flp_status reject(flp_status status, char *message, size_t size, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static flp_status reject(flp_status status, char *message, size_t size, const char *fmt, ...) {
+    if (message && size) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(message, size, fmt, ap);
+        va_end(ap);
+    }
+    return status;
+}
+
+static bool finite_positive(float x) {
+    return isfinite(x) && x > 0.0f;
+}
+
+flp_status flp_variant_validate(const flp_variant *v, char *msg, size_t size) {
+    if (msg && size)
+        msg[0] = '\0';
+    if (!v)
+        return reject(FLP_ERROR_INVALID_ARGUMENT, msg, size, "variant is NULL");
+    if (v->head_dim != 64 && v->head_dim != 128 && v->head_dim != 256)
+        return reject(v->head_dim > 0 && v->head_dim % 16 == 0 && v->head_dim <= 256
+                          ? FLP_ERROR_UNSUPPORTED
+                          : FLP_ERROR_INVALID_ARGUMENT,
+                      msg, size,
+                      "variant.head_dim = %d: supported head dims are 64, 128 and 256 (other "
+                      "multiples of 16 need the JIT path, not built yet)",
+                      v->head_dim);
+    if (v->q_dtype != FLP_DTYPE_DEFAULT && v->q_dtype != FLP_DTYPE_F16 &&
+        v->q_dtype != FLP_DTYPE_BF16)
+        return reject(FLP_ERROR_INVALID_ARGUMENT, msg, size,
+                      "variant.q_dtype = %s: queries and outputs are f16 or bf16",
+                      flp_dtype_name(v->q_dtype));
+    if (v->kv_dtype != FLP_DTYPE_DEFAULT && v->kv_dtype != FLP_DTYPE_F16 &&
+        v->kv_dtype != FLP_DTYPE_BF16 && v->kv_dtype != FLP_DTYPE_E4M3 &&
+        v->kv_dtype != FLP_DTYPE_E5M2)
+        return reject(FLP_ERROR_INVALID_ARGUMENT, msg, size,
+                      "variant.kv_dtype = %s: the KV cache is f16, bf16, e4m3 or e5m2",
+                      flp_dtype_name(v->kv_dtype));
+    if (v->mask != FLP_MASK_NONE && v->mask != FLP_MASK_CAUSAL && v->mask != FLP_MASK_CUSTOM)
+        return reject(FLP_ERROR_INVALID_ARGUMENT, msg, size, "variant.mask = %d is not a mask mode",
+                      (int)v->mask);
+    if (v->use_window && v->window_left < 0)
+        return reject(FLP_ERROR_INVALID_ARGUMENT, msg, size,
+                      "variant.window_left = %d: must be >= 0 when use_window is set",
+                      v->window_left);
+    if (!isfinite(v->logits_soft_cap) || v->logits_soft_cap < 0.0f)
+        return reject(FLP_ERROR_INVALID_ARGUMENT, msg, size,
+                      "variant.logits_soft_cap = %g: must be 0 (off) or a positive number",
+                      (double)v->logits_soft_cap);
+    if (!isfinite(v->sm_scale) || v->sm_scale < 0.0f)
+        return reject(FLP_ERROR_INVALID_ARGUMENT, msg, size,
+                      "variant.sm_scale = %g: must be 0 (default 1/sqrt(head_dim)) or positive",
+                      (double)v->sm_scale);
+    if (v->pos_encoding != FLP_POS_NONE && v->pos_encoding != FLP_POS_ROPE_LLAMA &&
+        v->pos_encoding != FLP_POS_ALIBI)
+        return reject(FLP_ERROR_INVALID_ARGUMENT, msg, size,
+                      "variant.pos_encoding = %d is not a positional encoding",
+                      (int)v->pos_encoding);
+    if (v->pos_encoding == FLP_POS_ROPE_LLAMA) {
+        const flp_rope_params *r = &v->rope;
+        if (!(r->theta == 0.0f || finite_positive(r->theta)) ||
+            !(r->scale == 0.0f || finite_positive(r->scale)))
+            return reject(FLP_ERROR_INVALID_ARGUMENT, msg, size,
+                          "variant.rope: theta = %g and scale = %g must be positive (0 = default)",
+                          (double)r->theta, (double)r->scale);
+        if (r->llama31 &&
+            (!finite_positive(r->llama31_factor) || !finite_positive(r->llama31_low_freq_factor) ||
+             !finite_positive(r->llama31_high_freq_factor) ||
+             r->llama31_high_freq_factor <= r->llama31_low_freq_factor ||
+             r->llama31_original_max_position <= 0))
+            return reject(FLP_ERROR_INVALID_ARGUMENT, msg, size,
+                          "variant.rope llama31: factor = %g, low_freq_factor = %g, "
+                          "high_freq_factor = %g, original_max_position = %d: all must be "
+                          "positive and high_freq_factor > low_freq_factor",
+                          (double)r->llama31_factor, (double)r->llama31_low_freq_factor,
+                          (double)r->llama31_high_freq_factor, r->llama31_original_max_position);
+    }
+    if (!(v->k_scale == 0.0f || finite_positive(v->k_scale)) ||
+        !(v->v_scale == 0.0f || finite_positive(v->v_scale)))
+        return reject(FLP_ERROR_INVALID_ARGUMENT, msg, size,
+                      "variant.k_scale = %g, v_scale = %g: must be positive (0 = 1)",
+                      (double)v->k_scale, (double)v->v_scale);
+    if (v->logits_transform || v->logits_mask || v->query_transform || v->output_transform)
+        return reject(FLP_ERROR_UNSUPPORTED, msg, size,
+                      "variant snippets (logits_transform, logits_mask, query_transform, "
+                      "output_transform) need the JIT path, which is not built yet");
+    return FLP_OK;
+}
+
+flp_variant flp_variant_resolved(const flp_variant *v) {
+    flp_variant r = *v;
+    if (r.q_dtype == FLP_DTYPE_DEFAULT)
+        r.q_dtype = FLP_DTYPE_F16;
+    if (r.kv_dtype == FLP_DTYPE_DEFAULT)
+        r.kv_dtype = r.q_dtype;
+    if (r.sm_scale == 0.0f)
+        r.sm_scale = (float)(1.0 / sqrt((double)r.head_dim));
+    if (r.rope.theta == 0.0f)
+        r.rope.theta = 10000.0f;
+    if (r.rope.scale == 0.0f)
+        r.rope.scale = 1.0f;
+    if (r.k_scale == 0.0f)
+        r.k_scale = 1.0f;
+    if (r.v_scale == 0.0f)
+        r.v_scale = 1.0f;
+    return r;
+}
+
+flp_status flp_alibi_standard_slopes(int32_t num_heads, float *slopes) {
+    if (num_heads <= 0 || !slopes)
+        return FLP_ERROR_INVALID_ARGUMENT;
+    int32_t n = 1;
+    while (n * 2 <= num_heads)
+        n *= 2;
+    for (int32_t k = 0; k < num_heads; k++) {
+        double exponent = k < n ? -8.0 * (k + 1) / n : -4.0 * (2 * (k - n) + 1) / n;
+        slopes[k] = (float)exp2(exponent);
+    }
+    return FLP_OK;
+}

@@ -1,0 +1,361 @@
+/* flashport: portable attention kernels for LLM inference (CUDA and Vulkan).
+ *
+ * Everything here is backend-neutral. Conventions (docs/api.md has the long form):
+ * - every function returns flp_status (FLP_OK = 0, errors negative) unless it
+ *   is a getter or a destroy; flp_context_last_error() gives the full message;
+ * - parameter structs are zero-initialised by the caller, zero means the
+ *   documented default, and a struct need only live for the call;
+ * - nothing is queued or written when validation fails;
+ * - the library never prints unless a log callback is set and never aborts.
+ */
+#ifndef FLASHPORT_H
+#define FLASHPORT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define FLP_API __declspec(dllexport)
+#elif defined(__GNUC__)
+#define FLP_API __attribute__((visibility("default")))
+#else
+#define FLP_API
+#endif
+
+#define FLP_VERSION_MAJOR 0
+#define FLP_VERSION_MINOR 1
+#define FLP_VERSION_PATCH 0
+
+#define FLP_MAX_DIMS 6
+/* Decode accepts up to this many query tokens per request (speculative decoding). */
+#define FLP_DECODE_MAX_QO_LEN 8
+#define FLP_MAX_PAGE_SIZE 128
+#define FLP_MAX_HEAD_DIM 256
+
+/* ---- status --------------------------------------------------------------------------- */
+
+typedef enum flp_status {
+    FLP_OK = 0,
+    FLP_ERROR_INVALID_ARGUMENT = -1,
+    FLP_ERROR_UNSUPPORTED = -2,
+    FLP_ERROR_OUT_OF_MEMORY = -3,
+    FLP_ERROR_CAPACITY = -4,
+    FLP_ERROR_COMPILE = -5,
+    FLP_ERROR_BACKEND = -6,
+    FLP_ERROR_DEVICE_LOST = -7,
+} flp_status;
+
+/* Name of a status ("FLP_ERROR_CAPACITY"); never NULL. Thread-safe. */
+FLP_API const char *flp_status_string(flp_status status);
+
+/* ---- dtypes --------------------------------------------------------------------------- */
+
+typedef enum flp_dtype {
+    FLP_DTYPE_DEFAULT = 0, /* only in flp_variant: "the documented default" */
+    FLP_DTYPE_F32 = 1,
+    FLP_DTYPE_F16 = 2,
+    FLP_DTYPE_BF16 = 3,
+    FLP_DTYPE_E4M3 = 4, /* fp8 e4m3fn: no infinities, 0x7f/0xff are NaN, max 448 */
+    FLP_DTYPE_E5M2 = 5, /* fp8 e5m2: IEEE-like, max 57344 */
+    FLP_DTYPE_I32 = 6,
+    FLP_DTYPE_U8 = 7,
+} flp_dtype;
+
+/* Bytes per element, 0 for FLP_DTYPE_DEFAULT or an unknown value. Thread-safe. */
+FLP_API size_t flp_dtype_size(flp_dtype dtype);
+/* "f16", "bf16", ...; "invalid" for unknown values. Thread-safe. */
+FLP_API const char *flp_dtype_name(flp_dtype dtype);
+
+/* Conversions, round to nearest even; NaN stays NaN; overflow saturates to the largest finite
+ * value for e4m3 (which has no infinity) and becomes infinity for f16/bf16/e5m2. Thread-safe. */
+FLP_API uint16_t flp_f32_to_f16(float x);
+FLP_API float flp_f16_to_f32(uint16_t h);
+FLP_API uint16_t flp_f32_to_bf16(float x);
+FLP_API float flp_bf16_to_f32(uint16_t h);
+FLP_API uint8_t flp_f32_to_e4m3(float x);
+FLP_API float flp_e4m3_to_f32(uint8_t v);
+FLP_API uint8_t flp_f32_to_e5m2(float x);
+FLP_API float flp_e5m2_to_f32(uint8_t v);
+/* Convert n floats to dtype (F32, F16, BF16, E4M3, E5M2) into dst / back. Thread-safe. */
+FLP_API flp_status flp_convert_from_f32(flp_dtype dtype, const float *src, void *dst, size_t n);
+FLP_API flp_status flp_convert_to_f32(flp_dtype dtype, const void *src, float *dst, size_t n);
+
+/* ---- context -------------------------------------------------------------------------- */
+
+typedef enum flp_backend_kind {
+    FLP_BACKEND_AUTO = 0, /* CUDA if a CUDA device is present, else a Vulkan GPU, else any
+                             Vulkan device (lavapipe) */
+    FLP_BACKEND_CUDA = 1,
+    FLP_BACKEND_VULKAN = 2,
+} flp_backend_kind;
+
+typedef enum flp_log_level {
+    FLP_LOG_DEBUG = 0,
+    FLP_LOG_INFO = 1,
+    FLP_LOG_WARNING = 2,
+    FLP_LOG_ERROR = 3,
+} flp_log_level;
+
+/* Called from the thread that made the call that logs; message is valid for the call. */
+typedef void (*flp_log_fn)(void *user_data, flp_log_level level, const char *message);
+
+typedef struct flp_context flp_context;
+
+/* Zero-initialise. */
+typedef struct flp_context_desc {
+    flp_backend_kind backend; /* default AUTO */
+    int device_index;         /* index among the chosen backend's devices; AUTO: among the
+                                 devices of the backend it picks. Default 0 */
+    flp_log_fn log;           /* optional; NULL = silent */
+    void *log_user_data;
+    flp_log_level log_level; /* least severe level passed to log; default DEBUG */
+} flp_context_desc;
+
+/* Creates a context on one device. On failure *out is NULL and, when a log callback is set,
+ * the reason is logged (there is no context to hold a last-error message). */
+FLP_API flp_status flp_context_create(const flp_context_desc *desc, flp_context **out);
+/* Waits for queued work, frees everything the context owns. Accepts NULL. */
+FLP_API void flp_context_destroy(flp_context *ctx);
+/* The message of the last failed call on ctx ("" if none). Valid until the next call on ctx. */
+FLP_API const char *flp_context_last_error(const flp_context *ctx);
+
+/* What the context runs on. Thread-safe once filled. */
+typedef struct flp_device_info {
+    flp_backend_kind backend; /* CUDA or VULKAN, never AUTO */
+    char backend_name[16];    /* "cuda" / "vulkan" */
+    char device_name[256];
+    char driver_info[128];
+    bool is_software;               /* e.g. lavapipe */
+    int compute_units;              /* SMs; for Vulkan the best estimate available */
+    int subgroup_size;              /* warp / subgroup width */
+    size_t shared_memory_per_group; /* bytes of shared memory one workgroup may use */
+    size_t max_buffer_bytes;        /* largest single flp_buffer */
+    uint64_t device_memory_bytes;   /* device-local memory */
+    int compute_capability;         /* CUDA: major*10+minor; Vulkan: 0 */
+} flp_device_info;
+
+FLP_API flp_status flp_context_get_info(const flp_context *ctx, flp_device_info *out);
+
+/* Blocks until all work queued on the context's stream or queue has finished. For a caller's
+ * Vulkan command buffer (flashport_vulkan.h) the caller owns submission and this only waits for
+ * the library's own submissions. */
+FLP_API flp_status flp_context_synchronize(flp_context *ctx);
+
+/* ---- buffers -------------------------------------------------------------------------- */
+
+/* Device memory. Not thread-safe: use one buffer from one thread at a time. */
+typedef struct flp_buffer flp_buffer;
+
+typedef struct flp_buffer_desc {
+    size_t size; /* bytes, > 0 */
+} flp_buffer_desc;
+
+FLP_API flp_status flp_buffer_create(flp_context *ctx, const flp_buffer_desc *desc,
+                                     flp_buffer **out);
+/* Accepts NULL. Wrapped buffers (flashport_cuda.h / flashport_vulkan.h) are not freed. */
+FLP_API void flp_buffer_destroy(flp_buffer *buf);
+FLP_API size_t flp_buffer_size(const flp_buffer *buf);
+/* Host <-> device copies. Ordered after all work queued before on the context and blocking:
+ * when they return, the copy is done. */
+FLP_API flp_status flp_buffer_write(flp_context *ctx, flp_buffer *buf, size_t offset,
+                                    const void *src, size_t size);
+FLP_API flp_status flp_buffer_read(flp_context *ctx, const flp_buffer *buf, size_t offset,
+                                   void *dst, size_t size);
+
+/* ---- tensors -------------------------------------------------------------------------- */
+
+/* A view of a buffer: element (i0, i1, ...) lives at byte
+ * offset + (i0*stride[0] + i1*stride[1] + ...) * flp_dtype_size(dtype).
+ * Strides are in elements. Kernels need the last dimension contiguous (stride 1). */
+typedef struct flp_tensor {
+    flp_buffer *buf;
+    size_t offset; /* bytes */
+    flp_dtype dtype;
+    int ndim;
+    int64_t shape[FLP_MAX_DIMS];  /* [ndim] */
+    int64_t stride[FLP_MAX_DIMS]; /* [ndim], elements */
+} flp_tensor;
+
+/* A contiguous row-major view of buf at byte offset: shape[ndim]. */
+FLP_API flp_tensor flp_tensor_contiguous(flp_buffer *buf, size_t offset, flp_dtype dtype, int ndim,
+                                         const int64_t *shape);
+
+/* ---- attention variants --------------------------------------------------------------- */
+
+typedef enum flp_mask_mode {
+    FLP_MASK_NONE = 0,
+    FLP_MASK_CAUSAL = 1, /* key j kept for row i iff j <= kv_len - qo_len + i */
+    FLP_MASK_CUSTOM = 2, /* packed bits per request (prefill; a later issue) */
+} flp_mask_mode;
+
+typedef enum flp_pos_encoding {
+    FLP_POS_NONE = 0,
+    FLP_POS_ROPE_LLAMA = 1, /* fused rotate-half RoPE on q and k inside the kernel */
+    FLP_POS_ALIBI = 2,
+} flp_pos_encoding;
+
+typedef enum flp_kv_layout {
+    FLP_KV_LAYOUT_NHD = 0, /* [pages, page_size, num_kv_heads, head_dim] */
+    FLP_KV_LAYOUT_HND = 1, /* [pages, num_kv_heads, page_size, head_dim] */
+} flp_kv_layout;
+
+/* Llama RoPE: frequency of pair d is theta^(-2d/D) / scale, optionally with Llama 3.1 scaling. */
+typedef struct flp_rope_params {
+    float theta; /* default 10000 */
+    float scale; /* default 1 */
+    bool llama31;
+    float llama31_factor;                  /* e.g. 8 (> 0 when llama31) */
+    float llama31_low_freq_factor;         /* e.g. 1 */
+    float llama31_high_freq_factor;        /* e.g. 4 (> low_freq_factor) */
+    int32_t llama31_original_max_position; /* e.g. 8192 (> 0) */
+} flp_rope_params;
+
+/* One attention variant: plain data, validated by flp_variant_validate. Zero-initialise. */
+typedef struct flp_variant {
+    int32_t head_dim;      /* 64, 128 or 256 (required) */
+    flp_dtype q_dtype;     /* F16 or BF16; DEFAULT = F16. Output has the same dtype */
+    flp_dtype kv_dtype;    /* F16, BF16, E4M3, E5M2; DEFAULT = q_dtype */
+    flp_mask_mode mask;    /* default NONE */
+    bool use_window;       /* sliding window on/off (default off) */
+    int32_t window_left;   /* with use_window: key j kept iff j >= pos(i) - window_left, >= 0 */
+    float logits_soft_cap; /* > 0: logit = cap * tanh(logit / cap); 0 = off */
+    float sm_scale;        /* > 0; 0 = 1/sqrt(head_dim) */
+    flp_pos_encoding pos_encoding; /* default NONE */
+    flp_rope_params rope;          /* used with FLP_POS_ROPE_LLAMA */
+    /* fp8 KV: real value = stored value * scale. 0 = 1. Ignored for 16-bit KV. */
+    float k_scale;
+    float v_scale;
+    /* JIT snippets (DESIGN.md section 5): not implemented yet, must be NULL. */
+    const char *logits_transform;
+    const char *logits_mask;
+    const char *query_transform;
+    const char *output_transform;
+} flp_variant;
+
+/* FLP_OK, or FLP_ERROR_INVALID_ARGUMENT / FLP_ERROR_UNSUPPORTED with the reason written to
+ * message (may be NULL). Thread-safe. */
+FLP_API flp_status flp_variant_validate(const flp_variant *variant, char *message,
+                                        size_t message_size);
+
+/* The standard ALiBi slopes for num_heads heads (DESIGN.md section 3) into slopes[num_heads]. */
+FLP_API flp_status flp_alibi_standard_slopes(int32_t num_heads, float *slopes);
+
+/* ---- plans ---------------------------------------------------------------------------- */
+
+/* A plan: the work partition for one batch shape, its device memory and scratch. Created once
+ * with capacities; re-planning within them keeps every launch size and buffer address, so a
+ * captured CUDA graph or a recorded Vulkan command buffer stays valid. Not thread-safe. */
+typedef struct flp_plan flp_plan;
+
+typedef struct flp_plan_desc {
+    int32_t max_batch_size; /* requests per plan (required, > 0) */
+    int32_t max_qo_len;     /* decode: query tokens per request, 1..FLP_DECODE_MAX_QO_LEN;
+                               default 1 */
+    int32_t max_pages;      /* capacity of kv_indices (required, > 0) */
+    int32_t num_qo_heads;   /* required */
+    int32_t num_kv_heads;   /* required, divides num_qo_heads */
+    int32_t head_dim;       /* 64, 128 or 256 (required) */
+    /* Optional caller workspace: the plan then uses bytes [workspace_offset,
+     * workspace_offset + flp_plan_workspace_size) of it and allocates nothing. The buffer
+     * must outlive the plan. NULL = the plan allocates its own. */
+    flp_buffer *workspace;
+    size_t workspace_offset; /* multiple of 256 */
+} flp_plan_desc;
+
+/* Device bytes a plan with these capacities needs (plan data and split-KV scratch). */
+FLP_API flp_status flp_plan_workspace_size(flp_context *ctx, const flp_plan_desc *desc,
+                                           size_t *bytes);
+FLP_API flp_status flp_plan_create(flp_context *ctx, const flp_plan_desc *desc, flp_plan **out);
+/* Accepts NULL. */
+FLP_API void flp_plan_destroy(flp_plan *plan);
+
+/* ---- batch decode over a paged KV cache ----------------------------------------------- */
+
+/* Host copies of one step's batch. The page table is copied into the plan's device memory, so
+ * run needs no page-table tensors and a captured graph replays with new tables. */
+typedef struct flp_decode_plan_args {
+    int32_t batch_size;              /* 1..max_batch_size */
+    int32_t qo_len;                  /* query tokens per request (all requests); default 1 */
+    int32_t page_size;               /* 1..FLP_MAX_PAGE_SIZE */
+    flp_kv_layout kv_layout;         /* default NHD */
+    const int32_t *kv_indptr;        /* [batch_size + 1], kv_indptr[0] = 0, non-decreasing */
+    const int32_t *kv_indices;       /* [kv_indptr[batch_size]] page ids */
+    const int32_t *kv_last_page_len; /* [batch_size], 1..page_size for requests with pages */
+    /* Optional RoPE position offsets per request (NULL = 0): queries sit at
+     * kv_len - qo_len + i + q_rope_offset[b], keys at j + k_rope_offset[b]. */
+    const int32_t *q_rope_offset; /* [batch_size] or NULL */
+    const int32_t *k_rope_offset; /* [batch_size] or NULL */
+    const float *alibi_slopes;    /* [num_qo_heads] or NULL = standard slopes */
+    flp_variant variant;
+} flp_decode_plan_args;
+
+/* Validates everything it can (lengths, page ids >= 0, variant), decides the partition and
+ * uploads it. Blocks until the upload is done; do not re-plan while runs that use the plan
+ * are still executing on a caller's Vulkan command buffer. */
+FLP_API flp_status flp_decode_plan(flp_context *ctx, flp_plan *plan,
+                                   const flp_decode_plan_args *args);
+
+typedef struct flp_decode_run_args {
+    flp_tensor q;          /* [batch_size * qo_len, num_qo_heads, head_dim], q_dtype */
+    flp_tensor k_cache;    /* NHD [pages, page_size, num_kv_heads, head_dim] or HND, kv_dtype */
+    flp_tensor v_cache;    /* same shape and dtype as k_cache, strides may differ */
+    flp_tensor out;        /* same shape as q, q_dtype */
+    const flp_tensor *lse; /* optional [batch_size * qo_len, num_qo_heads] f32, NULL = none */
+} flp_decode_run_args;
+
+/* Launches the decode (and, for split requests, the merge) on the context's stream/queue.
+ * Allocates nothing, synchronises nothing. Page ids of the plan must be < pages of the caches. */
+FLP_API flp_status flp_decode_run(flp_context *ctx, const flp_plan *plan,
+                                  const flp_decode_run_args *args);
+
+/* ---- host page table ------------------------------------------------------------------ */
+
+/* Host bookkeeping of a paged KV pool: which pages each sequence owns. Not thread-safe. */
+typedef struct flp_page_table flp_page_table;
+
+typedef struct flp_page_table_desc {
+    int32_t num_pages;     /* pages in the pool (required, > 0) */
+    int32_t page_size;     /* tokens per page, 1..FLP_MAX_PAGE_SIZE (required) */
+    int32_t max_sequences; /* default 1024 */
+} flp_page_table_desc;
+
+/* The page table is host-only and needs no context. */
+FLP_API flp_status flp_page_table_create(const flp_page_table_desc *desc, flp_page_table **out);
+FLP_API void flp_page_table_destroy(flp_page_table *table);
+/* The message of the last failed call on table ("" if none). */
+FLP_API const char *flp_page_table_last_error(const flp_page_table *table);
+/* A new empty sequence; its id is written to *seq_id. */
+FLP_API flp_status flp_page_table_create_sequence(flp_page_table *table, int32_t *seq_id);
+/* Appends num_tokens tokens, allocating pages as needed. A shared (forked) last page that would
+ * be written is first copied on write: *copy_src, *copy_dst (optional) receive the page ids the
+ * caller must copy (-1 when none). Fails with FLP_ERROR_CAPACITY, changing nothing, when the
+ * pool has too few free pages. */
+FLP_API flp_status flp_page_table_append(flp_page_table *table, int32_t seq_id, int32_t num_tokens,
+                                         int32_t *copy_src, int32_t *copy_dst);
+/* A new sequence sharing all of parent's pages by reference count (the prompt is stored once). */
+FLP_API flp_status flp_page_table_fork(flp_page_table *table, int32_t parent_seq_id,
+                                       int32_t *child_seq_id);
+/* Drops the sequence and releases pages no other sequence holds. */
+FLP_API flp_status flp_page_table_free_sequence(flp_page_table *table, int32_t seq_id);
+FLP_API flp_status flp_page_table_sequence_length(const flp_page_table *table, int32_t seq_id,
+                                                  int32_t *num_tokens);
+FLP_API int32_t flp_page_table_free_pages(const flp_page_table *table);
+/* Slot of token t of a sequence: page id and offset in page. */
+FLP_API flp_status flp_page_table_locate(const flp_page_table *table, int32_t seq_id, int32_t token,
+                                         int32_t *page, int32_t *slot);
+/* CSR export for seq_ids[num_seqs]: kv_indptr[num_seqs + 1], kv_indices[capacity],
+ * kv_last_page_len[num_seqs]. FLP_ERROR_CAPACITY when the pages exceed indices_capacity. */
+FLP_API flp_status flp_page_table_export(const flp_page_table *table, const int32_t *seq_ids,
+                                         int32_t num_seqs, int32_t *kv_indptr, int32_t *kv_indices,
+                                         int32_t indices_capacity, int32_t *kv_last_page_len);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FLASHPORT_H */

@@ -1,0 +1,208 @@
+/* The decode scheduler: coverage, bounds, balance and determinism on random batches. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "core/scheduler.h"
+#include "tests/test_util.h"
+
+typedef struct schedule_case {
+    int32_t batch, heads, ctas;
+    int32_t *begin, *end;
+    int32_t *work_indptr, *work_items, *merge_info;
+    flp_decode_schedule out;
+} schedule_case;
+
+static void run_schedule(schedule_case *c, int32_t min_chunk, int32_t align) {
+    int32_t max_items = flp_decode_max_items(c->batch, c->heads, c->ctas);
+    c->work_indptr = calloc((size_t)c->ctas + 1, sizeof(int32_t));
+    c->work_items = calloc((size_t)max_items * FLP_WORK_ITEM_INTS, sizeof(int32_t));
+    c->merge_info = calloc((size_t)c->batch * 2, sizeof(int32_t));
+    flp_decode_schedule_input in = {c->batch, c->heads,  c->ctas, c->begin,
+                                    c->end,   min_chunk, align};
+    c->out = (flp_decode_schedule){0, 0, 0, c->work_indptr, c->work_items, c->merge_info};
+    assert_true(flp_decode_schedule_build(&in, &c->out));
+    assert_true(c->out.num_items <= max_items);
+}
+
+static void free_case(schedule_case *c) {
+    free(c->begin);
+    free(c->end);
+    free(c->work_indptr);
+    free(c->work_items);
+    free(c->merge_info);
+}
+
+/* Every (request, head) key range is covered exactly once, chunks are consecutive, partial
+ * slots match merge_info and are unique, workgroup loads differ by at most one item's cost. */
+static void check_schedule(const schedule_case *c) {
+    const flp_decode_schedule *s = &c->out;
+    assert_int_equal(s->work_indptr[0], 0);
+    assert_int_equal(s->work_indptr[c->ctas], s->num_items);
+    int32_t *covered = calloc((size_t)c->batch * (size_t)c->heads, sizeof(int32_t));
+    bool *slot_used = calloc((size_t)s->num_partial_slots + 1, sizeof(bool));
+    int64_t max_load = 0, min_load = INT64_MAX, max_cost = 0;
+    for (int32_t cta = 0; cta < c->ctas; cta++) {
+        assert_true(s->work_indptr[cta] <= s->work_indptr[cta + 1]);
+        int64_t load = 0;
+        for (int32_t i = s->work_indptr[cta]; i < s->work_indptr[cta + 1]; i++) {
+            const int32_t *it = s->work_items + FLP_WORK_ITEM_INTS * i;
+            int32_t b = it[FLP_WORK_REQUEST], g = it[FLP_WORK_KV_HEAD];
+            assert_in_range(b, 0, c->batch - 1);
+            assert_in_range(g, 0, c->heads - 1);
+            assert_true(it[FLP_WORK_KV_BEGIN] >= c->begin[b]);
+            assert_true(it[FLP_WORK_KV_END] <= c->end[b]);
+            assert_true(it[FLP_WORK_KV_BEGIN] <= it[FLP_WORK_KV_END]);
+            covered[b * c->heads + g] += it[FLP_WORK_KV_END] - it[FLP_WORK_KV_BEGIN];
+            int32_t chunks = s->merge_info[2 * b + 1];
+            if (chunks > 1) {
+                int32_t slot = it[FLP_WORK_PARTIAL_SLOT];
+                int32_t chunk = (it[FLP_WORK_KV_BEGIN] - c->begin[b]) / s->chunk_size;
+                assert_int_equal(slot, s->merge_info[2 * b] + g * chunks + chunk);
+                assert_in_range(slot, 0, s->num_partial_slots - 1);
+                assert_false(slot_used[slot]);
+                slot_used[slot] = true;
+            } else {
+                assert_int_equal(it[FLP_WORK_PARTIAL_SLOT], -1);
+                assert_int_equal(it[FLP_WORK_KV_BEGIN], c->begin[b]);
+                assert_int_equal(it[FLP_WORK_KV_END], c->end[b]);
+            }
+            int64_t cost = it[FLP_WORK_KV_END] - it[FLP_WORK_KV_BEGIN] + 16;
+            load += cost;
+            if (cost > max_cost)
+                max_cost = cost;
+        }
+        if (load > max_load)
+            max_load = load;
+        if (load < min_load)
+            min_load = load;
+    }
+    for (int32_t b = 0; b < c->batch; b++)
+        for (int32_t g = 0; g < c->heads; g++)
+            assert_int_equal(covered[b * c->heads + g], c->end[b] - c->begin[b]);
+    for (int32_t i = 0; i < s->num_partial_slots; i++)
+        assert_true(slot_used[i]);
+    /* Greedy longest-first: the heaviest workgroup exceeds the lightest by at most one item. */
+    assert_true(max_load - min_load <= max_cost);
+    free(covered);
+    free(slot_used);
+}
+
+static void random_case(test_rng *rng, schedule_case *c, int32_t batch, int32_t heads, int32_t ctas,
+                        int32_t max_len) {
+    c->batch = batch;
+    c->heads = heads;
+    c->ctas = ctas;
+    c->begin = calloc((size_t)batch, sizeof(int32_t));
+    c->end = calloc((size_t)batch, sizeof(int32_t));
+    for (int32_t b = 0; b < batch; b++) {
+        c->end[b] = test_rng_int(rng, 0, max_len);
+        c->begin[b] = test_rng_int(rng, 0, 3) == 0 ? test_rng_int(rng, 0, c->end[b]) : 0;
+    }
+}
+
+static void test_random_batches(void **state) {
+    (void)state;
+    test_rng rng;
+    test_rng_init(&rng, 0x5eed);
+    for (int iter = 0; iter < 300; iter++) {
+        schedule_case c;
+        int32_t batch = test_rng_int(&rng, 1, 40);
+        int32_t heads = test_rng_int(&rng, 1, 8);
+        int32_t ctas = test_rng_int(&rng, 1, 300);
+        random_case(&rng, &c, batch, heads, ctas, iter % 3 == 0 ? 20000 : 600);
+        run_schedule(&c, 128, 16);
+        check_schedule(&c);
+        free_case(&c);
+    }
+}
+
+static void test_no_split_when_batch_fills_device(void **state) {
+    (void)state;
+    test_rng rng;
+    test_rng_init(&rng, 7);
+    schedule_case c;
+    random_case(&rng, &c, 64, 8, 264, 8192);
+    run_schedule(&c, 128, 16);
+    assert_int_equal(c.out.num_partial_slots, 0);
+    assert_int_equal(c.out.num_items, 64 * 8);
+    check_schedule(&c);
+    free_case(&c);
+}
+
+static void test_long_request_is_split(void **state) {
+    (void)state;
+    schedule_case c = {0};
+    c.batch = 1;
+    c.heads = 2;
+    c.ctas = 132;
+    c.begin = calloc(1, sizeof(int32_t));
+    c.end = calloc(1, sizeof(int32_t));
+    c.end[0] = 32768;
+    run_schedule(&c, 128, 16);
+    assert_true(c.out.merge_info[1] > 1);
+    /* Enough items to occupy every workgroup, but at most a small multiple of them. */
+    assert_true(c.out.num_items >= c.ctas / 2);
+    assert_true(c.out.num_items <= 2 * c.ctas);
+    check_schedule(&c);
+    free_case(&c);
+}
+
+static void test_deterministic(void **state) {
+    (void)state;
+    test_rng rng;
+    test_rng_init(&rng, 99);
+    schedule_case a, b;
+    random_case(&rng, &a, 9, 4, 100, 5000);
+    b = a;
+    b.begin = malloc(sizeof(int32_t) * 9);
+    b.end = malloc(sizeof(int32_t) * 9);
+    memcpy(b.begin, a.begin, sizeof(int32_t) * 9);
+    memcpy(b.end, a.end, sizeof(int32_t) * 9);
+    run_schedule(&a, 128, 16);
+    run_schedule(&b, 128, 16);
+    assert_int_equal(a.out.num_items, b.out.num_items);
+    assert_memory_equal(a.work_items, b.work_items,
+                        sizeof(int32_t) * FLP_WORK_ITEM_INTS * (size_t)a.out.num_items);
+    assert_memory_equal(a.work_indptr, b.work_indptr, sizeof(int32_t) * 101);
+    free_case(&a);
+    free_case(&b);
+}
+
+static void test_empty_requests_get_an_item(void **state) {
+    (void)state;
+    schedule_case c = {0};
+    c.batch = 3;
+    c.heads = 2;
+    c.ctas = 4;
+    c.begin = calloc(3, sizeof(int32_t));
+    c.end = calloc(3, sizeof(int32_t));
+    c.end[1] = 1000;
+    run_schedule(&c, 128, 16);
+    /* Empty requests still need their output rows written (zeros, lse -inf). */
+    int found_empty = 0;
+    for (int32_t i = 0; i < c.out.num_items; i++) {
+        const int32_t *it = c.work_items + FLP_WORK_ITEM_INTS * i;
+        if (it[FLP_WORK_REQUEST] != 1)
+            found_empty++;
+    }
+    assert_int_equal(found_empty, 2 * 2);
+    check_schedule(&c);
+    free_case(&c);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_random_batches),
+        cmocka_unit_test(test_no_split_when_batch_fills_device),
+        cmocka_unit_test(test_long_request_is_split),
+        cmocka_unit_test(test_deterministic),
+        cmocka_unit_test(test_empty_requests_get_an_item),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
