@@ -68,6 +68,19 @@ flp_status flp_tensor_check(flp_context *ctx, const char *fn, const flp_tensor *
                         "%s: %s.stride[%d] = %lld: the last dimension must be contiguous", fn,
                         e->name, e->ndim - 1, (long long)t->stride[e->ndim - 1]);
     size_t esize = flp_dtype_size(t->dtype);
+    if (e->vector_aligned) {
+        int64_t per_vector = (int64_t)(16 / esize);
+        if (t->offset % 16 != 0)
+            return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                            "%s: %s.offset = %zu is not a multiple of 16 bytes", fn, e->name,
+                            t->offset);
+        for (int i = 0; i + 1 < e->ndim; i++)
+            if (t->stride[i] % per_vector != 0)
+                return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                                "%s: %s.stride[%d] = %lld is not a multiple of %lld elements "
+                                "(16 bytes)",
+                                fn, e->name, i, (long long)t->stride[i], (long long)per_vector);
+    }
     /* Largest element offset, computed without overflow for any sane buffer size. */
     bool empty = false;
     unsigned __int128 last = 0;
@@ -84,19 +97,6 @@ flp_status flp_tensor_check(flp_context *ctx, const char *fn, const flp_tensor *
                             "%s: %s spans up to byte %llu past offset, beyond its buffer of %zu "
                             "bytes",
                             fn, e->name, (unsigned long long)(end - t->offset), t->buf->size);
-    }
-    if (e->vector_aligned) {
-        int64_t per_vector = (int64_t)(16 / esize);
-        if (t->offset % 16 != 0)
-            return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                            "%s: %s.offset = %zu is not a multiple of 16 bytes", fn, e->name,
-                            t->offset);
-        for (int i = 0; i + 1 < e->ndim; i++)
-            if (t->stride[i] % per_vector != 0)
-                return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                                "%s: %s.stride[%d] = %lld is not a multiple of %lld elements "
-                                "(16 bytes)",
-                                fn, e->name, i, (long long)t->stride[i], (long long)per_vector);
     }
     return FLP_OK;
 }

@@ -1,9 +1,11 @@
 /* Variant validation, defaults, and the standard ALiBi slopes. */
 #include "core/variant.h"
+#include "core/reference.h"
 
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 static flp_status reject(flp_status status, char *message, size_t size, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -119,12 +121,12 @@ flp_variant flp_variant_resolved(const flp_variant *v) {
 flp_status flp_alibi_standard_slopes(int32_t num_heads, float *slopes) {
     if (num_heads <= 0 || !slopes)
         return FLP_ERROR_INVALID_ARGUMENT;
-    int32_t n = 1;
-    while (n * 2 <= num_heads)
-        n *= 2;
-    for (int32_t k = 0; k < num_heads; k++) {
-        double exponent = k < n ? -8.0 * (k + 1) / n : -4.0 * (2 * (k - n) + 1) / n;
-        slopes[k] = (float)exp2(exponent);
-    }
+    double *exact = malloc(sizeof(double) * (size_t)num_heads);
+    if (!exact)
+        return FLP_ERROR_OUT_OF_MEMORY;
+    flp_ref_alibi_slopes(num_heads, exact); /* the one definition, shared with the reference */
+    for (int32_t k = 0; k < num_heads; k++)
+        slopes[k] = (float)exact[k];
+    free(exact);
     return FLP_OK;
 }

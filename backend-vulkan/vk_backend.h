@@ -1,0 +1,178 @@
+/* The Vulkan backend's private state and the functions its files share. One flp_vk per
+ * context (ctx->backend); everything Vulkan lives behind it, the core never sees it. */
+#ifndef FLP_VK_BACKEND_H
+#define FLP_VK_BACKEND_H
+
+#include "core/backend.h"
+#include "flashport/flashport_vulkan.h"
+
+#include <volk.h>
+
+#include <stdatomic.h>
+
+/* Command buffers the library's own queue keeps in flight before recycling the oldest. */
+#define FLP_VK_SLOTS 8
+/* Specialisation constants a pipeline key may hold. */
+#define FLP_VK_MAX_SPEC 12
+
+/* The instance-level functions the backend calls, loaded through the context's own
+ * vkGetInstanceProcAddr so that volk's global pointers (which a host application may use)
+ * are never repointed. */
+typedef struct flp_vk_instance_fns {
+    PFN_vkDestroyInstance DestroyInstance;
+    PFN_vkEnumeratePhysicalDevices EnumeratePhysicalDevices;
+    PFN_vkGetPhysicalDeviceProperties GetPhysicalDeviceProperties;
+    PFN_vkGetPhysicalDeviceProperties2 GetPhysicalDeviceProperties2;
+    PFN_vkGetPhysicalDeviceFeatures2 GetPhysicalDeviceFeatures2;
+    PFN_vkGetPhysicalDeviceQueueFamilyProperties GetPhysicalDeviceQueueFamilyProperties;
+    PFN_vkGetPhysicalDeviceMemoryProperties GetPhysicalDeviceMemoryProperties;
+    PFN_vkEnumerateDeviceExtensionProperties EnumerateDeviceExtensionProperties;
+    PFN_vkCreateDevice CreateDevice;
+    PFN_vkGetDeviceProcAddr GetDeviceProcAddr;
+    PFN_vkCreateDebugUtilsMessengerEXT CreateDebugUtilsMessengerEXT;   /* NULL without */
+    PFN_vkDestroyDebugUtilsMessengerEXT DestroyDebugUtilsMessengerEXT; /* validation */
+} flp_vk_instance_fns;
+
+/* A command buffer of the library's own queue: recorded, submitted with its fence. */
+typedef struct flp_vk_slot {
+    VkCommandBuffer cmd;
+    VkFence fence;
+    bool submitted; /* fence in use since its last reset */
+} flp_vk_slot;
+
+/* A command buffer being recorded: one of the slots, or the caller's (slot = -1). */
+typedef struct flp_vk_recording {
+    VkCommandBuffer cmd;
+    int slot;
+} flp_vk_recording;
+
+typedef enum flp_vk_shader {
+    FLP_VK_SHADER_DECODE = 0,
+    FLP_VK_SHADER_MERGE = 1,
+    FLP_VK_SHADER_COUNT = 2,
+} flp_vk_shader;
+
+typedef struct flp_vk_pipeline_key {
+    flp_vk_shader shader;
+    uint32_t spec_count;
+    uint32_t spec[FLP_VK_MAX_SPEC]; /* [spec_count] constant_id i = spec[i] */
+} flp_vk_pipeline_key;
+
+typedef struct flp_vk_pipeline_entry {
+    flp_vk_pipeline_key key;
+    VkPipeline pipeline;
+} flp_vk_pipeline_entry;
+
+/* What the backend knows about its device beyond ctx->info. */
+typedef struct flp_vk_device_facts {
+    uint32_t api_version;
+    VkPhysicalDeviceLimits limits;
+    VkPhysicalDeviceMemoryProperties memory;
+    uint32_t subgroup_size;     /* default subgroup size */
+    uint32_t min_subgroup_size; /* = subgroup_size without subgroup size control */
+    uint32_t max_subgroup_size;
+    bool full_subgroups; /* computeFullSubgroups enabled: pipelines may require it */
+    bool has_float16;
+} flp_vk_device_facts;
+
+typedef struct flp_vk {
+    flp_context *ctx;
+
+    /* instance and device */
+    PFN_vkGetInstanceProcAddr get_instance_proc_addr;
+    flp_vk_instance_fns ifn;
+    VolkDeviceTable vk; /* device functions of this device only */
+    bool owns_device;   /* false: the caller's instance/device/queue, never destroyed */
+    VkInstance instance;
+    VkPhysicalDevice physical_device;
+    VkDevice device;
+    VkQueue queue;
+    uint32_t queue_family;
+    flp_vk_device_facts facts;
+
+    /* validation (FLP_VULKAN_VALIDATION=1) */
+    VkDebugUtilsMessengerEXT messenger;
+    atomic_uint validation_messages;
+
+    /* host <-> device copies through one reused host-visible buffer */
+    VkBuffer staging;
+    VkDeviceMemory staging_memory;
+    void *staging_map;
+    size_t staging_size;
+
+    /* the library's own queue, or the caller's command buffer */
+    VkCommandPool pool;
+    flp_vk_slot slots[FLP_VK_SLOTS];
+    uint64_t next_slot; /* round robin: the next slot is always the oldest submitted one */
+    VkCommandBuffer user_cmd;
+
+    /* pipelines */
+    VkShaderModule modules[FLP_VK_SHADER_COUNT];
+    VkPipelineLayout pipeline_layout; /* push constants: one 64-bit address */
+    flp_vk_pipeline_entry *pipelines; /* [pipeline_count] */
+    uint32_t pipeline_count, pipeline_capacity;
+} flp_vk;
+
+/* The private part of an flp_buffer (buf->native). */
+typedef struct flp_vk_buffer {
+    VkBuffer buffer;
+    VkDeviceMemory memory; /* VK_NULL_HANDLE for a wrapped buffer */
+} flp_vk_buffer;
+
+/* vk_backend.c */
+extern const flp_backend_ops flp_vk_ops;
+/* ctx's backend state, or NULL when ctx is not a Vulkan context. */
+flp_vk *flp_vk_from_context(const flp_context *ctx);
+
+/* vk_error.c: maps a failed VkResult to a status and records "call failed: VK_ERROR_..." */
+flp_status flp_vk_fail(flp_context *ctx, VkResult result, const char *call);
+const char *flp_vk_result_name(VkResult result);
+
+/* vk_instance_device.c */
+flp_status flp_vk_open_own_device(flp_vk *vk, int device_index, bool prefer_gpu);
+flp_status flp_vk_open_caller_device(flp_vk *vk, const flp_vulkan_device_desc *desc);
+void flp_vk_close_device(flp_vk *vk);
+
+/* vk_device_info.c: fills ctx->info and vk->facts for the chosen device. */
+void flp_vk_query_device(flp_vk *vk, bool features_enabled_here);
+
+/* vk_memory.c */
+flp_status flp_vk_buffer_create(flp_context *ctx, flp_buffer *buf);
+void flp_vk_buffer_destroy(flp_context *ctx, flp_buffer *buf);
+flp_status flp_vk_buffer_write(flp_context *ctx, flp_buffer *buf, size_t offset, const void *src,
+                               size_t size);
+flp_status flp_vk_buffer_read(flp_context *ctx, const flp_buffer *buf, size_t offset, void *dst,
+                              size_t size);
+/* Fills buf->native and buf->device_address for a caller's VkBuffer. */
+flp_status flp_vk_buffer_adopt(flp_context *ctx, flp_buffer *buf, VkBuffer buffer);
+void flp_vk_staging_destroy(flp_vk *vk);
+
+/* vk_submit.c */
+flp_status flp_vk_submit_init(flp_vk *vk);
+void flp_vk_submit_destroy(flp_vk *vk);
+/* Starts recording: into the caller's command buffer when one is set and allow_user_cmd,
+ * else into a recycled command buffer of the library's own queue. */
+flp_status flp_vk_record_begin(flp_vk *vk, bool allow_user_cmd, flp_vk_recording *rec);
+/* Ends and submits an own recording (blocking when wait); nothing for the caller's. */
+flp_status flp_vk_record_submit(flp_vk *vk, flp_vk_recording *rec, bool wait);
+/* Drops a recording after an error: the slot is ended and free again. */
+void flp_vk_record_abandon(flp_vk *vk, flp_vk_recording *rec);
+/* Waits for every submission of the library's own queue. */
+flp_status flp_vk_synchronize(flp_context *ctx);
+/* A global memory barrier. */
+void flp_vk_barrier(flp_vk *vk, VkCommandBuffer cmd, VkPipelineStageFlags src_stage,
+                    VkAccessFlags src_access, VkPipelineStageFlags dst_stage,
+                    VkAccessFlags dst_access);
+
+/* vk_pipelines.c */
+flp_status flp_vk_pipelines_init(flp_vk *vk);
+void flp_vk_pipelines_destroy(flp_vk *vk);
+/* The pipeline of key, created (and cached) on first use. */
+flp_status flp_vk_pipeline_get(flp_vk *vk, const flp_vk_pipeline_key *key, VkPipeline *out);
+
+/* vk_decode.c */
+int32_t flp_vk_decode_grid_size(flp_context *ctx, int32_t head_dim);
+flp_status flp_vk_decode_check(flp_context *ctx, const flp_decode_launch *launch);
+flp_status flp_vk_decode_run(flp_context *ctx, const flp_decode_launch *launch);
+
+#endif /* FLP_VK_BACKEND_H */
