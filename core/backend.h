@@ -26,7 +26,7 @@ typedef struct flp_backend_ops {
     int32_t (*decode_grid_size)(flp_context *ctx, int32_t head_dim);
     /* Checks the launch is supported (dtypes, head_dim, ...) without queueing anything. */
     flp_status (*decode_check)(flp_context *ctx, const flp_decode_launch *launch);
-    /* Queues the decode kernel and, when launch->needs_merge, the merge kernel after it. */
+    /* Queues the decode kernel, then the merge kernel (always: it skips unsplit requests). */
     flp_status (*decode_run)(flp_context *ctx, const flp_decode_launch *launch);
 } flp_backend_ops;
 

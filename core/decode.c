@@ -147,10 +147,10 @@ static flp_status fill_plan_data(flp_context *ctx, flp_plan *plan, const flp_dec
         .merge_info = HOST_I32(plan, merge_info),
     };
     bool built = flp_decode_schedule_build(&in, &sched);
+    st->needs_merge = sched.num_partial_slots > 0;
     free(kv_begin);
     if (!built)
         return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "flp_decode_plan: host allocation");
-    st->needs_merge = sched.num_partial_slots > 0;
 
     int32_t *q_off = HOST_I32(plan, q_rope_offset), *k_off = HOST_I32(plan, k_rope_offset);
     for (int32_t b = 0; b < batch; b++) {
@@ -169,48 +169,48 @@ static flp_status fill_plan_data(flp_context *ctx, flp_plan *plan, const flp_dec
     return FLP_OK;
 }
 
-static flp_decode_params params_template(const flp_plan *plan, const flp_decode_plan_args *a,
-                                         int32_t qo_len, const flp_variant *v) {
+/* The plan information the kernels read from the plan memory (DESIGN.md section 4: everything
+ * a re-plan may change lives in device memory owned by the plan, never in a launch). */
+static void fill_plan_info(flp_plan *plan, const flp_decode_plan_args *a, int32_t qo_len,
+                           const flp_variant *v) {
     const flp_plan_layout *l = &plan->layout;
-    flp_decode_params p;
-    memset(&p, 0, sizeof p);
-    p.plan = plan->buffer->device_address + plan->base;
-#define WORDS(field) ((uint32_t)(l->field / sizeof(int32_t)))
-    p.off_kv_indptr = WORDS(kv_indptr);
-    p.off_kv_indices = WORDS(kv_indices);
-    p.off_kv_len = WORDS(kv_len);
-    p.off_q_rope_offset = WORDS(q_rope_offset);
-    p.off_k_rope_offset = WORDS(k_rope_offset);
-    p.off_rope_freq = WORDS(rope_freq);
-    p.off_alibi_slopes = WORDS(alibi_slopes);
-    p.off_work_indptr = WORDS(work_indptr);
-    p.off_work_items = WORDS(work_items);
-    p.off_merge_info = WORDS(merge_info);
-    p.off_partial_o = WORDS(partial_o);
-    p.off_partial_lse = WORDS(partial_lse);
+    flp_decode_plan_info *p = (flp_decode_plan_info *)(plan->host + l->info);
+    memset(p, 0, sizeof *p);
+#define WORDS(field) ((uint32_t)((l->field - l->info) / sizeof(int32_t)))
+    p->off_kv_indptr = WORDS(kv_indptr);
+    p->off_kv_indices = WORDS(kv_indices);
+    p->off_kv_len = WORDS(kv_len);
+    p->off_q_rope_offset = WORDS(q_rope_offset);
+    p->off_k_rope_offset = WORDS(k_rope_offset);
+    p->off_rope_freq = WORDS(rope_freq);
+    p->off_alibi_slopes = WORDS(alibi_slopes);
+    p->off_work_indptr = WORDS(work_indptr);
+    p->off_work_items = WORDS(work_items);
+    p->off_merge_info = WORDS(merge_info);
+    p->off_partial_o = WORDS(partial_o);
+    p->off_partial_lse = WORDS(partial_lse);
 #undef WORDS
-    p.batch_size = a->batch_size;
-    p.qo_len = qo_len;
-    p.num_qo_heads = plan->desc.num_qo_heads;
-    p.num_kv_heads = plan->desc.num_kv_heads;
-    p.group_size = plan->group_size;
-    p.head_dim = plan->desc.head_dim;
-    p.page_size = a->page_size;
-    p.num_ctas = plan->num_ctas;
-    p.flags = (v->mask == FLP_MASK_CAUSAL ? FLP_DECODE_FLAG_CAUSAL : 0u) |
-              (v->use_window ? FLP_DECODE_FLAG_WINDOW : 0u) |
-              (v->logits_soft_cap > 0.0f ? FLP_DECODE_FLAG_SOFTCAP : 0u) |
-              (v->pos_encoding == FLP_POS_ALIBI ? FLP_DECODE_FLAG_ALIBI : 0u) |
-              (v->pos_encoding == FLP_POS_ROPE_LLAMA ? FLP_DECODE_FLAG_ROPE : 0u);
-    p.window_left = v->use_window ? v->window_left : -1;
-    p.q_dtype = (int32_t)v->q_dtype;
-    p.kv_dtype = (int32_t)v->kv_dtype;
-    p.sm_scale = v->sm_scale;
-    p.soft_cap = v->logits_soft_cap;
+    p->batch_size = a->batch_size;
+    p->qo_len = qo_len;
+    p->num_qo_heads = plan->desc.num_qo_heads;
+    p->num_kv_heads = plan->desc.num_kv_heads;
+    p->group_size = plan->group_size;
+    p->head_dim = plan->desc.head_dim;
+    p->page_size = a->page_size;
+    p->num_ctas = plan->num_ctas;
+    p->flags = (v->mask == FLP_MASK_CAUSAL ? FLP_DECODE_FLAG_CAUSAL : 0u) |
+               (v->use_window ? FLP_DECODE_FLAG_WINDOW : 0u) |
+               (v->logits_soft_cap > 0.0f ? FLP_DECODE_FLAG_SOFTCAP : 0u) |
+               (v->pos_encoding == FLP_POS_ALIBI ? FLP_DECODE_FLAG_ALIBI : 0u) |
+               (v->pos_encoding == FLP_POS_ROPE_LLAMA ? FLP_DECODE_FLAG_ROPE : 0u);
+    p->window_left = v->use_window ? v->window_left : -1;
+    p->q_dtype = (int32_t)v->q_dtype;
+    p->kv_dtype = (int32_t)v->kv_dtype;
+    p->sm_scale = v->sm_scale;
+    p->soft_cap = v->logits_soft_cap;
     bool fp8 = v->kv_dtype == FLP_DTYPE_E4M3 || v->kv_dtype == FLP_DTYPE_E5M2;
-    p.k_scale = fp8 ? v->k_scale : 1.0f;
-    p.v_scale = fp8 ? v->v_scale : 1.0f;
-    return p;
+    p->k_scale = fp8 ? v->k_scale : 1.0f;
+    p->v_scale = fp8 ? v->v_scale : 1.0f;
 }
 
 flp_status flp_decode_plan(flp_context *ctx, flp_plan *plan, const flp_decode_plan_args *args) {
@@ -235,11 +235,10 @@ flp_status flp_decode_plan(flp_context *ctx, flp_plan *plan, const flp_decode_pl
     status = fill_plan_data(ctx, plan, args, qo_len, &v, &st);
     if (status != FLP_OK)
         return status;
-    size_t begin = plan->layout.metadata_begin;
+    fill_plan_info(plan, args, qo_len, &v);
     size_t end =
         plan->layout.kv_indices + sizeof(int32_t) * (size_t)args->kv_indptr[args->batch_size];
-    status =
-        flp_buffer_write(ctx, plan->buffer, plan->base + begin, plan->host + begin, end - begin);
+    status = flp_buffer_write(ctx, plan->buffer, plan->base, plan->host, end);
     if (status != FLP_OK)
         return status;
     st.planned = true;
@@ -248,7 +247,6 @@ flp_status flp_decode_plan(flp_context *ctx, flp_plan *plan, const flp_decode_pl
     st.page_size = args->page_size;
     st.kv_layout = args->kv_layout;
     st.variant = v;
-    st.params = params_template(plan, args, qo_len, &v);
     plan->decode = st;
     return FLP_OK;
 }
@@ -312,7 +310,7 @@ flp_status flp_decode_run(flp_context *ctx, const flp_plan *plan, const flp_deco
     flp_decode_launch launch;
     memset(&launch, 0, sizeof launch);
     flp_decode_params *p = &launch.params;
-    *p = plan->decode.params;
+    p->plan = plan->buffer->device_address + plan->base + plan->layout.info;
     p->q = flp_tensor_address(&args->q);
     p->o = flp_tensor_address(&args->out);
     p->k = flp_tensor_address(&args->k_cache);
@@ -330,14 +328,15 @@ flp_status flp_decode_run(flp_context *ctx, const flp_plan *plan, const flp_deco
     if (args->lse) {
         p->lse = flp_tensor_address(args->lse);
         p->lse_stride_row = args->lse->stride[0];
-        p->flags |= FLP_DECODE_FLAG_LSE;
     }
     launch.plan = plan;
     launch.plan_buffer = plan->buffer;
     launch.params_slot_offset = plan->base + plan->layout.params_slot;
     launch.num_ctas = plan->num_ctas;
     launch.merge_grid = plan->desc.max_batch_size * plan->desc.num_qo_heads;
-    launch.needs_merge = plan->decode.needs_merge;
+    launch.q_dtype = (int32_t)plan->decode.variant.q_dtype;
+    launch.kv_dtype = (int32_t)plan->decode.variant.kv_dtype;
+    launch.head_dim = plan->desc.head_dim;
     status = ctx->ops->decode_check(ctx, &launch);
     if (status != FLP_OK)
         return status;

@@ -1,9 +1,8 @@
-/* The decode launch: the parameter block every decode kernel reads, and the layout of the plan
- * memory it points at. Plain C with fixed-width types so that the CUDA kernels include it as is
- * (by value kernel argument) and shaders/decode_params.glsl mirrors it field for field (the
- * Vulkan backend writes it into the plan's params slot; GLSL reads it through a buffer
- * reference, std430 rules: every 8-byte field is 8-aligned, so C and GLSL agree).
- * Keep the three in sync: tests/test_layout.c checks sizes and offsets of the C side. */
+/* The decode launch: the plan information and per-run parameters every decode kernel reads.
+ * Plain C with fixed-width types so that the CUDA kernels include it as is and
+ * shaders/decode_params.glsl mirrors it field for field (GLSL reads both through buffer
+ * references, std430 rules: every 8-byte field is 8-aligned, so C and GLSL agree). Keep them in
+ * sync: tests/test_vulkan.c compares the shaders' member offsets with these structs. */
 #ifndef FLP_CORE_DECODE_PARAMS_H
 #define FLP_CORE_DECODE_PARAMS_H
 
@@ -17,13 +16,12 @@ typedef long long int64_t;
 #include <stdint.h>
 #endif
 
-/* flags */
+/* flp_decode_plan_info.flags */
 #define FLP_DECODE_FLAG_CAUSAL 1u  /* key j kept iff j <= pos(row) */
 #define FLP_DECODE_FLAG_WINDOW 2u  /* key j kept iff j >= pos(row) - window_left */
 #define FLP_DECODE_FLAG_SOFTCAP 4u /* logit = soft_cap * tanh(logit / soft_cap) */
 #define FLP_DECODE_FLAG_ALIBI 8u   /* logit += slope[h] * (j - pos(row)) after the soft cap */
 #define FLP_DECODE_FLAG_ROPE 16u   /* rotate-half RoPE of q (at pos+q_off) and k (at j+k_off) */
-#define FLP_DECODE_FLAG_LSE 32u    /* write lse (natural log) */
 
 /* One work item = 5 int32 in the plan: the keys [kv_begin, kv_end) of one request for one KV
  * head and all query heads of its group (and all qo_len rows). partial_slot < 0: write the
@@ -35,11 +33,11 @@ typedef long long int64_t;
 #define FLP_WORK_KV_END 3
 #define FLP_WORK_PARTIAL_SLOT 4
 
-/* Device-visible parameters of one decode run. Addresses are CUdeviceptr / VkDeviceAddress of
- * the first element of each tensor; all strides are in elements. A query/output row r is
- * request r / qo_len, row-in-request r % qo_len; its position is kv_len - qo_len + r % qo_len.
+/* Everything a plan decides, written by flp_decode_plan at the start of the plan memory and read
+ * by the kernels from there (never from the launch), so that a CUDA graph or a Vulkan command
+ * buffer recorded once stays right after any re-plan within the plan's capacities.
  *
- * Plan memory at `plan` (offsets in 4-byte words):
+ * Plan memory (offsets in 4-byte words from this struct's address):
  *   kv_indptr     i32 [batch_size + 1]     page-list start of each request
  *   kv_indices    i32 [kv_indptr[batch]]   page ids
  *   kv_len        i32 [batch_size]         tokens per request
@@ -53,16 +51,10 @@ typedef long long int64_t;
  *   partial_o     f32 [slots][qo_len][group_size][head_dim]
  *   partial_lse   f32 [slots][qo_len][group_size]
  * Partial slot of request b, KV head g, chunk c = merge_info[2b] + g * chunks + c.
- * The merge writes out/lse of request b, query head h, row i from the chunks' partials of its
- * KV head h / group_size, in chunk order (so results are deterministic). */
-typedef struct flp_decode_params {
-    uint64_t q, k, v, o, lse, plan;
-    int64_t q_stride_row, q_stride_head;
-    int64_t o_stride_row, o_stride_head;
-    int64_t k_stride_page, k_stride_slot, k_stride_head;
-    int64_t v_stride_page, v_stride_slot, v_stride_head;
-    int64_t lse_stride_row; /* lse head stride is 1 */
-
+ * A query/output row r is request r / qo_len, row-in-request r % qo_len; its position is
+ * kv_len - qo_len + r % qo_len. The merge writes out/lse of request b, query head h, row i from
+ * the chunks' partials of its KV head h / group_size, in chunk order (deterministic). */
+typedef struct flp_decode_plan_info {
     uint32_t off_kv_indptr, off_kv_indices, off_kv_len, off_q_rope_offset;
     uint32_t off_k_rope_offset, off_rope_freq, off_alibi_slopes, off_work_indptr;
     uint32_t off_work_items, off_merge_info, off_partial_o, off_partial_lse;
@@ -73,12 +65,28 @@ typedef struct flp_decode_params {
     int32_t window_left;
     int32_t q_dtype, kv_dtype; /* flp_dtype values; out has q_dtype */
     float sm_scale, soft_cap, k_scale, v_scale;
-    int32_t reserved[2]; /* pads to 256 bytes */
+    int32_t reserved[4]; /* pads to 128 bytes */
+} flp_decode_plan_info;
+
+/* What one run adds: the tensors. Captured by value (a CUDA kernel argument; Vulkan writes it
+ * into the plan's params slot with vkCmdUpdateBuffer inside the recorded commands). Addresses
+ * are CUdeviceptr / VkDeviceAddress of each tensor's first element; strides in elements. */
+typedef struct flp_decode_params {
+    uint64_t q, k, v, o;
+    uint64_t lse;  /* 0: no lse output */
+    uint64_t plan; /* the flp_decode_plan_info */
+    int64_t q_stride_row, q_stride_head;
+    int64_t o_stride_row, o_stride_head;
+    int64_t k_stride_page, k_stride_slot, k_stride_head;
+    int64_t v_stride_page, v_stride_slot, v_stride_head;
+    int64_t lse_stride_row; /* lse head stride is 1 */
 } flp_decode_params;
 
 #ifndef __cplusplus
-_Static_assert(sizeof(flp_decode_params) == 256, "flp_decode_params layout changed: update "
-                                                 "shaders/decode_params.glsl");
+_Static_assert(sizeof(flp_decode_plan_info) == 128, "flp_decode_plan_info layout changed: update "
+                                                    "shaders/decode_params.glsl and the kernels");
+_Static_assert(sizeof(flp_decode_params) == 136, "flp_decode_params layout changed: update "
+                                                 "shaders/decode_params.glsl and the kernels");
 #endif
 
 #ifndef FLP_KERNEL_SOURCE
@@ -95,7 +103,11 @@ typedef struct flp_decode_launch {
     int32_t num_ctas;               /* decode grid (fixed by the plan's capacities) */
     int32_t merge_grid;             /* merge grid: max_batch_size * num_qo_heads workgroups,
                                        each (request, query head) pair; fixed by capacity */
-    bool needs_merge;               /* some request is split */
+    /* Kernel choice (fixed by the variant; a recorded run keeps the kernel it was recorded
+     * with, so re-plans of a captured plan must keep dtypes and head_dim). */
+    int32_t q_dtype, kv_dtype, head_dim;
+    /* The merge is always launched after the decode: it returns at once for requests that are
+     * not split, and a recorded run stays right when a later re-plan splits one. */
 } flp_decode_launch;
 #endif
 

@@ -19,8 +19,7 @@ static flp_plan_layout compute_layout(const flp_plan_desc *d, int32_t num_ctas, 
     size_t at = 0, i32 = sizeof(int32_t);
     size_t group = (size_t)(d->num_qo_heads / d->num_kv_heads);
     size_t rows_per_slot = (size_t)d->max_qo_len * group;
-    l.params_slot = take(&at, sizeof(flp_decode_params), PLAN_ALIGN);
-    l.metadata_begin = FLP_ALIGN_UP(at, PLAN_ALIGN);
+    l.info = take(&at, sizeof(flp_decode_plan_info), PLAN_ALIGN);
     l.kv_indptr = take(&at, i32 * ((size_t)d->max_batch_size + 1), PLAN_ALIGN);
     l.kv_len = take(&at, i32 * (size_t)d->max_batch_size, 16);
     l.q_rope_offset = take(&at, i32 * (size_t)d->max_batch_size, 16);
@@ -35,6 +34,7 @@ static flp_plan_layout compute_layout(const flp_plan_desc *d, int32_t num_ctas, 
     l.partial_o = take(&at, sizeof(float) * (size_t)max_items * rows_per_slot * (size_t)d->head_dim,
                        PLAN_ALIGN);
     l.partial_lse = take(&at, sizeof(float) * (size_t)max_items * rows_per_slot, PLAN_ALIGN);
+    l.params_slot = take(&at, 256, PLAN_ALIGN);
     l.total = FLP_ALIGN_UP(at, PLAN_ALIGN);
     return l;
 }

@@ -5,16 +5,17 @@
 #include "core/decode_params.h"
 #include "core/internal.h"
 
-/* Byte offsets from the start of the plan's region. The int32 arrays come first, kv_indices
- * last of them, so one upload of [metadata_begin, kv_indices + used pages) carries a plan. */
+/* Byte offsets from the start of the plan's region. The plan information comes first, then the
+ * int32 arrays with kv_indices last, so one upload of [0, kv_indices + used pages) carries a
+ * plan; the split-KV scratch and the params slot follow. */
 typedef struct flp_plan_layout {
-    size_t params_slot; /* 256 bytes, Vulkan writes the run's params here */
-    size_t metadata_begin;
+    size_t info; /* flp_decode_plan_info */
     size_t kv_indptr, kv_len, q_rope_offset, k_rope_offset, rope_freq, alibi_slopes;
     size_t work_indptr, merge_info, work_items, kv_indices;
     size_t metadata_end; /* end of kv_indices capacity */
     size_t partial_o, partial_lse;
-    size_t total; /* bytes of the whole region */
+    size_t params_slot; /* 256 bytes: Vulkan writes each run's flp_decode_params here */
+    size_t total;       /* bytes of the whole region */
 } flp_plan_layout;
 
 /* What the last decode plan decided (host side). */
@@ -24,8 +25,7 @@ typedef struct flp_decode_state {
     flp_kv_layout kv_layout;
     flp_variant variant; /* resolved */
     int32_t max_page_id; /* largest page id referenced, -1 when none */
-    bool needs_merge;
-    flp_decode_params params; /* everything but the tensor addresses and strides */
+    bool needs_merge;    /* some request is split into KV chunks */
 } flp_decode_state;
 
 struct flp_plan {

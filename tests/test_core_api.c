@@ -284,11 +284,18 @@ static void test_run_hands_backend_the_views(void **state) {
     assert_int_equal(p->k_stride_page, 2 * PAGE * HKV * D);
     assert_int_equal(p->k_stride_slot, HKV * D);
     assert_int_equal(p->k_stride_head, D);
-    assert_int_equal(p->flags, FLP_DECODE_FLAG_LSE);
-    assert_true(p->sm_scale > 0.124f && p->sm_scale < 0.126f);
-    assert_int_equal(p->group_size, HQ / HKV);
+    assert_int_equal(p->lse, f->lse_buf->device_address);
     assert_int_equal(p->plan, f->plan->buffer->device_address + f->plan->base);
     assert_int_equal(last_launch.num_ctas, 6);
+    assert_int_equal(last_launch.head_dim, D);
+    assert_int_equal(last_launch.kv_dtype, FLP_DTYPE_BF16);
+    /* Plan-dependent values live in the plan memory, not in the launch. */
+    const flp_decode_plan_info *info = (const flp_decode_plan_info *)plan_words(f, 0);
+    assert_int_equal(info->flags, 0);
+    assert_true(info->sm_scale > 0.124f && info->sm_scale < 0.126f);
+    assert_int_equal(info->group_size, HQ / HKV);
+    assert_int_equal(info->batch_size, B);
+    assert_int_equal(info->off_kv_indices * 4, f->plan->layout.kv_indices);
 
     /* HND: slot and head strides swap. */
     f->pa.kv_layout = FLP_KV_LAYOUT_HND;
@@ -323,6 +330,8 @@ static void test_replan_keeps_launch_shape(void **state) {
     assert_int_equal(last_launch.merge_grid, first.merge_grid);
     assert_int_equal(last_launch.params.plan, first.params.plan);
     assert_int_equal(last_launch.params_slot_offset, first.params_slot_offset);
+    const flp_decode_plan_info *info = (const flp_decode_plan_info *)plan_words(f, 0);
+    assert_int_equal(info->batch_size, 2); /* a recorded run reads the new batch from here */
 }
 
 /* Each case breaks one argument; the call must fail with the status and a message naming it,
