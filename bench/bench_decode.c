@@ -235,7 +235,7 @@ int main(int argc, char **argv) {
     };
     CHECK(flp_decode_run(ctx, plan, &ra));
     CHECK(flp_context_synchronize(ctx));
-    int32_t check = c.batch < 2 ? c.batch : 2;
+    int32_t check = c.batch; /* every request: a partial check hides unwritten rows */
     double err = check_against_reference(ctx, &c, o_buf, q, k, v, num_pages, kv_indptr, indices,
                                          last, check);
     double tol = c.dtype == FLP_DTYPE_BF16 ? 1.6e-2 : 2e-3;

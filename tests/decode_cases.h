@@ -60,6 +60,8 @@ typedef struct decode_case {
     bool no_lse;
     unsigned layout_flags; /* CASE_* */
     bool sequential_pages;
+    bool split; /* long requests of a small batch: the plan must split them (when the batch
+                   does not fill the grid) */
 } decode_case;
 
 #define F16 FLP_DTYPE_F16
@@ -71,6 +73,7 @@ typedef struct decode_case {
 
 /* fp8 scales: stored values are the [-1, 1] inputs divided by the scale (so e4m3 scales stay
  * above 1/448, its largest finite value). */
+/* clang-format off */
 static const decode_case decode_cases[] = {
     /* ---- shapes, dtypes, layouts, GQA groups 1/4/7/8 ---- */
     {.name = "f16_nhd_d64_g4", .batch = 4, .kv_lens = {7, 16, 33, 100}, .num_qo_heads = 8,
@@ -101,20 +104,23 @@ static const decode_case decode_cases[] = {
      .page_size = 16},
     {.name = "all_empty_f16", .batch = 3, .kv_lens = {0, 0, 0}, .num_qo_heads = 4,
      .num_kv_heads = 1, .head_dim = 64, .q_dtype = F16, .layout = NHD, .page_size = 16},
-    {.name = "skewed_many_short_f16", .batch = 24, .gen = KV_SKEWED, .gen_min = 20,
-     .gen_max = 700, .zero_every = 5, .num_qo_heads = 4, .num_kv_heads = 1, .head_dim = 64,
-     .q_dtype = F16, .layout = NHD, .page_size = 8},
-    {.name = "ragged_batch40_bf16_hnd", .batch = 40, .gen = KV_RAGGED, .gen_min = 1,
-     .gen_max = 60, .zero_every = 7, .num_qo_heads = 8, .num_kv_heads = 2, .head_dim = 64,
-     .q_dtype = BF16, .layout = HND, .page_size = 16},
+    {.name = "skewed_many_short_f16", .batch = 24, .gen = KV_SKEWED, .gen_min = 20, .gen_max = 700,
+     .zero_every = 5, .num_qo_heads = 4, .num_kv_heads = 1, .head_dim = 64, .q_dtype = F16,
+     .layout = NHD, .page_size = 8},
+    {.name = "ragged_batch40_bf16_hnd", .batch = 40, .gen = KV_RAGGED, .gen_min = 1, .gen_max = 60,
+     .zero_every = 7, .num_qo_heads = 8, .num_kv_heads = 2, .head_dim = 64, .q_dtype = BF16,
+     .layout = HND, .page_size = 16},
 
     /* ---- long requests: split into KV chunks + merge ---- */
     {.name = "split_f16_nhd_d128", .batch = 1, .kv_lens = {2500}, .num_qo_heads = 8,
-     .num_kv_heads = 1, .head_dim = 128, .q_dtype = F16, .layout = NHD, .page_size = 16},
-    {.name = "split_bf16_hnd_d64", .batch = 2, .kv_lens = {3000, 1200}, .num_qo_heads = 8,
-     .num_kv_heads = 2, .head_dim = 64, .q_dtype = BF16, .layout = HND, .page_size = 64},
+     .num_kv_heads = 1, .head_dim = 128, .q_dtype = F16, .layout = NHD, .page_size = 16,
+     .split = true},
+    {.name = "split_bf16_hnd_d64_g8", .batch = 2, .kv_lens = {3000, 1200}, .num_qo_heads = 8,
+     .num_kv_heads = 1, .head_dim = 64, .q_dtype = BF16, .layout = HND, .page_size = 64,
+     .split = true},
     {.name = "split_f16_d256_page128", .batch = 1, .kv_lens = {1500}, .num_qo_heads = 2,
-     .num_kv_heads = 2, .head_dim = 256, .q_dtype = F16, .layout = NHD, .page_size = 128},
+     .num_kv_heads = 2, .head_dim = 256, .q_dtype = F16, .layout = NHD, .page_size = 128,
+     .split = true},
 
     /* ---- fp8 KV (compared against the dequantised values) ---- */
     {.name = "e4m3_f16_nhd_d128", .batch = 3, .kv_lens = {20, 77, 150}, .num_qo_heads = 8,
@@ -125,7 +131,7 @@ static const decode_case decode_cases[] = {
      .page_size = 16, .k_scale = 0.25f, .v_scale = 3.0f},
     {.name = "e4m3_bf16_split_d128", .batch = 1, .kv_lens = {2000}, .num_qo_heads = 4,
      .num_kv_heads = 1, .head_dim = 128, .q_dtype = BF16, .kv_dtype = E4M3, .layout = NHD,
-     .page_size = 32, .k_scale = 0.02f, .v_scale = 0.5f},
+     .page_size = 32, .k_scale = 0.02f, .v_scale = 0.5f, .split = true},
     {.name = "e5m2_f16_nhd_d256", .batch = 2, .kv_lens = {40, 90}, .num_qo_heads = 4,
      .num_kv_heads = 2, .head_dim = 256, .q_dtype = F16, .kv_dtype = E5M2, .layout = NHD,
      .page_size = 16, .k_scale = 0.5f, .v_scale = 0.125f},
@@ -146,16 +152,16 @@ static const decode_case decode_cases[] = {
      .use_window = true, .window_left = 0},
     {.name = "window_split_bf16", .batch = 1, .kv_lens = {2000}, .num_qo_heads = 8,
      .num_kv_heads = 2, .head_dim = 128, .q_dtype = BF16, .layout = NHD, .page_size = 16,
-     .use_window = true, .window_left = 700},
+     .use_window = true, .window_left = 700, .split = true},
     {.name = "alibi_standard_h12_g3", .batch = 2, .kv_lens = {40, 77}, .num_qo_heads = 12,
      .num_kv_heads = 4, .head_dim = 64, .q_dtype = F16, .layout = NHD, .page_size = 16,
      .alibi = ALIBI_STANDARD},
     {.name = "alibi_caller_bf16_hnd", .batch = 3, .kv_lens = {5, 64, 130}, .num_qo_heads = 8,
      .num_kv_heads = 1, .head_dim = 128, .q_dtype = BF16, .layout = HND, .page_size = 16,
      .alibi = ALIBI_CALLER},
-    {.name = "alibi_split_g8", .batch = 1, .kv_lens = {1800}, .num_qo_heads = 16,
-     .num_kv_heads = 2, .head_dim = 64, .q_dtype = F16, .layout = NHD, .page_size = 32,
-     .alibi = ALIBI_STANDARD},
+    {.name = "alibi_split_g8", .batch = 1, .kv_lens = {1800}, .num_qo_heads = 16, .num_kv_heads = 2,
+     .head_dim = 64, .q_dtype = F16, .layout = NHD, .page_size = 32, .alibi = ALIBI_STANDARD,
+     .split = true},
     {.name = "rope_default_f16", .batch = 2, .kv_lens = {60, 200}, .num_qo_heads = 8,
      .num_kv_heads = 2, .head_dim = 128, .q_dtype = F16, .layout = NHD, .page_size = 16,
      .rope = ROPE_DEFAULT},
@@ -170,7 +176,7 @@ static const decode_case decode_cases[] = {
      .rope = ROPE_DEFAULT, .rope_offsets = true},
     {.name = "rope_offsets_split_f16_hnd", .batch = 1, .kv_lens = {1000}, .num_qo_heads = 4,
      .num_kv_heads = 1, .head_dim = 64, .q_dtype = F16, .layout = HND, .page_size = 16,
-     .rope = ROPE_SCALED, .rope_offsets = true},
+     .rope = ROPE_SCALED, .rope_offsets = true, .split = true},
     {.name = "sm_scale_custom_f16", .batch = 2, .kv_lens = {33, 80}, .num_qo_heads = 8,
      .num_kv_heads = 2, .head_dim = 128, .q_dtype = F16, .layout = NHD, .page_size = 16,
      .sm_scale = 0.3f},
@@ -182,12 +188,12 @@ static const decode_case decode_cases[] = {
     {.name = "causal_qo2_f16_g4", .batch = 3, .kv_lens = {2, 30, 100}, .num_qo_heads = 8,
      .num_kv_heads = 2, .head_dim = 128, .q_dtype = F16, .layout = NHD, .page_size = 16,
      .qo_len = 2, .causal = true},
-    {.name = "causal_qo4_window_bf16_hnd", .batch = 4, .kv_lens = {4, 17, 64, 0},
-     .num_qo_heads = 8, .num_kv_heads = 1, .head_dim = 64, .q_dtype = BF16, .layout = HND,
-     .page_size = 16, .qo_len = 4, .causal = true, .use_window = true, .window_left = 8},
+    {.name = "causal_qo4_window_bf16_hnd", .batch = 4, .kv_lens = {4, 17, 64, 0}, .num_qo_heads = 8,
+     .num_kv_heads = 1, .head_dim = 64, .q_dtype = BF16, .layout = HND, .page_size = 16,
+     .qo_len = 4, .causal = true, .use_window = true, .window_left = 8},
     {.name = "causal_qo3_split_f16", .batch = 1, .kv_lens = {1500}, .num_qo_heads = 8,
      .num_kv_heads = 2, .head_dim = 128, .q_dtype = F16, .layout = NHD, .page_size = 16,
-     .qo_len = 3, .causal = true},
+     .qo_len = 3, .causal = true, .split = true},
     {.name = "qo2_no_mask_f16", .batch = 2, .kv_lens = {10, 50}, .num_qo_heads = 4,
      .num_kv_heads = 2, .head_dim = 64, .q_dtype = F16, .layout = NHD, .page_size = 16,
      .qo_len = 2},
@@ -207,13 +213,14 @@ static const decode_case decode_cases[] = {
     {.name = "combo_alibi_e4m3_qo2", .batch = 3, .kv_lens = {4, 60, 700}, .num_qo_heads = 8,
      .num_kv_heads = 2, .head_dim = 64, .q_dtype = BF16, .kv_dtype = E4M3, .layout = HND,
      .page_size = 16, .qo_len = 2, .causal = true, .use_window = true, .window_left = 50,
-     .soft_cap = 5.0f, .sm_scale = 0.2f, .alibi = ALIBI_CALLER, .k_scale = 0.01f,
-     .v_scale = 0.02f, .layout_flags = CASE_INTERLEAVED_KV | CASE_PADDED_QO},
+     .soft_cap = 5.0f, .sm_scale = 0.2f, .alibi = ALIBI_CALLER, .k_scale = 0.01f, .v_scale = 0.02f,
+     .layout_flags = CASE_INTERLEAVED_KV | CASE_PADDED_QO},
     {.name = "combo_rope_softcap_qo3", .batch = 2, .kv_lens = {40, 300}, .num_qo_heads = 8,
      .num_kv_heads = 2, .head_dim = 128, .q_dtype = F16, .layout = NHD, .page_size = 16,
      .qo_len = 3, .causal = true, .use_window = true, .window_left = 64, .soft_cap = 10.0f,
      .rope = ROPE_LLAMA31, .rope_offsets = true, .layout_flags = CASE_PADDED_QO},
 };
+/* clang-format on */
 
 #define DECODE_CASE_COUNT (sizeof(decode_cases) / sizeof(decode_cases[0]))
 

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Builds flashport (warnings are errors) and runs every test suite: core and vulkan (lavapipe or
+# a GPU, Khronos validation layer on: any validation message fails), cuda (skipped, exit 77,
+# without an NVIDIA GPU; the NVRTC compile test still runs where libnvrtc exists), then the core
+# suite again under ASan+UBSan, then a clang-format check.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tools/install-deps.sh
+
+cuda=disabled
+[ -x /usr/local/cuda/bin/nvcc ] && cuda=enabled
+[ -f build/build.ninja ] || meson setup build -Dvulkan=enabled -Dcuda=$cuda
+ninja -C build
+log=$(mktemp)
+meson test -C build --suite core --suite vulkan --suite cuda --print-errorlogs | tee "$log"
+
+[ -f build-asan/build.ninja ] ||
+    meson setup build-asan -Db_sanitize=address,undefined -Db_lundef=false -Dvulkan=disabled \
+        -Dcuda=disabled -Dbench=false
+ninja -C build-asan
+UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 meson test -C build-asan --suite core \
+    --print-errorlogs | tee -a "$log"
+
+if command -v clang-format >/dev/null; then
+    git ls-files '*.c' '*.h' '*.cu' '*.cuh' | xargs clang-format --dry-run -Werror
+    echo "clang-format: clean"
+fi
+
+# One closing line over both runs (meson prints "Ok: N", "Fail: N", "Skipped: N" per run).
+count() { awk -v k="$1:" '$1 == k { n += $2 } END { print n + 0 }' "$log"; }
+echo "tests: $(count Ok) passed, $(count Fail) failed, $(count Skipped) skipped"
+rm -f "$log"
