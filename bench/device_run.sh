@@ -20,8 +20,11 @@ export FLP_VULKAN_VALIDATION=${FLP_VULKAN_VALIDATION:-0} # no validation layer o
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv,noheader
 
 build=build-dev
+vulkan=${FLP_DEV_VULKAN:-enabled} # FLP_DEV_VULKAN=disabled: CUDA only
+backends="cuda"
+[ "$vulkan" = enabled ] && backends="cuda vulkan"
 if [ ! -f $build/build.ninja ]; then
-    meson setup $build -Dcuda=enabled -Dvulkan=enabled -Dbuildtype=release >"$out/setup.log" 2>&1 ||
+    meson setup $build -Dcuda=enabled -Dvulkan=$vulkan -Dbuildtype=release >"$out/setup.log" 2>&1 ||
         { tail -40 "$out/setup.log"; exit 1; }
 fi
 start=$(date +%s)
@@ -33,19 +36,22 @@ if [ "$mode" != bench ]; then
         >"$out/test.log" 2>&1
     grep -E "^ *[0-9]+/[0-9]+ |^Ok:|^Fail:|^Skipped:" "$out/test.log"
     grep -E "FAILED|Assert|error" "$out/test.log" | head -40
-    echo "== compute-sanitizer (memcheck) on the cuda decode suite"
-    compute-sanitizer --tool memcheck --error-exitcode 9 $build/tests/test_decode cuda \
-        >"$out/sanitizer.log" 2>&1
-    echo "compute-sanitizer exit: $?"; tail -5 "$out/sanitizer.log"
+    for tool in memcheck racecheck synccheck; do
+        echo "== compute-sanitizer --tool $tool on the cuda suites"
+        for t in test_decode test_cuda; do
+            timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 $build/tests/$t cuda \
+                >"$out/sanitizer-$tool-$t.log" 2>&1
+            echo "$t: exit $?"; grep -E "ERROR SUMMARY|PASSED|FAILED" "$out/sanitizer-$tool-$t.log" | tail -3
+        done
+    done
     echo "== demo"
-    $build/flashport-demo cuda 2>&1 | tee "$out/demo-cuda.log"
-    $build/flashport-demo vulkan 2>&1 | tee "$out/demo-vulkan.log"
+    for be in $backends; do $build/flashport-demo $be 2>&1 | tee "$out/demo-$be.log"; done
 fi
 if [ "$mode" != test ]; then
     echo "== bench"
     python3 bench/peer_torch_decode.py 64 4096 32 8 128 2>&1 | tee "$out/peer.log"
     copy=$(sed -n 's/^peer copy GB\/s=\([0-9]*\).*/\1/p' "$out/peer.log")
-    for be in cuda vulkan; do
+    for be in $backends; do
         $build/bench/flashport-bench-decode --backend $be --batch 64 --kv-len 4096 \
             --copy-gbps "${copy:-0}" 2>&1 | tee -a "$out/bench.log"
     done

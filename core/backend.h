@@ -23,7 +23,7 @@ typedef struct flp_backend_ops {
     flp_status (*synchronize)(flp_context *ctx);
     /* Workgroups of the decode kernel for this head_dim: a multiple of the compute units that
      * fills the device (the plan fixes it at creation, so launch sizes never change). */
-    int32_t (*decode_grid_size)(flp_context *ctx, int32_t head_dim);
+    int32_t (*decode_grid_size)(flp_context *ctx, int32_t head_dim); /* < 0: flp_status */
     /* Checks the launch is supported (dtypes, head_dim, ...) without queueing anything. */
     flp_status (*decode_check)(flp_context *ctx, const flp_decode_launch *launch);
     /* Queues the decode kernel, then the merge kernel (always: it skips unsplit requests). */

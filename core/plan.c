@@ -91,10 +91,12 @@ static flp_status prepare(flp_context *ctx, const char *fn, const flp_plan_desc 
         return status;
     if (d->max_qo_len == 0)
         d->max_qo_len = 1;
+    /* The backend returns the grid, or a negative flp_status with its message set. */
     *num_ctas = ctx->ops->decode_grid_size(ctx, d->head_dim);
-    if (*num_ctas <= 0)
-        return flp_fail(ctx, FLP_ERROR_BACKEND, "%s: backend reported a decode grid of %d", fn,
-                        *num_ctas);
+    if (*num_ctas < 0)
+        return (flp_status)*num_ctas;
+    if (*num_ctas == 0)
+        return flp_fail(ctx, FLP_ERROR_BACKEND, "%s: backend reported a decode grid of 0", fn);
     *max_items = flp_decode_max_items(d->max_batch_size, d->num_kv_heads, *num_ctas);
     *layout = compute_layout(d, *num_ctas, *max_items);
     return FLP_OK;
