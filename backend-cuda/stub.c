@@ -10,6 +10,12 @@ flp_status flp_cuda_backend_open(flp_context *ctx, int device_index, void *cu_co
     return flp_fail(ctx, FLP_ERROR_UNSUPPORTED, NOT_BUILT);
 }
 
+/* Goes through the core so the caller's log callback hears why (the stub's open fails). */
+flp_status flp_cuda_context_create(const flp_context_desc *desc, CUcontext cu_context,
+                                   flp_context **out) {
+    return flp_context_create_on(desc, FLP_BACKEND_CUDA, cu_context, out);
+}
+
 flp_status flp_cuda_set_stream(flp_context *ctx, CUstream stream) {
     (void)stream;
     return flp_fail(ctx, FLP_ERROR_UNSUPPORTED, NOT_BUILT);

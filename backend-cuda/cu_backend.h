@@ -1,0 +1,72 @@
+/* State of a CUDA context and the functions the backend's files share. */
+#ifndef FLP_CUDA_CU_BACKEND_H
+#define FLP_CUDA_CU_BACKEND_H
+
+#include "backend-cuda/cu_driver.h"
+#include "backend-cuda/cu_launch.h"
+#include "core/backend.h"
+
+/* The kernels of one configuration, ready to launch. */
+typedef struct flp_cu_config {
+    bool ready;
+    CUmodule nvrtc_module;      /* NULL when the functions come from the fatbin */
+    CUfunction decode[2];       /* [0]: 4 query rows in registers, [1]: 8 */
+    CUfunction merge;           /* merge kernel of the q dtype */
+    unsigned int smem_bytes[2]; /* dynamic shared memory of decode[i] */
+    int max_blocks;             /* resident decode blocks per SM, the smaller of the two */
+} flp_cu_config;
+
+typedef struct flp_cu_state {
+    const flp_cu_driver *cu;
+    CUdevice device;
+    CUcontext context;
+    bool retained_primary; /* the device's primary context, released on destroy */
+    CUstream own_stream;   /* non-blocking, created by the library */
+    CUstream stream;       /* where work goes: own_stream or the caller's */
+    int cc;                /* compute capability, major * 10 + minor */
+    int sm_count;
+    /* Modules: the embedded fatbin, or per-configuration NVRTC builds when the fatbin has no
+     * image for this device (or FLP_CUDA_FORCE_NVRTC=1). */
+    bool fatbin_checked;
+    bool use_nvrtc;
+    CUmodule fatbin_module;
+    flp_cu_config configs[FLP_CU_NUM_CONFIGS];
+} flp_cu_state;
+
+/* The backend's function table (cu_context.c); also identifies CUDA contexts. */
+extern const flp_backend_ops flp_cuda_ops;
+
+static inline flp_cu_state *flp_cu_state_of(const flp_context *ctx) {
+    return (flp_cu_state *)ctx->backend;
+}
+
+/* Makes ctx's CUcontext current on the calling thread until flp_cu_leave (driver calls need
+ * it; the caller's own current context is restored afterwards). what names the entry point. */
+flp_status flp_cu_enter(flp_context *ctx, const char *what);
+void flp_cu_leave(flp_context *ctx);
+
+/* Waits for the work queued on the current stream, unless a caller is capturing that stream
+ * into a graph (synchronising would invalidate the capture). The context must be current. */
+CUresult flp_cu_sync_stream(flp_cu_state *st);
+
+/* cu_memory.c */
+flp_status flp_cu_buffer_create(flp_context *ctx, flp_buffer *buf);
+void flp_cu_buffer_destroy(flp_context *ctx, flp_buffer *buf);
+flp_status flp_cu_buffer_write(flp_context *ctx, flp_buffer *buf, size_t offset, const void *src,
+                               size_t size);
+flp_status flp_cu_buffer_read(flp_context *ctx, const flp_buffer *buf, size_t offset, void *dst,
+                              size_t size);
+
+/* cu_module.c */
+/* The kernels of configuration index, loading (or NVRTC-compiling) them on first use. The
+ * context must be current (flp_cu_enter). */
+flp_status flp_cu_config_get(flp_context *ctx, int index, const flp_cu_config **out);
+/* Unloads every module (the context must be current). */
+void flp_cu_modules_release(flp_context *ctx);
+
+/* cu_decode.c */
+int32_t flp_cu_decode_grid_size(flp_context *ctx, int32_t head_dim);
+flp_status flp_cu_decode_check(flp_context *ctx, const flp_decode_launch *launch);
+flp_status flp_cu_decode_run(flp_context *ctx, const flp_decode_launch *launch);
+
+#endif /* FLP_CUDA_CU_BACKEND_H */

@@ -1,0 +1,31 @@
+/* The driver-free part of the CUDA decode launch: which kernel serves a launch and whether its
+ * arguments suit the kernels (alignment, shapes). Shared by the backend and the host emulator
+ * (backend-cuda/emulate/), so it needs no CUDA header. */
+#ifndef FLP_CUDA_CU_LAUNCH_H
+#define FLP_CUDA_CU_LAUNCH_H
+
+#include "core/backend.h"
+
+/* Kernel configurations: (q dtype, kv dtype, head_dim). */
+#define FLP_CU_NUM_Q 2
+#define FLP_CU_NUM_KV 4
+#define FLP_CU_NUM_HEAD_DIMS 3
+#define FLP_CU_NUM_CONFIGS (FLP_CU_NUM_Q * FLP_CU_NUM_KV * FLP_CU_NUM_HEAD_DIMS)
+
+/* Index of a configuration, or -1 when no kernel exists for it. */
+int flp_cu_config_index(int32_t q_dtype, int32_t kv_dtype, int32_t head_dim);
+/* The configuration of an index (0 <= index < FLP_CU_NUM_CONFIGS). */
+void flp_cu_config_of(int index, int32_t *q_dtype, int32_t *kv_dtype, int32_t *head_dim);
+/* Name of a decode kernel ("flp_decode_bf16_e4m3_d128_r4") or, with rows 0, of the merge
+ * kernel of q_dtype ("flp_decode_merge_bf16"), into buf; false for an unknown configuration. */
+bool flp_cu_kernel_name(int32_t q_dtype, int32_t kv_dtype, int32_t head_dim, int rows, char *buf,
+                        size_t size);
+/* Which decode kernel of a configuration a launch uses: 0 (4 query rows in registers) when the
+ * plan's capacity max_qo_len * group_size is <= 4, else 1 (8 rows, looping over blocks of 8). */
+int flp_cu_decode_variant(const flp_decode_launch *launch);
+/* Checks a launch against what the kernels support and assume (dtypes, head_dim, the plan's
+ * group and qo_len capacity, 16-byte alignment of q/out/plan, K/V alignment); fails ctx with
+ * a message. */
+flp_status flp_cu_launch_validate(flp_context *ctx, const flp_decode_launch *launch);
+
+#endif /* FLP_CUDA_CU_LAUNCH_H */

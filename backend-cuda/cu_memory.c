@@ -1,0 +1,74 @@
+/* Device buffers: cuMemAlloc'ed memory; host copies ordered on the context's stream. */
+#include "backend-cuda/cu_backend.h"
+
+flp_status flp_cu_buffer_create(flp_context *ctx, flp_buffer *buf) {
+    flp_cu_state *st = flp_cu_state_of(ctx);
+    flp_status status = flp_cu_enter(ctx, "flp_buffer_create");
+    if (status != FLP_OK)
+        return status;
+    CUdeviceptr ptr = 0;
+    CUresult r = st->cu->cuMemAlloc(&ptr, buf->size);
+    flp_cu_leave(ctx);
+    if (r != CUDA_SUCCESS)
+        return flp_cu_fail(ctx, st->cu, r, "flp_buffer_create: cuMemAlloc(%zu bytes)", buf->size);
+    buf->device_address = (uint64_t)ptr;
+    buf->native = NULL;
+    buf->wrapped = false;
+    return FLP_OK;
+}
+
+void flp_cu_buffer_destroy(flp_context *ctx, flp_buffer *buf) {
+    flp_cu_state *st = flp_cu_state_of(ctx);
+    if (buf->wrapped || buf->device_address == 0)
+        return;
+    if (flp_cu_enter(ctx, "flp_buffer_destroy") != FLP_OK)
+        return;
+    /* Work queued on the stream may still read the buffer: cuMemFree does not wait for a
+     * non-blocking stream. */
+    CUresult r = flp_cu_sync_stream(st);
+    if (r != CUDA_SUCCESS)
+        flp_cu_fail(ctx, st->cu, r, "flp_buffer_destroy: cuStreamSynchronize");
+    r = st->cu->cuMemFree((CUdeviceptr)buf->device_address);
+    if (r != CUDA_SUCCESS)
+        flp_cu_fail(ctx, st->cu, r, "flp_buffer_destroy: cuMemFree");
+    flp_cu_leave(ctx);
+    buf->device_address = 0;
+}
+
+flp_status flp_cu_buffer_write(flp_context *ctx, flp_buffer *buf, size_t offset, const void *src,
+                               size_t size) {
+    flp_cu_state *st = flp_cu_state_of(ctx);
+    flp_status status = flp_cu_enter(ctx, "flp_buffer_write");
+    if (status != FLP_OK)
+        return status;
+    CUresult r = st->cu->cuMemcpyHtoDAsync((CUdeviceptr)(buf->device_address + offset), src, size,
+                                           st->stream);
+    if (r != CUDA_SUCCESS) {
+        flp_cu_leave(ctx);
+        return flp_cu_fail(ctx, st->cu, r, "flp_buffer_write: cuMemcpyHtoDAsync(%zu bytes)", size);
+    }
+    r = st->cu->cuStreamSynchronize(st->stream);
+    flp_cu_leave(ctx);
+    if (r != CUDA_SUCCESS)
+        return flp_cu_fail(ctx, st->cu, r, "flp_buffer_write: cuStreamSynchronize");
+    return FLP_OK;
+}
+
+flp_status flp_cu_buffer_read(flp_context *ctx, const flp_buffer *buf, size_t offset, void *dst,
+                              size_t size) {
+    flp_cu_state *st = flp_cu_state_of(ctx);
+    flp_status status = flp_cu_enter(ctx, "flp_buffer_read");
+    if (status != FLP_OK)
+        return status;
+    CUresult r = st->cu->cuMemcpyDtoHAsync(dst, (CUdeviceptr)(buf->device_address + offset), size,
+                                           st->stream);
+    if (r != CUDA_SUCCESS) {
+        flp_cu_leave(ctx);
+        return flp_cu_fail(ctx, st->cu, r, "flp_buffer_read: cuMemcpyDtoHAsync(%zu bytes)", size);
+    }
+    r = st->cu->cuStreamSynchronize(st->stream);
+    flp_cu_leave(ctx);
+    if (r != CUDA_SUCCESS)
+        return flp_cu_fail(ctx, st->cu, r, "flp_buffer_read: cuStreamSynchronize");
+    return FLP_OK;
+}

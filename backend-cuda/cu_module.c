@@ -1,0 +1,185 @@
+/* Kernel modules: the embedded fatbin (sm_80, sm_90a; sm_8x devices run the sm_80 image), or,
+ * for devices it has no image for (or with FLP_CUDA_FORCE_NVRTC=1), the embedded source compiled
+ * by NVRTC one configuration at a time. Functions are fetched and configured once per context. */
+#include "backend-cuda/cu_backend.h"
+#include "backend-cuda/cu_embedded.h"
+#include "backend-cuda/cu_nvrtc.h"
+#include "backend-cuda/kernels/decode_config.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static const int rows_of[2] = {FLP_CU_DECODE_ROWS_SMALL, FLP_CU_DECODE_ROWS_LARGE};
+
+static bool force_nvrtc(void) {
+    const char *v = getenv("FLP_CUDA_FORCE_NVRTC");
+    return v && strcmp(v, "1") == 0;
+}
+
+/* Loads the fatbin once; a device it has no image for switches the context to NVRTC. */
+static flp_status check_fatbin(flp_context *ctx, flp_cu_state *st) {
+    if (st->fatbin_checked)
+        return FLP_OK;
+    if (force_nvrtc()) {
+        flp_log(ctx, FLP_LOG_INFO, "CUDA: FLP_CUDA_FORCE_NVRTC=1: kernels come from NVRTC");
+        st->use_nvrtc = true;
+        st->fatbin_checked = true;
+        return FLP_OK;
+    }
+    CUmodule module = NULL;
+    CUresult r = st->cu->cuModuleLoadData(&module, flp_cuda_fatbin);
+    if (r == CUDA_ERROR_NO_BINARY_FOR_GPU || r == CUDA_ERROR_INVALID_IMAGE ||
+        r == CUDA_ERROR_UNSUPPORTED_PTX_VERSION) {
+        /* No image for this device, or images this (older) driver cannot read. */
+        char text[256];
+        flp_log(ctx, FLP_LOG_INFO,
+                "CUDA: the built-in kernels (sm_80, sm_90a) do not load on sm_%d (%s): "
+                "compiling them with NVRTC",
+                st->cc, flp_cu_result_text(st->cu, r, text, sizeof text));
+        st->use_nvrtc = true;
+    } else if (r != CUDA_SUCCESS) {
+        return flp_cu_fail(ctx, st->cu, r,
+                           "CUDA: cuModuleLoadData of the built-in kernels (%lu bytes fatbin)",
+                           flp_cuda_fatbin_size);
+    } else {
+        st->fatbin_module = module;
+    }
+    st->fatbin_checked = true;
+    return FLP_OK;
+}
+
+/* NVRTC-compiles and loads the module of one configuration. */
+static flp_status compile_config(flp_context *ctx, flp_cu_state *st, int index, CUmodule *out) {
+    int32_t q, kv, d;
+    flp_cu_config_of(index, &q, &kv, &d);
+    char message[FLP_ERROR_MESSAGE_SIZE];
+    flp_cuda_image image;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    flp_status status = flp_cuda_nvrtc_compile_for_arch(st->cc, (flp_dtype)q, (flp_dtype)kv, d,
+                                                        &image, message, sizeof message);
+    if (status != FLP_OK)
+        return flp_fail(ctx, status,
+                        "CUDA: NVRTC build of the %s/%s head_dim %d kernels for "
+                        "sm_%d: %s",
+                        flp_dtype_name((flp_dtype)q), flp_dtype_name((flp_dtype)kv), (int)d, st->cc,
+                        message);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    CUresult r = st->cu->cuModuleLoadData(out, image.data);
+    flp_log(ctx, FLP_LOG_INFO,
+            "CUDA: NVRTC built the %s/%s head_dim %d kernels for %s (%s) in %.1f s",
+            flp_dtype_name((flp_dtype)q), flp_dtype_name((flp_dtype)kv), (int)d, image.target,
+            image.is_cubin ? "cubin" : "PTX for the driver to compile",
+            (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec));
+    char target[sizeof image.target];
+    memcpy(target, image.target, sizeof target);
+    flp_cuda_image_free(&image);
+    if (r != CUDA_SUCCESS) {
+        *out = NULL;
+        return flp_cu_fail(ctx, st->cu, r, "CUDA: cuModuleLoadData of the NVRTC %s image", target);
+    }
+    return FLP_OK;
+}
+
+static flp_status get_function(flp_context *ctx, flp_cu_state *st, CUmodule module,
+                               const char *name, CUfunction *out) {
+    CUresult r = st->cu->cuModuleGetFunction(out, module, name);
+    if (r != CUDA_SUCCESS)
+        return flp_cu_fail(ctx, st->cu, r, "CUDA: cuModuleGetFunction(%s)", name);
+    return FLP_OK;
+}
+
+/* Fetches the functions of a configuration from module, raises their shared-memory limit and
+ * measures their occupancy. */
+static flp_status setup_config(flp_context *ctx, flp_cu_state *st, int index, CUmodule module,
+                               flp_cu_config *cfg) {
+    int32_t q, kv, d;
+    flp_cu_config_of(index, &q, &kv, &d);
+    const flp_cu_driver *cu = st->cu;
+    char name[64];
+    flp_cu_kernel_name(q, kv, d, 0, name, sizeof name);
+    flp_status status = get_function(ctx, st, module, name, &cfg->merge);
+    if (status != FLP_OK)
+        return status;
+    int max_blocks = 0;
+    for (int i = 0; i < 2; i++) {
+        flp_cu_kernel_name(q, kv, d, rows_of[i], name, sizeof name);
+        status = get_function(ctx, st, module, name, &cfg->decode[i]);
+        if (status != FLP_OK)
+            return status;
+        const unsigned smem = (unsigned)FLP_CU_DECODE_SMEM_BYTES((int)flp_dtype_size((flp_dtype)kv),
+                                                                 (int)d, rows_of[i]);
+        if (smem > ctx->info.shared_memory_per_group)
+            return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
+                            "CUDA: %s needs %u bytes of shared memory, the device allows %zu", name,
+                            smem, ctx->info.shared_memory_per_group);
+        CUresult r = cu->cuFuncSetAttribute(
+            cfg->decode[i], CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, (int)smem);
+        if (r != CUDA_SUCCESS)
+            return flp_cu_fail(ctx, cu, r,
+                               "CUDA: cuFuncSetAttribute(%s, MAX_DYNAMIC_SHARED_SIZE_BYTES, %u)",
+                               name, smem);
+        int blocks = 0;
+        r = cu->cuOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, cfg->decode[i],
+                                                            FLP_CU_DECODE_THREADS, smem);
+        if (r != CUDA_SUCCESS)
+            return flp_cu_fail(ctx, cu, r, "CUDA: cuOccupancyMaxActiveBlocksPerMultiprocessor(%s)",
+                               name);
+        if (blocks < 1)
+            return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
+                            "CUDA: %s cannot be resident on this device (%d threads, %u bytes of "
+                            "shared memory)",
+                            name, FLP_CU_DECODE_THREADS, smem);
+        cfg->smem_bytes[i] = smem;
+        max_blocks = i == 0 || blocks < max_blocks ? blocks : max_blocks;
+    }
+    cfg->max_blocks = max_blocks;
+    return FLP_OK;
+}
+
+flp_status flp_cu_config_get(flp_context *ctx, int index, const flp_cu_config **out) {
+    flp_cu_state *st = flp_cu_state_of(ctx);
+    flp_cu_config *cfg = &st->configs[index];
+    if (cfg->ready) {
+        *out = cfg;
+        return FLP_OK;
+    }
+    flp_status status = check_fatbin(ctx, st);
+    if (status != FLP_OK)
+        return status;
+    CUmodule module = st->fatbin_module;
+    if (st->use_nvrtc) {
+        status = compile_config(ctx, st, index, &module);
+        if (status != FLP_OK)
+            return status;
+    }
+    flp_cu_config fresh;
+    memset(&fresh, 0, sizeof fresh);
+    status = setup_config(ctx, st, index, module, &fresh);
+    if (status != FLP_OK) {
+        if (st->use_nvrtc)
+            st->cu->cuModuleUnload(module);
+        return status;
+    }
+    fresh.nvrtc_module = st->use_nvrtc ? module : NULL;
+    fresh.ready = true;
+    *cfg = fresh;
+    *out = cfg;
+    return FLP_OK;
+}
+
+void flp_cu_modules_release(flp_context *ctx) {
+    flp_cu_state *st = flp_cu_state_of(ctx);
+    for (int i = 0; i < FLP_CU_NUM_CONFIGS; i++) {
+        if (st->configs[i].nvrtc_module)
+            st->cu->cuModuleUnload(st->configs[i].nvrtc_module);
+        memset(&st->configs[i], 0, sizeof st->configs[i]);
+    }
+    if (st->fatbin_module)
+        st->cu->cuModuleUnload(st->fatbin_module);
+    st->fatbin_module = NULL;
+    st->fatbin_checked = false;
+    st->use_nvrtc = false;
+}

@@ -1,0 +1,11 @@
+/* The emulator's entry point for the host backend (emu_backend.c). */
+#ifndef FLP_CUDA_EMU_LAUNCH_H
+#define FLP_CUDA_EMU_LAUNCH_H
+
+#include "core/backend.h"
+
+/* Runs a decode launch (and its merge) on the CPU, as the CUDA backend would on a GPU;
+ * seed varies the timing of the emulated asynchronous copies. */
+void flp_emu_decode(const flp_decode_launch *launch, uint64_t seed);
+
+#endif /* FLP_CUDA_EMU_LAUNCH_H */

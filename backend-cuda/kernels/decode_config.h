@@ -1,0 +1,41 @@
+/* Launch configuration of the CUDA decode kernels, shared by the kernels (nvcc and NVRTC) and
+ * the host code that launches them, so both agree on block size and shared memory. Plain C
+ * preprocessor only. */
+#ifndef FLP_CUDA_DECODE_CONFIG_H
+#define FLP_CUDA_DECODE_CONFIG_H
+
+/* dtype codes: the flp_dtype values (the host checks they match). */
+#define FLP_CU_DT_F16 2
+#define FLP_CU_DT_BF16 3
+#define FLP_CU_DT_E4M3 4
+#define FLP_CU_DT_E5M2 5
+
+#define FLP_CU_DECODE_WARPS 4
+#define FLP_CU_DECODE_THREADS (32 * FLP_CU_DECODE_WARPS)
+/* KV elements each lane loads per token: 16 bytes of f16/bf16, 8 bytes of fp8. */
+#define FLP_CU_DECODE_VEC 8
+/* Steps (one token per lane group) held in each warp's shared-memory ring, over all stages. */
+#define FLP_CU_DECODE_RING_STEPS 12
+/* Shared memory after the ring/merge area: RoPE frequencies [head_dim / 2] and per-row data. */
+#define FLP_CU_DECODE_AUX_BYTES 1024
+#define FLP_CU_MERGE_THREADS 64
+
+/* Query rows (query heads x query tokens) held in registers at once: kernels exist for 4 and
+ * 8; the host picks 4 when qo_len * group_size <= 4. */
+#define FLP_CU_DECODE_ROWS_SMALL 4
+#define FLP_CU_DECODE_ROWS_LARGE 8
+
+#define FLP_CU_MAX_(a, b) ((a) > (b) ? (a) : (b))
+/* K and V rings of all warps. */
+#define FLP_CU_DECODE_RING_BYTES(kv_bytes)                                                         \
+    (FLP_CU_DECODE_WARPS * FLP_CU_DECODE_RING_STEPS * 32 * FLP_CU_DECODE_VEC * (kv_bytes)*2)
+/* Cross-warp merge: acc [warps][rows][head_dim], then m and l [warps][rows] (f32). Reuses the
+ * ring. */
+#define FLP_CU_DECODE_MERGE_BYTES(head_dim, rows)                                                  \
+    (FLP_CU_DECODE_WARPS * (rows) * ((head_dim) + 2) * 4)
+/* Dynamic shared memory of one decode block. */
+#define FLP_CU_DECODE_SMEM_BYTES(kv_bytes, head_dim, rows)                                         \
+    (FLP_CU_MAX_(FLP_CU_DECODE_RING_BYTES(kv_bytes), FLP_CU_DECODE_MERGE_BYTES(head_dim, rows)) +  \
+     FLP_CU_DECODE_AUX_BYTES)
+
+#endif /* FLP_CUDA_DECODE_CONFIG_H */

@@ -1,0 +1,76 @@
+/* All CUDA kernels of flashport, one translation unit: nvcc compiles it ahead of time into the
+ * embedded fatbin (sm_80, sm_90a) and the same text (includes inlined at build time) is what
+ * NVRTC compiles for other devices. Kernel names (looked up by the host, cu_decode.c):
+ *   flp_decode_<q>_<kv>_d<D>_r<R>  q in {f16, bf16}, kv in {f16, bf16, e4m3, e5m2},
+ *                                  D in {64, 128, 256}, R (query rows in registers) in {4, 8}
+ *   flp_decode_merge_<q>
+ * All take the flp_decode_params block by value.
+ *
+ * NVRTC compiles one configuration at a time to keep just-in-time compiles short: with
+ * FLP_ONLY_Q, FLP_ONLY_KV (FLP_CU_DT_* codes) and FLP_ONLY_HEAD_DIM defined, every other kernel
+ * is emitted with an empty body (the names stay, the compile time goes). */
+#define FLP_KERNEL_SOURCE 1
+
+#include "core/decode_params.h"
+#include "backend-cuda/kernels/decode.cuh"
+#include "backend-cuda/kernels/merge.cuh"
+
+/* Minimum resident blocks per SM the register allocation must allow. */
+#define FLP_DECODE_MIN_BLOCKS_4 3
+#define FLP_DECODE_MIN_BLOCKS_8 2
+
+#if defined(FLP_ONLY_Q) && defined(FLP_ONLY_KV) && defined(FLP_ONLY_HEAD_DIM)
+#define FLP_WANT_MERGE(QDT) ((QDT) == FLP_ONLY_Q)
+#define FLP_WANT_DECODE(QDT, KVDT, D)                                                              \
+    ((QDT) == FLP_ONLY_Q && (KVDT) == FLP_ONLY_KV && (D) == FLP_ONLY_HEAD_DIM)
+#else
+#define FLP_WANT_MERGE(QDT) true
+#define FLP_WANT_DECODE(QDT, KVDT, D) true
+#endif
+
+namespace flp {
+/* The body of a kernel, or nothing for a configuration left out (never instantiated). */
+template <int QDT, int KVDT, int D, int R, bool WANT> struct decode_entry {
+    FLP_DEV static void run(const flp_decode_params &p) {
+        decode_body<QDT, KVDT, D, R>(p);
+    }
+};
+template <int QDT, int KVDT, int D, int R> struct decode_entry<QDT, KVDT, D, R, false> {
+    FLP_DEV static void run(const flp_decode_params &) {}
+};
+template <int QDT, bool WANT> struct merge_entry {
+    FLP_DEV static void run(const flp_decode_params &p) {
+        merge_body<QDT>(p);
+    }
+};
+template <int QDT> struct merge_entry<QDT, false> {
+    FLP_DEV static void run(const flp_decode_params &) {}
+};
+} // namespace flp
+
+#define FLP_DECODE_KERNEL(QN, QDT, KVN, KVDT, D, R)                                                \
+    extern "C" __global__ void __launch_bounds__(FLP_CU_DECODE_THREADS, FLP_DECODE_MIN_BLOCKS_##R) \
+        flp_decode_##QN##_##KVN##_d##D##_r##R(const __grid_constant__ flp_decode_params p) {       \
+        flp::decode_entry<QDT, KVDT, D, R, FLP_WANT_DECODE(QDT, KVDT, D)>::run(p);                 \
+    }
+
+#define FLP_DECODE_KERNELS_QKV(QN, QDT, KVN, KVDT)                                                 \
+    FLP_DECODE_KERNEL(QN, QDT, KVN, KVDT, 64, 4)                                                   \
+    FLP_DECODE_KERNEL(QN, QDT, KVN, KVDT, 64, 8)                                                   \
+    FLP_DECODE_KERNEL(QN, QDT, KVN, KVDT, 128, 4)                                                  \
+    FLP_DECODE_KERNEL(QN, QDT, KVN, KVDT, 128, 8)                                                  \
+    FLP_DECODE_KERNEL(QN, QDT, KVN, KVDT, 256, 4)                                                  \
+    FLP_DECODE_KERNEL(QN, QDT, KVN, KVDT, 256, 8)
+
+#define FLP_DECODE_KERNELS_Q(QN, QDT)                                                              \
+    FLP_DECODE_KERNELS_QKV(QN, QDT, f16, FLP_CU_DT_F16)                                            \
+    FLP_DECODE_KERNELS_QKV(QN, QDT, bf16, FLP_CU_DT_BF16)                                          \
+    FLP_DECODE_KERNELS_QKV(QN, QDT, e4m3, FLP_CU_DT_E4M3)                                          \
+    FLP_DECODE_KERNELS_QKV(QN, QDT, e5m2, FLP_CU_DT_E5M2)                                          \
+    extern "C" __global__ void __launch_bounds__(FLP_CU_MERGE_THREADS)                             \
+        flp_decode_merge_##QN(const __grid_constant__ flp_decode_params p) {                       \
+        flp::merge_entry<QDT, FLP_WANT_MERGE(QDT)>::run(p);                                        \
+    }
+
+FLP_DECODE_KERNELS_Q(f16, FLP_CU_DT_F16)
+FLP_DECODE_KERNELS_Q(bf16, FLP_CU_DT_BF16)
