@@ -98,21 +98,25 @@ void fiber_main() {
     /* returning resumes uc_link: the scheduler */
 }
 
+/* Out of line so that no local of the caller's loop lives across getcontext (which returns
+ * twice: -Wclobbered). */
+__attribute__((noinline)) void init_fiber(fiber &f, unsigned index) {
+    f.index = index;
+    f.done = false;
+    f.shuffles = 0;
+    f.open.clear();
+    f.groups.clear();
+    getcontext(&f.context);
+    f.context.uc_stack.ss_sp = f.stack.data();
+    f.context.uc_stack.ss_size = f.stack.size();
+    f.context.uc_link = &state.scheduler;
+    makecontext(&f.context, fiber_main, 0);
+}
+
 void run_block() {
     const unsigned n = state.threads;
-    for (unsigned i = 0; i < n; i++) {
-        fiber &f = state.fibers[i];
-        f.index = i;
-        f.done = false;
-        f.shuffles = 0;
-        f.open.clear();
-        f.groups.clear();
-        getcontext(&f.context);
-        f.context.uc_stack.ss_sp = f.stack.data();
-        f.context.uc_stack.ss_size = f.stack.size();
-        f.context.uc_link = &state.scheduler;
-        makecontext(&f.context, fiber_main, 0);
-    }
+    for (unsigned i = 0; i < n; i++)
+        init_fiber(state.fibers[i], i);
     state.barrier_arrived = 0;
     std::fill(state.shuffle_values.begin(), state.shuffle_values.end(), 0u);
     std::fill(state.shuffle_arrived.begin(), state.shuffle_arrived.end(), 0u);
