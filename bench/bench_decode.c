@@ -8,6 +8,7 @@
  * queued back to back), achieved GB/s counting each K/V/Q/O byte once, and the fraction of
  * --copy-gbps (the device's measured copy bandwidth, read + write) when given. Results are
  * first checked against the float64 reference on a few requests. */
+#include "bench/timing.h"
 #include "core/reference.h"
 #include "flashport/flashport.h"
 
@@ -24,17 +25,6 @@ typedef struct bench_config {
     int iters;
     double copy_gbps;
 } bench_config;
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 static float uniform(void) {
@@ -244,14 +234,13 @@ int main(int argc, char **argv) {
 
     double samples[5];
     for (int s = 0; s < 5; s++) {
-        double t0 = now_seconds();
+        double t0 = timing_now_seconds();
         for (int i = 0; i < c.iters; i++)
             CHECK(flp_decode_run(ctx, plan, &ra));
         CHECK(flp_context_synchronize(ctx));
-        samples[s] = (now_seconds() - t0) / c.iters;
+        samples[s] = (timing_now_seconds() - t0) / c.iters;
     }
-    qsort(samples, 5, sizeof samples[0], cmp_double);
-    double t = samples[2];
+    double t = timing_median(samples, 5);
     double bytes =
         (double)c.batch * c.kv_len * c.hkv * c.head_dim * 2.0 * (double)flp_dtype_size(c.kv_dtype) +
         2.0 * (double)q_bytes;

@@ -3,6 +3,7 @@
  *
  * 32 requests with ragged lengths, GQA 32 query / 8 KV heads, head dim 128, bf16, page 16.
  * usage: flashport-demo [cuda|vulkan]   (default: auto) */
+#include "bench/timing.h"
 #include "core/reference.h"
 #include "flashport/flashport.h"
 
@@ -21,17 +22,6 @@ static double uniform(void) { /* splitmix64 -> [-1, 1) */
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     z ^= z >> 31;
     return (double)(z >> 11) / 9007199254740992.0 * 2.0 - 1.0;
-}
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
 }
 
 #define CHECK(call)                                                                                \
@@ -132,13 +122,12 @@ int main(int argc, char **argv) {
     CHECK(flp_context_synchronize(ctx));
     double times[REPEATS];
     for (int r = 0; r < REPEATS; r++) {
-        double t0 = now_seconds();
+        double t0 = timing_now_seconds();
         CHECK(flp_decode_run(ctx, plan, &ra));
         CHECK(flp_context_synchronize(ctx));
-        times[r] = now_seconds() - t0;
+        times[r] = timing_now_seconds() - t0;
     }
-    qsort(times, REPEATS, sizeof times[0], cmp_double);
-    double median = times[REPEATS / 2];
+    double median = timing_median(times, REPEATS);
 
     uint16_t *o_bits = malloc(q_elems * 2);
     CHECK(flp_buffer_read(ctx, o_buf, 0, o_bits, q_elems * 2));
