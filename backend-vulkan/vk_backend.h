@@ -8,6 +8,7 @@
 
 #include <volk.h>
 
+#include <pthread.h>
 #include <stdatomic.h>
 
 /* Command buffers the library's own queue keeps in flight before recycling the oldest. */
@@ -26,6 +27,7 @@ typedef struct flp_vk_instance_fns {
     PFN_vkGetPhysicalDeviceFeatures2 GetPhysicalDeviceFeatures2;
     PFN_vkGetPhysicalDeviceQueueFamilyProperties GetPhysicalDeviceQueueFamilyProperties;
     PFN_vkGetPhysicalDeviceMemoryProperties GetPhysicalDeviceMemoryProperties;
+    PFN_vkGetPhysicalDeviceFormatProperties GetPhysicalDeviceFormatProperties;
     PFN_vkEnumerateDeviceExtensionProperties EnumerateDeviceExtensionProperties;
     PFN_vkCreateDevice CreateDevice;
     PFN_vkGetDeviceProcAddr GetDeviceProcAddr;
@@ -47,13 +49,16 @@ typedef struct flp_vk_recording {
 } flp_vk_recording;
 
 typedef enum flp_vk_shader {
-    FLP_VK_SHADER_DECODE = 0,
-    FLP_VK_SHADER_MERGE = 1,
-    FLP_VK_SHADER_COUNT = 2,
+    FLP_VK_SHADER_DECODE = 0,     /* decode.comp: GPUs */
+    FLP_VK_SHADER_DECODE_CPU = 1, /* decode_cpu.comp: CPU devices (lavapipe), K/V by address */
+    FLP_VK_SHADER_DECODE_CPU_TEXEL = 2, /* decode_cpu.comp, K/V through texel buffers */
+    FLP_VK_SHADER_MERGE = 3,
+    FLP_VK_SHADER_COUNT = 4,
 } flp_vk_shader;
 
 typedef struct flp_vk_pipeline_key {
     flp_vk_shader shader;
+    bool full_subgroups; /* VK_PIPELINE_SHADER_STAGE_CREATE_REQUIRE_FULL_SUBGROUPS_BIT */
     uint32_t spec_count;
     uint32_t spec[FLP_VK_MAX_SPEC]; /* [spec_count] constant_id i = spec[i] */
 } flp_vk_pipeline_key;
@@ -73,7 +78,22 @@ typedef struct flp_vk_device_facts {
     uint32_t max_subgroup_size;
     bool full_subgroups; /* computeFullSubgroups enabled: pipelines may require it */
     bool has_float16;
+    uint32_t driver_id; /* VkDriverId */
+    /* Loop iterations one shader invocation may run in total, all loops together, before the
+     * driver ends them all (0 = no such limit). llvmpipe: 65535 (gallivm's infinite-loop
+     * guard, LP_MAX_TGSI_LOOP_ITERATIONS). */
+    uint32_t loop_budget;
+    /* Decode with decode_cpu.comp (CPU devices; FLP_VULKAN_DECODE_KERNEL=gpu|cpu overrides). */
+    bool cpu_decode;
+    /* RGBA32UI uniform texel buffers work: decode_cpu.comp may read K/V through them. */
+    bool texel_kv;
 } flp_vk_device_facts;
+
+/* Push constants of decode_cpu.comp's texel variant. */
+typedef struct flp_vk_texel_push {
+    uint64_t params;         /* device address of the run's flp_decode_params */
+    uint32_t k_base, v_base; /* byte offsets of the K and V tensors in their buffers */
+} flp_vk_texel_push;
 
 typedef struct flp_vk {
     flp_context *ctx;
@@ -81,8 +101,8 @@ typedef struct flp_vk {
     /* instance and device */
     PFN_vkGetInstanceProcAddr get_instance_proc_addr;
     flp_vk_instance_fns ifn;
-    VolkDeviceTable vk; /* device functions of this device only */
-    bool owns_device;   /* false: the caller's instance/device/queue, never destroyed */
+    struct VolkDeviceTable vk; /* device functions of this device only */
+    bool owns_device;          /* false: the caller's instance/device/queue, never destroyed */
     VkInstance instance;
     VkPhysicalDevice physical_device;
     VkDevice device;
@@ -111,12 +131,26 @@ typedef struct flp_vk {
     VkPipelineLayout pipeline_layout; /* push constants: one 64-bit address */
     flp_vk_pipeline_entry *pipelines; /* [pipeline_count] */
     uint32_t pipeline_count, pipeline_capacity;
+
+    /* texel views for decode_cpu.comp (vk_texel.c) */
+    VkDescriptorSetLayout texel_set_layout; /* one uniform texel buffer */
+    VkPipelineLayout texel_pipeline_layout; /* sets: K's buffer, V's buffer; flp_vk_texel_push */
+    VkDescriptorPool *texel_pools;          /* [texel_pool_count] */
+    uint32_t texel_pool_count;
+    flp_buffer **texel_buffers; /* [texel_buffer_count] buffers with texel usage, by address */
+    uint32_t texel_buffer_count, texel_buffer_capacity;
+    pthread_mutex_t texel_lock; /* guards texel_buffers (buffers come and go on any thread) */
+    bool texel_lock_ready;
 } flp_vk;
 
 /* The private part of an flp_buffer (buf->native). */
 typedef struct flp_vk_buffer {
     VkBuffer buffer;
-    VkDeviceMemory memory; /* VK_NULL_HANDLE for a wrapped buffer */
+    VkDeviceMemory memory;   /* VK_NULL_HANDLE for a wrapped buffer */
+    bool texel_usage;        /* created with UNIFORM_TEXEL_BUFFER usage and listed in vk_texel.c */
+    VkBufferView texel_view; /* made on first use by the CPU decode kernel */
+    VkDescriptorSet texel_set;
+    VkDescriptorPool texel_pool; /* texel_set's */
 } flp_vk_buffer;
 
 /* vk_backend.c */
@@ -134,7 +168,7 @@ flp_status flp_vk_open_caller_device(flp_vk *vk, const flp_vulkan_device_desc *d
 void flp_vk_close_device(flp_vk *vk);
 
 /* vk_device_info.c: fills ctx->info and vk->facts for the chosen device. */
-void flp_vk_query_device(flp_vk *vk, bool features_enabled_here);
+void flp_vk_query_device(flp_vk *vk);
 
 /* vk_memory.c */
 flp_status flp_vk_buffer_create(flp_context *ctx, flp_buffer *buf);
@@ -155,8 +189,6 @@ void flp_vk_submit_destroy(flp_vk *vk);
 flp_status flp_vk_record_begin(flp_vk *vk, bool allow_user_cmd, flp_vk_recording *rec);
 /* Ends and submits an own recording (blocking when wait); nothing for the caller's. */
 flp_status flp_vk_record_submit(flp_vk *vk, flp_vk_recording *rec, bool wait);
-/* Drops a recording after an error: the slot is ended and free again. */
-void flp_vk_record_abandon(flp_vk *vk, flp_vk_recording *rec);
 /* Waits for every submission of the library's own queue. */
 flp_status flp_vk_synchronize(flp_context *ctx);
 /* A global memory barrier. */
@@ -167,8 +199,41 @@ void flp_vk_barrier(flp_vk *vk, VkCommandBuffer cmd, VkPipelineStageFlags src_st
 /* vk_pipelines.c */
 flp_status flp_vk_pipelines_init(flp_vk *vk);
 void flp_vk_pipelines_destroy(flp_vk *vk);
+/* The pipeline layout a shader's pipelines use. */
+VkPipelineLayout flp_vk_pipeline_layout_of(const flp_vk *vk, flp_vk_shader shader);
 /* The pipeline of key, created (and cached) on first use. */
 flp_status flp_vk_pipeline_get(flp_vk *vk, const flp_vk_pipeline_key *key, VkPipeline *out);
+
+/* vk_texel.c: texel buffer views of the library's buffers for decode_cpu.comp */
+bool flp_vk_texel_supported(const flp_vk *vk);
+flp_status flp_vk_texel_init(flp_vk *vk);
+void flp_vk_texel_destroy(flp_vk *vk);
+flp_status flp_vk_texel_register(flp_vk *vk, flp_buffer *buf);
+void flp_vk_texel_unregister(flp_vk *vk, flp_buffer *buf);
+/* The descriptor set of the buffer holding address and the address's byte offset in it; set is
+ * VK_NULL_HANDLE (and FLP_OK) when no texel view can serve it (a wrapped buffer, ...). */
+flp_status flp_vk_texel_source(flp_vk *vk, uint64_t address, VkDescriptorSet *set,
+                               uint32_t *offset);
+
+/* vk_decode_cpu.c: decode_cpu.comp's specialisation and the loop budget of its invocations */
+typedef struct flp_vk_cpu_shape {
+    uint32_t kv_bytes; /* 2, or 1 for fp8 */
+    uint32_t lanes; /* invocations per workgroup (one subgroup); lane l owns chunks l + i*lanes */
+    uint32_t rows;  /* query rows per pass, in registers */
+    uint32_t step;  /* keys per key-loop iteration */
+} flp_vk_cpu_shape;
+struct flp_plan;
+int32_t flp_vk_cpu_decode_grid_size(const flp_context *ctx);
+flp_vk_cpu_shape flp_vk_cpu_shape_for(const flp_vk *vk, uint32_t head_dim, int32_t kv_dtype,
+                                      uint32_t rows_needed);
+/* The pipelines (FEATURES, DEFER specialisation constants) that decode a plan with these
+ * flags: 1, or 2 in a caller's command buffer (a cheap and a full one, exactly one of which
+ * works after any re-plan). Returns the count. */
+int flp_vk_cpu_pipelines(const flp_vk *vk, uint32_t flags, uint32_t features[2], uint32_t defer[2]);
+/* FLP_ERROR_UNSUPPORTED when a workgroup of the plan would run more loop iterations than the
+ * driver allows one invocation (facts.loop_budget; llvmpipe would silently stop early). */
+flp_status flp_vk_cpu_check_budget(flp_vk *vk, const struct flp_plan *plan,
+                                   const flp_vk_cpu_shape *s);
 
 /* vk_decode.c */
 int32_t flp_vk_decode_grid_size(flp_context *ctx, int32_t head_dim);

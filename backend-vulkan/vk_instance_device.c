@@ -41,6 +41,7 @@ static void load_instance_fns(flp_vk *vk) {
     LOAD(GetPhysicalDeviceFeatures2);
     LOAD(GetPhysicalDeviceQueueFamilyProperties);
     LOAD(GetPhysicalDeviceMemoryProperties);
+    LOAD(GetPhysicalDeviceFormatProperties);
     LOAD(EnumerateDeviceExtensionProperties);
     LOAD(CreateDevice);
     LOAD(GetDeviceProcAddr);
@@ -54,7 +55,8 @@ static flp_status check_instance_fns(flp_vk *vk) {
     if (!f->EnumeratePhysicalDevices || !f->GetPhysicalDeviceProperties ||
         !f->GetPhysicalDeviceProperties2 || !f->GetPhysicalDeviceFeatures2 ||
         !f->GetPhysicalDeviceQueueFamilyProperties || !f->GetPhysicalDeviceMemoryProperties ||
-        !f->EnumerateDeviceExtensionProperties || !f->GetDeviceProcAddr)
+        !f->GetPhysicalDeviceFormatProperties || !f->EnumerateDeviceExtensionProperties ||
+        !f->GetDeviceProcAddr)
         return flp_fail(vk->ctx, FLP_ERROR_UNSUPPORTED,
                         "the Vulkan instance lacks Vulkan 1.1 entry points "
                         "(vkGetPhysicalDeviceProperties2/Features2): Vulkan 1.2 is required");
@@ -106,8 +108,8 @@ static bool has_extension(const VkExtensionProperties *exts, uint32_t n, const c
 }
 
 /* Instance extensions, including those a layer provides (debug utils may come with it). */
-static flp_status instance_extensions(flp_vk *vk, const char *layer,
-                                      VkExtensionProperties **out, uint32_t *count) {
+static flp_status instance_extensions(flp_vk *vk, const char *layer, VkExtensionProperties **out,
+                                      uint32_t *count) {
     PFN_vkEnumerateInstanceExtensionProperties enumerate =
         (PFN_vkEnumerateInstanceExtensionProperties)vk->get_instance_proc_addr(
             NULL, "vkEnumerateInstanceExtensionProperties");
@@ -190,8 +192,8 @@ static flp_status create_instance(flp_vk *vk) {
         enabled[enabled_count++] = "VK_KHR_portability_enumeration";
         flags |= 0x00000001; /* VK_INSTANCE_CREATE_ENUMERATE_PORTABILITY_BIT_KHR */
     }
-    bool debug_utils = has_extension(exts, ext_count, VK_EXT_DEBUG_UTILS_EXTENSION_NAME) ||
-                       debug_utils_in_layer;
+    bool debug_utils =
+        has_extension(exts, ext_count, VK_EXT_DEBUG_UTILS_EXTENSION_NAME) || debug_utils_in_layer;
     free(exts);
     if (validation) {
         if (!debug_utils)
@@ -268,17 +270,17 @@ static flp_status choose_physical_device(flp_vk *vk, int device_index, bool pref
     if (n == 0)
         return flp_fail(vk->ctx, FLP_ERROR_UNSUPPORTED, "no Vulkan device is present");
     VkPhysicalDevice *devices = calloc(n, sizeof *devices);
+    VkPhysicalDevice *ordered = calloc(n, sizeof *ordered);
     int *ranks = calloc(n, sizeof *ranks);
-    if (!devices || !ranks) {
-        free(devices);
-        free(ranks);
-        return flp_fail(vk->ctx, FLP_ERROR_OUT_OF_MEMORY, "out of host memory listing devices");
+    flp_status st = FLP_OK;
+    if (!devices || !ordered || !ranks) {
+        st = flp_fail(vk->ctx, FLP_ERROR_OUT_OF_MEMORY, "out of host memory listing devices");
+        goto done;
     }
     r = vk->ifn.EnumeratePhysicalDevices(vk->instance, &n, devices);
     if (r != VK_SUCCESS && r != VK_INCOMPLETE) {
-        free(devices);
-        free(ranks);
-        return flp_vk_fail(vk->ctx, r, "vkEnumeratePhysicalDevices");
+        st = flp_vk_fail(vk->ctx, r, "vkEnumeratePhysicalDevices");
+        goto done;
     }
     uint32_t kept = 0;
     for (uint32_t i = 0; i < n; i++) {
@@ -286,20 +288,17 @@ static flp_status choose_physical_device(flp_vk *vk, int device_index, bool pref
         vk->ifn.GetPhysicalDeviceProperties(devices[i], &p);
         if (prefer_gpu && p.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU)
             continue;
-        /* insertion keeps enumeration order within a rank */
+        /* insertion sort: stable, so enumeration order holds within a rank */
         int rank = type_rank(p.deviceType);
         uint32_t j = kept++;
         while (j > 0 && ranks[j - 1] > rank) {
-            devices[j] = devices[j - 1];
+            ordered[j] = ordered[j - 1];
             ranks[j] = ranks[j - 1];
             j--;
         }
-        /* devices[i] may have been shifted over: i >= kept - 1 >= j, so it is still intact
-         * unless i == j's source; read it before the shift would overwrite it */
-        devices[j] = devices[i == j ? j : i];
+        ordered[j] = devices[i];
         ranks[j] = rank;
     }
-    flp_status st = FLP_OK;
     if (kept == 0)
         st = flp_fail(vk->ctx, FLP_ERROR_UNSUPPORTED,
                       "no Vulkan GPU is present (only CPU implementations such as lavapipe; "
@@ -309,8 +308,10 @@ static flp_status choose_physical_device(flp_vk *vk, int device_index, bool pref
                       "device_index %d is out of range: %u Vulkan device(s) present", device_index,
                       kept);
     else
-        vk->physical_device = devices[device_index];
+        vk->physical_device = ordered[device_index];
+done:
     free(devices);
+    free(ordered);
     free(ranks);
     return st;
 }
@@ -502,7 +503,7 @@ flp_status flp_vk_open_own_device(flp_vk *vk, int device_index, bool prefer_gpu)
         vk->facts.api_version = s.props.apiVersion;
     load_device_table(vk);
     vk->vk.vkGetDeviceQueue(vk->device, vk->queue_family, 0, &vk->queue);
-    flp_vk_query_device(vk, true);
+    flp_vk_query_device(vk);
     return FLP_OK;
 }
 
@@ -538,7 +539,7 @@ flp_status flp_vk_open_caller_device(flp_vk *vk, const flp_vulkan_device_desc *d
         return flp_fail(vk->ctx, FLP_ERROR_UNSUPPORTED,
                         "the caller's VkDevice does not provide vkGetBufferDeviceAddress "
                         "(Vulkan 1.2 with bufferDeviceAddress is required)");
-    flp_vk_query_device(vk, false);
+    flp_vk_query_device(vk);
     return FLP_OK;
 }
 

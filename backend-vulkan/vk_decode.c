@@ -1,0 +1,353 @@
+/* Decode on Vulkan: the grid size, decode.comp's tile shape for a GPU (decode_cpu.comp's lives
+ * in vk_decode_cpu.c), the launch check and the recording of params update + decode + merge. */
+#include "vk_backend.h"
+
+#include "core/plan.h"
+
+#include <string.h>
+
+/* Threads per decode workgroup (at least the largest subgroup size). */
+#define FLP_VK_DECODE_THREADS 128u
+/* K + V tile bytes aimed at per workgroup (less when the device has less shared memory). */
+#define FLP_VK_DECODE_TILE_BYTES 16384u
+#define FLP_VK_MAX_TOKENS_PER_GROUP 8u
+/* Chunks of K (and of V) a thread prefetches per tile. Measured on an H200 (bf16, D=128):
+ * 2 slots keep the kernel near 106 registers, 4 need ~180 and halve the resident workgroups
+ * (GQA-4 batch decode 1.7 TB/s vs 1.1 TB/s). */
+#define FLP_VK_PREFETCH_SLOTS 2u
+#define FLP_VK_MERGE_THREADS 64u
+
+/* The specialisation of decode.comp for one device, head dim, dtype and row count. */
+typedef struct decode_shape {
+    uint32_t kv_bytes;         /* 2, or 1 for fp8 */
+    uint32_t lanes;            /* threads per K/V row, divides the smallest subgroup size */
+    uint32_t rows;             /* query rows per pass */
+    uint32_t token_groups;     /* independent softmax states per workgroup */
+    uint32_t tokens_per_group; /* tokens of a tile per token group */
+    uint32_t smem_u2;          /* shared uvec2 words */
+    uint32_t threads;          /* = lanes * rows * token_groups */
+    size_t shared_bytes;       /* everything the shader declares shared */
+} decode_shape;
+
+static uint32_t pow2_floor(uint32_t x) {
+    uint32_t p = 1;
+    while (p * 2 <= x)
+        p *= 2;
+    return p;
+}
+
+static uint32_t pow2_ceil(uint32_t x) {
+    uint32_t p = 1;
+    while (p < x)
+        p *= 2;
+    return p;
+}
+
+static bool is_fp8(int32_t dtype) {
+    return dtype == FLP_DTYPE_E4M3 || dtype == FLP_DTYPE_E5M2;
+}
+
+/* Shared memory of a shape, mirroring decode.comp's declarations. */
+static void shape_memory(decode_shape *s, uint32_t head_dim) {
+    uint32_t chunks = head_dim / 8;
+    uint32_t tile = s->token_groups * s->tokens_per_group;
+    /* K and V tiles of 16-bit elements (fp8 is widened on the way in), rows padded by one */
+    uint32_t tiles_u2 = 2 * tile * (chunks * 2 + 1);
+    uint32_t reduce_u2 = s->token_groups * s->rows * (head_dim / 2 + 1);
+    s->smem_u2 = tiles_u2 > reduce_u2 ? tiles_u2 : reduce_u2;
+    s->shared_bytes = (size_t)s->smem_u2 * 8 + (size_t)head_dim / 2 * sizeof(float);
+}
+
+/* FLP_OK with the shape, or FLP_ERROR_UNSUPPORTED when even the smallest shape does not fit
+ * the device's shared memory. */
+static flp_status decode_shape_for(flp_vk *vk, uint32_t head_dim, int32_t kv_dtype,
+                                   uint32_t rows_needed, decode_shape *out) {
+    const flp_vk_device_facts *f = &vk->facts;
+    const size_t limit = f->limits.maxComputeSharedMemorySize;
+    decode_shape s = {.kv_bytes = is_fp8(kv_dtype) ? 1 : 2};
+    uint32_t chunks = head_dim / 8;
+    /* each lane owns >= 2 chunks so rotate-half partners stay in one thread */
+    s.lanes = pow2_floor(chunks / 2);
+    uint32_t sg_min = pow2_floor(f->min_subgroup_size ? f->min_subgroup_size : 1);
+    if (s.lanes > sg_min)
+        s.lanes = sg_min;
+    uint32_t sg_max = pow2_ceil(f->max_subgroup_size ? f->max_subgroup_size : 1);
+    uint32_t threads = FLP_VK_DECODE_THREADS > sg_max ? FLP_VK_DECODE_THREADS : sg_max;
+    uint32_t max_threads = f->limits.maxComputeWorkGroupInvocations;
+    if (f->limits.maxComputeWorkGroupSize[0] < max_threads)
+        max_threads = f->limits.maxComputeWorkGroupSize[0];
+    while (threads > max_threads && threads / 2 >= s.lanes)
+        threads /= 2;
+    size_t budget = limit / 2 < FLP_VK_DECODE_TILE_BYTES ? limit / 2 : FLP_VK_DECODE_TILE_BYTES;
+    for (;;) {
+        s.threads = threads;
+        s.rows = pow2_ceil(rows_needed ? rows_needed : 1);
+        if (s.rows > threads / s.lanes)
+            s.rows = threads / s.lanes;
+        s.token_groups = threads / (s.lanes * s.rows);
+        size_t per_token = (size_t)head_dim * 2 * 2; /* K and V, 16-bit in shared memory */
+        size_t tpg = budget / (s.token_groups * per_token);
+        if (tpg > FLP_VK_MAX_TOKENS_PER_GROUP)
+            tpg = FLP_VK_MAX_TOKENS_PER_GROUP;
+        /* prefetch registers: at most FLP_VK_PREFETCH_SLOTS chunks of K (and V) per thread */
+        while (tpg > 1 && tpg * s.token_groups * chunks > FLP_VK_PREFETCH_SLOTS * threads)
+            tpg--;
+        s.tokens_per_group = tpg ? (uint32_t)tpg : 1;
+        shape_memory(&s, head_dim);
+        while (s.shared_bytes > limit && s.tokens_per_group > 1) {
+            s.tokens_per_group--;
+            shape_memory(&s, head_dim);
+        }
+        if (s.shared_bytes <= limit)
+            break;
+        /* fewer threads: smaller reduction scratch (keeping whole subgroups) */
+        if (threads / 2 < s.lanes || threads / 2 < sg_max || threads == s.lanes)
+            return flp_fail(vk->ctx, FLP_ERROR_UNSUPPORTED,
+                            "decode with head_dim %u needs %zu bytes of shared memory per "
+                            "workgroup; the device allows %zu",
+                            head_dim, s.shared_bytes, limit);
+        threads /= 2;
+    }
+    *out = s;
+    return FLP_OK;
+}
+
+int32_t flp_vk_decode_grid_size(flp_context *ctx, int32_t head_dim) {
+    (void)head_dim;
+    flp_vk *vk = ctx->backend;
+    /* Enough resident workgroups per unit to keep memory busy on a GPU. */
+    int64_t grid = vk->facts.cpu_decode ? flp_vk_cpu_decode_grid_size(ctx)
+                                        : (int64_t)ctx->info.compute_units * 4;
+    int64_t max = vk->facts.limits.maxComputeWorkGroupCount[0];
+    if (grid > max)
+        grid = max;
+    return grid > 0 ? (int32_t)grid : 1;
+}
+
+static flp_vk_pipeline_key decode_key(const flp_vk *vk, const flp_decode_launch *launch,
+                                      const decode_shape *s) {
+    flp_vk_pipeline_key key = {.shader = FLP_VK_SHADER_DECODE, .spec_count = 10};
+    const uint32_t spec[10] = {
+        (uint32_t)launch->head_dim,
+        (uint32_t)launch->q_dtype,
+        (uint32_t)launch->kv_dtype,
+        s->kv_bytes,
+        s->lanes,
+        s->rows,
+        s->token_groups,
+        s->tokens_per_group,
+        s->smem_u2,
+        s->threads,
+    };
+    memcpy(key.spec, spec, sizeof spec);
+    key.full_subgroups = vk->facts.full_subgroups && s->threads % vk->facts.max_subgroup_size == 0;
+    return key;
+}
+
+static flp_vk_pipeline_key decode_cpu_key(const flp_decode_launch *launch,
+                                          const flp_vk_cpu_shape *s, bool texel, uint32_t features,
+                                          uint32_t defer) {
+    flp_vk_pipeline_key key = {
+        .shader = texel ? FLP_VK_SHADER_DECODE_CPU_TEXEL : FLP_VK_SHADER_DECODE_CPU,
+        .spec_count = 9,
+    };
+    /* q and 16-bit KV dtypes come from the plan (decode_cpu.comp); fp8 KV is specialised */
+    const uint32_t spec[9] = {
+        (uint32_t)launch->head_dim,
+        0,
+        s->kv_bytes == 1 ? (uint32_t)launch->kv_dtype : 0,
+        s->kv_bytes,
+        s->lanes,
+        s->rows,
+        s->step,
+        features,
+        defer,
+    };
+    memcpy(key.spec, spec, sizeof spec);
+    return key; /* one (partial) subgroup per workgroup: no full-subgroup requirement */
+}
+
+static flp_vk_pipeline_key merge_key(const flp_vk *vk, const flp_decode_launch *launch) {
+    flp_vk_pipeline_key key = {.shader = FLP_VK_SHADER_MERGE, .spec_count = 3};
+    key.spec[0] = (uint32_t)launch->head_dim;
+    key.spec[1] = (uint32_t)launch->q_dtype;
+    /* on a CPU device one SIMD vector: the merge returns at once for most workgroups */
+    uint32_t threads = FLP_VK_MERGE_THREADS;
+    if (vk->facts.cpu_decode && vk->facts.min_subgroup_size < threads)
+        threads = vk->facts.min_subgroup_size ? vk->facts.min_subgroup_size : 1;
+    key.spec[2] = threads;
+    return key;
+}
+
+/* How a launch is recorded: the decode pipeline and, for decode_cpu.comp's texel variant, the
+ * K and V descriptor sets and its push constants. */
+typedef struct decode_recipe {
+    flp_vk_pipeline_key keys[2]; /* [key_count] dispatched in order */
+    int key_count;
+    VkDescriptorSet sets[2]; /* K's and V's buffer (texel variant only) */
+    flp_vk_texel_push push;  /* texel variant only; push.params is set when recording */
+} decode_recipe;
+
+/* Checks the launch and picks how to record it. */
+static flp_status check_launch(flp_context *ctx, const flp_decode_launch *launch,
+                               decode_recipe *recipe) {
+    flp_vk *vk = ctx->backend;
+    const flp_decode_params *p = &launch->params;
+    if (launch->head_dim != 64 && launch->head_dim != 128 && launch->head_dim != 256)
+        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
+                        "the Vulkan decode kernel supports head_dim 64, 128 and 256, not %d",
+                        launch->head_dim);
+    if (launch->q_dtype != FLP_DTYPE_F16 && launch->q_dtype != FLP_DTYPE_BF16)
+        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
+                        "the Vulkan decode kernel takes f16 or bf16 queries, not %s",
+                        flp_dtype_name((flp_dtype)launch->q_dtype));
+    if (launch->kv_dtype != FLP_DTYPE_F16 && launch->kv_dtype != FLP_DTYPE_BF16 &&
+        !is_fp8(launch->kv_dtype))
+        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
+                        "the Vulkan decode kernel takes f16, bf16, e4m3 or e5m2 KV, not %s",
+                        flp_dtype_name((flp_dtype)launch->kv_dtype));
+    const flp_plan *plan = launch->plan;
+    if (!plan || plan->group_size < 1 || plan->desc.max_qo_len < 1)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                        "decode launch without a plan (or with group_size %d, max_qo_len %d)",
+                        plan ? plan->group_size : 0, plan ? plan->desc.max_qo_len : 0);
+    const VkPhysicalDeviceLimits *lim = &vk->facts.limits;
+    if (launch->num_ctas < 1 || (uint32_t)launch->num_ctas > lim->maxComputeWorkGroupCount[0])
+        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
+                        "decode grid of %d workgroups is outside 1..%u (maxComputeWorkGroupCount)",
+                        launch->num_ctas, lim->maxComputeWorkGroupCount[0]);
+    if (launch->merge_grid < 1 ||
+        (uint64_t)launch->merge_grid >
+            (uint64_t)lim->maxComputeWorkGroupCount[0] * lim->maxComputeWorkGroupCount[1])
+        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
+                        "merge grid of %d workgroups is outside 1..%llu", launch->merge_grid,
+                        (unsigned long long)lim->maxComputeWorkGroupCount[0] *
+                            lim->maxComputeWorkGroupCount[1]);
+    /* the shader keeps page and slot strides in 32 bits (registers are what limit it) */
+    const int64_t strides[4] = {p->k_stride_page, p->k_stride_slot, p->v_stride_page,
+                                p->v_stride_slot};
+    for (int i = 0; i < 4; i++)
+        if (strides[i] < INT32_MIN || strides[i] > INT32_MAX)
+            return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
+                            "the Vulkan decode kernel needs KV page and slot strides below 2^31 "
+                            "elements; got %lld",
+                            (long long)strides[i]);
+    const flp_buffer *plan_buffer = launch->plan_buffer;
+    if (!plan_buffer || !plan_buffer->native || plan_buffer->ctx != ctx)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                        "decode launch without a plan buffer of this context");
+    if (launch->params_slot_offset % 8 != 0 ||
+        launch->params_slot_offset + sizeof(flp_decode_params) > plan_buffer->size)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                        "params slot at byte %llu of a %zu-byte plan buffer (needs %zu bytes, "
+                        "8-byte aligned)",
+                        (unsigned long long)launch->params_slot_offset, plan_buffer->size,
+                        sizeof(flp_decode_params));
+    /* The kernel shape is fixed by the plan's capacities, not by the current plan, so that
+     * every run of a plan (and every replay of a recorded one after a re-plan) uses one
+     * pipeline: the same reduction order, hence the same bits. */
+    uint32_t rows = (uint32_t)plan->group_size * (uint32_t)plan->desc.max_qo_len;
+    if (vk->facts.cpu_decode) {
+        flp_vk_cpu_shape shape =
+            flp_vk_cpu_shape_for(vk, (uint32_t)launch->head_dim, launch->kv_dtype, rows);
+        flp_status st = flp_vk_cpu_check_budget(vk, plan, &shape);
+        if (st == FLP_OK)
+            st = flp_vk_texel_source(vk, p->k, &recipe->sets[0], &recipe->push.k_base);
+        if (st == FLP_OK)
+            st = flp_vk_texel_source(vk, p->v, &recipe->sets[1], &recipe->push.v_base);
+        if (st != FLP_OK)
+            return st;
+        bool texel = recipe->sets[0] && recipe->sets[1];
+        const flp_decode_plan_info *info =
+            (const flp_decode_plan_info *)(plan->host + plan->layout.info);
+        uint32_t features[2], defer[2];
+        recipe->key_count = flp_vk_cpu_pipelines(vk, info->flags, features, defer);
+        for (int i = 0; i < recipe->key_count; i++)
+            recipe->keys[i] = decode_cpu_key(launch, &shape, texel, features[i], defer[i]);
+        return FLP_OK;
+    }
+    decode_shape shape = {0};
+    flp_status st =
+        decode_shape_for(vk, (uint32_t)launch->head_dim, launch->kv_dtype, rows, &shape);
+    if (st != FLP_OK)
+        return st;
+    recipe->keys[0] = decode_key(vk, launch, &shape);
+    recipe->key_count = 1;
+    return FLP_OK;
+}
+
+flp_status flp_vk_decode_check(flp_context *ctx, const flp_decode_launch *launch) {
+    decode_recipe recipe = {0};
+    return check_launch(ctx, launch, &recipe);
+}
+
+flp_status flp_vk_decode_run(flp_context *ctx, const flp_decode_launch *launch) {
+    flp_vk *vk = ctx->backend;
+    decode_recipe recipe = {0};
+    flp_status st = check_launch(ctx, launch, &recipe);
+    if (st != FLP_OK)
+        return st;
+    /* Pipelines first (creation may fail): nothing is recorded before every check passed. */
+    flp_vk_pipeline_key mk = merge_key(vk, launch);
+    VkPipeline decode[2], merge;
+    for (int i = 0; i < recipe.key_count; i++)
+        if ((st = flp_vk_pipeline_get(vk, &recipe.keys[i], &decode[i])) != FLP_OK)
+            return st;
+    if ((st = flp_vk_pipeline_get(vk, &mk, &merge)) != FLP_OK)
+        return st;
+
+    flp_vk_recording rec;
+    if ((st = flp_vk_record_begin(vk, true, &rec)) != FLP_OK)
+        return st;
+    VkCommandBuffer cmd = rec.cmd;
+    const flp_vk_buffer *plan = launch->plan_buffer->native;
+    /* Earlier work may still read (or write) what this run touches, the params slot
+     * included: the update waits for it. */
+    flp_vk_barrier(vk, cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+                   VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT,
+                   VK_PIPELINE_STAGE_TRANSFER_BIT | VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+                   VK_ACCESS_TRANSFER_WRITE_BIT | VK_ACCESS_SHADER_READ_BIT |
+                       VK_ACCESS_SHADER_WRITE_BIT);
+    vk->vk.vkCmdUpdateBuffer(cmd, plan->buffer, launch->params_slot_offset,
+                             sizeof(flp_decode_params), &launch->params);
+    flp_vk_barrier(vk, cmd, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_ACCESS_TRANSFER_WRITE_BIT,
+                   VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_READ_BIT);
+
+    uint64_t params_address = launch->plan_buffer->device_address + launch->params_slot_offset;
+    if (recipe.keys[0].shader == FLP_VK_SHADER_DECODE_CPU_TEXEL) {
+        recipe.push.params = params_address;
+        vk->vk.vkCmdBindDescriptorSets(cmd, VK_PIPELINE_BIND_POINT_COMPUTE,
+                                       vk->texel_pipeline_layout, 0, 2, recipe.sets, 0, NULL);
+        vk->vk.vkCmdPushConstants(cmd, vk->texel_pipeline_layout, VK_SHADER_STAGE_COMPUTE_BIT, 0,
+                                  sizeof recipe.push, &recipe.push);
+    } else {
+        vk->vk.vkCmdPushConstants(cmd, vk->pipeline_layout, VK_SHADER_STAGE_COMPUTE_BIT, 0,
+                                  sizeof params_address, &params_address);
+    }
+    /* Two pipelines sharing one layout (decode_cpu.comp in a caller's command buffer): only
+     * one of them finds work, so they need no barrier between them. */
+    for (int i = 0; i < recipe.key_count; i++) {
+        vk->vk.vkCmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, decode[i]);
+        vk->vk.vkCmdDispatch(cmd, (uint32_t)launch->num_ctas, 1, 1);
+    }
+
+    /* The merge always follows: a re-plan may split a request of a run recorded unsplit (it
+     * returns at once for requests that are not split). */
+    flp_vk_barrier(vk, cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_WRITE_BIT,
+                   VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+                   VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT);
+    uint32_t max_x = vk->facts.limits.maxComputeWorkGroupCount[0];
+    uint32_t grid = (uint32_t)launch->merge_grid;
+    uint32_t x = grid < max_x ? grid : max_x;
+    uint32_t y = (grid + x - 1) / x;
+    vk->vk.vkCmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, merge);
+    vk->vk.vkCmdPushConstants(cmd, vk->pipeline_layout, VK_SHADER_STAGE_COMPUTE_BIT, 0,
+                              sizeof params_address, &params_address);
+    vk->vk.vkCmdDispatch(cmd, x, y, 1);
+
+    /* Whatever comes next (copies, the caller's own work) sees the outputs. */
+    flp_vk_barrier(vk, cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_WRITE_BIT,
+                   VK_PIPELINE_STAGE_ALL_COMMANDS_BIT,
+                   VK_ACCESS_MEMORY_READ_BIT | VK_ACCESS_MEMORY_WRITE_BIT);
+    return flp_vk_record_submit(vk, &rec, false);
+}

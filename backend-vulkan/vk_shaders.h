@@ -1,0 +1,15 @@
+/* The SPIR-V of the compute shaders, generated from the shaders/ sources at build time and
+ * embedded by tools/embed.py (16-byte aligned, so usable as uint32_t words). */
+#ifndef FLP_VK_SHADERS_H
+#define FLP_VK_SHADERS_H
+
+extern const unsigned char flp_spv_decode[];
+extern const unsigned long flp_spv_decode_size;
+extern const unsigned char flp_spv_decode_cpu[];
+extern const unsigned long flp_spv_decode_cpu_size;
+extern const unsigned char flp_spv_decode_cpu_texel[];
+extern const unsigned long flp_spv_decode_cpu_texel_size;
+extern const unsigned char flp_spv_merge[];
+extern const unsigned long flp_spv_merge_size;
+
+#endif /* FLP_VK_SHADERS_H */

@@ -1,0 +1,81 @@
+// The plan information and the per-run parameter block: mirror core/decode_params.h field for
+// field (std430: every 8-byte field is 8-aligned, so the C and GLSL offsets agree;
+// tests/test_vulkan.c checks every member offset of both in the compiled SPIR-V against
+// offsetof).
+#ifndef FLP_DECODE_PARAMS_GLSL
+#define FLP_DECODE_PARAMS_GLSL
+
+#define FLP_DECODE_FLAG_CAUSAL 1u
+#define FLP_DECODE_FLAG_WINDOW 2u
+#define FLP_DECODE_FLAG_SOFTCAP 4u
+#define FLP_DECODE_FLAG_ALIBI 8u
+#define FLP_DECODE_FLAG_ROPE 16u
+
+#define FLP_WORK_ITEM_INTS 5
+#define FLP_WORK_REQUEST 0
+#define FLP_WORK_KV_HEAD 1
+#define FLP_WORK_KV_BEGIN 2
+#define FLP_WORK_KV_END 3
+#define FLP_WORK_PARTIAL_SLOT 4
+
+// flp_decode_plan_info: everything a (re-)plan decides, at the start of the plan memory. Read
+// from there on every run, so a command buffer recorded once stays right after any re-plan.
+layout(buffer_reference, std430, buffer_reference_align = 16) readonly buffer DecodePlanInfo {
+    uint off_kv_indptr, off_kv_indices, off_kv_len, off_q_rope_offset;
+    uint off_k_rope_offset, off_rope_freq, off_alibi_slopes, off_work_indptr;
+    uint off_work_items, off_merge_info, off_partial_o, off_partial_lse;
+
+    int batch_size, qo_len, num_qo_heads, num_kv_heads;
+    int group_size, head_dim, page_size, num_ctas;
+    uint flags;
+    int window_left;
+    int q_dtype, kv_dtype;
+    float sm_scale, soft_cap, k_scale, v_scale;
+    int reserved[4];
+};
+
+// flp_decode_params: what one run adds (the tensors), written into the plan's params slot by
+// the run's own vkCmdUpdateBuffer.
+layout(buffer_reference, std430, buffer_reference_align = 8) readonly buffer DecodeParams {
+    uint64_t q, k, v, o;
+    uint64_t lse; // 0: no lse output
+    uint64_t plan; // the DecodePlanInfo
+    int64_t q_stride_row, q_stride_head;
+    int64_t o_stride_row, o_stride_head;
+    int64_t k_stride_page, k_stride_slot, k_stride_head;
+    int64_t v_stride_page, v_stride_slot, v_stride_head;
+    int64_t lse_stride_row;
+};
+
+// The push constant block of every shader: where its DecodeParams copy lives (a shader that
+// pushes more declares its own block, starting the same way, and defines FLP_PUSH_DECLARED).
+#ifndef FLP_PUSH_DECLARED
+layout(push_constant) uniform Push {
+    uint64_t params;
+} push;
+#endif
+
+// Typed views of device memory, reached by address (no descriptor and no
+// maxStorageBufferRange limit: a KV pool may be far larger than a binding can be).
+layout(buffer_reference, std430, buffer_reference_align = 16) buffer U4Ref {
+    uvec4 v;
+};
+layout(buffer_reference, std430, buffer_reference_align = 8) buffer U2Ref {
+    uvec2 v;
+};
+layout(buffer_reference, std430, buffer_reference_align = 4) readonly buffer I32Ref {
+    int v[];
+};
+layout(buffer_reference, std430, buffer_reference_align = 4) buffer F32Ref {
+    float v[];
+};
+
+// Plan arrays: offsets are in 4-byte words from the plan's base address.
+I32Ref plan_ints(uint64_t plan, uint off_words) {
+    return I32Ref(plan + 4ul * uint64_t(off_words));
+}
+F32Ref plan_floats(uint64_t plan, uint off_words) {
+    return F32Ref(plan + 4ul * uint64_t(off_words));
+}
+
+#endif

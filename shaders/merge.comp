@@ -1,0 +1,80 @@
+#version 460
+// Merge of split-KV partial states (decode_kernel_spec.md): workgroup w handles request
+// b = w / num_qo_heads and query head h = w % num_qo_heads for all qo_len rows, merging the
+// request's chunks in chunk order with the merge operator, and writes out/lse as the decode
+// kernel does for unsplit rows. The grid may be 2-D (x * y >= capacity); extra workgroups
+// fall on b >= batch_size and return.
+#extension GL_GOOGLE_include_directive : require
+#extension GL_EXT_buffer_reference : require
+#extension GL_EXT_buffer_reference2 : require
+#extension GL_EXT_shader_explicit_arithmetic_types_int64 : require
+#extension GL_EXT_control_flow_attributes : require
+
+#include "decode_params.glsl"
+#include "dtype.glsl"
+
+layout(constant_id = 0) const uint HEAD_DIM = 128;
+layout(constant_id = 1) const uint Q_DTYPE = FLP_DTYPE_F16;
+layout(local_size_x_id = 2) in;
+layout(constant_id = 2) const uint WG = 64;
+
+const uint QUADS = HEAD_DIM / 4u; // each thread merges 4 consecutive elements of a row
+
+void main() {
+    DecodeParams P = DecodeParams(push.params);
+    DecodePlanInfo I = DecodePlanInfo(P.plan); // what the last (re-)plan decided
+    uint w = gl_WorkGroupID.y * gl_NumWorkGroups.x + gl_WorkGroupID.x;
+    int num_qo_heads = I.num_qo_heads;
+    int b = int(w / uint(num_qo_heads));
+    int h = int(w % uint(num_qo_heads));
+    if (b >= I.batch_size)
+        return;
+    uint64_t plan = P.plan;
+    I32Ref merge_info = plan_ints(plan, I.off_merge_info);
+    int first = merge_info.v[2 * b];
+    int chunks = merge_info.v[2 * b + 1];
+    if (chunks <= 1)
+        return;
+    int qo_len = I.qo_len;
+    int group = I.group_size;
+    int g = h / group;
+    int hh = h % group;
+    F32Ref partial_lse = plan_floats(plan, I.off_partial_lse);
+    uint64_t partial_o = uint64_t(plan_floats(plan, I.off_partial_o));
+    bool want_lse = P.lse != 0ul;
+
+    for (uint idx = gl_LocalInvocationIndex; idx < uint(qo_len) * QUADS; idx += WG) {
+        int qi = int(idx / QUADS);
+        uint d0 = (idx % QUADS) * 4u;
+        bool any = false; // an empty state (lse -inf) is the merge's identity
+        float s = 0.0;
+        vec4 o = vec4(0.0);
+        for (int c = 0; c < chunks; c++) {
+            int prow = ((first + g * chunks + c) * qo_len + qi) * group + hh;
+            float sb = partial_lse.v[prow];
+            if (!(sb > -1.0e30))
+                continue; // -inf: no key in this chunk
+            F32Ref row = F32Ref(partial_o + 4ul * (uint64_t(prow) * uint64_t(HEAD_DIM) + d0));
+            vec4 ob = vec4(row.v[0], row.v[1], row.v[2], row.v[3]);
+            if (!any) {
+                s = sb;
+                o = ob;
+                any = true;
+                continue;
+            }
+            float m = max(s, sb);
+            float wa = exp(s - m);
+            float wb = exp(sb - m);
+            o = (wa * o + wb * ob) / (wa + wb);
+            s = m + log(wa + wb);
+        }
+        int r = b * qo_len + qi;
+        int64_t o_off = int64_t(r) * P.o_stride_row + int64_t(h) * P.o_stride_head + int64_t(d0);
+        U2Ref(P.o + 2ul * uint64_t(o_off)).v =
+            uvec2(flp_pack16x2(Q_DTYPE, o.x, o.y), flp_pack16x2(Q_DTYPE, o.z, o.w));
+        if (want_lse && d0 == 0u) {
+            int64_t l_off = int64_t(r) * P.lse_stride_row + int64_t(h);
+            F32Ref(P.lse + 4ul * uint64_t(l_off)).v[0] = any ? s : uintBitsToFloat(0xff800000u);
+        }
+    }
+}
