@@ -240,4 +240,19 @@ int32_t flp_vk_decode_grid_size(flp_context *ctx, int32_t head_dim);
 flp_status flp_vk_decode_check(flp_context *ctx, const flp_decode_launch *launch);
 flp_status flp_vk_decode_run(flp_context *ctx, const flp_decode_launch *launch);
 
+/* Powers of two around x (x >= 1): the largest <= x and the smallest >= x. */
+static inline uint32_t pow2_floor(uint32_t x) {
+    uint32_t p = 1;
+    while (p * 2 <= x)
+        p *= 2;
+    return p;
+}
+
+static inline uint32_t pow2_ceil(uint32_t x) {
+    uint32_t p = 1;
+    while (p < x)
+        p *= 2;
+    return p;
+}
+
 #endif /* FLP_VK_BACKEND_H */

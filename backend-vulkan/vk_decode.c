@@ -29,20 +29,6 @@ typedef struct decode_shape {
     size_t shared_bytes;       /* everything the shader declares shared */
 } decode_shape;
 
-static uint32_t pow2_floor(uint32_t x) {
-    uint32_t p = 1;
-    while (p * 2 <= x)
-        p *= 2;
-    return p;
-}
-
-static uint32_t pow2_ceil(uint32_t x) {
-    uint32_t p = 1;
-    while (p < x)
-        p *= 2;
-    return p;
-}
-
 static bool is_fp8(int32_t dtype) {
     return dtype == FLP_DTYPE_E4M3 || dtype == FLP_DTYPE_E5M2;
 }

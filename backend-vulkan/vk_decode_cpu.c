@@ -29,20 +29,6 @@
 #define FLP_VK_CPU_NO_ROPE (FLP_VK_CPU_ALL & ~FLP_DECODE_FLAG_ROPE)
 #define FLP_VK_CPU_NO_DEFER 0xffffffffu
 
-static uint32_t pow2_floor(uint32_t x) {
-    uint32_t p = 1;
-    while (p * 2 <= x)
-        p *= 2;
-    return p;
-}
-
-static uint32_t pow2_ceil(uint32_t x) {
-    uint32_t p = 1;
-    while (p < x)
-        p *= 2;
-    return p;
-}
-
 int32_t flp_vk_cpu_decode_grid_size(const flp_context *ctx) {
     return ctx->info.compute_units * FLP_VK_CPU_WORKGROUPS_PER_UNIT;
 }
