@@ -15,23 +15,23 @@ typedef struct golden_case {
     double logits_soft_cap, sm_scale; /* sm_scale 0 = default */
     bool rope;
     flp_rope_params rope_params;
-    int32_t page_size, num_pages; /* paged */
-    flp_kv_layout kv_layout;      /* paged */
-    int32_t *qo_lens, *kv_lens;   /* [batch] */
-    int32_t *qo_indptr;           /* [batch + 1] */
-    int32_t *kv_indptr;           /* [batch + 1]: pages (paged) or tokens (ragged) */
-    int32_t *kv_indices, num_kv_indices;   /* paged */
-    int32_t *kv_last_page_len;             /* [batch], paged */
-    int32_t *mask_indptr;                  /* [batch], custom_mask */
+    int32_t page_size, num_pages;        /* paged */
+    flp_kv_layout kv_layout;             /* paged */
+    int32_t *qo_lens, *kv_lens;          /* [batch] */
+    int32_t *qo_indptr;                  /* [batch + 1] */
+    int32_t *kv_indptr;                  /* [batch + 1]: pages (paged) or tokens (ragged) */
+    int32_t *kv_indices, num_kv_indices; /* paged */
+    int32_t *kv_last_page_len;           /* [batch], paged */
+    int32_t *mask_indptr;                /* [batch], custom_mask */
     uint8_t *mask;
     size_t mask_bytes;
-    float *q;           /* [nnz, Hq, D] */
-    float *k, *v;       /* paged: cache [num_pages, ...layout...]; ragged: [nnz_kv, Hkv, D] */
-    size_t kv_elems;    /* elements of k (and of v) */
+    float *q;            /* [nnz, Hq, D] */
+    float *k, *v;        /* paged: cache [num_pages, ...layout...]; ragged: [nnz_kv, Hkv, D] */
+    size_t kv_elems;     /* elements of k (and of v) */
     float *alibi_slopes; /* [Hq] or NULL */
-    double *out;        /* [nnz, Hq, D] */
-    double *lse;        /* [nnz, Hq] */
-    int32_t nnz;        /* query rows */
+    double *out;         /* [nnz, Hq, D] */
+    double *lse;         /* [nnz, Hq] */
+    int32_t nnz;         /* query rows */
 } golden_case;
 
 /* Directory of the cases: FLP_GOLDEN_DIR (set by meson) unless the environment overrides. */
