@@ -3,7 +3,7 @@
 # The CUDA backend additionally needs the CUDA toolkit at /usr/local/cuda at build time only;
 # without it the backend compiles as a stub that returns FLP_ERROR_UNSUPPORTED.
 set -euo pipefail
-packages=(gcc meson ninja-build pkg-config python3 glslang-tools glslang-dev spirv-tools
+packages=(gcc g++ meson ninja-build pkg-config python3 glslang-tools glslang-dev spirv-tools
           libvulkan-dev libvulkan-volk-dev mesa-vulkan-drivers vulkan-validationlayers
           libcmocka-dev)
 missing=()
