@@ -27,15 +27,7 @@
 
 #include <volk.h>
 
-/* The embedded SPIR-V (backend-vulkan/vk_shaders.h). */
-extern const unsigned char flp_spv_decode[];
-extern const unsigned long flp_spv_decode_size;
-extern const unsigned char flp_spv_decode_cpu[];
-extern const unsigned long flp_spv_decode_cpu_size;
-extern const unsigned char flp_spv_decode_cpu_texel[];
-extern const unsigned long flp_spv_decode_cpu_texel_size;
-extern const unsigned char flp_spv_merge[];
-extern const unsigned long flp_spv_merge_size;
+#include "backend-vulkan/vk_shaders.h" /* the embedded SPIR-V */
 
 static flp_context *g_ctx; /* the library's own device */
 static char g_last_log[2048];
