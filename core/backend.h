@@ -5,6 +5,7 @@
 #define FLP_CORE_BACKEND_H
 
 #include "core/decode_params.h"
+#include "core/prefill_params.h"
 #include "core/internal.h"
 
 typedef struct flp_backend_ops {
@@ -28,6 +29,16 @@ typedef struct flp_backend_ops {
     flp_status (*decode_check)(flp_context *ctx, const flp_decode_launch *launch);
     /* Queues the decode kernel, then the merge kernel (always: it skips unsplit requests). */
     flp_status (*decode_run)(flp_context *ctx, const flp_decode_launch *launch);
+    /* Workgroups of the (persistent) prefill kernel for this head_dim, fixed at plan creation.
+     * < 0: flp_status. */
+    int32_t (*prefill_grid_size)(flp_context *ctx, int32_t head_dim);
+    /* Checks the launch is supported without queueing anything. */
+    flp_status (*prefill_check)(flp_context *ctx, const flp_prefill_launch *launch);
+    /* Queues the prefill kernel, then the merge kernel (always). */
+    flp_status (*prefill_run)(flp_context *ctx, const flp_prefill_launch *launch);
+    /* Queues the KV append (arguments already validated by the core; dtypes may still be
+     * refused with FLP_ERROR_UNSUPPORTED). */
+    flp_status (*kv_append_run)(flp_context *ctx, const flp_kv_append_params *params);
 } flp_backend_ops;
 
 /* Each opens a device of its backend and sets ctx->ops, ctx->backend and ctx->info.

@@ -213,22 +213,8 @@ static void fill_plan_info(flp_plan *plan, const flp_decode_plan_args *a, int32_
     p->v_scale = fp8 ? v->v_scale : 1.0f;
 }
 
-/* The prologue of every plan/run entry point: clears the last error, checks the handles. */
-static flp_status check_call(flp_context *ctx, const char *fn, const flp_plan *plan,
-                             const void *args) {
-    if (!ctx)
-        return FLP_ERROR_INVALID_ARGUMENT;
-    flp_clear_error(ctx);
-    if (!plan || !args)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: %s is NULL", fn,
-                        !plan ? "plan" : "args");
-    if (plan->ctx != ctx)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: plan belongs to another context", fn);
-    return FLP_OK;
-}
-
 flp_status flp_decode_plan(flp_context *ctx, flp_plan *plan, const flp_decode_plan_args *args) {
-    flp_status status = check_call(ctx, "flp_decode_plan", plan, args);
+    flp_status status = flp_plan_check_call(ctx, "flp_decode_plan", plan, args);
     if (status != FLP_OK)
         return status;
     int32_t qo_len = args->qo_len == 0 ? 1 : args->qo_len;
@@ -299,7 +285,7 @@ static flp_status check_run_tensors(flp_context *ctx, const flp_plan *plan,
 
 flp_status flp_decode_run(flp_context *ctx, const flp_plan *plan, const flp_decode_run_args *args) {
     static const char *fn = "flp_decode_run";
-    flp_status status = check_call(ctx, fn, plan, args);
+    flp_status status = flp_plan_check_call(ctx, fn, plan, args);
     if (status != FLP_OK)
         return status;
     if (!plan->decode.planned)

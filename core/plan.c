@@ -1,6 +1,7 @@
 /* Plan creation: capacities, memory layout, workspace. */
 #include "core/plan.h"
 #include "core/backend.h"
+#include "core/prefill_schedule.h"
 #include "core/scheduler.h"
 
 #include <stdlib.h>
@@ -14,7 +15,37 @@ static size_t take(size_t *cursor, size_t bytes, size_t align) {
     return at;
 }
 
-static flp_plan_layout compute_layout(const flp_plan_desc *d, int32_t num_ctas, int32_t max_items) {
+/* Capacities of the prefill region. */
+typedef struct prefill_caps {
+    int32_t ctas, items, slots, merges;
+} prefill_caps;
+
+static void prefill_layout(const flp_plan_desc *d, const prefill_caps *c, size_t *cursor,
+                           flp_prefill_layout *l) {
+    size_t i32 = sizeof(int32_t), batch = (size_t)d->max_batch_size;
+    l->info = take(cursor, sizeof(flp_prefill_plan_info), PLAN_ALIGN);
+    l->qo_indptr = take(cursor, i32 * (batch + 1), 16);
+    l->kv_indptr = take(cursor, i32 * (batch + 1), 16);
+    l->kv_len = take(cursor, i32 * batch, 16);
+    l->q_rope_offset = take(cursor, i32 * batch, 16);
+    l->k_rope_offset = take(cursor, i32 * batch, 16);
+    l->mask_indptr = take(cursor, i32 * batch, 16);
+    l->rope_freq = take(cursor, sizeof(float) * (size_t)(d->head_dim / 2), 16);
+    l->alibi_slopes = take(cursor, sizeof(float) * (size_t)d->num_qo_heads, 16);
+    l->work_indptr = take(cursor, i32 * ((size_t)c->ctas + 1), 16);
+    l->work_items = take(cursor, i32 * FLP_PREFILL_ITEM_INTS * (size_t)c->items, 16);
+    l->merge_items = take(cursor, i32 * FLP_MERGE_ITEM_INTS * (size_t)c->merges, 16);
+    l->kv_indices = take(cursor, i32 * (size_t)d->max_pages, 16);
+    l->metadata_end = *cursor;
+    size_t slot_rows = (size_t)c->slots * FLP_PREFILL_MAX_TILE;
+    l->partial_o = take(cursor, sizeof(float) * slot_rows * (size_t)d->head_dim, PLAN_ALIGN);
+    l->partial_lse = take(cursor, sizeof(float) * slot_rows, PLAN_ALIGN);
+    l->params_slot = take(cursor, 256, PLAN_ALIGN);
+    l->end = *cursor;
+}
+
+static flp_plan_layout compute_layout(const flp_plan_desc *d, int32_t num_ctas, int32_t max_items,
+                                      const prefill_caps *prefill) {
     flp_plan_layout l;
     size_t at = 0, i32 = sizeof(int32_t);
     size_t group = (size_t)(d->num_qo_heads / d->num_kv_heads);
@@ -35,6 +66,9 @@ static flp_plan_layout compute_layout(const flp_plan_desc *d, int32_t num_ctas, 
                        PLAN_ALIGN);
     l.partial_lse = take(&at, sizeof(float) * (size_t)max_items * rows_per_slot, PLAN_ALIGN);
     l.params_slot = take(&at, 256, PLAN_ALIGN);
+    memset(&l.prefill, 0, sizeof l.prefill);
+    if (d->max_qo_rows > 0)
+        prefill_layout(d, prefill, &at, &l.prefill);
     l.total = FLP_ALIGN_UP(at, PLAN_ALIGN);
     return l;
 }
@@ -50,6 +84,10 @@ static flp_status check_desc(flp_context *ctx, const char *fn, const flp_plan_de
     if (d->max_pages <= 0)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: max_pages = %d must be > 0", fn,
                         d->max_pages);
+    if (d->max_qo_rows < 0 || d->max_qo_rows > (1 << 26))
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                        "%s: max_qo_rows = %d must be in 0..%d (0 = no prefill)", fn,
+                        d->max_qo_rows, 1 << 26);
     if (d->num_qo_heads <= 0 || d->num_kv_heads <= 0)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
                         "%s: num_qo_heads = %d and num_kv_heads = %d must be > 0", fn,
@@ -80,9 +118,34 @@ static flp_status check_desc(flp_context *ctx, const char *fn, const flp_plan_de
 }
 
 /* Validates desc and computes the grid and the layout. */
+static flp_status prepare_prefill(flp_context *ctx, const char *fn, const flp_plan_desc *d,
+                                  prefill_caps *c) {
+    memset(c, 0, sizeof *c);
+    if (d->max_qo_rows == 0)
+        return FLP_OK;
+    if (!ctx->ops->prefill_grid_size)
+        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED, "%s: the %s backend has no prefill", fn,
+                        ctx->ops->name);
+    c->ctas = ctx->ops->prefill_grid_size(ctx, d->head_dim);
+    if (c->ctas < 0)
+        return (flp_status)c->ctas;
+    if (c->ctas == 0)
+        return flp_fail(ctx, FLP_ERROR_BACKEND, "%s: backend reported a prefill grid of 0", fn);
+    int32_t group = d->num_qo_heads / d->num_kv_heads;
+    c->items =
+        flp_prefill_max_items(d->max_batch_size, d->max_qo_rows, d->num_kv_heads, group, c->ctas);
+    if (c->items < 0)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                        "%s: max_qo_rows = %d with %d query heads is too large for one plan", fn,
+                        d->max_qo_rows, d->num_qo_heads);
+    c->slots = flp_prefill_max_slots(c->ctas);
+    c->merges = flp_prefill_max_merge_items(c->ctas);
+    return FLP_OK;
+}
+
 static flp_status prepare(flp_context *ctx, const char *fn, const flp_plan_desc *in,
                           flp_plan_desc *d, int32_t *num_ctas, int32_t *max_items,
-                          flp_plan_layout *layout) {
+                          prefill_caps *prefill, flp_plan_layout *layout) {
     if (!in)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: desc is NULL", fn);
     *d = *in;
@@ -98,7 +161,10 @@ static flp_status prepare(flp_context *ctx, const char *fn, const flp_plan_desc 
     if (*num_ctas == 0)
         return flp_fail(ctx, FLP_ERROR_BACKEND, "%s: backend reported a decode grid of 0", fn);
     *max_items = flp_decode_max_items(d->max_batch_size, d->num_kv_heads, *num_ctas);
-    *layout = compute_layout(d, *num_ctas, *max_items);
+    status = prepare_prefill(ctx, fn, d, prefill);
+    if (status != FLP_OK)
+        return status;
+    *layout = compute_layout(d, *num_ctas, *max_items, prefill);
     return FLP_OK;
 }
 
@@ -111,8 +177,9 @@ flp_status flp_plan_workspace_size(flp_context *ctx, const flp_plan_desc *desc, 
     flp_plan_desc d;
     int32_t num_ctas, max_items;
     flp_plan_layout layout;
+    prefill_caps prefill;
     flp_status status =
-        prepare(ctx, "flp_plan_workspace_size", desc, &d, &num_ctas, &max_items, &layout);
+        prepare(ctx, "flp_plan_workspace_size", desc, &d, &num_ctas, &max_items, &prefill, &layout);
     if (status == FLP_OK)
         *bytes = layout.total;
     return status;
@@ -151,14 +218,22 @@ flp_status flp_plan_create(flp_context *ctx, const flp_plan_desc *desc, flp_plan
     if (!plan)
         return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "%s: host allocation", fn);
     plan->ctx = ctx;
-    flp_status status =
-        prepare(ctx, fn, desc, &plan->desc, &plan->num_ctas, &plan->max_items, &plan->layout);
+    prefill_caps prefill;
+    flp_status status = prepare(ctx, fn, desc, &plan->desc, &plan->num_ctas, &plan->max_items,
+                                &prefill, &plan->layout);
     if (status == FLP_OK) {
         plan->group_size = plan->desc.num_qo_heads / plan->desc.num_kv_heads;
+        plan->prefill_ctas = prefill.ctas;
+        plan->prefill_max_items = prefill.items;
+        plan->prefill_max_slots = prefill.slots;
+        plan->prefill_max_merges = prefill.merges;
+        const flp_prefill_layout *pl = &plan->layout.prefill;
+        size_t prefill_bytes = pl->metadata_end - pl->info;
         plan->host = calloc(1, plan->layout.metadata_end);
-        if (!plan->host)
+        plan->prefill_host = prefill_bytes > 0 ? calloc(1, prefill_bytes) : NULL;
+        if (!plan->host || (prefill_bytes > 0 && !plan->prefill_host))
             status = flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "%s: host allocation of %zu bytes", fn,
-                              plan->layout.metadata_end);
+                              plan->layout.metadata_end + prefill_bytes);
     }
     if (status == FLP_OK)
         status = attach_memory(ctx, fn, plan);
@@ -176,5 +251,19 @@ void flp_plan_destroy(flp_plan *plan) {
     if (plan->owns_buffer)
         flp_buffer_destroy(plan->buffer);
     free(plan->host);
+    free(plan->prefill_host);
     free(plan);
+}
+
+flp_status flp_plan_check_call(flp_context *ctx, const char *fn, const flp_plan *plan,
+                               const void *args) {
+    if (!ctx)
+        return FLP_ERROR_INVALID_ARGUMENT;
+    flp_clear_error(ctx);
+    if (!plan || !args)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: %s is NULL", fn,
+                        !plan ? "plan" : "args");
+    if (plan->ctx != ctx)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: plan belongs to another context", fn);
+    return FLP_OK;
 }

@@ -3,7 +3,22 @@
 #define FLP_CORE_PLAN_H
 
 #include "core/decode_params.h"
+#include "core/prefill_params.h"
 #include "core/internal.h"
+
+/* Byte offsets of the prefill region (present when max_qo_rows > 0), from the start of the
+ * plan's region, in the order of core/prefill_params.h: info, the int32 arrays with kv_indices
+ * last (one upload of [info, kv_indices + used pages) carries a plan), then the scratch and the
+ * params slot. */
+typedef struct flp_prefill_layout {
+    size_t info; /* flp_prefill_plan_info */
+    size_t qo_indptr, kv_indptr, kv_len, q_rope_offset, k_rope_offset, mask_indptr;
+    size_t rope_freq, alibi_slopes, work_indptr, work_items, merge_items, kv_indices;
+    size_t metadata_end; /* end of kv_indices capacity */
+    size_t partial_o, partial_lse;
+    size_t params_slot; /* 256 bytes: Vulkan writes each run's flp_prefill_params here */
+    size_t end;
+} flp_prefill_layout;
 
 /* Byte offsets from the start of the plan's region. The plan information comes first, then the
  * int32 arrays with kv_indices last, so one upload of [0, kv_indices + used pages) carries a
@@ -14,9 +29,22 @@ typedef struct flp_plan_layout {
     size_t work_indptr, merge_info, work_items, kv_indices;
     size_t metadata_end; /* end of kv_indices capacity */
     size_t partial_o, partial_lse;
-    size_t params_slot; /* 256 bytes: Vulkan writes each run's flp_decode_params here */
-    size_t total;       /* bytes of the whole region */
+    size_t params_slot;         /* 256 bytes: Vulkan writes each run's flp_decode_params here */
+    flp_prefill_layout prefill; /* all 0 when the plan has no prefill capacity */
+    size_t total;               /* bytes of the whole region */
 } flp_plan_layout;
+
+/* What the last prefill plan decided (host side). */
+typedef struct flp_prefill_state {
+    bool planned;
+    int32_t batch_size, total_rows, page_size, q_tile;
+    flp_kv_storage kv_storage;
+    flp_kv_layout kv_layout;
+    flp_variant variant;   /* resolved */
+    int32_t max_page_id;   /* paged: largest page id referenced, -1 when none */
+    int32_t total_kv_rows; /* ragged: kv_indptr[batch_size] */
+    int64_t mask_bytes;    /* custom mask: bytes the mask tensor must hold */
+} flp_prefill_state;
 
 /* What the last decode plan decided (host side). */
 typedef struct flp_decode_state {
@@ -40,6 +68,14 @@ struct flp_plan {
     int32_t max_items;
     uint8_t *host; /* [layout.metadata_end] host mirror of the plan data */
     flp_decode_state decode;
+    /* Prefill (max_qo_rows > 0): grid and capacities fixed at creation. */
+    int32_t prefill_ctas, prefill_max_items, prefill_max_slots, prefill_max_merges;
+    uint8_t *prefill_host; /* [layout.prefill.metadata_end - layout.prefill.info] host mirror */
+    flp_prefill_state prefill;
 };
+
+/* The prologue of every plan/run entry point: clears the last error, checks the handles. */
+flp_status flp_plan_check_call(flp_context *ctx, const char *fn, const flp_plan *plan,
+                               const void *args);
 
 #endif /* FLP_CORE_PLAN_H */

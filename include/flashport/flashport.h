@@ -190,7 +190,7 @@ FLP_API flp_tensor flp_tensor_contiguous(flp_buffer *buf, size_t offset, flp_dty
 typedef enum flp_mask_mode {
     FLP_MASK_NONE = 0,
     FLP_MASK_CAUSAL = 1, /* key j kept for row i iff j <= kv_len - qo_len + i */
-    FLP_MASK_CUSTOM = 2, /* packed bits per request (prefill; a later issue) */
+    FLP_MASK_CUSTOM = 2, /* packed bits per request (prefill only; DESIGN.md section 3) */
 } flp_mask_mode;
 
 typedef enum flp_pos_encoding {
@@ -257,6 +257,8 @@ typedef struct flp_plan_desc {
     int32_t max_qo_len;     /* decode: query tokens per request, 1..FLP_DECODE_MAX_QO_LEN;
                                default 1 */
     int32_t max_pages;      /* capacity of kv_indices (required, > 0) */
+    int32_t max_qo_rows;    /* prefill: query rows of a batch (qo_indptr[batch_size]);
+                               0 = the plan serves decode only */
     int32_t num_qo_heads;   /* required */
     int32_t num_kv_heads;   /* required, divides num_qo_heads */
     int32_t head_dim;       /* 64, 128 or 256 (required) */
@@ -312,6 +314,97 @@ typedef struct flp_decode_run_args {
  * Allocates nothing, synchronises nothing. Page ids of the plan must be < pages of the caches. */
 FLP_API flp_status flp_decode_run(flp_context *ctx, const flp_plan *plan,
                                   const flp_decode_run_args *args);
+
+/* ---- batch prefill / append over a ragged or paged KV ------------------------------------ */
+
+typedef enum flp_kv_storage {
+    FLP_KV_PAGED = 0,  /* k/v caches [pages, ...] addressed through the CSR page table */
+    FLP_KV_RAGGED = 1, /* k/v [nnz_kv, num_kv_heads, head_dim], request b owns rows
+                          kv_indptr[b] .. kv_indptr[b+1]-1 */
+} flp_kv_storage;
+
+/* Host copies of one step's batch (DESIGN.md section 3). Request b has
+ * qo_len = qo_indptr[b+1] - qo_indptr[b] query rows (0 allowed) and kv_len keys, with
+ * qo_len <= kv_len; its query row i sits at position kv_len - qo_len + i (prompt: qo_len ==
+ * kv_len; append / chunked prefill / speculative verification: qo_len < kv_len). */
+typedef struct flp_prefill_plan_args {
+    int32_t batch_size;       /* 1..max_batch_size */
+    const int32_t *qo_indptr; /* [batch_size + 1], qo_indptr[0] = 0, non-decreasing */
+    flp_kv_storage kv_storage;
+    /* FLP_KV_PAGED: page indptr, like flp_decode_plan_args; FLP_KV_RAGGED: token indptr. */
+    const int32_t *kv_indptr;        /* [batch_size + 1], kv_indptr[0] = 0, non-decreasing */
+    const int32_t *kv_indices;       /* paged: [kv_indptr[batch_size]] page ids; ragged: NULL */
+    const int32_t *kv_last_page_len; /* paged: [batch_size]; ragged: NULL */
+    int32_t page_size;               /* paged: 1..FLP_MAX_PAGE_SIZE; ragged: ignored */
+    flp_kv_layout kv_layout;         /* paged: NHD or HND; ragged: ignored */
+    /* FLP_MASK_CUSTOM: byte offset of request b's row-major [qo_len, kv_len] bit matrix in the
+     * run's custom_mask tensor (little-endian bit order). NULL otherwise. */
+    const int32_t *mask_indptr;   /* [batch_size] or NULL */
+    const int32_t *q_rope_offset; /* [batch_size] or NULL: see flp_decode_plan_args */
+    const int32_t *k_rope_offset; /* [batch_size] or NULL */
+    const float *alibi_slopes;    /* [num_qo_heads] or NULL = standard slopes */
+    flp_variant variant;
+} flp_prefill_plan_args;
+
+/* Validates everything it can (lengths, qo_len <= kv_len, page ids, mask offsets, variant),
+ * chooses the query tile, splits KV when the batch does not fill the device, assigns the work
+ * and uploads it. Blocks until the upload is done. A plan holds one decode and one prefill
+ * partition at a time (they do not replace each other). */
+FLP_API flp_status flp_prefill_plan(flp_context *ctx, flp_plan *plan,
+                                    const flp_prefill_plan_args *args);
+
+typedef struct flp_prefill_run_args {
+    flp_tensor q; /* [qo_indptr[batch_size], num_qo_heads, head_dim], q_dtype */
+    /* paged: NHD [pages, page_size, num_kv_heads, head_dim] or HND; ragged:
+     * [kv_indptr[batch_size], num_kv_heads, head_dim]. kv_dtype */
+    flp_tensor k;
+    flp_tensor v;                  /* same shape and dtype as k, strides may differ */
+    flp_tensor out;                /* same shape as q, q_dtype */
+    const flp_tensor *lse;         /* optional [rows, num_qo_heads] f32, NULL = none */
+    const flp_tensor *custom_mask; /* FLP_MASK_CUSTOM: 1-D U8 bytes; else NULL */
+} flp_prefill_run_args;
+
+/* Launches the prefill (and the merge of split requests). Allocates nothing, synchronises
+ * nothing: valid inside CUDA graph capture and recorded Vulkan command buffers. */
+FLP_API flp_status flp_prefill_run(flp_context *ctx, const flp_plan *plan,
+                                   const flp_prefill_run_args *args);
+
+/* One request over a contiguous (ragged) KV: q [qo_len, Hq, D], k/v [kv_len, Hkv, D],
+ * qo_len <= kv_len. Creates a plan on the context's own memory, plans, runs, waits, and frees
+ * it: for convenience and tests, not for serving loops. custom_mask: [qo_len * kv_len] bits. */
+typedef struct flp_single_prefill_args {
+    flp_tensor q, k, v, out;
+    const flp_tensor *lse;         /* optional [qo_len, num_qo_heads] f32 */
+    const flp_tensor *custom_mask; /* FLP_MASK_CUSTOM only */
+    const float *alibi_slopes;     /* [num_qo_heads] or NULL */
+    flp_variant variant;
+} flp_single_prefill_args;
+
+FLP_API flp_status flp_single_prefill(flp_context *ctx, const flp_single_prefill_args *args);
+
+/* ---- appending new K/V rows to a paged cache ------------------------------------------- */
+
+/* Writes row r of k/v (new tokens) into the paged caches at the slot of token positions[r] of
+ * request batch_indices[r], through the page table kv_indptr/kv_indices (device tensors, so an
+ * engine runs "append, then attend" per layer with no host round trip). 16-bit rows are
+ * converted to the cache dtype (fp8 caches store value / k_scale or / v_scale, round to
+ * nearest even, saturating). Device-side index contents cannot be validated before the launch:
+ * a row whose request, position or page id is out of range is skipped (never written out of
+ * bounds). Queued on the context's stream/queue; allocates nothing. */
+typedef struct flp_kv_append_args {
+    flp_tensor k;             /* [nnz, num_kv_heads, head_dim] F16 or BF16, or the cache dtype */
+    flp_tensor v;             /* same shape as k */
+    flp_tensor batch_indices; /* [nnz] I32: request of each row */
+    flp_tensor positions;     /* [nnz] I32: token position of each row in its request */
+    flp_tensor kv_indptr;     /* [batch_size + 1] I32, page indptr */
+    flp_tensor kv_indices;    /* [>= kv_indptr[batch_size]] I32 page ids */
+    flp_tensor k_cache;       /* NHD [pages, page_size, num_kv_heads, head_dim] or HND */
+    flp_tensor v_cache;       /* same shape and dtype as k_cache */
+    flp_kv_layout kv_layout;
+    float k_scale, v_scale; /* fp8 caches: real = stored * scale; 0 = 1 */
+} flp_kv_append_args;
+
+FLP_API flp_status flp_kv_append(flp_context *ctx, const flp_kv_append_args *args);
 
 /* ---- host page table ------------------------------------------------------------------ */
 

@@ -1,0 +1,92 @@
+/* Longest-processing-time-first assignment of work items to workgroups (DESIGN.md section 4),
+ * shared by the decode and prefill schedulers. Deterministic: ties break by index. */
+#include "core/assign.h"
+
+#include <stdlib.h>
+
+typedef struct item_ref {
+    int64_t cost;
+    int32_t index;
+} item_ref;
+
+static int by_cost_desc(const void *a, const void *b) {
+    const item_ref *x = a, *y = b;
+    if (x->cost != y->cost)
+        return x->cost > y->cost ? -1 : 1;
+    return x->index < y->index ? -1 : (x->index > y->index); /* stable: deterministic */
+}
+
+/* Min-heap of workgroups keyed by (load, index). */
+typedef struct cta_load {
+    int64_t load;
+    int32_t cta;
+} cta_load;
+
+static bool lighter(cta_load a, cta_load b) {
+    return a.load != b.load ? a.load < b.load : a.cta < b.cta;
+}
+
+static void sift_down(cta_load *heap, int32_t n, int32_t i) {
+    for (;;) {
+        int32_t smallest = i, l = 2 * i + 1, r = l + 1;
+        if (l < n && lighter(heap[l], heap[smallest]))
+            smallest = l;
+        if (r < n && lighter(heap[r], heap[smallest]))
+            smallest = r;
+        if (smallest == i)
+            return;
+        cta_load t = heap[i];
+        heap[i] = heap[smallest];
+        heap[smallest] = t;
+        i = smallest;
+    }
+}
+
+static void assign(const int32_t *items, int item_ints, const int64_t *cost, int32_t n,
+                   int32_t num_ctas, item_ref *order, int32_t *assigned, cta_load *heap,
+                   int32_t *fill, int32_t *work_indptr, int32_t *work_items) {
+    for (int32_t i = 0; i < n; i++)
+        order[i] = (item_ref){cost[i], i};
+    qsort(order, (size_t)n, sizeof *order, by_cost_desc);
+    for (int32_t c = 0; c < num_ctas; c++)
+        heap[c] = (cta_load){0, c};
+    for (int32_t i = 0; i < n; i++) {
+        assigned[order[i].index] = heap[0].cta;
+        heap[0].load += order[i].cost;
+        sift_down(heap, num_ctas, 0);
+    }
+
+    /* Per-workgroup lists, each in longest-first order. */
+    for (int32_t c = 0; c <= num_ctas; c++)
+        work_indptr[c] = 0;
+    for (int32_t i = 0; i < n; i++)
+        work_indptr[assigned[i] + 1]++;
+    for (int32_t c = 0; c < num_ctas; c++)
+        work_indptr[c + 1] += work_indptr[c];
+    for (int32_t c = 0; c < num_ctas; c++)
+        fill[c] = work_indptr[c];
+    for (int32_t i = 0; i < n; i++) {
+        int32_t src = order[i].index;
+        int32_t dst = fill[assigned[src]]++;
+        for (int k = 0; k < item_ints; k++)
+            work_items[item_ints * dst + k] = items[item_ints * src + k];
+    }
+}
+
+bool flp_assign_longest_first(const int32_t *items, int item_ints, const int64_t *cost, int32_t n,
+                              int32_t num_ctas, int32_t *work_indptr, int32_t *work_items) {
+    size_t count = n > 0 ? (size_t)n : 1;
+    item_ref *order = malloc(sizeof(item_ref) * count);
+    int32_t *assigned = malloc(sizeof(int32_t) * count);
+    cta_load *heap = malloc(sizeof(cta_load) * (size_t)num_ctas);
+    int32_t *fill = malloc(sizeof(int32_t) * (size_t)num_ctas);
+    bool ok = order && assigned && heap && fill;
+    if (ok)
+        assign(items, item_ints, cost, n, num_ctas, order, assigned, heap, fill, work_indptr,
+               work_items);
+    free(order);
+    free(assigned);
+    free(heap);
+    free(fill);
+    return ok;
+}

@@ -1,0 +1,332 @@
+/* flp_prefill_plan: validates a batch, builds the prefill partition and uploads it. */
+#include "core/plan.h"
+#include "core/prefill_schedule.h"
+#include "core/reference.h"
+#include "core/variant.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* A split chunk is at least this many keys: below it the merge costs more than it saves. */
+#define PREFILL_MIN_CHUNK 256
+
+static const char *const FN = "flp_prefill_plan";
+
+static flp_status check_variant(flp_context *ctx, const flp_plan *plan,
+                                const flp_prefill_plan_args *a, flp_variant *resolved) {
+    char message[512];
+    flp_status status = flp_variant_validate(&a->variant, message, sizeof message);
+    if (status != FLP_OK)
+        return flp_fail(ctx, status, "%s: %s", FN, message);
+    if (a->variant.head_dim != plan->desc.head_dim)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                        "%s: variant.head_dim = %d differs from the plan's head_dim = %d", FN,
+                        a->variant.head_dim, plan->desc.head_dim);
+    bool custom = a->variant.mask == FLP_MASK_CUSTOM;
+    if (custom && !a->mask_indptr)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                        "%s: variant.mask is FLP_MASK_CUSTOM but mask_indptr is NULL", FN);
+    if (!custom && a->mask_indptr)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                        "%s: mask_indptr is given but variant.mask is not FLP_MASK_CUSTOM", FN);
+    if (a->alibi_slopes)
+        for (int32_t h = 0; h < plan->desc.num_qo_heads; h++)
+            if (!isfinite(a->alibi_slopes[h]))
+                return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                                "%s: alibi_slopes[%d] = %g is not finite", FN, h,
+                                (double)a->alibi_slopes[h]);
+    *resolved = flp_variant_resolved(&a->variant);
+    return FLP_OK;
+}
+
+/* An indptr of batch + 1 entries starting at 0, non-decreasing, ending at most at limit. */
+static flp_status check_indptr(flp_context *ctx, const char *name, const int32_t *indptr,
+                               int32_t batch, int64_t limit, const char *limit_name) {
+    if (!indptr)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: %s is NULL", FN, name);
+    if (indptr[0] != 0)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: %s[0] = %d must be 0", FN, name,
+                        indptr[0]);
+    for (int32_t b = 0; b < batch; b++)
+        if (indptr[b + 1] < indptr[b])
+            return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                            "%s: %s decreases at request %d (%d then %d)", FN, name, b, indptr[b],
+                            indptr[b + 1]);
+    if (limit >= 0 && indptr[batch] > limit)
+        return flp_fail(ctx, FLP_ERROR_CAPACITY, "%s: %s[%d] = %d exceeds the plan's %s = %lld", FN,
+                        name, batch, indptr[batch], limit_name, (long long)limit);
+    return FLP_OK;
+}
+
+/* Keys of each request into kv_len[batch] (paged: from pages and last_page_len). */
+static flp_status check_kv(flp_context *ctx, const flp_plan *plan, const flp_prefill_plan_args *a,
+                           int32_t *kv_len) {
+    int32_t batch = a->batch_size;
+    if (a->kv_storage == FLP_KV_RAGGED) {
+        flp_status status = check_indptr(ctx, "kv_indptr", a->kv_indptr, batch, -1, "");
+        if (status != FLP_OK)
+            return status;
+        if (a->kv_indices || a->kv_last_page_len)
+            return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                            "%s: ragged KV takes no %s (must be NULL)", FN,
+                            a->kv_indices ? "kv_indices" : "kv_last_page_len");
+        for (int32_t b = 0; b < batch; b++)
+            kv_len[b] = a->kv_indptr[b + 1] - a->kv_indptr[b];
+        return FLP_OK;
+    }
+    if (a->kv_storage != FLP_KV_PAGED)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                        "%s: kv_storage = %d is not FLP_KV_PAGED or FLP_KV_RAGGED", FN,
+                        (int)a->kv_storage);
+    if (a->page_size < 1 || a->page_size > FLP_MAX_PAGE_SIZE)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: page_size = %d must be in 1..%d", FN,
+                        a->page_size, FLP_MAX_PAGE_SIZE);
+    if (a->kv_layout != FLP_KV_LAYOUT_NHD && a->kv_layout != FLP_KV_LAYOUT_HND)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: kv_layout = %d is not NHD or HND", FN,
+                        (int)a->kv_layout);
+    flp_status status =
+        check_indptr(ctx, "kv_indptr", a->kv_indptr, batch, plan->desc.max_pages, "max_pages");
+    if (status != FLP_OK)
+        return status;
+    if (!a->kv_last_page_len)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: kv_last_page_len is NULL", FN);
+    for (int32_t b = 0; b < batch; b++) {
+        int32_t pages = a->kv_indptr[b + 1] - a->kv_indptr[b];
+        int32_t last = a->kv_last_page_len[b];
+        if (pages == 0) {
+            kv_len[b] = 0;
+            continue;
+        }
+        if (last < 1 || last > a->page_size)
+            return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                            "%s: kv_last_page_len[%d] = %d must be in 1..page_size (%d)", FN, b,
+                            last, a->page_size);
+        int64_t len = (int64_t)(pages - 1) * a->page_size + last;
+        if (len > INT32_MAX / 2)
+            return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                            "%s: request %d has %lld keys, more than 2^30", FN, b, (long long)len);
+        kv_len[b] = (int32_t)len;
+    }
+    int32_t total_pages = a->kv_indptr[batch];
+    if (total_pages > 0 && !a->kv_indices)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: kv_indices is NULL", FN);
+    for (int32_t i = 0; i < total_pages; i++)
+        if (a->kv_indices[i] < 0)
+            return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                            "%s: kv_indices[%d] = %d is a negative page id", FN, i,
+                            a->kv_indices[i]);
+    return FLP_OK;
+}
+
+/* Query lengths against keys, and the custom-mask extent. */
+static flp_status check_rows(flp_context *ctx, const flp_prefill_plan_args *a,
+                             const int32_t *qo_len, const int32_t *kv_len, int64_t *mask_bytes) {
+    *mask_bytes = 0;
+    for (int32_t b = 0; b < a->batch_size; b++) {
+        if (qo_len[b] > kv_len[b])
+            return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                            "%s: request %d has qo_len = %d > kv_len = %d (queries are the last "
+                            "qo_len keys of their request)",
+                            FN, b, qo_len[b], kv_len[b]);
+        if (!a->mask_indptr)
+            continue;
+        if (a->mask_indptr[b] < 0)
+            return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: mask_indptr[%d] = %d is negative",
+                            FN, b, a->mask_indptr[b]);
+        int64_t end = a->mask_indptr[b] + ((int64_t)qo_len[b] * kv_len[b] + 7) / 8;
+        if (end > INT32_MAX)
+            return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                            "%s: request %d's mask bits end at byte %lld, beyond 2^31 - 1", FN, b,
+                            (long long)end);
+        if (qo_len[b] > 0 && end > *mask_bytes)
+            *mask_bytes = end;
+    }
+    return FLP_OK;
+}
+
+static flp_status check_args(flp_context *ctx, const flp_plan *plan, const flp_prefill_plan_args *a,
+                             flp_variant *v, int32_t *qo_len, int32_t *kv_len,
+                             int64_t *mask_bytes) {
+    flp_status status = check_variant(ctx, plan, a, v);
+    if (status != FLP_OK)
+        return status;
+    status = check_indptr(ctx, "qo_indptr", a->qo_indptr, a->batch_size, plan->desc.max_qo_rows,
+                          "max_qo_rows");
+    if (status != FLP_OK)
+        return status;
+    for (int32_t b = 0; b < a->batch_size; b++)
+        qo_len[b] = a->qo_indptr[b + 1] - a->qo_indptr[b];
+    status = check_kv(ctx, plan, a, kv_len);
+    if (status != FLP_OK)
+        return status;
+    return check_rows(ctx, a, qo_len, kv_len, mask_bytes);
+}
+
+#define PF_I32(plan, field)                                                                        \
+    ((int32_t *)((plan)->prefill_host + (plan)->layout.prefill.field - (plan)->layout.prefill.info))
+#define PF_F32(plan, field) ((float *)PF_I32(plan, field))
+
+/* Per-request arrays, RoPE frequencies and ALiBi slopes into the host mirror. */
+static void fill_arrays(flp_plan *plan, const flp_prefill_plan_args *a, const flp_variant *v,
+                        const int32_t *kv_len, flp_prefill_state *st) {
+    int32_t batch = a->batch_size;
+    bool paged = a->kv_storage == FLP_KV_PAGED;
+    memcpy(PF_I32(plan, qo_indptr), a->qo_indptr, sizeof(int32_t) * (size_t)(batch + 1));
+    memcpy(PF_I32(plan, kv_indptr), a->kv_indptr, sizeof(int32_t) * (size_t)(batch + 1));
+    memcpy(PF_I32(plan, kv_len), kv_len, sizeof(int32_t) * (size_t)batch);
+    for (int32_t b = 0; b < batch; b++) {
+        PF_I32(plan, q_rope_offset)[b] = a->q_rope_offset ? a->q_rope_offset[b] : 0;
+        PF_I32(plan, k_rope_offset)[b] = a->k_rope_offset ? a->k_rope_offset[b] : 0;
+        PF_I32(plan, mask_indptr)[b] = a->mask_indptr ? a->mask_indptr[b] : 0;
+    }
+    st->max_page_id = -1;
+    if (paged) {
+        int32_t total_pages = a->kv_indptr[batch];
+        if (total_pages > 0)
+            memcpy(PF_I32(plan, kv_indices), a->kv_indices, sizeof(int32_t) * (size_t)total_pages);
+        for (int32_t i = 0; i < total_pages; i++)
+            if (a->kv_indices[i] > st->max_page_id)
+                st->max_page_id = a->kv_indices[i];
+    }
+    double freq[FLP_MAX_HEAD_DIM / 2];
+    flp_ref_rope_frequencies(&v->rope, plan->desc.head_dim, freq);
+    for (int32_t i = 0; i < plan->desc.head_dim / 2; i++)
+        PF_F32(plan, rope_freq)[i] = (float)freq[i];
+    if (a->alibi_slopes)
+        memcpy(PF_F32(plan, alibi_slopes), a->alibi_slopes,
+               sizeof(float) * (size_t)plan->desc.num_qo_heads);
+    else
+        flp_alibi_standard_slopes(plan->desc.num_qo_heads, PF_F32(plan, alibi_slopes));
+}
+
+static flp_status fill_schedule(flp_context *ctx, flp_plan *plan, const flp_prefill_plan_args *a,
+                                const flp_variant *v, const int32_t *qo_len, const int32_t *kv_len,
+                                flp_prefill_schedule *sched) {
+    flp_prefill_schedule_input in = {
+        .batch_size = a->batch_size,
+        .num_kv_heads = plan->desc.num_kv_heads,
+        .group_size = plan->group_size,
+        .num_ctas = plan->prefill_ctas,
+        .qo_len = qo_len,
+        .kv_len = kv_len,
+        .causal = v->mask == FLP_MASK_CAUSAL,
+        .window_left = v->use_window ? v->window_left : -1,
+        .min_chunk = PREFILL_MIN_CHUNK,
+        .chunk_align = 64,
+        .max_items = plan->prefill_max_items,
+        .max_slots = plan->prefill_max_slots,
+        .max_merge_items = plan->prefill_max_merges,
+    };
+    sched->work_indptr = PF_I32(plan, work_indptr);
+    sched->work_items = PF_I32(plan, work_items);
+    sched->merge_items = PF_I32(plan, merge_items);
+    if (!flp_prefill_schedule_build(&in, sched))
+        return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "%s: host allocation", FN);
+    return FLP_OK;
+}
+
+static void fill_info(flp_plan *plan, const flp_prefill_plan_args *a, const flp_variant *v,
+                      const flp_prefill_schedule *sched) {
+    const flp_prefill_layout *l = &plan->layout.prefill;
+    flp_prefill_plan_info *p = (flp_prefill_plan_info *)plan->prefill_host;
+    memset(p, 0, sizeof *p);
+#define WORDS(field) ((uint32_t)((l->field - l->info) / sizeof(int32_t)))
+    p->off_qo_indptr = WORDS(qo_indptr);
+    p->off_kv_indptr = WORDS(kv_indptr);
+    p->off_kv_len = WORDS(kv_len);
+    p->off_q_rope_offset = WORDS(q_rope_offset);
+    p->off_k_rope_offset = WORDS(k_rope_offset);
+    p->off_mask_indptr = WORDS(mask_indptr);
+    p->off_rope_freq = WORDS(rope_freq);
+    p->off_alibi_slopes = WORDS(alibi_slopes);
+    p->off_work_indptr = WORDS(work_indptr);
+    p->off_work_items = WORDS(work_items);
+    p->off_merge_items = WORDS(merge_items);
+    p->off_kv_indices = WORDS(kv_indices);
+    p->off_partial_o = WORDS(partial_o);
+    p->off_partial_lse = WORDS(partial_lse);
+#undef WORDS
+    p->batch_size = a->batch_size;
+    p->num_qo_heads = plan->desc.num_qo_heads;
+    p->num_kv_heads = plan->desc.num_kv_heads;
+    p->group_size = plan->group_size;
+    p->head_dim = plan->desc.head_dim;
+    p->page_size = a->kv_storage == FLP_KV_PAGED ? a->page_size : 0;
+    p->num_ctas = plan->prefill_ctas;
+    p->num_merge_items = sched->num_merge_items;
+    p->q_tile = sched->q_tile;
+    p->flags = (v->mask == FLP_MASK_CAUSAL ? FLP_DECODE_FLAG_CAUSAL : 0u) |
+               (v->use_window ? FLP_DECODE_FLAG_WINDOW : 0u) |
+               (v->logits_soft_cap > 0.0f ? FLP_DECODE_FLAG_SOFTCAP : 0u) |
+               (v->pos_encoding == FLP_POS_ALIBI ? FLP_DECODE_FLAG_ALIBI : 0u) |
+               (v->pos_encoding == FLP_POS_ROPE_LLAMA ? FLP_DECODE_FLAG_ROPE : 0u) |
+               (v->mask == FLP_MASK_CUSTOM ? FLP_PREFILL_FLAG_CUSTOM_MASK : 0u) |
+               (a->kv_storage == FLP_KV_PAGED ? FLP_PREFILL_FLAG_PAGED : 0u);
+    p->window_left = v->use_window ? v->window_left : -1;
+    p->q_dtype = (int32_t)v->q_dtype;
+    p->kv_dtype = (int32_t)v->kv_dtype;
+    p->sm_scale = v->sm_scale;
+    p->soft_cap = v->logits_soft_cap;
+    bool fp8 = v->kv_dtype == FLP_DTYPE_E4M3 || v->kv_dtype == FLP_DTYPE_E5M2;
+    p->k_scale = fp8 ? v->k_scale : 1.0f;
+    p->v_scale = fp8 ? v->v_scale : 1.0f;
+}
+
+static flp_status plan_batch(flp_context *ctx, flp_plan *plan, const flp_prefill_plan_args *a,
+                             int32_t *qo_len, int32_t *kv_len) {
+    flp_variant v;
+    flp_prefill_state st;
+    memset(&st, 0, sizeof st);
+    flp_status status = check_args(ctx, plan, a, &v, qo_len, kv_len, &st.mask_bytes);
+    if (status != FLP_OK)
+        return status;
+    plan->prefill.planned = false; /* the mirror is about to change */
+    fill_arrays(plan, a, &v, kv_len, &st);
+    flp_prefill_schedule sched;
+    status = fill_schedule(ctx, plan, a, &v, qo_len, kv_len, &sched);
+    if (status != FLP_OK)
+        return status;
+    fill_info(plan, a, &v, &sched);
+    const flp_prefill_layout *l = &plan->layout.prefill;
+    bool paged = a->kv_storage == FLP_KV_PAGED;
+    size_t end =
+        l->kv_indices + (paged ? sizeof(int32_t) * (size_t)a->kv_indptr[a->batch_size] : 0);
+    status = flp_buffer_write(ctx, plan->buffer, plan->base + l->info, plan->prefill_host,
+                              end - l->info);
+    if (status != FLP_OK)
+        return status;
+    st.planned = true;
+    st.batch_size = a->batch_size;
+    st.total_rows = a->qo_indptr[a->batch_size];
+    st.page_size = paged ? a->page_size : 0;
+    st.q_tile = sched.q_tile;
+    st.kv_storage = a->kv_storage;
+    st.kv_layout = paged ? a->kv_layout : FLP_KV_LAYOUT_NHD;
+    st.variant = v;
+    st.total_kv_rows = paged ? 0 : a->kv_indptr[a->batch_size];
+    plan->prefill = st;
+    return FLP_OK;
+}
+
+flp_status flp_prefill_plan(flp_context *ctx, flp_plan *plan, const flp_prefill_plan_args *args) {
+    flp_status status = flp_plan_check_call(ctx, FN, plan, args);
+    if (status != FLP_OK)
+        return status;
+    if (plan->desc.max_qo_rows == 0)
+        return flp_fail(ctx, FLP_ERROR_CAPACITY,
+                        "%s: the plan was created with max_qo_rows = 0 (decode only)", FN);
+    if (args->batch_size <= 0)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: batch_size = %d must be > 0", FN,
+                        args->batch_size);
+    if (args->batch_size > plan->desc.max_batch_size)
+        return flp_fail(ctx, FLP_ERROR_CAPACITY,
+                        "%s: batch_size = %d exceeds the plan's max_batch_size = %d", FN,
+                        args->batch_size, plan->desc.max_batch_size);
+    int32_t *qo_len = malloc(sizeof(int32_t) * 2 * (size_t)args->batch_size); /* [2][batch] */
+    if (!qo_len)
+        return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "%s: host allocation", FN);
+    status = plan_batch(ctx, plan, args, qo_len, qo_len + args->batch_size);
+    free(qo_len);
+    return status;
+}

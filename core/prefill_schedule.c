@@ -1,0 +1,156 @@
+/* Prefill work partition: tiles, KV clipping, splitting and longest-first assignment. */
+#include "core/prefill_schedule.h"
+#include "core/assign.h"
+
+#include <limits.h>
+#include <stdlib.h>
+
+/* Fixed cost of an item in key-equivalents (loading the query tile, writing the output). */
+#define ITEM_OVERHEAD_KEYS 32
+
+int32_t flp_prefill_choose_tile(int32_t batch_size, int32_t group_size, const int32_t *qo_len) {
+    int64_t rows = 0, requests = 0;
+    for (int32_t b = 0; b < batch_size; b++)
+        if (qo_len[b] > 0) {
+            rows += (int64_t)qo_len[b] * group_size;
+            requests++;
+        }
+    int64_t average = requests > 0 ? rows / requests : 0;
+    return average > 64 ? 128 : average > 16 ? 64 : 16;
+}
+
+int32_t flp_prefill_max_items(int32_t max_batch_size, int32_t max_qo_rows, int32_t num_kv_heads,
+                              int32_t group_size, int32_t num_ctas) {
+    /* Per KV head: sum over requests of ceil(rows / 16) <= rows / 16 + batch; splitting adds
+     * at most num_ctas items (it only happens below num_ctas items and chunks are at least
+     * total / num_ctas long). */
+    int64_t tiles = (int64_t)max_qo_rows * group_size / 16 + max_batch_size;
+    int64_t n = tiles * num_kv_heads + 2 * (int64_t)num_ctas;
+    return n > INT32_MAX / FLP_PREFILL_ITEM_INTS ? -1 : (int32_t)n;
+}
+
+int32_t flp_prefill_max_slots(int32_t num_ctas) {
+    return 2 * num_ctas;
+}
+
+int32_t flp_prefill_max_merge_items(int32_t num_ctas) {
+    return num_ctas;
+}
+
+/* Position of query token i of request b. */
+static int64_t position(const flp_prefill_schedule_input *in, int32_t b, int64_t i) {
+    return (int64_t)in->kv_len[b] - in->qo_len[b] + i;
+}
+
+/* The keys the rows [row_begin, row_end) of request b can keep at most. */
+static void key_range(const flp_prefill_schedule_input *in, int32_t b, int32_t row_begin,
+                      int32_t row_end, int32_t *lo, int32_t *hi) {
+    int64_t first = position(in, b, row_begin / in->group_size);
+    int64_t last = position(in, b, (row_end - 1) / in->group_size);
+    int64_t h = in->causal ? last + 1 : in->kv_len[b];
+    int64_t l = in->window_left >= 0 ? first - in->window_left : 0;
+    *hi = (int32_t)(h < in->kv_len[b] ? h : in->kv_len[b]);
+    *lo = (int32_t)(l > 0 ? l : 0);
+}
+
+/* The unsplit items (request, head, tile) in natural order; returns their count. */
+static int32_t tile_items(const flp_prefill_schedule_input *in, int32_t tile, int32_t *items) {
+    int32_t n = 0;
+    for (int32_t b = 0; b < in->batch_size; b++) {
+        int32_t rows = in->qo_len[b] * in->group_size;
+        for (int32_t g = 0; g < in->num_kv_heads; g++)
+            for (int32_t r = 0; r < rows; r += tile) {
+                int32_t *it = items + FLP_PREFILL_ITEM_INTS * n++;
+                it[FLP_PITEM_REQUEST] = b;
+                it[FLP_PITEM_KV_HEAD] = g;
+                it[FLP_PITEM_ROW_BEGIN] = r;
+                it[FLP_PITEM_ROW_END] = rows - r < tile ? rows : r + tile;
+                key_range(in, b, r, it[FLP_PITEM_ROW_END], &it[FLP_PITEM_KV_BEGIN],
+                          &it[FLP_PITEM_KV_END]);
+                it[FLP_PITEM_PARTIAL_SLOT] = -1;
+            }
+    }
+    return n;
+}
+
+static int32_t keys_of(const int32_t *it) {
+    return it[FLP_PITEM_KV_END] - it[FLP_PITEM_KV_BEGIN];
+}
+
+/* Split chunk size: INT32_MAX when the items already fill the device. */
+static int32_t choose_chunk(const flp_prefill_schedule_input *in, const int32_t *items, int32_t n) {
+    if (n >= in->num_ctas)
+        return INT32_MAX;
+    int64_t total = 0;
+    for (int32_t i = 0; i < n; i++)
+        total += keys_of(items + FLP_PREFILL_ITEM_INTS * i);
+    int64_t chunk = (total + in->num_ctas - 1) / in->num_ctas;
+    if (chunk < in->min_chunk)
+        chunk = in->min_chunk;
+    int64_t align = in->chunk_align > 0 ? in->chunk_align : 1;
+    chunk = (chunk + align - 1) / align * align;
+    return chunk > INT32_MAX ? INT32_MAX : (int32_t)chunk;
+}
+
+/* Expands items longer than chunk into chunk items writing partial slots, records the merges.
+ * src has n items; dst receives the result. Returns the new count. */
+static int32_t split_items(const flp_prefill_schedule_input *in, int32_t chunk, const int32_t *src,
+                           int32_t n, int32_t *dst, flp_prefill_schedule *out) {
+    int32_t m = 0, slots = 0, merges = 0;
+    for (int32_t i = 0; i < n; i++) {
+        const int32_t *it = src + FLP_PREFILL_ITEM_INTS * i;
+        int32_t len = keys_of(it);
+        int32_t chunks = len <= chunk ? 1 : (int32_t)(((int64_t)len + chunk - 1) / chunk);
+        if (chunks > 1 && (slots + chunks > in->max_slots || merges >= in->max_merge_items))
+            chunks = 1; /* capacity guard: cannot happen with the documented bounds */
+        for (int32_t c = 0; c < chunks; c++) {
+            int32_t *o = dst + FLP_PREFILL_ITEM_INTS * m++;
+            for (int k = 0; k < FLP_PREFILL_ITEM_INTS; k++)
+                o[k] = it[k];
+            if (chunks == 1)
+                continue;
+            o[FLP_PITEM_KV_BEGIN] = it[FLP_PITEM_KV_BEGIN] + c * chunk;
+            if (c + 1 < chunks)
+                o[FLP_PITEM_KV_END] = o[FLP_PITEM_KV_BEGIN] + chunk;
+            o[FLP_PITEM_PARTIAL_SLOT] = slots + c;
+        }
+        if (chunks > 1) {
+            int32_t *mi = out->merge_items + FLP_MERGE_ITEM_INTS * merges++;
+            mi[FLP_MITEM_REQUEST] = it[FLP_PITEM_REQUEST];
+            mi[FLP_MITEM_KV_HEAD] = it[FLP_PITEM_KV_HEAD];
+            mi[FLP_MITEM_ROW_BEGIN] = it[FLP_PITEM_ROW_BEGIN];
+            mi[FLP_MITEM_ROW_END] = it[FLP_PITEM_ROW_END];
+            mi[FLP_MITEM_FIRST_SLOT] = slots;
+            mi[FLP_MITEM_CHUNKS] = chunks;
+            slots += chunks;
+        }
+    }
+    out->num_partial_slots = slots;
+    out->num_merge_items = merges;
+    return m;
+}
+
+bool flp_prefill_schedule_build(const flp_prefill_schedule_input *in, flp_prefill_schedule *out) {
+    out->q_tile = flp_prefill_choose_tile(in->batch_size, in->group_size, in->qo_len);
+    size_t cap = in->max_items > 0 ? (size_t)in->max_items : 1;
+    int32_t *tiles = malloc(sizeof(int32_t) * FLP_PREFILL_ITEM_INTS * cap);
+    int32_t *items = malloc(sizeof(int32_t) * FLP_PREFILL_ITEM_INTS * cap);
+    int64_t *cost = malloc(sizeof(int64_t) * cap);
+    bool ok = tiles && items && cost;
+    if (ok) {
+        int32_t n = tile_items(in, out->q_tile, tiles);
+        int32_t chunk = choose_chunk(in, tiles, n);
+        out->num_items = split_items(in, chunk, tiles, n, items, out);
+        for (int32_t i = 0; i < out->num_items; i++) {
+            const int32_t *it = items + FLP_PREFILL_ITEM_INTS * i;
+            /* Key tiles times row passes: a tensor-core tile costs the same for any row count. */
+            cost[i] = (int64_t)keys_of(it) + ITEM_OVERHEAD_KEYS;
+        }
+        ok = flp_assign_longest_first(items, FLP_PREFILL_ITEM_INTS, cost, out->num_items,
+                                      in->num_ctas, out->work_indptr, out->work_items);
+    }
+    free(tiles);
+    free(items);
+    free(cost);
+    return ok;
+}

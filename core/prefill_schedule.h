@@ -1,0 +1,47 @@
+/* The prefill work partition (DESIGN.md section 4): query tiles of packed rows per request and
+ * KV head, KV ranges clipped to what the causal mask and the window can keep, KV split into
+ * chunks when the batch does not fill the device, longest-first assignment. Pure host code,
+ * deterministic. */
+#ifndef FLP_CORE_PREFILL_SCHEDULE_H
+#define FLP_CORE_PREFILL_SCHEDULE_H
+
+#include "core/prefill_params.h"
+
+#include <stdbool.h>
+
+typedef struct flp_prefill_schedule_input {
+    int32_t batch_size, num_kv_heads, group_size;
+    int32_t num_ctas;        /* workgroups of the prefill launch */
+    const int32_t *qo_len;   /* [batch_size] query tokens per request */
+    const int32_t *kv_len;   /* [batch_size] keys per request, >= qo_len */
+    bool causal;             /* keys above each row's position are never kept */
+    int32_t window_left;     /* < 0: no window; else keys below pos - window_left never kept */
+    int32_t min_chunk;       /* smallest KV chunk worth a split, tokens */
+    int32_t chunk_align;     /* split chunk sizes are multiples of this */
+    int32_t max_items;       /* capacity of work_items (flp_prefill_max_items) */
+    int32_t max_slots;       /* capacity of partial slots */
+    int32_t max_merge_items; /* capacity of merge_items */
+} flp_prefill_schedule_input;
+
+typedef struct flp_prefill_schedule {
+    int32_t q_tile; /* packed rows per item: 16, 64 or 128 */
+    int32_t num_items, num_partial_slots, num_merge_items;
+    int32_t *work_indptr; /* [num_ctas + 1], caller-owned */
+    int32_t *work_items;  /* [max_items * FLP_PREFILL_ITEM_INTS], caller-owned */
+    int32_t *merge_items; /* [max_merge_items * FLP_MERGE_ITEM_INTS], caller-owned */
+} flp_prefill_schedule;
+
+/* Query tile for a batch: 128 packed rows when requests average more than 64, 64 when more
+ * than 16, else 16 (decode-like and speculative batches). */
+int32_t flp_prefill_choose_tile(int32_t batch_size, int32_t group_size, const int32_t *qo_len);
+
+/* Capacities for plans of up to max_batch_size requests and max_qo_rows query rows. */
+int32_t flp_prefill_max_items(int32_t max_batch_size, int32_t max_qo_rows, int32_t num_kv_heads,
+                              int32_t group_size, int32_t num_ctas);
+int32_t flp_prefill_max_slots(int32_t num_ctas);
+int32_t flp_prefill_max_merge_items(int32_t num_ctas);
+
+/* Fills out. Returns false only when a host allocation fails. */
+bool flp_prefill_schedule_build(const flp_prefill_schedule_input *in, flp_prefill_schedule *out);
+
+#endif /* FLP_CORE_PREFILL_SCHEDULE_H */
