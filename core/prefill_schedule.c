@@ -22,8 +22,7 @@ int32_t flp_prefill_choose_tile(int32_t batch_size, int32_t group_size, const in
 int32_t flp_prefill_max_items(int32_t max_batch_size, int32_t max_qo_rows, int32_t num_kv_heads,
                               int32_t group_size, int32_t num_ctas) {
     /* Per KV head: sum over requests of ceil(rows / 16) <= rows / 16 + batch; splitting adds
-     * at most num_ctas items (it only happens below num_ctas items and chunks are at least
-     * total / num_ctas long). */
+     * at most num_ctas items (chunks are at least total / num_ctas keys long). */
     int64_t tiles = (int64_t)max_qo_rows * group_size / 16 + max_batch_size;
     int64_t n = tiles * num_kv_heads + 2 * (int64_t)num_ctas;
     return n > INT32_MAX / FLP_PREFILL_ITEM_INTS ? -1 : (int32_t)n;
@@ -77,19 +76,22 @@ static int32_t keys_of(const int32_t *it) {
     return it[FLP_PITEM_KV_END] - it[FLP_PITEM_KV_BEGIN];
 }
 
-/* Split chunk size: INT32_MAX when the items already fill the device. */
+/* Split chunk size: the keys of an even share of the device (at least min_chunk), so that no
+ * item is longer than a fair share of the whole work; INT32_MAX when none is. The bounds of
+ * flp_prefill_max_items/_slots/_merge_items follow: chunks <= total / chunk + split items. */
 static int32_t choose_chunk(const flp_prefill_schedule_input *in, const int32_t *items, int32_t n) {
-    if (n >= in->num_ctas)
-        return INT32_MAX;
-    int64_t total = 0;
-    for (int32_t i = 0; i < n; i++)
-        total += keys_of(items + FLP_PREFILL_ITEM_INTS * i);
+    int64_t total = 0, longest = 0;
+    for (int32_t i = 0; i < n; i++) {
+        int64_t keys = keys_of(items + FLP_PREFILL_ITEM_INTS * i);
+        total += keys;
+        longest = keys > longest ? keys : longest;
+    }
     int64_t chunk = (total + in->num_ctas - 1) / in->num_ctas;
     if (chunk < in->min_chunk)
         chunk = in->min_chunk;
     int64_t align = in->chunk_align > 0 ? in->chunk_align : 1;
     chunk = (chunk + align - 1) / align * align;
-    return chunk > INT32_MAX ? INT32_MAX : (int32_t)chunk;
+    return chunk >= longest || chunk > INT32_MAX ? INT32_MAX : (int32_t)chunk;
 }
 
 /* Expands items longer than chunk into chunk items writing partial slots, records the merges.
