@@ -12,72 +12,9 @@
 
 #include <cmocka.h>
 
-#include "core/backend.h"
 #include "core/plan.h"
+#include "tests/fake_backend.h"
 #include "tests/test_util.h"
-
-/* ---- the fake backend ------------------------------------------------------------------- */
-
-static int runs_queued;
-static flp_decode_launch last_launch;
-
-static void fake_destroy(flp_context *ctx) {
-    (void)ctx;
-}
-static flp_status fake_buffer_create(flp_context *ctx, flp_buffer *buf) {
-    (void)ctx;
-    buf->native = malloc(buf->size);
-    buf->device_address = (uint64_t)(uintptr_t)buf->native;
-    return buf->native ? FLP_OK : FLP_ERROR_OUT_OF_MEMORY;
-}
-static void fake_buffer_destroy(flp_context *ctx, flp_buffer *buf) {
-    (void)ctx;
-    free(buf->native);
-}
-static flp_status fake_write(flp_context *ctx, flp_buffer *buf, size_t off, const void *src,
-                             size_t n) {
-    (void)ctx;
-    memcpy((char *)buf->native + off, src, n);
-    return FLP_OK;
-}
-static flp_status fake_read(flp_context *ctx, const flp_buffer *buf, size_t off, void *dst,
-                            size_t n) {
-    (void)ctx;
-    memcpy(dst, (const char *)buf->native + off, n);
-    return FLP_OK;
-}
-static flp_status fake_sync(flp_context *ctx) {
-    (void)ctx;
-    return FLP_OK;
-}
-static int32_t fake_grid(flp_context *ctx, int32_t head_dim) {
-    (void)ctx;
-    (void)head_dim;
-    return 6;
-}
-static flp_status fake_check(flp_context *ctx, const flp_decode_launch *l) {
-    (void)ctx;
-    (void)l;
-    return FLP_OK;
-}
-static flp_status fake_run(flp_context *ctx, const flp_decode_launch *l) {
-    (void)ctx;
-    runs_queued++;
-    last_launch = *l;
-    return FLP_OK;
-}
-
-static const flp_backend_ops fake_ops = {
-    "fake",    fake_destroy, fake_buffer_create, fake_buffer_destroy, fake_write,
-    fake_read, fake_sync,    fake_grid,          fake_check,          fake_run};
-
-static flp_context *fake_context(void) {
-    flp_context *ctx = calloc(1, sizeof *ctx);
-    ctx->ops = &fake_ops;
-    ctx->info.max_buffer_bytes = (size_t)1 << 30;
-    snprintf(ctx->info.backend_name, sizeof ctx->info.backend_name, "fake");
-    return ctx;
-}
 
 /* ---- a small decode problem ------------------------------------------------------------- */
 
@@ -275,10 +212,10 @@ static void test_run_hands_backend_the_views(void **state) {
     fixture *f = *state;
     assert_int_equal(flp_decode_plan(f->ctx, f->plan, &f->pa), FLP_OK);
     f->ra.lse = &f->lse;
-    int before = runs_queued;
+    int before = fake_runs_queued;
     assert_int_equal(flp_decode_run(f->ctx, f->plan, &f->ra), FLP_OK);
-    assert_int_equal(runs_queued, before + 1);
-    const flp_decode_params *p = &last_launch.params;
+    assert_int_equal(fake_runs_queued, before + 1);
+    const flp_decode_params *p = &fake_last_decode.params;
     assert_int_equal(p->q, f->q_buf->device_address);
     assert_int_equal(p->v, f->kv_buf->device_address + (uint64_t)PAGE * HKV * D * 2);
     assert_int_equal(p->k_stride_page, 2 * PAGE * HKV * D);
@@ -286,9 +223,9 @@ static void test_run_hands_backend_the_views(void **state) {
     assert_int_equal(p->k_stride_head, D);
     assert_int_equal(p->lse, f->lse_buf->device_address);
     assert_int_equal(p->plan, f->plan->buffer->device_address + f->plan->base);
-    assert_int_equal(last_launch.num_ctas, 6);
-    assert_int_equal(last_launch.head_dim, D);
-    assert_int_equal(last_launch.kv_dtype, FLP_DTYPE_BF16);
+    assert_int_equal(fake_last_decode.num_ctas, 6);
+    assert_int_equal(fake_last_decode.head_dim, D);
+    assert_int_equal(fake_last_decode.kv_dtype, FLP_DTYPE_BF16);
     /* Plan-dependent values live in the plan memory, not in the launch. */
     const flp_decode_plan_info *info = (const flp_decode_plan_info *)plan_words(f, 0);
     assert_int_equal(info->flags, 0);
@@ -304,15 +241,15 @@ static void test_run_hands_backend_the_views(void **state) {
     f->ra.k_cache = flp_tensor_contiguous(f->kv_buf, 0, FLP_DTYPE_BF16, 4, shape);
     f->ra.v_cache = f->ra.k_cache;
     assert_int_equal(flp_decode_run(f->ctx, f->plan, &f->ra), FLP_OK);
-    assert_int_equal(last_launch.params.k_stride_slot, D);
-    assert_int_equal(last_launch.params.k_stride_head, PAGE * D);
+    assert_int_equal(fake_last_decode.params.k_stride_slot, D);
+    assert_int_equal(fake_last_decode.params.k_stride_head, PAGE * D);
 }
 
 static void test_replan_keeps_launch_shape(void **state) {
     fixture *f = *state;
     assert_int_equal(flp_decode_plan(f->ctx, f->plan, &f->pa), FLP_OK);
     assert_int_equal(flp_decode_run(f->ctx, f->plan, &f->ra), FLP_OK);
-    flp_decode_launch first = last_launch;
+    flp_decode_launch first = fake_last_decode;
     int32_t indptr[3] = {0, 4, 9}, last[2] = {4, 2};
     int32_t indices[9] = {1, 2, 3, 4, 5, 6, 8, 9, 10};
     flp_decode_plan_args pa = f->pa;
@@ -326,10 +263,10 @@ static void test_replan_keeps_launch_shape(void **state) {
     ra.out = flp_tensor_contiguous(f->o_buf, 0, FLP_DTYPE_BF16, 3, q_shape);
     assert_int_equal(flp_decode_plan(f->ctx, f->plan, &pa), FLP_OK);
     assert_int_equal(flp_decode_run(f->ctx, f->plan, &ra), FLP_OK);
-    assert_int_equal(last_launch.num_ctas, first.num_ctas);
-    assert_int_equal(last_launch.merge_grid, first.merge_grid);
-    assert_int_equal(last_launch.params.plan, first.params.plan);
-    assert_int_equal(last_launch.params_slot_offset, first.params_slot_offset);
+    assert_int_equal(fake_last_decode.num_ctas, first.num_ctas);
+    assert_int_equal(fake_last_decode.merge_grid, first.merge_grid);
+    assert_int_equal(fake_last_decode.params.plan, first.params.plan);
+    assert_int_equal(fake_last_decode.params_slot_offset, first.params_slot_offset);
     const flp_decode_plan_info *info = (const flp_decode_plan_info *)plan_words(f, 0);
     assert_int_equal(info->batch_size, 2); /* a recorded run reads the new batch from here */
 }
@@ -456,7 +393,7 @@ static void test_bad_arguments_are_refused(void **state) {
         flp_decode_run_args ra = f->ra;
         int32_t scratch[8];
         cases[i].breaks(&pa, &ra, scratch);
-        int before = runs_queued;
+        int before = fake_runs_queued;
         flp_status got = cases[i].at_plan ? flp_decode_plan(f->ctx, f->plan, &pa)
                                           : (flp_decode_plan(f->ctx, f->plan, &f->pa),
                                              flp_decode_run(f->ctx, f->plan, &ra));
@@ -464,7 +401,7 @@ static void test_bad_arguments_are_refused(void **state) {
             fail_msg("case %s: got %s \"%s\", want %s mentioning \"%s\"", cases[i].name,
                      flp_status_string(got), flp_context_last_error(f->ctx),
                      flp_status_string(cases[i].want), cases[i].mentions);
-        assert_int_equal(runs_queued, before);
+        assert_int_equal(fake_runs_queued, before);
     }
 }
 
