@@ -1,11 +1,24 @@
 #!/usr/bin/env bash
 # One job on the GPU machine: build with both backends, run the test suites (cuda, and vulkan on
 # NVIDIA's driver), compute-sanitizer on the cuda tests, the demo on both backends, and the
-# decode benchmark with its torch peer. Run from the repository root with .gl/ (Vulkan loader
-# and GL vendor libraries) and .debs/ (Vulkan headers, volk, glslang, cmocka, pkgconf) carried.
-# usage: bench/device_run.sh [test|bench|all]   (default all); logs go to $OUT when set.
+# decode and prefill benchmarks with their torch peers. Run from the repository root with .gl/
+# (Vulkan loader and GL vendor libraries) and .debs/ (Vulkan headers, volk, glslang, cmocka,
+# pkgconf) carried.
+# usage: bench/device_run.sh [all|test|bench|decode|prefill]   (default all; bench = decode and
+# prefill; decode / prefill = that benchmark only, no tests); logs go to $OUT when set.
+# FLP_PREFILL_CASES overrides the prefill cases (bench/bench_prefill.c names them; default: the
+# single prompts 1k-16k, the ragged batch and the speculative-decoding shape).
 set -u
 mode=${1:-all}
+run_tests=0 run_decode=0 run_prefill=0
+case "$mode" in
+all) run_tests=1 run_decode=1 run_prefill=1 ;;
+test) run_tests=1 ;;
+bench) run_decode=1 run_prefill=1 ;;
+decode) run_decode=1 ;;
+prefill) run_prefill=1 ;;
+*) echo "usage: $0 [all|test|bench|decode|prefill]" >&2; exit 2 ;;
+esac
 out=${OUT:-/tmp/flp-out}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -31,7 +44,7 @@ start=$(date +%s)
 ninja -C $build >"$out/build.log" 2>&1 || { grep -E "error|FAILED" -A3 "$out/build.log" | head -60; exit 1; }
 echo "build: $(( $(date +%s) - start )) s"
 
-if [ "$mode" != bench ]; then
+if [ $run_tests = 1 ]; then
     meson test -C $build --suite core --suite cuda --suite vulkan --print-errorlogs \
         >"$out/test.log" 2>&1
     grep -E "^ *[0-9]+/[0-9]+ |^Ok:|^Fail:|^Skipped:" "$out/test.log"
@@ -47,12 +60,40 @@ if [ "$mode" != bench ]; then
     echo "== demo"
     for be in $backends; do $build/flashport-demo $be 2>&1 | tee "$out/demo-$be.log"; done
 fi
-if [ "$mode" != test ]; then
+copy=""
+if [ $run_decode = 1 ]; then
     echo "== bench"
     python3 bench/peer_torch_decode.py 64 4096 32 8 128 2>&1 | tee "$out/peer.log"
     copy=$(sed -n 's/^peer copy GB\/s=\([0-9]*\).*/\1/p' "$out/peer.log")
     for be in $backends; do
         $build/bench/flashport-bench-decode --backend $be --batch 64 --kv-len 4096 \
             --copy-gbps "${copy:-0}" 2>&1 | tee -a "$out/bench.log"
+    done
+fi
+if [ $run_prefill = 1 ]; then
+    # Peer first (its lines give the C bench its vs_cudnn / vs_flash ratios). Each case times
+    # for about --budget-ms; Vulkan runs of the 16k prompt may take ~0.1-1 s or more each, so
+    # Vulkan gets at most 10 runs per batch, 3 batches of one run when a run exceeds a fifth of
+    # the budget and one when it exceeds the budget. timeout bounds a stuck run.
+    echo "== prefill bench"
+    cases=${FLP_PREFILL_CASES:-default}
+    copy_arg=""
+    [ -z "$copy" ] && copy_arg="--copy"
+    timeout 300 python3 bench/peer_torch_prefill.py --cases "$cases" --budget-ms 300 $copy_arg \
+        2>&1 | tee "$out/peer_prefill.log"
+    echo "peer_torch_prefill.py: exit ${PIPESTATUS[0]}"
+    [ -z "$copy" ] && copy=$(sed -n 's/^peer copy GB\/s=\([0-9]*\).*/\1/p' "$out/peer_prefill.log")
+    for be in $backends; do
+        limits="--budget-ms 300 --max-iters 100" be_cases=$cases
+        if [ "$be" = vulkan ]; then
+            limits="--budget-ms 600 --max-iters 10"
+            # the slowest (longest) prompts last, so a timeout loses the fewest cases
+            [ "$cases" = default ] && be_cases="single:1024,single:4096,ragged:16:256:4096,\
+spec:64:4:4096,specdec:64:4:4096,single:8192,single:16384"
+        fi
+        timeout 300 $build/bench/flashport-bench-prefill --backend $be --cases "$be_cases" $limits \
+            --peer "$out/peer_prefill.log" --copy-gbps "${copy:-0}" 2>&1 |
+            tee "$out/bench_prefill-$be.log"
+        echo "flashport-bench-prefill $be: exit ${PIPESTATUS[0]}"
     done
 fi
