@@ -51,7 +51,7 @@ if [ $run_tests = 1 ]; then
     grep -E "FAILED|Assert|error" "$out/test.log" | head -40
     for tool in memcheck racecheck synccheck; do
         echo "== compute-sanitizer --tool $tool on the cuda suites"
-        for t in test_decode test_cuda; do
+        for t in test_decode test_cuda test_prefill; do
             timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 $build/tests/$t cuda \
                 >"$out/sanitizer-$tool-$t.log" 2>&1
             echo "$t: exit $?"; grep -E "ERROR SUMMARY|PASSED|FAILED" "$out/sanitizer-$tool-$t.log" | tail -3
