@@ -9,6 +9,7 @@ static void release(flp_vk *vk) {
         (void)flp_vk_synchronize(vk->ctx);
         if (vk->owns_device)
             (void)vk->vk.vkDeviceWaitIdle(vk->device);
+        flp_vk_kv_append_destroy(vk);
         flp_vk_pipelines_destroy(vk);
         flp_vk_texel_destroy(vk);
         flp_vk_staging_destroy(vk);
@@ -36,6 +37,10 @@ const flp_backend_ops flp_vk_ops = {
     .decode_grid_size = flp_vk_decode_grid_size,
     .decode_check = flp_vk_decode_check,
     .decode_run = flp_vk_decode_run,
+    .prefill_grid_size = flp_vk_prefill_grid_size,
+    .prefill_check = flp_vk_prefill_check,
+    .prefill_run = flp_vk_prefill_run,
+    .kv_append_run = flp_vk_kv_append_run,
 };
 
 flp_vk *flp_vk_from_context(const flp_context *ctx) {
@@ -59,6 +64,8 @@ flp_status flp_vulkan_backend_open(flp_context *ctx, int device_index, bool pref
         st = flp_vk_pipelines_init(vk);
     if (st == FLP_OK)
         st = flp_vk_texel_init(vk);
+    if (st == FLP_OK)
+        st = flp_vk_kv_append_init(vk);
     if (st != FLP_OK) {
         release(vk);
         return st;

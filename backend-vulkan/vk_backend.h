@@ -53,7 +53,10 @@ typedef enum flp_vk_shader {
     FLP_VK_SHADER_DECODE_CPU = 1, /* decode_cpu.comp: CPU devices (lavapipe), K/V by address */
     FLP_VK_SHADER_DECODE_CPU_TEXEL = 2, /* decode_cpu.comp, K/V through texel buffers */
     FLP_VK_SHADER_MERGE = 3,
-    FLP_VK_SHADER_COUNT = 4,
+    FLP_VK_SHADER_PREFILL = 4,
+    FLP_VK_SHADER_PREFILL_MERGE = 5,
+    FLP_VK_SHADER_KV_APPEND = 6,
+    FLP_VK_SHADER_COUNT = 7,
 } flp_vk_shader;
 
 typedef struct flp_vk_pipeline_key {
@@ -141,6 +144,11 @@ typedef struct flp_vk {
     uint32_t texel_buffer_count, texel_buffer_capacity;
     pthread_mutex_t texel_lock; /* guards texel_buffers (buffers come and go on any thread) */
     bool texel_lock_ready;
+
+    /* flp_kv_append_params of the append being run (vk_kv_append.c) */
+    VkBuffer append_params;
+    VkDeviceMemory append_params_memory;
+    uint64_t append_params_address;
 } flp_vk;
 
 /* The private part of an flp_buffer (buf->native). */
@@ -180,6 +188,9 @@ flp_status flp_vk_buffer_read(flp_context *ctx, const flp_buffer *buf, size_t of
 /* Fills buf->native and buf->device_address for a caller's VkBuffer. */
 flp_status flp_vk_buffer_adopt(flp_context *ctx, flp_buffer *buf, VkBuffer buffer);
 void flp_vk_staging_destroy(flp_vk *vk);
+/* A device-local buffer of the backend's own (storage, transfer destination, by address). */
+flp_status flp_vk_small_buffer_create(flp_vk *vk, size_t size, VkBuffer *buffer,
+                                      VkDeviceMemory *memory, uint64_t *address);
 
 /* vk_submit.c */
 flp_status flp_vk_submit_init(flp_vk *vk);
@@ -239,6 +250,16 @@ flp_status flp_vk_cpu_check_budget(flp_vk *vk, const struct flp_plan *plan,
 int32_t flp_vk_decode_grid_size(flp_context *ctx, int32_t head_dim);
 flp_status flp_vk_decode_check(flp_context *ctx, const flp_decode_launch *launch);
 flp_status flp_vk_decode_run(flp_context *ctx, const flp_decode_launch *launch);
+
+/* vk_prefill.c */
+int32_t flp_vk_prefill_grid_size(flp_context *ctx, int32_t head_dim);
+flp_status flp_vk_prefill_check(flp_context *ctx, const flp_prefill_launch *launch);
+flp_status flp_vk_prefill_run(flp_context *ctx, const flp_prefill_launch *launch);
+
+/* vk_kv_append.c */
+flp_status flp_vk_kv_append_init(flp_vk *vk);
+void flp_vk_kv_append_destroy(flp_vk *vk);
+flp_status flp_vk_kv_append_run(flp_context *ctx, const flp_kv_append_params *params);
 
 /* Powers of two around x (x >= 1): the largest <= x and the smallest >= x. */
 static inline uint32_t pow2_floor(uint32_t x) {

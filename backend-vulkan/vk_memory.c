@@ -85,6 +85,18 @@ static uint64_t device_address(flp_vk *vk, VkBuffer buffer) {
     return (uint64_t)vk->vk.vkGetBufferDeviceAddress(vk->device, &ai);
 }
 
+flp_status flp_vk_small_buffer_create(flp_vk *vk, size_t size, VkBuffer *buffer,
+                                      VkDeviceMemory *memory, uint64_t *address) {
+    flp_status st =
+        create_raw(vk, size,
+                   VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_DST_BIT |
+                       VK_BUFFER_USAGE_SHADER_DEVICE_ADDRESS_BIT,
+                   0, VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT, buffer, memory);
+    if (st == FLP_OK)
+        *address = device_address(vk, *buffer);
+    return st;
+}
+
 flp_status flp_vk_buffer_create(flp_context *ctx, flp_buffer *buf) {
     flp_vk *vk = ctx->backend;
     if (buf->size > ctx->info.max_buffer_bytes)

@@ -11,5 +11,11 @@ extern const unsigned char flp_spv_decode_cpu_texel[];
 extern const unsigned long flp_spv_decode_cpu_texel_size;
 extern const unsigned char flp_spv_merge[];
 extern const unsigned long flp_spv_merge_size;
+extern const unsigned char flp_spv_prefill[];
+extern const unsigned long flp_spv_prefill_size;
+extern const unsigned char flp_spv_prefill_merge[];
+extern const unsigned long flp_spv_prefill_merge_size;
+extern const unsigned char flp_spv_kv_append[];
+extern const unsigned long flp_spv_kv_append_size;
 
 #endif /* FLP_VK_SHADERS_H */

@@ -7,8 +7,11 @@
 #ifndef FLP_TESTS_TEST_UTIL_H
 #define FLP_TESTS_TEST_UTIL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "flashport/flashport.h"
 
 /* splitmix64: tiny, fast, deterministic across platforms. */
 typedef struct test_rng {
@@ -50,5 +53,66 @@ void test_assert_relative_error_impl(const double *got, const double *want, size
     test_assert_near_impl((got), (want), (tol), #got, __FILE__, __LINE__)
 void test_assert_near_impl(double got, double want, double tol, const char *what, const char *file,
                            int line);
+
+/* ---- additions for the backend reference suites (test_prefill.c) ---------------------------- */
+
+/* A seed derived from a test's name (FNV-1a), so that tests do not depend on each other's
+ * draws. */
+uint64_t test_name_seed(const char *name);
+
+/* x rounded to dt (F16, BF16, E4M3, E5M2) through the library's host conversions; x for F32. */
+float test_round_to_dtype(flp_dtype dt, float x);
+
+/* x[n] = uniform [-1, 1) values divided by scale and rounded to dt: exactly what a tensor of dt
+ * stores. Never zero. */
+void test_fill_stored(test_rng *rng, flp_dtype dt, float scale, float *x, size_t n);
+
+/* The float whose bits are given, as a double. */
+double test_f32_bits_to_double(uint32_t bits);
+
+/* A new array (free it) of the n floats of x as doubles; fails the test when out of memory. */
+double *test_f32_to_f64(const float *x, size_t n);
+
+struct flp_ref_attention;
+/* Zero-fills a (core/reference.h) and sets the shape and everything the variant decides: mask
+ * mode, window, soft cap, sm_scale, positional encoding and RoPE. The caller adds the arrays. */
+void test_ref_attention_init(struct flp_ref_attention *a, const flp_variant *variant,
+                             int32_t batch_size, int32_t num_qo_heads, int32_t num_kv_heads);
+
+/* Whether needle occurs in hay, ignoring ASCII case. */
+bool test_contains_ci(const char *hay, const char *needle);
+
+/* A NULL-terminated list of words for test_expect_status. */
+#define TEST_WORDS(...) ((const char *const[]){__VA_ARGS__, NULL})
+
+/* cmocka assertion: got == want and, when words is not NULL, flp_context_last_error(ctx) is not
+ * empty and contains one of words (ignoring case). call names the call in the failure. */
+void test_expect_status(const flp_context *ctx, flp_status got, flp_status want, const char *call,
+                        const char *const *words);
+
+/* ---- one backend context per test program, with its log watched ----------------------------- */
+
+/* Opens the backend named by argv[1] ("vulkan" or "cuda") with a log callback that keeps error
+ * messages. For Vulkan it turns the Khronos validation layer on unless FLP_VULKAN_VALIDATION is
+ * already set. validation_count (may be NULL) counts validation messages of a context (the
+ * Vulkan suites pass flp_vulkan_validation_message_count); the watch below fails a test during
+ * which it grew. Returns 0 with *ctx set; 77 (skip) when the backend is not built or has no
+ * device; 2 on a usage error; 1 on another failure (each printed). */
+int test_backend_open(int argc, char **argv, uint32_t (*validation_count)(const flp_context *),
+                      flp_context **ctx);
+flp_backend_kind test_backend_kind(void);
+const char *test_backend_name(void);
+/* Prints the device and fails (-1) when validation messages appeared while opening. */
+int test_backend_report(void);
+
+/* cmocka setup / teardown: "good" tests fail on any logged error, "bad" tests expect errors.
+ * Both fail on any validation message that appeared during the test. */
+int test_backend_setup_good(void **state);
+int test_backend_teardown_good(void **state);
+int test_backend_setup_bad(void **state);
+int test_backend_teardown_bad(void **state);
+/* Inside a test: from here on errors are expected (true) or fail the test and are printed
+ * (false); the count of errors seen so far starts again from zero. */
+void test_backend_expect_errors(bool expected);
 
 #endif /* FLP_TESTS_TEST_UTIL_H */

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "core/decode_params.h"
+#include "core/prefill_params.h"
 #include "core/plan.h" /* to confirm which plan splits its request */
 #include "core/reference.h"
 #include "flashport/flashport.h"
@@ -184,6 +185,94 @@ static const c_field params_fields[] = {
     FIELD(flp_decode_params, v_stride_head),
     FIELD(flp_decode_params, lse_stride_row),
 };
+static const c_field prefill_info_fields[] = {
+    FIELD(flp_prefill_plan_info, off_qo_indptr),
+    FIELD(flp_prefill_plan_info, off_kv_indptr),
+    FIELD(flp_prefill_plan_info, off_kv_len),
+    FIELD(flp_prefill_plan_info, off_q_rope_offset),
+    FIELD(flp_prefill_plan_info, off_k_rope_offset),
+    FIELD(flp_prefill_plan_info, off_mask_indptr),
+    FIELD(flp_prefill_plan_info, off_rope_freq),
+    FIELD(flp_prefill_plan_info, off_alibi_slopes),
+    FIELD(flp_prefill_plan_info, off_work_indptr),
+    FIELD(flp_prefill_plan_info, off_work_items),
+    FIELD(flp_prefill_plan_info, off_merge_items),
+    FIELD(flp_prefill_plan_info, off_kv_indices),
+    FIELD(flp_prefill_plan_info, off_partial_o),
+    FIELD(flp_prefill_plan_info, off_partial_lse),
+    FIELD(flp_prefill_plan_info, batch_size),
+    FIELD(flp_prefill_plan_info, num_qo_heads),
+    FIELD(flp_prefill_plan_info, num_kv_heads),
+    FIELD(flp_prefill_plan_info, group_size),
+    FIELD(flp_prefill_plan_info, head_dim),
+    FIELD(flp_prefill_plan_info, page_size),
+    FIELD(flp_prefill_plan_info, num_ctas),
+    FIELD(flp_prefill_plan_info, num_merge_items),
+    FIELD(flp_prefill_plan_info, q_tile),
+    FIELD(flp_prefill_plan_info, flags),
+    FIELD(flp_prefill_plan_info, window_left),
+    FIELD(flp_prefill_plan_info, q_dtype),
+    FIELD(flp_prefill_plan_info, kv_dtype),
+    FIELD(flp_prefill_plan_info, sm_scale),
+    FIELD(flp_prefill_plan_info, soft_cap),
+    FIELD(flp_prefill_plan_info, k_scale),
+    FIELD(flp_prefill_plan_info, v_scale),
+    FIELD(flp_prefill_plan_info, reserved),
+};
+static const c_field prefill_params_fields[] = {
+    FIELD(flp_prefill_params, q),
+    FIELD(flp_prefill_params, k),
+    FIELD(flp_prefill_params, v),
+    FIELD(flp_prefill_params, o),
+    FIELD(flp_prefill_params, lse),
+    FIELD(flp_prefill_params, plan),
+    FIELD(flp_prefill_params, mask),
+    FIELD(flp_prefill_params, q_stride_row),
+    FIELD(flp_prefill_params, q_stride_head),
+    FIELD(flp_prefill_params, o_stride_row),
+    FIELD(flp_prefill_params, o_stride_head),
+    FIELD(flp_prefill_params, k_stride_page),
+    FIELD(flp_prefill_params, k_stride_slot),
+    FIELD(flp_prefill_params, k_stride_head),
+    FIELD(flp_prefill_params, v_stride_page),
+    FIELD(flp_prefill_params, v_stride_slot),
+    FIELD(flp_prefill_params, v_stride_head),
+    FIELD(flp_prefill_params, lse_stride_row),
+};
+static const c_field kv_append_fields[] = {
+    FIELD(flp_kv_append_params, k),
+    FIELD(flp_kv_append_params, v),
+    FIELD(flp_kv_append_params, k_cache),
+    FIELD(flp_kv_append_params, v_cache),
+    FIELD(flp_kv_append_params, batch_indices),
+    FIELD(flp_kv_append_params, positions),
+    FIELD(flp_kv_append_params, kv_indptr),
+    FIELD(flp_kv_append_params, kv_indices),
+    FIELD(flp_kv_append_params, k_stride_row),
+    FIELD(flp_kv_append_params, k_stride_head),
+    FIELD(flp_kv_append_params, v_stride_row),
+    FIELD(flp_kv_append_params, v_stride_head),
+    FIELD(flp_kv_append_params, kc_stride_page),
+    FIELD(flp_kv_append_params, kc_stride_slot),
+    FIELD(flp_kv_append_params, kc_stride_head),
+    FIELD(flp_kv_append_params, vc_stride_page),
+    FIELD(flp_kv_append_params, vc_stride_slot),
+    FIELD(flp_kv_append_params, vc_stride_head),
+    FIELD(flp_kv_append_params, batch_indices_stride),
+    FIELD(flp_kv_append_params, positions_stride),
+    FIELD(flp_kv_append_params, nnz),
+    FIELD(flp_kv_append_params, num_kv_heads),
+    FIELD(flp_kv_append_params, head_dim),
+    FIELD(flp_kv_append_params, page_size),
+    FIELD(flp_kv_append_params, batch_size),
+    FIELD(flp_kv_append_params, num_indices),
+    FIELD(flp_kv_append_params, num_pages),
+    FIELD(flp_kv_append_params, src_dtype),
+    FIELD(flp_kv_append_params, cache_dtype),
+    FIELD(flp_kv_append_params, k_inv_scale),
+    FIELD(flp_kv_append_params, v_inv_scale),
+    FIELD(flp_kv_append_params, reserved),
+};
 #undef FIELD
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 #define MAX_MEMBERS 64
@@ -266,6 +355,32 @@ static void test_params_layout(void **state) {
                      sizeof(flp_decode_plan_info));
     assert_int_equal(offsetof(flp_decode_params, lse_stride_row) + sizeof(int64_t),
                      sizeof(flp_decode_params));
+}
+
+static void test_prefill_params_layout(void **state) {
+    (void)state;
+    const struct {
+        const unsigned char *spv;
+        unsigned long size;
+        const char *name;
+    } shaders[] = {
+        {flp_spv_prefill, flp_spv_prefill_size, "prefill.comp"},
+        {flp_spv_prefill_merge, flp_spv_prefill_merge_size, "prefill_merge.comp"},
+    };
+    for (size_t i = 0; i < COUNT(shaders); i++) {
+        check_spirv_layout(shaders[i].spv, shaders[i].size, shaders[i].name, "PrefillPlanInfo",
+                           prefill_info_fields, COUNT(prefill_info_fields));
+        check_spirv_layout(shaders[i].spv, shaders[i].size, shaders[i].name, "PrefillParams",
+                           prefill_params_fields, COUNT(prefill_params_fields));
+    }
+    check_spirv_layout(flp_spv_kv_append, flp_spv_kv_append_size, "kv_append.comp",
+                       "KvAppendParams", kv_append_fields, COUNT(kv_append_fields));
+    assert_int_equal(offsetof(flp_prefill_plan_info, reserved) + sizeof(int32_t),
+                     sizeof(flp_prefill_plan_info));
+    assert_int_equal(offsetof(flp_prefill_params, lse_stride_row) + sizeof(int64_t),
+                     sizeof(flp_prefill_params));
+    assert_int_equal(offsetof(flp_kv_append_params, reserved) + sizeof(int32_t),
+                     sizeof(flp_kv_append_params));
 }
 
 /* ---- buffers ---------------------------------------------------------------------------- */
@@ -1182,6 +1297,7 @@ int main(void) {
         cmocka_unit_test_teardown(test_context_info, teardown_check_validation),
         cmocka_unit_test_teardown(test_context_errors, teardown_check_validation),
         cmocka_unit_test_teardown(test_params_layout, teardown_check_validation),
+        cmocka_unit_test_teardown(test_prefill_params_layout, teardown_check_validation),
         cmocka_unit_test_teardown(test_buffer_round_trips, teardown_check_validation),
         cmocka_unit_test_teardown(test_buffer_beyond_binding_range, teardown_check_validation),
         cmocka_unit_test_teardown(test_buffer_range_errors, teardown_check_validation),

@@ -1,0 +1,108 @@
+/* The KV append on Vulkan (kv_append.comp): one dispatch per call, its flp_kv_append_params
+ * written by vkCmdUpdateBuffer into a small buffer the context owns (made when the backend
+ * opens, so a run allocates nothing).
+ *
+ * One params slot, guarded by barriers: each recorded append first waits for all earlier compute
+ * work (which includes the previous append's reads of the slot) before its update, and its
+ * dispatch waits for the update. So several appends recorded into one command buffer (one per
+ * layer), or submitted back to back, each read their own parameters. A ring of slots would
+ * spare the wait only where nothing else orders the appends, but every run of this backend
+ * already starts with that same barrier (a later append may overwrite K/V rows an earlier
+ * attention run still reads), so a ring would buy nothing and would still need the barrier
+ * once it wraps around. */
+#include "vk_backend.h"
+
+#include <string.h>
+
+#define FLP_VK_APPEND_THREADS 64u
+#define FLP_VK_APPEND_SLOT_BYTES 256u
+
+_Static_assert(sizeof(flp_kv_append_params) <= FLP_VK_APPEND_SLOT_BYTES,
+               "flp_kv_append_params no longer fits its slot");
+
+flp_status flp_vk_kv_append_init(flp_vk *vk) {
+    return flp_vk_small_buffer_create(vk, FLP_VK_APPEND_SLOT_BYTES, &vk->append_params,
+                                      &vk->append_params_memory, &vk->append_params_address);
+}
+
+void flp_vk_kv_append_destroy(flp_vk *vk) {
+    if (vk->append_params)
+        vk->vk.vkDestroyBuffer(vk->device, vk->append_params, NULL);
+    if (vk->append_params_memory)
+        vk->vk.vkFreeMemory(vk->device, vk->append_params_memory, NULL);
+    vk->append_params = VK_NULL_HANDLE;
+    vk->append_params_memory = VK_NULL_HANDLE;
+}
+
+static bool is_16bit(int32_t dtype) {
+    return dtype == FLP_DTYPE_F16 || dtype == FLP_DTYPE_BF16;
+}
+
+static bool is_fp8(int32_t dtype) {
+    return dtype == FLP_DTYPE_E4M3 || dtype == FLP_DTYPE_E5M2;
+}
+
+flp_status flp_vk_kv_append_run(flp_context *ctx, const flp_kv_append_params *p) {
+    flp_vk *vk = ctx->backend;
+    if (!is_16bit(p->cache_dtype) && !is_fp8(p->cache_dtype))
+        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
+                        "the Vulkan KV append writes f16, bf16, e4m3 or e5m2 caches, not %s",
+                        flp_dtype_name((flp_dtype)p->cache_dtype));
+    if (!is_16bit(p->src_dtype) && p->src_dtype != p->cache_dtype)
+        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
+                        "the Vulkan KV append converts f16 or bf16 rows (or copies rows of the "
+                        "cache dtype), not %s rows into a %s cache",
+                        flp_dtype_name((flp_dtype)p->src_dtype),
+                        flp_dtype_name((flp_dtype)p->cache_dtype));
+    if (p->head_dim < 4 || p->head_dim % 4 != 0 || p->num_kv_heads < 1 || p->page_size < 1)
+        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
+                        "the Vulkan KV append needs head_dim a multiple of 4 (got %d), "
+                        "num_kv_heads >= 1 (%d) and page_size >= 1 (%d)",
+                        p->head_dim, p->num_kv_heads, p->page_size);
+    if (p->nnz <= 0)
+        return FLP_OK;
+    const VkPhysicalDeviceLimits *lim = &vk->facts.limits;
+    uint64_t units = (uint64_t)p->num_kv_heads * (uint64_t)(p->head_dim / 4);
+    uint64_t x = (units + FLP_VK_APPEND_THREADS - 1) / FLP_VK_APPEND_THREADS;
+    uint64_t y = (uint64_t)p->nnz < lim->maxComputeWorkGroupCount[1]
+                     ? (uint64_t)p->nnz
+                     : lim->maxComputeWorkGroupCount[1];
+    uint64_t z = ((uint64_t)p->nnz + y - 1) / y;
+    if (x > lim->maxComputeWorkGroupCount[0] || z > lim->maxComputeWorkGroupCount[2])
+        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
+                        "KV append of %d rows x %d heads needs a %llux%llux%llu grid; the "
+                        "device allows %ux%ux%u",
+                        p->nnz, p->num_kv_heads, (unsigned long long)x, (unsigned long long)y,
+                        (unsigned long long)z, lim->maxComputeWorkGroupCount[0],
+                        lim->maxComputeWorkGroupCount[1], lim->maxComputeWorkGroupCount[2]);
+    flp_vk_pipeline_key key = {.shader = FLP_VK_SHADER_KV_APPEND, .spec_count = 1};
+    key.spec[0] = FLP_VK_APPEND_THREADS;
+    VkPipeline pipeline;
+    flp_status st = flp_vk_pipeline_get(vk, &key, &pipeline);
+    if (st != FLP_OK)
+        return st;
+
+    flp_vk_recording rec;
+    if ((st = flp_vk_record_begin(vk, true, &rec)) != FLP_OK)
+        return st;
+    VkCommandBuffer cmd = rec.cmd;
+    /* Earlier work (the previous append reading the slot, attention runs reading the caches)
+     * finishes before the update and the writes. */
+    flp_vk_barrier(vk, cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+                   VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT,
+                   VK_PIPELINE_STAGE_TRANSFER_BIT | VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+                   VK_ACCESS_TRANSFER_WRITE_BIT | VK_ACCESS_SHADER_READ_BIT |
+                       VK_ACCESS_SHADER_WRITE_BIT);
+    vk->vk.vkCmdUpdateBuffer(cmd, vk->append_params, 0, sizeof *p, p);
+    flp_vk_barrier(vk, cmd, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_ACCESS_TRANSFER_WRITE_BIT,
+                   VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_READ_BIT);
+    uint64_t address = vk->append_params_address;
+    vk->vk.vkCmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipeline);
+    vk->vk.vkCmdPushConstants(cmd, vk->pipeline_layout, VK_SHADER_STAGE_COMPUTE_BIT, 0,
+                              sizeof address, &address);
+    vk->vk.vkCmdDispatch(cmd, (uint32_t)x, (uint32_t)y, (uint32_t)z);
+    flp_vk_barrier(vk, cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_WRITE_BIT,
+                   VK_PIPELINE_STAGE_ALL_COMMANDS_BIT,
+                   VK_ACCESS_MEMORY_READ_BIT | VK_ACCESS_MEMORY_WRITE_BIT);
+    return flp_vk_record_submit(vk, &rec, false);
+}

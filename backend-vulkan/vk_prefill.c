@@ -1,0 +1,388 @@
+/* Prefill / append attention on Vulkan: prefill.comp's tile shape from the device limits, the
+ * persistent grid, the launch check (with llvmpipe's loop budget) and the recording of params
+ * update + prefill + merge. */
+#include "vk_backend.h"
+
+#include "core/plan.h"
+
+#include <string.h>
+
+/* Threads per prefill workgroup on a GPU (at least the largest subgroup size). */
+#define FLP_VK_PREFILL_THREADS 128u
+/* On a CPU device (lavapipe) a workgroup of a few SIMD vectors: each barrier switches
+ * coroutines, but more rows per pass share each K/V tile's loads and conversions. */
+#define FLP_VK_PREFILL_CPU_THREADS 32u
+/* Query-row elements one invocation keeps in registers (ROWS * HEAD_DIM / LANES): the query
+ * and the f32 accumulator of each row. */
+#define FLP_VK_PREFILL_ROW_ELEMENTS 64u
+/* Elements of the head dim per lane aimed at (HEAD_DIM / LANES). */
+#define FLP_VK_PREFILL_LANE_ELEMENTS 16u
+/* K + V tile bytes (f32) aimed at per workgroup, less where the device has less. */
+#define FLP_VK_PREFILL_TILE_BYTES 32768u
+#define FLP_VK_PREFILL_MAX_BK 64u
+/* Keys per online-softmax sub-block: one rescale of the accumulators per sub-block. */
+#define FLP_VK_PREFILL_SB 8u
+/* Resident workgroups aimed at per compute unit (GPU) / per CPU thread (lavapipe). */
+#define FLP_VK_PREFILL_CTAS_PER_UNIT 2
+#define FLP_VK_PREFILL_CPU_CTAS_PER_UNIT 8
+#define FLP_VK_PREFILL_MERGE_THREADS 64u
+
+/* The specialisation of prefill.comp for one device and head dim. */
+typedef struct prefill_shape {
+    uint32_t lanes;    /* invocations per query row (a power of two, <= min subgroup size) */
+    uint32_t rows;     /* query rows per invocation */
+    uint32_t groups;   /* row groups per workgroup */
+    uint32_t bk;       /* keys per shared K/V tile */
+    uint32_t sb;       /* keys per softmax sub-block */
+    uint32_t threads;  /* lanes * groups */
+    uint32_t prefetch; /* 1: the next tile's loads overlap the current tile's math */
+    size_t shared_bytes;
+} prefill_shape;
+
+static bool is_fp8(int32_t dtype) {
+    return dtype == FLP_DTYPE_E4M3 || dtype == FLP_DTYPE_E5M2;
+}
+
+static size_t shape_shared_bytes(const prefill_shape *s, uint32_t head_dim) {
+    /* f32 K and V tiles, the RoPE frequencies */
+    return (size_t)s->bk * head_dim * 8 + (size_t)head_dim / 2 * sizeof(float);
+}
+
+/* FLP_OK with the shape, or FLP_ERROR_UNSUPPORTED when the device cannot hold even the smallest
+ * one. head_dim is a multiple of 16. */
+static flp_status prefill_shape_for(flp_vk *vk, uint32_t head_dim, prefill_shape *out) {
+    const flp_vk_device_facts *f = &vk->facts;
+    const VkPhysicalDeviceLimits *lim = &f->limits;
+    prefill_shape s = {0};
+    /* lanes: a power of two dividing head_dim / 8 (each lane owns an even number of 4-element
+     * columns: rotate-half partners stay in one lane), at most the smallest subgroup */
+    uint32_t chunks = head_dim / 8;
+    uint32_t lanes = pow2_floor(head_dim / FLP_VK_PREFILL_LANE_ELEMENTS);
+    uint32_t sg_min = pow2_floor(f->min_subgroup_size ? f->min_subgroup_size : 1);
+    if (lanes > sg_min)
+        lanes = sg_min;
+    while (lanes > 1 && chunks % lanes != 0)
+        lanes /= 2;
+    s.lanes = lanes;
+    uint32_t per_lane = head_dim / lanes;
+    s.rows = FLP_VK_PREFILL_ROW_ELEMENTS / per_lane;
+    if (s.rows < 1)
+        s.rows = 1;
+    if (s.rows > 8)
+        s.rows = 8;
+
+    uint32_t sg_max = pow2_ceil(f->max_subgroup_size ? f->max_subgroup_size : 1);
+    uint32_t threads = f->cpu_decode ? FLP_VK_PREFILL_CPU_THREADS : FLP_VK_PREFILL_THREADS;
+    if (threads < sg_max)
+        threads = sg_max;
+    uint32_t max_threads = lim->maxComputeWorkGroupInvocations;
+    if (lim->maxComputeWorkGroupSize[0] < max_threads)
+        max_threads = lim->maxComputeWorkGroupSize[0];
+    while (threads > max_threads && threads / 2 >= lanes)
+        threads /= 2;
+    if (threads < lanes)
+        threads = lanes;
+    s.threads = threads;
+    s.groups = threads / lanes;
+    size_t limit = lim->maxComputeSharedMemorySize;
+    size_t fixed = (size_t)head_dim / 2 * sizeof(float);
+    size_t budget = limit > fixed ? limit - fixed : 0;
+    if (budget > FLP_VK_PREFILL_TILE_BYTES)
+        budget = FLP_VK_PREFILL_TILE_BYTES;
+    size_t bk = budget / ((size_t)head_dim * 8);
+    s.bk = bk > FLP_VK_PREFILL_MAX_BK ? FLP_VK_PREFILL_MAX_BK : pow2_floor(bk ? (uint32_t)bk : 1);
+    s.sb = FLP_VK_PREFILL_SB < s.bk ? FLP_VK_PREFILL_SB : s.bk;
+    s.prefetch = f->cpu_decode ? 0 : 1;
+    s.shared_bytes = shape_shared_bytes(&s, head_dim);
+    if (s.shared_bytes > limit)
+        return flp_fail(vk->ctx, FLP_ERROR_UNSUPPORTED,
+                        "prefill with head_dim %u needs %zu bytes of shared memory per "
+                        "workgroup; the device allows %zu",
+                        head_dim, s.shared_bytes, limit);
+    *out = s;
+    return FLP_OK;
+}
+
+int32_t flp_vk_prefill_grid_size(flp_context *ctx, int32_t head_dim) {
+    (void)head_dim;
+    flp_vk *vk = ctx->backend;
+    int64_t per_unit =
+        vk->facts.cpu_decode ? FLP_VK_PREFILL_CPU_CTAS_PER_UNIT : FLP_VK_PREFILL_CTAS_PER_UNIT;
+    int64_t grid = (int64_t)ctx->info.compute_units * per_unit;
+    int64_t max = vk->facts.limits.maxComputeWorkGroupCount[0];
+    if (grid > max)
+        grid = max;
+    return grid > 0 ? (int32_t)grid : 1;
+}
+
+static flp_vk_pipeline_key prefill_key(const flp_vk *vk, const flp_prefill_launch *launch,
+                                       const prefill_shape *s) {
+    flp_vk_pipeline_key key = {.shader = FLP_VK_SHADER_PREFILL, .spec_count = 11};
+    const uint32_t spec[11] = {
+        (uint32_t)launch->head_dim,
+        (uint32_t)launch->q_dtype,
+        (uint32_t)launch->kv_dtype,
+        is_fp8(launch->kv_dtype) ? 1u : 2u,
+        s->lanes,
+        s->rows,
+        s->groups,
+        s->bk,
+        s->sb,
+        s->threads,
+        s->prefetch,
+    };
+    memcpy(key.spec, spec, sizeof spec);
+    /* the row reduction assumes a row's lanes are consecutive invocations of one subgroup */
+    key.full_subgroups = vk->facts.full_subgroups && s->threads % vk->facts.max_subgroup_size == 0;
+    return key;
+}
+
+static flp_vk_pipeline_key merge_key(const flp_prefill_launch *launch) {
+    flp_vk_pipeline_key key = {.shader = FLP_VK_SHADER_PREFILL_MERGE, .spec_count = 3};
+    key.spec[0] = (uint32_t)launch->head_dim;
+    key.spec[1] = (uint32_t)launch->q_dtype;
+    key.spec[2] = FLP_VK_PREFILL_MERGE_THREADS;
+    return key;
+}
+
+/* The prefill region's host mirror: plan->prefill_host holds [info, metadata_end). */
+static const void *prefill_host(const flp_plan *plan, size_t offset) {
+    return plan->prefill_host + (offset - plan->layout.prefill.info);
+}
+
+/* Loop iterations one invocation of workgroup cta runs, counted as gallivm counts them (every
+ * pass through a loop's end, the exiting one included; see vk_decode_cpu.c): the item loop;
+ * per item the row-pass loop; per pass the key-tile loop, over the keys the pass keeps (the
+ * shader clips causal and window ranges per pass exactly like this); per tile the sub-block
+ * loop. */
+static uint64_t cta_loop_iterations(const flp_plan *plan, const prefill_shape *s, int32_t cta) {
+    const flp_prefill_layout *L = &plan->layout.prefill;
+    const flp_prefill_plan_info *info = prefill_host(plan, L->info);
+    const int32_t *work_indptr = prefill_host(plan, L->work_indptr);
+    const int32_t *items = prefill_host(plan, L->work_items);
+    const int32_t *qo_indptr = prefill_host(plan, L->qo_indptr);
+    const int32_t *kv_len = prefill_host(plan, L->kv_len);
+    int64_t bq = (int64_t)s->groups * s->rows;
+    int64_t group = info->group_size > 0 ? info->group_size : 1;
+    bool causal = info->flags & FLP_DECODE_FLAG_CAUSAL;
+    bool window = info->flags & FLP_DECODE_FLAG_WINDOW;
+    uint64_t n = (uint64_t)(work_indptr[cta + 1] - work_indptr[cta]) + 1;
+    for (int32_t i = work_indptr[cta]; i < work_indptr[cta + 1]; i++) {
+        const int32_t *item = items + (size_t)i * FLP_PREFILL_ITEM_INTS;
+        int32_t b = item[FLP_PITEM_REQUEST];
+        int64_t qo_len = (int64_t)qo_indptr[b + 1] - qo_indptr[b];
+        int64_t shift = (int64_t)kv_len[b] - qo_len;
+        int64_t row_end = item[FLP_PITEM_ROW_END];
+        n += 1; /* the row-pass loop's exit */
+        for (int64_t row = item[FLP_PITEM_ROW_BEGIN]; row < row_end; row += bq) {
+            int64_t last = (row + bq < row_end ? row + bq : row_end) - 1;
+            int64_t lo = item[FLP_PITEM_KV_BEGIN], hi = item[FLP_PITEM_KV_END];
+            if (causal && shift + last / group + 1 < hi)
+                hi = shift + last / group + 1;
+            if (window && shift + row / group - info->window_left > lo)
+                lo = shift + row / group - info->window_left;
+            int64_t tiles = hi > lo ? (hi - lo + s->bk - 1) / s->bk : 0;
+            /* the pass; the tile loop; per tile the sub-block loop (rolled: it is the bulk of
+             * the shader, and llvmpipe compiles an unrolled one twice as long) */
+            n += 1 + (uint64_t)tiles + 1 + (uint64_t)tiles * (s->bk / s->sb + 1);
+        }
+    }
+    return n;
+}
+
+/* Loop iterations of the merge's workgroup w (stride: workgroups dispatched): the item loop;
+ * per item the loop over (row, 8-element chunk) units, each with the loop over chunks. */
+static uint64_t merge_loop_iterations(const flp_plan *plan, uint32_t w, uint32_t stride) {
+    const flp_prefill_layout *L = &plan->layout.prefill;
+    const flp_prefill_plan_info *info = prefill_host(plan, L->info);
+    const int32_t *items = prefill_host(plan, L->merge_items);
+    uint64_t units_per_row = (uint64_t)info->head_dim / 8;
+    uint64_t n = 1;
+    for (uint64_t i = w; i < (uint64_t)info->num_merge_items; i += stride) {
+        const int32_t *item = items + i * FLP_MERGE_ITEM_INTS;
+        uint64_t rows = (uint64_t)(item[FLP_MITEM_ROW_END] - item[FLP_MITEM_ROW_BEGIN]);
+        uint64_t per_thread = (rows * units_per_row + FLP_VK_PREFILL_MERGE_THREADS - 1) /
+                              FLP_VK_PREFILL_MERGE_THREADS;
+        uint64_t chunks = item[FLP_MITEM_CHUNKS] > 0 ? (uint64_t)item[FLP_MITEM_CHUNKS] : 0;
+        n += 1 + per_thread * (chunks + 2) + 1;
+    }
+    return n;
+}
+
+/* Checks the plan as it is now (a command buffer recorded with it and replayed after a re-plan
+ * is not checked again: the re-plan does not reach the backend). */
+static flp_status check_budget(flp_vk *vk, const flp_plan *plan, const prefill_shape *s) {
+    uint32_t budget = vk->facts.loop_budget;
+    if (budget == 0 || !plan->prefill_host)
+        return FLP_OK;
+    for (int32_t cta = 0; cta < plan->prefill_ctas; cta++) {
+        uint64_t n = cta_loop_iterations(plan, s, cta);
+        if (n > budget)
+            return flp_fail(vk->ctx, FLP_ERROR_UNSUPPORTED,
+                            "this prefill plan is too large for the device: workgroup %d of %d "
+                            "would run %llu loop iterations, and llvmpipe ends every loop of a "
+                            "shader invocation after %u iterations in total (its infinite-loop "
+                            "guard); plan fewer or shorter requests at a time",
+                            (int)cta, (int)plan->prefill_ctas, (unsigned long long)n, budget);
+    }
+    uint32_t max_x = vk->facts.limits.maxComputeWorkGroupCount[0];
+    uint32_t grid = plan->prefill_max_merges > 0 ? (uint32_t)plan->prefill_max_merges : 1;
+    uint32_t x = grid < max_x ? grid : max_x;
+    uint32_t stride = x * ((grid + x - 1) / x);
+    const flp_prefill_plan_info *info = prefill_host(plan, plan->layout.prefill.info);
+    for (uint32_t w = 0; w < grid && w < (uint32_t)info->num_merge_items; w++) {
+        uint64_t n = merge_loop_iterations(plan, w, stride);
+        if (n > budget)
+            return flp_fail(vk->ctx, FLP_ERROR_UNSUPPORTED,
+                            "this prefill plan is too large for the device: merge workgroup %u "
+                            "would run %llu loop iterations, and llvmpipe ends every loop of a "
+                            "shader invocation after %u iterations in total",
+                            w, (unsigned long long)n, budget);
+    }
+    return FLP_OK;
+}
+
+static flp_status check_aligned(flp_context *ctx, const char *name, uint64_t address,
+                                const int64_t *strides, int count, size_t esize, size_t align) {
+    bool ok = address % align == 0;
+    for (int i = 0; i < count; i++)
+        ok = ok && ((uint64_t)strides[i] * esize) % align == 0;
+    if (!ok)
+        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
+                        "the Vulkan prefill kernel needs %s's address and strides in multiples of "
+                        "%zu bytes",
+                        name, align);
+    return FLP_OK;
+}
+
+/* Checks the launch and picks the pipeline. */
+static flp_status check_launch(flp_context *ctx, const flp_prefill_launch *launch,
+                               flp_vk_pipeline_key *key) {
+    flp_vk *vk = ctx->backend;
+    const flp_prefill_params *p = &launch->params;
+    if (launch->head_dim < 16 || launch->head_dim > 256 || launch->head_dim % 16 != 0)
+        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
+                        "the Vulkan prefill kernel supports head_dim multiples of 16 up to 256, "
+                        "not %d",
+                        launch->head_dim);
+    if (launch->q_dtype != FLP_DTYPE_F16 && launch->q_dtype != FLP_DTYPE_BF16)
+        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
+                        "the Vulkan prefill kernel takes f16 or bf16 queries, not %s",
+                        flp_dtype_name((flp_dtype)launch->q_dtype));
+    if (launch->kv_dtype != FLP_DTYPE_F16 && launch->kv_dtype != FLP_DTYPE_BF16 &&
+        !is_fp8(launch->kv_dtype))
+        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
+                        "the Vulkan prefill kernel takes f16, bf16, e4m3 or e5m2 KV, not %s",
+                        flp_dtype_name((flp_dtype)launch->kv_dtype));
+    const flp_plan *plan = launch->plan;
+    if (!plan)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "prefill launch without a plan");
+    const VkPhysicalDeviceLimits *lim = &vk->facts.limits;
+    if (launch->num_ctas < 1 || (uint32_t)launch->num_ctas > lim->maxComputeWorkGroupCount[0])
+        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
+                        "prefill grid of %d workgroups is outside 1..%u "
+                        "(maxComputeWorkGroupCount)",
+                        launch->num_ctas, lim->maxComputeWorkGroupCount[0]);
+    uint64_t max_merge =
+        (uint64_t)lim->maxComputeWorkGroupCount[0] * lim->maxComputeWorkGroupCount[1];
+    if (launch->merge_grid < 0 || (uint64_t)launch->merge_grid > max_merge)
+        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
+                        "prefill merge grid of %d workgroups is outside 0..%llu",
+                        launch->merge_grid, (unsigned long long)max_merge);
+    size_t kv_esize = is_fp8(launch->kv_dtype) ? 1 : 2;
+    size_t kv_align = is_fp8(launch->kv_dtype) ? 8 : 16;
+    const int64_t q_strides[2] = {p->q_stride_row, p->q_stride_head};
+    const int64_t o_strides[2] = {p->o_stride_row, p->o_stride_head};
+    const int64_t k_strides[3] = {p->k_stride_page, p->k_stride_slot, p->k_stride_head};
+    const int64_t v_strides[3] = {p->v_stride_page, p->v_stride_slot, p->v_stride_head};
+    flp_status st = check_aligned(ctx, "q", p->q, q_strides, 2, 2, 8);
+    if (st == FLP_OK)
+        st = check_aligned(ctx, "out", p->o, o_strides, 2, 2, 16);
+    if (st == FLP_OK)
+        st = check_aligned(ctx, "k", p->k, k_strides, 3, kv_esize, kv_align);
+    if (st == FLP_OK)
+        st = check_aligned(ctx, "v", p->v, v_strides, 3, kv_esize, kv_align);
+    if (st != FLP_OK)
+        return st;
+    const flp_buffer *plan_buffer = launch->plan_buffer;
+    if (!plan_buffer || !plan_buffer->native || plan_buffer->ctx != ctx)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                        "prefill launch without a plan buffer of this context");
+    if (launch->params_slot_offset % 8 != 0 ||
+        launch->params_slot_offset + sizeof(flp_prefill_params) > plan_buffer->size)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                        "params slot at byte %llu of a %zu-byte plan buffer (needs %zu bytes, "
+                        "8-byte aligned)",
+                        (unsigned long long)launch->params_slot_offset, plan_buffer->size,
+                        sizeof(flp_prefill_params));
+    prefill_shape shape = {0};
+    if ((st = prefill_shape_for(vk, (uint32_t)launch->head_dim, &shape)) != FLP_OK)
+        return st;
+    if ((st = check_budget(vk, plan, &shape)) != FLP_OK)
+        return st;
+    *key = prefill_key(vk, launch, &shape);
+    return FLP_OK;
+}
+
+flp_status flp_vk_prefill_check(flp_context *ctx, const flp_prefill_launch *launch) {
+    flp_vk_pipeline_key key;
+    return check_launch(ctx, launch, &key);
+}
+
+flp_status flp_vk_prefill_run(flp_context *ctx, const flp_prefill_launch *launch) {
+    flp_vk *vk = ctx->backend;
+    flp_vk_pipeline_key key;
+    flp_status st = check_launch(ctx, launch, &key);
+    if (st != FLP_OK)
+        return st;
+    /* Pipelines first (creation may fail): nothing is recorded before every check passed. */
+    flp_vk_pipeline_key mk = merge_key(launch);
+    VkPipeline prefill, merge;
+    if ((st = flp_vk_pipeline_get(vk, &key, &prefill)) != FLP_OK)
+        return st;
+    if ((st = flp_vk_pipeline_get(vk, &mk, &merge)) != FLP_OK)
+        return st;
+
+    flp_vk_recording rec;
+    if ((st = flp_vk_record_begin(vk, true, &rec)) != FLP_OK)
+        return st;
+    VkCommandBuffer cmd = rec.cmd;
+    const flp_vk_buffer *plan = launch->plan_buffer->native;
+    /* Earlier work may still read (or write) what this run touches, the params slot
+     * included: the update waits for it. */
+    flp_vk_barrier(vk, cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+                   VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT,
+                   VK_PIPELINE_STAGE_TRANSFER_BIT | VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+                   VK_ACCESS_TRANSFER_WRITE_BIT | VK_ACCESS_SHADER_READ_BIT |
+                       VK_ACCESS_SHADER_WRITE_BIT);
+    vk->vk.vkCmdUpdateBuffer(cmd, plan->buffer, launch->params_slot_offset,
+                             sizeof(flp_prefill_params), &launch->params);
+    flp_vk_barrier(vk, cmd, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_ACCESS_TRANSFER_WRITE_BIT,
+                   VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_READ_BIT);
+
+    uint64_t params_address = launch->plan_buffer->device_address + launch->params_slot_offset;
+    vk->vk.vkCmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, prefill);
+    vk->vk.vkCmdPushConstants(cmd, vk->pipeline_layout, VK_SHADER_STAGE_COMPUTE_BIT, 0,
+                              sizeof params_address, &params_address);
+    vk->vk.vkCmdDispatch(cmd, (uint32_t)launch->num_ctas, 1, 1);
+
+    /* The merge always follows (it finds no items when nothing is split): a recording stays
+     * right when a later re-plan splits a request. */
+    if (launch->merge_grid > 0) {
+        flp_vk_barrier(vk, cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_WRITE_BIT,
+                       VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+                       VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT);
+        uint32_t max_x = vk->facts.limits.maxComputeWorkGroupCount[0];
+        uint32_t grid = (uint32_t)launch->merge_grid;
+        uint32_t x = grid < max_x ? grid : max_x;
+        uint32_t y = (grid + x - 1) / x;
+        vk->vk.vkCmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, merge);
+        vk->vk.vkCmdDispatch(cmd, x, y, 1);
+    }
+
+    /* Whatever comes next (copies, the caller's own work) sees the outputs. */
+    flp_vk_barrier(vk, cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_WRITE_BIT,
+                   VK_PIPELINE_STAGE_ALL_COMMANDS_BIT,
+                   VK_ACCESS_MEMORY_READ_BIT | VK_ACCESS_MEMORY_WRITE_BIT);
+    return flp_vk_record_submit(vk, &rec, false);
+}

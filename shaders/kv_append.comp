@@ -1,0 +1,250 @@
+#version 460
+// KV append (prefill_kernel_spec.md, core/prefill_params.h): row r of the new K/V goes to the
+// slot of token positions[r] of request batch_indices[r] through the page table; rows out of
+// range are skipped. Conversions are bit-exact with core/dtype.c (integer bit manipulation:
+// round to nearest even, subnormals exact, e4m3 saturating, NaN stays NaN with its sign).
+//
+// Invocation (x) = (KV head, 4-element quad of the head dim) of row r = z * Y + y (a 3-D grid:
+// rows may outnumber maxComputeWorkGroupCount[1]). No loops. Caches of 8-bit elements are
+// written by whole 32-bit words when a quad is word-aligned, else byte by byte with atomic
+// and/or on the words (other invocations own the other bytes); 16-bit caches through 16-bit
+// storage.
+#extension GL_GOOGLE_include_directive : require
+#extension GL_EXT_buffer_reference : require
+#extension GL_EXT_buffer_reference2 : require
+#extension GL_EXT_shader_explicit_arithmetic_types_int64 : require
+#extension GL_EXT_shader_explicit_arithmetic_types_int16 : require
+#extension GL_EXT_shader_16bit_storage : require
+#extension GL_EXT_control_flow_attributes : require
+
+#include "dtype.glsl"
+
+layout(local_size_x_id = 0) in;
+layout(constant_id = 0) const uint WG = 64;
+
+// flp_kv_append_params (core/prefill_params.h), written by the run's vkCmdUpdateBuffer.
+layout(buffer_reference, std430, buffer_reference_align = 8) readonly buffer KvAppendParams {
+    uint64_t k, v;
+    uint64_t k_cache, v_cache;
+    uint64_t batch_indices, positions;
+    uint64_t kv_indptr, kv_indices;
+    int64_t k_stride_row, k_stride_head;
+    int64_t v_stride_row, v_stride_head;
+    int64_t kc_stride_page, kc_stride_slot, kc_stride_head;
+    int64_t vc_stride_page, vc_stride_slot, vc_stride_head;
+    int64_t batch_indices_stride, positions_stride;
+    int nnz, num_kv_heads, head_dim, page_size;
+    int batch_size, num_indices, num_pages;
+    int src_dtype, cache_dtype;
+    float k_inv_scale, v_inv_scale;
+    int reserved[1];
+};
+
+layout(push_constant) uniform Push {
+    uint64_t params;
+} push;
+
+layout(buffer_reference, std430, buffer_reference_align = 4) buffer W32 {
+    uint v;
+};
+layout(buffer_reference, std430, buffer_reference_align = 8) buffer W64 {
+    uvec2 v;
+};
+layout(buffer_reference, std430, buffer_reference_align = 2) buffer W16 {
+    uint16_t v;
+};
+
+// ---- f32 <-> narrow formats, as core/dtype.c ----
+
+uint f16_bits_to_f32_bits(uint h) {
+    uint sign = (h & 0x8000u) << 16;
+    uint e = (h >> 10) & 0x1fu;
+    uint m = h & 0x3ffu;
+    if (e == 0x1fu)
+        return m == 0u ? sign | 0x7f800000u : sign | 0x7fc00000u | (m << 13);
+    if (e == 0u) {
+        if (m == 0u)
+            return sign;
+        int msb = findMSB(m); // value m * 2^-24 = 1.f * 2^(msb - 24)
+        return sign | (uint(msb + 103) << 23) | ((m << uint(23 - msb)) & 0x7fffffu);
+    }
+    return sign | ((e + 112u) << 23) | (m << 13);
+}
+
+uint bf16_bits_to_f32_bits(uint h) {
+    uint u = h << 16;
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        u |= 0x00400000u;
+    return u;
+}
+
+// x >> s rounded to nearest, ties to even; 1 <= s <= 31.
+uint shift_rne(uint x, uint s) {
+    uint r = x >> s;
+    uint rem = x & ((1u << s) - 1u);
+    uint half_ = 1u << (s - 1u);
+    if (rem > half_ || (rem == half_ && (r & 1u) != 0u))
+        r++;
+    return r;
+}
+
+// Magnitude code of the finite non-negative f32 bits a in a format with mbits mantissa bits and
+// exponent bias `bias` (not range-checked).
+uint encode_magnitude(uint a, uint mbits, int bias) {
+    int e32 = int(a >> 23);
+    if (e32 - 127 + bias >= 1)
+        return shift_rne(a - (uint(127 - bias) << 23), 23u - mbits);
+    if (e32 == 0)
+        return 0u;
+    uint sig = (a & 0x007fffffu) | 0x00800000u;
+    int sh = 151 - bias - int(mbits) - e32;
+    if (sh > 25)
+        return 0u;
+    return shift_rne(sig, uint(sh));
+}
+
+uint f32_bits_to_f16(uint u) {
+    uint sign = (u >> 16) & 0x8000u;
+    uint a = u & 0x7fffffffu;
+    if (a > 0x7f800000u)
+        return sign | 0x7e00u | ((a >> 13) & 0x03ffu);
+    if (a == 0x7f800000u)
+        return sign | 0x7c00u;
+    return sign | min(encode_magnitude(a, 10u, 15), 0x7c00u);
+}
+
+uint f32_bits_to_bf16(uint u) {
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (u >> 16) | 0x0040u;
+    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+
+uint f32_bits_to_e4m3(uint u) {
+    uint sign = (u >> 24) & 0x80u;
+    uint a = u & 0x7fffffffu;
+    if (a > 0x7f800000u)
+        return sign | 0x7fu;
+    if (a == 0x7f800000u)
+        return sign | 0x7eu;
+    return sign | min(encode_magnitude(a, 3u, 7), 0x7eu);
+}
+
+uint f32_bits_to_e5m2(uint u) {
+    uint sign = (u >> 24) & 0x80u;
+    uint a = u & 0x7fffffffu;
+    if (a > 0x7f800000u)
+        return sign | 0x7eu | ((a >> 21) & 0x01u);
+    if (a == 0x7f800000u)
+        return sign | 0x7cu;
+    return sign | min(encode_magnitude(a, 2u, 15), 0x7cu);
+}
+
+// One source element (its bits) converted to the cache dtype's bits.
+uint convert(uint src_dtype, uint cache_dtype, uint bits, float inv_scale) {
+    if (src_dtype == cache_dtype)
+        return bits;
+    uint f = src_dtype == FLP_DTYPE_BF16 ? bf16_bits_to_f32_bits(bits) : f16_bits_to_f32_bits(bits);
+    if (cache_dtype == FLP_DTYPE_F16)
+        return f32_bits_to_f16(f);
+    if (cache_dtype == FLP_DTYPE_BF16)
+        return f32_bits_to_bf16(f);
+    // fp8: value * (1 / scale), rounded to f32 first (as the host does); a NaN keeps its bits
+    if ((f & 0x7fffffffu) <= 0x7f800000u)
+        f = floatBitsToUint(uintBitsToFloat(f) * inv_scale);
+    return cache_dtype == FLP_DTYPE_E4M3 ? f32_bits_to_e4m3(f) : f32_bits_to_e5m2(f);
+}
+
+uint elem_bytes(uint dtype) {
+    return dtype == FLP_DTYPE_E4M3 || dtype == FLP_DTYPE_E5M2 ? 1u : 2u;
+}
+
+// Byte n of the 8-bit elements at address a (reads the aligned word holding it).
+uint load_byte(uint64_t a) {
+    uint w = W32(a & ~3ul).v;
+    return (w >> (uint(a & 3ul) * 8u)) & 0xffu;
+}
+
+// Four consecutive elements of a row at address a.
+uvec4 load4(uint dtype, uint64_t a) {
+    uvec4 x;
+    if (elem_bytes(dtype) == 1u) {
+        if ((a & 3ul) == 0ul) {
+            uint w = W32(a).v;
+            return (uvec4(w) >> uvec4(0u, 8u, 16u, 24u)) & 0xffu;
+        }
+        [[unroll]] for (uint e = 0u; e < 4u; e++)
+            x[e] = load_byte(a + uint64_t(e));
+        return x;
+    }
+    if ((a & 7ul) == 0ul) {
+        uvec2 w = W64(a).v;
+        return uvec4(w.x & 0xffffu, w.x >> 16, w.y & 0xffffu, w.y >> 16);
+    }
+    [[unroll]] for (uint e = 0u; e < 4u; e++)
+        x[e] = uint(W16(a + 2ul * uint64_t(e)).v);
+    return x;
+}
+
+void store4(uint dtype, uint64_t a, uvec4 x) {
+    if (elem_bytes(dtype) == 1u) {
+        if ((a & 3ul) == 0ul) {
+            W32(a).v = x.x | (x.y << 8) | (x.z << 16) | (x.w << 24);
+            return;
+        }
+        [[unroll]] for (uint e = 0u; e < 4u; e++) {
+            uint64_t b = a + uint64_t(e);
+            uint shift = uint(b & 3ul) * 8u;
+            W32 w = W32(b & ~3ul);
+            atomicAnd(w.v, ~(0xffu << shift));
+            atomicOr(w.v, x[e] << shift);
+        }
+        return;
+    }
+    if ((a & 7ul) == 0ul) {
+        W64(a).v = uvec2(x.x | (x.y << 16), x.z | (x.w << 16));
+        return;
+    }
+    [[unroll]] for (uint e = 0u; e < 4u; e++)
+        W16(a + 2ul * uint64_t(e)).v = uint16_t(x[e]);
+}
+
+void main() {
+    KvAppendParams P = KvAppendParams(push.params);
+    int r = int(gl_WorkGroupID.z * gl_NumWorkGroups.y + gl_WorkGroupID.y);
+    int quads = P.head_dim / 4;
+    int unit = int(gl_WorkGroupID.x * WG + gl_LocalInvocationIndex);
+    if (r >= P.nnz || unit >= P.num_kv_heads * quads)
+        return;
+    int g = unit / quads;
+    int d0 = (unit % quads) * 4;
+
+    int b = int(W32(P.batch_indices + 4ul * uint64_t(int64_t(r) * P.batch_indices_stride)).v);
+    int t = int(W32(P.positions + 4ul * uint64_t(int64_t(r) * P.positions_stride)).v);
+    if (b < 0 || b >= P.batch_size || t < 0)
+        return;
+    int first = int(W32(P.kv_indptr + 4ul * uint64_t(b)).v);
+    int next = int(W32(P.kv_indptr + 4ul * uint64_t(b + 1)).v);
+    int64_t idx = int64_t(first) + int64_t(t / P.page_size);
+    if (idx < 0l || idx >= int64_t(next) || idx >= int64_t(P.num_indices))
+        return;
+    int page = int(W32(P.kv_indices + 4ul * uint64_t(idx)).v);
+    if (page < 0 || page >= P.num_pages)
+        return;
+    int slot = t % P.page_size;
+
+    uint src_dtype = uint(P.src_dtype), cache_dtype = uint(P.cache_dtype);
+    uint64_t sb = uint64_t(elem_bytes(src_dtype)), cb = uint64_t(elem_bytes(cache_dtype));
+    [[unroll]] for (uint which = 0u; which < 2u; which++) {
+        bool is_v = which == 1u;
+        int64_t src_off = int64_t(r) * (is_v ? P.v_stride_row : P.k_stride_row) +
+                          int64_t(g) * (is_v ? P.v_stride_head : P.k_stride_head) + int64_t(d0);
+        int64_t dst_off = int64_t(page) * (is_v ? P.vc_stride_page : P.kc_stride_page) +
+                          int64_t(slot) * (is_v ? P.vc_stride_slot : P.kc_stride_slot) +
+                          int64_t(g) * (is_v ? P.vc_stride_head : P.kc_stride_head) + int64_t(d0);
+        uvec4 x = load4(src_dtype, (is_v ? P.v : P.k) + uint64_t(src_off) * sb);
+        float inv_scale = is_v ? P.v_inv_scale : P.k_inv_scale;
+        [[unroll]] for (uint e = 0u; e < 4u; e++)
+            x[e] = convert(src_dtype, cache_dtype, x[e], inv_scale);
+        store4(cache_dtype, (is_v ? P.v_cache : P.k_cache) + uint64_t(dst_off) * cb, x);
+    }
+}

@@ -1,0 +1,91 @@
+#version 460
+// Merge of the split-KV partial states of prefill items (prefill_kernel_spec.md): workgroup w
+// handles merge items w, w + N, ... (N = workgroups dispatched, at least the launch's
+// merge_grid) below num_merge_items, read from the plan. Each merge item {b, g, row_begin,
+// row_end, first_slot, chunks} combines, for every packed row and 8-element chunk of the head
+// dim, the chunks' states in chunk order with the merge operator (an empty state, lse -inf,
+// is its identity) and writes out / lse as the prefill kernel does for unsplit rows.
+#extension GL_GOOGLE_include_directive : require
+#extension GL_EXT_buffer_reference : require
+#extension GL_EXT_buffer_reference2 : require
+#extension GL_EXT_shader_explicit_arithmetic_types_int64 : require
+#extension GL_EXT_control_flow_attributes : require
+
+#include "prefill_params.glsl"
+#include "dtype.glsl"
+
+layout(constant_id = 0) const uint HEAD_DIM = 128;
+layout(constant_id = 1) const uint Q_DTYPE = FLP_DTYPE_F16;
+layout(local_size_x_id = 2) in;
+layout(constant_id = 2) const uint WG = 64;
+
+const uint CHUNKS = HEAD_DIM / 8u;
+
+void main() {
+    PrefillParams P = PrefillParams(push.params);
+    PrefillPlanInfo I = PrefillPlanInfo(P.plan); // what the last (re-)plan decided
+    uint64_t plan = P.plan;
+    int n_items = I.num_merge_items;
+    int group = I.group_size;
+    uint64_t partial_o = uint64_t(plan_floats(plan, I.off_partial_o));
+    F32Ref partial_lse = plan_floats(plan, I.off_partial_lse);
+    I32Ref qo_indptr = plan_ints(plan, I.off_qo_indptr);
+    bool want_lse = P.lse != 0ul;
+    int stride = int(gl_NumWorkGroups.x * gl_NumWorkGroups.y);
+    int w = int(gl_WorkGroupID.y * gl_NumWorkGroups.x + gl_WorkGroupID.x);
+
+    for (int item = w; item < n_items; item += stride) {
+        I32Ref mi = I32Ref(uint64_t(plan_ints(plan, I.off_merge_items)) +
+                           4ul * uint64_t(item * FLP_MERGE_ITEM_INTS));
+        int b = mi.v[FLP_MITEM_REQUEST];
+        int g = mi.v[FLP_MITEM_KV_HEAD];
+        int row_begin = mi.v[FLP_MITEM_ROW_BEGIN];
+        int row_end = mi.v[FLP_MITEM_ROW_END];
+        int first = mi.v[FLP_MITEM_FIRST_SLOT];
+        int chunks = mi.v[FLP_MITEM_CHUNKS];
+        int qo_begin = qo_indptr.v[b];
+        uint units = uint(row_end - row_begin) * CHUNKS;
+        for (uint u = gl_LocalInvocationIndex; u < units; u += WG) {
+            int pr = int(u / CHUNKS); // row within the item (and within every slot)
+            uint d0 = (u % CHUNKS) * 8u;
+            bool any = false;
+            float s = 0.0;
+            float o[8];
+            [[unroll]] for (uint e = 0u; e < 8u; e++)
+                o[e] = 0.0;
+            for (int c = 0; c < chunks; c++) {
+                int prow = (first + c) * FLP_PREFILL_MAX_TILE + pr;
+                float sb = partial_lse.v[prow];
+                if (!(sb > -1.0e30))
+                    continue; // -inf: no key in this chunk
+                F32Ref row =
+                    F32Ref(partial_o + 4ul * (uint64_t(prow) * uint64_t(HEAD_DIM) + d0));
+                if (!any) {
+                    s = sb;
+                    [[unroll]] for (uint e = 0u; e < 8u; e++)
+                        o[e] = row.v[e];
+                    any = true;
+                    continue;
+                }
+                float m = max(s, sb);
+                float wa = exp(s - m);
+                float wb = exp(sb - m);
+                float inv = 1.0 / (wa + wb);
+                [[unroll]] for (uint e = 0u; e < 8u; e++)
+                    o[e] = (wa * o[e] + wb * row.v[e]) * inv;
+                s = m + log(wa + wb);
+            }
+            int p = row_begin + pr;
+            int i = qo_begin + p / group;
+            int h = g * group + p % group;
+            int64_t o_off = int64_t(i) * P.o_stride_row + int64_t(h) * P.o_stride_head + int64_t(d0);
+            U4Ref(P.o + 2ul * uint64_t(o_off)).v =
+                uvec4(flp_pack16x2(Q_DTYPE, o[0], o[1]), flp_pack16x2(Q_DTYPE, o[2], o[3]),
+                      flp_pack16x2(Q_DTYPE, o[4], o[5]), flp_pack16x2(Q_DTYPE, o[6], o[7]));
+            if (want_lse && d0 == 0u) {
+                int64_t l_off = int64_t(i) * P.lse_stride_row + int64_t(h);
+                F32Ref(P.lse + 4ul * uint64_t(l_off)).v[0] = any ? s : uintBitsToFloat(0xff800000u);
+            }
+        }
+    }
+}

@@ -1,0 +1,69 @@
+// The prefill plan information and per-run parameter block: mirror core/prefill_params.h field
+// for field (std430: every 8-byte field is 8-aligned, so the C and GLSL offsets agree;
+// tests/test_vulkan.c checks every member offset in the compiled SPIR-V against offsetof).
+// The address helpers (U4Ref, I32Ref, plan_ints, the push constant block) come from
+// decode_params.glsl.
+#ifndef FLP_PREFILL_PARAMS_GLSL
+#define FLP_PREFILL_PARAMS_GLSL
+
+#include "decode_params.glsl"
+
+#define FLP_PREFILL_FLAG_CAUSAL 1u
+#define FLP_PREFILL_FLAG_WINDOW 2u
+#define FLP_PREFILL_FLAG_SOFTCAP 4u
+#define FLP_PREFILL_FLAG_ALIBI 8u
+#define FLP_PREFILL_FLAG_ROPE 16u
+#define FLP_PREFILL_FLAG_CUSTOM_MASK 32u
+#define FLP_PREFILL_FLAG_PAGED 64u
+
+#define FLP_PREFILL_MAX_TILE 128
+
+#define FLP_PREFILL_ITEM_INTS 7
+#define FLP_PITEM_REQUEST 0
+#define FLP_PITEM_KV_HEAD 1
+#define FLP_PITEM_ROW_BEGIN 2
+#define FLP_PITEM_ROW_END 3
+#define FLP_PITEM_KV_BEGIN 4
+#define FLP_PITEM_KV_END 5
+#define FLP_PITEM_PARTIAL_SLOT 6
+
+#define FLP_MERGE_ITEM_INTS 6
+#define FLP_MITEM_REQUEST 0
+#define FLP_MITEM_KV_HEAD 1
+#define FLP_MITEM_ROW_BEGIN 2
+#define FLP_MITEM_ROW_END 3
+#define FLP_MITEM_FIRST_SLOT 4
+#define FLP_MITEM_CHUNKS 5
+
+// flp_prefill_plan_info: what a (re-)plan decides, at the start of the plan's prefill region.
+layout(buffer_reference, std430, buffer_reference_align = 16) readonly buffer PrefillPlanInfo {
+    uint off_qo_indptr, off_kv_indptr, off_kv_len, off_q_rope_offset;
+    uint off_k_rope_offset, off_mask_indptr, off_rope_freq, off_alibi_slopes;
+    uint off_work_indptr, off_work_items, off_merge_items, off_kv_indices;
+    uint off_partial_o, off_partial_lse;
+
+    int batch_size, num_qo_heads, num_kv_heads, group_size;
+    int head_dim, page_size, num_ctas, num_merge_items;
+    int q_tile;
+    uint flags;
+    int window_left;
+    int q_dtype, kv_dtype;
+    float sm_scale, soft_cap, k_scale, v_scale;
+    int reserved[1];
+};
+
+// flp_prefill_params: the run's tensors, written into the plan's params slot by the run's own
+// vkCmdUpdateBuffer.
+layout(buffer_reference, std430, buffer_reference_align = 8) readonly buffer PrefillParams {
+    uint64_t q, k, v, o;
+    uint64_t lse;  // 0: no lse output
+    uint64_t plan; // the PrefillPlanInfo
+    uint64_t mask; // custom mask bytes (FLP_PREFILL_FLAG_CUSTOM_MASK)
+    int64_t q_stride_row, q_stride_head;
+    int64_t o_stride_row, o_stride_head;
+    int64_t k_stride_page, k_stride_slot, k_stride_head;
+    int64_t v_stride_page, v_stride_slot, v_stride_head;
+    int64_t lse_stride_row;
+};
+
+#endif
