@@ -4,6 +4,7 @@
 
 #include "backend-cuda/cu_driver.h"
 #include "backend-cuda/cu_launch.h"
+#include "backend-cuda/kernels/prefill_config.h"
 #include "core/backend.h"
 
 /* The kernels of one configuration, ready to launch. */
@@ -14,6 +15,13 @@ typedef struct flp_cu_config {
     CUfunction merge;           /* merge kernel of the q dtype */
     unsigned int smem_bytes[2]; /* dynamic shared memory of decode[i] */
     int max_blocks;             /* resident decode blocks per SM, the smaller of the two */
+    /* Prefill kernels of tiles 16, 64, 128 (kernels/prefill_config.h), their merge, and the
+     * KV append (the same in every module). */
+    CUfunction prefill[FLP_CU_PREFILL_NUM_TILES];
+    unsigned int prefill_smem[FLP_CU_PREFILL_NUM_TILES];
+    int prefill_max_blocks; /* resident tile-128 prefill blocks per SM */
+    CUfunction prefill_merge;
+    CUfunction kv_append;
 } flp_cu_config;
 
 typedef struct flp_cu_state {
@@ -68,5 +76,13 @@ void flp_cu_modules_release(flp_context *ctx);
 int32_t flp_cu_decode_grid_size(flp_context *ctx, int32_t head_dim);
 flp_status flp_cu_decode_check(flp_context *ctx, const flp_decode_launch *launch);
 flp_status flp_cu_decode_run(flp_context *ctx, const flp_decode_launch *launch);
+
+/* cu_prefill.c */
+int32_t flp_cu_prefill_grid_size(flp_context *ctx, int32_t head_dim);
+flp_status flp_cu_prefill_check(flp_context *ctx, const flp_prefill_launch *launch);
+flp_status flp_cu_prefill_run(flp_context *ctx, const flp_prefill_launch *launch);
+
+/* cu_kv_append.c */
+flp_status flp_cu_kv_append_run(flp_context *ctx, const flp_kv_append_params *params);
 
 #endif /* FLP_CUDA_CU_BACKEND_H */

@@ -95,6 +95,10 @@ const flp_backend_ops flp_cuda_ops = {
     .decode_grid_size = flp_cu_decode_grid_size,
     .decode_check = flp_cu_decode_check,
     .decode_run = flp_cu_decode_run,
+    .prefill_grid_size = flp_cu_prefill_grid_size,
+    .prefill_check = flp_cu_prefill_check,
+    .prefill_run = flp_cu_prefill_run,
+    .kv_append_run = flp_cu_kv_append_run,
 };
 
 static CUresult attribute(const flp_cu_driver *cu, CUdevice dev, CUdevice_attribute a, int *v) {

@@ -28,4 +28,22 @@ int flp_cu_decode_variant(const flp_decode_launch *launch);
  * a message. */
 flp_status flp_cu_launch_validate(flp_context *ctx, const flp_decode_launch *launch);
 
+/* ---- prefill, merge and KV append (kernels/prefill_config.h) ---- */
+
+/* Kernel index (0, 1, 2: tiles 16, 64, 128) of a launch's q_tile hint. */
+int flp_cu_prefill_tile_index(int32_t q_tile);
+/* Name of a prefill kernel ("flp_prefill_bf16_e4m3_d128_t64") or, with tile 0, of the prefill
+ * merge kernel of q_dtype ("flp_prefill_merge_bf16"); false for an unknown configuration. */
+bool flp_cu_prefill_kernel_name(int32_t q_dtype, int32_t kv_dtype, int32_t head_dim, int tile,
+                                char *buf, size_t size);
+/* Dynamic shared memory of a prefill kernel. */
+unsigned flp_cu_prefill_smem_bytes(int32_t q_dtype, int32_t kv_dtype, int32_t head_dim, int tile);
+/* Checks a prefill launch against what the kernels support and assume (dtypes, head_dim, grid,
+ * 16-byte alignment of q/out rows and of K/V rows, plan and lse alignment); fails ctx. */
+flp_status flp_cu_prefill_validate(flp_context *ctx, const flp_prefill_launch *launch);
+/* Checks a KV append the kernel supports (dtypes, head_dim); fails ctx. */
+flp_status flp_cu_kv_append_validate(flp_context *ctx, const flp_kv_append_params *params);
+/* Blocks of a KV append launch (grid-stride kernel), >= 1. */
+unsigned flp_cu_kv_append_grid(const flp_kv_append_params *params);
+
 #endif /* FLP_CUDA_CU_LAUNCH_H */

@@ -5,6 +5,7 @@
 #include "backend-cuda/cu_embedded.h"
 #include "backend-cuda/cu_nvrtc.h"
 #include "backend-cuda/kernels/decode_config.h"
+#include "backend-cuda/kernels/prefill_config.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -136,6 +137,47 @@ static flp_status setup_config(flp_context *ctx, flp_cu_state *st, int index, CU
         max_blocks = i == 0 || blocks < max_blocks ? blocks : max_blocks;
     }
     cfg->max_blocks = max_blocks;
+
+    /* Prefill: three tile kernels, their merge, the KV append. */
+    flp_cu_prefill_kernel_name(q, kv, d, 0, name, sizeof name);
+    status = get_function(ctx, st, module, name, &cfg->prefill_merge);
+    if (status == FLP_OK)
+        status = get_function(ctx, st, module, "flp_kv_append", &cfg->kv_append);
+    if (status != FLP_OK)
+        return status;
+    for (int i = 0; i < FLP_CU_PREFILL_NUM_TILES; i++) {
+        const int tile = FLP_CU_PREFILL_TILE(i);
+        flp_cu_prefill_kernel_name(q, kv, d, tile, name, sizeof name);
+        status = get_function(ctx, st, module, name, &cfg->prefill[i]);
+        if (status != FLP_OK)
+            return status;
+        const unsigned smem = flp_cu_prefill_smem_bytes(q, kv, d, tile);
+        const int threads = FLP_CU_PREFILL_THREADS((int)d, tile);
+        if (smem > ctx->info.shared_memory_per_group)
+            return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
+                            "CUDA: %s needs %u bytes of shared memory, the device allows %zu", name,
+                            smem, ctx->info.shared_memory_per_group);
+        CUresult r = cu->cuFuncSetAttribute(
+            cfg->prefill[i], CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, (int)smem);
+        if (r != CUDA_SUCCESS)
+            return flp_cu_fail(ctx, cu, r,
+                               "CUDA: cuFuncSetAttribute(%s, MAX_DYNAMIC_SHARED_SIZE_BYTES, %u)",
+                               name, smem);
+        int blocks = 0;
+        r = cu->cuOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, cfg->prefill[i], threads,
+                                                            smem);
+        if (r != CUDA_SUCCESS)
+            return flp_cu_fail(ctx, cu, r, "CUDA: cuOccupancyMaxActiveBlocksPerMultiprocessor(%s)",
+                               name);
+        if (blocks < 1)
+            return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
+                            "CUDA: %s cannot be resident on this device (%d threads, %u bytes of "
+                            "shared memory)",
+                            name, threads, smem);
+        cfg->prefill_smem[i] = smem;
+        if (tile == 128)
+            cfg->prefill_max_blocks = blocks;
+    }
     return FLP_OK;
 }
 

@@ -1,6 +1,7 @@
 /* Suite cuda, no GPU needed: the embedded kernel source compiles with NVRTC for sm_80 and
  * sm_90a, every kernel the host looks up is in the images, compile errors come back as
- * FLP_ERROR_COMPILE with the log, and devices newer than NVRTC get PTX. Exits 77 (skipped)
+ * FLP_ERROR_COMPILE with the log, and devices newer than NVRTC get PTX. Covers the decode,
+ * prefill (tiles 16/64/128), merge and KV-append kernels. Exits 77 (skipped)
  * only when libnvrtc cannot be loaded. FLP_TEST_NVRTC_FULL=1 also compiles the whole source
  * (every configuration at once, as nvcc does for the fatbin: about a minute). */
 #include <setjmp.h>
@@ -51,8 +52,25 @@ static void check_all_names(const flp_cuda_image *image, bool terminated) {
                         fail_msg("%s is missing from the %s image", name, image->target);
                     found++;
                 }
+        /* Prefill: the merge, and tiles 16, 64, 128 of every configuration. */
+        assert_true(
+            flp_cu_prefill_kernel_name(q_dtypes[q], FLP_DTYPE_F16, 64, 0, name, sizeof name));
+        if (!has_name(image, name, terminated))
+            fail_msg("%s is missing from the %s image", name, image->target);
+        for (size_t kv = 0; kv < 4; kv++)
+            for (size_t d = 0; d < 3; d++)
+                for (int t = 0; t < 3; t++) {
+                    const int tile = t == 0 ? 16 : t == 1 ? 64 : 128;
+                    assert_true(flp_cu_prefill_kernel_name(q_dtypes[q], kv_dtypes[kv], head_dims[d],
+                                                           tile, name, sizeof name));
+                    if (!has_name(image, name, terminated))
+                        fail_msg("%s is missing from the %s image", name, image->target);
+                    found++;
+                }
     }
-    assert_int_equal(found, 48);
+    if (!has_name(image, "flp_kv_append", terminated))
+        fail_msg("flp_kv_append is missing from the %s image", image->target);
+    assert_int_equal(found, 48 + 72);
 }
 
 static void compile_one(int cc, const char *target, flp_dtype q, flp_dtype kv, int head_dim) {
@@ -123,6 +141,7 @@ static void test_ptx_for_unknown_arch(void **state) {
     assert_true(image.size > 1);
     assert_int_equal(image.data[image.size - 1], '\0'); /* cuModuleLoadData needs the NUL */
     assert_non_null(strstr(image.data, ".entry flp_decode_bf16_bf16_d64_r4"));
+    assert_non_null(strstr(image.data, ".entry flp_prefill_bf16_bf16_d64_t128"));
     check_all_names(&image, false);
     flp_cuda_image_free(&image);
 }

@@ -4,7 +4,10 @@
  * emulated test programs (backend-cuda/meson.build), never into the library.
  *
  * Environment: FLP_EMU_GRID (decode blocks, default 24: small, so that blocks take several
- * work items and long requests are split), FLP_EMU_SEED (cp.async timing, default 1). */
+ * work items and long requests are split), FLP_EMU_PREFILL_GRID (prefill blocks, default 8),
+ * FLP_EMU_PREFILL_TILE (16, 64, 128 or "plan"; default: the three tile kernels in turn over
+ * plans),
+ * FLP_EMU_SEED (cp.async timing, default 1). */
 #include "backend-cuda/cu_launch.h"
 #include "backend-cuda/emulate/emu_launch.h"
 #include "flashport/flashport_cuda.h"
@@ -13,8 +16,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define EMU_SEEN 64
+
 typedef struct emu_state {
-    uint64_t runs; /* varies the copy timing from run to run */
+    uint64_t runs;          /* varies the copy timing from run to run */
+    uint64_t prefill_plans; /* plans seen: picks the tile kernel of the next new plan */
+    int num_seen;
+    uint64_t seen_plans[EMU_SEEN]; /* plan memory addresses and their tile kernels */
+    int32_t seen_tiles[EMU_SEEN];
 } emu_state;
 
 static uint64_t env_u64(const char *name, uint64_t fallback) {
@@ -81,6 +90,54 @@ static flp_status emu_run(flp_context *ctx, const flp_decode_launch *launch) {
     return FLP_OK;
 }
 
+static int32_t emu_prefill_grid(flp_context *ctx, int32_t head_dim) {
+    if (flp_cu_config_index(FLP_DTYPE_BF16, FLP_DTYPE_BF16, head_dim) < 0)
+        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED, "CUDA prefill: head_dim %d has no kernel",
+                        (int)head_dim);
+    return (int32_t)env_u64("FLP_EMU_PREFILL_GRID", 8);
+}
+
+static flp_status emu_prefill_check(flp_context *ctx, const flp_prefill_launch *launch) {
+    return flp_cu_prefill_validate(ctx, launch);
+}
+
+/* Every kernel handles any item with any tile (the tile is a hint), so the emulator spreads
+ * the three tile kernels over plans to cover them all: each plan memory address gets the next
+ * tile in turn when first seen and keeps it (same plan, same kernel: runs stay bit-for-bit
+ * deterministic). FLP_EMU_PREFILL_TILE names one tile (16, 64, 128) or "plan" (the plan's
+ * choice). */
+static int32_t emu_pick_tile(emu_state *st, uint64_t plan_address) {
+    static const int32_t tiles[3] = {16, 64, 128};
+    for (int i = 0; i < st->num_seen; i++)
+        if (st->seen_plans[i] == plan_address)
+            return st->seen_tiles[i];
+    const int32_t tile = tiles[st->prefill_plans++ % 3];
+    const int slot = st->num_seen < EMU_SEEN ? st->num_seen++ : (int)(st->prefill_plans % EMU_SEEN);
+    st->seen_plans[slot] = plan_address;
+    st->seen_tiles[slot] = tile;
+    return tile;
+}
+
+static flp_status emu_prefill_run(flp_context *ctx, const flp_prefill_launch *launch) {
+    emu_state *st = ctx->backend;
+    flp_prefill_launch copy = *launch;
+    const char *tile = getenv("FLP_EMU_PREFILL_TILE");
+    if (!tile || !*tile)
+        copy.q_tile = emu_pick_tile(st, launch->params.plan);
+    else if (strcmp(tile, "plan") != 0)
+        copy.q_tile = (int32_t)strtol(tile, NULL, 10);
+    flp_emu_prefill(&copy, env_u64("FLP_EMU_SEED", 1) * 1000003u + st->runs++);
+    return FLP_OK;
+}
+
+static flp_status emu_kv_append(flp_context *ctx, const flp_kv_append_params *params) {
+    flp_status status = flp_cu_kv_append_validate(ctx, params);
+    if (status != FLP_OK)
+        return status;
+    flp_emu_kv_append(params);
+    return FLP_OK;
+}
+
 static const flp_backend_ops emu_ops = {
     .name = "cuda",
     .destroy = emu_destroy,
@@ -92,6 +149,10 @@ static const flp_backend_ops emu_ops = {
     .decode_grid_size = emu_grid,
     .decode_check = emu_check,
     .decode_run = emu_run,
+    .prefill_grid_size = emu_prefill_grid,
+    .prefill_check = emu_prefill_check,
+    .prefill_run = emu_prefill_run,
+    .kv_append_run = emu_kv_append,
 };
 
 flp_status flp_cuda_backend_open(flp_context *ctx, int device_index, void *cu_context) {

@@ -3,6 +3,9 @@
 #define FLP_CUDA_EMULATE_PTX "backend-cuda/emulate/emu_ptx.h"
 #include "backend-cuda/kernels/decode.cuh"
 #include "backend-cuda/kernels/merge.cuh"
+#include "backend-cuda/kernels/kv_append.cuh"
+#include "backend-cuda/kernels/prefill.cuh"
+#include "backend-cuda/kernels/prefill_merge.cuh"
 
 extern "C" {
 #include "backend-cuda/cu_launch.h"
@@ -79,4 +82,76 @@ extern "C" void flp_emu_decode(const flp_decode_launch *launch, uint64_t seed) {
                                                        : merge_entry<FLP_CU_DT_F16>;
     flp_emu::launch(merge, p, (unsigned)launch->merge_grid, FLP_CU_MERGE_THREADS, smem_base, 0,
                     sizeof flp::dynamic_smem, seed + 1);
+}
+
+/* ---- prefill, its merge, the KV append ---------------------------------------------------- */
+
+namespace {
+
+template <int Q, int KV, int D, int T> void prefill_entry(const void *arg) {
+    flp::prefill_body<Q, KV, D, T>(*static_cast<const flp_prefill_params *>(arg));
+}
+
+template <int Q> void prefill_merge_entry(const void *arg) {
+    flp::prefill_merge_body<Q>(*static_cast<const flp_prefill_params *>(arg));
+}
+
+void kv_append_entry(const void *arg) {
+    flp::kv_append_body(*static_cast<const flp_kv_append_params *>(arg));
+}
+
+entry_fn prefill_table[FLP_CU_NUM_CONFIGS][FLP_CU_PREFILL_NUM_TILES];
+
+void add_prefill(int q, int kv, int d, entry_fn t16, entry_fn t64, entry_fn t128) {
+    const int index = flp_cu_config_index(q, kv, d);
+    prefill_table[index][0] = t16;
+    prefill_table[index][1] = t64;
+    prefill_table[index][2] = t128;
+}
+
+#define FLP_EMU_ADD_P(Q, KV, D)                                                                    \
+    add_prefill(Q, KV, D, prefill_entry<Q, KV, D, 16>, prefill_entry<Q, KV, D, 64>,                \
+                prefill_entry<Q, KV, D, 128>)
+#define FLP_EMU_ADD_P_KV(Q, KV)                                                                    \
+    FLP_EMU_ADD_P(Q, KV, 64);                                                                      \
+    FLP_EMU_ADD_P(Q, KV, 128);                                                                     \
+    FLP_EMU_ADD_P(Q, KV, 256)
+#define FLP_EMU_ADD_P_Q(Q)                                                                         \
+    FLP_EMU_ADD_P_KV(Q, FLP_CU_DT_F16);                                                            \
+    FLP_EMU_ADD_P_KV(Q, FLP_CU_DT_BF16);                                                           \
+    FLP_EMU_ADD_P_KV(Q, FLP_CU_DT_E4M3);                                                           \
+    FLP_EMU_ADD_P_KV(Q, FLP_CU_DT_E5M2)
+
+void fill_prefill_table() {
+    if (prefill_table[0][0])
+        return;
+    FLP_EMU_ADD_P_Q(FLP_CU_DT_F16);
+    FLP_EMU_ADD_P_Q(FLP_CU_DT_BF16);
+}
+
+} // namespace
+
+extern "C" void flp_emu_prefill(const flp_prefill_launch *launch, uint64_t seed) {
+    fill_prefill_table();
+    const flp_prefill_params *p = &launch->params;
+    const int index = flp_cu_config_index(launch->q_dtype, launch->kv_dtype, launch->head_dim);
+    const int ti = flp_cu_prefill_tile_index(launch->q_tile);
+    const int tile = FLP_CU_PREFILL_TILE(ti);
+    const size_t smem =
+        flp_cu_prefill_smem_bytes(launch->q_dtype, launch->kv_dtype, launch->head_dim, tile);
+    unsigned char *smem_base = reinterpret_cast<unsigned char *>(flp::dynamic_smem);
+    flp_emu::launch(prefill_table[index][ti], p, (unsigned)launch->num_ctas,
+                    FLP_CU_PREFILL_THREADS(launch->head_dim, tile), smem_base, smem,
+                    sizeof flp::dynamic_smem, seed);
+    entry_fn merge = launch->q_dtype == FLP_CU_DT_BF16 ? prefill_merge_entry<FLP_CU_DT_BF16>
+                                                       : prefill_merge_entry<FLP_CU_DT_F16>;
+    flp_emu::launch(merge, p, (unsigned)launch->merge_grid, FLP_CU_PREFILL_MERGE_THREADS, smem_base,
+                    0, sizeof flp::dynamic_smem, seed + 1);
+}
+
+extern "C" void flp_emu_kv_append(const flp_kv_append_params *params) {
+    unsigned char *smem_base = reinterpret_cast<unsigned char *>(flp::dynamic_smem);
+    /* A small grid: the kernel is grid-stride (one fiber per element is slow). */
+    flp_emu::launch(kv_append_entry, params, 2, FLP_CU_KV_APPEND_THREADS, smem_base, 0,
+                    sizeof flp::dynamic_smem, 1);
 }

@@ -20,6 +20,7 @@
 #define threadIdx (::flp_emu::thread_idx())
 #define blockIdx (::flp_emu::block_idx())
 #define blockDim (::flp_emu::block_dim())
+#define gridDim (::flp_emu::grid_dim())
 
 inline void __syncthreads() {
     ::flp_emu::sync_threads();
@@ -56,6 +57,16 @@ inline int __float2int_rn(float x) {
 
 inline int min(int a, int b) {
     return a < b ? a : b;
+}
+
+inline int max(int a, int b) {
+    return a > b ? a : b;
+}
+
+inline unsigned __float_as_uint(float v) {
+    unsigned u;
+    std::memcpy(&u, &v, 4);
+    return u;
 }
 
 /* Byte i of the result is byte (s >> 4i) & 7 of {y:x} (x bytes 0-3, y bytes 4-7). */
@@ -100,6 +111,86 @@ template <int N> inline void cp_async_wait() {
 
 inline void cp_async_wait_all() {
     ::flp_emu::cp_async_wait(-1);
+}
+
+/* ---- tensor cores: the PTX ISA fragment layouts, computed from all lanes' registers ---------- */
+
+inline unsigned emu_lane() {
+    return ::flp_emu::thread_idx().x % 32;
+}
+
+/* 16 bits at byte offset off of shared memory. */
+inline uint32_t emu_smem16(unsigned off) {
+    uint16_t h;
+    std::memcpy(&h, ::flp_emu::dynamic_smem() + off, 2);
+    return h;
+}
+
+/* ldmatrix .x4 (.trans): lanes 8i..8i+7 hold the row addresses of matrix i. Without .trans,
+ * r[i] of lane l holds elements 2(l%4), 2(l%4)+1 of row l/4; with .trans, element l/4 of rows
+ * 2(l%4) and 2(l%4)+1 (low half first). */
+inline void emu_ldmatrix(unsigned (&r)[4], unsigned addr, bool trans) {
+    uint32_t all[32];
+    ::flp_emu::warp_exchange(&addr, 1, all);
+    const unsigned l = emu_lane();
+    for (int i = 0; i < 4; i++) {
+        if (!trans) {
+            const unsigned row = all[8 * i + l / 4];
+            r[i] = emu_smem16(row + (l % 4) * 4) | emu_smem16(row + (l % 4) * 4 + 2) << 16;
+        } else {
+            const unsigned row0 = all[8 * i + 2 * (l % 4)];
+            const unsigned row1 = all[8 * i + 2 * (l % 4) + 1];
+            r[i] = emu_smem16(row0 + (l / 4) * 2) | emu_smem16(row1 + (l / 4) * 2) << 16;
+        }
+    }
+}
+
+inline void ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
+    emu_ldmatrix(r, addr, false);
+}
+
+inline void ldmatrix_x4_trans(unsigned (&r)[4], unsigned addr) {
+    emu_ldmatrix(r, addr, true);
+}
+
+/* mma.sync m16n8k16 row.col with f32 accumulators. A (16 x 16): a[0] = (row g, columns 2c,
+ * 2c+1), a[1] = (g+8, 2c..), a[2] = (g, 2c+8..), a[3] = (g+8, 2c+8..); B (16 x 8): b0 = (rows
+ * 2c, 2c+1, column g), b1 = (rows 2c+8.., g); D: d[0..1] = (g, 2c..2c+1), d[2..3] = (g+8, ..),
+ * where g = lane / 4, c = lane % 4. Products are exact in f32; the sum is taken in double. */
+inline void emu_mma(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1, bool bf16) {
+    const uint32_t mine[6] = {a[0], a[1], a[2], a[3], b0, b1};
+    uint32_t all[32 * 6];
+    ::flp_emu::warp_exchange(mine, 6, all);
+    auto half = [bf16](uint32_t w, int hi) {
+        const uint16_t h = (uint16_t)(hi ? w >> 16 : w & 0xffffu);
+        return (double)(bf16 ? flp_bf16_to_f32(h) : flp_f16_to_f32(h));
+    };
+    auto a_at = [&](int row, int k) {
+        const int lane = (row % 8) * 4 + (k % 8) / 2;
+        const int reg = (row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0);
+        return half(all[lane * 6 + reg], k % 2);
+    };
+    auto b_at = [&](int k, int col) {
+        const int lane = col * 4 + (k % 8) / 2;
+        return half(all[lane * 6 + 4 + (k >= 8 ? 1 : 0)], k % 2);
+    };
+    const int l = (int)emu_lane();
+    for (int i = 0; i < 4; i++) {
+        const int row = l / 4 + (i >= 2 ? 8 : 0);
+        const int col = (l % 4) * 2 + (i % 2);
+        double sum = 0.0;
+        for (int k = 0; k < 16; k++)
+            sum += a_at(row, k) * b_at(k, col);
+        d[i] = (float)((double)d[i] + sum);
+    }
+}
+
+inline void mma_f16_16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    emu_mma(d, a, b0, b1, false);
+}
+
+inline void mma_bf16_16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    emu_mma(d, a, b0, b1, true);
 }
 
 inline void f16x2_to_f32(unsigned w, float &lo, float &hi) {

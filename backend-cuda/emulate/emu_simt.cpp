@@ -37,6 +37,7 @@ struct block_state {
     void (*kernel)(const void *) = nullptr;
     const void *arg = nullptr;
     unsigned block_index = 0;
+    unsigned grid = 0;
     unsigned threads = 0;
     std::vector<fiber> fibers;
     fiber *current = nullptr;
@@ -45,7 +46,7 @@ struct block_state {
     unsigned barrier_arrived = 0;
     uint64_t barrier_generation = 0;
     /* Shuffles, double-buffered by parity: slot values and total arrivals per warp. */
-    std::vector<uint32_t> shuffle_values;  /* [warps][2][32] */
+    std::vector<uint32_t> shuffle_values;  /* [warps][2][32][kExchangeWords] */
     std::vector<uint64_t> shuffle_arrived; /* [warps][2] */
     bool progressed = false;
     std::mt19937_64 rng;
@@ -177,12 +178,13 @@ void launch(void (*kernel)(const void *arg), const void *arg, unsigned grid_dim,
             if (f.stack.empty())
                 f.stack.resize(kStackBytes);
     }
-    state.shuffle_values.assign((size_t)block_dim / 32 * 2 * 32, 0u);
+    state.shuffle_values.assign((size_t)block_dim / 32 * 2 * 32 * kExchangeWords, 0u);
     state.shuffle_arrived.assign((size_t)block_dim / 32 * 2, 0u);
     state.smem = smem;
     state.smem_bytes = smem_bytes;
     state.smem_capacity = smem_capacity;
     state.rng.seed(seed);
+    state.grid = grid_dim;
     for (unsigned b = 0; b < grid_dim; b++) {
         state.block_index = b;
         run_block();
@@ -195,6 +197,10 @@ dim3 thread_idx() {
 
 dim3 block_idx() {
     return dim3{state.block_index, 0, 0};
+}
+
+dim3 grid_dim() {
+    return dim3{state.grid, 1, 1};
 }
 
 dim3 block_dim() {
@@ -212,18 +218,32 @@ void sync_threads() {
     wait_until([generation] { return state.barrier_generation != generation; });
 }
 
-uint32_t shfl_xor(uint32_t value, int lane_mask) {
+void warp_exchange(const uint32_t *mine, int n, uint32_t *all) {
+    if (n < 1 || n > kExchangeWords) {
+        std::fprintf(stderr, "emulator: warp exchange of %d words\n", n);
+        std::abort();
+    }
     fiber *self = state.current;
     const unsigned warp = self->index / 32, lane = self->index % 32;
     const unsigned parity = (unsigned)(self->shuffles & 1);
     const uint64_t round = self->shuffles >> 1; /* uses of this parity before this one */
     self->shuffles++;
-    uint32_t *values = &state.shuffle_values[((size_t)warp * 2 + parity) * 32];
+    uint32_t *values = &state.shuffle_values[((size_t)warp * 2 + parity) * 32 * kExchangeWords];
     uint64_t *arrived = &state.shuffle_arrived[(size_t)warp * 2 + parity];
-    values[lane] = value;
+    std::memcpy(values + lane * kExchangeWords, mine, (size_t)n * 4);
     ++*arrived;
     wait_until([arrived, round] { return *arrived >= 32 * (round + 1); });
-    return values[lane ^ ((unsigned)lane_mask & 31u)];
+    /* Read before yielding again: no lane can reuse this parity's slots until every lane has
+     * reached the next exchange (of the other parity). */
+    for (unsigned l = 0; l < 32; l++)
+        std::memcpy(all + l * (unsigned)n, values + l * kExchangeWords, (size_t)n * 4);
+}
+
+uint32_t shfl_xor(uint32_t value, int lane_mask) {
+    uint32_t all[32];
+    warp_exchange(&value, 1, all);
+    const unsigned lane = state.current->index % 32;
+    return all[lane ^ ((unsigned)lane_mask & 31u)];
 }
 
 unsigned char *dynamic_smem() {

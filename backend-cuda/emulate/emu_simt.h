@@ -30,11 +30,18 @@ void launch(void (*kernel)(const void *arg), const void *arg, unsigned grid_dim,
 dim3 thread_idx();
 dim3 block_idx();
 dim3 block_dim();
+dim3 grid_dim();
 
 /* __syncthreads(). */
 void sync_threads();
 /* __shfl_xor_sync over the full warp for a 32-bit value. */
 uint32_t shfl_xor(uint32_t value, int lane_mask);
+
+/* A warp-collective exchange (what ldmatrix and mma.sync do among lanes): every lane of the
+ * warp gives n (<= kExchangeWords) words and receives all 32 lanes' words, all[lane * n + i],
+ * once every lane has arrived. */
+constexpr int kExchangeWords = 8;
+void warp_exchange(const uint32_t *mine, int n, uint32_t *all);
 
 /* Base of the block's dynamic shared memory. */
 unsigned char *dynamic_smem();

@@ -4,7 +4,11 @@
  *   flp_decode_<q>_<kv>_d<D>_r<R>  q in {f16, bf16}, kv in {f16, bf16, e4m3, e5m2},
  *                                  D in {64, 128, 256}, R (query rows in registers) in {4, 8}
  *   flp_decode_merge_<q>
- * All take the flp_decode_params block by value.
+ *   flp_prefill_<q>_<kv>_d<D>_t<T>  T (packed query rows per pass) in {16, 64, 128}
+ *   flp_prefill_merge_<q>
+ *   flp_kv_append
+ * Decode kernels take the flp_decode_params block by value, prefill kernels
+ * flp_prefill_params, the append flp_kv_append_params.
  *
  * NVRTC compiles one configuration at a time to keep just-in-time compiles short: with
  * FLP_ONLY_Q, FLP_ONLY_KV (FLP_CU_DT_* codes) and FLP_ONLY_HEAD_DIM defined, every other kernel
@@ -14,10 +18,16 @@
 #include "core/decode_params.h"
 #include "backend-cuda/kernels/decode.cuh"
 #include "backend-cuda/kernels/merge.cuh"
+#include "backend-cuda/kernels/prefill.cuh"
+#include "backend-cuda/kernels/prefill_merge.cuh"
+#include "backend-cuda/kernels/kv_append.cuh"
 
 /* Minimum resident blocks per SM the register allocation must allow. */
 #define FLP_DECODE_MIN_BLOCKS_4 3
 #define FLP_DECODE_MIN_BLOCKS_8 2
+/* Prefill: the register budget of 2 resident blocks (255 registers at 128 threads), 1 for the
+ * 256-thread head_dim 256 tile-128 kernel. */
+#define FLP_PREFILL_MIN_BLOCKS(D, T) (FLP_CU_PREFILL_THREADS(D, T) > 128 ? 1 : 2)
 
 #if defined(FLP_ONLY_Q) && defined(FLP_ONLY_KV) && defined(FLP_ONLY_HEAD_DIM)
 #define FLP_WANT_MERGE(QDT) ((QDT) == FLP_ONLY_Q)
@@ -37,6 +47,22 @@ template <int QDT, int KVDT, int D, int R, bool WANT> struct decode_entry {
 };
 template <int QDT, int KVDT, int D, int R> struct decode_entry<QDT, KVDT, D, R, false> {
     FLP_DEV static void run(const flp_decode_params &) {}
+};
+template <int QDT, int KVDT, int D, int T, bool WANT> struct prefill_entry {
+    FLP_DEV static void run(const flp_prefill_params &p) {
+        prefill_body<QDT, KVDT, D, T>(p);
+    }
+};
+template <int QDT, int KVDT, int D, int T> struct prefill_entry<QDT, KVDT, D, T, false> {
+    FLP_DEV static void run(const flp_prefill_params &) {}
+};
+template <int QDT, bool WANT> struct prefill_merge_entry {
+    FLP_DEV static void run(const flp_prefill_params &p) {
+        prefill_merge_body<QDT>(p);
+    }
+};
+template <int QDT> struct prefill_merge_entry<QDT, false> {
+    FLP_DEV static void run(const flp_prefill_params &) {}
 };
 template <int QDT, bool WANT> struct merge_entry {
     FLP_DEV static void run(const flp_decode_params &p) {
@@ -74,3 +100,39 @@ template <int QDT> struct merge_entry<QDT, false> {
 
 FLP_DECODE_KERNELS_Q(f16, FLP_CU_DT_F16)
 FLP_DECODE_KERNELS_Q(bf16, FLP_CU_DT_BF16)
+
+#define FLP_PREFILL_KERNEL(QN, QDT, KVN, KVDT, D, T)                                               \
+    extern "C" __global__ void __launch_bounds__(FLP_CU_PREFILL_THREADS(D, T),                     \
+                                                 FLP_PREFILL_MIN_BLOCKS(D, T))                     \
+        flp_prefill_##QN##_##KVN##_d##D##_t##T(const __grid_constant__ flp_prefill_params p) {     \
+        flp::prefill_entry<QDT, KVDT, D, T, FLP_WANT_DECODE(QDT, KVDT, D)>::run(p);                \
+    }
+
+#define FLP_PREFILL_KERNELS_D(QN, QDT, KVN, KVDT, D)                                               \
+    FLP_PREFILL_KERNEL(QN, QDT, KVN, KVDT, D, 16)                                                  \
+    FLP_PREFILL_KERNEL(QN, QDT, KVN, KVDT, D, 64)                                                  \
+    FLP_PREFILL_KERNEL(QN, QDT, KVN, KVDT, D, 128)
+
+#define FLP_PREFILL_KERNELS_QKV(QN, QDT, KVN, KVDT)                                                \
+    FLP_PREFILL_KERNELS_D(QN, QDT, KVN, KVDT, 64)                                                  \
+    FLP_PREFILL_KERNELS_D(QN, QDT, KVN, KVDT, 128)                                                 \
+    FLP_PREFILL_KERNELS_D(QN, QDT, KVN, KVDT, 256)
+
+#define FLP_PREFILL_KERNELS_Q(QN, QDT)                                                             \
+    FLP_PREFILL_KERNELS_QKV(QN, QDT, f16, FLP_CU_DT_F16)                                           \
+    FLP_PREFILL_KERNELS_QKV(QN, QDT, bf16, FLP_CU_DT_BF16)                                         \
+    FLP_PREFILL_KERNELS_QKV(QN, QDT, e4m3, FLP_CU_DT_E4M3)                                         \
+    FLP_PREFILL_KERNELS_QKV(QN, QDT, e5m2, FLP_CU_DT_E5M2)                                         \
+    extern "C" __global__ void __launch_bounds__(FLP_CU_PREFILL_MERGE_THREADS)                     \
+        flp_prefill_merge_##QN(const __grid_constant__ flp_prefill_params p) {                     \
+        flp::prefill_merge_entry<QDT, FLP_WANT_MERGE(QDT)>::run(p);                                \
+    }
+
+FLP_PREFILL_KERNELS_Q(f16, FLP_CU_DT_F16)
+FLP_PREFILL_KERNELS_Q(bf16, FLP_CU_DT_BF16)
+
+/* The append converts at run time (any source and cache dtype): one small kernel for all. */
+extern "C" __global__ void __launch_bounds__(FLP_CU_KV_APPEND_THREADS)
+    flp_kv_append(const __grid_constant__ flp_kv_append_params p) {
+    flp::kv_append_body(p);
+}

@@ -62,6 +62,42 @@ FLP_DEV void cp_async_wait_all() {
     asm volatile("cp.async.wait_all;\n" ::: "memory");
 }
 
+/* ---- tensor cores (sm_80 mma.sync, ldmatrix) ---------------------------------------------- */
+
+/* ldmatrix .x4: lanes 8i..8i+7 give the shared addresses of the 8 rows (16 bytes each) of
+ * matrix i; r[i] of lane l gets elements 2(l%4), 2(l%4)+1 of row l/4 of matrix i. */
+FLP_DEV void ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+/* The same with each matrix transposed: r[i] of lane l gets elements (row 2(l%4), column l/4)
+ * and (row 2(l%4)+1, column l/4) of matrix i. */
+FLP_DEV void ldmatrix_x4_trans(unsigned (&r)[4], unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+/* d = a * b + d, m16n8k16, f32 accumulators (PTX fragment layouts: g = lane / 4, c = lane % 4;
+ * a[0] rows g, columns 2c..2c+1; a[1] row g+8; a[2] row g, columns 2c+8..; a[3] row g+8, columns
+ * 2c+8..; b[0] rows (k) 2c..2c+1, column g; b[1] rows 2c+8..; d[0..1] row g, columns 2c..2c+1;
+ * d[2..3] row g+8). */
+FLP_DEV void mma_f16_16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+                 "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+FLP_DEV void mma_bf16_16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+                 "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
 /* ---- conversions (sm_80 cvt) ---------------------------------------------------------- */
 
 FLP_DEV void f16x2_to_f32(unsigned w, float &lo, float &hi) {

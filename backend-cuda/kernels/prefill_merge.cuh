@@ -1,0 +1,77 @@
+/* Merge of split prefill items (core/prefill_params.h): block w takes merge items w,
+ * w + gridDim.x, ... below the plan's num_merge_items; for every packed row of an item and
+ * every 4 columns it folds the item's chunks in chunk (key) order with the merge operator
+ * (natural-log states; two empty states stay o = 0, s = -inf), so results do not depend on
+ * timing, then writes out (round to nearest even) and lse like an unsplit item. */
+#ifndef FLP_CUDA_PREFILL_MERGE_CUH
+#define FLP_CUDA_PREFILL_MERGE_CUH
+
+#include "backend-cuda/kernels/common.cuh"
+#include "core/prefill_params.h"
+
+namespace flp {
+
+template <int QDT> FLP_DEV void prefill_merge_body(const flp_prefill_params &p) {
+    const flp_prefill_plan_info *info = reinterpret_cast<const flp_prefill_plan_info *>(p.plan);
+    const int *plan_i = reinterpret_cast<const int *>(p.plan);
+    const float *plan_f = reinterpret_cast<const float *>(p.plan);
+    const int *qo_indptr = plan_i + info->off_qo_indptr;
+    const int *merge_items = plan_i + info->off_merge_items;
+    const float *partial_o = plan_f + info->off_partial_o;
+    const float *partial_lse = plan_f + info->off_partial_lse;
+    const int num_items = info->num_merge_items;
+    const int group = info->group_size;
+    const int head_dim = info->head_dim;
+    const int quads = head_dim / 4;
+    float *lse_out = reinterpret_cast<float *>(p.lse); /* null: no lse output */
+
+    for (int item = blockIdx.x; item < num_items; item += gridDim.x) {
+        const int *mi = merge_items + item * FLP_MERGE_ITEM_INTS;
+        const int b = mi[FLP_MITEM_REQUEST];
+        const int kvh = mi[FLP_MITEM_KV_HEAD];
+        const int row_begin = mi[FLP_MITEM_ROW_BEGIN];
+        const int rows = mi[FLP_MITEM_ROW_END] - row_begin;
+        const int first_slot = mi[FLP_MITEM_FIRST_SLOT];
+        const int chunks = mi[FLP_MITEM_CHUNKS];
+        const int q_start = qo_indptr[b];
+        for (int u = threadIdx.x; u < rows * quads; u += blockDim.x) {
+            const int r = u / quads;
+            const int d = (u - r * quads) * 4;
+            float s = neg_inf();
+            float o[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            for (int c = 0; c < chunks; ++c) {
+                const long long prow =
+                    static_cast<long long>(first_slot + c) * FLP_PREFILL_MAX_TILE + r;
+                const float sc = partial_lse[prow];
+                const float *oc = partial_o + prow * head_dim + d;
+                const float mx = fmaxf(s, sc);
+                if (mx == neg_inf())
+                    continue; /* both empty: o stays 0, s stays -inf */
+                const float wa = expf(s - mx);
+                const float wb = expf(sc - mx);
+                const float wsum = wa + wb;
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+                    o[i] = (wa * o[i] + wb * oc[i]) / wsum;
+                s = mx + logf(wsum);
+            }
+            const int pr = row_begin + r;
+            const int qi = pr / group;
+            const int h = kvh * group + (pr - qi * group);
+            const long long row = static_cast<long long>(q_start) + qi;
+            unsigned char *op =
+                reinterpret_cast<unsigned char *>(p.o) +
+                (row * p.o_stride_row + static_cast<long long>(h) * p.o_stride_head + d) * 2;
+            u32x2 packed;
+            packed.x = pack2_16bit<QDT>(o[0], o[1]);
+            packed.y = pack2_16bit<QDT>(o[2], o[3]);
+            *reinterpret_cast<u32x2 *>(op) = packed;
+            if (lse_out && d == 0)
+                lse_out[row * p.lse_stride_row + h] = s;
+        }
+    }
+}
+
+} // namespace flp
+
+#endif /* FLP_CUDA_PREFILL_MERGE_CUH */
