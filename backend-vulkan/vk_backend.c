@@ -41,6 +41,7 @@ const flp_backend_ops flp_vk_ops = {
     .prefill_check = flp_vk_prefill_check,
     .prefill_run = flp_vk_prefill_run,
     .kv_append_run = flp_vk_kv_append_run,
+    .records_for_caller = flp_vk_records_for_caller,
 };
 
 flp_vk *flp_vk_from_context(const flp_context *ctx) {

@@ -255,6 +255,8 @@ flp_status flp_vk_decode_run(flp_context *ctx, const flp_decode_launch *launch);
 int32_t flp_vk_prefill_grid_size(flp_context *ctx, int32_t head_dim);
 flp_status flp_vk_prefill_check(flp_context *ctx, const flp_prefill_launch *launch);
 flp_status flp_vk_prefill_run(flp_context *ctx, const flp_prefill_launch *launch);
+/* Whether runs go to a caller's command buffer (flp_vulkan_set_command_buffer). */
+bool flp_vk_records_for_caller(const flp_context *ctx);
 
 /* vk_kv_append.c */
 flp_status flp_vk_kv_append_init(flp_vk *vk);

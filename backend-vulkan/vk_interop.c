@@ -28,6 +28,11 @@ flp_status flp_vulkan_set_command_buffer(flp_context *ctx, VkCommandBuffer cmd) 
     return FLP_OK;
 }
 
+bool flp_vk_records_for_caller(const flp_context *ctx) {
+    const flp_vk *vk = ctx->backend;
+    return vk && vk->user_cmd != VK_NULL_HANDLE;
+}
+
 flp_status flp_vulkan_buffer_wrap(flp_context *ctx, VkBuffer buffer, size_t size,
                                   flp_buffer **out) {
     if (out)

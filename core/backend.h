@@ -39,6 +39,9 @@ typedef struct flp_backend_ops {
     /* Queues the KV append (arguments already validated by the core; dtypes may still be
      * refused with FLP_ERROR_UNSUPPORTED). */
     flp_status (*kv_append_run)(flp_context *ctx, const flp_kv_append_params *params);
+    /* Whether runs are recorded into a caller's command buffer that the caller submits later
+     * (then work queued now has not run when synchronize returns). NULL = never. */
+    bool (*records_for_caller)(const flp_context *ctx);
 } flp_backend_ops;
 
 /* Each opens a device of its backend and sets ctx->ops, ctx->backend and ctx->info.

@@ -156,6 +156,11 @@ flp_status flp_prefill_run(flp_context *ctx, const flp_plan *plan,
 /* Plans and runs one ragged request on a temporary plan, then waits and frees it. */
 static flp_status single_prefill(flp_context *ctx, const flp_single_prefill_args *a) {
     static const char *fn = "flp_single_prefill";
+    if (ctx->ops->records_for_caller && ctx->ops->records_for_caller(ctx))
+        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
+                        "%s: the context records into a caller's command buffer, which would "
+                        "run after the temporary plan is freed: use flp_prefill_plan/run",
+                        fn);
     if (a->q.ndim != 3 || a->k.ndim != 3)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
                         "%s: q and k must be 3-D [len, heads, head_dim] (q.ndim = %d, k.ndim = %d)",

@@ -1055,6 +1055,10 @@ static void run_replans(replans_config config) {
             VkCommandBufferBeginInfo bi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO};
             assert_int_equal(vkBeginCommandBuffer(cmd, &bi), VK_SUCCESS);
             assert_ok(ctx, flp_vulkan_set_command_buffer(ctx, cmd));
+            /* The one-shot call frees its plan on return: refused while recording. */
+            flp_single_prefill_args one = {0};
+            assert_int_equal(flp_single_prefill(ctx, &one), FLP_ERROR_UNSUPPORTED);
+            assert_non_null(strstr(flp_context_last_error(ctx), "caller's command buffer"));
             decode_into(ctx, plan, p, recorded_batch, p->out_cmd, p->lse_cmd);
             assert_ok(ctx, flp_vulkan_set_command_buffer(ctx, VK_NULL_HANDLE));
             assert_int_equal(vkEndCommandBuffer(cmd), VK_SUCCESS);
