@@ -8,7 +8,7 @@
 #include "core/backend.h"
 
 #define FAKE_DECODE_GRID 6
-#define FAKE_PREFILL_GRID 5
+#define FAKE_PREFILL_GRID 48
 
 /* Launches queued so far (decode, prefill and append together) and the last of each kind. */
 extern int fake_runs_queued;
