@@ -198,19 +198,7 @@ static void fill_plan_info(flp_plan *plan, const flp_decode_plan_args *a, int32_
     p->head_dim = plan->desc.head_dim;
     p->page_size = a->page_size;
     p->num_ctas = plan->num_ctas;
-    p->flags = (v->mask == FLP_MASK_CAUSAL ? FLP_DECODE_FLAG_CAUSAL : 0u) |
-               (v->use_window ? FLP_DECODE_FLAG_WINDOW : 0u) |
-               (v->logits_soft_cap > 0.0f ? FLP_DECODE_FLAG_SOFTCAP : 0u) |
-               (v->pos_encoding == FLP_POS_ALIBI ? FLP_DECODE_FLAG_ALIBI : 0u) |
-               (v->pos_encoding == FLP_POS_ROPE_LLAMA ? FLP_DECODE_FLAG_ROPE : 0u);
-    p->window_left = v->use_window ? v->window_left : -1;
-    p->q_dtype = (int32_t)v->q_dtype;
-    p->kv_dtype = (int32_t)v->kv_dtype;
-    p->sm_scale = v->sm_scale;
-    p->soft_cap = v->logits_soft_cap;
-    bool fp8 = v->kv_dtype == FLP_DTYPE_E4M3 || v->kv_dtype == FLP_DTYPE_E5M2;
-    p->k_scale = fp8 ? v->k_scale : 1.0f;
-    p->v_scale = fp8 ? v->v_scale : 1.0f;
+    FLP_SET_KERNEL_VARIANT(p, v);
 }
 
 flp_status flp_decode_plan(flp_context *ctx, flp_plan *plan, const flp_decode_plan_args *args) {
@@ -295,7 +283,6 @@ flp_status flp_decode_run(flp_context *ctx, const flp_plan *plan, const flp_deco
     if (status != FLP_OK)
         return status;
 
-    bool nhd = plan->decode.kv_layout == FLP_KV_LAYOUT_NHD;
     flp_decode_launch launch;
     memset(&launch, 0, sizeof launch);
     flp_decode_params *p = &launch.params;
@@ -308,12 +295,11 @@ flp_status flp_decode_run(flp_context *ctx, const flp_plan *plan, const flp_deco
     p->q_stride_head = args->q.stride[1];
     p->o_stride_row = args->out.stride[0];
     p->o_stride_head = args->out.stride[1];
-    p->k_stride_page = args->k_cache.stride[0];
-    p->k_stride_slot = args->k_cache.stride[nhd ? 1 : 2];
-    p->k_stride_head = args->k_cache.stride[nhd ? 2 : 1];
-    p->v_stride_page = args->v_cache.stride[0];
-    p->v_stride_slot = args->v_cache.stride[nhd ? 1 : 2];
-    p->v_stride_head = args->v_cache.stride[nhd ? 2 : 1];
+    flp_kv_layout layout = plan->decode.kv_layout;
+    flp_paged_strides(&args->k_cache, layout, &p->k_stride_page, &p->k_stride_slot,
+                      &p->k_stride_head);
+    flp_paged_strides(&args->v_cache, layout, &p->v_stride_page, &p->v_stride_slot,
+                      &p->v_stride_head);
     if (args->lse) {
         p->lse = flp_tensor_address(args->lse);
         p->lse_stride_row = args->lse->stride[0];

@@ -113,12 +113,10 @@ static void fill_params(const flp_kv_append_args *a, flp_kv_append_params *p) {
     p->k_stride_head = a->k.stride[1];
     p->v_stride_row = a->v.stride[0];
     p->v_stride_head = a->v.stride[1];
-    p->kc_stride_page = a->k_cache.stride[0];
-    p->kc_stride_slot = a->k_cache.stride[nhd ? 1 : 2];
-    p->kc_stride_head = a->k_cache.stride[nhd ? 2 : 1];
-    p->vc_stride_page = a->v_cache.stride[0];
-    p->vc_stride_slot = a->v_cache.stride[nhd ? 1 : 2];
-    p->vc_stride_head = a->v_cache.stride[nhd ? 2 : 1];
+    flp_paged_strides(&a->k_cache, a->kv_layout, &p->kc_stride_page, &p->kc_stride_slot,
+                      &p->kc_stride_head);
+    flp_paged_strides(&a->v_cache, a->kv_layout, &p->vc_stride_page, &p->vc_stride_slot,
+                      &p->vc_stride_head);
     p->batch_indices_stride = a->batch_indices.stride[0];
     p->positions_stride = a->positions.stride[0];
     p->nnz = (int32_t)a->k.shape[0];

@@ -256,21 +256,9 @@ static void fill_info(flp_plan *plan, const flp_prefill_plan_args *a, const flp_
     p->num_ctas = plan->prefill_ctas;
     p->num_merge_items = sched->num_merge_items;
     p->q_tile = sched->q_tile;
-    p->flags = (v->mask == FLP_MASK_CAUSAL ? FLP_DECODE_FLAG_CAUSAL : 0u) |
-               (v->use_window ? FLP_DECODE_FLAG_WINDOW : 0u) |
-               (v->logits_soft_cap > 0.0f ? FLP_DECODE_FLAG_SOFTCAP : 0u) |
-               (v->pos_encoding == FLP_POS_ALIBI ? FLP_DECODE_FLAG_ALIBI : 0u) |
-               (v->pos_encoding == FLP_POS_ROPE_LLAMA ? FLP_DECODE_FLAG_ROPE : 0u) |
-               (v->mask == FLP_MASK_CUSTOM ? FLP_PREFILL_FLAG_CUSTOM_MASK : 0u) |
-               (a->kv_storage == FLP_KV_PAGED ? FLP_PREFILL_FLAG_PAGED : 0u);
-    p->window_left = v->use_window ? v->window_left : -1;
-    p->q_dtype = (int32_t)v->q_dtype;
-    p->kv_dtype = (int32_t)v->kv_dtype;
-    p->sm_scale = v->sm_scale;
-    p->soft_cap = v->logits_soft_cap;
-    bool fp8 = v->kv_dtype == FLP_DTYPE_E4M3 || v->kv_dtype == FLP_DTYPE_E5M2;
-    p->k_scale = fp8 ? v->k_scale : 1.0f;
-    p->v_scale = fp8 ? v->v_scale : 1.0f;
+    FLP_SET_KERNEL_VARIANT(p, v);
+    if (a->kv_storage == FLP_KV_PAGED)
+        p->flags |= FLP_PREFILL_FLAG_PAGED;
 }
 
 static flp_status plan_batch(flp_context *ctx, flp_plan *plan, const flp_prefill_plan_args *a,

@@ -103,13 +103,10 @@ static void fill_launch(const flp_plan *plan, const flp_prefill_run_args *a,
     p->o_stride_row = a->out.stride[0];
     p->o_stride_head = a->out.stride[1];
     if (st->kv_storage == FLP_KV_PAGED) {
-        bool nhd = st->kv_layout == FLP_KV_LAYOUT_NHD;
-        p->k_stride_page = a->k.stride[0];
-        p->k_stride_slot = a->k.stride[nhd ? 1 : 2];
-        p->k_stride_head = a->k.stride[nhd ? 2 : 1];
-        p->v_stride_page = a->v.stride[0];
-        p->v_stride_slot = a->v.stride[nhd ? 1 : 2];
-        p->v_stride_head = a->v.stride[nhd ? 2 : 1];
+        flp_paged_strides(&a->k, st->kv_layout, &p->k_stride_page, &p->k_stride_slot,
+                          &p->k_stride_head);
+        flp_paged_strides(&a->v, st->kv_layout, &p->v_stride_page, &p->v_stride_slot,
+                          &p->v_stride_head);
     } else {
         p->k_stride_slot = a->k.stride[0];
         p->k_stride_head = a->k.stride[1];

@@ -100,3 +100,11 @@ flp_status flp_tensor_check(flp_context *ctx, const char *fn, const flp_tensor *
     }
     return FLP_OK;
 }
+
+void flp_paged_strides(const flp_tensor *cache, flp_kv_layout layout, int64_t *page, int64_t *slot,
+                       int64_t *head) {
+    bool nhd = layout == FLP_KV_LAYOUT_NHD;
+    *page = cache->stride[0];
+    *slot = cache->stride[nhd ? 1 : 2];
+    *head = cache->stride[nhd ? 2 : 1];
+}

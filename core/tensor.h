@@ -22,4 +22,9 @@ flp_status flp_tensor_check(flp_context *ctx, const char *fn, const flp_tensor *
 /* Device address of element 0. */
 uint64_t flp_tensor_address(const flp_tensor *t);
 
+/* Page, slot and head strides (elements) of a 4-D paged cache view: NHD [pages, page_size,
+ * heads, D] or HND [pages, heads, page_size, D]. */
+void flp_paged_strides(const flp_tensor *cache, flp_kv_layout layout, int64_t *page, int64_t *slot,
+                       int64_t *head);
+
 #endif /* FLP_CORE_TENSOR_H */

@@ -1,5 +1,6 @@
 /* Variant validation, defaults, and the standard ALiBi slopes. */
 #include "core/variant.h"
+#include "core/prefill_params.h"
 #include "core/reference.h"
 
 #include <math.h>
@@ -129,4 +130,13 @@ flp_status flp_alibi_standard_slopes(int32_t num_heads, float *slopes) {
         slopes[k] = (float)exact[k];
     free(exact);
     return FLP_OK;
+}
+
+uint32_t flp_variant_kernel_flags(const flp_variant *v) {
+    return (v->mask == FLP_MASK_CAUSAL ? FLP_DECODE_FLAG_CAUSAL : 0u) |
+           (v->use_window ? FLP_DECODE_FLAG_WINDOW : 0u) |
+           (v->logits_soft_cap > 0.0f ? FLP_DECODE_FLAG_SOFTCAP : 0u) |
+           (v->pos_encoding == FLP_POS_ALIBI ? FLP_DECODE_FLAG_ALIBI : 0u) |
+           (v->pos_encoding == FLP_POS_ROPE_LLAMA ? FLP_DECODE_FLAG_ROPE : 0u) |
+           (v->mask == FLP_MASK_CUSTOM ? FLP_PREFILL_FLAG_CUSTOM_MASK : 0u);
 }

@@ -8,4 +8,24 @@
  * scale, fp8 scales). Call after flp_variant_validate succeeded. */
 flp_variant flp_variant_resolved(const flp_variant *v);
 
+/* Writes what the kernels read of a resolved variant into a plan info struct (decode or
+ * prefill: both have these fields): the flags (FLP_DECODE_FLAG_* and, for custom masks,
+ * FLP_PREFILL_FLAG_CUSTOM_MASK), window_left (-1 = off), dtypes, scales (fp8 scales 1 for
+ * 16-bit KV). A macro because the two info structs are distinct types with the same fields. */
+#define FLP_SET_KERNEL_VARIANT(info, v)                                                            \
+    do {                                                                                           \
+        bool fp8_ = (v)->kv_dtype == FLP_DTYPE_E4M3 || (v)->kv_dtype == FLP_DTYPE_E5M2;            \
+        (info)->flags = flp_variant_kernel_flags(v);                                               \
+        (info)->window_left = (v)->use_window ? (v)->window_left : -1;                             \
+        (info)->q_dtype = (int32_t)(v)->q_dtype;                                                   \
+        (info)->kv_dtype = (int32_t)(v)->kv_dtype;                                                 \
+        (info)->sm_scale = (v)->sm_scale;                                                          \
+        (info)->soft_cap = (v)->logits_soft_cap;                                                   \
+        (info)->k_scale = fp8_ ? (v)->k_scale : 1.0f;                                              \
+        (info)->v_scale = fp8_ ? (v)->v_scale : 1.0f;                                              \
+    } while (0)
+
+/* The kernel flags of a resolved variant (see FLP_SET_KERNEL_VARIANT). */
+uint32_t flp_variant_kernel_flags(const flp_variant *v);
+
 #endif /* FLP_CORE_VARIANT_H */
