@@ -9,6 +9,7 @@
 #define FLP_TESTS_DECODE_CASES_H
 
 #include "flashport/flashport.h"
+#include "tests/case_kinds.h"
 
 #define DECODE_CASE_MAX_LIST 8
 
@@ -18,19 +19,6 @@ typedef enum kv_len_gen {
     KV_RAGGED,   /* uniform in [gen_min, gen_max] */
     KV_SKEWED,   /* request batch/2 gets gen_max keys, the others 1..gen_min */
 } kv_len_gen;
-
-typedef enum alibi_kind {
-    ALIBI_OFF = 0,
-    ALIBI_STANDARD, /* alibi_slopes = NULL: the library's standard slopes */
-    ALIBI_CALLER,   /* random caller slopes in [0.01, 1] */
-} alibi_kind;
-
-typedef enum rope_kind {
-    ROPE_OFF = 0,
-    ROPE_DEFAULT, /* theta and scale left 0 = 10000 and 1 */
-    ROPE_SCALED,  /* theta 10000, scale 4 */
-    ROPE_LLAMA31, /* theta 500000, Llama 3.1 scaling: factor 8, low 1, high 4, original 8192 */
-} rope_kind;
 
 /* Layout options (bit flags). */
 #define CASE_INTERLEAVED_KV 1u /* K and V pages in one buffer: [pages, 2, <page>] */

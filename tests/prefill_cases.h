@@ -12,6 +12,7 @@
 #define FLP_TESTS_PREFILL_CASES_H
 
 #include "flashport/flashport.h"
+#include "tests/case_kinds.h"
 
 #define PREFILL_CASE_MAX_LIST 8
 
@@ -22,19 +23,6 @@ typedef enum len_gen {
     LEN_SKEWED,   /* request batch/2 gets qo_max and qo_max + extra_max keys; the others qo in
                      [1, qo_min] and kv = qo + uniform [0, 20] */
 } len_gen;
-
-typedef enum alibi_kind {
-    ALIBI_OFF = 0,
-    ALIBI_STANDARD, /* alibi_slopes = NULL: the library's standard slopes */
-    ALIBI_CALLER,   /* random caller slopes in [0.01, 1] */
-} alibi_kind;
-
-typedef enum rope_kind {
-    ROPE_OFF = 0,
-    ROPE_DEFAULT, /* theta and scale left 0 = 10000 and 1 */
-    ROPE_SCALED,  /* theta 10000, scale 4 */
-    ROPE_LLAMA31, /* theta 500000, Llama 3.1 scaling: factor 8, low 1, high 4, original 8192 */
-} rope_kind;
 
 /* Layout options (bit flags). */
 #define CASE_PADDED_QO 1u      /* q/out/lse with padded row and head strides at odd offsets */

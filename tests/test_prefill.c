@@ -49,64 +49,13 @@
 #include "tests/prefill_cases.h"
 #include "tests/test_util.h"
 
-#define POISON16 0xFFFFu     /* f16 / bf16 NaN */
-#define POISON32 0xFFFFFFFFu /* f32 NaN */
-#define POISON8 0xFFu        /* e4m3 / e5m2 NaN: KV padding */
+#define POISON8 0xFFu /* e4m3 / e5m2 NaN: KV padding */
 
 static flp_context *g_ctx;
 
-#define assert_ok(call)                                                                            \
-    do {                                                                                           \
-        const flp_status st_ = (call);                                                             \
-        if (st_ != FLP_OK)                                                                         \
-            fail_msg("%s -> %s: %s", #call, flp_status_string(st_),                                \
-                     flp_context_last_error(g_ctx));                                               \
-    } while (0)
-
+#define assert_ok(call) test_assert_ok(g_ctx, call)
 #define expect_status(got, want, call, words) test_expect_status(g_ctx, got, want, call, words)
 #define WORDS TEST_WORDS
-
-static void *xcalloc(size_t n, size_t size) {
-    void *p = calloc(n ? n : 1, size ? size : 1);
-    assert_non_null(p);
-    return p;
-}
-
-static bool is_fp8(flp_dtype dt) {
-    return dt == FLP_DTYPE_E4M3 || dt == FLP_DTYPE_E5M2;
-}
-
-static double out_tolerance(flp_dtype q_dtype) {
-    return q_dtype == FLP_DTYPE_BF16 ? 1.6e-2 : 2e-3;
-}
-
-static double lse_tolerance(flp_dtype q_dtype) {
-    return q_dtype == FLP_DTYPE_BF16 ? 1e-2 : 1e-3;
-}
-
-static double half_to_double(flp_dtype dt, uint16_t bits) {
-    return dt == FLP_DTYPE_BF16 ? (double)flp_bf16_to_f32(bits) : (double)flp_f16_to_f32(bits);
-}
-
-static flp_buffer *new_buffer(size_t bytes) {
-    flp_buffer *buf = NULL;
-    flp_buffer_desc bd = {.size = bytes ? bytes : 16};
-    assert_ok(flp_buffer_create(g_ctx, &bd, &buf));
-    return buf;
-}
-
-static void fill_bytes(flp_buffer *buf, size_t bytes, uint8_t value) {
-    uint8_t *staging = xcalloc(bytes, 1);
-    memset(staging, value, bytes);
-    assert_ok(flp_buffer_write(g_ctx, buf, 0, staging, bytes));
-    free(staging);
-}
-
-static void *read_all(const flp_buffer *buf, size_t bytes) {
-    void *host = xcalloc(bytes, 1);
-    assert_ok(flp_buffer_read(g_ctx, buf, 0, host, bytes));
-    return host;
-}
 
 /* ---- KV tensor geometry ---------------------------------------------------------------------- *
  * A KV tensor is `units` units (pages, or rows of a ragged KV) of [a, b, D] vectors (paged NHD:
@@ -182,7 +131,7 @@ static flp_tensor kv_tensor(const kv_geometry *g, flp_buffer *buf, size_t offset
  * dense values k (and v, interleaved) converted to the dtype. */
 static uint8_t *kv_image(const kv_geometry *g, const float *k, const float *v) {
     const size_t es = flp_dtype_size(g->dtype);
-    uint8_t *img = xcalloc(g->buffer_bytes, 1);
+    uint8_t *img = test_xcalloc(g->buffer_bytes, 1);
     memset(img, POISON8, g->buffer_bytes);
     for (int64_t u = 0; u < g->units; ++u)
         for (int64_t i = 0; i < g->a; ++i)
@@ -293,36 +242,15 @@ static void problem_from_case(problem *p, const prefill_case *c, test_rng *rng) 
     v->sm_scale = c->sm_scale;
     v->k_scale = c->k_scale;
     v->v_scale = c->v_scale;
-    p->k_scale = is_fp8(p->kv_dtype) && c->k_scale > 0.0f ? c->k_scale : 1.0f;
-    p->v_scale = is_fp8(p->kv_dtype) && c->v_scale > 0.0f ? c->v_scale : 1.0f;
-    if (c->alibi != ALIBI_OFF) {
-        v->pos_encoding = FLP_POS_ALIBI;
-        if (c->alibi == ALIBI_CALLER) {
-            p->alibi_slopes = xcalloc((size_t)p->hq, sizeof(float));
-            for (int32_t h = 0; h < p->hq; ++h)
-                p->alibi_slopes[h] = (float)test_rng_uniform(rng, 0.01, 1.0);
-        }
-    }
-    if (c->rope != ROPE_OFF) {
-        v->pos_encoding = FLP_POS_ROPE_LLAMA;
-        if (c->rope == ROPE_SCALED) {
-            v->rope.theta = 10000.0f;
-            v->rope.scale = 4.0f;
-        } else if (c->rope == ROPE_LLAMA31) {
-            v->rope.theta = 500000.0f;
-            v->rope.llama31 = true;
-            v->rope.llama31_factor = 8.0f;
-            v->rope.llama31_low_freq_factor = 1.0f;
-            v->rope.llama31_high_freq_factor = 4.0f;
-            v->rope.llama31_original_max_position = 8192;
-        }
-    }
+    p->k_scale = test_is_fp8(p->kv_dtype) && c->k_scale > 0.0f ? c->k_scale : 1.0f;
+    p->v_scale = test_is_fp8(p->kv_dtype) && c->v_scale > 0.0f ? c->v_scale : 1.0f;
+    test_variant_set_pos_encoding(v, c->alibi, c->rope, p->hq, rng, &p->alibi_slopes);
 }
 
 /* Random packed bits for every request (about 70% kept; with mask_empty_rows every third row of
  * a request keeps nothing), each request at a byte offset with a small gap after the previous. */
 static void problem_make_mask(problem *p, test_rng *rng) {
-    p->mask_indptr = xcalloc((size_t)p->batch, sizeof(int32_t));
+    p->mask_indptr = test_xcalloc((size_t)p->batch, sizeof(int32_t));
     int64_t cursor = test_rng_int(rng, 0, 3), end = 0;
     for (int32_t b = 0; b < p->batch; ++b) {
         p->mask_indptr[b] = (int32_t)cursor;
@@ -333,7 +261,7 @@ static void problem_make_mask(problem *p, test_rng *rng) {
         cursor += test_rng_int(rng, 0, 2);
     }
     p->mask_bytes = (int32_t)end;
-    p->mask = xcalloc((size_t)cursor + 1, 1);
+    p->mask = test_xcalloc((size_t)cursor + 1, 1);
     for (size_t i = 0; i < (size_t)cursor + 1; ++i) /* gaps get random bits: must not be read */
         p->mask[i] = (uint8_t)test_rng_next(rng);
     for (int32_t b = 0; b < p->batch; ++b)
@@ -356,11 +284,11 @@ static void problem_set_batch(problem *p, test_rng *rng, int32_t batch, const in
                               const int32_t *kv_len, int32_t extra_units, bool sequential) {
     problem_free_batch(p);
     p->batch = batch;
-    p->qo_len = xcalloc((size_t)batch, sizeof(int32_t));
-    p->kv_len = xcalloc((size_t)batch, sizeof(int32_t));
-    p->qo_indptr = xcalloc((size_t)batch + 1, sizeof(int32_t));
-    p->kv_indptr = xcalloc((size_t)batch + 1, sizeof(int32_t));
-    p->kv_last_page_len = xcalloc((size_t)batch, sizeof(int32_t));
+    p->qo_len = test_xcalloc((size_t)batch, sizeof(int32_t));
+    p->kv_len = test_xcalloc((size_t)batch, sizeof(int32_t));
+    p->qo_indptr = test_xcalloc((size_t)batch + 1, sizeof(int32_t));
+    p->kv_indptr = test_xcalloc((size_t)batch + 1, sizeof(int32_t));
+    p->kv_last_page_len = test_xcalloc((size_t)batch, sizeof(int32_t));
     for (int32_t b = 0; b < batch; ++b) {
         assert_true(qo_len[b] >= 0 && qo_len[b] <= kv_len[b]);
         p->qo_len[b] = qo_len[b];
@@ -379,35 +307,22 @@ static void problem_set_batch(problem *p, test_rng *rng, int32_t batch, const in
     if (!p->k_raw) {
         p->units = needed + extra_units;
         const size_t n = (size_t)p->units * unit_elems(p);
-        p->k_raw = xcalloc(n, sizeof(float));
-        p->v_raw = xcalloc(n, sizeof(float));
+        p->k_raw = test_xcalloc(n, sizeof(float));
+        p->v_raw = test_xcalloc(n, sizeof(float));
         test_fill_stored(rng, p->kv_dtype, p->k_scale, p->k_raw, n);
         test_fill_stored(rng, p->kv_dtype, p->v_scale, p->v_raw, n);
     }
     assert_true(needed <= p->units);
     if (!p->ragged) {
-        int32_t *perm = xcalloc((size_t)p->units, sizeof(int32_t));
-        for (int32_t i = 0; i < (int32_t)p->units; ++i)
-            perm[i] = i;
-        for (int32_t i = (int32_t)p->units - 1; i > 0 && !sequential; --i) {
-            const int32_t j = test_rng_int(rng, 0, i), t = perm[i];
-            perm[i] = perm[j];
-            perm[j] = t;
-        }
-        p->kv_indices = xcalloc((size_t)needed, sizeof(int32_t));
+        int32_t *perm = test_permutation(rng, (int32_t)p->units, !sequential);
+        p->kv_indices = test_xcalloc((size_t)needed, sizeof(int32_t));
         memcpy(p->kv_indices, perm, sizeof(int32_t) * (size_t)needed);
         free(perm);
     }
-    if (p->rope_offsets) {
-        p->q_rope_offset = xcalloc((size_t)batch, sizeof(int32_t));
-        p->k_rope_offset = xcalloc((size_t)batch, sizeof(int32_t));
-        for (int32_t b = 0; b < batch; ++b) {
-            p->q_rope_offset[b] = test_rng_int(rng, 0, 300);
-            p->k_rope_offset[b] = test_rng_int(rng, 0, 300);
-        }
-    }
+    if (p->rope_offsets)
+        test_rope_offsets(rng, batch, &p->q_rope_offset, &p->k_rope_offset);
     const size_t nq = (size_t)p->rows * (size_t)p->hq * (size_t)p->d;
-    p->q = xcalloc(nq, sizeof(float));
+    p->q = test_xcalloc(nq, sizeof(float));
     test_fill_stored(rng, p->q_dtype, 1.0f, p->q, nq);
     if (p->variant.mask == FLP_MASK_CUSTOM)
         problem_make_mask(p, rng);
@@ -447,8 +362,8 @@ static void case_lengths(const prefill_case *c, test_rng *rng, int32_t *qo, int3
 
 static void problem_for_case(problem *p, const prefill_case *c, test_rng *rng) {
     problem_from_case(p, c, rng);
-    int32_t *qo = xcalloc((size_t)c->batch, sizeof(int32_t));
-    int32_t *kv = xcalloc((size_t)c->batch, sizeof(int32_t));
+    int32_t *qo = test_xcalloc((size_t)c->batch, sizeof(int32_t));
+    int32_t *kv = test_xcalloc((size_t)c->batch, sizeof(int32_t));
     case_lengths(c, rng, qo, kv);
     problem_set_batch(p, rng, c->batch, qo, kv, test_rng_int(rng, 2, 9), c->sequential_pages);
     free(qo);
@@ -478,71 +393,45 @@ static flp_prefill_plan_args plan_args(const problem *p) {
 
 /* Dequantised pool as doubles in ragged token order: k/v [tokens, hkv, d]; tok_indptr [batch+1]. */
 static double *gather_keys(const problem *p, const float *raw, float scale, int32_t *tok_indptr) {
-    const size_t n = (size_t)p->units * unit_elems(p);
-    float *deq = xcalloc(n, sizeof(float));
+    if (!p->ragged)
+        return test_gather_paged_kv(p->batch, p->hkv, p->d, p->page_size, p->layout,
+                                    (int32_t)p->units, raw, scale, p->kv_indptr, p->kv_indices,
+                                    p->kv_last_page_len, p->kv_len, tok_indptr);
+    const size_t n = (size_t)p->kv_indptr[p->batch] * (size_t)p->hkv * (size_t)p->d;
+    double *out = test_xcalloc(n, sizeof(double));
+    memcpy(tok_indptr, p->kv_indptr, sizeof(int32_t) * ((size_t)p->batch + 1));
     for (size_t i = 0; i < n; ++i)
-        deq[i] = raw[i] * scale; /* the f32 product the kernels compute */
-    int64_t tokens = 0;
-    for (int32_t b = 0; b < p->batch; ++b)
-        tokens += p->kv_len[b];
-    const size_t row = (size_t)p->hkv * (size_t)p->d;
-    double *out = xcalloc((size_t)tokens * row, sizeof(double));
-    if (p->ragged) {
-        memcpy(tok_indptr, p->kv_indptr, sizeof(int32_t) * ((size_t)p->batch + 1));
-        for (size_t i = 0; i < (size_t)tokens * row; ++i)
-            out[i] = deq[i];
-    } else {
-        const int32_t none = 0;
-        assert_int_equal(flp_ref_gather_paged(p->batch, p->hkv, p->d, p->page_size, p->layout,
-                                              (int32_t)p->units, deq, p->kv_indptr,
-                                              p->kv_indptr[p->batch] ? p->kv_indices : &none,
-                                              p->kv_last_page_len, tok_indptr, out),
-                         FLP_OK);
-        for (int32_t b = 0; b < p->batch; ++b)
-            assert_int_equal(tok_indptr[b + 1] - tok_indptr[b], p->kv_len[b]);
-    }
-    free(deq);
+        out[i] = raw[i] * scale; /* the f32 product the kernels compute */
     return out;
 }
 
 /* The float64 reference: out [rows, hq, d], lse [rows, hq]. */
 static void problem_reference(const problem *p, double *out, double *lse) {
-    int32_t *tok_indptr = xcalloc((size_t)p->batch + 1, sizeof(int32_t));
+    int32_t *tok_indptr = test_xcalloc((size_t)p->batch + 1, sizeof(int32_t));
     double *k = gather_keys(p, p->k_raw, p->k_scale, tok_indptr);
     double *v = gather_keys(p, p->v_raw, p->v_scale, tok_indptr);
-    double *q = test_f32_to_f64(p->q, (size_t)p->rows * (size_t)p->hq * (size_t)p->d);
-    double *slopes = p->alibi_slopes ? test_f32_to_f64(p->alibi_slopes, (size_t)p->hq) : NULL;
     flp_ref_attention a;
     test_ref_attention_init(&a, &p->variant, p->batch, p->hq, p->hkv);
     a.qo_indptr = p->qo_indptr;
     a.kv_indptr = tok_indptr;
-    a.q = q;
     a.k = k;
     a.v = v;
     a.custom_mask = p->mask;
     a.mask_indptr = p->mask_indptr;
     a.q_rope_offset = p->q_rope_offset;
     a.k_rope_offset = p->k_rope_offset;
-    a.alibi_slopes = slopes;
-    assert_int_equal(flp_ref_attention_run(&a, out, lse), FLP_OK);
+    test_ref_attention_run(&a, p->q, p->alibi_slopes, out, lse);
     free(tok_indptr);
     free(k);
     free(v);
-    free(q);
-    free(slopes);
 }
 
 /* ---- device side ----------------------------------------------------------------------------- */
 
 /* q/out [rows, hq, d] and lse [rows, hq]: dense, or padded row / head strides (multiples of 16
  * bytes) at offsets that are 16-byte but not 256-byte aligned. */
-typedef struct qo_layout {
-    int64_t row_stride, head_stride, lse_row_stride; /* elements */
-    size_t q_offset, out_offset, lse_offset;         /* bytes */
-} qo_layout;
-
-static qo_layout get_qo_layout(const problem *p) {
-    qo_layout l;
+static test_qo_layout get_qo_layout(const problem *p) {
+    test_qo_layout l;
     memset(&l, 0, sizeof l);
     const int64_t pad = p->padded_qo ? 16 / (int64_t)flp_dtype_size(p->q_dtype) : 0;
     l.head_stride = p->d + pad;
@@ -557,63 +446,22 @@ static qo_layout get_qo_layout(const problem *p) {
 }
 
 typedef struct dev_problem {
-    flp_buffer *q_buf, *out_buf, *lse_buf, *k_buf, *v_buf, *mask_buf; /* v_buf NULL: interleaved */
-    size_t q_bytes, out_bytes, lse_bytes, mask_buf_bytes;
-    int32_t rows_capacity;
+    test_qo qo;                           /* q, out, lse */
+    flp_buffer *k_buf, *v_buf, *mask_buf; /* v_buf NULL: interleaved */
+    size_t mask_buf_bytes;
     kv_geometry kv;
-    flp_tensor q, out, lse, k, v, mask;
+    flp_tensor k, v, mask;
 } dev_problem;
-
-static flp_tensor qo_tensor(flp_buffer *buf, size_t offset, const problem *p, const qo_layout *l) {
-    flp_tensor t;
-    memset(&t, 0, sizeof t);
-    t.buf = buf;
-    t.offset = offset;
-    t.dtype = p->q_dtype;
-    t.ndim = 3;
-    t.shape[0] = p->rows;
-    t.shape[1] = p->hq;
-    t.shape[2] = p->d;
-    t.stride[0] = l->row_stride;
-    t.stride[1] = l->head_stride;
-    t.stride[2] = 1;
-    return t;
-}
 
 /* Uploads q (buffer padding poisoned: reading it would show) and the custom mask; sets views. */
 static void dev_write_batch(const problem *p, dev_problem *dv) {
-    const qo_layout l = get_qo_layout(p);
-    assert_true(p->rows <= dv->rows_capacity);
-    uint16_t *staging = xcalloc(dv->q_bytes / 2, sizeof(uint16_t));
-    for (size_t i = 0; i < dv->q_bytes / 2; ++i)
-        staging[i] = POISON16;
-    for (int32_t r = 0; r < p->rows; ++r)
-        for (int32_t h = 0; h < p->hq; ++h) {
-            const size_t at =
-                l.q_offset / 2 + (size_t)(r * l.row_stride) + (size_t)(h * l.head_stride);
-            assert_int_equal(flp_convert_from_f32(p->q_dtype, p->q + ((size_t)r * p->hq + h) * p->d,
-                                                  staging + at, (size_t)p->d),
-                             FLP_OK);
-        }
-    assert_ok(flp_buffer_write(g_ctx, dv->q_buf, 0, staging, dv->q_bytes));
-    free(staging);
-    dv->q = qo_tensor(dv->q_buf, l.q_offset, p, &l);
-    dv->out = qo_tensor(dv->out_buf, l.out_offset, p, &l);
-    memset(&dv->lse, 0, sizeof dv->lse);
-    dv->lse.buf = dv->lse_buf;
-    dv->lse.offset = l.lse_offset;
-    dv->lse.dtype = FLP_DTYPE_F32;
-    dv->lse.ndim = 2;
-    dv->lse.shape[0] = p->rows;
-    dv->lse.shape[1] = p->hq;
-    dv->lse.stride[0] = l.lse_row_stride;
-    dv->lse.stride[1] = 1;
+    test_qo_write(&dv->qo, p->q, p->rows);
     memset(&dv->mask, 0, sizeof dv->mask);
     if (p->mask) {
         flp_buffer_destroy(dv->mask_buf);
         dv->mask_buf_bytes = (size_t)p->mask_bytes + 16;
-        dv->mask_buf = new_buffer(dv->mask_buf_bytes);
-        uint8_t *bytes = xcalloc(dv->mask_buf_bytes, 1);
+        dv->mask_buf = test_buffer_new(g_ctx, dv->mask_buf_bytes);
+        uint8_t *bytes = test_xcalloc(dv->mask_buf_bytes, 1);
         memset(bytes, 0xFF, dv->mask_buf_bytes); /* bits past the end: all set */
         memcpy(bytes, p->mask, (size_t)p->mask_bytes);
         assert_ok(flp_buffer_write(g_ctx, dv->mask_buf, 0, bytes, dv->mask_buf_bytes));
@@ -641,20 +489,11 @@ static void dev_write_kv(const problem *p, dev_problem *dv) {
 
 static void dev_create(const problem *p, int32_t rows_capacity, dev_problem *dv) {
     memset(dv, 0, sizeof *dv);
-    const qo_layout l = get_qo_layout(p);
-    const size_t es = flp_dtype_size(p->q_dtype);
-    dv->rows_capacity = rows_capacity;
-    /* 64 bytes after the last row: a write past the view would show */
-    dv->q_bytes = l.q_offset + (size_t)rows_capacity * (size_t)l.row_stride * es + 64;
-    dv->out_bytes = l.out_offset + (size_t)rows_capacity * (size_t)l.row_stride * es + 64;
-    dv->lse_bytes = l.lse_offset + (size_t)rows_capacity * (size_t)l.lse_row_stride * 4 + 64;
-    dv->q_buf = new_buffer(dv->q_bytes);
-    dv->out_buf = new_buffer(dv->out_bytes);
-    dv->lse_buf = new_buffer(dv->lse_bytes);
+    test_qo_create(&dv->qo, g_ctx, p->q_dtype, p->hq, p->d, rows_capacity, get_qo_layout(p));
     dv->kv = problem_geometry(p);
-    dv->k_buf = new_buffer(dv->kv.buffer_bytes);
+    dv->k_buf = test_buffer_new(g_ctx, dv->kv.buffer_bytes);
     if (!dv->kv.interleaved)
-        dv->v_buf = new_buffer(dv->kv.buffer_bytes);
+        dv->v_buf = test_buffer_new(g_ctx, dv->kv.buffer_bytes);
     dv->k = kv_tensor(&dv->kv, dv->k_buf, 0);
     dv->v = dv->kv.interleaved ? kv_tensor(&dv->kv, dv->k_buf, dv->kv.v_offset)
                                : kv_tensor(&dv->kv, dv->v_buf, 0);
@@ -663,46 +502,30 @@ static void dev_create(const problem *p, int32_t rows_capacity, dev_problem *dv)
 }
 
 static void dev_free(dev_problem *dv) {
-    flp_buffer_destroy(dv->q_buf);
-    flp_buffer_destroy(dv->out_buf);
-    flp_buffer_destroy(dv->lse_buf);
+    test_qo_free(&dv->qo);
     flp_buffer_destroy(dv->k_buf);
     flp_buffer_destroy(dv->v_buf);
     flp_buffer_destroy(dv->mask_buf);
     memset(dv, 0, sizeof *dv);
 }
 
-static void dev_poison(const dev_problem *dv) {
-    fill_bytes(dv->out_buf, dv->out_bytes, 0xFF);
-    fill_bytes(dv->lse_buf, dv->lse_bytes, 0xFF);
-}
-
 static flp_prefill_run_args run_args(const problem *p, const dev_problem *dv) {
     flp_prefill_run_args r;
     memset(&r, 0, sizeof r);
-    r.q = dv->q;
+    r.q = dv->qo.q;
     r.k = dv->k;
     r.v = dv->v;
-    r.out = dv->out;
-    r.lse = p->lse ? &dv->lse : NULL;
+    r.out = dv->qo.out;
+    r.lse = p->lse ? &dv->qo.lse : NULL;
     r.custom_mask = p->mask ? &dv->mask : NULL;
     return r;
 }
 
 static flp_plan *create_plan(const problem *p, int32_t max_batch, int32_t max_qo_rows,
                              int32_t max_pages) {
-    flp_plan_desc pd;
-    memset(&pd, 0, sizeof pd);
-    pd.max_batch_size = max_batch;
+    flp_plan_desc pd = test_plan_desc_make(max_batch, max_pages, p->hq, p->hkv, p->d);
     pd.max_qo_rows = max_qo_rows;
-    pd.max_pages = max_pages;
-    pd.num_qo_heads = p->hq;
-    pd.num_kv_heads = p->hkv;
-    pd.head_dim = p->d;
-    flp_plan *plan = NULL;
-    assert_ok(flp_plan_create(g_ctx, &pd, &plan));
-    assert_non_null(plan);
-    return plan;
+    return test_plan_create(g_ctx, &pd);
 }
 
 /* Capacities a little above the problem's. */
@@ -718,120 +541,26 @@ static void plan_problem(const problem *p, flp_plan *plan) {
 
 /* Poisons the outputs, runs, waits. */
 static void run_problem(const problem *p, const dev_problem *dv, const flp_plan *plan) {
-    dev_poison(dv);
+    test_qo_poison(&dv->qo);
     const flp_prefill_run_args r = run_args(p, dv);
     assert_ok(flp_prefill_run(g_ctx, plan, &r));
     assert_ok(flp_context_synchronize(g_ctx));
 }
 
-typedef struct readback {
-    uint16_t *out; /* [out_bytes / 2] */
-    uint32_t *lse; /* [lse_bytes / 4] */
-} readback;
-
-static readback read_outputs(const dev_problem *dv) {
-    readback rb = {read_all(dv->out_buf, dv->out_bytes), read_all(dv->lse_buf, dv->lse_bytes)};
-    return rb;
-}
-
-static void readback_free(readback *rb) {
-    free(rb->out);
-    free(rb->lse);
-    rb->out = NULL;
-    rb->lse = NULL;
-}
-
-/* The request owning query row r. */
-static int32_t request_of_row(const problem *p, int32_t r) {
-    int32_t b = 0;
-    while (p->qo_indptr[b + 1] <= r)
-        ++b;
-    return b;
-}
-
-/* Checks outputs against ref_out [rows, hq, d] / ref_lse [rows, hq]: every element of the views
- * written, nothing outside them, rows without a kept key exactly 0 with lse -inf, errors within
- * the tolerances. */
-static void check_outputs(const problem *p, const dev_problem *dv, const readback *rb,
+/* Checks the outputs against ref_out [rows, hq, d] / ref_lse [rows, hq] (test_qo_check). */
+static void check_outputs(const problem *p, const dev_problem *dv, const test_readback *rb,
                           const double *ref_out, const double *ref_lse, const char *what) {
-    const qo_layout l = get_qo_layout(p);
-    const size_t out_words = dv->out_bytes / 2, lse_words = dv->lse_bytes / 4;
-    const size_t n = (size_t)p->rows * (size_t)p->hq * (size_t)p->d;
-    double *got = xcalloc(n, sizeof(double));
-    bool *seen = xcalloc(out_words > lse_words ? out_words : lse_words, sizeof(bool));
-    for (int32_t r = 0; r < p->rows; ++r)
-        for (int32_t h = 0; h < p->hq; ++h) {
-            const bool empty = isinf(ref_lse[(size_t)r * p->hq + h]);
-            for (int32_t d = 0; d < p->d; ++d) {
-                const size_t at = l.out_offset / 2 + (size_t)(r * l.row_stride) +
-                                  (size_t)(h * l.head_stride) + (size_t)d;
-                const size_t i = ((size_t)r * p->hq + h) * p->d + d;
-                seen[at] = true;
-                if (rb->out[at] == POISON16)
-                    fail_msg("%s: %s: out[%d, %d, %d] (request %d) was not written", p->name, what,
-                             r, h, d, request_of_row(p, r));
-                got[i] = half_to_double(p->q_dtype, rb->out[at]);
-                if (isnan(got[i]))
-                    fail_msg("%s: %s: out[%d, %d, %d] is NaN (0x%04x)", p->name, what, r, h, d,
-                             rb->out[at]);
-                if (empty && got[i] != 0.0)
-                    fail_msg("%s: %s: out[%d, %d, %d] = %g but the row keeps no key (want 0)",
-                             p->name, what, r, h, d, got[i]);
-            }
-        }
-    for (size_t i = 0; i < out_words; ++i)
-        if (!seen[i] && rb->out[i] != POISON16)
-            fail_msg("%s: %s: out buffer word %zu outside the view was written (0x%04x)", p->name,
-                     what, i, rb->out[i]);
-    const double tol = out_tolerance(p->q_dtype);
-    size_t worst = 0;
-    const double err = test_relative_error(got, ref_out, n, &worst);
-    if (!(err <= tol)) {
-        const int32_t r = (int32_t)(worst / ((size_t)p->d * p->hq));
-        const int32_t b = request_of_row(p, r);
-        fail_msg("%s: %s: out relative error %.3g > %.3g; worst out[%d, %zu, %zu] (request %d: "
-                 "qo_len %d, kv_len %d) = %.6g, reference %.6g (seed 0x%llx)",
-                 p->name, what, err, tol, r, worst / (size_t)p->d % (size_t)p->hq,
-                 worst % (size_t)p->d, b, p->qo_len[b], p->kv_len[b], got[worst], ref_out[worst],
-                 (unsigned long long)test_seed());
-    }
-    if (getenv("FLP_TEST_VERBOSE"))
-        print_message("  %s: %s: out error %.2e (tolerance %.1e)\n", p->name, what, err, tol);
-    free(got);
-
-    memset(seen, 0, lse_words * sizeof(bool));
-    const double ltol = lse_tolerance(p->q_dtype);
-    for (int32_t r = 0; r < p->rows && p->lse; ++r)
-        for (int32_t h = 0; h < p->hq; ++h) {
-            const size_t at = l.lse_offset / 4 + (size_t)(r * l.lse_row_stride) + (size_t)h;
-            seen[at] = true;
-            if (rb->lse[at] == POISON32)
-                fail_msg("%s: %s: lse[%d, %d] was not written", p->name, what, r, h);
-            const double g = test_f32_bits_to_double(rb->lse[at]);
-            const double want = ref_lse[(size_t)r * p->hq + h];
-            if (isinf(want)) {
-                if (!(isinf(g) && g < 0))
-                    fail_msg("%s: %s: lse[%d, %d] = %g, want -inf (no key kept)", p->name, what, r,
-                             h, g);
-            } else if (!(fabs(g - want) <= ltol * fmax(1.0, fabs(want)))) {
-                fail_msg("%s: %s: lse[%d, %d] = %.7g, reference %.7g (tolerance %.1g, seed 0x%llx)",
-                         p->name, what, r, h, g, want, ltol, (unsigned long long)test_seed());
-            }
-        }
-    for (size_t i = 0; i < lse_words; ++i)
-        if (!seen[i] && rb->lse[i] != POISON32)
-            fail_msg("%s: %s: lse buffer word %zu was written (0x%08x) %s", p->name, what, i,
-                     rb->lse[i], p->lse ? "outside the view" : "with lse off");
-    free(seen);
+    const test_qo_requests req = {p->name, p->batch, p->qo_indptr, p->kv_len, p->lse};
+    test_qo_check(&dv->qo, rb, &req, ref_out, ref_lse, what);
 }
 
 static void check_against_reference(const problem *p, const dev_problem *dv, const char *what) {
-    double *ref = xcalloc((size_t)p->rows * p->hq * p->d, sizeof(double));
-    double *ref_lse = xcalloc((size_t)p->rows * p->hq, sizeof(double));
+    double *ref = test_xcalloc((size_t)p->rows * p->hq * p->d, sizeof(double));
+    double *ref_lse = test_xcalloc((size_t)p->rows * p->hq, sizeof(double));
     problem_reference(p, ref, ref_lse);
-    readback rb = read_outputs(dv);
+    test_readback rb = test_qo_read(&dv->qo);
     check_outputs(p, dv, &rb, ref, ref_lse, what);
-    readback_free(&rb);
+    test_readback_free(&rb);
     free(ref);
     free(ref_lse);
 }
@@ -891,56 +620,36 @@ static void test_golden(void **state) {
     v->window_left = g.use_window ? g.window_left : 0;
     v->logits_soft_cap = (float)g.logits_soft_cap;
     v->sm_scale = (float)g.sm_scale;
-    if (g.alibi) {
-        v->pos_encoding = FLP_POS_ALIBI;
-        if (g.alibi_slopes) {
-            p.alibi_slopes = xcalloc((size_t)p.hq, sizeof(float));
-            memcpy(p.alibi_slopes, g.alibi_slopes, sizeof(float) * (size_t)p.hq);
-        }
-    }
-    if (g.rope) {
-        v->pos_encoding = FLP_POS_ROPE_LLAMA;
-        v->rope = g.rope_params;
-    }
-#define COPY_I32(dst, src, count)                                                                  \
-    do {                                                                                           \
-        (dst) = xcalloc((size_t)(count), sizeof(int32_t));                                         \
-        if ((count) > 0)                                                                           \
-            memcpy((dst), (src), sizeof(int32_t) * (size_t)(count));                               \
-    } while (0)
-    COPY_I32(p.qo_len, g.qo_lens, g.batch);
-    COPY_I32(p.kv_len, g.kv_lens, g.batch);
-    COPY_I32(p.qo_indptr, g.qo_indptr, g.batch + 1);
-    COPY_I32(p.kv_indptr, g.kv_indptr, g.batch + 1);
+    test_variant_set_golden_pos_encoding(v, &g, &p.alibi_slopes);
+    const size_t nb = (size_t)g.batch;
+    p.qo_len = test_copy_i32(g.qo_lens, nb);
+    p.kv_len = test_copy_i32(g.kv_lens, nb);
+    p.qo_indptr = test_copy_i32(g.qo_indptr, nb + 1);
+    p.kv_indptr = test_copy_i32(g.kv_indptr, nb + 1);
     if (g.paged) {
-        COPY_I32(p.kv_indices, g.kv_indices, g.num_kv_indices);
-        COPY_I32(p.kv_last_page_len, g.kv_last_page_len, g.batch);
+        p.kv_indices = test_copy_i32(g.kv_indices, (size_t)g.num_kv_indices);
+        p.kv_last_page_len = test_copy_i32(g.kv_last_page_len, nb);
     }
     if (g.custom_mask) {
-        COPY_I32(p.mask_indptr, g.mask_indptr, g.batch);
-        p.mask = xcalloc(g.mask_bytes, 1);
+        p.mask_indptr = test_copy_i32(g.mask_indptr, nb);
+        p.mask = test_xcalloc(g.mask_bytes, 1);
         memcpy(p.mask, g.mask, g.mask_bytes);
         p.mask_bytes = (int32_t)g.mask_bytes;
     }
-#undef COPY_I32
     p.units = g.paged ? g.num_pages : g.kv_indptr[g.batch];
     assert_int_equal((size_t)p.units * unit_elems(&p), g.kv_elems);
-    const size_t nq = (size_t)g.nnz * p.hq * p.d;
-    p.q = xcalloc(nq, sizeof(float));
-    memcpy(p.q, g.q, sizeof(float) * nq);
-    p.k_raw = xcalloc(g.kv_elems, sizeof(float));
-    p.v_raw = xcalloc(g.kv_elems, sizeof(float));
-    memcpy(p.k_raw, g.k, sizeof(float) * g.kv_elems);
-    memcpy(p.v_raw, g.v, sizeof(float) * g.kv_elems);
+    p.q = test_copy_f32(g.q, (size_t)g.nnz * (size_t)p.hq * (size_t)p.d);
+    p.k_raw = test_copy_f32(g.k, g.kv_elems);
+    p.v_raw = test_copy_f32(g.v, g.kv_elems);
 
     dev_problem dv;
     dev_create(&p, p.rows, &dv);
     flp_plan *plan = create_plan_for(&p);
     plan_problem(&p, plan);
     run_problem(&p, &dv, plan);
-    readback rb = read_outputs(&dv);
+    test_readback rb = test_qo_read(&dv.qo);
     check_outputs(&p, &dv, &rb, g.out, g.lse, "golden");
-    readback_free(&rb);
+    test_readback_free(&rb);
     flp_plan_destroy(plan);
     dev_free(&dv);
     problem_free(&p);
@@ -966,14 +675,14 @@ static void test_single(void **state) {
     }
     dev_problem dv;
     dev_create(&p, p.rows, &dv);
-    dev_poison(&dv);
+    test_qo_poison(&dv.qo);
     flp_single_prefill_args a;
     memset(&a, 0, sizeof a);
-    a.q = dv.q;
+    a.q = dv.qo.q;
     a.k = dv.k;
     a.v = dv.v;
-    a.out = dv.out;
-    a.lse = p.lse ? &dv.lse : NULL;
+    a.out = dv.qo.out;
+    a.lse = p.lse ? &dv.qo.lse : NULL;
     a.custom_mask = p.mask ? &dv.mask : NULL;
     a.alibi_slopes = p.alibi_slopes;
     a.variant = p.variant;
@@ -1033,17 +742,17 @@ static void append_src_create(append_src *s, test_rng *rng, flp_dtype dt, int32_
     const int64_t pad = padded ? 16 / (int64_t)es : 0;
     const int64_t head_stride = d + pad, row_stride = hkv * head_stride + pad;
     const size_t half = ((size_t)nnz * (size_t)row_stride * es + 64 + 255) / 256 * 256;
-    uint8_t *img = xcalloc(2 * half, 1);
+    uint8_t *img = test_xcalloc(2 * half, 1);
     memset(img, POISON8, 2 * half);
-    s->k_bits = xcalloc(n, sizeof(uint16_t));
-    s->v_bits = xcalloc(n, sizeof(uint16_t));
-    s->k_val = xcalloc(n, sizeof(float));
-    s->v_val = xcalloc(n, sizeof(float));
+    s->k_bits = test_xcalloc(n, sizeof(uint16_t));
+    s->v_bits = test_xcalloc(n, sizeof(uint16_t));
+    s->k_val = test_xcalloc(n, sizeof(float));
+    s->v_val = test_xcalloc(n, sizeof(float));
     for (int which = 0; which < 2; ++which) {
         uint16_t *bits = which ? s->v_bits : s->k_bits;
         float *val = which ? s->v_val : s->k_val;
         for (size_t i = 0; i < n; ++i) {
-            if (is_fp8(dt)) {
+            if (test_is_fp8(dt)) {
                 uint8_t byte;
                 do
                     byte = (uint8_t)test_rng_next(rng);
@@ -1054,7 +763,7 @@ static void append_src_create(append_src *s, test_rng *rng, flp_dtype dt, int32_
             } else {
                 const float x = append_value(rng, specials ? i : 0);
                 bits[i] = dt == FLP_DTYPE_BF16 ? flp_f32_to_bf16(x) : flp_f32_to_f16(x);
-                val[i] = (float)half_to_double(dt, bits[i]);
+                val[i] = (float)test_half_to_double(dt, bits[i]);
             }
             const size_t r = i / ((size_t)hkv * d), h = i / (size_t)d % (size_t)hkv,
                          e = i % (size_t)d;
@@ -1066,7 +775,7 @@ static void append_src_create(append_src *s, test_rng *rng, flp_dtype dt, int32_
                 memcpy(img + at, &bits[i], 2);
         }
     }
-    s->buf = new_buffer(2 * half);
+    s->buf = test_buffer_new(g_ctx, 2 * half);
     assert_ok(flp_buffer_write(g_ctx, s->buf, 0, img, 2 * half));
     free(img);
     flp_tensor t;
@@ -1096,7 +805,7 @@ static void append_src_free(append_src *s) {
 
 /* A contiguous I32 vector on the device, in a buffer of its own. */
 static flp_tensor i32_tensor(flp_buffer **buf, const int32_t *values, int32_t n) {
-    *buf = new_buffer(sizeof(int32_t) * (size_t)(n > 0 ? n : 1));
+    *buf = test_buffer_new(g_ctx, sizeof(int32_t) * (size_t)(n > 0 ? n : 1));
     if (n > 0)
         assert_ok(flp_buffer_write(g_ctx, *buf, 0, values, sizeof(int32_t) * (size_t)n));
     flp_tensor t;
@@ -1141,17 +850,10 @@ static void test_append_case(void **state) {
     const int32_t valid_pages = own[0] + own[1] + own[2];
     const int32_t num_pages = valid_pages + 2 + 3;
     page_table pt = {.batch = 5, .num_pages = num_pages, .page_size = ps};
-    pt.indptr = xcalloc(6, sizeof(int32_t));
+    pt.indptr = test_xcalloc(6, sizeof(int32_t));
     pt.num_indices = valid_pages + 2 + 2;
-    pt.indices = xcalloc((size_t)pt.num_indices, sizeof(int32_t));
-    int32_t *perm = xcalloc((size_t)num_pages, sizeof(int32_t));
-    for (int32_t i = 0; i < num_pages; ++i)
-        perm[i] = i;
-    for (int32_t i = num_pages - 1; i > 0; --i) {
-        const int32_t j = test_rng_int(&rng, 0, i), t = perm[i];
-        perm[i] = perm[j];
-        perm[j] = t;
-    }
+    pt.indices = test_xcalloc((size_t)pt.num_indices, sizeof(int32_t));
+    int32_t *perm = test_permutation(&rng, num_pages, true);
     for (int32_t b = 0; b < 3; ++b)
         pt.indptr[b + 1] = pt.indptr[b] + own[b];
     pt.indptr[4] = pt.indptr[3] + 1;
@@ -1166,8 +868,8 @@ static void test_append_case(void **state) {
 
     /* Rows: about half the slots of requests 0-2 (distinct), and rows that must be skipped. */
     const int32_t max_rows = valid_pages * ps + 16;
-    int32_t *bi = xcalloc((size_t)max_rows, sizeof(int32_t));
-    int32_t *pos = xcalloc((size_t)max_rows, sizeof(int32_t));
+    int32_t *bi = test_xcalloc((size_t)max_rows, sizeof(int32_t));
+    int32_t *pos = test_xcalloc((size_t)max_rows, sizeof(int32_t));
     int32_t nnz = 0;
     for (int32_t b = 0; b < 3; ++b)
         for (int32_t t = 0; t < own[b] * ps; ++t)
@@ -1200,12 +902,14 @@ static void test_append_case(void **state) {
                                            c->padded_cache, c->interleaved_cache);
     /* Caches hold random bytes everywhere (padding included): the whole buffers are compared. */
     const size_t bytes = g.buffer_bytes;
-    uint8_t *want_k = xcalloc(bytes, 1), *want_v = g.interleaved ? want_k : xcalloc(bytes, 1);
+    uint8_t *want_k = test_xcalloc(bytes, 1),
+            *want_v = g.interleaved ? want_k : test_xcalloc(bytes, 1);
     for (size_t i = 0; i < bytes; ++i)
         want_k[i] = (uint8_t)test_rng_next(&rng);
     for (size_t i = 0; i < bytes && !g.interleaved; ++i)
         want_v[i] = (uint8_t)test_rng_next(&rng);
-    flp_buffer *k_cache = new_buffer(bytes), *v_cache = g.interleaved ? NULL : new_buffer(bytes);
+    flp_buffer *k_cache = test_buffer_new(g_ctx, bytes),
+               *v_cache = g.interleaved ? NULL : test_buffer_new(g_ctx, bytes);
     assert_ok(flp_buffer_write(g_ctx, k_cache, 0, want_k, bytes));
     if (v_cache)
         assert_ok(flp_buffer_write(g_ctx, v_cache, 0, want_v, bytes));
@@ -1234,7 +938,7 @@ static void test_append_case(void **state) {
     assert_ok(flp_kv_append(g_ctx, &a));
     assert_ok(flp_context_synchronize(g_ctx));
 
-    const bool fp8 = is_fp8(c->cache_dtype);
+    const bool fp8 = test_is_fp8(c->cache_dtype);
     const float k_inv = fp8 && c->k_scale > 0.0f ? 1.0f / c->k_scale : 1.0f;
     const float v_inv = fp8 && c->v_scale > 0.0f ? 1.0f / c->v_scale : 1.0f;
     int32_t written = 0;
@@ -1262,7 +966,7 @@ static void test_append_case(void **state) {
     assert_true(written > 0 && written < nnz);
 
     for (int which = 0; which < (g.interleaved ? 1 : 2); ++which) {
-        uint8_t *got = read_all(which ? v_cache : k_cache, bytes);
+        uint8_t *got = test_buffer_read_all(g_ctx, which ? v_cache : k_cache, bytes);
         const uint8_t *want = which ? want_v : want_k;
         for (size_t i = 0; i < bytes; ++i)
             if (got[i] != want[i]) {
@@ -1307,8 +1011,8 @@ static void test_append_then_attend(void **state) {
     dev_problem dv;
     dev_create(&p, p.rows, &dv); /* the pool before the append */
 
-    int32_t *bi = xcalloc((size_t)p.rows, sizeof(int32_t));
-    int32_t *pos = xcalloc((size_t)p.rows, sizeof(int32_t));
+    int32_t *bi = test_xcalloc((size_t)p.rows, sizeof(int32_t));
+    int32_t *pos = test_xcalloc((size_t)p.rows, sizeof(int32_t));
     for (int32_t b = 0; b < p.batch; ++b)
         for (int32_t i = 0; i < p.qo_len[b]; ++i) {
             bi[p.qo_indptr[b] + i] = b;
@@ -1368,16 +1072,6 @@ static void test_append_then_attend(void **state) {
 
 /* ---- 6. determinism, re-planning, capacity --------------------------------------------------- */
 
-static void expect_same_bits(const dev_problem *dv, const readback *a, const readback *b,
-                             const char *when) {
-    for (size_t i = 0; i < dv->out_bytes / 2; ++i)
-        if (a->out[i] != b->out[i])
-            fail_msg("%s: out word %zu differs: 0x%04x then 0x%04x", when, i, a->out[i], b->out[i]);
-    for (size_t i = 0; i < dv->lse_bytes / 4; ++i)
-        if (a->lse[i] != b->lse[i])
-            fail_msg("%s: lse word %zu differs: 0x%08x then 0x%08x", when, i, a->lse[i], b->lse[i]);
-}
-
 static void test_determinism(void **state) {
     (void)state;
     /* a long request (split, merged) among short and empty ones */
@@ -1392,31 +1086,19 @@ static void test_determinism(void **state) {
     plan_problem(&p, plan);
     run_problem(&p, &dv, plan);
     check_against_reference(&p, &dv, "first run");
-    readback first = read_outputs(&dv);
+    test_readback first = test_qo_read(&dv.qo);
     for (int pass = 0; pass < 2; ++pass) {
         if (pass == 1)
             plan_problem(&p, plan); /* the same batch re-planned: the same partition */
         run_problem(&p, &dv, plan);
-        readback again = read_outputs(&dv);
-        expect_same_bits(&dv, &first, &again, pass ? "re-planned" : "same plan");
-        readback_free(&again);
+        test_readback again = test_qo_read(&dv.qo);
+        test_qo_expect_same_bits(&dv.qo, &first, &again, pass ? "re-planned" : "same plan");
+        test_readback_free(&again);
     }
-    readback_free(&first);
+    test_readback_free(&first);
     flp_plan_destroy(plan);
     dev_free(&dv);
     problem_free(&p);
-}
-
-#define WS_GUARD 256
-#define WS_PATTERN 0x5Au
-
-/* Fails when a byte outside [WS_GUARD, WS_GUARD + used) of the workspace buffer changed. */
-static void check_workspace_guards(flp_buffer *ws, size_t used, const char *when) {
-    uint8_t *bytes = read_all(ws, used + 2 * WS_GUARD);
-    for (size_t i = 0; i < used + 2 * WS_GUARD; ++i)
-        if ((i < WS_GUARD || i >= WS_GUARD + used) && bytes[i] != WS_PATTERN)
-            fail_msg("%s: workspace byte %zu outside the plan's range was written", when, i);
-    free(bytes);
 }
 
 static void test_replan_within_capacity(void **state) {
@@ -1430,23 +1112,11 @@ static void test_replan_within_capacity(void **state) {
     const int32_t qo_a[] = {5, 30, 2}, kv_a[] = {5, 200, 37};
     problem_set_batch(&p, &rng, 3, qo_a, kv_a, 80, false); /* a pool of 96 pages */
 
-    flp_plan_desc pd;
-    memset(&pd, 0, sizeof pd);
-    pd.max_batch_size = max_batch;
+    flp_plan_desc pd = test_plan_desc_make(max_batch, max_pages, p.hq, p.hkv, p.d);
     pd.max_qo_rows = max_rows;
-    pd.max_pages = max_pages;
-    pd.num_qo_heads = p.hq;
-    pd.num_kv_heads = p.hkv;
-    pd.head_dim = p.d;
     size_t ws_size = 0;
-    assert_ok(flp_plan_workspace_size(g_ctx, &pd, &ws_size));
-    assert_true(ws_size > 0);
-    flp_buffer *ws = new_buffer(ws_size + 2 * WS_GUARD);
-    fill_bytes(ws, ws_size + 2 * WS_GUARD, WS_PATTERN);
-    pd.workspace = ws;
-    pd.workspace_offset = WS_GUARD;
-    flp_plan *plan = NULL;
-    assert_ok(flp_plan_create(g_ctx, &pd, &plan));
+    flp_buffer *ws = test_workspace_create(g_ctx, &pd, &ws_size);
+    flp_plan *plan = test_plan_create(g_ctx, &pd);
     dev_problem dv;
     dev_create(&p, max_rows, &dv);
 
@@ -1471,7 +1141,7 @@ static void test_replan_within_capacity(void **state) {
     plan_problem(&p, plan);
     run_problem(&p, &dv, plan);
     check_against_reference(&p, &dv, "batch C (re-planned, at capacity)");
-    check_workspace_guards(ws, ws_size, "after three plans and runs");
+    test_workspace_check(g_ctx, ws, ws_size, "after three plans and runs");
 
     flp_plan_destroy(plan);
     flp_buffer_destroy(ws);
@@ -1552,26 +1222,14 @@ static void bad_env_init(bad_env *e, flp_mask_mode mask, bool ragged) {
     dev_create(&e->p, e->p.rows, &e->dv);
     e->plan = create_plan_for(&e->p);
     plan_problem(&e->p, e->plan);
-    dev_poison(&e->dv);
+    test_qo_poison(&e->dv.qo);
     e->pa = plan_args(&e->p);
     e->ra = run_args(&e->p, &e->dv);
 }
 
-static void expect_untouched(const bad_env *e, const char *call) {
-    readback rb = read_outputs(&e->dv);
-    for (size_t i = 0; i < e->dv.out_bytes / 2; ++i)
-        if (rb.out[i] != POISON16)
-            fail_msg("%s: out word %zu was written by a failed call", call, i);
-    for (size_t i = 0; i < e->dv.lse_bytes / 4; ++i)
-        if (rb.lse[i] != POISON32)
-            fail_msg("%s: lse word %zu was written by a failed call", call, i);
-    readback_free(&rb);
-}
-
 static void bad_expect(const bad_env *e, flp_status got, flp_status want, const char *call,
                        const char *const *words) {
-    expect_status(got, want, call, words);
-    expect_untouched(e, call);
+    test_qo_expect_failed(&e->dv.qo, got, want, call, words);
 }
 
 /* The plan and context still work after the failures. */
@@ -1652,7 +1310,7 @@ static void test_bad_page_table(void **state) {
     bad_expect(&e, flp_prefill_plan(g_ctx, e.plan, &a), FLP_ERROR_INVALID_ARGUMENT, "page_size 0",
                WORDS("page_size"));
     const int32_t n = e.p.kv_indptr[e.p.batch];
-    int32_t *ids = xcalloc((size_t)n, sizeof(int32_t));
+    int32_t *ids = test_xcalloc((size_t)n, sizeof(int32_t));
     memcpy(ids, e.p.kv_indices, sizeof(int32_t) * (size_t)n);
     a = e.pa;
     a.kv_indices = ids;
@@ -1740,7 +1398,7 @@ static void test_bad_tensors(void **state) {
     bad_expect(&e, flp_prefill_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT,
                "out one row short", WORDS("out"));
     r = e.ra;
-    r.out.offset = e.dv.out_bytes - 32;
+    r.out.offset = e.dv.qo.out_bytes - 32;
     bad_expect(&e, flp_prefill_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT,
                "out past its buffer", WORDS("out"));
     r = e.ra;
@@ -1767,17 +1425,17 @@ static void test_bad_tensors(void **state) {
     r.k.ndim = 3;
     bad_expect(&e, flp_prefill_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT,
                "3-D k for a paged plan", WORDS("k"));
-    flp_tensor lse = e.dv.lse;
+    flp_tensor lse = e.dv.qo.lse;
     r = e.ra;
     r.lse = &lse;
     lse.shape[1] = e.p.hq + 1;
     bad_expect(&e, flp_prefill_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT,
                "lse with 5 heads", WORDS("lse"));
-    lse = e.dv.lse;
+    lse = e.dv.qo.lse;
     lse.shape[0] = e.p.rows - 1;
     bad_expect(&e, flp_prefill_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT,
                "lse one row short", WORDS("lse"));
-    lse = e.dv.lse;
+    lse = e.dv.qo.lse;
     lse.dtype = FLP_DTYPE_F16;
     bad_expect(&e, flp_prefill_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT, "f16 lse",
                WORDS("lse"));
@@ -1838,7 +1496,7 @@ static void test_bad_calls(void **state) {
                   WORDS("args"));
     flp_single_prefill_args s;
     memset(&s, 0, sizeof s);
-    s.q = e.dv.q; /* 8 rows */
+    s.q = e.dv.qo.q; /* 8 rows */
     s.k = e.dv.k;
     s.k.ndim = 3; /* 4 "keys": the first page viewed as [slot, head, d] rows */
     s.k.shape[0] = 4;
@@ -1849,7 +1507,7 @@ static void test_bad_calls(void **state) {
     s.k.stride[2] = 1;
     s.v = s.k;
     s.v.buf = e.dv.v.buf;
-    s.out = e.dv.out;
+    s.out = e.dv.qo.out;
     s.variant = e.p.variant;
     bad_expect(&e, flp_single_prefill(g_ctx, &s), FLP_ERROR_INVALID_ARGUMENT,
                "single: 8 queries over 4 keys", WORDS("qo_len", "kv_len"));
@@ -1862,13 +1520,7 @@ static void test_bad_calls(void **state) {
 
 static void test_bad_plan_desc(void **state) {
     (void)state;
-    flp_plan_desc pd;
-    memset(&pd, 0, sizeof pd);
-    pd.max_batch_size = 2;
-    pd.max_pages = 4;
-    pd.num_qo_heads = 4;
-    pd.num_kv_heads = 2;
-    pd.head_dim = 64;
+    flp_plan_desc pd = test_plan_desc_make(2, 4, 4, 2, 64);
     pd.max_qo_rows = -1;
     flp_plan *plan = NULL;
     expect_status(flp_plan_create(g_ctx, &pd, &plan), FLP_ERROR_INVALID_ARGUMENT, "max_qo_rows -1",
@@ -1888,7 +1540,7 @@ static void bad_append_expect(const bad_append *e, const flp_kv_append_args *a, 
                               const char *const *words) {
     expect_status(flp_kv_append(g_ctx, a), FLP_ERROR_INVALID_ARGUMENT, call, words);
     assert_ok(flp_context_synchronize(g_ctx));
-    uint8_t *bytes = read_all(e->cache_buf, e->cache_bytes);
+    uint8_t *bytes = test_buffer_read_all(g_ctx, e->cache_buf, e->cache_bytes);
     for (size_t i = 0; i < e->cache_bytes; ++i)
         if (bytes[i] != 0x3C)
             fail_msg("%s: cache byte %zu was written by a failed call", call, i);
@@ -1906,8 +1558,8 @@ static void test_bad_append(void **state) {
     const kv_geometry g =
         kv_geometry_make(FLP_DTYPE_E4M3, false, FLP_KV_LAYOUT_NHD, ps, hkv, d, pages, false, true);
     e.cache_bytes = g.buffer_bytes;
-    e.cache_buf = new_buffer(e.cache_bytes);
-    fill_bytes(e.cache_buf, e.cache_bytes, 0x3C);
+    e.cache_buf = test_buffer_new(g_ctx, e.cache_bytes);
+    test_buffer_fill(g_ctx, e.cache_buf, e.cache_bytes, 0x3C);
     const int32_t bi[] = {0, 0, 1, 1, 1}, pos[] = {0, 1, 0, 1, 2}, indptr[] = {0, 1, 2},
                   indices[] = {3, 1};
     flp_kv_append_args *a = &e.a;
@@ -1973,7 +1625,7 @@ static void test_bad_append(void **state) {
     test_backend_expect_errors(false);
     assert_ok(flp_kv_append(g_ctx, a));
     assert_ok(flp_context_synchronize(g_ctx));
-    uint8_t *bytes = read_all(e.cache_buf, e.cache_bytes);
+    uint8_t *bytes = test_buffer_read_all(g_ctx, e.cache_buf, e.cache_bytes);
     size_t changed = 0;
     for (size_t i = 0; i < e.cache_bytes; ++i)
         changed += bytes[i] != 0x3C;
@@ -2010,36 +1662,6 @@ static bool case_selected(size_t index) {
     return (long)(index % (size_t)n) == k % n;
 }
 
-typedef struct test_list {
-    struct CMUnitTest *tests;
-    char **names;
-    size_t count, capacity;
-} test_list;
-
-static void add_test(test_list *l, const char *prefix, const char *name, CMUnitTestFunction fn,
-                     bool bad, void *state) {
-    if (l->count == l->capacity) {
-        l->capacity = l->capacity ? 2 * l->capacity : 64;
-        l->tests = realloc(l->tests, l->capacity * sizeof *l->tests);
-        l->names = realloc(l->names, l->capacity * sizeof *l->names);
-        if (!l->tests || !l->names) {
-            fprintf(stderr, "out of memory\n");
-            exit(1);
-        }
-    }
-    const size_t len = strlen(prefix) + strlen(name) + 1;
-    char *full = malloc(len);
-    if (!full) {
-        fprintf(stderr, "out of memory\n");
-        exit(1);
-    }
-    snprintf(full, len, "%s%s", prefix, name);
-    l->names[l->count] = full;
-    l->tests[l->count++] =
-        (struct CMUnitTest){full, fn, bad ? test_backend_setup_bad : test_backend_setup_good,
-                            bad ? test_backend_teardown_bad : test_backend_teardown_good, state};
-}
-
 int main(int argc, char **argv) {
     const int rc = test_backend_open(argc, argv, flp_vulkan_validation_message_count, &g_ctx);
     if (rc != 0)
@@ -2048,8 +1670,8 @@ int main(int argc, char **argv) {
     size_t selected = 0;
     for (size_t i = 0; i < PREFILL_CASE_COUNT; ++i)
         if (case_selected(i)) {
-            add_test(&l, "case_", prefill_cases[i].name, test_case, false,
-                     (void *)&prefill_cases[i]);
+            test_list_add(&l, "case_", prefill_cases[i].name, test_case, false,
+                          (void *)&prefill_cases[i]);
             selected++;
         }
     if (selected < PREFILL_CASE_COUNT)
@@ -2060,7 +1682,7 @@ int main(int argc, char **argv) {
     int golden_prefill = 0;
     for (int i = 0; i < num_golden; ++i)
         if (strncmp(golden[i], "decode_", 7) != 0) {
-            add_test(&l, "golden_", golden[i], test_golden, false, (void *)golden[i]);
+            test_list_add(&l, "golden_", golden[i], test_golden, false, (void *)golden[i]);
             golden_prefill++;
         }
     if (golden_prefill == 0) {
@@ -2068,33 +1690,23 @@ int main(int argc, char **argv) {
         return 1;
     }
     for (size_t i = 0; i < SINGLE_CASE_COUNT; ++i)
-        add_test(&l, "single_", single_cases[i].name, test_single, false, (void *)&single_cases[i]);
+        test_list_add(&l, "single_", single_cases[i].name, test_single, false,
+                      (void *)&single_cases[i]);
     for (size_t i = 0; i < APPEND_CASE_COUNT; ++i)
-        add_test(&l, "append_", append_cases[i].name, test_append_case, false,
-                 (void *)&append_cases[i]);
+        test_list_add(&l, "append_", append_cases[i].name, test_append_case, false,
+                      (void *)&append_cases[i]);
     for (size_t i = 0; i < ATTEND_CASE_COUNT; ++i)
-        add_test(&l, "append_then_attend_", attend_cases[i].name, test_append_then_attend, false,
-                 (void *)&attend_cases[i]);
-    add_test(&l, "", "determinism", test_determinism, false, NULL);
-    add_test(&l, "", "replan_within_capacity", test_replan_within_capacity, false, NULL);
-    add_test(&l, "", "capacity", test_capacity, true, NULL);
-    add_test(&l, "", "bad_lengths", test_bad_lengths, true, NULL);
-    add_test(&l, "", "bad_page_table", test_bad_page_table, true, NULL);
-    add_test(&l, "", "bad_mask", test_bad_mask, true, NULL);
-    add_test(&l, "", "bad_tensors", test_bad_tensors, true, NULL);
-    add_test(&l, "", "bad_calls", test_bad_calls, true, NULL);
-    add_test(&l, "", "bad_plan_desc", test_bad_plan_desc, true, NULL);
-    add_test(&l, "", "bad_append", test_bad_append, true, NULL);
-    if (argc > 2)
-        cmocka_set_test_filter(argv[2]);
-
-    char group[64];
-    snprintf(group, sizeof group, "prefill-%s", test_backend_name());
-    const int failed =
-        _cmocka_run_group_tests(group, l.tests, l.count, group_setup, group_teardown);
-    for (size_t i = 0; i < l.count; ++i)
-        free(l.names[i]);
-    free(l.names);
-    free(l.tests);
-    return failed ? 1 : 0;
+        test_list_add(&l, "append_then_attend_", attend_cases[i].name, test_append_then_attend,
+                      false, (void *)&attend_cases[i]);
+    test_list_add(&l, "", "determinism", test_determinism, false, NULL);
+    test_list_add(&l, "", "replan_within_capacity", test_replan_within_capacity, false, NULL);
+    test_list_add(&l, "", "capacity", test_capacity, true, NULL);
+    test_list_add(&l, "", "bad_lengths", test_bad_lengths, true, NULL);
+    test_list_add(&l, "", "bad_page_table", test_bad_page_table, true, NULL);
+    test_list_add(&l, "", "bad_mask", test_bad_mask, true, NULL);
+    test_list_add(&l, "", "bad_tensors", test_bad_tensors, true, NULL);
+    test_list_add(&l, "", "bad_calls", test_bad_calls, true, NULL);
+    test_list_add(&l, "", "bad_plan_desc", test_bad_plan_desc, true, NULL);
+    test_list_add(&l, "", "bad_append", test_bad_append, true, NULL);
+    return test_list_run(&l, "prefill", argc, argv, group_setup, group_teardown);
 }

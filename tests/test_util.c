@@ -1,6 +1,7 @@
 #include "tests/test_util.h"
 
 #include "core/reference.h"
+#include "tests/golden.h"
 
 #include <ctype.h>
 #include <math.h>
@@ -168,6 +169,37 @@ void test_ref_attention_init(struct flp_ref_attention *a, const flp_variant *var
     a->rope = variant->rope;
 }
 
+void test_ref_attention_run(struct flp_ref_attention *a, const float *q, const float *alibi_slopes,
+                            double *out, double *lse) {
+    const size_t nq =
+        (size_t)a->qo_indptr[a->batch_size] * (size_t)a->num_qo_heads * (size_t)a->head_dim;
+    double *qd = test_f32_to_f64(q, nq);
+    double *slopes = alibi_slopes ? test_f32_to_f64(alibi_slopes, (size_t)a->num_qo_heads) : NULL;
+    a->q = qd;
+    a->alibi_slopes = slopes;
+    assert_int_equal(flp_ref_attention_run(a, out, lse), FLP_OK);
+    a->q = NULL;
+    a->alibi_slopes = NULL;
+    free(qd);
+    free(slopes);
+}
+
+int32_t *test_copy_i32(const int32_t *x, size_t n) {
+    int32_t *out = calloc(n ? n : 1, sizeof(int32_t));
+    assert_non_null(out);
+    if (n)
+        memcpy(out, x, sizeof(int32_t) * n);
+    return out;
+}
+
+float *test_copy_f32(const float *x, size_t n) {
+    float *out = calloc(n ? n : 1, sizeof(float));
+    assert_non_null(out);
+    if (n)
+        memcpy(out, x, sizeof(float) * n);
+    return out;
+}
+
 bool test_contains_ci(const char *hay, const char *needle) {
     const size_t n = strlen(needle);
     for (; *hay; ++hay) {
@@ -209,6 +241,7 @@ static struct {
     uint32_t validation_start; /* validation messages when the running test began */
     char last[1024];           /* the last record */
     char kept[4][512];         /* the last error records, shown with validation messages */
+    flp_device_info info;      /* read by test_backend_report */
 } g_backend;
 
 static void backend_log(void *user, flp_log_level level, const char *message) {
@@ -273,13 +306,14 @@ const char *test_backend_name(void) {
 }
 
 int test_backend_report(void) {
-    flp_device_info info;
-    if (flp_context_get_info(g_backend.ctx, &info) != FLP_OK) {
+    flp_device_info *info = &g_backend.info;
+    if (flp_context_get_info(g_backend.ctx, info) != FLP_OK) {
         print_error("flp_context_get_info: %s\n", flp_context_last_error(g_backend.ctx));
         return -1;
     }
-    print_message("%s: %s (%s), %d compute units, subgroup %d\n", info.backend_name,
-                  info.device_name, info.driver_info, info.compute_units, info.subgroup_size);
+    print_message("%s: %s (%s), %d compute units, subgroup %d, max buffer %zu MiB\n",
+                  info->backend_name, info->device_name, info->driver_info, info->compute_units,
+                  info->subgroup_size, info->max_buffer_bytes >> 20);
     const uint32_t seen = backend_validation_messages();
     if (seen > 0) {
         print_error("ERROR: %u validation message(s) while opening the context (last log: %s)\n",
@@ -287,6 +321,10 @@ int test_backend_report(void) {
         return -1;
     }
     return 0;
+}
+
+const flp_device_info *test_backend_info(void) {
+    return &g_backend.info;
 }
 
 static int backend_begin(bool expect_errors) {
@@ -338,4 +376,439 @@ int test_backend_teardown_bad(void **state) {
 void test_backend_expect_errors(bool expected) {
     g_backend.errors = 0;
     g_backend.expect_errors = expected;
+}
+
+/* ---- shared by the backend reference suites -------------------------------------------------- */
+
+void *test_xcalloc(size_t n, size_t size) {
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    assert_non_null(p);
+    return p;
+}
+
+void test_assert_ok_impl(const flp_context *ctx, flp_status st, const char *call, const char *file,
+                         int line) {
+    if (st == FLP_OK)
+        return;
+    print_error("%s -> %s: %s\n", call, flp_status_string(st),
+                ctx ? flp_context_last_error(ctx) : "(no context)");
+    _fail(file, line);
+}
+
+bool test_is_fp8(flp_dtype dt) {
+    return dt == FLP_DTYPE_E4M3 || dt == FLP_DTYPE_E5M2;
+}
+
+double test_half_to_double(flp_dtype dt, uint16_t bits) {
+    return dt == FLP_DTYPE_BF16 ? (double)flp_bf16_to_f32(bits) : (double)flp_f16_to_f32(bits);
+}
+
+double test_out_tolerance(flp_dtype q_dtype) {
+    return q_dtype == FLP_DTYPE_BF16 ? 1.6e-2 : 2e-3;
+}
+
+double test_lse_tolerance(flp_dtype q_dtype) {
+    return q_dtype == FLP_DTYPE_BF16 ? 1e-2 : 1e-3;
+}
+
+int32_t *test_permutation(test_rng *rng, int32_t n, bool shuffle) {
+    int32_t *perm = test_xcalloc((size_t)(n > 0 ? n : 1), sizeof(int32_t));
+    for (int32_t i = 0; i < n; ++i)
+        perm[i] = i;
+    for (int32_t i = n - 1; i > 0 && shuffle; --i) {
+        const int32_t j = test_rng_int(rng, 0, i), t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    return perm;
+}
+
+void test_rope_offsets(test_rng *rng, int32_t batch, int32_t **q, int32_t **k) {
+    *q = test_xcalloc((size_t)batch, sizeof(int32_t));
+    *k = test_xcalloc((size_t)batch, sizeof(int32_t));
+    for (int32_t b = 0; b < batch; ++b) {
+        (*q)[b] = test_rng_int(rng, 0, 300);
+        (*k)[b] = test_rng_int(rng, 0, 300);
+    }
+}
+
+void test_variant_set_pos_encoding(flp_variant *v, alibi_kind alibi, rope_kind rope,
+                                   int32_t num_qo_heads, test_rng *rng, float **alibi_slopes) {
+    if (alibi != ALIBI_OFF) {
+        v->pos_encoding = FLP_POS_ALIBI;
+        if (alibi == ALIBI_CALLER) {
+            *alibi_slopes = test_xcalloc((size_t)num_qo_heads, sizeof(float));
+            for (int32_t h = 0; h < num_qo_heads; ++h)
+                (*alibi_slopes)[h] = (float)test_rng_uniform(rng, 0.01, 1.0);
+        }
+    }
+    if (rope != ROPE_OFF) {
+        v->pos_encoding = FLP_POS_ROPE_LLAMA;
+        if (rope == ROPE_SCALED) {
+            v->rope.theta = 10000.0f;
+            v->rope.scale = 4.0f;
+        } else if (rope == ROPE_LLAMA31) {
+            v->rope.theta = 500000.0f;
+            v->rope.scale = 1.0f;
+            v->rope.llama31 = true;
+            v->rope.llama31_factor = 8.0f;
+            v->rope.llama31_low_freq_factor = 1.0f;
+            v->rope.llama31_high_freq_factor = 4.0f;
+            v->rope.llama31_original_max_position = 8192;
+        }
+    }
+}
+
+void test_variant_set_golden_pos_encoding(flp_variant *v, const golden_case *g,
+                                          float **alibi_slopes) {
+    if (g->alibi) {
+        v->pos_encoding = FLP_POS_ALIBI;
+        if (g->alibi_slopes) {
+            *alibi_slopes = test_xcalloc((size_t)g->num_qo_heads, sizeof(float));
+            memcpy(*alibi_slopes, g->alibi_slopes, sizeof(float) * (size_t)g->num_qo_heads);
+        }
+    }
+    if (g->rope) {
+        v->pos_encoding = FLP_POS_ROPE_LLAMA;
+        v->rope = g->rope_params;
+    }
+}
+
+double *test_gather_paged_kv(int32_t batch, int32_t num_kv_heads, int32_t head_dim,
+                             int32_t page_size, flp_kv_layout layout, int32_t num_pages,
+                             const float *raw, float scale, const int32_t *kv_indptr,
+                             const int32_t *kv_indices, const int32_t *kv_last_page_len,
+                             const int32_t *kv_len, int32_t *tok_indptr) {
+    const size_t row = (size_t)num_kv_heads * (size_t)head_dim;
+    const size_t n = (size_t)num_pages * (size_t)page_size * row;
+    float *deq = test_xcalloc(n, sizeof(float));
+    for (size_t i = 0; i < n; ++i)
+        deq[i] = raw[i] * scale; /* the f32 product the kernels compute */
+    int64_t tokens = 0;
+    for (int32_t b = 0; b < batch; ++b)
+        tokens += kv_len[b];
+    double *out = test_xcalloc((size_t)tokens * row, sizeof(double));
+    const int32_t none = 0;
+    assert_int_equal(flp_ref_gather_paged(batch, num_kv_heads, head_dim, page_size, layout,
+                                          num_pages, deq, kv_indptr,
+                                          kv_indptr[batch] > 0 ? kv_indices : &none,
+                                          kv_last_page_len, tok_indptr, out),
+                     FLP_OK);
+    for (int32_t b = 0; b < batch; ++b)
+        assert_int_equal(tok_indptr[b + 1] - tok_indptr[b], kv_len[b]);
+    free(deq);
+    return out;
+}
+
+flp_plan_desc test_plan_desc_make(int32_t max_batch_size, int32_t max_pages, int32_t num_qo_heads,
+                                  int32_t num_kv_heads, int32_t head_dim) {
+    flp_plan_desc pd;
+    memset(&pd, 0, sizeof pd);
+    pd.max_batch_size = max_batch_size;
+    pd.max_pages = max_pages;
+    pd.num_qo_heads = num_qo_heads;
+    pd.num_kv_heads = num_kv_heads;
+    pd.head_dim = head_dim;
+    return pd;
+}
+
+flp_plan *test_plan_create(flp_context *ctx, const flp_plan_desc *pd) {
+    flp_plan *plan = NULL;
+    test_assert_ok(ctx, flp_plan_create(ctx, pd, &plan));
+    assert_non_null(plan);
+    return plan;
+}
+
+flp_buffer *test_buffer_new(flp_context *ctx, size_t bytes) {
+    flp_buffer *buf = NULL;
+    const flp_buffer_desc bd = {.size = bytes ? bytes : 16};
+    test_assert_ok(ctx, flp_buffer_create(ctx, &bd, &buf));
+    return buf;
+}
+
+void test_buffer_fill(flp_context *ctx, flp_buffer *buf, size_t bytes, uint8_t value) {
+    uint8_t *staging = test_xcalloc(bytes, 1);
+    memset(staging, value, bytes);
+    test_assert_ok(ctx, flp_buffer_write(ctx, buf, 0, staging, bytes));
+    free(staging);
+}
+
+void *test_buffer_read_all(flp_context *ctx, const flp_buffer *buf, size_t bytes) {
+    void *host = test_xcalloc(bytes, 1);
+    test_assert_ok(ctx, flp_buffer_read(ctx, buf, 0, host, bytes));
+    return host;
+}
+
+flp_buffer *test_workspace_create(flp_context *ctx, flp_plan_desc *pd, size_t *size) {
+    *size = 0;
+    test_assert_ok(ctx, flp_plan_workspace_size(ctx, pd, size));
+    assert_true(*size > 0);
+    const size_t total = TEST_WS_GUARD + *size + TEST_WS_GUARD;
+    flp_buffer *ws = test_buffer_new(ctx, total);
+    test_buffer_fill(ctx, ws, total, TEST_WS_PATTERN);
+    pd->workspace = ws;
+    pd->workspace_offset = TEST_WS_GUARD;
+    return ws;
+}
+
+bool test_workspace_check(flp_context *ctx, const flp_buffer *ws, size_t size, const char *when) {
+    const size_t total = TEST_WS_GUARD + size + TEST_WS_GUARD;
+    uint8_t *bytes = test_buffer_read_all(ctx, ws, total);
+    for (size_t i = 0; i < total; ++i)
+        if ((i < TEST_WS_GUARD || i >= TEST_WS_GUARD + size) && bytes[i] != TEST_WS_PATTERN)
+            fail_msg("%s: workspace byte %zu outside the plan's range [%d, %zu) was written", when,
+                     i, TEST_WS_GUARD, TEST_WS_GUARD + size);
+    bool used = false;
+    for (size_t i = TEST_WS_GUARD; i < TEST_WS_GUARD + size && !used; ++i)
+        used = bytes[i] != TEST_WS_PATTERN;
+    free(bytes);
+    return used;
+}
+
+/* ---- q, out and lse on the device ------------------------------------------------------------ */
+
+void test_qo_create(test_qo *t, flp_context *ctx, flp_dtype dtype, int32_t heads, int32_t head_dim,
+                    int32_t rows_capacity, test_qo_layout layout) {
+    memset(t, 0, sizeof *t);
+    const size_t es = flp_dtype_size(dtype);
+    const test_qo_layout *l = &layout;
+    t->ctx = ctx;
+    t->dtype = dtype;
+    t->heads = heads;
+    t->head_dim = head_dim;
+    t->rows_capacity = rows_capacity;
+    t->layout = layout;
+    t->q_bytes = l->q_offset + (size_t)rows_capacity * (size_t)l->row_stride * es + 64;
+    t->out_bytes = l->out_offset + (size_t)rows_capacity * (size_t)l->row_stride * es + 64;
+    t->lse_bytes = l->lse_offset + (size_t)rows_capacity * (size_t)l->lse_row_stride * 4 + 64;
+    t->q_buf = test_buffer_new(ctx, t->q_bytes);
+    t->out_buf = test_buffer_new(ctx, t->out_bytes);
+    t->lse_buf = test_buffer_new(ctx, t->lse_bytes);
+}
+
+static flp_tensor qo_tensor(const test_qo *t, flp_buffer *buf, size_t offset, int32_t rows) {
+    flp_tensor v;
+    memset(&v, 0, sizeof v);
+    v.buf = buf;
+    v.offset = offset;
+    v.dtype = t->dtype;
+    v.ndim = 3;
+    v.shape[0] = rows;
+    v.shape[1] = t->heads;
+    v.shape[2] = t->head_dim;
+    v.stride[0] = t->layout.row_stride;
+    v.stride[1] = t->layout.head_stride;
+    v.stride[2] = 1;
+    return v;
+}
+
+void test_qo_write(test_qo *t, const float *q, int32_t rows) {
+    const test_qo_layout *l = &t->layout;
+    assert_true(rows <= t->rows_capacity);
+    uint16_t *staging = test_xcalloc(t->q_bytes / 2, sizeof(uint16_t));
+    for (size_t i = 0; i < t->q_bytes / 2; ++i)
+        staging[i] = TEST_POISON16;
+    for (int32_t r = 0; r < rows; ++r)
+        for (int32_t h = 0; h < t->heads; ++h) {
+            const size_t at = l->q_offset / 2 + (size_t)r * (size_t)l->row_stride +
+                              (size_t)h * (size_t)l->head_stride;
+            const float *src = q + ((size_t)r * (size_t)t->heads + (size_t)h) * (size_t)t->head_dim;
+            assert_int_equal(flp_convert_from_f32(t->dtype, src, staging + at, (size_t)t->head_dim),
+                             FLP_OK);
+        }
+    test_assert_ok(t->ctx, flp_buffer_write(t->ctx, t->q_buf, 0, staging, t->q_bytes));
+    free(staging);
+    t->q = qo_tensor(t, t->q_buf, l->q_offset, rows);
+    t->out = qo_tensor(t, t->out_buf, l->out_offset, rows);
+    memset(&t->lse, 0, sizeof t->lse);
+    t->lse.buf = t->lse_buf;
+    t->lse.offset = l->lse_offset;
+    t->lse.dtype = FLP_DTYPE_F32;
+    t->lse.ndim = 2;
+    t->lse.shape[0] = rows;
+    t->lse.shape[1] = t->heads;
+    t->lse.stride[0] = l->lse_row_stride;
+    t->lse.stride[1] = 1;
+}
+
+void test_qo_poison(const test_qo *t) {
+    test_buffer_fill(t->ctx, t->out_buf, t->out_bytes, 0xFF);
+    test_buffer_fill(t->ctx, t->lse_buf, t->lse_bytes, 0xFF);
+}
+
+void test_qo_free(test_qo *t) {
+    flp_buffer_destroy(t->q_buf);
+    flp_buffer_destroy(t->out_buf);
+    flp_buffer_destroy(t->lse_buf);
+    memset(t, 0, sizeof *t);
+}
+
+test_readback test_qo_read(const test_qo *t) {
+    test_readback rb = {test_buffer_read_all(t->ctx, t->out_buf, t->out_bytes),
+                        test_buffer_read_all(t->ctx, t->lse_buf, t->lse_bytes)};
+    return rb;
+}
+
+void test_readback_free(test_readback *rb) {
+    free(rb->out);
+    free(rb->lse);
+    rb->out = NULL;
+    rb->lse = NULL;
+}
+
+void test_qo_expect_untouched(const test_qo *t, const char *call) {
+    test_readback rb = test_qo_read(t);
+    for (size_t i = 0; i < t->out_bytes / 2; ++i)
+        if (rb.out[i] != TEST_POISON16)
+            fail_msg("%s: out word %zu was written by a failed call (0x%04x)", call, i, rb.out[i]);
+    for (size_t i = 0; i < t->lse_bytes / 4; ++i)
+        if (rb.lse[i] != TEST_POISON32)
+            fail_msg("%s: lse word %zu was written by a failed call (0x%08x)", call, i, rb.lse[i]);
+    test_readback_free(&rb);
+}
+
+void test_qo_expect_same_bits(const test_qo *t, const test_readback *a, const test_readback *b,
+                              const char *when) {
+    for (size_t i = 0; i < t->out_bytes / 2; ++i)
+        if (a->out[i] != b->out[i])
+            fail_msg("%s: out word %zu differs between runs: 0x%04x then 0x%04x", when, i,
+                     a->out[i], b->out[i]);
+    for (size_t i = 0; i < t->lse_bytes / 4; ++i)
+        if (a->lse[i] != b->lse[i])
+            fail_msg("%s: lse word %zu differs between runs: 0x%08x then 0x%08x", when, i,
+                     a->lse[i], b->lse[i]);
+}
+
+void test_qo_expect_failed(const test_qo *t, flp_status got, flp_status want, const char *call,
+                           const char *const *words) {
+    test_expect_status(t->ctx, got, want, call, words);
+    test_qo_expect_untouched(t, call);
+}
+
+/* The request owning row r. */
+static int32_t request_of_row(const test_qo_requests *req, int32_t r) {
+    int32_t b = 0;
+    while (b + 1 < req->batch && req->qo_indptr[b + 1] <= r)
+        ++b;
+    return b;
+}
+
+void test_qo_check(const test_qo *t, const test_readback *rb, const test_qo_requests *req,
+                   const double *ref_out, const double *ref_lse, const char *what) {
+    const test_qo_layout *l = &t->layout;
+    const char *name = req->name;
+    const int32_t rows = req->qo_indptr[req->batch], hq = t->heads, dim = t->head_dim;
+    const size_t out_words = t->out_bytes / 2, lse_words = t->lse_bytes / 4;
+    const size_t n = (size_t)rows * (size_t)hq * (size_t)dim;
+    double *got = test_xcalloc(n, sizeof(double));
+    bool *seen = test_xcalloc(out_words > lse_words ? out_words : lse_words, sizeof(bool));
+    for (int32_t r = 0; r < rows; ++r) {
+        const int32_t b = request_of_row(req, r);
+        for (int32_t h = 0; h < hq; ++h) {
+            const bool empty = req->kv_len[b] == 0 || isinf(ref_lse[(size_t)r * hq + h]);
+            for (int32_t d = 0; d < dim; ++d) {
+                const size_t at = l->out_offset / 2 + (size_t)r * (size_t)l->row_stride +
+                                  (size_t)h * (size_t)l->head_stride + (size_t)d;
+                const size_t i = ((size_t)r * hq + h) * dim + d;
+                seen[at] = true;
+                if (rb->out[at] == TEST_POISON16)
+                    fail_msg("%s: %s: out[%d, %d, %d] (request %d) was not written", name, what, r,
+                             h, d, b);
+                got[i] = test_half_to_double(t->dtype, rb->out[at]);
+                if (isnan(got[i]))
+                    fail_msg("%s: %s: out[%d, %d, %d] is NaN (0x%04x)", name, what, r, h, d,
+                             rb->out[at]);
+                if (empty && got[i] != 0.0)
+                    fail_msg("%s: %s: out[%d, %d, %d] = %g but the row keeps no key (request %d, "
+                             "kv_len %d; want 0)",
+                             name, what, r, h, d, got[i], b, req->kv_len[b]);
+            }
+        }
+    }
+    for (size_t i = 0; i < out_words; ++i)
+        if (!seen[i] && rb->out[i] != TEST_POISON16)
+            fail_msg("%s: %s: out buffer word %zu outside the view was written (0x%04x)", name,
+                     what, i, rb->out[i]);
+    const double tol = test_out_tolerance(t->dtype);
+    size_t worst = 0;
+    const double err = test_relative_error(got, ref_out, n, &worst);
+    if (!(err <= tol)) {
+        const int32_t r = (int32_t)(worst / ((size_t)dim * (size_t)hq));
+        const int32_t b = request_of_row(req, r);
+        fail_msg("%s: %s: out relative error %.3g > %.3g; worst out[%d, %zu, %zu] (request %d: "
+                 "qo_len %d, kv_len %d) = %.6g, reference %.6g (seed 0x%llx)",
+                 name, what, err, tol, r, worst / (size_t)dim % (size_t)hq, worst % (size_t)dim, b,
+                 req->qo_indptr[b + 1] - req->qo_indptr[b], req->kv_len[b], got[worst],
+                 ref_out[worst], (unsigned long long)test_seed());
+    }
+    if (getenv("FLP_TEST_VERBOSE"))
+        print_message("  %s: %s: out error %.2e (tolerance %.1e)\n", name, what, err, tol);
+    free(got);
+
+    memset(seen, 0, lse_words * sizeof(bool));
+    const double ltol = test_lse_tolerance(t->dtype);
+    for (int32_t r = 0; r < rows && req->lse; ++r)
+        for (int32_t h = 0; h < hq; ++h) {
+            const size_t at = l->lse_offset / 4 + (size_t)r * (size_t)l->lse_row_stride + (size_t)h;
+            seen[at] = true;
+            if (rb->lse[at] == TEST_POISON32)
+                fail_msg("%s: %s: lse[%d, %d] was not written", name, what, r, h);
+            const double g = test_f32_bits_to_double(rb->lse[at]);
+            const double want = ref_lse[(size_t)r * hq + h];
+            if (isinf(want)) {
+                if (!(isinf(g) && g < 0))
+                    fail_msg("%s: %s: lse[%d, %d] = %g, want -inf (no key kept)", name, what, r, h,
+                             g);
+            } else if (!(fabs(g - want) <= ltol * fmax(1.0, fabs(want)))) {
+                fail_msg("%s: %s: lse[%d, %d] = %.7g, reference %.7g (tolerance %.1g, seed 0x%llx)",
+                         name, what, r, h, g, want, ltol, (unsigned long long)test_seed());
+            }
+        }
+    for (size_t i = 0; i < lse_words; ++i)
+        if (!seen[i] && rb->lse[i] != TEST_POISON32)
+            fail_msg("%s: %s: lse buffer word %zu was written (0x%08x) %s", name, what, i,
+                     rb->lse[i], req->lse ? "outside the view" : "with lse off");
+    free(seen);
+}
+
+/* ---- the list of tests of a program ---------------------------------------------------------- */
+
+void test_list_add(test_list *l, const char *prefix, const char *name, void (*fn)(void **),
+                   bool bad, void *state) {
+    if (l->count == l->capacity) {
+        l->capacity = l->capacity ? 2 * l->capacity : 64;
+        l->tests = realloc(l->tests, l->capacity * sizeof *l->tests);
+        l->names = realloc(l->names, l->capacity * sizeof *l->names);
+        if (!l->tests || !l->names) {
+            fprintf(stderr, "out of memory\n");
+            exit(1);
+        }
+    }
+    const size_t len = strlen(prefix) + strlen(name) + 1;
+    char *full = malloc(len);
+    if (!full) {
+        fprintf(stderr, "out of memory\n");
+        exit(1);
+    }
+    snprintf(full, len, "%s%s", prefix, name);
+    l->names[l->count] = full;
+    l->tests[l->count++] =
+        (struct CMUnitTest){full, fn, bad ? test_backend_setup_bad : test_backend_setup_good,
+                            bad ? test_backend_teardown_bad : test_backend_teardown_good, state};
+}
+
+int test_list_run(test_list *l, const char *group, int argc, char **argv,
+                  int (*group_setup)(void **), int (*group_teardown)(void **)) {
+    if (argc > 2)
+        cmocka_set_test_filter(argv[2]);
+    char name[64];
+    snprintf(name, sizeof name, "%s-%s", group, test_backend_name());
+    const int failed =
+        _cmocka_run_group_tests(name, l->tests, l->count, group_setup, group_teardown);
+    for (size_t i = 0; i < l->count; ++i)
+        free(l->names[i]);
+    free(l->names);
+    free(l->tests);
+    memset(l, 0, sizeof *l);
+    return failed ? 1 : 0;
 }

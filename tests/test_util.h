@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "flashport/flashport.h"
+#include "tests/case_kinds.h"
 
 /* splitmix64: tiny, fast, deterministic across platforms. */
 typedef struct test_rng {
@@ -79,6 +80,16 @@ struct flp_ref_attention;
 void test_ref_attention_init(struct flp_ref_attention *a, const flp_variant *variant,
                              int32_t batch_size, int32_t num_qo_heads, int32_t num_kv_heads);
 
+/* Runs the reference on a (test_ref_attention_init plus indptrs, k, v and options) with q
+ * [qo_indptr[batch_size], num_qo_heads, head_dim] and alibi_slopes [num_qo_heads] (or NULL)
+ * given as floats; fails the test unless it succeeds. */
+void test_ref_attention_run(struct flp_ref_attention *a, const float *q, const float *alibi_slopes,
+                            double *out, double *lse);
+
+/* New copies (free them) of n values; never NULL. */
+int32_t *test_copy_i32(const int32_t *x, size_t n);
+float *test_copy_f32(const float *x, size_t n);
+
 /* Whether needle occurs in hay, ignoring ASCII case. */
 bool test_contains_ci(const char *hay, const char *needle);
 
@@ -104,6 +115,8 @@ flp_backend_kind test_backend_kind(void);
 const char *test_backend_name(void);
 /* Prints the device and fails (-1) when validation messages appeared while opening. */
 int test_backend_report(void);
+/* The device info that test_backend_report read. */
+const flp_device_info *test_backend_info(void);
 
 /* cmocka setup / teardown: "good" tests fail on any logged error, "bad" tests expect errors.
  * Both fail on any validation message that appeared during the test. */
@@ -114,5 +127,152 @@ int test_backend_teardown_bad(void **state);
 /* Inside a test: from here on errors are expected (true) or fail the test and are printed
  * (false); the count of errors seen so far starts again from zero. */
 void test_backend_expect_errors(bool expected);
+
+/* ---- shared by the backend reference suites (test_decode.c, test_prefill.c) ----------------- */
+
+/* calloc that fails the test when out of memory; never returns NULL (n or size 0 count as 1). */
+void *test_xcalloc(size_t n, size_t size);
+
+/* cmocka assertion: call returned FLP_OK; else fails naming the call, the status and the
+ * context's message. */
+#define test_assert_ok(ctx, call) test_assert_ok_impl((ctx), (call), #call, __FILE__, __LINE__)
+void test_assert_ok_impl(const flp_context *ctx, flp_status st, const char *call, const char *file,
+                         int line);
+
+bool test_is_fp8(flp_dtype dt);
+/* A 16-bit value (bf16 when dt is BF16, else f16) as a double. */
+double test_half_to_double(flp_dtype dt, uint16_t bits);
+/* Tolerances of the suites for an output of dtype q_dtype (DESIGN.md): out max|out - ref| /
+ * max|ref|; lse |got - ref| <= tol * max(1, |ref|). */
+double test_out_tolerance(flp_dtype q_dtype);
+double test_lse_tolerance(flp_dtype q_dtype);
+
+/* A new array (free it) of 0..n-1, shuffled (Fisher-Yates) unless shuffle is false. */
+int32_t *test_permutation(test_rng *rng, int32_t n, bool shuffle);
+
+/* Random RoPE offsets in [0, 300] for batch requests: new arrays *q and *k (free them). */
+void test_rope_offsets(test_rng *rng, int32_t batch, int32_t **q, int32_t **k);
+
+/* Sets the positional encoding of v as a case table asks (tests/case_kinds.h); ALIBI_CALLER
+ * also makes *alibi_slopes, a new array (free it) of num_qo_heads random slopes in [0.01, 1]. */
+void test_variant_set_pos_encoding(flp_variant *v, alibi_kind alibi, rope_kind rope,
+                                   int32_t num_qo_heads, test_rng *rng, float **alibi_slopes);
+
+/* The variant's positional encoding from a golden case's (ALiBi with or without its slopes,
+ * RoPE); *alibi_slopes as above, copied from the case. */
+struct golden_case;
+void test_variant_set_golden_pos_encoding(flp_variant *v, const struct golden_case *g,
+                                          float **alibi_slopes);
+
+/* A paged KV pool of stored values times scale (the f32 product the kernels compute), gathered
+ * into ragged token order as doubles: a new array [tokens, num_kv_heads, head_dim] (free it),
+ * tok_indptr [batch + 1] filled. Fails unless request b has kv_len[b] tokens. */
+double *test_gather_paged_kv(int32_t batch, int32_t num_kv_heads, int32_t head_dim,
+                             int32_t page_size, flp_kv_layout layout, int32_t num_pages,
+                             const float *raw, float scale, const int32_t *kv_indptr,
+                             const int32_t *kv_indices, const int32_t *kv_last_page_len,
+                             const int32_t *kv_len, int32_t *tok_indptr);
+
+/* A new buffer of bytes (16 when 0); fails the test unless created. */
+flp_buffer *test_buffer_new(flp_context *ctx, size_t bytes);
+/* Sets the first bytes of buf to value. */
+void test_buffer_fill(flp_context *ctx, flp_buffer *buf, size_t bytes, uint8_t value);
+/* A new host copy (free it) of the first bytes of buf. */
+void *test_buffer_read_all(flp_context *ctx, const flp_buffer *buf, size_t bytes);
+
+/* A plan description of the given capacities and shape (the rest 0). */
+flp_plan_desc test_plan_desc_make(int32_t max_batch_size, int32_t max_pages, int32_t num_qo_heads,
+                                  int32_t num_kv_heads, int32_t head_dim);
+/* flp_plan_create that fails the test unless it succeeds. */
+flp_plan *test_plan_create(flp_context *ctx, const flp_plan_desc *pd);
+
+/* A caller workspace for pd: a buffer of TEST_WS_GUARD + size + TEST_WS_GUARD bytes, all
+ * TEST_WS_PATTERN, set in pd (offset TEST_WS_GUARD); *size gets the plan's workspace size. */
+#define TEST_WS_GUARD 256
+#define TEST_WS_PATTERN 0xA5u
+flp_buffer *test_workspace_create(flp_context *ctx, flp_plan_desc *pd, size_t *size);
+/* Fails when a byte of the guards around the workspace range changed; returns whether the
+ * range itself was written. */
+bool test_workspace_check(flp_context *ctx, const flp_buffer *ws, size_t size, const char *when);
+
+/* ---- q, out and lse of an attention call on the device -------------------------------------- *
+ * q/out [rows, heads, head_dim] of a 16-bit dtype and lse [rows, heads] f32, each in a buffer of
+ * its own that ends 64 bytes after the last row of the capacity (so writes past a view show). */
+
+#define TEST_POISON16 0xFFFFu     /* f16 / bf16 NaN */
+#define TEST_POISON32 0xFFFFFFFFu /* f32 NaN */
+
+typedef struct test_qo_layout {
+    int64_t row_stride, head_stride, lse_row_stride; /* elements */
+    size_t q_offset, out_offset, lse_offset;         /* bytes */
+} test_qo_layout;
+
+typedef struct test_qo {
+    flp_context *ctx;
+    flp_dtype dtype;
+    int32_t heads, head_dim;
+    int32_t rows_capacity;
+    test_qo_layout layout;
+    flp_buffer *q_buf, *out_buf, *lse_buf;
+    size_t q_bytes, out_bytes, lse_bytes;
+    flp_tensor q, out, lse; /* views of the rows of the last test_qo_write */
+} test_qo;
+
+void test_qo_create(test_qo *t, flp_context *ctx, flp_dtype dtype, int32_t heads, int32_t head_dim,
+                    int32_t rows_capacity, test_qo_layout layout);
+/* Uploads q [rows, heads, head_dim] (values of the dtype; the rest of the buffer gets the poison
+ * NaN, so reading it would show) and sets the views to rows. */
+void test_qo_write(test_qo *t, const float *q, int32_t rows);
+/* Fills the out and lse buffers with 0xFF bytes. */
+void test_qo_poison(const test_qo *t);
+void test_qo_free(test_qo *t);
+
+/* Raw contents of the output buffers. */
+typedef struct test_readback {
+    uint16_t *out; /* [out_bytes / 2] */
+    uint32_t *lse; /* [lse_bytes / 4] */
+} test_readback;
+
+test_readback test_qo_read(const test_qo *t);
+void test_readback_free(test_readback *rb);
+/* Fails unless the outputs still hold the poison (call names the failed call). */
+void test_qo_expect_untouched(const test_qo *t, const char *call);
+/* Fails unless a and b are the same bits. */
+void test_qo_expect_same_bits(const test_qo *t, const test_readback *a, const test_readback *b,
+                              const char *when);
+/* test_expect_status, then test_qo_expect_untouched. */
+void test_qo_expect_failed(const test_qo *t, flp_status got, flp_status want, const char *call,
+                           const char *const *words);
+
+/* The requests behind the rows of the views, for the checks and their messages. */
+typedef struct test_qo_requests {
+    const char *name; /* the problem, in messages */
+    int32_t batch;
+    const int32_t *qo_indptr; /* [batch + 1] rows of each request */
+    const int32_t *kv_len;    /* [batch] */
+    bool lse;                 /* lse was asked for (else the lse buffer must stay poisoned) */
+} test_qo_requests;
+
+/* Checks a run's outputs against ref_out [rows, heads, d] / ref_lse [rows, heads]: every element
+ * of the views written, nothing outside them touched, rows that keep no key (an empty request or
+ * an lse of -inf) exactly 0 with lse -inf, errors within the dtype's tolerances. */
+void test_qo_check(const test_qo *t, const test_readback *rb, const test_qo_requests *req,
+                   const double *ref_out, const double *ref_lse, const char *what);
+
+/* ---- the list of tests of a program ---------------------------------------------------------- */
+
+typedef struct test_list {
+    struct CMUnitTest *tests;
+    char **names;
+    size_t count, capacity;
+} test_list;
+
+/* Adds the test prefix + name (setup / teardown: test_backend_*_bad when bad, else _good). */
+void test_list_add(test_list *l, const char *prefix, const char *name, void (*fn)(void **),
+                   bool bad, void *state);
+/* Runs the group "<group>-<backend>" (cmocka filter argv[2] when given), frees the list and
+ * returns the program's exit status. */
+int test_list_run(test_list *l, const char *group, int argc, char **argv,
+                  int (*group_setup)(void **), int (*group_teardown)(void **));
 
 #endif /* FLP_TESTS_TEST_UTIL_H */
