@@ -71,6 +71,27 @@ flp_status flp_cu_buffer_read(flp_context *ctx, const flp_buffer *buf, size_t of
 flp_status flp_cu_config_get(flp_context *ctx, int index, const flp_cu_config **out);
 /* Unloads every module (the context must be current). */
 void flp_cu_modules_release(flp_context *ctx);
+/* Makes ctx current (flp_cu_enter, what naming the entry point) and gets configuration index;
+ * on FLP_OK the context stays current until the caller's flp_cu_leave, on failure it is left. */
+flp_status flp_cu_enter_config(flp_context *ctx, const char *what, int index,
+                               const flp_cu_config **out);
+/* Loads (or builds) the kernels of a checked launch's configuration now rather than at its
+ * first run (what names the entry point). */
+flp_status flp_cu_load_config(flp_context *ctx, const char *what, int32_t q_dtype, int32_t kv_dtype,
+                              int32_t head_dim);
+/* The grid size of a head_dim's decode (prefill false) or prefill kernels: SMs x resident blocks
+ * per SM, or on failure the (negative) flp_status with the reason in ctx's last error (what:
+ * "CUDA decode", ...). The occupancy of one configuration stands for all of the head_dim: they
+ * share block shapes and launch bounds (prefill's mixed-type pairs stage K/V and need more shared
+ * memory, so fewer of their blocks may be resident at once: its persistent loop is correct for
+ * any grid, blocks then run in waves). */
+#define FLP_CU_GRID_Q FLP_DTYPE_BF16
+#define FLP_CU_GRID_KV FLP_DTYPE_BF16
+int32_t flp_cu_resident_grid(flp_context *ctx, const char *what, int32_t head_dim, bool prefill);
+/* flp_cu_enter_config for the configuration of a checked launch run by fn ("flp_decode_run",
+ * ...); fails if the launch has no kernel. */
+flp_status flp_cu_enter_launch(flp_context *ctx, const char *fn, int32_t q_dtype, int32_t kv_dtype,
+                               int32_t head_dim, const flp_cu_config **out);
 
 /* cu_decode.c */
 int32_t flp_cu_decode_grid_size(flp_context *ctx, int32_t head_dim);

@@ -3,28 +3,8 @@
 #include "backend-cuda/cu_backend.h"
 #include "backend-cuda/kernels/decode_config.h"
 
-/* The configuration whose occupancy sizes the grid of a head_dim: all configurations of one
- * head_dim share the block shape and register budget (launch bounds), so any would do. */
-#define FLP_CU_GRID_Q FLP_DTYPE_BF16
-#define FLP_CU_GRID_KV FLP_DTYPE_BF16
-
-/* On failure: the (negative) flp_status, with the reason in ctx's last error. */
 int32_t flp_cu_decode_grid_size(flp_context *ctx, int32_t head_dim) {
-    flp_cu_state *st = flp_cu_state_of(ctx);
-    int index = flp_cu_config_index(FLP_CU_GRID_Q, FLP_CU_GRID_KV, head_dim);
-    if (index < 0)
-        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
-                        "CUDA decode: head_dim %d has no kernel (64, 128, 256)", (int)head_dim);
-    flp_status status = flp_cu_enter(ctx, "CUDA decode grid");
-    if (status != FLP_OK)
-        return status;
-    const flp_cu_config *cfg = NULL;
-    status = flp_cu_config_get(ctx, index, &cfg);
-    flp_cu_leave(ctx);
-    if (status != FLP_OK)
-        return status;
-    /* Every block resident at once: the plan balances work over exactly these blocks. */
-    return (int32_t)st->sm_count * (int32_t)cfg->max_blocks;
+    return flp_cu_resident_grid(ctx, "CUDA decode", head_dim, false);
 }
 
 flp_status flp_cu_decode_check(flp_context *ctx, const flp_decode_launch *launch) {
@@ -32,31 +12,18 @@ flp_status flp_cu_decode_check(flp_context *ctx, const flp_decode_launch *launch
     if (status != FLP_OK)
         return status;
     /* Load (or build) the kernels now rather than in run. */
-    status = flp_cu_enter(ctx, "CUDA decode");
-    if (status != FLP_OK)
-        return status;
-    const flp_cu_config *cfg = NULL;
-    status = flp_cu_config_get(
-        ctx, flp_cu_config_index(launch->q_dtype, launch->kv_dtype, launch->head_dim), &cfg);
-    flp_cu_leave(ctx);
-    return status;
+    return flp_cu_load_config(ctx, "CUDA decode", launch->q_dtype, launch->kv_dtype,
+                              launch->head_dim);
 }
 
 flp_status flp_cu_decode_run(flp_context *ctx, const flp_decode_launch *launch) {
     static const char *fn = "flp_decode_run";
     flp_cu_state *st = flp_cu_state_of(ctx);
-    int index = flp_cu_config_index(launch->q_dtype, launch->kv_dtype, launch->head_dim);
-    if (index < 0)
-        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED, "%s: unchecked launch (no kernel)", fn);
-    flp_status status = flp_cu_enter(ctx, fn);
+    const flp_cu_config *cfg = NULL;
+    flp_status status =
+        flp_cu_enter_launch(ctx, fn, launch->q_dtype, launch->kv_dtype, launch->head_dim, &cfg);
     if (status != FLP_OK)
         return status;
-    const flp_cu_config *cfg = NULL;
-    status = flp_cu_config_get(ctx, index, &cfg); /* already loaded by decode_check */
-    if (status != FLP_OK) {
-        flp_cu_leave(ctx);
-        return status;
-    }
     const int large = flp_cu_decode_variant(launch);
     /* By value: cuLaunchKernel copies the parameter block (a captured graph keeps the copy). */
     void *args[] = {(void *)&launch->params};

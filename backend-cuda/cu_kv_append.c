@@ -15,18 +15,14 @@ flp_status flp_cu_kv_append_run(flp_context *ctx, const flp_kv_append_params *pa
         return status;
     if (params->nnz == 0)
         return FLP_OK;
-    status = flp_cu_enter(ctx, fn);
+    const flp_cu_config *cfg = NULL;
+    status =
+        flp_cu_enter_config(ctx, fn,
+                            flp_cu_config_index(FLP_CU_APPEND_CONFIG_Q, FLP_CU_APPEND_CONFIG_KV,
+                                                FLP_CU_APPEND_CONFIG_D),
+                            &cfg);
     if (status != FLP_OK)
         return status;
-    const flp_cu_config *cfg = NULL;
-    status = flp_cu_config_get(ctx,
-                               flp_cu_config_index(FLP_CU_APPEND_CONFIG_Q, FLP_CU_APPEND_CONFIG_KV,
-                                                   FLP_CU_APPEND_CONFIG_D),
-                               &cfg);
-    if (status != FLP_OK) {
-        flp_cu_leave(ctx);
-        return status;
-    }
     const unsigned blocks = flp_cu_kv_append_grid(params);
     void *args[] = {(void *)params};
     CUresult r = st->cu->cuLaunchKernel(cfg->kv_append, blocks, 1, 1, FLP_CU_KV_APPEND_THREADS, 1,

@@ -33,22 +33,31 @@ void flp_cu_config_of(int index, int32_t *q, int32_t *kv, int32_t *d) {
     *q = q_dtypes[index / (FLP_CU_NUM_HEAD_DIMS * FLP_CU_NUM_KV)];
 }
 
-bool flp_cu_kernel_name(int32_t q_dtype, int32_t kv_dtype, int32_t head_dim, int rows, char *buf,
-                        size_t size) {
-    /* The names the kernels are instantiated under (kernels/flashport_kernels.cu). */
+/* The dtype names the kernels are instantiated under (kernels/flashport_kernels.cu) of a
+ * configuration; false when no kernel exists for it. */
+static bool dtype_names(int32_t q_dtype, int32_t kv_dtype, int32_t head_dim, const char **q,
+                        const char **kv) {
     static const char *const q_names[FLP_CU_NUM_Q] = {"f16", "bf16"};
     static const char *const kv_names[FLP_CU_NUM_KV] = {"f16", "bf16", "e4m3", "e5m2"};
     if (flp_cu_config_index(q_dtype, kv_dtype, head_dim) < 0)
         return false;
-    const char *q = q_names[find(q_dtypes, FLP_CU_NUM_Q, q_dtype)];
+    *q = q_names[find(q_dtypes, FLP_CU_NUM_Q, q_dtype)];
+    *kv = kv_names[find(kv_dtypes, FLP_CU_NUM_KV, kv_dtype)];
+    return true;
+}
+
+bool flp_cu_kernel_name(int32_t q_dtype, int32_t kv_dtype, int32_t head_dim, int rows, char *buf,
+                        size_t size) {
+    const char *q, *kv;
+    if (!dtype_names(q_dtype, kv_dtype, head_dim, &q, &kv))
+        return false;
     if (rows == 0) {
         snprintf(buf, size, "flp_decode_merge_%s", q);
         return true;
     }
     if (rows != FLP_CU_DECODE_ROWS_SMALL && rows != FLP_CU_DECODE_ROWS_LARGE)
         return false;
-    snprintf(buf, size, "flp_decode_%s_%s_d%d_r%d", q,
-             kv_names[find(kv_dtypes, FLP_CU_NUM_KV, kv_dtype)], (int)head_dim, rows);
+    snprintf(buf, size, "flp_decode_%s_%s_d%d_r%d", q, kv, (int)head_dim, rows);
     return true;
 }
 
@@ -137,19 +146,16 @@ int flp_cu_prefill_tile_index(int32_t q_tile) {
 
 bool flp_cu_prefill_kernel_name(int32_t q_dtype, int32_t kv_dtype, int32_t head_dim, int tile,
                                 char *buf, size_t size) {
-    static const char *const q_names[FLP_CU_NUM_Q] = {"f16", "bf16"};
-    static const char *const kv_names[FLP_CU_NUM_KV] = {"f16", "bf16", "e4m3", "e5m2"};
-    if (flp_cu_config_index(q_dtype, kv_dtype, head_dim) < 0)
+    const char *q, *kv;
+    if (!dtype_names(q_dtype, kv_dtype, head_dim, &q, &kv))
         return false;
-    const char *q = q_names[find(q_dtypes, FLP_CU_NUM_Q, q_dtype)];
     if (tile == 0) {
         snprintf(buf, size, "flp_prefill_merge_%s", q);
         return true;
     }
     if (tile != 16 && tile != 64 && tile != 128)
         return false;
-    snprintf(buf, size, "flp_prefill_%s_%s_d%d_t%d", q,
-             kv_names[find(kv_dtypes, FLP_CU_NUM_KV, kv_dtype)], (int)head_dim, tile);
+    snprintf(buf, size, "flp_prefill_%s_%s_d%d_t%d", q, kv, (int)head_dim, tile);
     return true;
 }
 

@@ -92,6 +92,33 @@ static flp_status get_function(flp_context *ctx, flp_cu_state *st, CUmodule modu
     return FLP_OK;
 }
 
+/* Lets kernel fn (called name in messages) use smem bytes of dynamic shared memory and returns
+ * how many of its blocks of threads fit on one SM; fails when none does. */
+static flp_status configure_kernel(flp_context *ctx, const flp_cu_driver *cu, CUfunction fn,
+                                   const char *name, int threads, unsigned smem, int *blocks) {
+    if (smem > ctx->info.shared_memory_per_group)
+        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
+                        "CUDA: %s needs %u bytes of shared memory, the device allows %zu", name,
+                        smem, ctx->info.shared_memory_per_group);
+    CUresult r =
+        cu->cuFuncSetAttribute(fn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, (int)smem);
+    if (r != CUDA_SUCCESS)
+        return flp_cu_fail(ctx, cu, r,
+                           "CUDA: cuFuncSetAttribute(%s, MAX_DYNAMIC_SHARED_SIZE_BYTES, %u)", name,
+                           smem);
+    *blocks = 0;
+    r = cu->cuOccupancyMaxActiveBlocksPerMultiprocessor(blocks, fn, threads, smem);
+    if (r != CUDA_SUCCESS)
+        return flp_cu_fail(ctx, cu, r, "CUDA: cuOccupancyMaxActiveBlocksPerMultiprocessor(%s)",
+                           name);
+    if (*blocks < 1)
+        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
+                        "CUDA: %s cannot be resident on this device (%d threads, %u bytes of "
+                        "shared memory)",
+                        name, threads, smem);
+    return FLP_OK;
+}
+
 /* Fetches the functions of a configuration from module, raises their shared-memory limit and
  * measures their occupancy. */
 static flp_status setup_config(flp_context *ctx, flp_cu_state *st, int index, CUmodule module,
@@ -112,27 +139,11 @@ static flp_status setup_config(flp_context *ctx, flp_cu_state *st, int index, CU
             return status;
         const unsigned smem = (unsigned)FLP_CU_DECODE_SMEM_BYTES((int)flp_dtype_size((flp_dtype)kv),
                                                                  (int)d, rows_of[i]);
-        if (smem > ctx->info.shared_memory_per_group)
-            return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
-                            "CUDA: %s needs %u bytes of shared memory, the device allows %zu", name,
-                            smem, ctx->info.shared_memory_per_group);
-        CUresult r = cu->cuFuncSetAttribute(
-            cfg->decode[i], CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, (int)smem);
-        if (r != CUDA_SUCCESS)
-            return flp_cu_fail(ctx, cu, r,
-                               "CUDA: cuFuncSetAttribute(%s, MAX_DYNAMIC_SHARED_SIZE_BYTES, %u)",
-                               name, smem);
         int blocks = 0;
-        r = cu->cuOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, cfg->decode[i],
-                                                            FLP_CU_DECODE_THREADS, smem);
-        if (r != CUDA_SUCCESS)
-            return flp_cu_fail(ctx, cu, r, "CUDA: cuOccupancyMaxActiveBlocksPerMultiprocessor(%s)",
-                               name);
-        if (blocks < 1)
-            return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
-                            "CUDA: %s cannot be resident on this device (%d threads, %u bytes of "
-                            "shared memory)",
-                            name, FLP_CU_DECODE_THREADS, smem);
+        status =
+            configure_kernel(ctx, cu, cfg->decode[i], name, FLP_CU_DECODE_THREADS, smem, &blocks);
+        if (status != FLP_OK)
+            return status;
         cfg->smem_bytes[i] = smem;
         max_blocks = i == 0 || blocks < max_blocks ? blocks : max_blocks;
     }
@@ -153,27 +164,10 @@ static flp_status setup_config(flp_context *ctx, flp_cu_state *st, int index, CU
             return status;
         const unsigned smem = flp_cu_prefill_smem_bytes(q, kv, d, tile);
         const int threads = FLP_CU_PREFILL_THREADS((int)d, tile);
-        if (smem > ctx->info.shared_memory_per_group)
-            return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
-                            "CUDA: %s needs %u bytes of shared memory, the device allows %zu", name,
-                            smem, ctx->info.shared_memory_per_group);
-        CUresult r = cu->cuFuncSetAttribute(
-            cfg->prefill[i], CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, (int)smem);
-        if (r != CUDA_SUCCESS)
-            return flp_cu_fail(ctx, cu, r,
-                               "CUDA: cuFuncSetAttribute(%s, MAX_DYNAMIC_SHARED_SIZE_BYTES, %u)",
-                               name, smem);
         int blocks = 0;
-        r = cu->cuOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, cfg->prefill[i], threads,
-                                                            smem);
-        if (r != CUDA_SUCCESS)
-            return flp_cu_fail(ctx, cu, r, "CUDA: cuOccupancyMaxActiveBlocksPerMultiprocessor(%s)",
-                               name);
-        if (blocks < 1)
-            return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
-                            "CUDA: %s cannot be resident on this device (%d threads, %u bytes of "
-                            "shared memory)",
-                            name, threads, smem);
+        status = configure_kernel(ctx, cu, cfg->prefill[i], name, threads, smem, &blocks);
+        if (status != FLP_OK)
+            return status;
         cfg->prefill_smem[i] = smem;
         if (tile == 128)
             cfg->prefill_max_blocks = blocks;
@@ -224,4 +218,52 @@ void flp_cu_modules_release(flp_context *ctx) {
     st->fatbin_module = NULL;
     st->fatbin_checked = false;
     st->use_nvrtc = false;
+}
+
+flp_status flp_cu_enter_config(flp_context *ctx, const char *what, int index,
+                               const flp_cu_config **out) {
+    flp_status status = flp_cu_enter(ctx, what);
+    if (status != FLP_OK)
+        return status;
+    status = flp_cu_config_get(ctx, index, out);
+    if (status != FLP_OK)
+        flp_cu_leave(ctx);
+    return status;
+}
+
+flp_status flp_cu_load_config(flp_context *ctx, const char *what, int32_t q_dtype, int32_t kv_dtype,
+                              int32_t head_dim) {
+    const flp_cu_config *cfg = NULL;
+    flp_status status =
+        flp_cu_enter_config(ctx, what, flp_cu_config_index(q_dtype, kv_dtype, head_dim), &cfg);
+    if (status == FLP_OK)
+        flp_cu_leave(ctx);
+    return status;
+}
+
+int32_t flp_cu_resident_grid(flp_context *ctx, const char *what, int32_t head_dim, bool prefill) {
+    int index = flp_cu_config_index(FLP_CU_GRID_Q, FLP_CU_GRID_KV, head_dim);
+    if (index < 0)
+        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED, "%s: head_dim %d has no kernel (64, 128, 256)",
+                        what, (int)head_dim);
+    char label[64];
+    snprintf(label, sizeof label, "%s grid", what);
+    const flp_cu_config *cfg = NULL;
+    flp_status status = flp_cu_enter_config(ctx, label, index, &cfg);
+    if (status != FLP_OK)
+        return status;
+    flp_cu_leave(ctx);
+    /* Decode: every block resident at once, the plan balances work over exactly these blocks.
+     * Prefill: persistent blocks, all resident at once (SMs x resident tile-128 blocks). */
+    const int per_sm = prefill ? cfg->prefill_max_blocks : cfg->max_blocks;
+    return (int32_t)flp_cu_state_of(ctx)->sm_count * (int32_t)per_sm;
+}
+
+flp_status flp_cu_enter_launch(flp_context *ctx, const char *fn, int32_t q_dtype, int32_t kv_dtype,
+                               int32_t head_dim, const flp_cu_config **out) {
+    int index = flp_cu_config_index(q_dtype, kv_dtype, head_dim);
+    if (index < 0)
+        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED, "%s: unchecked launch (no kernel)", fn);
+    /* already loaded by the check */
+    return flp_cu_enter_config(ctx, fn, index, out);
 }

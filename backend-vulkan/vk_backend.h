@@ -206,6 +206,25 @@ flp_status flp_vk_synchronize(flp_context *ctx);
 void flp_vk_barrier(flp_vk *vk, VkCommandBuffer cmd, VkPipelineStageFlags src_stage,
                     VkAccessFlags src_access, VkPipelineStageFlags dst_stage,
                     VkAccessFlags dst_access);
+/* Records an update of a run's parameters (vkCmdUpdateBuffer of size bytes at offset of
+ * buffer) between the barriers that order it after earlier compute work and before this run's
+ * shaders. */
+void flp_vk_record_params_update(flp_vk *vk, VkCommandBuffer cmd, VkBuffer buffer,
+                                 VkDeviceSize offset, VkDeviceSize size, const void *data);
+/* Starts recording an attention run (flp_vk_record_begin, the caller's command buffer allowed)
+ * with the update of its parameter block (size bytes at params) in the slot at slot_offset of
+ * plan_buffer; *params_address: the slot's device address, for the shaders' push constant. */
+flp_status flp_vk_record_run_begin(flp_vk *vk, const flp_buffer *plan_buffer, uint64_t slot_offset,
+                                   const void *params, size_t size, flp_vk_recording *rec,
+                                   uint64_t *params_address);
+/* Records a merge of split partial states after the attention dispatch that wrote them: grid
+ * workgroups as an x * y grid (x within maxComputeWorkGroupCount[0]); params_address, unless
+ * NULL, is pushed again after binding merge. */
+void flp_vk_record_merge(flp_vk *vk, VkCommandBuffer cmd, VkPipeline merge, uint32_t grid,
+                         const uint64_t *params_address);
+/* Records the barrier that makes a run's outputs visible to whatever comes next, then submits
+ * (flp_vk_record_submit without waiting). */
+flp_status flp_vk_record_finish(flp_vk *vk, flp_vk_recording *rec);
 
 /* vk_pipelines.c */
 flp_status flp_vk_pipelines_init(flp_vk *vk);
@@ -245,6 +264,28 @@ int flp_vk_cpu_pipelines(const flp_vk *vk, uint32_t flags, uint32_t features[2],
  * driver allows one invocation (facts.loop_budget; llvmpipe would silently stop early). */
 flp_status flp_vk_cpu_check_budget(flp_vk *vk, const struct flp_plan *plan,
                                    const flp_vk_cpu_shape *s);
+
+/* vk_launch_check.c: checks the decode and prefill launches share; what names the kernel in
+ * messages ("decode", "prefill") */
+/* Queries f16 or bf16; KV f16, bf16, e4m3 or e5m2. */
+flp_status flp_vk_check_dtypes(flp_context *ctx, const char *what, int32_t q_dtype,
+                               int32_t kv_dtype);
+/* 1 <= num_ctas <= maxComputeWorkGroupCount[0]; min_merge_grid <= merge_grid <= what
+ * flp_vk_record_merge can dispatch (merge_what names the merge grid in messages). */
+flp_status flp_vk_check_grids(flp_context *ctx, const char *what, int32_t num_ctas,
+                              const char *merge_what, int32_t merge_grid, int32_t min_merge_grid);
+/* A plan buffer of this context with room for params_size bytes at the 8-byte aligned
+ * slot_offset. */
+flp_status flp_vk_check_params_slot(flp_context *ctx, const char *what,
+                                    const flp_buffer *plan_buffer, uint64_t slot_offset,
+                                    size_t params_size);
+/* FLP_ERROR_UNSUPPORTED when workgroup cta (of ctas) of a plan would run more loop iterations
+ * than the driver allows one invocation (facts.loop_budget, 0 = no limit; llvmpipe would
+ * silently stop early). */
+flp_status flp_vk_check_workgroup_loops(flp_vk *vk, const char *what, int32_t cta, int32_t ctas,
+                                        uint64_t iterations);
+/* grid within 1..maxComputeWorkGroupCount[0] (the attention kernels' grids are 1-D). */
+int32_t flp_vk_clamp_grid(const flp_vk *vk, int64_t grid);
 
 /* vk_decode.c */
 int32_t flp_vk_decode_grid_size(flp_context *ctx, int32_t head_dim);

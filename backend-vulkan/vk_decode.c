@@ -102,12 +102,8 @@ int32_t flp_vk_decode_grid_size(flp_context *ctx, int32_t head_dim) {
     (void)head_dim;
     flp_vk *vk = ctx->backend;
     /* Enough resident workgroups per unit to keep memory busy on a GPU. */
-    int64_t grid = vk->facts.cpu_decode ? flp_vk_cpu_decode_grid_size(ctx)
-                                        : (int64_t)ctx->info.compute_units * 4;
-    int64_t max = vk->facts.limits.maxComputeWorkGroupCount[0];
-    if (grid > max)
-        grid = max;
-    return grid > 0 ? (int32_t)grid : 1;
+    return flp_vk_clamp_grid(vk, vk->facts.cpu_decode ? flp_vk_cpu_decode_grid_size(ctx)
+                                                      : (int64_t)ctx->info.compute_units * 4);
 }
 
 static flp_vk_pipeline_key decode_key(const flp_vk *vk, const flp_decode_launch *launch,
@@ -183,32 +179,17 @@ static flp_status check_launch(flp_context *ctx, const flp_decode_launch *launch
         return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
                         "the Vulkan decode kernel supports head_dim 64, 128 and 256, not %d",
                         launch->head_dim);
-    if (launch->q_dtype != FLP_DTYPE_F16 && launch->q_dtype != FLP_DTYPE_BF16)
-        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
-                        "the Vulkan decode kernel takes f16 or bf16 queries, not %s",
-                        flp_dtype_name((flp_dtype)launch->q_dtype));
-    if (launch->kv_dtype != FLP_DTYPE_F16 && launch->kv_dtype != FLP_DTYPE_BF16 &&
-        !is_fp8(launch->kv_dtype))
-        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
-                        "the Vulkan decode kernel takes f16, bf16, e4m3 or e5m2 KV, not %s",
-                        flp_dtype_name((flp_dtype)launch->kv_dtype));
+    flp_status st = flp_vk_check_dtypes(ctx, "decode", launch->q_dtype, launch->kv_dtype);
+    if (st != FLP_OK)
+        return st;
     const flp_plan *plan = launch->plan;
     if (!plan || plan->group_size < 1 || plan->desc.max_qo_len < 1)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
                         "decode launch without a plan (or with group_size %d, max_qo_len %d)",
                         plan ? plan->group_size : 0, plan ? plan->desc.max_qo_len : 0);
-    const VkPhysicalDeviceLimits *lim = &vk->facts.limits;
-    if (launch->num_ctas < 1 || (uint32_t)launch->num_ctas > lim->maxComputeWorkGroupCount[0])
-        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
-                        "decode grid of %d workgroups is outside 1..%u (maxComputeWorkGroupCount)",
-                        launch->num_ctas, lim->maxComputeWorkGroupCount[0]);
-    if (launch->merge_grid < 1 ||
-        (uint64_t)launch->merge_grid >
-            (uint64_t)lim->maxComputeWorkGroupCount[0] * lim->maxComputeWorkGroupCount[1])
-        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
-                        "merge grid of %d workgroups is outside 1..%llu", launch->merge_grid,
-                        (unsigned long long)lim->maxComputeWorkGroupCount[0] *
-                            lim->maxComputeWorkGroupCount[1]);
+    st = flp_vk_check_grids(ctx, "decode", launch->num_ctas, "merge grid", launch->merge_grid, 1);
+    if (st != FLP_OK)
+        return st;
     /* the shader keeps page and slot strides in 32 bits (registers are what limit it) */
     const int64_t strides[4] = {p->k_stride_page, p->k_stride_slot, p->v_stride_page,
                                 p->v_stride_slot};
@@ -218,17 +199,10 @@ static flp_status check_launch(flp_context *ctx, const flp_decode_launch *launch
                             "the Vulkan decode kernel needs KV page and slot strides below 2^31 "
                             "elements; got %lld",
                             (long long)strides[i]);
-    const flp_buffer *plan_buffer = launch->plan_buffer;
-    if (!plan_buffer || !plan_buffer->native || plan_buffer->ctx != ctx)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                        "decode launch without a plan buffer of this context");
-    if (launch->params_slot_offset % 8 != 0 ||
-        launch->params_slot_offset + sizeof(flp_decode_params) > plan_buffer->size)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                        "params slot at byte %llu of a %zu-byte plan buffer (needs %zu bytes, "
-                        "8-byte aligned)",
-                        (unsigned long long)launch->params_slot_offset, plan_buffer->size,
-                        sizeof(flp_decode_params));
+    st = flp_vk_check_params_slot(ctx, "decode", launch->plan_buffer, launch->params_slot_offset,
+                                  sizeof(flp_decode_params));
+    if (st != FLP_OK)
+        return st;
     /* The kernel shape is fixed by the plan's capacities, not by the current plan, so that
      * every run of a plan (and every replay of a recorded one after a re-plan) uses one
      * pipeline: the same reduction order, hence the same bits. */
@@ -236,7 +210,7 @@ static flp_status check_launch(flp_context *ctx, const flp_decode_launch *launch
     if (vk->facts.cpu_decode) {
         flp_vk_cpu_shape shape =
             flp_vk_cpu_shape_for(vk, (uint32_t)launch->head_dim, launch->kv_dtype, rows);
-        flp_status st = flp_vk_cpu_check_budget(vk, plan, &shape);
+        st = flp_vk_cpu_check_budget(vk, plan, &shape);
         if (st == FLP_OK)
             st = flp_vk_texel_source(vk, p->k, &recipe->sets[0], &recipe->push.k_base);
         if (st == FLP_OK)
@@ -253,8 +227,7 @@ static flp_status check_launch(flp_context *ctx, const flp_decode_launch *launch
         return FLP_OK;
     }
     decode_shape shape = {0};
-    flp_status st =
-        decode_shape_for(vk, (uint32_t)launch->head_dim, launch->kv_dtype, rows, &shape);
+    st = decode_shape_for(vk, (uint32_t)launch->head_dim, launch->kv_dtype, rows, &shape);
     if (st != FLP_OK)
         return st;
     recipe->keys[0] = decode_key(vk, launch, &shape);
@@ -283,23 +256,12 @@ flp_status flp_vk_decode_run(flp_context *ctx, const flp_decode_launch *launch) 
         return st;
 
     flp_vk_recording rec;
-    if ((st = flp_vk_record_begin(vk, true, &rec)) != FLP_OK)
+    uint64_t params_address;
+    if ((st = flp_vk_record_run_begin(vk, launch->plan_buffer, launch->params_slot_offset,
+                                      &launch->params, sizeof(flp_decode_params), &rec,
+                                      &params_address)) != FLP_OK)
         return st;
     VkCommandBuffer cmd = rec.cmd;
-    const flp_vk_buffer *plan = launch->plan_buffer->native;
-    /* Earlier work may still read (or write) what this run touches, the params slot
-     * included: the update waits for it. */
-    flp_vk_barrier(vk, cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
-                   VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT,
-                   VK_PIPELINE_STAGE_TRANSFER_BIT | VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
-                   VK_ACCESS_TRANSFER_WRITE_BIT | VK_ACCESS_SHADER_READ_BIT |
-                       VK_ACCESS_SHADER_WRITE_BIT);
-    vk->vk.vkCmdUpdateBuffer(cmd, plan->buffer, launch->params_slot_offset,
-                             sizeof(flp_decode_params), &launch->params);
-    flp_vk_barrier(vk, cmd, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_ACCESS_TRANSFER_WRITE_BIT,
-                   VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_READ_BIT);
-
-    uint64_t params_address = launch->plan_buffer->device_address + launch->params_slot_offset;
     if (recipe.keys[0].shader == FLP_VK_SHADER_DECODE_CPU_TEXEL) {
         recipe.push.params = params_address;
         vk->vk.vkCmdBindDescriptorSets(cmd, VK_PIPELINE_BIND_POINT_COMPUTE,
@@ -318,22 +280,8 @@ flp_status flp_vk_decode_run(flp_context *ctx, const flp_decode_launch *launch) 
     }
 
     /* The merge always follows: a re-plan may split a request of a run recorded unsplit (it
-     * returns at once for requests that are not split). */
-    flp_vk_barrier(vk, cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_WRITE_BIT,
-                   VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
-                   VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT);
-    uint32_t max_x = vk->facts.limits.maxComputeWorkGroupCount[0];
-    uint32_t grid = (uint32_t)launch->merge_grid;
-    uint32_t x = grid < max_x ? grid : max_x;
-    uint32_t y = (grid + x - 1) / x;
-    vk->vk.vkCmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, merge);
-    vk->vk.vkCmdPushConstants(cmd, vk->pipeline_layout, VK_SHADER_STAGE_COMPUTE_BIT, 0,
-                              sizeof params_address, &params_address);
-    vk->vk.vkCmdDispatch(cmd, x, y, 1);
-
-    /* Whatever comes next (copies, the caller's own work) sees the outputs. */
-    flp_vk_barrier(vk, cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_WRITE_BIT,
-                   VK_PIPELINE_STAGE_ALL_COMMANDS_BIT,
-                   VK_ACCESS_MEMORY_READ_BIT | VK_ACCESS_MEMORY_WRITE_BIT);
-    return flp_vk_record_submit(vk, &rec, false);
+     * returns at once for requests that are not split). Its layout's push constant again: the
+     * texel variant used another layout. */
+    flp_vk_record_merge(vk, cmd, merge, (uint32_t)launch->merge_grid, &params_address);
+    return flp_vk_record_finish(vk, &rec);
 }

@@ -106,18 +106,13 @@ static uint64_t cta_loop_iterations(const flp_plan *plan, const flp_vk_cpu_shape
 /* Checks the plan as it is now: a command buffer recorded with it and replayed after a re-plan
  * is not checked again (flp_decode_plan does not reach the backend). */
 flp_status flp_vk_cpu_check_budget(flp_vk *vk, const flp_plan *plan, const flp_vk_cpu_shape *s) {
-    uint32_t budget = vk->facts.loop_budget;
-    if (budget == 0)
+    if (vk->facts.loop_budget == 0)
         return FLP_OK;
     for (int32_t cta = 0; cta < plan->num_ctas; cta++) {
-        uint64_t n = cta_loop_iterations(plan, s, cta);
-        if (n > budget)
-            return flp_fail(vk->ctx, FLP_ERROR_UNSUPPORTED,
-                            "this decode plan is too large for the device: workgroup %d of %d "
-                            "would run %llu loop iterations, and llvmpipe ends every loop of a "
-                            "shader invocation after %u iterations in total (its infinite-loop "
-                            "guard); plan fewer or shorter requests at a time",
-                            (int)cta, (int)plan->num_ctas, (unsigned long long)n, budget);
+        flp_status st = flp_vk_check_workgroup_loops(vk, "decode", cta, plan->num_ctas,
+                                                     cta_loop_iterations(plan, s, cta));
+        if (st != FLP_OK)
+            return st;
     }
     return FLP_OK;
 }

@@ -108,11 +108,7 @@ int32_t flp_vk_prefill_grid_size(flp_context *ctx, int32_t head_dim) {
     flp_vk *vk = ctx->backend;
     int64_t per_unit =
         vk->facts.cpu_decode ? FLP_VK_PREFILL_CPU_CTAS_PER_UNIT : FLP_VK_PREFILL_CTAS_PER_UNIT;
-    int64_t grid = (int64_t)ctx->info.compute_units * per_unit;
-    int64_t max = vk->facts.limits.maxComputeWorkGroupCount[0];
-    if (grid > max)
-        grid = max;
-    return grid > 0 ? (int32_t)grid : 1;
+    return flp_vk_clamp_grid(vk, (int64_t)ctx->info.compute_units * per_unit);
 }
 
 static flp_vk_pipeline_key prefill_key(const flp_vk *vk, const flp_prefill_launch *launch,
@@ -216,14 +212,10 @@ static flp_status check_budget(flp_vk *vk, const flp_plan *plan, const prefill_s
     if (budget == 0 || !plan->prefill_host)
         return FLP_OK;
     for (int32_t cta = 0; cta < plan->prefill_ctas; cta++) {
-        uint64_t n = cta_loop_iterations(plan, s, cta);
-        if (n > budget)
-            return flp_fail(vk->ctx, FLP_ERROR_UNSUPPORTED,
-                            "this prefill plan is too large for the device: workgroup %d of %d "
-                            "would run %llu loop iterations, and llvmpipe ends every loop of a "
-                            "shader invocation after %u iterations in total (its infinite-loop "
-                            "guard); plan fewer or shorter requests at a time",
-                            (int)cta, (int)plan->prefill_ctas, (unsigned long long)n, budget);
+        flp_status st = flp_vk_check_workgroup_loops(vk, "prefill", cta, plan->prefill_ctas,
+                                                     cta_loop_iterations(plan, s, cta));
+        if (st != FLP_OK)
+            return st;
     }
     uint32_t max_x = vk->facts.limits.maxComputeWorkGroupCount[0];
     uint32_t grid = plan->prefill_max_merges > 0 ? (uint32_t)plan->prefill_max_merges : 1;
@@ -265,37 +257,23 @@ static flp_status check_launch(flp_context *ctx, const flp_prefill_launch *launc
                         "the Vulkan prefill kernel supports head_dim multiples of 16 up to 256, "
                         "not %d",
                         launch->head_dim);
-    if (launch->q_dtype != FLP_DTYPE_F16 && launch->q_dtype != FLP_DTYPE_BF16)
-        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
-                        "the Vulkan prefill kernel takes f16 or bf16 queries, not %s",
-                        flp_dtype_name((flp_dtype)launch->q_dtype));
-    if (launch->kv_dtype != FLP_DTYPE_F16 && launch->kv_dtype != FLP_DTYPE_BF16 &&
-        !is_fp8(launch->kv_dtype))
-        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
-                        "the Vulkan prefill kernel takes f16, bf16, e4m3 or e5m2 KV, not %s",
-                        flp_dtype_name((flp_dtype)launch->kv_dtype));
+    flp_status st = flp_vk_check_dtypes(ctx, "prefill", launch->q_dtype, launch->kv_dtype);
+    if (st != FLP_OK)
+        return st;
     const flp_plan *plan = launch->plan;
     if (!plan)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "prefill launch without a plan");
-    const VkPhysicalDeviceLimits *lim = &vk->facts.limits;
-    if (launch->num_ctas < 1 || (uint32_t)launch->num_ctas > lim->maxComputeWorkGroupCount[0])
-        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
-                        "prefill grid of %d workgroups is outside 1..%u "
-                        "(maxComputeWorkGroupCount)",
-                        launch->num_ctas, lim->maxComputeWorkGroupCount[0]);
-    uint64_t max_merge =
-        (uint64_t)lim->maxComputeWorkGroupCount[0] * lim->maxComputeWorkGroupCount[1];
-    if (launch->merge_grid < 0 || (uint64_t)launch->merge_grid > max_merge)
-        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
-                        "prefill merge grid of %d workgroups is outside 0..%llu",
-                        launch->merge_grid, (unsigned long long)max_merge);
+    st = flp_vk_check_grids(ctx, "prefill", launch->num_ctas, "prefill merge grid",
+                            launch->merge_grid, 0);
+    if (st != FLP_OK)
+        return st;
     size_t kv_esize = is_fp8(launch->kv_dtype) ? 1 : 2;
     size_t kv_align = is_fp8(launch->kv_dtype) ? 8 : 16;
     const int64_t q_strides[2] = {p->q_stride_row, p->q_stride_head};
     const int64_t o_strides[2] = {p->o_stride_row, p->o_stride_head};
     const int64_t k_strides[3] = {p->k_stride_page, p->k_stride_slot, p->k_stride_head};
     const int64_t v_strides[3] = {p->v_stride_page, p->v_stride_slot, p->v_stride_head};
-    flp_status st = check_aligned(ctx, "q", p->q, q_strides, 2, 2, 8);
+    st = check_aligned(ctx, "q", p->q, q_strides, 2, 2, 8);
     if (st == FLP_OK)
         st = check_aligned(ctx, "out", p->o, o_strides, 2, 2, 16);
     if (st == FLP_OK)
@@ -304,17 +282,10 @@ static flp_status check_launch(flp_context *ctx, const flp_prefill_launch *launc
         st = check_aligned(ctx, "v", p->v, v_strides, 3, kv_esize, kv_align);
     if (st != FLP_OK)
         return st;
-    const flp_buffer *plan_buffer = launch->plan_buffer;
-    if (!plan_buffer || !plan_buffer->native || plan_buffer->ctx != ctx)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                        "prefill launch without a plan buffer of this context");
-    if (launch->params_slot_offset % 8 != 0 ||
-        launch->params_slot_offset + sizeof(flp_prefill_params) > plan_buffer->size)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                        "params slot at byte %llu of a %zu-byte plan buffer (needs %zu bytes, "
-                        "8-byte aligned)",
-                        (unsigned long long)launch->params_slot_offset, plan_buffer->size,
-                        sizeof(flp_prefill_params));
+    st = flp_vk_check_params_slot(ctx, "prefill", launch->plan_buffer, launch->params_slot_offset,
+                                  sizeof(flp_prefill_params));
+    if (st != FLP_OK)
+        return st;
     prefill_shape shape = {0};
     if ((st = prefill_shape_for(vk, (uint32_t)launch->head_dim, &shape)) != FLP_OK)
         return st;
@@ -344,23 +315,12 @@ flp_status flp_vk_prefill_run(flp_context *ctx, const flp_prefill_launch *launch
         return st;
 
     flp_vk_recording rec;
-    if ((st = flp_vk_record_begin(vk, true, &rec)) != FLP_OK)
+    uint64_t params_address;
+    if ((st = flp_vk_record_run_begin(vk, launch->plan_buffer, launch->params_slot_offset,
+                                      &launch->params, sizeof(flp_prefill_params), &rec,
+                                      &params_address)) != FLP_OK)
         return st;
     VkCommandBuffer cmd = rec.cmd;
-    const flp_vk_buffer *plan = launch->plan_buffer->native;
-    /* Earlier work may still read (or write) what this run touches, the params slot
-     * included: the update waits for it. */
-    flp_vk_barrier(vk, cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
-                   VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT,
-                   VK_PIPELINE_STAGE_TRANSFER_BIT | VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
-                   VK_ACCESS_TRANSFER_WRITE_BIT | VK_ACCESS_SHADER_READ_BIT |
-                       VK_ACCESS_SHADER_WRITE_BIT);
-    vk->vk.vkCmdUpdateBuffer(cmd, plan->buffer, launch->params_slot_offset,
-                             sizeof(flp_prefill_params), &launch->params);
-    flp_vk_barrier(vk, cmd, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_ACCESS_TRANSFER_WRITE_BIT,
-                   VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_READ_BIT);
-
-    uint64_t params_address = launch->plan_buffer->device_address + launch->params_slot_offset;
     vk->vk.vkCmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, prefill);
     vk->vk.vkCmdPushConstants(cmd, vk->pipeline_layout, VK_SHADER_STAGE_COMPUTE_BIT, 0,
                               sizeof params_address, &params_address);
@@ -368,21 +328,7 @@ flp_status flp_vk_prefill_run(flp_context *ctx, const flp_prefill_launch *launch
 
     /* The merge always follows (it finds no items when nothing is split): a recording stays
      * right when a later re-plan splits a request. */
-    if (launch->merge_grid > 0) {
-        flp_vk_barrier(vk, cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_WRITE_BIT,
-                       VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
-                       VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT);
-        uint32_t max_x = vk->facts.limits.maxComputeWorkGroupCount[0];
-        uint32_t grid = (uint32_t)launch->merge_grid;
-        uint32_t x = grid < max_x ? grid : max_x;
-        uint32_t y = (grid + x - 1) / x;
-        vk->vk.vkCmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, merge);
-        vk->vk.vkCmdDispatch(cmd, x, y, 1);
-    }
-
-    /* Whatever comes next (copies, the caller's own work) sees the outputs. */
-    flp_vk_barrier(vk, cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_WRITE_BIT,
-                   VK_PIPELINE_STAGE_ALL_COMMANDS_BIT,
-                   VK_ACCESS_MEMORY_READ_BIT | VK_ACCESS_MEMORY_WRITE_BIT);
-    return flp_vk_record_submit(vk, &rec, false);
+    if (launch->merge_grid > 0)
+        flp_vk_record_merge(vk, cmd, merge, (uint32_t)launch->merge_grid, NULL);
+    return flp_vk_record_finish(vk, &rec);
 }

@@ -141,3 +141,53 @@ void flp_vk_barrier(flp_vk *vk, VkCommandBuffer cmd, VkPipelineStageFlags src_st
     };
     vk->vk.vkCmdPipelineBarrier(cmd, src_stage, dst_stage, 0, 1, &mb, 0, NULL, 0, NULL);
 }
+
+void flp_vk_record_params_update(flp_vk *vk, VkCommandBuffer cmd, VkBuffer buffer,
+                                 VkDeviceSize offset, VkDeviceSize size, const void *data) {
+    /* Earlier work may still read (or write) what this run touches, the params slot included:
+     * the update waits for it. */
+    flp_vk_barrier(vk, cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+                   VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT,
+                   VK_PIPELINE_STAGE_TRANSFER_BIT | VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+                   VK_ACCESS_TRANSFER_WRITE_BIT | VK_ACCESS_SHADER_READ_BIT |
+                       VK_ACCESS_SHADER_WRITE_BIT);
+    vk->vk.vkCmdUpdateBuffer(cmd, buffer, offset, size, data);
+    flp_vk_barrier(vk, cmd, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_ACCESS_TRANSFER_WRITE_BIT,
+                   VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_READ_BIT);
+}
+
+flp_status flp_vk_record_run_begin(flp_vk *vk, const flp_buffer *plan_buffer, uint64_t slot_offset,
+                                   const void *params, size_t size, flp_vk_recording *rec,
+                                   uint64_t *params_address) {
+    flp_status st = flp_vk_record_begin(vk, true, rec);
+    if (st != FLP_OK)
+        return st;
+    const flp_vk_buffer *plan = plan_buffer->native;
+    flp_vk_record_params_update(vk, rec->cmd, plan->buffer, slot_offset, size, params);
+    *params_address = plan_buffer->device_address + slot_offset;
+    return FLP_OK;
+}
+
+void flp_vk_record_merge(flp_vk *vk, VkCommandBuffer cmd, VkPipeline merge, uint32_t grid,
+                         const uint64_t *params_address) {
+    flp_vk_barrier(vk, cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_WRITE_BIT,
+                   VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+                   VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT);
+    /* grid workgroups as x * y: the shader folds (x, y) back into one index */
+    uint32_t max_x = vk->facts.limits.maxComputeWorkGroupCount[0];
+    uint32_t x = grid < max_x ? grid : max_x;
+    uint32_t y = (grid + x - 1) / x;
+    vk->vk.vkCmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, merge);
+    if (params_address)
+        vk->vk.vkCmdPushConstants(cmd, vk->pipeline_layout, VK_SHADER_STAGE_COMPUTE_BIT, 0,
+                                  sizeof *params_address, params_address);
+    vk->vk.vkCmdDispatch(cmd, x, y, 1);
+}
+
+flp_status flp_vk_record_finish(flp_vk *vk, flp_vk_recording *rec) {
+    /* Whatever comes next (copies, the caller's own work) sees the outputs. */
+    flp_vk_barrier(vk, rec->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_WRITE_BIT,
+                   VK_PIPELINE_STAGE_ALL_COMMANDS_BIT,
+                   VK_ACCESS_MEMORY_READ_BIT | VK_ACCESS_MEMORY_WRITE_BIT);
+    return flp_vk_record_submit(vk, rec, false);
+}

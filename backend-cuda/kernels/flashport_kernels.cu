@@ -88,11 +88,15 @@ template <int QDT> struct merge_entry<QDT, false> {
     FLP_DECODE_KERNEL(QN, QDT, KVN, KVDT, 256, 4)                                                  \
     FLP_DECODE_KERNEL(QN, QDT, KVN, KVDT, 256, 8)
 
+/* M(QN, QDT, KVN, KVDT) for every KV dtype: the kernels of one q dtype. */
+#define FLP_FOR_KV_DTYPES(M, QN, QDT)                                                              \
+    M(QN, QDT, f16, FLP_CU_DT_F16)                                                                 \
+    M(QN, QDT, bf16, FLP_CU_DT_BF16)                                                               \
+    M(QN, QDT, e4m3, FLP_CU_DT_E4M3)                                                               \
+    M(QN, QDT, e5m2, FLP_CU_DT_E5M2)
+
 #define FLP_DECODE_KERNELS_Q(QN, QDT)                                                              \
-    FLP_DECODE_KERNELS_QKV(QN, QDT, f16, FLP_CU_DT_F16)                                            \
-    FLP_DECODE_KERNELS_QKV(QN, QDT, bf16, FLP_CU_DT_BF16)                                          \
-    FLP_DECODE_KERNELS_QKV(QN, QDT, e4m3, FLP_CU_DT_E4M3)                                          \
-    FLP_DECODE_KERNELS_QKV(QN, QDT, e5m2, FLP_CU_DT_E5M2)                                          \
+    FLP_FOR_KV_DTYPES(FLP_DECODE_KERNELS_QKV, QN, QDT)                                             \
     extern "C" __global__ void __launch_bounds__(FLP_CU_MERGE_THREADS)                             \
         flp_decode_merge_##QN(const __grid_constant__ flp_decode_params p) {                       \
         flp::merge_entry<QDT, FLP_WANT_MERGE(QDT)>::run(p);                                        \
@@ -119,10 +123,7 @@ FLP_DECODE_KERNELS_Q(bf16, FLP_CU_DT_BF16)
     FLP_PREFILL_KERNELS_D(QN, QDT, KVN, KVDT, 256)
 
 #define FLP_PREFILL_KERNELS_Q(QN, QDT)                                                             \
-    FLP_PREFILL_KERNELS_QKV(QN, QDT, f16, FLP_CU_DT_F16)                                           \
-    FLP_PREFILL_KERNELS_QKV(QN, QDT, bf16, FLP_CU_DT_BF16)                                         \
-    FLP_PREFILL_KERNELS_QKV(QN, QDT, e4m3, FLP_CU_DT_E4M3)                                         \
-    FLP_PREFILL_KERNELS_QKV(QN, QDT, e5m2, FLP_CU_DT_E5M2)                                         \
+    FLP_FOR_KV_DTYPES(FLP_PREFILL_KERNELS_QKV, QN, QDT)                                            \
     extern "C" __global__ void __launch_bounds__(FLP_CU_PREFILL_MERGE_THREADS)                     \
         flp_prefill_merge_##QN(const __grid_constant__ flp_prefill_params p) {                     \
         flp::prefill_merge_entry<QDT, FLP_WANT_MERGE(QDT)>::run(p);                                \

@@ -37,18 +37,28 @@ FLP_DEV unsigned encode_magnitude(unsigned abs, unsigned mbits, int bias) {
     return shift_right_rne(significand, static_cast<unsigned>(shift));
 }
 
-FLP_DEV unsigned f32_to_f16_bits(float x) {
+/* An f32 in a narrow IEEE format with 5 exponent bits (bias 15) and MBITS mantissa bits (f16:
+ * 10, e5m2: 2): round to nearest even, overflow to infinity, NaN quiet with its top mantissa
+ * bits kept (core/dtype.c). */
+template <unsigned MBITS> FLP_DEV unsigned f32_to_e5_bits(float x) {
+    constexpr unsigned kBits = 6 + MBITS;
+    constexpr unsigned kInf = 0x1fu << MBITS;
+    constexpr unsigned kQuietNan = kInf | (1u << (MBITS - 1u));
     const unsigned u = __float_as_uint(x);
-    const unsigned sign = (u >> 16) & 0x8000u;
+    const unsigned sign = (u >> (32u - kBits)) & (1u << (kBits - 1u));
     const unsigned abs = u & 0x7fffffffu;
     if (abs > 0x7f800000u)
-        return sign | 0x7e00u | ((abs >> 13) & 0x03ffu);
+        return sign | kQuietNan | ((abs >> (23u - MBITS)) & ((1u << MBITS) - 1u));
     if (abs == 0x7f800000u)
-        return sign | 0x7c00u;
-    unsigned code = encode_magnitude(abs, 10, 15);
-    if (code >= 0x7c00u)
-        code = 0x7c00u;
+        return sign | kInf;
+    unsigned code = encode_magnitude(abs, MBITS, 15);
+    if (code >= kInf)
+        code = kInf;
     return sign | code;
+}
+
+FLP_DEV unsigned f32_to_f16_bits(float x) {
+    return f32_to_e5_bits<10>(x);
 }
 
 FLP_DEV unsigned f32_to_bf16_bits(float x) {
@@ -73,17 +83,7 @@ FLP_DEV unsigned f32_to_e4m3_bits(float x) {
 }
 
 FLP_DEV unsigned f32_to_e5m2_bits(float x) {
-    const unsigned u = __float_as_uint(x);
-    const unsigned sign = (u >> 24) & 0x80u;
-    const unsigned abs = u & 0x7fffffffu;
-    if (abs > 0x7f800000u)
-        return sign | 0x7eu | ((abs >> 21) & 0x01u);
-    if (abs == 0x7f800000u)
-        return sign | 0x7cu;
-    unsigned code = encode_magnitude(abs, 2, 15);
-    if (code >= 0x7cu)
-        code = 0x7cu;
-    return sign | code;
+    return f32_to_e5_bits<2>(x);
 }
 
 /* A 16-bit source element as f32 (exact; NaN keeps its payload with the quiet bit set, as

@@ -1,11 +1,10 @@
 /* Merge of split-KV partial states (decode kernel spec): block w handles request
  * b = w / num_qo_heads and query head h = w % num_qo_heads for all qo_len rows, and folds the
- * request's chunks in chunk order with the merge operator (natural-log states), so results do
- * not depend on timing. */
+ * request's chunks in chunk order with the merge operator (merge_state.cuh). */
 #ifndef FLP_CUDA_MERGE_CUH
 #define FLP_CUDA_MERGE_CUH
 
-#include "backend-cuda/kernels/common.cuh"
+#include "backend-cuda/kernels/merge_state.cuh"
 #include "core/decode_params.h"
 
 namespace flp {
@@ -33,7 +32,6 @@ template <int QDT> FLP_DEV void merge_body(const flp_decode_params &p) {
     const int qo_len = info->qo_len;
     const int nrows = qo_len * group;
     const int quads = head_dim / 4;
-    float *lse_out = reinterpret_cast<float *>(p.lse); /* null: no lse output */
 
     for (int u = threadIdx.x; u < qo_len * quads; u += blockDim.x) {
         const int qi = u / quads;
@@ -43,29 +41,11 @@ template <int QDT> FLP_DEV void merge_body(const flp_decode_params &p) {
         float o[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         for (int c = 0; c < chunks; ++c) {
             const long long prow = static_cast<long long>(first_slot + g * chunks + c) * nrows + j;
-            const float sc = partial_lse[prow];
-            const f32x4 oc = *reinterpret_cast<const f32x4 *>(partial_o + prow * head_dim + d);
-            const float mx = fmaxf(s, sc);
-            if (mx == neg_inf())
-                continue; /* both empty: o stays 0, s stays -inf */
-            const float wa = expf(s - mx);
-            const float wb = expf(sc - mx);
-            const float wsum = wa + wb;
-            o[0] = (wa * o[0] + wb * oc.x) / wsum;
-            o[1] = (wa * o[1] + wb * oc.y) / wsum;
-            o[2] = (wa * o[2] + wb * oc.z) / wsum;
-            o[3] = (wa * o[3] + wb * oc.w) / wsum;
-            s = mx + logf(wsum);
+            const f32x4 v = *reinterpret_cast<const f32x4 *>(partial_o + prow * head_dim + d);
+            const float oc[4] = {v.x, v.y, v.z, v.w};
+            merge_fold4(s, o, partial_lse[prow], oc);
         }
-        const long long row = static_cast<long long>(b) * qo_len + qi;
-        unsigned char *op = reinterpret_cast<unsigned char *>(p.o) +
-                            (row * p.o_stride_row + h * p.o_stride_head + d) * 2;
-        u32x2 packed;
-        packed.x = pack2_16bit<QDT>(o[0], o[1]);
-        packed.y = pack2_16bit<QDT>(o[2], o[3]);
-        *reinterpret_cast<u32x2 *>(op) = packed;
-        if (lse_out && d == 0)
-            lse_out[row * p.lse_stride_row + h] = s;
+        merge_store4<QDT>(p, static_cast<long long>(b) * qo_len + qi, h, d, o, s);
     }
 }
 

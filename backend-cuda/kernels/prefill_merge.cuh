@@ -6,7 +6,7 @@
 #ifndef FLP_CUDA_PREFILL_MERGE_CUH
 #define FLP_CUDA_PREFILL_MERGE_CUH
 
-#include "backend-cuda/kernels/common.cuh"
+#include "backend-cuda/kernels/merge_state.cuh"
 #include "core/prefill_params.h"
 
 namespace flp {
@@ -23,7 +23,6 @@ template <int QDT> FLP_DEV void prefill_merge_body(const flp_prefill_params &p) 
     const int group = info->group_size;
     const int head_dim = info->head_dim;
     const int quads = head_dim / 4;
-    float *lse_out = reinterpret_cast<float *>(p.lse); /* null: no lse output */
 
     for (int item = blockIdx.x; item < num_items; item += gridDim.x) {
         const int *mi = merge_items + item * FLP_MERGE_ITEM_INTS;
@@ -42,32 +41,12 @@ template <int QDT> FLP_DEV void prefill_merge_body(const flp_prefill_params &p) 
             for (int c = 0; c < chunks; ++c) {
                 const long long prow =
                     static_cast<long long>(first_slot + c) * FLP_PREFILL_MAX_TILE + r;
-                const float sc = partial_lse[prow];
-                const float *oc = partial_o + prow * head_dim + d;
-                const float mx = fmaxf(s, sc);
-                if (mx == neg_inf())
-                    continue; /* both empty: o stays 0, s stays -inf */
-                const float wa = expf(s - mx);
-                const float wb = expf(sc - mx);
-                const float wsum = wa + wb;
-#pragma unroll
-                for (int i = 0; i < 4; i++)
-                    o[i] = (wa * o[i] + wb * oc[i]) / wsum;
-                s = mx + logf(wsum);
+                merge_fold4(s, o, partial_lse[prow], partial_o + prow * head_dim + d);
             }
             const int pr = row_begin + r;
             const int qi = pr / group;
             const int h = kvh * group + (pr - qi * group);
-            const long long row = static_cast<long long>(q_start) + qi;
-            unsigned char *op =
-                reinterpret_cast<unsigned char *>(p.o) +
-                (row * p.o_stride_row + static_cast<long long>(h) * p.o_stride_head + d) * 2;
-            u32x2 packed;
-            packed.x = pack2_16bit<QDT>(o[0], o[1]);
-            packed.y = pack2_16bit<QDT>(o[2], o[3]);
-            *reinterpret_cast<u32x2 *>(op) = packed;
-            if (lse_out && d == 0)
-                lse_out[row * p.lse_stride_row + h] = s;
+            merge_store4<QDT>(p, static_cast<long long>(q_start) + qi, h, d, o, s);
         }
     }
 }
