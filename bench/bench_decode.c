@@ -8,6 +8,7 @@
  * queued back to back), achieved GB/s counting each K/V/Q/O byte once, and the fraction of
  * --copy-gbps (the device's measured copy bandwidth, read + write) when given. Results are
  * first checked against the float64 reference on a few requests. */
+#include "bench/bench_check.h"
 #include "bench/timing.h"
 #include "core/reference.h"
 #include "flashport/flashport.h"
@@ -84,16 +85,6 @@ static bench_config parse_args(int argc, char **argv) {
         c.kv_dtype = c.dtype;
     return c;
 }
-
-#define CHECK(call)                                                                                \
-    do {                                                                                           \
-        flp_status s_ = (call);                                                                    \
-        if (s_ != FLP_OK) {                                                                        \
-            fprintf(stderr, "%s: %s: %s\n", #call, flp_status_string(s_),                          \
-                    flp_context_last_error(ctx));                                                  \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
 
 /* Random device data of dtype; returns the host values as stored (dequantised floats). */
 static float *upload_random(flp_context *ctx, flp_buffer *buf, flp_dtype dtype, size_t n) {

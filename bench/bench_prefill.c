@@ -32,6 +32,7 @@
  * peer_torch_prefill.py run in the same job; each case then reports its ratio to the best mode
  * of each SDPA backend (specdec:* is compared with spec:*).
  * Output: one "flp_prefill key=value ..." line per case, then the rows of a markdown table. */
+#include "bench/bench_check.h"
 #include "bench/timing.h"
 #include "core/reference.h"
 #include "flashport/flashport.h"
@@ -411,16 +412,6 @@ static double peer_best(const bench_case *c, const char *sdpa) {
 }
 
 /* ---- device data ---------------------------------------------------------------------- */
-
-#define CHECK(call)                                                                                \
-    do {                                                                                           \
-        flp_status s_ = (call);                                                                    \
-        if (s_ != FLP_OK) {                                                                        \
-            fprintf(stderr, "%s: %s: %s\n", #call, flp_status_string(s_),                          \
-                    flp_context_last_error(ctx));                                                  \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
 
 static inline float bits_to_f32(flp_dtype dtype, uint16_t h) {
     if (dtype == FLP_DTYPE_BF16) {

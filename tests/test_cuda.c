@@ -590,16 +590,32 @@ static void test_decode_nvrtc(void **state) {
     flp_context_destroy(ctx);
 }
 
-/* A run captured into a CUDA graph stays right after a re-plan within capacity: new batch,
- * lengths, pages and data, replayed without recapture. */
-static void test_graph_replay(void **state) {
-    (void)state;
+/* A caller-created non-blocking stream that the library's context then uses (as an engine
+ * capturing graphs does); caller_stream_end gives the context its own stream back. */
+static CUstream caller_stream_begin(void) {
     CUstream stream = NULL;
     CUcontext popped;
     assert_cu(cu.push(g_primary));
     assert_cu(cu.stream_create(&stream, CU_STREAM_NON_BLOCKING_));
     assert_cu(cu.pop(&popped));
     assert_ok(g_ctx, flp_cuda_set_stream(g_ctx, stream));
+    return stream;
+}
+
+static void caller_stream_end(CUstream stream) {
+    CUcontext popped;
+    assert_ok(g_ctx, flp_cuda_set_stream(g_ctx, NULL));
+    assert_cu(cu.push(g_primary));
+    assert_cu(cu.stream_destroy(stream));
+    assert_cu(cu.pop(&popped));
+}
+
+/* A run captured into a CUDA graph stays right after a re-plan within capacity: new batch,
+ * lengths, pages and data, replayed without recapture. */
+static void test_graph_replay(void **state) {
+    (void)state;
+    CUcontext popped;
+    CUstream stream = caller_stream_begin();
 
     test_rng rng;
     test_rng_init(&rng, 0x6a7);
@@ -646,10 +662,7 @@ static void test_graph_replay(void **state) {
     device_free(&dv);
     problem_free(&a);
     problem_free(&b);
-    assert_ok(g_ctx, flp_cuda_set_stream(g_ctx, NULL));
-    assert_cu(cu.push(g_primary));
-    assert_cu(cu.stream_destroy(stream));
-    assert_cu(cu.pop(&popped));
+    caller_stream_end(stream);
 }
 
 /* ---- prefill under graph capture ------------------------------------------------------ */
@@ -751,12 +764,8 @@ static void prefill_check(device *dv, const prefill_problem *p, const char *what
  * captured merge launch combines it). */
 static void test_prefill_graph_replay(void **state) {
     (void)state;
-    CUstream stream = NULL;
     CUcontext popped;
-    assert_cu(cu.push(g_primary));
-    assert_cu(cu.stream_create(&stream, CU_STREAM_NON_BLOCKING_));
-    assert_cu(cu.pop(&popped));
-    assert_ok(g_ctx, flp_cuda_set_stream(g_ctx, stream));
+    CUstream stream = caller_stream_begin();
 
     test_rng rng;
     test_rng_init(&rng, 0x9f11);
@@ -810,10 +819,7 @@ static void test_prefill_graph_replay(void **state) {
     assert_cu(cu.graph_destroy(graph));
     assert_cu(cu.pop(&popped));
     device_free(&dv);
-    assert_ok(g_ctx, flp_cuda_set_stream(g_ctx, NULL));
-    assert_cu(cu.push(g_primary));
-    assert_cu(cu.stream_destroy(stream));
-    assert_cu(cu.pop(&popped));
+    caller_stream_end(stream);
 }
 
 static void on_log(void *user, flp_log_level level, const char *message) {
