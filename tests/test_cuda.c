@@ -610,11 +610,40 @@ static void caller_stream_end(CUstream stream) {
     assert_cu(cu.pop(&popped));
 }
 
+/* A graph captured from one run on a caller stream, instantiated for replays. */
+typedef struct captured_graph {
+    CUgraph_t graph;
+    CUgraphExec_t exec;
+} captured_graph;
+
+/* Ends the capture begun on stream, checks the captured run's status and instantiates the graph.
+ * Graph calls take the calling thread's current context: the library pushes its own only around
+ * its calls, so the caller makes it current here as an engine would (popped by graph_destroy). */
+static captured_graph capture_end(CUstream stream, flp_status run) {
+    captured_graph g = {NULL, NULL};
+    assert_cu(cu.end_capture(stream, &g.graph));
+    assert_ok(g_ctx, run);
+    assert_cu(cu.push(g_primary));
+    assert_cu(cu.graph_instantiate(&g.exec, g.graph, 0));
+    return g;
+}
+
+static void graph_replay(const captured_graph *g, CUstream stream) {
+    assert_cu(cu.graph_launch(g->exec, stream));
+    assert_cu(cu.stream_sync(stream));
+}
+
+static void graph_destroy(captured_graph *g) {
+    CUcontext popped;
+    assert_cu(cu.graph_exec_destroy(g->exec));
+    assert_cu(cu.graph_destroy(g->graph));
+    assert_cu(cu.pop(&popped));
+}
+
 /* A run captured into a CUDA graph stays right after a re-plan within capacity: new batch,
  * lengths, pages and data, replayed without recapture. */
 static void test_graph_replay(void **state) {
     (void)state;
-    CUcontext popped;
     CUstream stream = caller_stream_begin();
 
     test_rng rng;
@@ -637,28 +666,16 @@ static void test_graph_replay(void **state) {
         .v_cache = flp_tensor_contiguous(dv.v, 0, FLP_DTYPE_BF16, 4, ks),
         .out = flp_tensor_contiguous(dv.o, 0, FLP_DTYPE_BF16, 3, qs),
     };
-    flp_status run = flp_decode_run(g_ctx, dv.plan, &ra);
-    CUgraph_t graph = NULL;
-    assert_cu(cu.end_capture(stream, &graph));
-    assert_ok(g_ctx, run);
-    /* Graph calls take the calling thread's current context: the library pushes its own only
-     * around its calls, so the caller makes it current here as an engine would. */
-    assert_cu(cu.push(g_primary));
-    CUgraphExec_t exec = NULL;
-    assert_cu(cu.graph_instantiate(&exec, graph, 0));
+    captured_graph g = capture_end(stream, flp_decode_run(g_ctx, dv.plan, &ra));
 
-    assert_cu(cu.graph_launch(exec, stream));
-    assert_cu(cu.stream_sync(stream));
+    graph_replay(&g, stream);
     device_check(&dv, &a, "graph replay, captured plan");
 
     device_plan(&dv, &b, false); /* re-plan and new data; no recapture */
-    assert_cu(cu.graph_launch(exec, stream));
-    assert_cu(cu.stream_sync(stream));
+    graph_replay(&g, stream);
     device_check(&dv, &b, "graph replay after a re-plan");
 
-    assert_cu(cu.graph_exec_destroy(exec));
-    assert_cu(cu.graph_destroy(graph));
-    assert_cu(cu.pop(&popped));
+    graph_destroy(&g);
     device_free(&dv);
     problem_free(&a);
     problem_free(&b);
@@ -764,7 +781,6 @@ static void prefill_check(device *dv, const prefill_problem *p, const char *what
  * captured merge launch combines it). */
 static void test_prefill_graph_replay(void **state) {
     (void)state;
-    CUcontext popped;
     CUstream stream = caller_stream_begin();
 
     test_rng rng;
@@ -797,27 +813,17 @@ static void test_prefill_graph_replay(void **state) {
 
     prefill_upload_and_plan(&dv, &a);
     assert_cu(cu.begin_capture(stream, CU_STREAM_CAPTURE_MODE_GLOBAL_));
-    flp_status run = flp_prefill_run(g_ctx, dv.plan, &ra);
-    CUgraph_t graph = NULL;
-    assert_cu(cu.end_capture(stream, &graph));
-    assert_ok(g_ctx, run);
-    assert_cu(cu.push(g_primary));
-    CUgraphExec_t exec = NULL;
-    assert_cu(cu.graph_instantiate(&exec, graph, 0));
-    assert_cu(cu.graph_launch(exec, stream));
-    assert_cu(cu.stream_sync(stream));
+    captured_graph g = capture_end(stream, flp_prefill_run(g_ctx, dv.plan, &ra));
+    graph_replay(&g, stream);
     prefill_check(&dv, &a, "prefill: graph replay, captured plan");
 
     /* b has fewer rows: the captured run's q/out views are larger than b needs, which is what
      * an engine capturing at capacity does; only b's rows are checked. */
     prefill_upload_and_plan(&dv, &b);
-    assert_cu(cu.graph_launch(exec, stream));
-    assert_cu(cu.stream_sync(stream));
+    graph_replay(&g, stream);
     prefill_check(&dv, &b, "prefill: graph replay after a re-plan (other tile, split)");
 
-    assert_cu(cu.graph_exec_destroy(exec));
-    assert_cu(cu.graph_destroy(graph));
-    assert_cu(cu.pop(&popped));
+    graph_destroy(&g);
     device_free(&dv);
     caller_stream_end(stream);
 }
