@@ -52,7 +52,7 @@ typedef enum flp_vk_shader {
     FLP_VK_SHADER_DECODE = 0,     /* decode.comp: GPUs */
     FLP_VK_SHADER_DECODE_CPU = 1, /* decode_cpu.comp: CPU devices (lavapipe), K/V by address */
     FLP_VK_SHADER_DECODE_CPU_TEXEL = 2, /* decode_cpu.comp, K/V through texel buffers */
-    FLP_VK_SHADER_MERGE = 3,
+    FLP_VK_SHADER_DECODE_MERGE = 3,
     FLP_VK_SHADER_PREFILL = 4,
     FLP_VK_SHADER_PREFILL_MERGE = 5,
     FLP_VK_SHADER_KV_APPEND = 6,

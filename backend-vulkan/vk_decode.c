@@ -150,7 +150,7 @@ static flp_vk_pipeline_key decode_cpu_key(const flp_decode_launch *launch,
 }
 
 static flp_vk_pipeline_key merge_key(const flp_vk *vk, const flp_decode_launch *launch) {
-    flp_vk_pipeline_key key = {.shader = FLP_VK_SHADER_MERGE, .spec_count = 3};
+    flp_vk_pipeline_key key = {.shader = FLP_VK_SHADER_DECODE_MERGE, .spec_count = 3};
     key.spec[0] = (uint32_t)launch->head_dim;
     key.spec[1] = (uint32_t)launch->q_dtype;
     /* on a CPU device one SIMD vector: the merge returns at once for most workgroups */

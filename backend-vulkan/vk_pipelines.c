@@ -54,7 +54,7 @@ static flp_status get_module(flp_vk *vk, flp_vk_shader shader, VkShaderModule *o
         [FLP_VK_SHADER_DECODE_CPU] = {flp_spv_decode_cpu, &flp_spv_decode_cpu_size},
         [FLP_VK_SHADER_DECODE_CPU_TEXEL] = {flp_spv_decode_cpu_texel,
                                             &flp_spv_decode_cpu_texel_size},
-        [FLP_VK_SHADER_MERGE] = {flp_spv_merge, &flp_spv_merge_size},
+        [FLP_VK_SHADER_DECODE_MERGE] = {flp_spv_decode_merge, &flp_spv_decode_merge_size},
         [FLP_VK_SHADER_PREFILL] = {flp_spv_prefill, &flp_spv_prefill_size},
         [FLP_VK_SHADER_PREFILL_MERGE] = {flp_spv_prefill_merge, &flp_spv_prefill_merge_size},
         [FLP_VK_SHADER_KV_APPEND] = {flp_spv_kv_append, &flp_spv_kv_append_size},

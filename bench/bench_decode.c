@@ -9,7 +9,7 @@
  * --copy-gbps (the device's measured copy bandwidth, read + write) when given. Results are
  * first checked against the float64 reference on a few requests. */
 #include "bench/bench_check.h"
-#include "bench/timing.h"
+#include "tools/host_timing.h"
 #include "core/reference.h"
 #include "flashport/flashport.h"
 

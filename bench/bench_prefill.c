@@ -33,7 +33,7 @@
  * of each SDPA backend (specdec:* is compared with spec:*).
  * Output: one "flp_prefill key=value ..." line per case, then the rows of a markdown table. */
 #include "bench/bench_check.h"
-#include "bench/timing.h"
+#include "tools/host_timing.h"
 #include "core/reference.h"
 #include "flashport/flashport.h"
 

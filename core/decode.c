@@ -1,8 +1,8 @@
 /* Batch decode front end: validates plan/run arguments, builds the partition and the launch. */
 #include "core/backend.h"
 #include "core/plan.h"
-#include "core/reference.h"
-#include "core/scheduler.h"
+#include "core/posenc.h"
+#include "core/decode_schedule.h"
 #include "core/tensor.h"
 #include "core/variant.h"
 
@@ -157,10 +157,7 @@ static flp_status fill_plan_data(flp_context *ctx, flp_plan *plan, const flp_dec
         q_off[b] = a->q_rope_offset ? a->q_rope_offset[b] : 0;
         k_off[b] = a->k_rope_offset ? a->k_rope_offset[b] : 0;
     }
-    double freq[FLP_MAX_HEAD_DIM / 2];
-    flp_ref_rope_frequencies(&v->rope, d->head_dim, freq);
-    for (int32_t i = 0; i < d->head_dim / 2; i++)
-        HOST_F32(plan, rope_freq)[i] = (float)freq[i];
+    flp_rope_frequencies(&v->rope, d->head_dim, HOST_F32(plan, rope_freq));
     if (a->alibi_slopes)
         memcpy(HOST_F32(plan, alibi_slopes), a->alibi_slopes,
                sizeof(float) * (size_t)d->num_qo_heads);

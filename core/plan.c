@@ -2,7 +2,7 @@
 #include "core/plan.h"
 #include "core/backend.h"
 #include "core/prefill_schedule.h"
-#include "core/scheduler.h"
+#include "core/decode_schedule.h"
 
 #include <stdlib.h>
 #include <string.h>

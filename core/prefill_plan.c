@@ -1,7 +1,7 @@
 /* flp_prefill_plan: validates a batch, builds the prefill partition and uploads it. */
 #include "core/plan.h"
 #include "core/prefill_schedule.h"
-#include "core/reference.h"
+#include "core/posenc.h"
 #include "core/variant.h"
 
 #include <math.h>
@@ -189,10 +189,7 @@ static void fill_arrays(flp_plan *plan, const flp_prefill_plan_args *a, const fl
             if (a->kv_indices[i] > st->max_page_id)
                 st->max_page_id = a->kv_indices[i];
     }
-    double freq[FLP_MAX_HEAD_DIM / 2];
-    flp_ref_rope_frequencies(&v->rope, plan->desc.head_dim, freq);
-    for (int32_t i = 0; i < plan->desc.head_dim / 2; i++)
-        PF_F32(plan, rope_freq)[i] = (float)freq[i];
+    flp_rope_frequencies(&v->rope, plan->desc.head_dim, PF_F32(plan, rope_freq));
     if (a->alibi_slopes)
         memcpy(PF_F32(plan, alibi_slopes), a->alibi_slopes,
                sizeof(float) * (size_t)plan->desc.num_qo_heads);

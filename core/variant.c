@@ -1,7 +1,6 @@
-/* Variant validation, defaults, and the standard ALiBi slopes. */
+/* Variant validation and defaults. */
 #include "core/variant.h"
 #include "core/prefill_params.h"
-#include "core/reference.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -117,19 +116,6 @@ flp_variant flp_variant_resolved(const flp_variant *v) {
     if (r.v_scale == 0.0f)
         r.v_scale = 1.0f;
     return r;
-}
-
-flp_status flp_alibi_standard_slopes(int32_t num_heads, float *slopes) {
-    if (num_heads <= 0 || !slopes)
-        return FLP_ERROR_INVALID_ARGUMENT;
-    double *exact = malloc(sizeof(double) * (size_t)num_heads);
-    if (!exact)
-        return FLP_ERROR_OUT_OF_MEMORY;
-    flp_ref_alibi_slopes(num_heads, exact); /* the one definition, shared with the reference */
-    for (int32_t k = 0; k < num_heads; k++)
-        slopes[k] = (float)exact[k];
-    free(exact);
-    return FLP_OK;
 }
 
 uint32_t flp_variant_kernel_flags(const flp_variant *v) {

@@ -342,7 +342,7 @@ static void test_params_layout(void **state) {
         {flp_spv_decode, flp_spv_decode_size, "decode.comp"},
         {flp_spv_decode_cpu, flp_spv_decode_cpu_size, "decode_cpu.comp"},
         {flp_spv_decode_cpu_texel, flp_spv_decode_cpu_texel_size, "decode_cpu.comp (texel)"},
-        {flp_spv_merge, flp_spv_merge_size, "merge.comp"},
+        {flp_spv_decode_merge, flp_spv_decode_merge_size, "decode_merge.comp"},
     };
     for (size_t i = 0; i < COUNT(shaders); i++) {
         check_spirv_layout(shaders[i].spv, shaders[i].size, shaders[i].name, "DecodePlanInfo",

@@ -3,7 +3,7 @@
  *
  * 32 requests with ragged lengths, GQA 32 query / 8 KV heads, head dim 128, bf16, page 16.
  * usage: flashport-demo [cuda|vulkan]   (default: auto) */
-#include "bench/timing.h"
+#include "tools/host_timing.h"
 #include "core/reference.h"
 #include "flashport/flashport.h"
 

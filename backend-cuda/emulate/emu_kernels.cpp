@@ -1,8 +1,8 @@
-/* The CUDA kernels (kernels/decode.cuh, kernels/merge.cuh: the same source nvcc and NVRTC
+/* The CUDA kernels (kernels/decode.cuh, kernels/decode_merge.cuh: the same source nvcc and NVRTC
  * compile) instantiated for the host and run by the SIMT emulator. */
 #define FLP_CUDA_EMULATE_PTX "backend-cuda/emulate/emu_ptx.h"
 #include "backend-cuda/kernels/decode.cuh"
-#include "backend-cuda/kernels/merge.cuh"
+#include "backend-cuda/kernels/decode_merge.cuh"
 #include "backend-cuda/kernels/kv_append.cuh"
 #include "backend-cuda/kernels/prefill.cuh"
 #include "backend-cuda/kernels/prefill_merge.cuh"

@@ -17,7 +17,7 @@
 
 #include "core/decode_params.h"
 #include "backend-cuda/kernels/decode.cuh"
-#include "backend-cuda/kernels/merge.cuh"
+#include "backend-cuda/kernels/decode_merge.cuh"
 #include "backend-cuda/kernels/prefill.cuh"
 #include "backend-cuda/kernels/prefill_merge.cuh"
 #include "backend-cuda/kernels/kv_append.cuh"
@@ -30,12 +30,12 @@
 #define FLP_PREFILL_MIN_BLOCKS(D, T) (FLP_CU_PREFILL_THREADS(D, T) > 128 ? 1 : 2)
 
 #if defined(FLP_ONLY_Q) && defined(FLP_ONLY_KV) && defined(FLP_ONLY_HEAD_DIM)
-#define FLP_WANT_MERGE(QDT) ((QDT) == FLP_ONLY_Q)
-#define FLP_WANT_DECODE(QDT, KVDT, D)                                                              \
+#define FLP_WANT_Q(QDT) ((QDT) == FLP_ONLY_Q)
+#define FLP_WANT_CONFIG(QDT, KVDT, D)                                                              \
     ((QDT) == FLP_ONLY_Q && (KVDT) == FLP_ONLY_KV && (D) == FLP_ONLY_HEAD_DIM)
 #else
-#define FLP_WANT_MERGE(QDT) true
-#define FLP_WANT_DECODE(QDT, KVDT, D) true
+#define FLP_WANT_Q(QDT) true
+#define FLP_WANT_CONFIG(QDT, KVDT, D) true
 #endif
 
 namespace flp {
@@ -77,7 +77,7 @@ template <int QDT> struct merge_entry<QDT, false> {
 #define FLP_DECODE_KERNEL(QN, QDT, KVN, KVDT, D, R)                                                \
     extern "C" __global__ void __launch_bounds__(FLP_CU_DECODE_THREADS, FLP_DECODE_MIN_BLOCKS_##R) \
         flp_decode_##QN##_##KVN##_d##D##_r##R(const __grid_constant__ flp_decode_params p) {       \
-        flp::decode_entry<QDT, KVDT, D, R, FLP_WANT_DECODE(QDT, KVDT, D)>::run(p);                 \
+        flp::decode_entry<QDT, KVDT, D, R, FLP_WANT_CONFIG(QDT, KVDT, D)>::run(p);                 \
     }
 
 #define FLP_DECODE_KERNELS_QKV(QN, QDT, KVN, KVDT)                                                 \
@@ -99,7 +99,7 @@ template <int QDT> struct merge_entry<QDT, false> {
     FLP_FOR_KV_DTYPES(FLP_DECODE_KERNELS_QKV, QN, QDT)                                             \
     extern "C" __global__ void __launch_bounds__(FLP_CU_MERGE_THREADS)                             \
         flp_decode_merge_##QN(const __grid_constant__ flp_decode_params p) {                       \
-        flp::merge_entry<QDT, FLP_WANT_MERGE(QDT)>::run(p);                                        \
+        flp::merge_entry<QDT, FLP_WANT_Q(QDT)>::run(p);                                        \
     }
 
 FLP_DECODE_KERNELS_Q(f16, FLP_CU_DT_F16)
@@ -109,7 +109,7 @@ FLP_DECODE_KERNELS_Q(bf16, FLP_CU_DT_BF16)
     extern "C" __global__ void __launch_bounds__(FLP_CU_PREFILL_THREADS(D, T),                     \
                                                  FLP_PREFILL_MIN_BLOCKS(D, T))                     \
         flp_prefill_##QN##_##KVN##_d##D##_t##T(const __grid_constant__ flp_prefill_params p) {     \
-        flp::prefill_entry<QDT, KVDT, D, T, FLP_WANT_DECODE(QDT, KVDT, D)>::run(p);                \
+        flp::prefill_entry<QDT, KVDT, D, T, FLP_WANT_CONFIG(QDT, KVDT, D)>::run(p);                \
     }
 
 #define FLP_PREFILL_KERNELS_D(QN, QDT, KVN, KVDT, D)                                               \
@@ -126,7 +126,7 @@ FLP_DECODE_KERNELS_Q(bf16, FLP_CU_DT_BF16)
     FLP_FOR_KV_DTYPES(FLP_PREFILL_KERNELS_QKV, QN, QDT)                                            \
     extern "C" __global__ void __launch_bounds__(FLP_CU_PREFILL_MERGE_THREADS)                     \
         flp_prefill_merge_##QN(const __grid_constant__ flp_prefill_params p) {                     \
-        flp::prefill_merge_entry<QDT, FLP_WANT_MERGE(QDT)>::run(p);                                \
+        flp::prefill_merge_entry<QDT, FLP_WANT_Q(QDT)>::run(p);                                \
     }
 
 FLP_PREFILL_KERNELS_Q(f16, FLP_CU_DT_F16)

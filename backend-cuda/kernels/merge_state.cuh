@@ -1,5 +1,5 @@
 /* The merge operator on split-KV partial states (natural-log lse), four output columns at a
- * time, and the store of a merged state: what the decode merge (merge.cuh) and the prefill merge
+ * time, and the store of a merged state: what the decode merge (decode_merge.cuh) and the prefill merge
  * (prefill_merge.cuh) share. Chunks are folded in chunk order, so results do not depend on
  * timing. */
 #ifndef FLP_CUDA_MERGE_STATE_CUH

@@ -1,6 +1,6 @@
 /* Host timing helpers shared by the demo and the benchmarks. */
-#ifndef FLP_BENCH_TIMING_H
-#define FLP_BENCH_TIMING_H
+#ifndef FLP_TOOLS_HOST_TIMING_H
+#define FLP_TOOLS_HOST_TIMING_H
 
 #include <stdlib.h>
 #include <time.h>
@@ -22,4 +22,4 @@ static inline double timing_median(double *samples, size_t n) {
     return samples[n / 2];
 }
 
-#endif /* FLP_BENCH_TIMING_H */
+#endif /* FLP_TOOLS_HOST_TIMING_H */

@@ -8,7 +8,7 @@
 
 #include <cmocka.h>
 
-#include "core/scheduler.h"
+#include "core/decode_schedule.h"
 #include "tests/test_util.h"
 
 typedef struct schedule_case {

@@ -1,5 +1,5 @@
 /* Decode work partition: KV splitting and longest-first assignment. */
-#include "core/scheduler.h"
+#include "core/decode_schedule.h"
 #include "core/assign.h"
 
 #include <limits.h>

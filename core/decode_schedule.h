@@ -1,8 +1,8 @@
 /* The decode work partition (DESIGN.md section 4): split long requests into KV chunks when the
  * batch does not fill the device, then assign the work items longest-first to the least loaded
  * workgroup. Pure host code, deterministic. */
-#ifndef FLP_CORE_SCHEDULER_H
-#define FLP_CORE_SCHEDULER_H
+#ifndef FLP_CORE_DECODE_SCHEDULE_H
+#define FLP_CORE_DECODE_SCHEDULE_H
 
 #include "core/decode_params.h"
 
@@ -33,4 +33,4 @@ int32_t flp_decode_max_items(int32_t max_batch_size, int32_t num_kv_heads, int32
 /* Fills out's arrays. Returns false only when the host allocation for sorting fails. */
 bool flp_decode_schedule_build(const flp_decode_schedule_input *in, flp_decode_schedule *out);
 
-#endif /* FLP_CORE_SCHEDULER_H */
+#endif /* FLP_CORE_DECODE_SCHEDULE_H */
