@@ -95,12 +95,10 @@ flp_status flp_cu_enter_launch(flp_context *ctx, const char *fn, int32_t q_dtype
 
 /* cu_decode.c */
 int32_t flp_cu_decode_grid_size(flp_context *ctx, int32_t head_dim);
-flp_status flp_cu_decode_check(flp_context *ctx, const flp_decode_launch *launch);
 flp_status flp_cu_decode_run(flp_context *ctx, const flp_decode_launch *launch);
 
 /* cu_prefill.c */
 int32_t flp_cu_prefill_grid_size(flp_context *ctx, int32_t head_dim);
-flp_status flp_cu_prefill_check(flp_context *ctx, const flp_prefill_launch *launch);
 flp_status flp_cu_prefill_run(flp_context *ctx, const flp_prefill_launch *launch);
 
 /* cu_kv_append.c */

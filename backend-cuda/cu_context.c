@@ -6,11 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The kernels decode the dtype codes of decode_config.h; they are the flp_dtype values. */
-_Static_assert(FLP_CU_DT_F16 == FLP_DTYPE_F16 && FLP_CU_DT_BF16 == FLP_DTYPE_BF16 &&
-                   FLP_CU_DT_E4M3 == FLP_DTYPE_E4M3 && FLP_CU_DT_E5M2 == FLP_DTYPE_E5M2,
-               "decode_config.h dtype codes must equal flp_dtype");
-
 flp_status flp_cu_enter(flp_context *ctx, const char *what) {
     flp_cu_state *st = flp_cu_state_of(ctx);
     CUresult r = st->cu->cuCtxPushCurrent(st->context);
@@ -93,10 +88,8 @@ const flp_backend_ops flp_cuda_ops = {
     .buffer_read = flp_cu_buffer_read,
     .synchronize = cu_synchronize,
     .decode_grid_size = flp_cu_decode_grid_size,
-    .decode_check = flp_cu_decode_check,
     .decode_run = flp_cu_decode_run,
     .prefill_grid_size = flp_cu_prefill_grid_size,
-    .prefill_check = flp_cu_prefill_check,
     .prefill_run = flp_cu_prefill_run,
     .kv_append_run = flp_cu_kv_append_run,
 };

@@ -1,19 +1,10 @@
-/* Decode on CUDA: grid size from occupancy, launch checks, and the launches themselves (the
- * parameter block goes by value, so a captured CUDA graph holds it). */
+/* Decode on CUDA: grid size from occupancy and the launches (the parameter block goes by value,
+ * so a captured CUDA graph holds it). The first run of a configuration loads its kernels. */
 #include "backend-cuda/cu_backend.h"
 #include "backend-cuda/kernels/decode_config.h"
 
 int32_t flp_cu_decode_grid_size(flp_context *ctx, int32_t head_dim) {
     return flp_cu_resident_grid(ctx, "CUDA decode", head_dim, false);
-}
-
-flp_status flp_cu_decode_check(flp_context *ctx, const flp_decode_launch *launch) {
-    flp_status status = flp_cu_launch_validate(ctx, launch);
-    if (status != FLP_OK)
-        return status;
-    /* Load (or build) the kernels now rather than in run. */
-    return flp_cu_load_config(ctx, "CUDA decode", launch->q_dtype, launch->kv_dtype,
-                              launch->head_dim);
 }
 
 flp_status flp_cu_decode_run(flp_context *ctx, const flp_decode_launch *launch) {

@@ -10,13 +10,8 @@
 flp_status flp_cu_kv_append_run(flp_context *ctx, const flp_kv_append_params *params) {
     static const char *fn = "flp_kv_append";
     flp_cu_state *st = flp_cu_state_of(ctx);
-    flp_status status = flp_cu_kv_append_validate(ctx, params);
-    if (status != FLP_OK)
-        return status;
-    if (params->nnz == 0)
-        return FLP_OK;
     const flp_cu_config *cfg = NULL;
-    status =
+    flp_status status =
         flp_cu_enter_config(ctx, fn,
                             flp_cu_config_index(FLP_CU_APPEND_CONFIG_Q, FLP_CU_APPEND_CONFIG_KV,
                                                 FLP_CU_APPEND_CONFIG_D),

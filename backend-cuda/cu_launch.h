@@ -1,6 +1,8 @@
-/* The driver-free part of the CUDA decode launch: which kernel serves a launch and whether its
- * arguments suit the kernels (alignment, shapes). Shared by the backend and the host emulator
- * (backend-cuda/emulate/), so it needs no CUDA header. */
+/* The driver-free part of a CUDA launch: which kernel serves a launch, its block and grid
+ * shapes. Shared by the backend and the host emulator (backend-cuda/emulate/), so it needs no
+ * CUDA header. What the kernels assume of their arguments (16-byte aligned rows, element-aligned
+ * lse, dtypes and head dims with a kernel) the core has checked before any launch reaches here
+ * (docs/design.md, "Launch contract"). */
 #ifndef FLP_CUDA_CU_LAUNCH_H
 #define FLP_CUDA_CU_LAUNCH_H
 
@@ -23,10 +25,6 @@ bool flp_cu_kernel_name(int32_t q_dtype, int32_t kv_dtype, int32_t head_dim, int
 /* Which decode kernel of a configuration a launch uses: 0 (4 query rows in registers) when the
  * plan's capacity max_qo_len * group_size is <= 4, else 1 (8 rows, looping over blocks of 8). */
 int flp_cu_decode_variant(const flp_decode_launch *launch);
-/* Checks a launch against what the kernels support and assume (dtypes, head_dim, the plan's
- * group and qo_len capacity, 16-byte alignment of q/out/plan, K/V alignment); fails ctx with
- * a message. */
-flp_status flp_cu_launch_validate(flp_context *ctx, const flp_decode_launch *launch);
 
 /* ---- prefill, merge and KV append (kernels/prefill_config.h) ---- */
 
@@ -38,11 +36,6 @@ bool flp_cu_prefill_kernel_name(int32_t q_dtype, int32_t kv_dtype, int32_t head_
                                 char *buf, size_t size);
 /* Dynamic shared memory of a prefill kernel. */
 unsigned flp_cu_prefill_smem_bytes(int32_t q_dtype, int32_t kv_dtype, int32_t head_dim, int tile);
-/* Checks a prefill launch against what the kernels support and assume (dtypes, head_dim, grid,
- * 16-byte alignment of q/out rows and of K/V rows, plan and lse alignment); fails ctx. */
-flp_status flp_cu_prefill_validate(flp_context *ctx, const flp_prefill_launch *launch);
-/* Checks a KV append the kernel supports (dtypes, head_dim); fails ctx. */
-flp_status flp_cu_kv_append_validate(flp_context *ctx, const flp_kv_append_params *params);
 /* Blocks of a KV append launch (grid-stride kernel), >= 1. */
 unsigned flp_cu_kv_append_grid(const flp_kv_append_params *params);
 

@@ -1,19 +1,10 @@
-/* Prefill on CUDA: grid size from occupancy, launch checks, and the launches (the parameter
- * block by value, so a captured CUDA graph holds it; everything a re-plan changes is read by
- * the kernels from plan memory). */
+/* Prefill on CUDA: grid size from occupancy and the launches (the parameter block by value, so a
+ * captured CUDA graph holds it; everything a re-plan changes is read by the kernels from plan
+ * memory). The first run of a configuration loads its kernels. */
 #include "backend-cuda/cu_backend.h"
 
 int32_t flp_cu_prefill_grid_size(flp_context *ctx, int32_t head_dim) {
     return flp_cu_resident_grid(ctx, "CUDA prefill", head_dim, true);
-}
-
-flp_status flp_cu_prefill_check(flp_context *ctx, const flp_prefill_launch *launch) {
-    flp_status status = flp_cu_prefill_validate(ctx, launch);
-    if (status != FLP_OK)
-        return status;
-    /* Load (or build) the kernels now rather than in run. */
-    return flp_cu_load_config(ctx, "CUDA prefill", launch->q_dtype, launch->kv_dtype,
-                              launch->head_dim);
 }
 
 flp_status flp_cu_prefill_run(flp_context *ctx, const flp_prefill_launch *launch) {

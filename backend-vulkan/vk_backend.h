@@ -212,11 +212,10 @@ void flp_vk_barrier(flp_vk *vk, VkCommandBuffer cmd, VkPipelineStageFlags src_st
 void flp_vk_record_params_update(flp_vk *vk, VkCommandBuffer cmd, VkBuffer buffer,
                                  VkDeviceSize offset, VkDeviceSize size, const void *data);
 /* Starts recording an attention run (flp_vk_record_begin, the caller's command buffer allowed)
- * with the update of its parameter block (size bytes at params) in the slot at slot_offset of
- * plan_buffer; *params_address: the slot's device address, for the shaders' push constant. */
-flp_status flp_vk_record_run_begin(flp_vk *vk, const flp_buffer *plan_buffer, uint64_t slot_offset,
-                                   const void *params, size_t size, flp_vk_recording *rec,
-                                   uint64_t *params_address);
+ * with the update of its parameter block (size bytes at params) in the plan's params slot;
+ * *params_address: the slot's device address, for the shaders' push constant. */
+flp_status flp_vk_record_run_begin(flp_vk *vk, const flp_params_slot *slot, const void *params,
+                                   size_t size, flp_vk_recording *rec, uint64_t *params_address);
 /* Records a merge of split partial states after the attention dispatch that wrote them: grid
  * workgroups as an x * y grid (x within maxComputeWorkGroupCount[0]); params_address, unless
  * NULL, is pushed again after binding merge. */
@@ -252,7 +251,6 @@ typedef struct flp_vk_cpu_shape {
     uint32_t rows;  /* query rows per pass, in registers */
     uint32_t step;  /* keys per key-loop iteration */
 } flp_vk_cpu_shape;
-struct flp_plan;
 int32_t flp_vk_cpu_decode_grid_size(const flp_context *ctx);
 flp_vk_cpu_shape flp_vk_cpu_shape_for(const flp_vk *vk, uint32_t head_dim, int32_t kv_dtype,
                                       uint32_t rows_needed);
@@ -262,23 +260,13 @@ flp_vk_cpu_shape flp_vk_cpu_shape_for(const flp_vk *vk, uint32_t head_dim, int32
 int flp_vk_cpu_pipelines(const flp_vk *vk, uint32_t flags, uint32_t features[2], uint32_t defer[2]);
 /* FLP_ERROR_UNSUPPORTED when a workgroup of the plan would run more loop iterations than the
  * driver allows one invocation (facts.loop_budget; llvmpipe would silently stop early). */
-flp_status flp_vk_cpu_check_budget(flp_vk *vk, const struct flp_plan *plan,
+flp_status flp_vk_cpu_check_budget(flp_vk *vk, const flp_decode_launch *launch,
                                    const flp_vk_cpu_shape *s);
 
-/* vk_launch_check.c: checks the decode and prefill launches share; what names the kernel in
- * messages ("decode", "prefill") */
-/* Queries f16 or bf16; KV f16, bf16, e4m3 or e5m2. */
-flp_status flp_vk_check_dtypes(flp_context *ctx, const char *what, int32_t q_dtype,
-                               int32_t kv_dtype);
-/* 1 <= num_ctas <= maxComputeWorkGroupCount[0]; min_merge_grid <= merge_grid <= what
- * flp_vk_record_merge can dispatch (merge_what names the merge grid in messages). */
-flp_status flp_vk_check_grids(flp_context *ctx, const char *what, int32_t num_ctas,
-                              const char *merge_what, int32_t merge_grid, int32_t min_merge_grid);
-/* A plan buffer of this context with room for params_size bytes at the 8-byte aligned
- * slot_offset. */
-flp_status flp_vk_check_params_slot(flp_context *ctx, const char *what,
-                                    const flp_buffer *plan_buffer, uint64_t slot_offset,
-                                    size_t params_size);
+/* vk_launch_check.c: the device limits decode and prefill launches share; what names the kernel
+ * in messages ("decode", "prefill") */
+/* The merge grid within what flp_vk_record_merge can dispatch (an x * y grid). */
+flp_status flp_vk_check_merge_grid(flp_context *ctx, const char *what, int32_t merge_grid);
 /* FLP_ERROR_UNSUPPORTED when workgroup cta (of ctas) of a plan would run more loop iterations
  * than the driver allows one invocation (facts.loop_budget, 0 = no limit; llvmpipe would
  * silently stop early). */
@@ -289,12 +277,10 @@ int32_t flp_vk_clamp_grid(const flp_vk *vk, int64_t grid);
 
 /* vk_decode.c */
 int32_t flp_vk_decode_grid_size(flp_context *ctx, int32_t head_dim);
-flp_status flp_vk_decode_check(flp_context *ctx, const flp_decode_launch *launch);
 flp_status flp_vk_decode_run(flp_context *ctx, const flp_decode_launch *launch);
 
 /* vk_prefill.c */
 int32_t flp_vk_prefill_grid_size(flp_context *ctx, int32_t head_dim);
-flp_status flp_vk_prefill_check(flp_context *ctx, const flp_prefill_launch *launch);
 flp_status flp_vk_prefill_run(flp_context *ctx, const flp_prefill_launch *launch);
 /* Whether runs go to a caller's command buffer (flp_vulkan_set_command_buffer). */
 bool flp_vk_records_for_caller(const flp_context *ctx);

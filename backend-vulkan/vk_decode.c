@@ -1,8 +1,7 @@
 /* Decode on Vulkan: the grid size, decode.comp's tile shape for a GPU (decode_cpu.comp's lives
- * in vk_decode_cpu.c), the launch check and the recording of params update + decode + merge. */
+ * in vk_decode_cpu.c), the checks only this backend can make (its limits) and the recording of
+ * params update + decode + merge. */
 #include "vk_backend.h"
-
-#include "core/plan.h"
 
 #include <string.h>
 
@@ -108,20 +107,17 @@ int32_t flp_vk_decode_grid_size(flp_context *ctx, int32_t head_dim) {
 
 static flp_vk_pipeline_key decode_key(const flp_vk *vk, const flp_decode_launch *launch,
                                       const decode_shape *s) {
-    flp_vk_pipeline_key key = {.shader = FLP_VK_SHADER_DECODE, .spec_count = 10};
-    const uint32_t spec[10] = {
-        (uint32_t)launch->head_dim,
-        (uint32_t)launch->q_dtype,
-        (uint32_t)launch->kv_dtype,
-        s->kv_bytes,
-        s->lanes,
-        s->rows,
-        s->token_groups,
-        s->tokens_per_group,
-        s->smem_u2,
-        s->threads,
-    };
-    memcpy(key.spec, spec, sizeof spec);
+    flp_vk_pipeline_key key = {.shader = FLP_VK_SHADER_DECODE, .spec_count = FLP_SPEC_DECODE_COUNT};
+    key.spec[FLP_SPEC_HEAD_DIM] = (uint32_t)launch->head_dim;
+    key.spec[FLP_SPEC_Q_DTYPE] = (uint32_t)launch->q_dtype;
+    key.spec[FLP_SPEC_KV_DTYPE] = (uint32_t)launch->kv_dtype;
+    key.spec[FLP_SPEC_KV_BYTES] = s->kv_bytes;
+    key.spec[FLP_SPEC_LANES] = s->lanes;
+    key.spec[FLP_SPEC_ROWS] = s->rows;
+    key.spec[FLP_SPEC_DECODE_TOKEN_GROUPS] = s->token_groups;
+    key.spec[FLP_SPEC_DECODE_TOKENS_PER_GROUP] = s->tokens_per_group;
+    key.spec[FLP_SPEC_DECODE_SMEM_U2] = s->smem_u2;
+    key.spec[FLP_SPEC_DECODE_THREADS] = s->threads;
     key.full_subgroups = vk->facts.full_subgroups && s->threads % vk->facts.max_subgroup_size == 0;
     return key;
 }
@@ -131,33 +127,31 @@ static flp_vk_pipeline_key decode_cpu_key(const flp_decode_launch *launch,
                                           uint32_t defer) {
     flp_vk_pipeline_key key = {
         .shader = texel ? FLP_VK_SHADER_DECODE_CPU_TEXEL : FLP_VK_SHADER_DECODE_CPU,
-        .spec_count = 9,
+        .spec_count = FLP_SPEC_CPU_COUNT,
     };
     /* q and 16-bit KV dtypes come from the plan (decode_cpu.comp); fp8 KV is specialised */
-    const uint32_t spec[9] = {
-        (uint32_t)launch->head_dim,
-        0,
-        s->kv_bytes == 1 ? (uint32_t)launch->kv_dtype : 0,
-        s->kv_bytes,
-        s->lanes,
-        s->rows,
-        s->step,
-        features,
-        defer,
-    };
-    memcpy(key.spec, spec, sizeof spec);
+    key.spec[FLP_SPEC_HEAD_DIM] = (uint32_t)launch->head_dim;
+    key.spec[FLP_SPEC_Q_DTYPE] = 0;
+    key.spec[FLP_SPEC_KV_DTYPE] = s->kv_bytes == 1 ? (uint32_t)launch->kv_dtype : 0;
+    key.spec[FLP_SPEC_KV_BYTES] = s->kv_bytes;
+    key.spec[FLP_SPEC_LANES] = s->lanes;
+    key.spec[FLP_SPEC_ROWS] = s->rows;
+    key.spec[FLP_SPEC_CPU_STEP] = s->step;
+    key.spec[FLP_SPEC_CPU_FEATURES] = features;
+    key.spec[FLP_SPEC_CPU_DEFER] = defer;
     return key; /* one (partial) subgroup per workgroup: no full-subgroup requirement */
 }
 
 static flp_vk_pipeline_key merge_key(const flp_vk *vk, const flp_decode_launch *launch) {
-    flp_vk_pipeline_key key = {.shader = FLP_VK_SHADER_DECODE_MERGE, .spec_count = 3};
-    key.spec[0] = (uint32_t)launch->head_dim;
-    key.spec[1] = (uint32_t)launch->q_dtype;
+    flp_vk_pipeline_key key = {.shader = FLP_VK_SHADER_DECODE_MERGE,
+                               .spec_count = FLP_SPEC_MERGE_COUNT};
+    key.spec[FLP_SPEC_HEAD_DIM] = (uint32_t)launch->head_dim;
+    key.spec[FLP_SPEC_Q_DTYPE] = (uint32_t)launch->q_dtype;
     /* on a CPU device one SIMD vector: the merge returns at once for most workgroups */
     uint32_t threads = FLP_VK_MERGE_THREADS;
     if (vk->facts.cpu_decode && vk->facts.min_subgroup_size < threads)
         threads = vk->facts.min_subgroup_size ? vk->facts.min_subgroup_size : 1;
-    key.spec[2] = threads;
+    key.spec[FLP_SPEC_MERGE_THREADS] = threads;
     return key;
 }
 
@@ -170,24 +164,13 @@ typedef struct decode_recipe {
     flp_vk_texel_push push;  /* texel variant only; push.params is set when recording */
 } decode_recipe;
 
-/* Checks the launch and picks how to record it. */
-static flp_status check_launch(flp_context *ctx, const flp_decode_launch *launch,
-                               decode_recipe *recipe) {
+/* The checks only this backend makes (its limits, its kernels' shapes) and the choice of how to
+ * record the launch. */
+static flp_status prepare(flp_context *ctx, const flp_decode_launch *launch,
+                          decode_recipe *recipe) {
     flp_vk *vk = ctx->backend;
     const flp_decode_params *p = &launch->params;
-    if (launch->head_dim != 64 && launch->head_dim != 128 && launch->head_dim != 256)
-        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
-                        "the Vulkan decode kernel supports head_dim 64, 128 and 256, not %d",
-                        launch->head_dim);
-    flp_status st = flp_vk_check_dtypes(ctx, "decode", launch->q_dtype, launch->kv_dtype);
-    if (st != FLP_OK)
-        return st;
-    const flp_plan *plan = launch->plan;
-    if (!plan || plan->group_size < 1 || plan->desc.max_qo_len < 1)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                        "decode launch without a plan (or with group_size %d, max_qo_len %d)",
-                        plan ? plan->group_size : 0, plan ? plan->desc.max_qo_len : 0);
-    st = flp_vk_check_grids(ctx, "decode", launch->num_ctas, "merge grid", launch->merge_grid, 1);
+    flp_status st = flp_vk_check_merge_grid(ctx, "decode merge", launch->merge_grid);
     if (st != FLP_OK)
         return st;
     /* the shader keeps page and slot strides in 32 bits (registers are what limit it) */
@@ -199,18 +182,14 @@ static flp_status check_launch(flp_context *ctx, const flp_decode_launch *launch
                             "the Vulkan decode kernel needs KV page and slot strides below 2^31 "
                             "elements; got %lld",
                             (long long)strides[i]);
-    st = flp_vk_check_params_slot(ctx, "decode", launch->plan_buffer, launch->params_slot_offset,
-                                  sizeof(flp_decode_params));
-    if (st != FLP_OK)
-        return st;
     /* The kernel shape is fixed by the plan's capacities, not by the current plan, so that
      * every run of a plan (and every replay of a recorded one after a re-plan) uses one
      * pipeline: the same reduction order, hence the same bits. */
-    uint32_t rows = (uint32_t)plan->group_size * (uint32_t)plan->desc.max_qo_len;
+    uint32_t rows = (uint32_t)launch->group_size * (uint32_t)launch->max_qo_len;
     if (vk->facts.cpu_decode) {
         flp_vk_cpu_shape shape =
             flp_vk_cpu_shape_for(vk, (uint32_t)launch->head_dim, launch->kv_dtype, rows);
-        st = flp_vk_cpu_check_budget(vk, plan, &shape);
+        st = flp_vk_cpu_check_budget(vk, launch, &shape);
         if (st == FLP_OK)
             st = flp_vk_texel_source(vk, p->k, &recipe->sets[0], &recipe->push.k_base);
         if (st == FLP_OK)
@@ -218,10 +197,8 @@ static flp_status check_launch(flp_context *ctx, const flp_decode_launch *launch
         if (st != FLP_OK)
             return st;
         bool texel = recipe->sets[0] && recipe->sets[1];
-        const flp_decode_plan_info *info =
-            (const flp_decode_plan_info *)(plan->host + plan->layout.info);
         uint32_t features[2], defer[2];
-        recipe->key_count = flp_vk_cpu_pipelines(vk, info->flags, features, defer);
+        recipe->key_count = flp_vk_cpu_pipelines(vk, launch->schedule.flags, features, defer);
         for (int i = 0; i < recipe->key_count; i++)
             recipe->keys[i] = decode_cpu_key(launch, &shape, texel, features[i], defer[i]);
         return FLP_OK;
@@ -235,15 +212,10 @@ static flp_status check_launch(flp_context *ctx, const flp_decode_launch *launch
     return FLP_OK;
 }
 
-flp_status flp_vk_decode_check(flp_context *ctx, const flp_decode_launch *launch) {
-    decode_recipe recipe = {0};
-    return check_launch(ctx, launch, &recipe);
-}
-
 flp_status flp_vk_decode_run(flp_context *ctx, const flp_decode_launch *launch) {
     flp_vk *vk = ctx->backend;
     decode_recipe recipe = {0};
-    flp_status st = check_launch(ctx, launch, &recipe);
+    flp_status st = prepare(ctx, launch, &recipe);
     if (st != FLP_OK)
         return st;
     /* Pipelines first (creation may fail): nothing is recorded before every check passed. */
@@ -257,9 +229,8 @@ flp_status flp_vk_decode_run(flp_context *ctx, const flp_decode_launch *launch) 
 
     flp_vk_recording rec;
     uint64_t params_address;
-    if ((st = flp_vk_record_run_begin(vk, launch->plan_buffer, launch->params_slot_offset,
-                                      &launch->params, sizeof(flp_decode_params), &rec,
-                                      &params_address)) != FLP_OK)
+    if ((st = flp_vk_record_run_begin(vk, &launch->slot, &launch->params, sizeof(flp_decode_params),
+                                      &rec, &params_address)) != FLP_OK)
         return st;
     VkCommandBuffer cmd = rec.cmd;
     if (recipe.keys[0].shader == FLP_VK_SHADER_DECODE_CPU_TEXEL) {

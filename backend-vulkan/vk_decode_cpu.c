@@ -3,8 +3,6 @@
  * (llvmpipe silently ends every loop of an invocation after 65535 iterations in total). */
 #include "vk_backend.h"
 
-#include "core/plan.h"
-
 /* Query rows x elements per lane held in registers per pass (q and the accumulators): more
  * rows read each K/V element for more rows, but make a bigger shader. On lavapipe (AVX2, D=128,
  * GQA 4) 64 (4 rows) runs 1.1-1.3x faster than 32 (2 passes of 2 rows); 128 is 1.25x faster
@@ -24,9 +22,8 @@
  * key: 3x the time of a decode without it on lavapipe) only in the pipelines that may need it;
  * the masks, ALiBi and the soft cap always (about 10%; fewer pipelines to compile). */
 #define FLP_VK_CPU_ALL                                                                             \
-    (FLP_DECODE_FLAG_CAUSAL | FLP_DECODE_FLAG_WINDOW | FLP_DECODE_FLAG_ALIBI |                     \
-     FLP_DECODE_FLAG_SOFTCAP | FLP_DECODE_FLAG_ROPE)
-#define FLP_VK_CPU_NO_ROPE (FLP_VK_CPU_ALL & ~FLP_DECODE_FLAG_ROPE)
+    (FLP_FLAG_CAUSAL | FLP_FLAG_WINDOW | FLP_FLAG_ALIBI | FLP_FLAG_SOFTCAP | FLP_FLAG_ROPE)
+#define FLP_VK_CPU_NO_ROPE (FLP_VK_CPU_ALL & ~FLP_FLAG_ROPE)
 #define FLP_VK_CPU_NO_DEFER 0xffffffffu
 
 int32_t flp_vk_cpu_decode_grid_size(const flp_context *ctx) {
@@ -73,7 +70,7 @@ int flp_vk_cpu_pipelines(const flp_vk *vk, uint32_t flags, uint32_t features[2],
         }
         return 2;
     }
-    int i = (flags & FLP_DECODE_FLAG_ROPE) ? 1 : 0; /* the library's queue: the one that works */
+    int i = (flags & FLP_FLAG_ROPE) ? 1 : 0; /* the library's queue: the one that works */
     features[0] = pair_features[i];
     defer[0] = pair_defer[i];
     return 1;
@@ -88,10 +85,11 @@ int flp_vk_cpu_pipelines(const flp_vk *vk, uint32_t flags, uint32_t features[2],
  * is at most the budget loses nothing (its last pass is the item loop's exit anyway). Measured
  * on lavapipe (tests/test_vulkan.c test_loop_budget): a key loop of 65535 iterations completes,
  * 65536 loses its last. */
-static uint64_t cta_loop_iterations(const flp_plan *plan, const flp_vk_cpu_shape *s, int32_t cta) {
-    const int32_t *work_indptr = (const int32_t *)(plan->host + plan->layout.work_indptr);
-    const int32_t *items = (const int32_t *)(plan->host + plan->layout.work_items);
-    int64_t rows_total = (int64_t)plan->decode.qo_len * plan->group_size;
+static uint64_t cta_loop_iterations(const flp_decode_launch *launch, const flp_vk_cpu_shape *s,
+                                    int32_t cta) {
+    const int32_t *work_indptr = launch->schedule.work_indptr;
+    const int32_t *items = launch->schedule.work_items;
+    int64_t rows_total = (int64_t)launch->schedule.qo_len * launch->group_size;
     int64_t passes = (rows_total + s->rows - 1) / s->rows;
     uint64_t n = (uint64_t)(work_indptr[cta + 1] - work_indptr[cta]) + 1;
     for (int32_t i = work_indptr[cta]; i < work_indptr[cta + 1]; i++) {
@@ -105,12 +103,13 @@ static uint64_t cta_loop_iterations(const flp_plan *plan, const flp_vk_cpu_shape
 
 /* Checks the plan as it is now: a command buffer recorded with it and replayed after a re-plan
  * is not checked again (flp_decode_plan does not reach the backend). */
-flp_status flp_vk_cpu_check_budget(flp_vk *vk, const flp_plan *plan, const flp_vk_cpu_shape *s) {
+flp_status flp_vk_cpu_check_budget(flp_vk *vk, const flp_decode_launch *launch,
+                                   const flp_vk_cpu_shape *s) {
     if (vk->facts.loop_budget == 0)
         return FLP_OK;
-    for (int32_t cta = 0; cta < plan->num_ctas; cta++) {
-        flp_status st = flp_vk_check_workgroup_loops(vk, "decode", cta, plan->num_ctas,
-                                                     cta_loop_iterations(plan, s, cta));
+    for (int32_t cta = 0; cta < launch->num_ctas; cta++) {
+        flp_status st = flp_vk_check_workgroup_loops(vk, "decode", cta, launch->num_ctas,
+                                                     cta_loop_iterations(launch, s, cta));
         if (st != FLP_OK)
             return st;
     }

@@ -34,33 +34,8 @@ void flp_vk_kv_append_destroy(flp_vk *vk) {
     vk->append_params_memory = VK_NULL_HANDLE;
 }
 
-static bool is_16bit(int32_t dtype) {
-    return dtype == FLP_DTYPE_F16 || dtype == FLP_DTYPE_BF16;
-}
-
-static bool is_fp8(int32_t dtype) {
-    return dtype == FLP_DTYPE_E4M3 || dtype == FLP_DTYPE_E5M2;
-}
-
 flp_status flp_vk_kv_append_run(flp_context *ctx, const flp_kv_append_params *p) {
     flp_vk *vk = ctx->backend;
-    if (!is_16bit(p->cache_dtype) && !is_fp8(p->cache_dtype))
-        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
-                        "the Vulkan KV append writes f16, bf16, e4m3 or e5m2 caches, not %s",
-                        flp_dtype_name((flp_dtype)p->cache_dtype));
-    if (!is_16bit(p->src_dtype) && p->src_dtype != p->cache_dtype)
-        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
-                        "the Vulkan KV append converts f16 or bf16 rows (or copies rows of the "
-                        "cache dtype), not %s rows into a %s cache",
-                        flp_dtype_name((flp_dtype)p->src_dtype),
-                        flp_dtype_name((flp_dtype)p->cache_dtype));
-    if (p->head_dim < 4 || p->head_dim % 4 != 0 || p->num_kv_heads < 1 || p->page_size < 1)
-        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
-                        "the Vulkan KV append needs head_dim a multiple of 4 (got %d), "
-                        "num_kv_heads >= 1 (%d) and page_size >= 1 (%d)",
-                        p->head_dim, p->num_kv_heads, p->page_size);
-    if (p->nnz <= 0)
-        return FLP_OK;
     const VkPhysicalDeviceLimits *lim = &vk->facts.limits;
     uint64_t units = (uint64_t)p->num_kv_heads * (uint64_t)(p->head_dim / 4);
     uint64_t x = (units + FLP_VK_APPEND_THREADS - 1) / FLP_VK_APPEND_THREADS;
@@ -75,8 +50,9 @@ flp_status flp_vk_kv_append_run(flp_context *ctx, const flp_kv_append_params *p)
                         p->nnz, p->num_kv_heads, (unsigned long long)x, (unsigned long long)y,
                         (unsigned long long)z, lim->maxComputeWorkGroupCount[0],
                         lim->maxComputeWorkGroupCount[1], lim->maxComputeWorkGroupCount[2]);
-    flp_vk_pipeline_key key = {.shader = FLP_VK_SHADER_KV_APPEND, .spec_count = 1};
-    key.spec[0] = FLP_VK_APPEND_THREADS;
+    flp_vk_pipeline_key key = {.shader = FLP_VK_SHADER_KV_APPEND,
+                               .spec_count = FLP_SPEC_APPEND_COUNT};
+    key.spec[FLP_SPEC_APPEND_THREADS] = FLP_VK_APPEND_THREADS;
     VkPipeline pipeline;
     flp_status st = flp_vk_pipeline_get(vk, &key, &pipeline);
     if (st != FLP_OK)

@@ -1,9 +1,7 @@
 /* Prefill / append attention on Vulkan: prefill.comp's tile shape from the device limits, the
- * persistent grid, the launch check (with llvmpipe's loop budget) and the recording of params
- * update + prefill + merge. */
+ * persistent grid, the checks only this backend makes (shared memory, llvmpipe's loop budget)
+ * and the recording of params update + prefill + merge. */
 #include "vk_backend.h"
-
-#include "core/plan.h"
 
 #include <string.h>
 
@@ -113,71 +111,56 @@ int32_t flp_vk_prefill_grid_size(flp_context *ctx, int32_t head_dim) {
 
 static flp_vk_pipeline_key prefill_key(const flp_vk *vk, const flp_prefill_launch *launch,
                                        const prefill_shape *s) {
-    flp_vk_pipeline_key key = {.shader = FLP_VK_SHADER_PREFILL, .spec_count = 11};
-    const uint32_t spec[11] = {
-        (uint32_t)launch->head_dim,
-        (uint32_t)launch->q_dtype,
-        (uint32_t)launch->kv_dtype,
-        is_fp8(launch->kv_dtype) ? 1u : 2u,
-        s->lanes,
-        s->rows,
-        s->groups,
-        s->bk,
-        s->sb,
-        s->threads,
-        s->prefetch,
-    };
-    memcpy(key.spec, spec, sizeof spec);
+    flp_vk_pipeline_key key = {.shader = FLP_VK_SHADER_PREFILL,
+                               .spec_count = FLP_SPEC_PREFILL_COUNT};
+    key.spec[FLP_SPEC_HEAD_DIM] = (uint32_t)launch->head_dim;
+    key.spec[FLP_SPEC_Q_DTYPE] = (uint32_t)launch->q_dtype;
+    key.spec[FLP_SPEC_KV_DTYPE] = (uint32_t)launch->kv_dtype;
+    key.spec[FLP_SPEC_KV_BYTES] = is_fp8(launch->kv_dtype) ? 1u : 2u;
+    key.spec[FLP_SPEC_LANES] = s->lanes;
+    key.spec[FLP_SPEC_ROWS] = s->rows;
+    key.spec[FLP_SPEC_PREFILL_GROUPS] = s->groups;
+    key.spec[FLP_SPEC_PREFILL_BK] = s->bk;
+    key.spec[FLP_SPEC_PREFILL_SB] = s->sb;
+    key.spec[FLP_SPEC_PREFILL_THREADS] = s->threads;
+    key.spec[FLP_SPEC_PREFILL_PREFETCH] = s->prefetch;
     /* the row reduction assumes a row's lanes are consecutive invocations of one subgroup */
     key.full_subgroups = vk->facts.full_subgroups && s->threads % vk->facts.max_subgroup_size == 0;
     return key;
 }
 
 static flp_vk_pipeline_key merge_key(const flp_prefill_launch *launch) {
-    flp_vk_pipeline_key key = {.shader = FLP_VK_SHADER_PREFILL_MERGE, .spec_count = 3};
-    key.spec[0] = (uint32_t)launch->head_dim;
-    key.spec[1] = (uint32_t)launch->q_dtype;
-    key.spec[2] = FLP_VK_PREFILL_MERGE_THREADS;
+    flp_vk_pipeline_key key = {.shader = FLP_VK_SHADER_PREFILL_MERGE,
+                               .spec_count = FLP_SPEC_MERGE_COUNT};
+    key.spec[FLP_SPEC_HEAD_DIM] = (uint32_t)launch->head_dim;
+    key.spec[FLP_SPEC_Q_DTYPE] = (uint32_t)launch->q_dtype;
+    key.spec[FLP_SPEC_MERGE_THREADS] = FLP_VK_PREFILL_MERGE_THREADS;
     return key;
-}
-
-/* The prefill region's host mirror: plan->prefill_host holds [info, metadata_end). */
-static const void *prefill_host(const flp_plan *plan, size_t offset) {
-    return plan->prefill_host + (offset - plan->layout.prefill.info);
 }
 
 /* Loop iterations one invocation of workgroup cta runs, counted as gallivm counts them (every
  * pass through a loop's end, the exiting one included; see vk_decode_cpu.c): the item loop;
  * per item the row-pass loop; per pass the key-tile loop, over the keys the pass keeps (the
- * shader clips causal and window ranges per pass exactly like this); per tile the sub-block
- * loop. */
-static uint64_t cta_loop_iterations(const flp_plan *plan, const prefill_shape *s, int32_t cta) {
-    const flp_prefill_layout *L = &plan->layout.prefill;
-    const flp_prefill_plan_info *info = prefill_host(plan, L->info);
-    const int32_t *work_indptr = prefill_host(plan, L->work_indptr);
-    const int32_t *items = prefill_host(plan, L->work_items);
-    const int32_t *qo_indptr = prefill_host(plan, L->qo_indptr);
-    const int32_t *kv_len = prefill_host(plan, L->kv_len);
+ * shader clips each pass's keys by the same rule the scheduler clipped the item with); per tile
+ * the sub-block loop. */
+static uint64_t cta_loop_iterations(const flp_prefill_launch *launch, const prefill_shape *s,
+                                    int32_t cta) {
+    const flp_prefill_schedule_view *v = &launch->schedule;
     int64_t bq = (int64_t)s->groups * s->rows;
-    int64_t group = info->group_size > 0 ? info->group_size : 1;
-    bool causal = info->flags & FLP_DECODE_FLAG_CAUSAL;
-    bool window = info->flags & FLP_DECODE_FLAG_WINDOW;
-    uint64_t n = (uint64_t)(work_indptr[cta + 1] - work_indptr[cta]) + 1;
-    for (int32_t i = work_indptr[cta]; i < work_indptr[cta + 1]; i++) {
-        const int32_t *item = items + (size_t)i * FLP_PREFILL_ITEM_INTS;
+    uint64_t n = (uint64_t)(v->work_indptr[cta + 1] - v->work_indptr[cta]) + 1;
+    for (int32_t i = v->work_indptr[cta]; i < v->work_indptr[cta + 1]; i++) {
+        const int32_t *item = v->work_items + (size_t)i * FLP_PREFILL_ITEM_INTS;
         int32_t b = item[FLP_PITEM_REQUEST];
-        int64_t qo_len = (int64_t)qo_indptr[b + 1] - qo_indptr[b];
-        int64_t shift = (int64_t)kv_len[b] - qo_len;
-        int64_t row_end = item[FLP_PITEM_ROW_END];
+        int32_t qo_len = v->qo_indptr[b + 1] - v->qo_indptr[b];
+        int32_t row_end = item[FLP_PITEM_ROW_END];
         n += 1; /* the row-pass loop's exit */
-        for (int64_t row = item[FLP_PITEM_ROW_BEGIN]; row < row_end; row += bq) {
-            int64_t last = (row + bq < row_end ? row + bq : row_end) - 1;
-            int64_t lo = item[FLP_PITEM_KV_BEGIN], hi = item[FLP_PITEM_KV_END];
-            if (causal && shift + last / group + 1 < hi)
-                hi = shift + last / group + 1;
-            if (window && shift + row / group - info->window_left > lo)
-                lo = shift + row / group - info->window_left;
-            int64_t tiles = hi > lo ? (hi - lo + s->bk - 1) / s->bk : 0;
+        for (int32_t row = item[FLP_PITEM_ROW_BEGIN]; row < row_end; row += (int32_t)bq) {
+            int32_t pass_end = row + bq < row_end ? row + (int32_t)bq : row_end;
+            int32_t lo, hi;
+            flp_prefill_key_range(&v->keys, qo_len, v->kv_len[b], row, pass_end, &lo, &hi);
+            lo = lo > item[FLP_PITEM_KV_BEGIN] ? lo : item[FLP_PITEM_KV_BEGIN];
+            hi = hi < item[FLP_PITEM_KV_END] ? hi : item[FLP_PITEM_KV_END];
+            int64_t tiles = hi > lo ? ((int64_t)hi - lo + s->bk - 1) / s->bk : 0;
             /* the pass; the tile loop; per tile the sub-block loop (rolled: it is the bulk of
              * the shader, and llvmpipe compiles an unrolled one twice as long) */
             n += 1 + (uint64_t)tiles + 1 + (uint64_t)tiles * (s->bk / s->sb + 1);
@@ -188,14 +171,13 @@ static uint64_t cta_loop_iterations(const flp_plan *plan, const prefill_shape *s
 
 /* Loop iterations of the merge's workgroup w (stride: workgroups dispatched): the item loop;
  * per item the loop over (row, 8-element chunk) units, each with the loop over chunks. */
-static uint64_t merge_loop_iterations(const flp_plan *plan, uint32_t w, uint32_t stride) {
-    const flp_prefill_layout *L = &plan->layout.prefill;
-    const flp_prefill_plan_info *info = prefill_host(plan, L->info);
-    const int32_t *items = prefill_host(plan, L->merge_items);
-    uint64_t units_per_row = (uint64_t)info->head_dim / 8;
+static uint64_t merge_loop_iterations(const flp_prefill_launch *launch, uint32_t w,
+                                      uint32_t stride) {
+    const flp_prefill_schedule_view *v = &launch->schedule;
+    uint64_t units_per_row = (uint64_t)launch->head_dim / 8;
     uint64_t n = 1;
-    for (uint64_t i = w; i < (uint64_t)info->num_merge_items; i += stride) {
-        const int32_t *item = items + i * FLP_MERGE_ITEM_INTS;
+    for (uint64_t i = w; i < (uint64_t)v->num_merge_items; i += stride) {
+        const int32_t *item = v->merge_items + i * FLP_MERGE_ITEM_INTS;
         uint64_t rows = (uint64_t)(item[FLP_MITEM_ROW_END] - item[FLP_MITEM_ROW_BEGIN]);
         uint64_t per_thread = (rows * units_per_row + FLP_VK_PREFILL_MERGE_THREADS - 1) /
                               FLP_VK_PREFILL_MERGE_THREADS;
@@ -207,23 +189,23 @@ static uint64_t merge_loop_iterations(const flp_plan *plan, uint32_t w, uint32_t
 
 /* Checks the plan as it is now (a command buffer recorded with it and replayed after a re-plan
  * is not checked again: the re-plan does not reach the backend). */
-static flp_status check_budget(flp_vk *vk, const flp_plan *plan, const prefill_shape *s) {
+static flp_status check_budget(flp_vk *vk, const flp_prefill_launch *launch,
+                               const prefill_shape *s) {
     uint32_t budget = vk->facts.loop_budget;
-    if (budget == 0 || !plan->prefill_host)
+    if (budget == 0)
         return FLP_OK;
-    for (int32_t cta = 0; cta < plan->prefill_ctas; cta++) {
-        flp_status st = flp_vk_check_workgroup_loops(vk, "prefill", cta, plan->prefill_ctas,
-                                                     cta_loop_iterations(plan, s, cta));
+    for (int32_t cta = 0; cta < launch->num_ctas; cta++) {
+        flp_status st = flp_vk_check_workgroup_loops(vk, "prefill", cta, launch->num_ctas,
+                                                     cta_loop_iterations(launch, s, cta));
         if (st != FLP_OK)
             return st;
     }
     uint32_t max_x = vk->facts.limits.maxComputeWorkGroupCount[0];
-    uint32_t grid = plan->prefill_max_merges > 0 ? (uint32_t)plan->prefill_max_merges : 1;
+    uint32_t grid = launch->merge_grid > 0 ? (uint32_t)launch->merge_grid : 1;
     uint32_t x = grid < max_x ? grid : max_x;
     uint32_t stride = x * ((grid + x - 1) / x);
-    const flp_prefill_plan_info *info = prefill_host(plan, plan->layout.prefill.info);
-    for (uint32_t w = 0; w < grid && w < (uint32_t)info->num_merge_items; w++) {
-        uint64_t n = merge_loop_iterations(plan, w, stride);
+    for (uint32_t w = 0; w < grid && w < (uint32_t)launch->schedule.num_merge_items; w++) {
+        uint64_t n = merge_loop_iterations(launch, w, stride);
         if (n > budget)
             return flp_fail(vk->ctx, FLP_ERROR_UNSUPPORTED,
                             "this prefill plan is too large for the device: merge workgroup %u "
@@ -234,76 +216,27 @@ static flp_status check_budget(flp_vk *vk, const flp_plan *plan, const prefill_s
     return FLP_OK;
 }
 
-static flp_status check_aligned(flp_context *ctx, const char *name, uint64_t address,
-                                const int64_t *strides, int count, size_t esize, size_t align) {
-    bool ok = address % align == 0;
-    for (int i = 0; i < count; i++)
-        ok = ok && ((uint64_t)strides[i] * esize) % align == 0;
-    if (!ok)
-        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
-                        "the Vulkan prefill kernel needs %s's address and strides in multiples of "
-                        "%zu bytes",
-                        name, align);
-    return FLP_OK;
-}
-
-/* Checks the launch and picks the pipeline. */
-static flp_status check_launch(flp_context *ctx, const flp_prefill_launch *launch,
-                               flp_vk_pipeline_key *key) {
+/* The checks only this backend makes (shared memory, dispatch limits, llvmpipe's loop budget)
+ * and the pipeline that runs the launch. */
+static flp_status prepare(flp_context *ctx, const flp_prefill_launch *launch,
+                          flp_vk_pipeline_key *key) {
     flp_vk *vk = ctx->backend;
-    const flp_prefill_params *p = &launch->params;
-    if (launch->head_dim < 16 || launch->head_dim > 256 || launch->head_dim % 16 != 0)
-        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
-                        "the Vulkan prefill kernel supports head_dim multiples of 16 up to 256, "
-                        "not %d",
-                        launch->head_dim);
-    flp_status st = flp_vk_check_dtypes(ctx, "prefill", launch->q_dtype, launch->kv_dtype);
-    if (st != FLP_OK)
-        return st;
-    const flp_plan *plan = launch->plan;
-    if (!plan)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "prefill launch without a plan");
-    st = flp_vk_check_grids(ctx, "prefill", launch->num_ctas, "prefill merge grid",
-                            launch->merge_grid, 0);
-    if (st != FLP_OK)
-        return st;
-    size_t kv_esize = is_fp8(launch->kv_dtype) ? 1 : 2;
-    size_t kv_align = is_fp8(launch->kv_dtype) ? 8 : 16;
-    const int64_t q_strides[2] = {p->q_stride_row, p->q_stride_head};
-    const int64_t o_strides[2] = {p->o_stride_row, p->o_stride_head};
-    const int64_t k_strides[3] = {p->k_stride_page, p->k_stride_slot, p->k_stride_head};
-    const int64_t v_strides[3] = {p->v_stride_page, p->v_stride_slot, p->v_stride_head};
-    st = check_aligned(ctx, "q", p->q, q_strides, 2, 2, 8);
-    if (st == FLP_OK)
-        st = check_aligned(ctx, "out", p->o, o_strides, 2, 2, 16);
-    if (st == FLP_OK)
-        st = check_aligned(ctx, "k", p->k, k_strides, 3, kv_esize, kv_align);
-    if (st == FLP_OK)
-        st = check_aligned(ctx, "v", p->v, v_strides, 3, kv_esize, kv_align);
-    if (st != FLP_OK)
-        return st;
-    st = flp_vk_check_params_slot(ctx, "prefill", launch->plan_buffer, launch->params_slot_offset,
-                                  sizeof(flp_prefill_params));
+    flp_status st = flp_vk_check_merge_grid(ctx, "prefill merge", launch->merge_grid);
     if (st != FLP_OK)
         return st;
     prefill_shape shape = {0};
     if ((st = prefill_shape_for(vk, (uint32_t)launch->head_dim, &shape)) != FLP_OK)
         return st;
-    if ((st = check_budget(vk, plan, &shape)) != FLP_OK)
+    if ((st = check_budget(vk, launch, &shape)) != FLP_OK)
         return st;
     *key = prefill_key(vk, launch, &shape);
     return FLP_OK;
 }
 
-flp_status flp_vk_prefill_check(flp_context *ctx, const flp_prefill_launch *launch) {
-    flp_vk_pipeline_key key;
-    return check_launch(ctx, launch, &key);
-}
-
 flp_status flp_vk_prefill_run(flp_context *ctx, const flp_prefill_launch *launch) {
     flp_vk *vk = ctx->backend;
     flp_vk_pipeline_key key;
-    flp_status st = check_launch(ctx, launch, &key);
+    flp_status st = prepare(ctx, launch, &key);
     if (st != FLP_OK)
         return st;
     /* Pipelines first (creation may fail): nothing is recorded before every check passed. */
@@ -316,9 +249,8 @@ flp_status flp_vk_prefill_run(flp_context *ctx, const flp_prefill_launch *launch
 
     flp_vk_recording rec;
     uint64_t params_address;
-    if ((st = flp_vk_record_run_begin(vk, launch->plan_buffer, launch->params_slot_offset,
-                                      &launch->params, sizeof(flp_prefill_params), &rec,
-                                      &params_address)) != FLP_OK)
+    if ((st = flp_vk_record_run_begin(vk, &launch->slot, &launch->params,
+                                      sizeof(flp_prefill_params), &rec, &params_address)) != FLP_OK)
         return st;
     VkCommandBuffer cmd = rec.cmd;
     vk->vk.vkCmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, prefill);

@@ -156,15 +156,14 @@ void flp_vk_record_params_update(flp_vk *vk, VkCommandBuffer cmd, VkBuffer buffe
                    VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_READ_BIT);
 }
 
-flp_status flp_vk_record_run_begin(flp_vk *vk, const flp_buffer *plan_buffer, uint64_t slot_offset,
-                                   const void *params, size_t size, flp_vk_recording *rec,
-                                   uint64_t *params_address) {
+flp_status flp_vk_record_run_begin(flp_vk *vk, const flp_params_slot *slot, const void *params,
+                                   size_t size, flp_vk_recording *rec, uint64_t *params_address) {
     flp_status st = flp_vk_record_begin(vk, true, rec);
     if (st != FLP_OK)
         return st;
-    const flp_vk_buffer *plan = plan_buffer->native;
-    flp_vk_record_params_update(vk, rec->cmd, plan->buffer, slot_offset, size, params);
-    *params_address = plan_buffer->device_address + slot_offset;
+    const flp_vk_buffer *plan = slot->buffer->native;
+    flp_vk_record_params_update(vk, rec->cmd, plan->buffer, slot->offset, size, params);
+    *params_address = slot->buffer->device_address + slot->offset;
     return FLP_OK;
 }
 

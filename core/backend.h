@@ -4,9 +4,8 @@
 #ifndef FLP_CORE_BACKEND_H
 #define FLP_CORE_BACKEND_H
 
-#include "core/decode_params.h"
-#include "core/prefill_params.h"
 #include "core/internal.h"
+#include "core/launch.h"
 
 typedef struct flp_backend_ops {
     const char *name;
@@ -25,19 +24,17 @@ typedef struct flp_backend_ops {
     /* Workgroups of the decode kernel for this head_dim: a multiple of the compute units that
      * fills the device (the plan fixes it at creation, so launch sizes never change). */
     int32_t (*decode_grid_size)(flp_context *ctx, int32_t head_dim); /* < 0: flp_status */
-    /* Checks the launch is supported (dtypes, head_dim, ...) without queueing anything. */
-    flp_status (*decode_check)(flp_context *ctx, const flp_decode_launch *launch);
-    /* Queues the decode kernel, then the merge kernel (always: it skips unsplit requests). */
+    /* Checks what only the backend knows (device limits, its kernels' shapes), then queues the
+     * decode kernel and the merge kernel (always: it skips unsplit requests). Queues nothing
+     * when it fails. The launch is valid: the core checked every argument. */
     flp_status (*decode_run)(flp_context *ctx, const flp_decode_launch *launch);
     /* Workgroups of the (persistent) prefill kernel for this head_dim, fixed at plan creation.
      * < 0: flp_status. */
     int32_t (*prefill_grid_size)(flp_context *ctx, int32_t head_dim);
-    /* Checks the launch is supported without queueing anything. */
-    flp_status (*prefill_check)(flp_context *ctx, const flp_prefill_launch *launch);
-    /* Queues the prefill kernel, then the merge kernel (always). */
+    /* Like decode_run: backend checks, then the prefill kernel and the merge kernel (always,
+     * when the plan can split). */
     flp_status (*prefill_run)(flp_context *ctx, const flp_prefill_launch *launch);
-    /* Queues the KV append (arguments already validated by the core; dtypes may still be
-     * refused with FLP_ERROR_UNSUPPORTED). */
+    /* Queues the KV append (every argument validated by the core). */
     flp_status (*kv_append_run)(flp_context *ctx, const flp_kv_append_params *params);
     /* Whether runs are recorded into a caller's command buffer that the caller submits later
      * (then work queued now has not run when synchronize returns). NULL = never. */

@@ -26,10 +26,13 @@ static flp_status open_auto(flp_context *ctx, int device_index) {
     };
     flp_status status = FLP_ERROR_UNSUPPORTED;
     for (size_t i = 0; i < sizeof order / sizeof order[0]; i++) {
+        ctx->probing = true;
         status = open_backend(ctx, order[i].kind, device_index, NULL, order[i].prefer_gpu);
+        ctx->probing = false;
         if (status == FLP_OK)
             return FLP_OK;
-        flp_log(ctx, FLP_LOG_INFO, "backend AUTO: %s not used: %s", order[i].what, ctx->last_error);
+        flp_log(ctx, FLP_LOG_DEBUG, "backend AUTO: %s not used: %s", order[i].what,
+                ctx->last_error);
         size_t used = strlen(reasons);
         /* Each reason is cut to a share of the message so that all three fit. */
         snprintf(reasons + used, sizeof reasons - used, "%s%s: %.600s", used ? "; " : "",

@@ -1,131 +1,76 @@
 /* Batch decode front end: validates plan/run arguments, builds the partition and the launch. */
 #include "core/backend.h"
+#include "core/batch_args.h"
+#include "core/decode_schedule.h"
 #include "core/plan.h"
 #include "core/posenc.h"
-#include "core/decode_schedule.h"
 #include "core/tensor.h"
 #include "core/variant.h"
 
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 /* A split chunk is at least this many keys: below it the merge costs more than it saves. */
 #define DECODE_MIN_CHUNK 128
 
+static const char *const FN = "flp_decode_plan";
+
 static flp_status check_plan_args(flp_context *ctx, const flp_plan *plan,
                                   const flp_decode_plan_args *a, int32_t qo_len,
-                                  flp_variant *resolved) {
-    static const char *fn = "flp_decode_plan";
+                                  flp_variant *resolved, int32_t *kv_len, int32_t *max_page_id) {
     const flp_plan_desc *d = &plan->desc;
-    if (a->batch_size <= 0)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: batch_size = %d must be > 0", fn,
-                        a->batch_size);
-    if (a->batch_size > d->max_batch_size)
-        return flp_fail(ctx, FLP_ERROR_CAPACITY,
-                        "%s: batch_size = %d exceeds the plan's max_batch_size = %d", fn,
-                        a->batch_size, d->max_batch_size);
     if (qo_len < 1 || qo_len > FLP_DECODE_MAX_QO_LEN)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: qo_len = %d must be in 1..%d", fn,
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: qo_len = %d must be in 1..%d", FN,
                         qo_len, FLP_DECODE_MAX_QO_LEN);
     if (qo_len > d->max_qo_len)
         return flp_fail(ctx, FLP_ERROR_CAPACITY,
-                        "%s: qo_len = %d exceeds the plan's max_qo_len = %d", fn, qo_len,
+                        "%s: qo_len = %d exceeds the plan's max_qo_len = %d", FN, qo_len,
                         d->max_qo_len);
-    if (a->page_size < 1 || a->page_size > FLP_MAX_PAGE_SIZE)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: page_size = %d must be in 1..%d", fn,
-                        a->page_size, FLP_MAX_PAGE_SIZE);
-    if (a->kv_layout != FLP_KV_LAYOUT_NHD && a->kv_layout != FLP_KV_LAYOUT_HND)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: kv_layout = %d is not NHD or HND", fn,
-                        (int)a->kv_layout);
-    char message[512];
-    flp_status status = flp_variant_validate(&a->variant, message, sizeof message);
+    flp_status status = flp_variant_check_for_plan(ctx, FN, &a->variant, d->head_dim, resolved);
     if (status != FLP_OK)
-        return flp_fail(ctx, status, "%s: %s", fn, message);
-    if (a->variant.head_dim != d->head_dim)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                        "%s: variant.head_dim = %d differs from the plan's head_dim = %d", fn,
-                        a->variant.head_dim, d->head_dim);
+        return status;
     if (a->variant.mask == FLP_MASK_CUSTOM)
         return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
-                        "%s: custom masks are a prefill feature; decode takes NONE or CAUSAL", fn);
-    *resolved = flp_variant_resolved(&a->variant);
-
-    if (!a->kv_indptr || !a->kv_last_page_len)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: %s is NULL", fn,
-                        !a->kv_indptr ? "kv_indptr" : "kv_last_page_len");
-    if (a->kv_indptr[0] != 0)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: kv_indptr[0] = %d must be 0", fn,
-                        a->kv_indptr[0]);
-    for (int32_t b = 0; b < a->batch_size; b++) {
-        int32_t pages = a->kv_indptr[b + 1] - a->kv_indptr[b];
-        if (a->kv_indptr[b + 1] < a->kv_indptr[b])
+                        "%s: custom masks are a prefill feature; decode takes NONE or CAUSAL", FN);
+    flp_paged_kv_args kv = {
+        .batch_size = a->batch_size,
+        .page_size = a->page_size,
+        .layout = a->kv_layout,
+        .kv_indptr = a->kv_indptr,
+        .kv_indices = a->kv_indices,
+        .kv_last_page_len = a->kv_last_page_len,
+        .max_pages = d->max_pages,
+    };
+    if ((status = flp_check_paged_kv(ctx, FN, &kv, kv_len, max_page_id)) != FLP_OK)
+        return status;
+    for (int32_t b = 0; b < a->batch_size; b++)
+        if (kv_len[b] > 0 && kv_len[b] < qo_len)
             return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                            "%s: kv_indptr decreases at request %d (%d then %d)", fn, b,
-                            a->kv_indptr[b], a->kv_indptr[b + 1]);
-        if (a->kv_indptr[b + 1] > d->max_pages)
-            return flp_fail(ctx, FLP_ERROR_CAPACITY,
-                            "%s: kv_indptr[%d] = %d pages exceed the plan's max_pages = %d", fn,
-                            b + 1, a->kv_indptr[b + 1], d->max_pages);
-        if (pages == 0)
-            continue;
-        int32_t last = a->kv_last_page_len[b];
-        if (last < 1 || last > a->page_size)
-            return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                            "%s: kv_last_page_len[%d] = %d must be in 1..page_size (%d)", fn, b,
-                            last, a->page_size);
-        int64_t kv_len = (int64_t)(pages - 1) * a->page_size + last;
-        if (kv_len > INT32_MAX)
-            return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                            "%s: request %d has %lld keys, more than 2^31 - 1", fn, b,
-                            (long long)kv_len);
-        if (kv_len < qo_len)
-            return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                            "%s: request %d has %lld keys, fewer than qo_len = %d", fn, b,
-                            (long long)kv_len, qo_len);
-    }
-    int32_t total_pages = a->kv_indptr[a->batch_size];
-    if (total_pages > 0 && !a->kv_indices)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: kv_indices is NULL", fn);
-    for (int32_t i = 0; i < total_pages; i++)
-        if (a->kv_indices[i] < 0)
-            return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                            "%s: kv_indices[%d] = %d is a negative page id", fn, i,
-                            a->kv_indices[i]);
-    if (a->alibi_slopes)
-        for (int32_t h = 0; h < d->num_qo_heads; h++)
-            if (!isfinite(a->alibi_slopes[h]))
-                return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                                "%s: alibi_slopes[%d] = %g is not finite", fn, h,
-                                (double)a->alibi_slopes[h]);
-    return FLP_OK;
+                            "%s: request %d has %d keys, fewer than qo_len = %d", FN, b, kv_len[b],
+                            qo_len);
+    return flp_check_alibi_slopes(ctx, FN, a->alibi_slopes, d->num_qo_heads);
 }
 
 #define HOST_I32(plan, field) ((int32_t *)((plan)->host + (plan)->layout.field))
 #define HOST_F32(plan, field) ((float *)((plan)->host + (plan)->layout.field))
 
-/* Writes the plan data into the host mirror; returns the decisions in st. */
+/* Writes the plan data into the host mirror; returns the decisions in st. kv_len[batch] comes
+ * from the checks. */
 static flp_status fill_plan_data(flp_context *ctx, flp_plan *plan, const flp_decode_plan_args *a,
-                                 int32_t qo_len, const flp_variant *v, flp_decode_state *st) {
+                                 int32_t qo_len, const flp_variant *v, const int32_t *kv_len,
+                                 flp_decode_state *st) {
     const flp_plan_desc *d = &plan->desc;
     int32_t batch = a->batch_size;
-    int32_t *kv_len = HOST_I32(plan, kv_len);
     int32_t total_pages = a->kv_indptr[batch];
     int32_t *kv_begin = malloc(sizeof(int32_t) * (size_t)batch); /* [batch] */
     if (!kv_begin)
-        return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "flp_decode_plan: host allocation");
+        return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "%s: host allocation", FN);
 
     memcpy(HOST_I32(plan, kv_indptr), a->kv_indptr, sizeof(int32_t) * (size_t)(batch + 1));
+    memcpy(HOST_I32(plan, kv_len), kv_len, sizeof(int32_t) * (size_t)batch);
     if (total_pages > 0)
         memcpy(HOST_I32(plan, kv_indices), a->kv_indices, sizeof(int32_t) * (size_t)total_pages);
-    st->max_page_id = -1;
-    for (int32_t i = 0; i < total_pages; i++)
-        if (a->kv_indices[i] > st->max_page_id)
-            st->max_page_id = a->kv_indices[i];
-
     for (int32_t b = 0; b < batch; b++) {
-        int32_t pages = a->kv_indptr[b + 1] - a->kv_indptr[b];
-        kv_len[b] = pages == 0 ? 0 : (pages - 1) * a->page_size + a->kv_last_page_len[b];
         /* The sliding window hides keys below pos(row 0) - window_left from every row: those
          * are never scheduled, so no tile or page of them is read. */
         int64_t lowest = v->use_window ? (int64_t)kv_len[b] - qo_len - v->window_left : 0;
@@ -147,10 +92,11 @@ static flp_status fill_plan_data(flp_context *ctx, flp_plan *plan, const flp_dec
         .merge_info = HOST_I32(plan, merge_info),
     };
     bool built = flp_decode_schedule_build(&in, &sched);
-    st->needs_merge = sched.num_partial_slots > 0;
+    st->num_items = sched.num_items;
+    st->num_partial_slots = sched.num_partial_slots;
     free(kv_begin);
     if (!built)
-        return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "flp_decode_plan: host allocation");
+        return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "%s: host allocation", FN);
 
     int32_t *q_off = HOST_I32(plan, q_rope_offset), *k_off = HOST_I32(plan, k_rope_offset);
     for (int32_t b = 0; b < batch; b++) {
@@ -198,20 +144,17 @@ static void fill_plan_info(flp_plan *plan, const flp_decode_plan_args *a, int32_
     FLP_SET_KERNEL_VARIANT(p, v);
 }
 
-flp_status flp_decode_plan(flp_context *ctx, flp_plan *plan, const flp_decode_plan_args *args) {
-    flp_status status = flp_plan_check_call(ctx, "flp_decode_plan", plan, args);
-    if (status != FLP_OK)
-        return status;
+static flp_status plan_batch(flp_context *ctx, flp_plan *plan, const flp_decode_plan_args *args,
+                             int32_t *kv_len) {
     int32_t qo_len = args->qo_len == 0 ? 1 : args->qo_len;
     flp_variant v;
-    status = check_plan_args(ctx, plan, args, qo_len, &v);
-    if (status != FLP_OK)
-        return status;
-
     flp_decode_state st;
     memset(&st, 0, sizeof st);
+    flp_status status = check_plan_args(ctx, plan, args, qo_len, &v, kv_len, &st.max_page_id);
+    if (status != FLP_OK)
+        return status;
     plan->decode.planned = false; /* the mirror is about to change */
-    status = fill_plan_data(ctx, plan, args, qo_len, &v, &st);
+    status = fill_plan_data(ctx, plan, args, qo_len, &v, kv_len, &st);
     if (status != FLP_OK)
         return status;
     fill_plan_info(plan, args, qo_len, &v);
@@ -228,6 +171,21 @@ flp_status flp_decode_plan(flp_context *ctx, flp_plan *plan, const flp_decode_pl
     st.variant = v;
     plan->decode = st;
     return FLP_OK;
+}
+
+flp_status flp_decode_plan(flp_context *ctx, flp_plan *plan, const flp_decode_plan_args *args) {
+    flp_status status = flp_plan_check_call(ctx, FN, plan, args);
+    if (status != FLP_OK)
+        return status;
+    status = flp_check_batch_size(ctx, FN, args->batch_size, plan->desc.max_batch_size);
+    if (status != FLP_OK)
+        return status;
+    int32_t *kv_len = malloc(sizeof(int32_t) * (size_t)args->batch_size); /* [batch_size] */
+    if (!kv_len)
+        return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "%s: host allocation", FN);
+    status = plan_batch(ctx, plan, args, kv_len);
+    free(kv_len);
+    return status;
 }
 
 /* Shapes the run's tensors must have, from the plan. */
@@ -265,7 +223,48 @@ static flp_status check_run_tensors(flp_context *ctx, const flp_plan *plan,
         if ((status = flp_tensor_check(ctx, fn, a->lse, &lse)) != FLP_OK)
             return status;
     }
-    return FLP_OK;
+    const flp_named_tensor outputs[] = {{"out", &a->out}, {"lse", a->lse}};
+    const flp_named_tensor inputs[] = {
+        {"q", &a->q}, {"k_cache", &a->k_cache}, {"v_cache", &a->v_cache}};
+    return flp_plan_check_outputs(ctx, fn, plan, outputs, 2, inputs, 3);
+}
+
+/* The launch of a checked run: the tensors' addresses and strides, the plan memory, the grids,
+ * the kernel choice and a view of the current schedule. */
+static void fill_launch(const flp_plan *plan, const flp_decode_run_args *a, flp_decode_launch *l) {
+    const flp_decode_state *st = &plan->decode;
+    memset(l, 0, sizeof *l);
+    flp_decode_params *p = &l->params;
+    p->plan = plan->buffer->device_address + plan->base + plan->layout.info;
+    p->q = flp_tensor_address(&a->q);
+    p->o = flp_tensor_address(&a->out);
+    p->k = flp_tensor_address(&a->k_cache);
+    p->v = flp_tensor_address(&a->v_cache);
+    p->q_stride_row = a->q.stride[0];
+    p->q_stride_head = a->q.stride[1];
+    p->o_stride_row = a->out.stride[0];
+    p->o_stride_head = a->out.stride[1];
+    flp_paged_strides(&a->k_cache, st->kv_layout, &p->k_stride_page, &p->k_stride_slot,
+                      &p->k_stride_head);
+    flp_paged_strides(&a->v_cache, st->kv_layout, &p->v_stride_page, &p->v_stride_slot,
+                      &p->v_stride_head);
+    if (a->lse) {
+        p->lse = flp_tensor_address(a->lse);
+        p->lse_stride_row = a->lse->stride[0];
+    }
+    l->slot.buffer = plan->buffer;
+    l->slot.offset = plan->base + plan->layout.params_slot;
+    l->num_ctas = plan->num_ctas;
+    l->merge_grid = plan->desc.max_batch_size * plan->desc.num_qo_heads;
+    l->q_dtype = (int32_t)st->variant.q_dtype;
+    l->kv_dtype = (int32_t)st->variant.kv_dtype;
+    l->head_dim = plan->desc.head_dim;
+    l->group_size = plan->group_size;
+    l->max_qo_len = plan->desc.max_qo_len;
+    l->schedule.work_indptr = (const int32_t *)(plan->host + plan->layout.work_indptr);
+    l->schedule.work_items = (const int32_t *)(plan->host + plan->layout.work_items);
+    l->schedule.qo_len = st->qo_len;
+    l->schedule.flags = flp_variant_kernel_flags(&st->variant);
 }
 
 flp_status flp_decode_run(flp_context *ctx, const flp_plan *plan, const flp_decode_run_args *args) {
@@ -279,38 +278,7 @@ flp_status flp_decode_run(flp_context *ctx, const flp_plan *plan, const flp_deco
     status = check_run_tensors(ctx, plan, args);
     if (status != FLP_OK)
         return status;
-
     flp_decode_launch launch;
-    memset(&launch, 0, sizeof launch);
-    flp_decode_params *p = &launch.params;
-    p->plan = plan->buffer->device_address + plan->base + plan->layout.info;
-    p->q = flp_tensor_address(&args->q);
-    p->o = flp_tensor_address(&args->out);
-    p->k = flp_tensor_address(&args->k_cache);
-    p->v = flp_tensor_address(&args->v_cache);
-    p->q_stride_row = args->q.stride[0];
-    p->q_stride_head = args->q.stride[1];
-    p->o_stride_row = args->out.stride[0];
-    p->o_stride_head = args->out.stride[1];
-    flp_kv_layout layout = plan->decode.kv_layout;
-    flp_paged_strides(&args->k_cache, layout, &p->k_stride_page, &p->k_stride_slot,
-                      &p->k_stride_head);
-    flp_paged_strides(&args->v_cache, layout, &p->v_stride_page, &p->v_stride_slot,
-                      &p->v_stride_head);
-    if (args->lse) {
-        p->lse = flp_tensor_address(args->lse);
-        p->lse_stride_row = args->lse->stride[0];
-    }
-    launch.plan = plan;
-    launch.plan_buffer = plan->buffer;
-    launch.params_slot_offset = plan->base + plan->layout.params_slot;
-    launch.num_ctas = plan->num_ctas;
-    launch.merge_grid = plan->desc.max_batch_size * plan->desc.num_qo_heads;
-    launch.q_dtype = (int32_t)plan->decode.variant.q_dtype;
-    launch.kv_dtype = (int32_t)plan->decode.variant.kv_dtype;
-    launch.head_dim = plan->desc.head_dim;
-    status = ctx->ops->decode_check(ctx, &launch);
-    if (status != FLP_OK)
-        return status;
+    fill_launch(plan, args, &launch);
     return ctx->ops->decode_run(ctx, &launch);
 }

@@ -16,22 +16,8 @@ typedef long long int64_t;
 #include <stdint.h>
 #endif
 
-/* flp_decode_plan_info.flags */
-#define FLP_DECODE_FLAG_CAUSAL 1u  /* key j kept iff j <= pos(row) */
-#define FLP_DECODE_FLAG_WINDOW 2u  /* key j kept iff j >= pos(row) - window_left */
-#define FLP_DECODE_FLAG_SOFTCAP 4u /* logit = soft_cap * tanh(logit / soft_cap) */
-#define FLP_DECODE_FLAG_ALIBI 8u   /* logit += slope[h] * (j - pos(row)) after the soft cap */
-#define FLP_DECODE_FLAG_ROPE 16u   /* rotate-half RoPE of q (at pos+q_off) and k (at j+k_off) */
-
-/* One work item = 5 int32 in the plan: the keys [kv_begin, kv_end) of one request for one KV
- * head and all query heads of its group (and all qo_len rows). partial_slot < 0: write the
- * final out/lse rows; else write the fp32 partial state to that scratch slot for the merge. */
-#define FLP_WORK_ITEM_INTS 5
-#define FLP_WORK_REQUEST 0
-#define FLP_WORK_KV_HEAD 1
-#define FLP_WORK_KV_BEGIN 2
-#define FLP_WORK_KV_END 3
-#define FLP_WORK_PARTIAL_SLOT 4
+/* Flags, dtype codes and the fields of work items (FLP_WORK_*). */
+#include "core/kernel_constants.h"
 
 /* Everything a plan decides, written by flp_decode_plan at the start of the plan memory and read
  * by the kernels from there (never from the launch), so that a CUDA graph or a Vulkan command
@@ -87,28 +73,6 @@ _Static_assert(sizeof(flp_decode_plan_info) == 128, "flp_decode_plan_info layout
                                                     "shaders/decode_params.glsl and the kernels");
 _Static_assert(sizeof(flp_decode_params) == 136, "flp_decode_params layout changed: update "
                                                  "shaders/decode_params.glsl and the kernels");
-#endif
-
-#ifndef FLP_KERNEL_SOURCE
-#include <stdbool.h>
-struct flp_plan;
-struct flp_buffer;
-/* What the core hands a backend's decode_run. */
-typedef struct flp_decode_launch {
-    flp_decode_params params;
-    const struct flp_plan *plan;
-    struct flp_buffer *plan_buffer; /* holds the plan memory (params.plan points into it) */
-    uint64_t params_slot_offset;    /* byte offset in plan_buffer of a 256-byte slot reserved
-                                       for the params (Vulkan writes them there) */
-    int32_t num_ctas;               /* decode grid (fixed by the plan's capacities) */
-    int32_t merge_grid;             /* merge grid: max_batch_size * num_qo_heads workgroups,
-                                       each (request, query head) pair; fixed by capacity */
-    /* Kernel choice (fixed by the variant; a recorded run keeps the kernel it was recorded
-     * with, so re-plans of a captured plan must keep dtypes and head_dim). */
-    int32_t q_dtype, kv_dtype, head_dim;
-    /* The merge is always launched after the decode: it returns at once for requests that are
-     * not split, and a recorded run stays right when a later re-plan splits one. */
-} flp_decode_launch;
 #endif
 
 #endif /* FLP_CORE_DECODE_PARAMS_H */

@@ -18,6 +18,7 @@ struct flp_context {
     void *log_user_data;
     flp_log_level log_level;
     char last_error[FLP_ERROR_MESSAGE_SIZE];
+    bool probing; /* FLP_BACKEND_AUTO is trying backends: failures log at DEBUG, not ERROR */
 };
 
 struct flp_buffer {
@@ -28,7 +29,8 @@ struct flp_buffer {
     bool wrapped;            /* caller-owned memory: never freed by the library */
 };
 
-/* Records message as ctx's last error, logs it at FLP_LOG_ERROR and returns status.
+/* Records message as ctx's last error, logs it at FLP_LOG_ERROR (FLP_LOG_DEBUG while probing)
+ * and returns status.
  * ctx may be NULL (then it only returns status). */
 flp_status flp_fail(flp_context *ctx, flp_status status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -3,6 +3,7 @@
 #include "core/backend.h"
 #include "core/prefill_params.h"
 #include "core/tensor.h"
+#include "core/variant.h"
 
 #include <math.h>
 #include <string.h>
@@ -34,10 +35,12 @@ static flp_status check_caches(flp_context *ctx, const flp_kv_append_args *a) {
                         "%s: k_cache page size %lld must be in 1..%d", FN, (long long)page_size,
                         FLP_MAX_PAGE_SIZE);
     int64_t d = a->k_cache.shape[3];
-    if (d < 16 || d > FLP_MAX_HEAD_DIM || d % 16 != 0)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                        "%s: head_dim %lld must be a multiple of 16 in 16..%d", FN, (long long)d,
-                        FLP_MAX_HEAD_DIM);
+    flp_status head_dim =
+        d > INT32_MAX ? FLP_ERROR_INVALID_ARGUMENT : flp_head_dim_status((int32_t)d);
+    if (head_dim != FLP_OK)
+        return flp_fail(ctx, head_dim,
+                        "%s: k_cache head_dim = %lld: supported head dims are " FLP_HEAD_DIMS_TEXT,
+                        FN, (long long)d);
     flp_tensor_expect e = {"k_cache", a->k_cache.dtype, 4, {-1, -1, -1, d}, true};
     flp_status status = flp_tensor_check(ctx, FN, &a->k_cache, &e);
     if (status != FLP_OK)
@@ -151,6 +154,15 @@ flp_status flp_kv_append(flp_context *ctx, const flp_kv_append_args *args) {
         args->kv_indptr.shape[0] > INT32_MAX)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
                         "%s: pages or page-table entries beyond 2^31 - 1", FN);
+    const flp_named_tensor outputs[] = {{"k_cache", &args->k_cache}, {"v_cache", &args->v_cache}};
+    const flp_named_tensor inputs[] = {{"k", &args->k},
+                                       {"v", &args->v},
+                                       {"batch_indices", &args->batch_indices},
+                                       {"positions", &args->positions},
+                                       {"kv_indptr", &args->kv_indptr},
+                                       {"kv_indices", &args->kv_indices}};
+    if ((status = flp_tensor_check_disjoint(ctx, FN, outputs, 2, inputs, 6)) != FLP_OK)
+        return status;
     if (args->k.shape[0] == 0)
         return FLP_OK;
     if (!ctx->ops->kv_append_run)

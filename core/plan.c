@@ -1,8 +1,10 @@
 /* Plan creation: capacities, memory layout, workspace. */
 #include "core/plan.h"
 #include "core/backend.h"
+#include "core/batch_args.h"
 #include "core/prefill_schedule.h"
 #include "core/decode_schedule.h"
+#include "core/variant.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -84,10 +86,10 @@ static flp_status check_desc(flp_context *ctx, const char *fn, const flp_plan_de
     if (d->max_pages <= 0)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: max_pages = %d must be > 0", fn,
                         d->max_pages);
-    if (d->max_qo_rows < 0 || d->max_qo_rows > (1 << 26))
+    if (d->max_qo_rows < 0 || d->max_qo_rows > FLP_MAX_QO_ROWS)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
                         "%s: max_qo_rows = %d must be in 0..%d (0 = no prefill)", fn,
-                        d->max_qo_rows, 1 << 26);
+                        d->max_qo_rows, FLP_MAX_QO_ROWS);
     if (d->num_qo_heads <= 0 || d->num_kv_heads <= 0)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
                         "%s: num_qo_heads = %d and num_kv_heads = %d must be > 0", fn,
@@ -96,9 +98,10 @@ static flp_status check_desc(flp_context *ctx, const char *fn, const flp_plan_de
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
                         "%s: num_qo_heads = %d is not a multiple of num_kv_heads = %d", fn,
                         d->num_qo_heads, d->num_kv_heads);
-    if (d->head_dim != 64 && d->head_dim != 128 && d->head_dim != 256)
-        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
-                        "%s: head_dim = %d: supported head dims are 64, 128 and 256", fn,
+    flp_status head_dim = flp_head_dim_status(d->head_dim);
+    if (head_dim != FLP_OK)
+        return flp_fail(ctx, head_dim,
+                        "%s: head_dim = %d: supported head dims are " FLP_HEAD_DIMS_TEXT, fn,
                         d->head_dim);
     if (d->max_batch_size > (1 << 24) || d->num_qo_heads > 4096 || d->max_pages > (1 << 30))
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
@@ -266,4 +269,29 @@ flp_status flp_plan_check_call(flp_context *ctx, const char *fn, const flp_plan 
     if (plan->ctx != ctx)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: plan belongs to another context", fn);
     return FLP_OK;
+}
+
+void flp_plan_summarize(const flp_plan *plan, flp_plan_summary *out) {
+    memset(out, 0, sizeof *out);
+    if (plan->decode.planned) {
+        out->decode_items = plan->decode.num_items;
+        out->decode_partial_slots = plan->decode.num_partial_slots;
+    }
+    if (plan->prefill.planned) {
+        out->prefill_items = plan->prefill.num_items;
+        out->prefill_merge_items = plan->prefill.num_merge_items;
+        out->prefill_partial_slots = plan->prefill.num_partial_slots;
+        out->prefill_q_tile = plan->prefill.q_tile;
+    }
+}
+
+flp_status flp_plan_check_outputs(flp_context *ctx, const char *fn, const flp_plan *plan,
+                                  const flp_named_tensor *outputs, int num_outputs,
+                                  const flp_named_tensor *inputs, int num_inputs) {
+    flp_status status =
+        flp_tensor_check_disjoint(ctx, fn, outputs, num_outputs, inputs, num_inputs);
+    for (int o = 0; o < num_outputs && status == FLP_OK; o++)
+        status = flp_tensor_check_outside(ctx, fn, &outputs[o], plan->buffer, plan->base,
+                                          plan->base + plan->layout.total, "the plan's memory");
+    return status;
 }

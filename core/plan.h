@@ -2,9 +2,9 @@
 #ifndef FLP_CORE_PLAN_H
 #define FLP_CORE_PLAN_H
 
-#include "core/decode_params.h"
-#include "core/prefill_params.h"
 #include "core/internal.h"
+#include "core/launch.h"
+#include "core/tensor.h"
 
 /* Byte offsets of the prefill region (present when max_qo_rows > 0), from the start of the
  * plan's region, in the order of core/prefill_params.h: info, the int32 arrays with kv_indices
@@ -40,10 +40,12 @@ typedef struct flp_prefill_state {
     int32_t batch_size, total_rows, page_size, q_tile;
     flp_kv_storage kv_storage;
     flp_kv_layout kv_layout;
-    flp_variant variant;   /* resolved */
-    int32_t max_page_id;   /* paged: largest page id referenced, -1 when none */
-    int32_t total_kv_rows; /* ragged: kv_indptr[batch_size] */
-    int64_t mask_bytes;    /* custom mask: bytes the mask tensor must hold */
+    flp_variant variant;       /* resolved */
+    int32_t max_page_id;       /* paged: largest page id referenced, -1 when none */
+    int32_t total_kv_rows;     /* ragged: kv_indptr[batch_size] */
+    int64_t mask_bytes;        /* custom mask: bytes the mask tensor must hold */
+    flp_prefill_key_rule keys; /* how the schedule clipped items' keys */
+    int32_t num_items, num_merge_items, num_partial_slots; /* of the schedule */
 } flp_prefill_state;
 
 /* What the last decode plan decided (host side). */
@@ -51,9 +53,10 @@ typedef struct flp_decode_state {
     bool planned;
     int32_t batch_size, qo_len, page_size;
     flp_kv_layout kv_layout;
-    flp_variant variant; /* resolved */
-    int32_t max_page_id; /* largest page id referenced, -1 when none */
-    bool needs_merge;    /* some request is split into KV chunks */
+    flp_variant variant;       /* resolved */
+    int32_t max_page_id;       /* largest page id referenced, -1 when none */
+    int32_t num_items;         /* work items of the schedule */
+    int32_t num_partial_slots; /* > 0: some request is split into KV chunks */
 } flp_decode_state;
 
 struct flp_plan {
@@ -73,6 +76,20 @@ struct flp_plan {
     uint8_t *prefill_host; /* [layout.prefill.metadata_end - layout.prefill.info] host mirror */
     flp_prefill_state prefill;
 };
+
+/* A run's outputs must not overlap its inputs, each other, or the plan's own memory (a caller's
+ * workspace may share their buffer): FLP_ERROR_INVALID_ARGUMENT naming both otherwise.
+ * outputs[num_outputs], inputs[num_inputs], all checked by flp_tensor_check before. */
+flp_status flp_plan_check_outputs(flp_context *ctx, const char *fn, const flp_plan *plan,
+                                  const flp_named_tensor *outputs, int num_outputs,
+                                  const flp_named_tensor *inputs, int num_inputs);
+
+/* What the last plans decided, for tests and benchmarks (all 0 for a partition not planned). */
+typedef struct flp_plan_summary {
+    int32_t decode_items, decode_partial_slots;
+    int32_t prefill_items, prefill_merge_items, prefill_partial_slots, prefill_q_tile;
+} flp_plan_summary;
+void flp_plan_summarize(const flp_plan *plan, flp_plan_summary *out);
 
 /* The prologue of every plan/run entry point: clears the last error, checks the handles. */
 flp_status flp_plan_check_call(flp_context *ctx, const char *fn, const flp_plan *plan,

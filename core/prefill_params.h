@@ -8,39 +8,10 @@
 
 #include "core/decode_params.h"
 
-/* flp_prefill_plan_info.flags: the decode flags plus these. */
-#define FLP_PREFILL_FLAG_CUSTOM_MASK 32u /* key j kept only where bit (i, j) of the mask is 1 */
-#define FLP_PREFILL_FLAG_PAGED 64u       /* KV through the page table, else ragged rows */
-
 /* Query rows are "packed": packed row p of request b is query token p / group_size of the
  * request and query head kv_head * group_size + p % group_size, so the query heads that share a
- * KV head share every K/V tile (GQA). A tile is at most FLP_PREFILL_MAX_TILE packed rows. */
-#define FLP_PREFILL_MAX_TILE 128
-
-/* One work item = 7 int32: packed rows [row_begin, row_end) of one request and KV head against
- * keys [kv_begin, kv_end) (already clipped to what causal and window masks can keep for these
- * rows; masks are still applied per row). partial_slot < 0: write final out/lse rows; else the
- * fp32 partial state of the rows goes to scratch slot partial_slot for the merge. Items with
- * more rows than a kernel's tile are processed in several passes of the tile. */
-#define FLP_PREFILL_ITEM_INTS 7
-#define FLP_PITEM_REQUEST 0
-#define FLP_PITEM_KV_HEAD 1
-#define FLP_PITEM_ROW_BEGIN 2
-#define FLP_PITEM_ROW_END 3
-#define FLP_PITEM_KV_BEGIN 4
-#define FLP_PITEM_KV_END 5
-#define FLP_PITEM_PARTIAL_SLOT 6
-
-/* One merge item = 6 int32: packed rows [row_begin, row_end) of one request and KV head were
- * split into `chunks` KV chunks whose partial states are in slots first_slot .. first_slot +
- * chunks - 1 (chunk order = key order). The merge combines them in that order. */
-#define FLP_MERGE_ITEM_INTS 6
-#define FLP_MITEM_REQUEST 0
-#define FLP_MITEM_KV_HEAD 1
-#define FLP_MITEM_ROW_BEGIN 2
-#define FLP_MITEM_ROW_END 3
-#define FLP_MITEM_FIRST_SLOT 4
-#define FLP_MITEM_CHUNKS 5
+ * KV head share every K/V tile (GQA). Work items (FLP_PITEM_*) and merge items (FLP_MITEM_*):
+ * core/kernel_constants.h. */
 
 /* Written by flp_prefill_plan at the start of the plan's prefill region and read by the kernels
  * from there (never from the launch), like flp_decode_plan_info.
@@ -90,7 +61,7 @@ typedef struct flp_prefill_params {
     uint64_t q, k, v, o;
     uint64_t lse;  /* 0: no lse output */
     uint64_t plan; /* the flp_prefill_plan_info */
-    uint64_t mask; /* custom mask bytes; 0 without FLP_PREFILL_FLAG_CUSTOM_MASK */
+    uint64_t mask; /* custom mask bytes; 0 without FLP_FLAG_CUSTOM_MASK */
     int64_t q_stride_row, q_stride_head;
     int64_t o_stride_row, o_stride_head;
     int64_t k_stride_page, k_stride_slot, k_stride_head;
@@ -130,25 +101,6 @@ _Static_assert(sizeof(flp_prefill_params) == 144,
 _Static_assert(sizeof(flp_kv_append_params) == 208,
                "flp_kv_append_params layout changed: update shaders/kv_append.comp and the "
                "kernels");
-#endif
-
-#ifndef FLP_KERNEL_SOURCE
-struct flp_plan;
-struct flp_buffer;
-/* What the core hands a backend's prefill_run. */
-typedef struct flp_prefill_launch {
-    flp_prefill_params params;
-    const struct flp_plan *plan;
-    struct flp_buffer *plan_buffer; /* holds the plan memory (params.plan points into it) */
-    uint64_t params_slot_offset;    /* byte offset in plan_buffer of a 256-byte slot reserved
-                                       for the params (Vulkan writes them there) */
-    int32_t num_ctas;               /* prefill grid, fixed by the plan's capacities */
-    int32_t merge_grid;             /* merge workgroups, fixed by capacity; workgroup w takes
-                                       merge items w, w + merge_grid, ... */
-    /* Kernel choice. q_tile is a performance hint only (every kernel handles any item), so a
-     * recorded run stays right after re-plans that pick another tile. */
-    int32_t q_tile, q_dtype, kv_dtype, head_dim;
-} flp_prefill_launch;
 #endif
 
 #endif /* FLP_CORE_PREFILL_PARAMS_H */

@@ -1,10 +1,10 @@
 /* flp_prefill_plan: validates a batch, builds the prefill partition and uploads it. */
+#include "core/batch_args.h"
 #include "core/plan.h"
-#include "core/prefill_schedule.h"
 #include "core/posenc.h"
+#include "core/prefill_schedule.h"
 #include "core/variant.h"
 
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -15,14 +15,10 @@ static const char *const FN = "flp_prefill_plan";
 
 static flp_status check_variant(flp_context *ctx, const flp_plan *plan,
                                 const flp_prefill_plan_args *a, flp_variant *resolved) {
-    char message[512];
-    flp_status status = flp_variant_validate(&a->variant, message, sizeof message);
+    flp_status status =
+        flp_variant_check_for_plan(ctx, FN, &a->variant, plan->desc.head_dim, resolved);
     if (status != FLP_OK)
-        return flp_fail(ctx, status, "%s: %s", FN, message);
-    if (a->variant.head_dim != plan->desc.head_dim)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                        "%s: variant.head_dim = %d differs from the plan's head_dim = %d", FN,
-                        a->variant.head_dim, plan->desc.head_dim);
+        return status;
     bool custom = a->variant.mask == FLP_MASK_CUSTOM;
     if (custom && !a->mask_indptr)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
@@ -30,93 +26,45 @@ static flp_status check_variant(flp_context *ctx, const flp_plan *plan,
     if (!custom && a->mask_indptr)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
                         "%s: mask_indptr is given but variant.mask is not FLP_MASK_CUSTOM", FN);
-    if (a->alibi_slopes)
-        for (int32_t h = 0; h < plan->desc.num_qo_heads; h++)
-            if (!isfinite(a->alibi_slopes[h]))
-                return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                                "%s: alibi_slopes[%d] = %g is not finite", FN, h,
-                                (double)a->alibi_slopes[h]);
-    *resolved = flp_variant_resolved(&a->variant);
-    return FLP_OK;
+    return flp_check_alibi_slopes(ctx, FN, a->alibi_slopes, plan->desc.num_qo_heads);
 }
 
-/* An indptr of batch + 1 entries starting at 0, non-decreasing, ending at most at limit. */
-static flp_status check_indptr(flp_context *ctx, const char *name, const int32_t *indptr,
-                               int32_t batch, int64_t limit, const char *limit_name) {
-    if (!indptr)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: %s is NULL", FN, name);
-    if (indptr[0] != 0)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: %s[0] = %d must be 0", FN, name,
-                        indptr[0]);
-    for (int32_t b = 0; b < batch; b++)
-        if (indptr[b + 1] < indptr[b])
-            return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                            "%s: %s decreases at request %d (%d then %d)", FN, name, b, indptr[b],
-                            indptr[b + 1]);
-    if (limit >= 0 && indptr[batch] > limit)
-        return flp_fail(ctx, FLP_ERROR_CAPACITY, "%s: %s[%d] = %d exceeds the plan's %s = %lld", FN,
-                        name, batch, indptr[batch], limit_name, (long long)limit);
-    return FLP_OK;
-}
-
-/* Keys of each request into kv_len[batch] (paged: from pages and last_page_len). */
+/* Keys of each request into kv_len[batch] and, paged, the largest page id into *max_page_id. */
 static flp_status check_kv(flp_context *ctx, const flp_plan *plan, const flp_prefill_plan_args *a,
-                           int32_t *kv_len) {
+                           int32_t *kv_len, int32_t *max_page_id) {
     int32_t batch = a->batch_size;
+    *max_page_id = -1;
     if (a->kv_storage == FLP_KV_RAGGED) {
-        flp_status status = check_indptr(ctx, "kv_indptr", a->kv_indptr, batch, -1, "");
+        flp_status status = flp_check_indptr(ctx, FN, "kv_indptr", a->kv_indptr, batch, -1, "");
         if (status != FLP_OK)
             return status;
         if (a->kv_indices || a->kv_last_page_len)
             return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
                             "%s: ragged KV takes no %s (must be NULL)", FN,
                             a->kv_indices ? "kv_indices" : "kv_last_page_len");
-        for (int32_t b = 0; b < batch; b++)
+        for (int32_t b = 0; b < batch; b++) {
             kv_len[b] = a->kv_indptr[b + 1] - a->kv_indptr[b];
+            if (kv_len[b] > FLP_MAX_KV_LEN)
+                return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                                "%s: request %d has %d keys, more than %d", FN, b, kv_len[b],
+                                FLP_MAX_KV_LEN);
+        }
         return FLP_OK;
     }
     if (a->kv_storage != FLP_KV_PAGED)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
                         "%s: kv_storage = %d is not FLP_KV_PAGED or FLP_KV_RAGGED", FN,
                         (int)a->kv_storage);
-    if (a->page_size < 1 || a->page_size > FLP_MAX_PAGE_SIZE)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: page_size = %d must be in 1..%d", FN,
-                        a->page_size, FLP_MAX_PAGE_SIZE);
-    if (a->kv_layout != FLP_KV_LAYOUT_NHD && a->kv_layout != FLP_KV_LAYOUT_HND)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: kv_layout = %d is not NHD or HND", FN,
-                        (int)a->kv_layout);
-    flp_status status =
-        check_indptr(ctx, "kv_indptr", a->kv_indptr, batch, plan->desc.max_pages, "max_pages");
-    if (status != FLP_OK)
-        return status;
-    if (!a->kv_last_page_len)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: kv_last_page_len is NULL", FN);
-    for (int32_t b = 0; b < batch; b++) {
-        int32_t pages = a->kv_indptr[b + 1] - a->kv_indptr[b];
-        int32_t last = a->kv_last_page_len[b];
-        if (pages == 0) {
-            kv_len[b] = 0;
-            continue;
-        }
-        if (last < 1 || last > a->page_size)
-            return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                            "%s: kv_last_page_len[%d] = %d must be in 1..page_size (%d)", FN, b,
-                            last, a->page_size);
-        int64_t len = (int64_t)(pages - 1) * a->page_size + last;
-        if (len > INT32_MAX / 2)
-            return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                            "%s: request %d has %lld keys, more than 2^30", FN, b, (long long)len);
-        kv_len[b] = (int32_t)len;
-    }
-    int32_t total_pages = a->kv_indptr[batch];
-    if (total_pages > 0 && !a->kv_indices)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: kv_indices is NULL", FN);
-    for (int32_t i = 0; i < total_pages; i++)
-        if (a->kv_indices[i] < 0)
-            return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                            "%s: kv_indices[%d] = %d is a negative page id", FN, i,
-                            a->kv_indices[i]);
-    return FLP_OK;
+    flp_paged_kv_args kv = {
+        .batch_size = batch,
+        .page_size = a->page_size,
+        .layout = a->kv_layout,
+        .kv_indptr = a->kv_indptr,
+        .kv_indices = a->kv_indices,
+        .kv_last_page_len = a->kv_last_page_len,
+        .max_pages = plan->desc.max_pages,
+    };
+    return flp_check_paged_kv(ctx, FN, &kv, kv_len, max_page_id);
 }
 
 /* Query lengths against keys, and the custom-mask extent. */
@@ -147,20 +95,20 @@ static flp_status check_rows(flp_context *ctx, const flp_prefill_plan_args *a,
 
 static flp_status check_args(flp_context *ctx, const flp_plan *plan, const flp_prefill_plan_args *a,
                              flp_variant *v, int32_t *qo_len, int32_t *kv_len,
-                             int64_t *mask_bytes) {
+                             flp_prefill_state *st) {
     flp_status status = check_variant(ctx, plan, a, v);
     if (status != FLP_OK)
         return status;
-    status = check_indptr(ctx, "qo_indptr", a->qo_indptr, a->batch_size, plan->desc.max_qo_rows,
-                          "max_qo_rows");
+    status = flp_check_indptr(ctx, FN, "qo_indptr", a->qo_indptr, a->batch_size,
+                              plan->desc.max_qo_rows, "max_qo_rows");
     if (status != FLP_OK)
         return status;
     for (int32_t b = 0; b < a->batch_size; b++)
         qo_len[b] = a->qo_indptr[b + 1] - a->qo_indptr[b];
-    status = check_kv(ctx, plan, a, kv_len);
+    status = check_kv(ctx, plan, a, kv_len, &st->max_page_id);
     if (status != FLP_OK)
         return status;
-    return check_rows(ctx, a, qo_len, kv_len, mask_bytes);
+    return check_rows(ctx, a, qo_len, kv_len, &st->mask_bytes);
 }
 
 #define PF_I32(plan, field)                                                                        \
@@ -169,7 +117,7 @@ static flp_status check_args(flp_context *ctx, const flp_plan *plan, const flp_p
 
 /* Per-request arrays, RoPE frequencies and ALiBi slopes into the host mirror. */
 static void fill_arrays(flp_plan *plan, const flp_prefill_plan_args *a, const flp_variant *v,
-                        const int32_t *kv_len, flp_prefill_state *st) {
+                        const int32_t *kv_len) {
     int32_t batch = a->batch_size;
     bool paged = a->kv_storage == FLP_KV_PAGED;
     memcpy(PF_I32(plan, qo_indptr), a->qo_indptr, sizeof(int32_t) * (size_t)(batch + 1));
@@ -180,15 +128,9 @@ static void fill_arrays(flp_plan *plan, const flp_prefill_plan_args *a, const fl
         PF_I32(plan, k_rope_offset)[b] = a->k_rope_offset ? a->k_rope_offset[b] : 0;
         PF_I32(plan, mask_indptr)[b] = a->mask_indptr ? a->mask_indptr[b] : 0;
     }
-    st->max_page_id = -1;
-    if (paged) {
-        int32_t total_pages = a->kv_indptr[batch];
-        if (total_pages > 0)
-            memcpy(PF_I32(plan, kv_indices), a->kv_indices, sizeof(int32_t) * (size_t)total_pages);
-        for (int32_t i = 0; i < total_pages; i++)
-            if (a->kv_indices[i] > st->max_page_id)
-                st->max_page_id = a->kv_indices[i];
-    }
+    if (paged && a->kv_indptr[batch] > 0)
+        memcpy(PF_I32(plan, kv_indices), a->kv_indices,
+               sizeof(int32_t) * (size_t)a->kv_indptr[batch]);
     flp_rope_frequencies(&v->rope, plan->desc.head_dim, PF_F32(plan, rope_freq));
     if (a->alibi_slopes)
         memcpy(PF_F32(plan, alibi_slopes), a->alibi_slopes,
@@ -197,18 +139,26 @@ static void fill_arrays(flp_plan *plan, const flp_prefill_plan_args *a, const fl
         flp_alibi_standard_slopes(plan->desc.num_qo_heads, PF_F32(plan, alibi_slopes));
 }
 
+/* The keys each row can keep at most, by the variant's causal mask and window. */
+static flp_prefill_key_rule key_rule(const flp_plan *plan, const flp_variant *v) {
+    flp_prefill_key_rule rule = {
+        .group_size = plan->group_size,
+        .causal = v->mask == FLP_MASK_CAUSAL,
+        .window_left = v->use_window ? v->window_left : -1,
+    };
+    return rule;
+}
+
 static flp_status fill_schedule(flp_context *ctx, flp_plan *plan, const flp_prefill_plan_args *a,
                                 const flp_variant *v, const int32_t *qo_len, const int32_t *kv_len,
                                 flp_prefill_schedule *sched) {
     flp_prefill_schedule_input in = {
         .batch_size = a->batch_size,
         .num_kv_heads = plan->desc.num_kv_heads,
-        .group_size = plan->group_size,
         .num_ctas = plan->prefill_ctas,
         .qo_len = qo_len,
         .kv_len = kv_len,
-        .causal = v->mask == FLP_MASK_CAUSAL,
-        .window_left = v->use_window ? v->window_left : -1,
+        .keys = key_rule(plan, v),
         .min_chunk = PREFILL_MIN_CHUNK,
         .chunk_align = 64,
         .max_items = plan->prefill_max_items,
@@ -255,7 +205,7 @@ static void fill_info(flp_plan *plan, const flp_prefill_plan_args *a, const flp_
     p->q_tile = sched->q_tile;
     FLP_SET_KERNEL_VARIANT(p, v);
     if (a->kv_storage == FLP_KV_PAGED)
-        p->flags |= FLP_PREFILL_FLAG_PAGED;
+        p->flags |= FLP_FLAG_PAGED;
 }
 
 static flp_status plan_batch(flp_context *ctx, flp_plan *plan, const flp_prefill_plan_args *a,
@@ -263,11 +213,11 @@ static flp_status plan_batch(flp_context *ctx, flp_plan *plan, const flp_prefill
     flp_variant v;
     flp_prefill_state st;
     memset(&st, 0, sizeof st);
-    flp_status status = check_args(ctx, plan, a, &v, qo_len, kv_len, &st.mask_bytes);
+    flp_status status = check_args(ctx, plan, a, &v, qo_len, kv_len, &st);
     if (status != FLP_OK)
         return status;
     plan->prefill.planned = false; /* the mirror is about to change */
-    fill_arrays(plan, a, &v, kv_len, &st);
+    fill_arrays(plan, a, &v, kv_len);
     flp_prefill_schedule sched;
     status = fill_schedule(ctx, plan, a, &v, qo_len, kv_len, &sched);
     if (status != FLP_OK)
@@ -290,6 +240,10 @@ static flp_status plan_batch(flp_context *ctx, flp_plan *plan, const flp_prefill
     st.kv_layout = paged ? a->kv_layout : FLP_KV_LAYOUT_NHD;
     st.variant = v;
     st.total_kv_rows = paged ? 0 : a->kv_indptr[a->batch_size];
+    st.keys = key_rule(plan, &v);
+    st.num_items = sched.num_items;
+    st.num_merge_items = sched.num_merge_items;
+    st.num_partial_slots = sched.num_partial_slots;
     plan->prefill = st;
     return FLP_OK;
 }
@@ -301,13 +255,9 @@ flp_status flp_prefill_plan(flp_context *ctx, flp_plan *plan, const flp_prefill_
     if (plan->desc.max_qo_rows == 0)
         return flp_fail(ctx, FLP_ERROR_CAPACITY,
                         "%s: the plan was created with max_qo_rows = 0 (decode only)", FN);
-    if (args->batch_size <= 0)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: batch_size = %d must be > 0", FN,
-                        args->batch_size);
-    if (args->batch_size > plan->desc.max_batch_size)
-        return flp_fail(ctx, FLP_ERROR_CAPACITY,
-                        "%s: batch_size = %d exceeds the plan's max_batch_size = %d", FN,
-                        args->batch_size, plan->desc.max_batch_size);
+    status = flp_check_batch_size(ctx, FN, args->batch_size, plan->desc.max_batch_size);
+    if (status != FLP_OK)
+        return status;
     int32_t *qo_len = malloc(sizeof(int32_t) * 2 * (size_t)args->batch_size); /* [2][batch] */
     if (!qo_len)
         return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "%s: host allocation", FN);

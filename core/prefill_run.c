@@ -1,5 +1,6 @@
 /* flp_prefill_run (tensor checks, launch) and the single-request convenience call. */
 #include "core/backend.h"
+#include "core/batch_args.h"
 #include "core/plan.h"
 #include "core/tensor.h"
 
@@ -85,7 +86,17 @@ static flp_status check_run_tensors(flp_context *ctx, const char *fn, const flp_
     if (a->custom_mask && a->custom_mask->stride[0] != 1)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: custom_mask stride = %lld must be 1",
                         fn, (long long)a->custom_mask->stride[0]);
-    return check_mask(ctx, fn, plan, a->custom_mask);
+    if ((status = check_mask(ctx, fn, plan, a->custom_mask)) != FLP_OK)
+        return status;
+    const flp_named_tensor outputs[] = {{"out", &a->out}, {"lse", a->lse}};
+    const flp_named_tensor inputs[] = {
+        {"q", &a->q}, {"k", &a->k}, {"v", &a->v}, {"custom_mask", a->custom_mask}};
+    return flp_plan_check_outputs(ctx, fn, plan, outputs, 2, inputs, 4);
+}
+
+/* An int32 array of the prefill region's host mirror, at its layout offset. */
+static const int32_t *mirror(const flp_plan *plan, size_t offset) {
+    return (const int32_t *)(plan->prefill_host + (offset - plan->layout.prefill.info));
 }
 
 static void fill_launch(const flp_plan *plan, const flp_prefill_run_args *a,
@@ -119,15 +130,23 @@ static void fill_launch(const flp_plan *plan, const flp_prefill_run_args *a,
     }
     if (a->custom_mask)
         p->mask = flp_tensor_address(a->custom_mask);
-    launch->plan = plan;
-    launch->plan_buffer = plan->buffer;
-    launch->params_slot_offset = plan->base + plan->layout.prefill.params_slot;
+    launch->slot.buffer = plan->buffer;
+    launch->slot.offset = plan->base + plan->layout.prefill.params_slot;
     launch->num_ctas = plan->prefill_ctas;
     launch->merge_grid = plan->prefill_max_merges;
     launch->q_tile = st->q_tile;
     launch->q_dtype = (int32_t)st->variant.q_dtype;
     launch->kv_dtype = (int32_t)st->variant.kv_dtype;
     launch->head_dim = plan->desc.head_dim;
+    const flp_prefill_layout *l = &plan->layout.prefill;
+    flp_prefill_schedule_view *view = &launch->schedule;
+    view->work_indptr = mirror(plan, l->work_indptr);
+    view->work_items = mirror(plan, l->work_items);
+    view->merge_items = mirror(plan, l->merge_items);
+    view->num_merge_items = st->num_merge_items;
+    view->qo_indptr = mirror(plan, l->qo_indptr);
+    view->kv_len = mirror(plan, l->kv_len);
+    view->keys = st->keys;
 }
 
 flp_status flp_prefill_run(flp_context *ctx, const flp_plan *plan,
@@ -144,9 +163,6 @@ flp_status flp_prefill_run(flp_context *ctx, const flp_plan *plan,
         return status;
     flp_prefill_launch launch;
     fill_launch(plan, args, &launch);
-    status = ctx->ops->prefill_check(ctx, &launch);
-    if (status != FLP_OK)
-        return status;
     return ctx->ops->prefill_run(ctx, &launch);
 }
 
@@ -163,10 +179,10 @@ static flp_status single_prefill(flp_context *ctx, const flp_single_prefill_args
                         "%s: q and k must be 3-D [len, heads, head_dim] (q.ndim = %d, k.ndim = %d)",
                         fn, a->q.ndim, a->k.ndim);
     int64_t qo_len = a->q.shape[0], kv_len = a->k.shape[0];
-    if (qo_len < 1 || kv_len > INT32_MAX / 2 || qo_len > (1 << 26))
+    if (qo_len < 1 || kv_len > FLP_MAX_KV_LEN || qo_len > FLP_MAX_QO_ROWS)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                        "%s: q has %lld rows and k %lld: need 1 <= rows <= 2^26, keys <= 2^30", fn,
-                        (long long)qo_len, (long long)kv_len);
+                        "%s: q has %lld rows and k %lld: need 1 <= rows <= %d, keys <= %d", fn,
+                        (long long)qo_len, (long long)kv_len, FLP_MAX_QO_ROWS, FLP_MAX_KV_LEN);
     flp_plan_desc desc = {
         .max_batch_size = 1,
         .max_pages = 1,

@@ -36,19 +36,14 @@ int32_t flp_prefill_max_merge_items(int32_t num_ctas) {
     return num_ctas;
 }
 
-/* Position of query token i of request b. */
-static int64_t position(const flp_prefill_schedule_input *in, int32_t b, int64_t i) {
-    return (int64_t)in->kv_len[b] - in->qo_len[b] + i;
-}
-
-/* The keys the rows [row_begin, row_end) of request b can keep at most. */
-static void key_range(const flp_prefill_schedule_input *in, int32_t b, int32_t row_begin,
-                      int32_t row_end, int32_t *lo, int32_t *hi) {
-    int64_t first = position(in, b, row_begin / in->group_size);
-    int64_t last = position(in, b, (row_end - 1) / in->group_size);
-    int64_t h = in->causal ? last + 1 : in->kv_len[b];
-    int64_t l = in->window_left >= 0 ? first - in->window_left : 0;
-    *hi = (int32_t)(h < in->kv_len[b] ? h : in->kv_len[b]);
+void flp_prefill_key_range(const flp_prefill_key_rule *rule, int32_t qo_len, int32_t kv_len,
+                           int32_t row_begin, int32_t row_end, int32_t *lo, int32_t *hi) {
+    /* query token i sits at position kv_len - qo_len + i */
+    int64_t first = (int64_t)kv_len - qo_len + row_begin / rule->group_size;
+    int64_t last = (int64_t)kv_len - qo_len + (row_end - 1) / rule->group_size;
+    int64_t h = rule->causal ? last + 1 : kv_len;
+    int64_t l = rule->window_left >= 0 ? first - rule->window_left : 0;
+    *hi = (int32_t)(h < kv_len ? h : kv_len);
     *lo = (int32_t)(l > 0 ? l : 0);
 }
 
@@ -56,7 +51,7 @@ static void key_range(const flp_prefill_schedule_input *in, int32_t b, int32_t r
 static int32_t tile_items(const flp_prefill_schedule_input *in, int32_t tile, int32_t *items) {
     int32_t n = 0;
     for (int32_t b = 0; b < in->batch_size; b++) {
-        int32_t rows = in->qo_len[b] * in->group_size;
+        int32_t rows = in->qo_len[b] * in->keys.group_size;
         for (int32_t g = 0; g < in->num_kv_heads; g++)
             for (int32_t r = 0; r < rows; r += tile) {
                 int32_t *it = items + FLP_PREFILL_ITEM_INTS * n++;
@@ -64,8 +59,9 @@ static int32_t tile_items(const flp_prefill_schedule_input *in, int32_t tile, in
                 it[FLP_PITEM_KV_HEAD] = g;
                 it[FLP_PITEM_ROW_BEGIN] = r;
                 it[FLP_PITEM_ROW_END] = rows - r < tile ? rows : r + tile;
-                key_range(in, b, r, it[FLP_PITEM_ROW_END], &it[FLP_PITEM_KV_BEGIN],
-                          &it[FLP_PITEM_KV_END]);
+                flp_prefill_key_range(&in->keys, in->qo_len[b], in->kv_len[b], r,
+                                      it[FLP_PITEM_ROW_END], &it[FLP_PITEM_KV_BEGIN],
+                                      &it[FLP_PITEM_KV_END]);
                 it[FLP_PITEM_PARTIAL_SLOT] = -1;
             }
     }
@@ -138,7 +134,7 @@ static int32_t split_items(const flp_prefill_schedule_input *in, int32_t chunk, 
 }
 
 bool flp_prefill_schedule_build(const flp_prefill_schedule_input *in, flp_prefill_schedule *out) {
-    out->q_tile = flp_prefill_choose_tile(in->batch_size, in->group_size, in->qo_len);
+    out->q_tile = flp_prefill_choose_tile(in->batch_size, in->keys.group_size, in->qo_len);
     size_t cap = in->max_items > 0 ? (size_t)in->max_items : 1;
     int32_t *tiles = malloc(sizeof(int32_t) * FLP_PREFILL_ITEM_INTS * cap);
     int32_t *items = malloc(sizeof(int32_t) * FLP_PREFILL_ITEM_INTS * cap);

@@ -9,13 +9,27 @@
 
 #include <stdbool.h>
 
+/* Which keys packed query rows can keep at most: the causal mask and the sliding window bound
+ * them (a custom mask is applied per key by the kernels, never by the schedule). */
+typedef struct flp_prefill_key_rule {
+    int32_t group_size;  /* query heads per KV head: packed row p is query token p / group_size */
+    bool causal;         /* keys above each row's position are never kept */
+    int32_t window_left; /* < 0: no window; else keys below pos - window_left never kept */
+} flp_prefill_key_rule;
+
+/* The keys [*lo, *hi) that packed rows [row_begin, row_end) (row_end > row_begin) of a request
+ * with qo_len query tokens and kv_len keys can keep under rule: the scheduler clips every work
+ * item with it, and a backend that counts the work of a pass of fewer rows uses it too.
+ * *lo >= *hi means none. */
+void flp_prefill_key_range(const flp_prefill_key_rule *rule, int32_t qo_len, int32_t kv_len,
+                           int32_t row_begin, int32_t row_end, int32_t *lo, int32_t *hi);
+
 typedef struct flp_prefill_schedule_input {
-    int32_t batch_size, num_kv_heads, group_size;
-    int32_t num_ctas;        /* workgroups of the prefill launch */
-    const int32_t *qo_len;   /* [batch_size] query tokens per request */
-    const int32_t *kv_len;   /* [batch_size] keys per request, >= qo_len */
-    bool causal;             /* keys above each row's position are never kept */
-    int32_t window_left;     /* < 0: no window; else keys below pos - window_left never kept */
+    int32_t batch_size, num_kv_heads;
+    int32_t num_ctas;      /* workgroups of the prefill launch */
+    const int32_t *qo_len; /* [batch_size] query tokens per request */
+    const int32_t *kv_len; /* [batch_size] keys per request, >= qo_len */
+    flp_prefill_key_rule keys;
     int32_t min_chunk;       /* smallest KV chunk worth a split, tokens */
     int32_t chunk_align;     /* split chunk sizes are multiples of this */
     int32_t max_items;       /* capacity of work_items (flp_prefill_max_items) */

@@ -59,7 +59,9 @@ flp_status flp_fail(flp_context *ctx, flp_status status, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(ctx->last_error, sizeof ctx->last_error, fmt, ap);
     va_end(ap);
-    flp_log(ctx, FLP_LOG_ERROR, "%s: %s", flp_status_string(status), ctx->last_error);
+    /* While AUTO probes backends a failure is an answer, not an error: logged at DEBUG. */
+    flp_log(ctx, ctx->probing ? FLP_LOG_DEBUG : FLP_LOG_ERROR, "%s: %s", flp_status_string(status),
+            ctx->last_error);
     return status;
 }
 

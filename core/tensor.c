@@ -68,12 +68,18 @@ flp_status flp_tensor_check(flp_context *ctx, const char *fn, const flp_tensor *
                         "%s: %s.stride[%d] = %lld: the last dimension must be contiguous", fn,
                         e->name, e->ndim - 1, (long long)t->stride[e->ndim - 1]);
     size_t esize = flp_dtype_size(t->dtype);
+    /* The kernels load whole elements, and rows of vector-aligned tensors 16 bytes at a time:
+     * the element's device address must allow it (a wrapped caller buffer may start anywhere). */
+    const uint64_t align = e->vector_aligned ? 16 : esize;
+    const uint64_t address = t->buf->device_address + t->offset;
+    if (address % align != 0)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                        "%s: %s starts at device address 0x%llx (buffer + offset %zu), not a "
+                        "multiple of %llu bytes",
+                        fn, e->name, (unsigned long long)address, t->offset,
+                        (unsigned long long)align);
     if (e->vector_aligned) {
         int64_t per_vector = (int64_t)(16 / esize);
-        if (t->offset % 16 != 0)
-            return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                            "%s: %s.offset = %zu is not a multiple of 16 bytes", fn, e->name,
-                            t->offset);
         for (int i = 0; i + 1 < e->ndim; i++)
             if (t->stride[i] % per_vector != 0)
                 return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
@@ -107,4 +113,100 @@ void flp_paged_strides(const flp_tensor *cache, flp_kv_layout layout, int64_t *p
     *page = cache->stride[0];
     *slot = cache->stride[nhd ? 1 : 2];
     *head = cache->stride[nhd ? 2 : 1];
+}
+
+/* Bytes [*first, *end) of its buffer a checked view spans; *end == *first when it is empty.
+ * Overlap is judged on these spans, with one refinement (interleaved_apart), so a view that
+ * interleaves with another in a finer pattern is refused although no element is shared:
+ * documented in docs/api.md. */
+static void byte_span(const flp_tensor *t, uint64_t *first, uint64_t *end) {
+    uint64_t last = 0;
+    for (int i = 0; i < t->ndim; i++) {
+        if (t->shape[i] == 0) {
+            *first = *end = t->offset;
+            return;
+        }
+        last += (uint64_t)(t->shape[i] - 1) * (uint64_t)t->stride[i];
+    }
+    *first = t->offset;
+    *end = t->offset + (last + 1) * flp_dtype_size(t->dtype);
+}
+
+static bool overlap(uint64_t a0, uint64_t a1, uint64_t b0, uint64_t b1) {
+    return a0 < b1 && b0 < a1;
+}
+
+/* Bytes one index of dimension 0 spans (dimensions 1.. of the view), 0 when empty. */
+static uint64_t row_bytes(const flp_tensor *t) {
+    uint64_t last = 0;
+    for (int i = 1; i < t->ndim; i++) {
+        if (t->shape[i] == 0)
+            return 0;
+        last += (uint64_t)(t->shape[i] - 1) * (uint64_t)t->stride[i];
+    }
+    return (last + 1) * flp_dtype_size(t->dtype);
+}
+
+/* Views that step through their buffer with the same stride on dimension 0, each index spanning
+ * at most that stride, cannot meet when their spans are disjoint modulo the stride: K and V
+ * pages interleaved in one [pages, 2, ...] tensor are the common case. */
+static bool interleaved_apart(const flp_tensor *a, const flp_tensor *b) {
+    uint64_t step = (uint64_t)a->stride[0] * flp_dtype_size(a->dtype);
+    if (a->ndim < 2 || b->ndim < 2 || step == 0 ||
+        step != (uint64_t)b->stride[0] * flp_dtype_size(b->dtype))
+        return false;
+    uint64_t ea = row_bytes(a), eb = row_bytes(b);
+    if (ea > step || eb > step)
+        return false;
+    uint64_t ra = a->offset % step, rb = b->offset % step;
+    return (rb + step - ra) % step >= ea && (ra + step - rb) % step >= eb;
+}
+
+static flp_status check_pair(flp_context *ctx, const char *fn, const flp_named_tensor *out,
+                             const flp_named_tensor *other) {
+    if (!out->t || !other->t || out->t->buf != other->t->buf)
+        return FLP_OK;
+    uint64_t a0, a1, b0, b1;
+    byte_span(out->t, &a0, &a1);
+    byte_span(other->t, &b0, &b1);
+    if (!overlap(a0, a1, b0, b1) || interleaved_apart(out->t, other->t))
+        return FLP_OK;
+    return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                    "%s: %s (bytes %llu..%llu of its buffer) overlaps %s (bytes %llu..%llu): "
+                    "outputs must not alias inputs or other outputs",
+                    fn, out->name, (unsigned long long)a0, (unsigned long long)a1 - 1, other->name,
+                    (unsigned long long)b0, (unsigned long long)b1 - 1);
+}
+
+flp_status flp_tensor_check_disjoint(flp_context *ctx, const char *fn,
+                                     const flp_named_tensor *outputs, int num_outputs,
+                                     const flp_named_tensor *inputs, int num_inputs) {
+    for (int o = 0; o < num_outputs; o++) {
+        for (int i = 0; i < num_inputs; i++) {
+            flp_status status = check_pair(ctx, fn, &outputs[o], &inputs[i]);
+            if (status != FLP_OK)
+                return status;
+        }
+        for (int p = o + 1; p < num_outputs; p++) {
+            flp_status status = check_pair(ctx, fn, &outputs[o], &outputs[p]);
+            if (status != FLP_OK)
+                return status;
+        }
+    }
+    return FLP_OK;
+}
+
+flp_status flp_tensor_check_outside(flp_context *ctx, const char *fn, const flp_named_tensor *out,
+                                    const flp_buffer *buffer, uint64_t begin, uint64_t end,
+                                    const char *what) {
+    if (!out->t || out->t->buf != buffer)
+        return FLP_OK;
+    uint64_t a0, a1;
+    byte_span(out->t, &a0, &a1);
+    if (!overlap(a0, a1, begin, end))
+        return FLP_OK;
+    return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                    "%s: %s (bytes %llu..%llu of its buffer) overlaps %s (bytes %llu..%llu)", fn,
+                    out->name, (unsigned long long)a0, (unsigned long long)a1 - 1, what,
+                    (unsigned long long)begin, (unsigned long long)end - 1);
 }

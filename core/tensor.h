@@ -19,6 +19,27 @@ typedef struct flp_tensor_expect {
 flp_status flp_tensor_check(flp_context *ctx, const char *fn, const flp_tensor *t,
                             const flp_tensor_expect *expect);
 
+/* A tensor argument with its name, for the overlap checks. t may be NULL (an absent optional
+ * argument: skipped). */
+typedef struct flp_named_tensor {
+    const char *name;
+    const flp_tensor *t;
+} flp_named_tensor;
+
+/* Outputs must not share a byte with an input or with each other (a kernel would read what it
+ * already overwrote): FLP_OK, or FLP_ERROR_INVALID_ARGUMENT naming both tensors and the bytes
+ * they share. Call after flp_tensor_check accepted every view. outputs[num_outputs],
+ * inputs[num_inputs]. */
+flp_status flp_tensor_check_disjoint(flp_context *ctx, const char *fn,
+                                     const flp_named_tensor *outputs, int num_outputs,
+                                     const flp_named_tensor *inputs, int num_inputs);
+
+/* An output must not overlap bytes [begin, end) of buffer, which something else owns (what, in
+ * the message: "the plan's memory"). */
+flp_status flp_tensor_check_outside(flp_context *ctx, const char *fn, const flp_named_tensor *out,
+                                    const flp_buffer *buffer, uint64_t begin, uint64_t end,
+                                    const char *what);
+
 /* Device address of element 0. */
 uint64_t flp_tensor_address(const flp_tensor *t);
 

@@ -7,6 +7,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+/* Kernels and shaders read the dtype codes of core/kernel_constants.h: the flp_dtype values. */
+_Static_assert(FLP_DT_F32 == FLP_DTYPE_F32 && FLP_DT_F16 == FLP_DTYPE_F16 &&
+                   FLP_DT_BF16 == FLP_DTYPE_BF16 && FLP_DT_E4M3 == FLP_DTYPE_E4M3 &&
+                   FLP_DT_E5M2 == FLP_DTYPE_E5M2,
+               "core/kernel_constants.h dtype codes must equal enum flp_dtype");
+
 static flp_status reject(flp_status status, char *message, size_t size, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
@@ -20,6 +26,14 @@ static flp_status reject(flp_status status, char *message, size_t size, const ch
     return status;
 }
 
+flp_status flp_head_dim_status(int32_t head_dim) {
+    if (head_dim == 64 || head_dim == 128 || head_dim == 256)
+        return FLP_OK;
+    if (head_dim > 0 && head_dim % 16 == 0 && head_dim <= FLP_MAX_HEAD_DIM)
+        return FLP_ERROR_UNSUPPORTED;
+    return FLP_ERROR_INVALID_ARGUMENT;
+}
+
 static bool finite_positive(float x) {
     return isfinite(x) && x > 0.0f;
 }
@@ -29,13 +43,10 @@ flp_status flp_variant_validate(const flp_variant *v, char *msg, size_t size) {
         msg[0] = '\0';
     if (!v)
         return reject(FLP_ERROR_INVALID_ARGUMENT, msg, size, "variant is NULL");
-    if (v->head_dim != 64 && v->head_dim != 128 && v->head_dim != 256)
-        return reject(v->head_dim > 0 && v->head_dim % 16 == 0 && v->head_dim <= 256
-                          ? FLP_ERROR_UNSUPPORTED
-                          : FLP_ERROR_INVALID_ARGUMENT,
-                      msg, size,
-                      "variant.head_dim = %d: supported head dims are 64, 128 and 256 (other "
-                      "multiples of 16 need the JIT path, not built yet)",
+    flp_status head_dim = flp_head_dim_status(v->head_dim);
+    if (head_dim != FLP_OK)
+        return reject(head_dim, msg, size,
+                      "variant.head_dim = %d: supported head dims are " FLP_HEAD_DIMS_TEXT,
                       v->head_dim);
     if (v->q_dtype != FLP_DTYPE_DEFAULT && v->q_dtype != FLP_DTYPE_F16 &&
         v->q_dtype != FLP_DTYPE_BF16)
@@ -99,6 +110,20 @@ flp_status flp_variant_validate(const flp_variant *v, char *msg, size_t size) {
     return FLP_OK;
 }
 
+flp_status flp_variant_check_for_plan(flp_context *ctx, const char *fn, const flp_variant *variant,
+                                      int32_t plan_head_dim, flp_variant *resolved) {
+    char message[512];
+    flp_status status = flp_variant_validate(variant, message, sizeof message);
+    if (status != FLP_OK)
+        return flp_fail(ctx, status, "%s: %s", fn, message);
+    if (variant->head_dim != plan_head_dim)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                        "%s: variant.head_dim = %d differs from the plan's head_dim = %d", fn,
+                        variant->head_dim, plan_head_dim);
+    *resolved = flp_variant_resolved(variant);
+    return FLP_OK;
+}
+
 flp_variant flp_variant_resolved(const flp_variant *v) {
     flp_variant r = *v;
     if (r.q_dtype == FLP_DTYPE_DEFAULT)
@@ -119,10 +144,10 @@ flp_variant flp_variant_resolved(const flp_variant *v) {
 }
 
 uint32_t flp_variant_kernel_flags(const flp_variant *v) {
-    return (v->mask == FLP_MASK_CAUSAL ? FLP_DECODE_FLAG_CAUSAL : 0u) |
-           (v->use_window ? FLP_DECODE_FLAG_WINDOW : 0u) |
-           (v->logits_soft_cap > 0.0f ? FLP_DECODE_FLAG_SOFTCAP : 0u) |
-           (v->pos_encoding == FLP_POS_ALIBI ? FLP_DECODE_FLAG_ALIBI : 0u) |
-           (v->pos_encoding == FLP_POS_ROPE_LLAMA ? FLP_DECODE_FLAG_ROPE : 0u) |
-           (v->mask == FLP_MASK_CUSTOM ? FLP_PREFILL_FLAG_CUSTOM_MASK : 0u);
+    return (v->mask == FLP_MASK_CAUSAL ? FLP_FLAG_CAUSAL : 0u) |
+           (v->use_window ? FLP_FLAG_WINDOW : 0u) |
+           (v->logits_soft_cap > 0.0f ? FLP_FLAG_SOFTCAP : 0u) |
+           (v->pos_encoding == FLP_POS_ALIBI ? FLP_FLAG_ALIBI : 0u) |
+           (v->pos_encoding == FLP_POS_ROPE_LLAMA ? FLP_FLAG_ROPE : 0u) |
+           (v->mask == FLP_MASK_CUSTOM ? FLP_FLAG_CUSTOM_MASK : 0u);
 }

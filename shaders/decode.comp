@@ -28,16 +28,16 @@
 #include "decode_params.glsl"
 #include "dtype.glsl"
 
-layout(constant_id = 0) const uint HEAD_DIM = 128;
-layout(constant_id = 1) const uint Q_DTYPE = FLP_DTYPE_F16;
-layout(constant_id = 2) const uint KV_DTYPE = FLP_DTYPE_F16;
-layout(constant_id = 3) const uint KV_BYTES = 2; // bytes per KV element: 2 or 1 (fp8)
-layout(constant_id = 4) const uint LANES = 8;
-layout(constant_id = 5) const uint ROWS = 4;
-layout(constant_id = 6) const uint TOKEN_GROUPS = 4;
-layout(constant_id = 7) const uint TOKENS_PER_GROUP = 4;
-layout(constant_id = 8) const uint SMEM_U2 = 4096; // uvec2 words of s_mem (host computed)
-layout(local_size_x_id = 9) in;                     // = LANES * ROWS * TOKEN_GROUPS
+layout(constant_id = FLP_SPEC_HEAD_DIM) const uint HEAD_DIM = 128;
+layout(constant_id = FLP_SPEC_Q_DTYPE) const uint Q_DTYPE = FLP_DT_F16;
+layout(constant_id = FLP_SPEC_KV_DTYPE) const uint KV_DTYPE = FLP_DT_F16;
+layout(constant_id = FLP_SPEC_KV_BYTES) const uint KV_BYTES = 2; // bytes per KV element: 2 or 1 (fp8)
+layout(constant_id = FLP_SPEC_LANES) const uint LANES = 8;
+layout(constant_id = FLP_SPEC_ROWS) const uint ROWS = 4;
+layout(constant_id = FLP_SPEC_DECODE_TOKEN_GROUPS) const uint TOKEN_GROUPS = 4;
+layout(constant_id = FLP_SPEC_DECODE_TOKENS_PER_GROUP) const uint TOKENS_PER_GROUP = 4;
+layout(constant_id = FLP_SPEC_DECODE_SMEM_U2) const uint SMEM_U2 = 4096; // uvec2 words of s_mem (host computed)
+layout(local_size_x_id = FLP_SPEC_DECODE_THREADS) in;                     // = LANES * ROWS * TOKEN_GROUPS
 
 const uint WG = LANES * ROWS * TOKEN_GROUPS;
 const uint CHUNKS = HEAD_DIM / 8u;    // 8-element chunks per row
@@ -147,7 +147,7 @@ void load_q(uint64_t row_addr, bool ok, bool rope, int pos) {
 
 // The dtype of the shared tiles: fp8 arrives widened to f16.
 uint tile_dtype() {
-    return KV_BYTES == 1u ? FLP_DTYPE_F16 : KV_DTYPE;
+    return KV_BYTES == 1u ? FLP_DT_F16 : KV_DTYPE;
 }
 
 // 8 elements of chunk ch of tile token tt from the K (base 0) or V (base TILE_U2) tile.
@@ -194,9 +194,9 @@ void prefetch(int base) {
 }
 
 uvec4 widen(uvec4 w) {
-    if (KV_DTYPE == FLP_DTYPE_E4M3)
+    if (KV_DTYPE == FLP_DT_E4M3)
         return uvec4(flp_e4m3x4_to_f16x4_scaled(w.x), flp_e4m3x4_to_f16x4_scaled(w.y));
-    if (KV_DTYPE == FLP_DTYPE_E5M2)
+    if (KV_DTYPE == FLP_DT_E5M2)
         return uvec4(flp_e5m2x4_to_f16x4(w.x), flp_e5m2x4_to_f16x4(w.y));
     return w;
 }
@@ -228,15 +228,15 @@ void main() {
     // Parameters are read from P and I where they are used, not held in registers across the
     // key loop: registers decide how many workgroups an SM holds, and this kernel lives on that.
     uint flags = I.flags;
-    bool causal = (flags & FLP_DECODE_FLAG_CAUSAL) != 0u;
-    bool window = (flags & FLP_DECODE_FLAG_WINDOW) != 0u;
-    bool softcap = (flags & FLP_DECODE_FLAG_SOFTCAP) != 0u;
-    bool alibi = (flags & FLP_DECODE_FLAG_ALIBI) != 0u;
-    bool rope = (flags & FLP_DECODE_FLAG_ROPE) != 0u;
+    bool causal = (flags & FLP_FLAG_CAUSAL) != 0u;
+    bool window = (flags & FLP_FLAG_WINDOW) != 0u;
+    bool softcap = (flags & FLP_FLAG_SOFTCAP) != 0u;
+    bool alibi = (flags & FLP_FLAG_ALIBI) != 0u;
+    bool rope = (flags & FLP_FLAG_ROPE) != 0u;
     bool fp8 = KV_BYTES == 1u;
     // fp8 scales are linear: k_scale folds into the logit scale, v_scale into the output (with
     // the exact 2^8 of e4m3's f16 widening)
-    float widen_scale = KV_DTYPE == FLP_DTYPE_E4M3 ? FLP_E4M3_F16_SCALE : 1.0;
+    float widen_scale = KV_DTYPE == FLP_DT_E4M3 ? FLP_E4M3_F16_SCALE : 1.0;
     float logit_scale = I.sm_scale * (fp8 ? I.k_scale * widen_scale : 1.0);
     // KV strides fit 32 bits (decode_check refuses others); page * stride is 64-bit
     g_k_sp = int(P.k_stride_page);

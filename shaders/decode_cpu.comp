@@ -49,26 +49,26 @@ layout(set = 1, binding = 0) uniform usamplerBuffer v_texels;
 #include "decode_params.glsl"
 #include "dtype.glsl"
 
-layout(constant_id = 0) const uint HEAD_DIM = 128;
+layout(constant_id = FLP_SPEC_HEAD_DIM) const uint HEAD_DIM = 128;
 // Q/O and 16-bit KV dtypes (f16 or bf16) are read from the plan (both conversions are a few
 // cheap ops: one pipeline serves both, which halves the pipelines lavapipe compiles, at about a
 // second each); fp8 KV is specialised: KV_DTYPE is E4M3 or E5M2 then, unused otherwise.
-layout(constant_id = 1) const uint UNUSED_1 = 0;
-layout(constant_id = 2) const uint KV_DTYPE = FLP_DTYPE_E4M3;
-layout(constant_id = 3) const uint KV_BYTES = 2; // bytes per KV element: 2 or 1 (fp8)
-layout(constant_id = 4) const uint LANES = 8;    // = the workgroup size, at most the subgroup
-layout(constant_id = 5) const uint ROWS = 4;     // query rows per pass, held in registers
-layout(constant_id = 6) const uint STEP = 8;     // keys per iteration of the key loop
-// The variant features (FLP_DECODE_FLAG_* bits) compiled in. llvmpipe executes both sides of
+layout(constant_id = FLP_SPEC_Q_DTYPE) const uint UNUSED_1 = 0;
+layout(constant_id = FLP_SPEC_KV_DTYPE) const uint KV_DTYPE = FLP_DT_E4M3;
+layout(constant_id = FLP_SPEC_KV_BYTES) const uint KV_BYTES = 2; // bytes per KV element: 2 or 1 (fp8)
+layout(constant_id = FLP_SPEC_LANES) const uint LANES = 8;    // = the workgroup size, at most the subgroup
+layout(constant_id = FLP_SPEC_ROWS) const uint ROWS = 4;     // query rows per pass, held in registers
+layout(constant_id = FLP_SPEC_CPU_STEP) const uint STEP = 8;     // keys per iteration of the key loop
+// The variant features (FLP_FLAG_* bits) compiled in. llvmpipe executes both sides of
 // every branch (masked), so RoPE, for one, costs its sines and cosines on every key unless it is
 // compiled out: a pipeline has only the features it may need, and still follows the plan's
 // flags for those it has.
-layout(constant_id = 7) const uint FEATURES = 31u;
+layout(constant_id = FLP_SPEC_CPU_FEATURES) const uint FEATURES = 31u;
 // This pipeline leaves plans whose flags are all within DEFER to another pipeline recorded
 // next to it (a command buffer recorded once must serve any later re-plan: it records a cheap
 // pipeline and a full one, and exactly one of them runs). ~0u: none.
-layout(constant_id = 8) const uint DEFER = 0xffffffffu;
-layout(local_size_x_id = 4) in;
+layout(constant_id = FLP_SPEC_CPU_DEFER) const uint DEFER = 0xffffffffu;
+layout(local_size_x_id = FLP_SPEC_LANES) in;
 
 const uint CHUNKS = HEAD_DIM / 8u; // 8-element chunks per row
 const uint NC = CHUNKS / LANES;    // chunks per lane (1 or even)
@@ -255,16 +255,16 @@ void main() {
     DecodePlanInfo I = DecodePlanInfo(P.plan); // what the last (re-)plan decided
     lane_ = gl_LocalInvocationIndex;
 
-    g_q_bf16 = uint(I.q_dtype) == FLP_DTYPE_BF16;
-    g_kv_bf16 = uint(I.kv_dtype) == FLP_DTYPE_BF16;
+    g_q_bf16 = uint(I.q_dtype) == FLP_DT_BF16;
+    g_kv_bf16 = uint(I.kv_dtype) == FLP_DT_BF16;
     uint flags = I.flags;
     bool mine = (flags & ~FEATURES) == 0u && (DEFER == 0xffffffffu || (flags & ~DEFER) != 0u);
     flags &= FEATURES; // constant-folds the features compiled out
-    bool causal = (flags & FLP_DECODE_FLAG_CAUSAL) != 0u;
-    bool window = (flags & FLP_DECODE_FLAG_WINDOW) != 0u;
-    bool softcap = (flags & FLP_DECODE_FLAG_SOFTCAP) != 0u;
-    bool alibi = (flags & FLP_DECODE_FLAG_ALIBI) != 0u;
-    bool rope = (flags & FLP_DECODE_FLAG_ROPE) != 0u;
+    bool causal = (flags & FLP_FLAG_CAUSAL) != 0u;
+    bool window = (flags & FLP_FLAG_WINDOW) != 0u;
+    bool softcap = (flags & FLP_FLAG_SOFTCAP) != 0u;
+    bool alibi = (flags & FLP_FLAG_ALIBI) != 0u;
+    bool rope = (flags & FLP_FLAG_ROPE) != 0u;
     bool fp8 = KV_BYTES == 1u;
     float logit_scale = I.sm_scale * (fp8 ? I.k_scale : 1.0);
     float out_scale = fp8 ? I.v_scale : 1.0;
@@ -436,7 +436,7 @@ void main() {
                     [[unroll]] for (uint c = 0u; c < NC; c++) {
                         uvec4 w;
                         [[unroll]] for (uint i = 0u; i < 4u; i++)
-                            w[i] = flp_pack16x2(g_q_bf16 ? FLP_DTYPE_BF16 : FLP_DTYPE_F16,
+                            w[i] = flp_pack16x2(g_q_bf16 ? FLP_DT_BF16 : FLP_DT_F16,
                                                 acc[j][c * 8u + 2u * i] * inv,
                                                 acc[j][c * 8u + 2u * i + 1u] * inv);
                         U4Ref(o_row + 16ul * uint64_t(chunk_of(c))).v = w;

@@ -5,18 +5,8 @@
 #ifndef FLP_DECODE_PARAMS_GLSL
 #define FLP_DECODE_PARAMS_GLSL
 
-#define FLP_DECODE_FLAG_CAUSAL 1u
-#define FLP_DECODE_FLAG_WINDOW 2u
-#define FLP_DECODE_FLAG_SOFTCAP 4u
-#define FLP_DECODE_FLAG_ALIBI 8u
-#define FLP_DECODE_FLAG_ROPE 16u
-
-#define FLP_WORK_ITEM_INTS 5
-#define FLP_WORK_REQUEST 0
-#define FLP_WORK_KV_HEAD 1
-#define FLP_WORK_KV_BEGIN 2
-#define FLP_WORK_KV_END 3
-#define FLP_WORK_PARTIAL_SLOT 4
+// Flags, dtype codes and work-item fields, shared with C and CUDA.
+#include "core/kernel_constants.h"
 
 // flp_decode_plan_info: everything a (re-)plan decides, at the start of the plan memory. Read
 // from there on every run, so a command buffer recorded once stays right after any re-plan.

@@ -4,11 +4,7 @@
 #ifndef FLP_DTYPE_GLSL
 #define FLP_DTYPE_GLSL
 
-#define FLP_DTYPE_F32 1u
-#define FLP_DTYPE_F16 2u
-#define FLP_DTYPE_BF16 3u
-#define FLP_DTYPE_E4M3 4u
-#define FLP_DTYPE_E5M2 5u
+#include "core/kernel_constants.h"
 
 float flp_f16_to_f32(uint h) {
     return unpackHalf2x16(h & 0xffffu).x; // exact: every f16 is an f32
@@ -61,11 +57,11 @@ uint flp_f32_to_bf16(float f) {
 }
 
 float flp_decode16(uint dtype, uint bits) {
-    return dtype == FLP_DTYPE_BF16 ? flp_bf16_to_f32(bits) : flp_f16_to_f32(bits);
+    return dtype == FLP_DT_BF16 ? flp_bf16_to_f32(bits) : flp_f16_to_f32(bits);
 }
 
 uint flp_encode16(uint dtype, float f) {
-    return dtype == FLP_DTYPE_BF16 ? flp_f32_to_bf16(f) : flp_f32_to_f16(f);
+    return dtype == FLP_DT_BF16 ? flp_f32_to_bf16(f) : flp_f32_to_f16(f);
 }
 
 // Two values as one 32-bit word, the first in the low half (little endian element order).
@@ -94,10 +90,10 @@ uvec2 flp_e4m3x4_to_f16x4_scaled(uint w) {
 
 // 8 consecutive elements: 16-bit dtypes fill all four words, fp8 only w.xy.
 void flp_decode8(uint dtype, uvec4 w, out float x[8]) {
-    if (dtype == FLP_DTYPE_E4M3 || dtype == FLP_DTYPE_E5M2) {
+    if (dtype == FLP_DT_E4M3 || dtype == FLP_DT_E5M2) {
         [[unroll]] for (uint i = 0u; i < 8u; i++) {
             uint byte_ = (w[i >> 2] >> (8u * (i & 3u))) & 0xffu;
-            x[i] = dtype == FLP_DTYPE_E4M3 ? flp_e4m3_to_f32(byte_) : flp_e5m2_to_f32(byte_);
+            x[i] = dtype == FLP_DT_E4M3 ? flp_e4m3_to_f32(byte_) : flp_e5m2_to_f32(byte_);
         }
     } else {
         [[unroll]] for (uint i = 0u; i < 4u; i++) {

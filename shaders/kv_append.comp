@@ -19,8 +19,8 @@
 
 #include "dtype.glsl"
 
-layout(local_size_x_id = 0) in;
-layout(constant_id = 0) const uint WG = 64;
+layout(local_size_x_id = FLP_SPEC_APPEND_THREADS) in;
+layout(constant_id = FLP_SPEC_APPEND_THREADS) const uint WG = 64;
 
 // flp_kv_append_params (core/prefill_params.h), written by the run's vkCmdUpdateBuffer.
 layout(buffer_reference, std430, buffer_reference_align = 8) readonly buffer KvAppendParams {
@@ -143,19 +143,19 @@ uint f32_bits_to_e5m2(uint u) {
 uint convert(uint src_dtype, uint cache_dtype, uint bits, float inv_scale) {
     if (src_dtype == cache_dtype)
         return bits;
-    uint f = src_dtype == FLP_DTYPE_BF16 ? bf16_bits_to_f32_bits(bits) : f16_bits_to_f32_bits(bits);
-    if (cache_dtype == FLP_DTYPE_F16)
+    uint f = src_dtype == FLP_DT_BF16 ? bf16_bits_to_f32_bits(bits) : f16_bits_to_f32_bits(bits);
+    if (cache_dtype == FLP_DT_F16)
         return f32_bits_to_f16(f);
-    if (cache_dtype == FLP_DTYPE_BF16)
+    if (cache_dtype == FLP_DT_BF16)
         return f32_bits_to_bf16(f);
     // fp8: value * (1 / scale), rounded to f32 first (as the host does); a NaN keeps its bits
     if ((f & 0x7fffffffu) <= 0x7f800000u)
         f = floatBitsToUint(uintBitsToFloat(f) * inv_scale);
-    return cache_dtype == FLP_DTYPE_E4M3 ? f32_bits_to_e4m3(f) : f32_bits_to_e5m2(f);
+    return cache_dtype == FLP_DT_E4M3 ? f32_bits_to_e4m3(f) : f32_bits_to_e5m2(f);
 }
 
 uint elem_bytes(uint dtype) {
-    return dtype == FLP_DTYPE_E4M3 || dtype == FLP_DTYPE_E5M2 ? 1u : 2u;
+    return dtype == FLP_DT_E4M3 || dtype == FLP_DT_E5M2 ? 1u : 2u;
 }
 
 // Byte n of the 8-bit elements at address a (reads the aligned word holding it).

@@ -38,19 +38,19 @@
 #include "prefill_params.glsl"
 #include "dtype.glsl"
 
-layout(constant_id = 0) const uint HEAD_DIM = 128;
-layout(constant_id = 1) const uint Q_DTYPE = FLP_DTYPE_F16;
-layout(constant_id = 2) const uint KV_DTYPE = FLP_DTYPE_F16;
-layout(constant_id = 3) const uint KV_BYTES = 2; // bytes per KV element: 2 or 1 (fp8)
-layout(constant_id = 4) const uint LANES = 8;    // invocations per query row
-layout(constant_id = 5) const uint ROWS = 4;     // query rows per invocation
-layout(constant_id = 6) const uint GROUPS = 16;  // row groups per workgroup
-layout(constant_id = 7) const uint BK = 32;      // keys per shared K/V tile
-layout(constant_id = 8) const uint SB = 8;       // keys per softmax sub-block (divides BK)
-layout(local_size_x_id = 9) in;                  // = LANES * GROUPS
+layout(constant_id = FLP_SPEC_HEAD_DIM) const uint HEAD_DIM = 128;
+layout(constant_id = FLP_SPEC_Q_DTYPE) const uint Q_DTYPE = FLP_DT_F16;
+layout(constant_id = FLP_SPEC_KV_DTYPE) const uint KV_DTYPE = FLP_DT_F16;
+layout(constant_id = FLP_SPEC_KV_BYTES) const uint KV_BYTES = 2; // bytes per KV element: 2 or 1 (fp8)
+layout(constant_id = FLP_SPEC_LANES) const uint LANES = 8;    // invocations per query row
+layout(constant_id = FLP_SPEC_ROWS) const uint ROWS = 4;     // query rows per invocation
+layout(constant_id = FLP_SPEC_PREFILL_GROUPS) const uint GROUPS = 16;  // row groups per workgroup
+layout(constant_id = FLP_SPEC_PREFILL_BK) const uint BK = 32;      // keys per shared K/V tile
+layout(constant_id = FLP_SPEC_PREFILL_SB) const uint SB = 8;       // keys per softmax sub-block (divides BK)
+layout(local_size_x_id = FLP_SPEC_PREFILL_THREADS) in;                  // = LANES * GROUPS
 // 1: the next tile's loads are issued before the current tile's math (GPUs: latency hiding for
 // a few registers); 0: loaded when stored (CPU devices, where it buys nothing).
-layout(constant_id = 10) const uint PREFETCH = 1;
+layout(constant_id = FLP_SPEC_PREFILL_PREFETCH) const uint PREFETCH = 1;
 
 const uint WG = LANES * GROUPS;
 const uint BQ = GROUPS * ROWS;          // packed query rows per pass
@@ -247,13 +247,13 @@ void main() {
     grp_ = tid_ / LANES;
 
     uint flags = I.flags;
-    bool causal = (flags & FLP_PREFILL_FLAG_CAUSAL) != 0u;
-    bool window = (flags & FLP_PREFILL_FLAG_WINDOW) != 0u;
-    bool softcap = (flags & FLP_PREFILL_FLAG_SOFTCAP) != 0u;
-    bool alibi = (flags & FLP_PREFILL_FLAG_ALIBI) != 0u;
-    bool rope = (flags & FLP_PREFILL_FLAG_ROPE) != 0u;
-    bool custom = (flags & FLP_PREFILL_FLAG_CUSTOM_MASK) != 0u;
-    g_paged = (flags & FLP_PREFILL_FLAG_PAGED) != 0u;
+    bool causal = (flags & FLP_FLAG_CAUSAL) != 0u;
+    bool window = (flags & FLP_FLAG_WINDOW) != 0u;
+    bool softcap = (flags & FLP_FLAG_SOFTCAP) != 0u;
+    bool alibi = (flags & FLP_FLAG_ALIBI) != 0u;
+    bool rope = (flags & FLP_FLAG_ROPE) != 0u;
+    bool custom = (flags & FLP_FLAG_CUSTOM_MASK) != 0u;
+    g_paged = (flags & FLP_FLAG_PAGED) != 0u;
     bool fp8 = KV_BYTES == 1u;
     // fp8 scales are linear: k_scale folds into the logit scale, v_scale into the output
     float logit_scale = I.sm_scale * (fp8 ? I.k_scale : 1.0) * LOG2E;

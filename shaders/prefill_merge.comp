@@ -14,10 +14,10 @@
 #include "prefill_params.glsl"
 #include "dtype.glsl"
 
-layout(constant_id = 0) const uint HEAD_DIM = 128;
-layout(constant_id = 1) const uint Q_DTYPE = FLP_DTYPE_F16;
-layout(local_size_x_id = 2) in;
-layout(constant_id = 2) const uint WG = 64;
+layout(constant_id = FLP_SPEC_HEAD_DIM) const uint HEAD_DIM = 128;
+layout(constant_id = FLP_SPEC_Q_DTYPE) const uint Q_DTYPE = FLP_DT_F16;
+layout(local_size_x_id = FLP_SPEC_MERGE_THREADS) in;
+layout(constant_id = FLP_SPEC_MERGE_THREADS) const uint WG = 64;
 
 const uint CHUNKS = HEAD_DIM / 8u;
 

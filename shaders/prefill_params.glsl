@@ -8,33 +8,6 @@
 
 #include "decode_params.glsl"
 
-#define FLP_PREFILL_FLAG_CAUSAL 1u
-#define FLP_PREFILL_FLAG_WINDOW 2u
-#define FLP_PREFILL_FLAG_SOFTCAP 4u
-#define FLP_PREFILL_FLAG_ALIBI 8u
-#define FLP_PREFILL_FLAG_ROPE 16u
-#define FLP_PREFILL_FLAG_CUSTOM_MASK 32u
-#define FLP_PREFILL_FLAG_PAGED 64u
-
-#define FLP_PREFILL_MAX_TILE 128
-
-#define FLP_PREFILL_ITEM_INTS 7
-#define FLP_PITEM_REQUEST 0
-#define FLP_PITEM_KV_HEAD 1
-#define FLP_PITEM_ROW_BEGIN 2
-#define FLP_PITEM_ROW_END 3
-#define FLP_PITEM_KV_BEGIN 4
-#define FLP_PITEM_KV_END 5
-#define FLP_PITEM_PARTIAL_SLOT 6
-
-#define FLP_MERGE_ITEM_INTS 6
-#define FLP_MITEM_REQUEST 0
-#define FLP_MITEM_KV_HEAD 1
-#define FLP_MITEM_ROW_BEGIN 2
-#define FLP_MITEM_ROW_END 3
-#define FLP_MITEM_FIRST_SLOT 4
-#define FLP_MITEM_CHUNKS 5
-
 // flp_prefill_plan_info: what a (re-)plan decides, at the start of the plan's prefill region.
 layout(buffer_reference, std430, buffer_reference_align = 16) readonly buffer PrefillPlanInfo {
     uint off_qo_indptr, off_kv_indptr, off_kv_len, off_q_rope_offset;
@@ -58,7 +31,7 @@ layout(buffer_reference, std430, buffer_reference_align = 8) readonly buffer Pre
     uint64_t q, k, v, o;
     uint64_t lse;  // 0: no lse output
     uint64_t plan; // the PrefillPlanInfo
-    uint64_t mask; // custom mask bytes (FLP_PREFILL_FLAG_CUSTOM_MASK)
+    uint64_t mask; // custom mask bytes (FLP_FLAG_CUSTOM_MASK)
     int64_t q_stride_row, q_stride_head;
     int64_t o_stride_row, o_stride_head;
     int64_t k_stride_page, k_stride_slot, k_stride_head;

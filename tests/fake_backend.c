@@ -44,11 +44,6 @@ static int32_t fake_decode_grid(flp_context *ctx, int32_t head_dim) {
     (void)head_dim;
     return FAKE_DECODE_GRID;
 }
-static flp_status fake_decode_check(flp_context *ctx, const flp_decode_launch *l) {
-    (void)ctx;
-    (void)l;
-    return FLP_OK;
-}
 static flp_status fake_decode_run(flp_context *ctx, const flp_decode_launch *l) {
     (void)ctx;
     fake_runs_queued++;
@@ -59,11 +54,6 @@ static int32_t fake_prefill_grid(flp_context *ctx, int32_t head_dim) {
     (void)ctx;
     (void)head_dim;
     return FAKE_PREFILL_GRID;
-}
-static flp_status fake_prefill_check(flp_context *ctx, const flp_prefill_launch *l) {
-    (void)ctx;
-    (void)l;
-    return FLP_OK;
 }
 static flp_status fake_prefill_run(flp_context *ctx, const flp_prefill_launch *l) {
     (void)ctx;
@@ -87,10 +77,8 @@ static const flp_backend_ops fake_ops = {
     .buffer_read = fake_read,
     .synchronize = fake_sync,
     .decode_grid_size = fake_decode_grid,
-    .decode_check = fake_decode_check,
     .decode_run = fake_decode_run,
     .prefill_grid_size = fake_prefill_grid,
-    .prefill_check = fake_prefill_check,
     .prefill_run = fake_prefill_run,
     .kv_append_run = fake_kv_append,
 };

@@ -266,7 +266,8 @@ static void test_replan_keeps_launch_shape(void **state) {
     assert_int_equal(fake_last_decode.num_ctas, first.num_ctas);
     assert_int_equal(fake_last_decode.merge_grid, first.merge_grid);
     assert_int_equal(fake_last_decode.params.plan, first.params.plan);
-    assert_int_equal(fake_last_decode.params_slot_offset, first.params_slot_offset);
+    assert_int_equal(fake_last_decode.slot.offset, first.slot.offset);
+    assert_ptr_equal(fake_last_decode.slot.buffer, first.slot.buffer);
     const flp_decode_plan_info *info = (const flp_decode_plan_info *)plan_words(f, 0);
     assert_int_equal(info->batch_size, 2); /* a recorded run reads the new batch from here */
 }

@@ -174,7 +174,7 @@ static void test_partition_random_batches(void **state) {
         assert_int_equal(info->group_size, b.num_qo_heads / b.num_kv_heads);
         assert_int_equal(info->num_ctas, FAKE_PREFILL_GRID);
         assert_true(info->q_tile == 16 || info->q_tile == 64 || info->q_tile == 128);
-        assert_int_equal(info->flags & FLP_PREFILL_FLAG_PAGED, 0);
+        assert_int_equal(info->flags & FLP_FLAG_PAGED, 0);
         const int32_t *indptr = words + info->off_work_indptr;
         assert_int_equal(indptr[0], 0);
         for (int32_t c = 0; c < FAKE_PREFILL_GRID; c++)
@@ -272,12 +272,18 @@ static void test_run_launch(void **state) {
     assert_int_equal(l->num_ctas, FAKE_PREFILL_GRID);
     assert_int_equal(l->head_dim, D);
     assert_int_equal(l->q_dtype, FLP_DTYPE_F16);
-    assert_true(l->params_slot_offset != plan->base + plan->layout.params_slot);
+    assert_true(l->slot.offset != plan->base + plan->layout.params_slot);
+    assert_int_equal(l->slot.offset % 256, 0);
+    /* the schedule view is the plan's host mirror as uploaded */
+    assert_int_equal(l->schedule.num_merge_items, plan->prefill.num_merge_items);
+    assert_int_equal(l->schedule.qo_indptr[1], 3);
+    assert_int_equal(l->schedule.kv_len[1], (3 - 1) * PAGE + 1);
+    assert_int_equal(l->schedule.keys.group_size, HQ / HKV);
     const flp_prefill_plan_info *info = (const flp_prefill_plan_info *)region(plan);
     assert_int_equal(l->params.plan,
                      plan->buffer->device_address + plan->base + plan->layout.prefill.info);
-    assert_int_equal(info->flags & (FLP_PREFILL_FLAG_PAGED | FLP_PREFILL_FLAG_CUSTOM_MASK),
-                     FLP_PREFILL_FLAG_PAGED | FLP_PREFILL_FLAG_CUSTOM_MASK);
+    assert_int_equal(info->flags & (FLP_FLAG_PAGED | FLP_FLAG_CUSTOM_MASK),
+                     FLP_FLAG_PAGED | FLP_FLAG_CUSTOM_MASK);
     assert_int_equal(info->page_size, PAGE);
 
     /* Mask one byte short: 3 + ceil(4 * 9 / 8) = 8 bytes are needed. */

@@ -52,16 +52,16 @@ void add(int q, int kv, int d, entry_fn small, entry_fn large) {
     FLP_EMU_ADD(Q, KV, 128);                                                                       \
     FLP_EMU_ADD(Q, KV, 256)
 #define FLP_EMU_ADD_Q(Q)                                                                           \
-    FLP_EMU_ADD_KV(Q, FLP_CU_DT_F16);                                                              \
-    FLP_EMU_ADD_KV(Q, FLP_CU_DT_BF16);                                                             \
-    FLP_EMU_ADD_KV(Q, FLP_CU_DT_E4M3);                                                             \
-    FLP_EMU_ADD_KV(Q, FLP_CU_DT_E5M2)
+    FLP_EMU_ADD_KV(Q, FLP_DT_F16);                                                              \
+    FLP_EMU_ADD_KV(Q, FLP_DT_BF16);                                                             \
+    FLP_EMU_ADD_KV(Q, FLP_DT_E4M3);                                                             \
+    FLP_EMU_ADD_KV(Q, FLP_DT_E5M2)
 
 void fill_table() {
     if (decode_table[0][0])
         return;
-    FLP_EMU_ADD_Q(FLP_CU_DT_F16);
-    FLP_EMU_ADD_Q(FLP_CU_DT_BF16);
+    FLP_EMU_ADD_Q(FLP_DT_F16);
+    FLP_EMU_ADD_Q(FLP_DT_BF16);
 }
 
 } // namespace
@@ -73,13 +73,13 @@ extern "C" void flp_emu_decode(const flp_decode_launch *launch, uint64_t seed) {
     const int variant = flp_cu_decode_variant(launch);
     const int rows = variant ? FLP_CU_DECODE_ROWS_LARGE : FLP_CU_DECODE_ROWS_SMALL;
     const int kv_bytes =
-        launch->kv_dtype == FLP_CU_DT_E4M3 || launch->kv_dtype == FLP_CU_DT_E5M2 ? 1 : 2;
+        launch->kv_dtype == FLP_DT_E4M3 || launch->kv_dtype == FLP_DT_E5M2 ? 1 : 2;
     const size_t smem = FLP_CU_DECODE_SMEM_BYTES(kv_bytes, launch->head_dim, rows);
     unsigned char *smem_base = reinterpret_cast<unsigned char *>(flp::dynamic_smem);
     flp_emu::launch(decode_table[index][variant], p, (unsigned)launch->num_ctas,
                     FLP_CU_DECODE_THREADS, smem_base, smem, sizeof flp::dynamic_smem, seed);
-    entry_fn merge = launch->q_dtype == FLP_CU_DT_BF16 ? merge_entry<FLP_CU_DT_BF16>
-                                                       : merge_entry<FLP_CU_DT_F16>;
+    entry_fn merge = launch->q_dtype == FLP_DT_BF16 ? merge_entry<FLP_DT_BF16>
+                                                       : merge_entry<FLP_DT_F16>;
     flp_emu::launch(merge, p, (unsigned)launch->merge_grid, FLP_CU_MERGE_THREADS, smem_base, 0,
                     sizeof flp::dynamic_smem, seed + 1);
 }
@@ -117,16 +117,16 @@ void add_prefill(int q, int kv, int d, entry_fn t16, entry_fn t64, entry_fn t128
     FLP_EMU_ADD_P(Q, KV, 128);                                                                     \
     FLP_EMU_ADD_P(Q, KV, 256)
 #define FLP_EMU_ADD_P_Q(Q)                                                                         \
-    FLP_EMU_ADD_P_KV(Q, FLP_CU_DT_F16);                                                            \
-    FLP_EMU_ADD_P_KV(Q, FLP_CU_DT_BF16);                                                           \
-    FLP_EMU_ADD_P_KV(Q, FLP_CU_DT_E4M3);                                                           \
-    FLP_EMU_ADD_P_KV(Q, FLP_CU_DT_E5M2)
+    FLP_EMU_ADD_P_KV(Q, FLP_DT_F16);                                                            \
+    FLP_EMU_ADD_P_KV(Q, FLP_DT_BF16);                                                           \
+    FLP_EMU_ADD_P_KV(Q, FLP_DT_E4M3);                                                           \
+    FLP_EMU_ADD_P_KV(Q, FLP_DT_E5M2)
 
 void fill_prefill_table() {
     if (prefill_table[0][0])
         return;
-    FLP_EMU_ADD_P_Q(FLP_CU_DT_F16);
-    FLP_EMU_ADD_P_Q(FLP_CU_DT_BF16);
+    FLP_EMU_ADD_P_Q(FLP_DT_F16);
+    FLP_EMU_ADD_P_Q(FLP_DT_BF16);
 }
 
 } // namespace
@@ -143,8 +143,8 @@ extern "C" void flp_emu_prefill(const flp_prefill_launch *launch, uint64_t seed)
     flp_emu::launch(prefill_table[index][ti], p, (unsigned)launch->num_ctas,
                     FLP_CU_PREFILL_THREADS(launch->head_dim, tile), smem_base, smem,
                     sizeof flp::dynamic_smem, seed);
-    entry_fn merge = launch->q_dtype == FLP_CU_DT_BF16 ? prefill_merge_entry<FLP_CU_DT_BF16>
-                                                       : prefill_merge_entry<FLP_CU_DT_F16>;
+    entry_fn merge = launch->q_dtype == FLP_DT_BF16 ? prefill_merge_entry<FLP_DT_BF16>
+                                                       : prefill_merge_entry<FLP_DT_F16>;
     flp_emu::launch(merge, p, (unsigned)launch->merge_grid, FLP_CU_PREFILL_MERGE_THREADS, smem_base,
                     0, sizeof flp::dynamic_smem, seed + 1);
 }

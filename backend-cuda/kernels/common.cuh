@@ -94,8 +94,8 @@ FLP_DEV void e5m2x4_to_f32(unsigned w, float (&f)[4]) {
 
 /* 8 elements of a 16-bit dtype (f16 or bf16) in 16 bytes <-> floats. */
 template <int DT> FLP_DEV void unpack8_16bit(const u32x4 &r, float (&f)[8]) {
-    static_assert(DT == FLP_CU_DT_F16 || DT == FLP_CU_DT_BF16, "16-bit dtype");
-    if constexpr (DT == FLP_CU_DT_BF16) {
+    static_assert(DT == FLP_DT_F16 || DT == FLP_DT_BF16, "16-bit dtype");
+    if constexpr (DT == FLP_DT_BF16) {
         bf16x2_to_f32(r.x, f[0], f[1]);
         bf16x2_to_f32(r.y, f[2], f[3]);
         bf16x2_to_f32(r.z, f[4], f[5]);
@@ -109,8 +109,8 @@ template <int DT> FLP_DEV void unpack8_16bit(const u32x4 &r, float (&f)[8]) {
 }
 
 template <int DT> FLP_DEV unsigned pack2_16bit(float lo, float hi) {
-    static_assert(DT == FLP_CU_DT_F16 || DT == FLP_CU_DT_BF16, "16-bit dtype");
-    if constexpr (DT == FLP_CU_DT_BF16)
+    static_assert(DT == FLP_DT_F16 || DT == FLP_DT_BF16, "16-bit dtype");
+    if constexpr (DT == FLP_DT_BF16)
         return pack_bf16x2(lo, hi);
     else
         return pack_f16x2(lo, hi);
@@ -129,25 +129,25 @@ template <int DT> FLP_DEV u32x4 pack8_16bit(const float (&f)[8]) {
  * factor the raw decode must be multiplied by (besides the fp8 per-tensor scale). */
 template <int DT> struct kv_traits;
 
-template <> struct kv_traits<FLP_CU_DT_F16> {
+template <> struct kv_traits<FLP_DT_F16> {
     static constexpr int bytes = 2;
     static constexpr bool fp8 = false;
     static constexpr float raw_factor = 1.0f;
     FLP_DEV static void load8(const unsigned char *p, float (&f)[8]) {
-        unpack8_16bit<FLP_CU_DT_F16>(*reinterpret_cast<const u32x4 *>(p), f);
+        unpack8_16bit<FLP_DT_F16>(*reinterpret_cast<const u32x4 *>(p), f);
     }
 };
 
-template <> struct kv_traits<FLP_CU_DT_BF16> {
+template <> struct kv_traits<FLP_DT_BF16> {
     static constexpr int bytes = 2;
     static constexpr bool fp8 = false;
     static constexpr float raw_factor = 1.0f;
     FLP_DEV static void load8(const unsigned char *p, float (&f)[8]) {
-        unpack8_16bit<FLP_CU_DT_BF16>(*reinterpret_cast<const u32x4 *>(p), f);
+        unpack8_16bit<FLP_DT_BF16>(*reinterpret_cast<const u32x4 *>(p), f);
     }
 };
 
-template <> struct kv_traits<FLP_CU_DT_E4M3> {
+template <> struct kv_traits<FLP_DT_E4M3> {
     static constexpr int bytes = 1;
     static constexpr bool fp8 = true;
     static constexpr float raw_factor = 256.0f;
@@ -164,7 +164,7 @@ template <> struct kv_traits<FLP_CU_DT_E4M3> {
     }
 };
 
-template <> struct kv_traits<FLP_CU_DT_E5M2> {
+template <> struct kv_traits<FLP_DT_E5M2> {
     static constexpr int bytes = 1;
     static constexpr bool fp8 = true;
     static constexpr float raw_factor = 1.0f;

@@ -103,9 +103,9 @@ template <int QDT, int KVDT, int D, int ROWS> FLP_DEV void decode_body(const flp
     float *partial_lse = plan_w + info->off_partial_lse;
 
     const unsigned flags = info->flags;
-    const bool rope = (flags & FLP_DECODE_FLAG_ROPE) != 0;
-    const bool softcap = (flags & FLP_DECODE_FLAG_SOFTCAP) != 0;
-    const bool alibi = (flags & FLP_DECODE_FLAG_ALIBI) != 0;
+    const bool rope = (flags & FLP_FLAG_ROPE) != 0;
+    const bool softcap = (flags & FLP_FLAG_SOFTCAP) != 0;
+    const bool alibi = (flags & FLP_FLAG_ALIBI) != 0;
     const int window_left = info->window_left;
 
     if (rope) {
@@ -205,9 +205,9 @@ template <int QDT, int KVDT, int D, int ROWS> FLP_DEV void decode_body(const flp
                         qv[r][i] = x[i] * q_factor;
                     lo[r] = wb;
                     hi[r] = we - 1;
-                    if (flags & FLP_DECODE_FLAG_CAUSAL)
+                    if (flags & FLP_FLAG_CAUSAL)
                         hi[r] = min(hi[r], pos);
-                    if (flags & FLP_DECODE_FLAG_WINDOW) {
+                    if (flags & FLP_FLAG_WINDOW) {
                         const long long first_kept = static_cast<long long>(pos) - window_left;
                         if (first_kept > lo[r])
                             lo[r] = static_cast<int>(first_kept);

@@ -5,10 +5,7 @@
 #define FLP_CUDA_DECODE_CONFIG_H
 
 /* dtype codes: the flp_dtype values (the host checks they match). */
-#define FLP_CU_DT_F16 2
-#define FLP_CU_DT_BF16 3
-#define FLP_CU_DT_E4M3 4
-#define FLP_CU_DT_E5M2 5
+#include "core/kernel_constants.h"
 
 #define FLP_CU_DECODE_WARPS 4
 #define FLP_CU_DECODE_THREADS (32 * FLP_CU_DECODE_WARPS)

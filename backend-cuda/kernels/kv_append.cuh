@@ -89,7 +89,7 @@ FLP_DEV unsigned f32_to_e5m2_bits(float x) {
 /* A 16-bit source element as f32 (exact; NaN keeps its payload with the quiet bit set, as
  * core/dtype.c decodes it). */
 FLP_DEV float src16_to_f32(unsigned h, int dtype) {
-    if (dtype == FLP_CU_DT_BF16) {
+    if (dtype == FLP_DT_BF16) {
         unsigned u = h << 16;
         if ((u & 0x7fffffffu) > 0x7f800000u)
             u |= 0x00400000u;
@@ -106,7 +106,7 @@ FLP_DEV float src16_to_f32(unsigned h, int dtype) {
 FLP_DEV void append_element(const unsigned char *src, unsigned char *dst, int src_dtype,
                             int cache_dtype, float inv_scale) {
     if (src_dtype == cache_dtype) {
-        if (cache_dtype == FLP_CU_DT_E4M3 || cache_dtype == FLP_CU_DT_E5M2)
+        if (cache_dtype == FLP_DT_E4M3 || cache_dtype == FLP_DT_E5M2)
             *dst = *src;
         else
             *reinterpret_cast<unsigned short *>(dst) =
@@ -114,16 +114,16 @@ FLP_DEV void append_element(const unsigned char *src, unsigned char *dst, int sr
         return;
     }
     float x = src16_to_f32(*reinterpret_cast<const unsigned short *>(src), src_dtype);
-    if (cache_dtype == FLP_CU_DT_E4M3 || cache_dtype == FLP_CU_DT_E5M2) {
+    if (cache_dtype == FLP_DT_E4M3 || cache_dtype == FLP_DT_E5M2) {
         /* IEEE f32 multiply, round to nearest (no contraction is possible: one operation).
          * NaN is kept as it is, so its sign and payload do not depend on the device. */
         if (x == x)
             x = x * inv_scale;
-        *dst = static_cast<unsigned char>(cache_dtype == FLP_CU_DT_E4M3 ? f32_to_e4m3_bits(x)
+        *dst = static_cast<unsigned char>(cache_dtype == FLP_DT_E4M3 ? f32_to_e4m3_bits(x)
                                                                         : f32_to_e5m2_bits(x));
     } else {
         *reinterpret_cast<unsigned short *>(dst) = static_cast<unsigned short>(
-            cache_dtype == FLP_CU_DT_BF16 ? f32_to_bf16_bits(x) : f32_to_f16_bits(x));
+            cache_dtype == FLP_DT_BF16 ? f32_to_bf16_bits(x) : f32_to_f16_bits(x));
     }
 }
 
@@ -131,9 +131,9 @@ FLP_DEV void kv_append_body(const flp_kv_append_params &p) {
     const int D = p.head_dim;
     const long long per_row = static_cast<long long>(p.num_kv_heads) * D;
     const long long total = static_cast<long long>(p.nnz) * per_row;
-    const int src_bytes = p.src_dtype == FLP_CU_DT_E4M3 || p.src_dtype == FLP_CU_DT_E5M2 ? 1 : 2;
+    const int src_bytes = p.src_dtype == FLP_DT_E4M3 || p.src_dtype == FLP_DT_E5M2 ? 1 : 2;
     const int cache_bytes =
-        p.cache_dtype == FLP_CU_DT_E4M3 || p.cache_dtype == FLP_CU_DT_E5M2 ? 1 : 2;
+        p.cache_dtype == FLP_DT_E4M3 || p.cache_dtype == FLP_DT_E5M2 ? 1 : 2;
     const int *batch_indices = reinterpret_cast<const int *>(p.batch_indices);
     const int *positions = reinterpret_cast<const int *>(p.positions);
     const int *kv_indptr = reinterpret_cast<const int *>(p.kv_indptr);

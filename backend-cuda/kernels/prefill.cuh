@@ -78,7 +78,7 @@ struct prefill_pass {
 
 template <int DT>
 FLP_DEV void mma_16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-    if constexpr (DT == FLP_CU_DT_BF16)
+    if constexpr (DT == FLP_DT_BF16)
         mma_bf16_16816(d, a, b0, b1);
     else
         mma_f16_16816(d, a, b0, b1);
@@ -132,12 +132,12 @@ template <int QDT, int KVDT, int D, int T> FLP_DEV void prefill_body(const flp_p
     prefill_pass *ps = reinterpret_cast<prefill_pass *>(s_freq + D / 2);
 
     const unsigned flags = info->flags;
-    const bool causal = (flags & FLP_DECODE_FLAG_CAUSAL) != 0;
-    const bool window = (flags & FLP_DECODE_FLAG_WINDOW) != 0;
-    const bool softcap = (flags & FLP_DECODE_FLAG_SOFTCAP) != 0;
-    const bool alibi = (flags & FLP_DECODE_FLAG_ALIBI) != 0;
-    const bool rope = (flags & FLP_DECODE_FLAG_ROPE) != 0;
-    const bool custom = (flags & FLP_PREFILL_FLAG_CUSTOM_MASK) != 0;
+    const bool causal = (flags & FLP_FLAG_CAUSAL) != 0;
+    const bool window = (flags & FLP_FLAG_WINDOW) != 0;
+    const bool softcap = (flags & FLP_FLAG_SOFTCAP) != 0;
+    const bool alibi = (flags & FLP_FLAG_ALIBI) != 0;
+    const bool rope = (flags & FLP_FLAG_ROPE) != 0;
+    const bool custom = (flags & FLP_FLAG_CUSTOM_MASK) != 0;
 
     /* fp8 K/V decode to raw * raw_factor * scale: the key factor goes into the logit scale,
      * the value factor into the output. Scores are in log2 units. */
@@ -256,7 +256,7 @@ template <int QDT, int KVDT, int D, int T> FLP_DEV void prefill_body(const flp_p
             auto issue = [&](int j, int s) {
                 const int t0 = ps->kb + j * KN;
                 const int ke = ps->ke;
-                const bool paged = (info->flags & FLP_PREFILL_FLAG_PAGED) != 0;
+                const bool paged = (info->flags & FLP_FLAG_PAGED) != 0;
                 const unsigned page_size = static_cast<unsigned>(info->page_size);
                 const int *pages = plan_i(info->off_kv_indices) + ps->kv_first;
                 const long long first_row = ps->kv_first;
