@@ -204,6 +204,12 @@ static flp_status attach_memory(flp_context *ctx, const char *fn, flp_plan *plan
                         "%s: workspace has %zu bytes after offset %zu, the plan needs %zu "
                         "(flp_plan_workspace_size)",
                         fn, available, offset, plan->layout.total);
+    /* the kernels read plan memory 16 bytes at a time (a wrapped buffer may start anywhere) */
+    if ((ws->device_address + offset) % 16 != 0)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                        "%s: workspace + workspace_offset is device address 0x%llx, not a "
+                        "multiple of 16 bytes",
+                        fn, (unsigned long long)(ws->device_address + offset));
     plan->buffer = ws;
     plan->base = offset;
     return FLP_OK;

@@ -441,6 +441,150 @@ static void test_buffer_ranges(void **state) {
     flp_context_destroy(NULL);
 }
 
+/* A decode run whose out shares bytes with an input, with lse or with the plan's memory is
+ * refused naming both tensors; K and V interleaved per page (the fixture) are inputs and fine. */
+static void test_outputs_must_not_alias(void **state) {
+    fixture *f = *state;
+    assert_int_equal(flp_decode_plan(f->ctx, f->plan, &f->pa), FLP_OK);
+    int before = fake_runs_queued;
+    flp_decode_run_args ra = f->ra;
+    ra.out = ra.q; /* in place */
+    assert_int_equal(flp_decode_run(f->ctx, f->plan, &ra), FLP_ERROR_INVALID_ARGUMENT);
+    const char *msg = flp_context_last_error(f->ctx);
+    if (!strstr(msg, "out (bytes 0..") || !strstr(msg, "overlaps q (bytes 0.."))
+        fail_msg("aliasing out and q: \"%s\"", msg);
+
+    /* lse inside out's bytes (an f32 view of the output buffer) */
+    ra = f->ra;
+    int64_t lse_shape[2] = {B, HQ};
+    flp_tensor lse = flp_tensor_contiguous(f->o_buf, 64, FLP_DTYPE_F32, 2, lse_shape);
+    ra.lse = &lse;
+    assert_int_equal(flp_decode_run(f->ctx, f->plan, &ra), FLP_ERROR_INVALID_ARGUMENT);
+    assert_non_null(strstr(flp_context_last_error(f->ctx), "overlaps lse"));
+
+    /* out over the K/V pool: an output may not overwrite the cache it reads */
+    ra = f->ra;
+    ra.out.buf = f->kv_buf;
+    assert_int_equal(flp_decode_run(f->ctx, f->plan, &ra), FLP_ERROR_INVALID_ARGUMENT);
+    assert_non_null(strstr(flp_context_last_error(f->ctx), "overlaps k_cache"));
+    assert_int_equal(fake_runs_queued, before);
+
+    /* the interleaved K/V views of the fixture and a separate out buffer run */
+    assert_int_equal(flp_decode_run(f->ctx, f->plan, &f->ra), FLP_OK);
+    assert_int_equal(fake_runs_queued, before + 1);
+}
+
+/* A plan in a caller's workspace: an output in the same buffer must stay outside the plan's
+ * bytes. */
+static void test_outputs_outside_plan_memory(void **state) {
+    fixture *f = *state;
+    flp_plan_desc pd = {.max_batch_size = 4,
+                        .max_pages = PAGES,
+                        .num_qo_heads = HQ,
+                        .num_kv_heads = HKV,
+                        .head_dim = D};
+    size_t need = 0;
+    assert_int_equal(flp_plan_workspace_size(f->ctx, &pd, &need), FLP_OK);
+    size_t out_bytes = (size_t)B * HQ * D * 2;
+    flp_buffer *ws;
+    flp_buffer_desc bd = {FLP_ALIGN_UP(need, 256) + out_bytes};
+    assert_int_equal(flp_buffer_create(f->ctx, &bd, &ws), FLP_OK);
+    pd.workspace = ws;
+    flp_plan *plan;
+    assert_int_equal(flp_plan_create(f->ctx, &pd, &plan), FLP_OK);
+    assert_int_equal(flp_decode_plan(f->ctx, plan, &f->pa), FLP_OK);
+    flp_decode_run_args ra = f->ra;
+    int64_t q_shape[3] = {B, HQ, D};
+    ra.out = flp_tensor_contiguous(ws, 256, FLP_DTYPE_BF16, 3, q_shape);
+    assert_int_equal(flp_decode_run(f->ctx, plan, &ra), FLP_ERROR_INVALID_ARGUMENT);
+    assert_non_null(strstr(flp_context_last_error(f->ctx), "overlaps the plan's memory"));
+    ra.out.offset = FLP_ALIGN_UP(need, 256); /* after the plan: fine */
+    assert_int_equal(flp_decode_run(f->ctx, plan, &ra), FLP_OK);
+    flp_plan_destroy(plan);
+    flp_buffer_destroy(ws);
+}
+
+/* Tensors are checked at their device address: a buffer that starts off a 16-byte boundary (a
+ * wrapped caller allocation) cannot hold a q read with 16-byte loads, nor lse off 4 bytes. */
+static void test_device_address_alignment(void **state) {
+    fixture *f = *state;
+    assert_int_equal(flp_decode_plan(f->ctx, f->plan, &f->pa), FLP_OK);
+    const uint64_t real = f->q_buf->device_address;
+    f->q_buf->device_address = real + 8;
+    flp_status got = flp_decode_run(f->ctx, f->plan, &f->ra);
+    f->q_buf->device_address = real;
+    assert_int_equal(got, FLP_ERROR_INVALID_ARGUMENT);
+    assert_non_null(strstr(flp_context_last_error(f->ctx), "q starts at device address"));
+    assert_non_null(strstr(flp_context_last_error(f->ctx), "multiple of 16 bytes"));
+    flp_decode_run_args ra = f->ra;
+    flp_tensor lse = f->lse;
+    ra.lse = &lse;
+    const uint64_t lse_real = f->lse_buf->device_address;
+    f->lse_buf->device_address = lse_real + 2;
+    got = flp_decode_run(f->ctx, f->plan, &ra);
+    f->lse_buf->device_address = lse_real;
+    assert_int_equal(got, FLP_ERROR_INVALID_ARGUMENT);
+    assert_non_null(strstr(flp_context_last_error(f->ctx), "lse starts at device address"));
+    assert_non_null(strstr(flp_context_last_error(f->ctx), "multiple of 4 bytes"));
+}
+
+/* One head-dim rule everywhere: 64/128/256 run; other multiples of 16 up to 256 are
+ * FLP_ERROR_UNSUPPORTED (the JIT path); anything else is invalid. */
+static void test_head_dim_rule(void **state) {
+    fixture *f = *state;
+    flp_plan *plan = NULL;
+    flp_plan_desc pd = {.max_batch_size = 1, .max_pages = 1, .num_qo_heads = 1, .num_kv_heads = 1};
+    const struct {
+        int32_t head_dim;
+        flp_status want;
+    } cases[] = {{64, FLP_OK},
+                 {128, FLP_OK},
+                 {256, FLP_OK},
+                 {80, FLP_ERROR_UNSUPPORTED},
+                 {16, FLP_ERROR_UNSUPPORTED},
+                 {0, FLP_ERROR_INVALID_ARGUMENT},
+                 {72, FLP_ERROR_INVALID_ARGUMENT},
+                 {272, FLP_ERROR_INVALID_ARGUMENT}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char expect[32];
+        snprintf(expect, sizeof expect, "head_dim = %d", cases[i].head_dim);
+        pd.head_dim = cases[i].head_dim;
+        assert_int_equal(flp_plan_create(f->ctx, &pd, &plan), cases[i].want);
+        if (cases[i].want == FLP_OK) {
+            flp_plan_destroy(plan);
+        } else {
+            assert_null(plan);
+            assert_non_null(strstr(flp_context_last_error(f->ctx), expect));
+        }
+        char msg[256];
+        flp_variant v = {.head_dim = cases[i].head_dim};
+        assert_int_equal(flp_variant_validate(&v, msg, sizeof msg), cases[i].want);
+        if (cases[i].want != FLP_OK)
+            assert_non_null(strstr(msg, expect));
+    }
+    /* the KV append applies the same rule to its cache's last dimension */
+    flp_buffer *buf;
+    flp_buffer_desc bd = {1 << 16};
+    assert_int_equal(flp_buffer_create(f->ctx, &bd, &buf), FLP_OK);
+    int64_t cache_shape[4] = {2, 4, 1, 80}, row_shape[3] = {1, 1, 80}, idx_shape[1] = {1},
+            indptr_shape[1] = {2};
+    flp_kv_append_args a = {
+        .k = flp_tensor_contiguous(buf, 0, FLP_DTYPE_F16, 3, row_shape),
+        .v = flp_tensor_contiguous(buf, 256, FLP_DTYPE_F16, 3, row_shape),
+        .batch_indices = flp_tensor_contiguous(buf, 512, FLP_DTYPE_I32, 1, idx_shape),
+        .positions = flp_tensor_contiguous(buf, 528, FLP_DTYPE_I32, 1, idx_shape),
+        .kv_indptr = flp_tensor_contiguous(buf, 544, FLP_DTYPE_I32, 1, indptr_shape),
+        .kv_indices = flp_tensor_contiguous(buf, 560, FLP_DTYPE_I32, 1, idx_shape),
+        .k_cache = flp_tensor_contiguous(buf, 4096, FLP_DTYPE_F16, 4, cache_shape),
+        .v_cache = flp_tensor_contiguous(buf, 8192, FLP_DTYPE_F16, 4, cache_shape),
+    };
+    int before = fake_runs_queued;
+    assert_int_equal(flp_kv_append(f->ctx, &a), FLP_ERROR_UNSUPPORTED);
+    assert_non_null(strstr(flp_context_last_error(f->ctx), "k_cache head_dim = 80"));
+    assert_int_equal(fake_runs_queued, before);
+    flp_buffer_destroy(buf);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_status_strings),
@@ -454,6 +598,10 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_bad_arguments_are_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_run_before_plan, setup, teardown),
         cmocka_unit_test_setup_teardown(test_buffer_ranges, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_outputs_must_not_alias, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_outputs_outside_plan_memory, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_device_address_alignment, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_head_dim_rule, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

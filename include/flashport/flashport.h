@@ -116,8 +116,10 @@ typedef struct flp_context_desc {
     flp_log_level log_level; /* least severe level passed to log; default DEBUG */
 } flp_context_desc;
 
-/* Creates a context on one device. On failure *out is NULL and, when a log callback is set,
- * the reason is logged (there is no context to hold a last-error message). */
+/* Creates a context on one device. desc may be NULL: all defaults (AUTO backend, device 0, no
+ * log). AUTO tries CUDA, then a Vulkan GPU, then any Vulkan device; the backends it passes over
+ * are logged at FLP_LOG_DEBUG. On failure *out is NULL and, when a log callback is set, the
+ * reason is logged once at FLP_LOG_ERROR (there is no context to hold a last-error message). */
 FLP_API flp_status flp_context_create(const flp_context_desc *desc, flp_context **out);
 /* Waits for queued work, frees everything the context owns. Accepts NULL. */
 FLP_API void flp_context_destroy(flp_context *ctx);
@@ -311,7 +313,8 @@ typedef struct flp_decode_run_args {
 } flp_decode_run_args;
 
 /* Launches the decode (and, for split requests, the merge) on the context's stream/queue.
- * Allocates nothing, synchronises nothing. Page ids of the plan must be < pages of the caches. */
+ * Allocates nothing, synchronises nothing. Page ids of the plan must be < pages of the caches.
+ * out and lse must not overlap q, the caches, each other or the plan's memory. */
 FLP_API flp_status flp_decode_run(flp_context *ctx, const flp_plan *plan,
                                   const flp_decode_run_args *args);
 
@@ -365,7 +368,8 @@ typedef struct flp_prefill_run_args {
 } flp_prefill_run_args;
 
 /* Launches the prefill (and the merge of split requests). Allocates nothing, synchronises
- * nothing: valid inside CUDA graph capture and recorded Vulkan command buffers. */
+ * nothing: valid inside CUDA graph capture and recorded Vulkan command buffers. out and lse must
+ * not overlap an input, each other or the plan's memory. */
 FLP_API flp_status flp_prefill_run(flp_context *ctx, const flp_plan *plan,
                                    const flp_prefill_run_args *args);
 
@@ -388,9 +392,11 @@ FLP_API flp_status flp_single_prefill(flp_context *ctx, const flp_single_prefill
  * request batch_indices[r], through the page table kv_indptr/kv_indices (device tensors, so an
  * engine runs "append, then attend" per layer with no host round trip). 16-bit rows are
  * converted to the cache dtype (fp8 caches store value / k_scale or / v_scale, round to
- * nearest even, saturating). Device-side index contents cannot be validated before the launch:
- * a row whose request, position or page id is out of range is skipped (never written out of
- * bounds). Queued on the context's stream/queue; allocates nothing. */
+ * nearest even, saturating). The caches must not overlap the new rows, the index tensors or
+ * each other (K and V pages interleaved in one tensor are fine). Device-side index contents
+ * cannot be validated before the launch: a row whose request, position or page id is out of
+ * range is skipped (never written out of bounds). Queued on the context's stream/queue;
+ * allocates nothing. */
 typedef struct flp_kv_append_args {
     flp_tensor k;             /* [nnz, num_kv_heads, head_dim] F16 or BF16, or the cache dtype */
     flp_tensor v;             /* same shape as k */
