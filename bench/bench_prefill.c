@@ -5,7 +5,7 @@
  *            [--budget-ms MS] [--max-iters N] [--check-rows N] [--seed S] [--copy-gbps X]
  *            [--peer FILE] [--dry-run]
  *
- * Cases (comma-separated; every one causal, positions as in DESIGN.md section 3):
+ * Cases (comma-separated; every one causal, positions as in docs/design.md section 3):
  *   single:N[:paged]        one prompt, qo_len = kv_len = N, ragged (contiguous) KV by default
  *   ragged:B:LO:HI[:ragged] B prompts, lengths drawn uniformly in [LO, HI] with --seed (the same
  *                           draw as peer_torch_prefill.py), paged KV by default
@@ -45,7 +45,8 @@
 #include <string.h>
 #include <unistd.h>
 
-/* DESIGN.md section 8 ceilings (H200; H100 the same for matrix math). */
+/* Ceilings (docs/design.md section 10; the figures: bench/RESULTS.md) (H200; H100 the same for
+ * matrix math). */
 #define CUDA_BF16_GEMM_TFLOPS 782.0
 #define VULKAN_COOPMAT_TFLOPS 178.0
 #define VULKAN_FMA_TFLOPS 45.0

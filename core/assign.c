@@ -1,7 +1,8 @@
-/* Longest-processing-time-first assignment of work items to workgroups (DESIGN.md section 4),
+/* Longest-processing-time-first assignment of work items to workgroups (docs/design.md 5.7),
  * shared by the decode and prefill schedulers. Deterministic: ties break by index. */
 #include "core/assign.h"
 
+#include <stdbool.h>
 #include <stdlib.h>
 
 typedef struct item_ref {
@@ -73,20 +74,22 @@ static void assign(const int32_t *items, int item_ints, const int64_t *cost, int
     }
 }
 
-bool flp_assign_longest_first(const int32_t *items, int item_ints, const int64_t *cost, int32_t n,
-                              int32_t num_ctas, int32_t *work_indptr, int32_t *work_items) {
+size_t flp_assign_scratch_bytes(int32_t n, int32_t num_ctas) {
+    size_t count = n > 0 ? (size_t)n : 1, ctas = (size_t)num_ctas;
+    /* the 8-byte-aligned records first, then the int32 arrays */
+    size_t bytes = sizeof(item_ref) * count + sizeof(cta_load) * ctas;
+    bytes += sizeof(int32_t) * (count + ctas);
+    return (bytes + 7) / 8 * 8;
+}
+
+void flp_assign_longest_first(const int32_t *items, int item_ints, const int64_t *cost, int32_t n,
+                              int32_t num_ctas, int32_t *work_indptr, int32_t *work_items,
+                              void *scratch) {
     size_t count = n > 0 ? (size_t)n : 1;
-    item_ref *order = malloc(sizeof(item_ref) * count);
-    int32_t *assigned = malloc(sizeof(int32_t) * count);
-    cta_load *heap = malloc(sizeof(cta_load) * (size_t)num_ctas);
-    int32_t *fill = malloc(sizeof(int32_t) * (size_t)num_ctas);
-    bool ok = order && assigned && heap && fill;
-    if (ok)
-        assign(items, item_ints, cost, n, num_ctas, order, assigned, heap, fill, work_indptr,
-               work_items);
-    free(order);
-    free(assigned);
-    free(heap);
-    free(fill);
-    return ok;
+    item_ref *order = scratch;
+    cta_load *heap = (cta_load *)(order + count);
+    int32_t *assigned = (int32_t *)(heap + num_ctas);
+    int32_t *fill = assigned + count;
+    assign(items, item_ints, cost, n, num_ctas, order, assigned, heap, fill, work_indptr,
+           work_items);
 }

@@ -1,7 +1,6 @@
 /* Device buffers: creation, destruction, host copies with range checks. */
+#include "core/alloc.h"
 #include "core/backend.h"
-
-#include <stdlib.h>
 
 flp_status flp_buffer_create(flp_context *ctx, const flp_buffer_desc *desc, flp_buffer **out) {
     if (!ctx)
@@ -18,14 +17,14 @@ flp_status flp_buffer_create(flp_context *ctx, const flp_buffer_desc *desc, flp_
                         "flp_buffer_create: size %zu exceeds the device's largest buffer (%zu "
                         "bytes)",
                         desc->size, ctx->info.max_buffer_bytes);
-    flp_buffer *buf = calloc(1, sizeof *buf);
+    flp_buffer *buf = flp_calloc(1, sizeof *buf);
     if (!buf)
         return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "flp_buffer_create: host allocation");
     buf->ctx = ctx;
     buf->size = desc->size;
     flp_status status = ctx->ops->buffer_create(ctx, buf);
     if (status != FLP_OK) {
-        free(buf);
+        flp_free(buf);
         return status;
     }
     *out = buf;
@@ -36,7 +35,7 @@ void flp_buffer_destroy(flp_buffer *buf) {
     if (!buf)
         return;
     buf->ctx->ops->buffer_destroy(buf->ctx, buf);
-    free(buf);
+    flp_free(buf);
 }
 
 size_t flp_buffer_size(const flp_buffer *buf) {

@@ -1,8 +1,8 @@
 /* Context creation (backend choice), info, synchronisation. */
+#include "core/alloc.h"
 #include "core/backend.h"
 
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 static flp_status open_backend(flp_context *ctx, flp_backend_kind kind, int device_index,
@@ -37,6 +37,10 @@ static flp_status open_auto(flp_context *ctx, int device_index) {
         /* Each reason is cut to a share of the message so that all three fit. */
         snprintf(reasons + used, sizeof reasons - used, "%s%s: %.600s", used ? "; " : "",
                  order[i].what, ctx->last_error);
+        /* Running out of memory does not mean the backend is absent: falling through to the
+         * next one would hide it (and move a GPU machine onto a CPU device). */
+        if (status == FLP_ERROR_OUT_OF_MEMORY)
+            return flp_fail(ctx, status, "backend AUTO stopped, out of memory (%s)", reasons);
     }
     return flp_fail(ctx, status, "no usable device for backend AUTO (%s)", reasons);
 }
@@ -59,7 +63,7 @@ flp_status flp_context_create_on(const flp_context_desc *desc, flp_backend_kind 
                     "flp_context_create: device_index %d is negative", desc->device_index);
         return FLP_ERROR_INVALID_ARGUMENT;
     }
-    flp_context *ctx = calloc(1, sizeof *ctx);
+    flp_context *ctx = flp_calloc(1, sizeof *ctx);
     if (!ctx)
         return FLP_ERROR_OUT_OF_MEMORY;
     ctx->log = desc->log;
@@ -70,7 +74,7 @@ flp_status flp_context_create_on(const flp_context_desc *desc, flp_backend_kind 
                             ? open_auto(ctx, desc->device_index)
                             : open_backend(ctx, kind, desc->device_index, interop, false);
     if (status != FLP_OK) {
-        free(ctx);
+        flp_free(ctx);
         return status;
     }
     flp_log(ctx, FLP_LOG_INFO, "flashport: %s backend on %s", ctx->info.backend_name,
@@ -89,7 +93,7 @@ void flp_context_destroy(flp_context *ctx) {
         return;
     if (ctx->ops && ctx->ops->destroy)
         ctx->ops->destroy(ctx);
-    free(ctx);
+    flp_free(ctx);
 }
 
 const char *flp_context_last_error(const flp_context *ctx) {

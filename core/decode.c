@@ -1,4 +1,5 @@
 /* Batch decode front end: validates plan/run arguments, builds the partition and the launch. */
+#include "core/alloc.h"
 #include "core/backend.h"
 #include "core/batch_args.h"
 #include "core/decode_schedule.h"
@@ -7,7 +8,6 @@
 #include "core/tensor.h"
 #include "core/variant.h"
 
-#include <stdlib.h>
 #include <string.h>
 
 /* A split chunk is at least this many keys: below it the merge costs more than it saves. */
@@ -54,17 +54,38 @@ static flp_status check_plan_args(flp_context *ctx, const flp_plan *plan,
 #define HOST_I32(plan, field) ((int32_t *)((plan)->host + (plan)->layout.field))
 #define HOST_F32(plan, field) ((float *)((plan)->host + (plan)->layout.field))
 
-/* Writes the plan data into the host mirror; returns the decisions in st. kv_len[batch] comes
- * from the checks. */
-static flp_status fill_plan_data(flp_context *ctx, flp_plan *plan, const flp_decode_plan_args *a,
-                                 int32_t qo_len, const flp_variant *v, const int32_t *kv_len,
-                                 flp_decode_state *st) {
+/* The call's host memory, taken in one allocation before anything is checked or changed, so
+ * that a failed allocation leaves the plan exactly as it was. */
+typedef struct decode_scratch {
+    int32_t *kv_len;   /* [batch] keys of each request, from the checks */
+    int32_t *kv_begin; /* [batch] first key any row of the request can see */
+    void *schedule;    /* flp_decode_schedule_scratch_bytes */
+} decode_scratch;
+
+/* The scheduler's input for batch requests with the key ranges [kv_begin, kv_end) (NULL when
+ * only the scratch size is asked for: it depends on the shape alone). */
+static flp_decode_schedule_input schedule_input(const flp_plan *plan, int32_t batch,
+                                                int32_t page_size, const int32_t *kv_begin,
+                                                const int32_t *kv_end) {
+    flp_decode_schedule_input in = {
+        .batch_size = batch,
+        .num_kv_heads = plan->desc.num_kv_heads,
+        .num_ctas = plan->num_ctas,
+        .kv_begin = kv_begin,
+        .kv_end = kv_end,
+        .min_chunk = DECODE_MIN_CHUNK,
+        .chunk_align = page_size > 16 ? page_size : 16,
+    };
+    return in;
+}
+
+/* Writes the plan data into the host mirror; returns the decisions in st. */
+static void fill_plan_data(flp_plan *plan, const flp_decode_plan_args *a, int32_t qo_len,
+                           const flp_variant *v, const decode_scratch *s, flp_decode_state *st) {
     const flp_plan_desc *d = &plan->desc;
     int32_t batch = a->batch_size;
     int32_t total_pages = a->kv_indptr[batch];
-    int32_t *kv_begin = malloc(sizeof(int32_t) * (size_t)batch); /* [batch] */
-    if (!kv_begin)
-        return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "%s: host allocation", FN);
+    const int32_t *kv_len = s->kv_len;
 
     memcpy(HOST_I32(plan, kv_indptr), a->kv_indptr, sizeof(int32_t) * (size_t)(batch + 1));
     memcpy(HOST_I32(plan, kv_len), kv_len, sizeof(int32_t) * (size_t)batch);
@@ -74,29 +95,19 @@ static flp_status fill_plan_data(flp_context *ctx, flp_plan *plan, const flp_dec
         /* The sliding window hides keys below pos(row 0) - window_left from every row: those
          * are never scheduled, so no tile or page of them is read. */
         int64_t lowest = v->use_window ? (int64_t)kv_len[b] - qo_len - v->window_left : 0;
-        kv_begin[b] = lowest <= 0 ? 0 : (int32_t)lowest;
+        s->kv_begin[b] = lowest <= 0 ? 0 : (int32_t)lowest;
     }
 
-    flp_decode_schedule_input in = {
-        .batch_size = batch,
-        .num_kv_heads = d->num_kv_heads,
-        .num_ctas = plan->num_ctas,
-        .kv_begin = kv_begin,
-        .kv_end = kv_len,
-        .min_chunk = DECODE_MIN_CHUNK,
-        .chunk_align = a->page_size > 16 ? a->page_size : 16,
-    };
+    flp_decode_schedule_input in =
+        schedule_input(plan, batch, a->page_size, s->kv_begin, s->kv_len);
     flp_decode_schedule sched = {
         .work_indptr = HOST_I32(plan, work_indptr),
         .work_items = HOST_I32(plan, work_items),
         .merge_info = HOST_I32(plan, merge_info),
     };
-    bool built = flp_decode_schedule_build(&in, &sched);
+    flp_decode_schedule_build_in(&in, &sched, s->schedule);
     st->num_items = sched.num_items;
     st->num_partial_slots = sched.num_partial_slots;
-    free(kv_begin);
-    if (!built)
-        return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "%s: host allocation", FN);
 
     int32_t *q_off = HOST_I32(plan, q_rope_offset), *k_off = HOST_I32(plan, k_rope_offset);
     for (int32_t b = 0; b < batch; b++) {
@@ -109,10 +120,9 @@ static flp_status fill_plan_data(flp_context *ctx, flp_plan *plan, const flp_dec
                sizeof(float) * (size_t)d->num_qo_heads);
     else
         flp_alibi_standard_slopes(d->num_qo_heads, HOST_F32(plan, alibi_slopes));
-    return FLP_OK;
 }
 
-/* The plan information the kernels read from the plan memory (DESIGN.md section 4: everything
+/* The plan information the kernels read from the plan memory (docs/design.md 5.2-5.4: everything
  * a re-plan may change lives in device memory owned by the plan, never in a launch). */
 static void fill_plan_info(flp_plan *plan, const flp_decode_plan_args *a, int32_t qo_len,
                            const flp_variant *v) {
@@ -145,18 +155,18 @@ static void fill_plan_info(flp_plan *plan, const flp_decode_plan_args *a, int32_
 }
 
 static flp_status plan_batch(flp_context *ctx, flp_plan *plan, const flp_decode_plan_args *args,
-                             int32_t *kv_len) {
+                             const decode_scratch *s) {
     int32_t qo_len = args->qo_len == 0 ? 1 : args->qo_len;
     flp_variant v;
     flp_decode_state st;
     memset(&st, 0, sizeof st);
-    flp_status status = check_plan_args(ctx, plan, args, qo_len, &v, kv_len, &st.max_page_id);
+    flp_status status = check_plan_args(ctx, plan, args, qo_len, &v, s->kv_len, &st.max_page_id);
     if (status != FLP_OK)
         return status;
-    plan->decode.planned = false; /* the mirror is about to change */
-    status = fill_plan_data(ctx, plan, args, qo_len, &v, kv_len, &st);
-    if (status != FLP_OK)
-        return status;
+    /* The mirror changes from here on: until the upload succeeds the plan holds no decode
+     * partition (a failed upload may have written part of the device copy). */
+    plan->decode.planned = false;
+    fill_plan_data(plan, args, qo_len, &v, s, &st);
     fill_plan_info(plan, args, qo_len, &v);
     size_t end =
         plan->layout.kv_indices + sizeof(int32_t) * (size_t)args->kv_indptr[args->batch_size];
@@ -180,11 +190,17 @@ flp_status flp_decode_plan(flp_context *ctx, flp_plan *plan, const flp_decode_pl
     status = flp_check_batch_size(ctx, FN, args->batch_size, plan->desc.max_batch_size);
     if (status != FLP_OK)
         return status;
-    int32_t *kv_len = malloc(sizeof(int32_t) * (size_t)args->batch_size); /* [batch_size] */
-    if (!kv_len)
-        return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "%s: host allocation", FN);
-    status = plan_batch(ctx, plan, args, kv_len);
-    free(kv_len);
+    size_t batch = (size_t)args->batch_size;
+    size_t lens = FLP_ALIGN_UP(2 * sizeof(int32_t) * batch, 8);
+    flp_decode_schedule_input shape = schedule_input(plan, args->batch_size, 0, NULL, NULL);
+    size_t bytes = lens + flp_decode_schedule_scratch_bytes(&shape);
+    char *scratch = flp_malloc(bytes);
+    if (!scratch)
+        return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "%s: host allocation of %zu bytes", FN,
+                        bytes);
+    decode_scratch s = {(int32_t *)scratch, (int32_t *)scratch + batch, scratch + lens};
+    status = plan_batch(ctx, plan, args, &s);
+    flp_free(scratch);
     return status;
 }
 

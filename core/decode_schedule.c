@@ -1,9 +1,9 @@
 /* Decode work partition: KV splitting and longest-first assignment. */
 #include "core/decode_schedule.h"
+#include "core/alloc.h"
 #include "core/assign.h"
 
 #include <limits.h>
-#include <stdlib.h>
 
 /* A work item's cost in token-equivalents: its keys plus a fixed overhead (loading the query,
  * writing the output), so that many empty items do not all land on one workgroup. */
@@ -60,21 +60,34 @@ static void build(const flp_decode_schedule_input *in, int32_t chunk, int32_t *i
     out->num_partial_slots = slots;
 }
 
-bool flp_decode_schedule_build(const flp_decode_schedule_input *in, flp_decode_schedule *out) {
+size_t flp_decode_schedule_scratch_bytes(const flp_decode_schedule_input *in) {
+    size_t max_items = (size_t)flp_decode_max_items(in->batch_size, in->num_kv_heads, in->num_ctas);
+    /* cost [max_items] int64, the assignment's scratch, items [max_items] (8-byte multiples) */
+    size_t items = sizeof(int32_t) * FLP_WORK_ITEM_INTS * max_items;
+    return sizeof(int64_t) * max_items +
+           flp_assign_scratch_bytes((int32_t)max_items, in->num_ctas) + (items + 7) / 8 * 8;
+}
+
+void flp_decode_schedule_build_in(const flp_decode_schedule_input *in, flp_decode_schedule *out,
+                                  void *scratch) {
     int32_t chunk = choose_chunk(in);
     out->chunk_size = chunk;
-
-    /* Items in natural order (request, head, chunk) into a temporary list. */
     int32_t max_items = flp_decode_max_items(in->batch_size, in->num_kv_heads, in->num_ctas);
-    int32_t *items = malloc(sizeof(int32_t) * FLP_WORK_ITEM_INTS * (size_t)max_items);
-    int64_t *cost = malloc(sizeof(int64_t) * (size_t)max_items);
-    bool ok = items && cost;
-    if (ok) {
-        build(in, chunk, items, cost, out);
-        ok = flp_assign_longest_first(items, FLP_WORK_ITEM_INTS, cost, out->num_items, in->num_ctas,
-                                      out->work_indptr, out->work_items);
-    }
-    free(items);
-    free(cost);
-    return ok;
+    int64_t *cost = scratch;
+    char *assign_scratch = (char *)(cost + max_items);
+    int32_t *items =
+        (int32_t *)(assign_scratch + flp_assign_scratch_bytes(max_items, in->num_ctas));
+    /* Items in natural order (request, head, chunk) into the scratch list, then assigned. */
+    build(in, chunk, items, cost, out);
+    flp_assign_longest_first(items, FLP_WORK_ITEM_INTS, cost, out->num_items, in->num_ctas,
+                             out->work_indptr, out->work_items, assign_scratch);
+}
+
+bool flp_decode_schedule_build(const flp_decode_schedule_input *in, flp_decode_schedule *out) {
+    void *scratch = flp_malloc(flp_decode_schedule_scratch_bytes(in));
+    if (!scratch)
+        return false;
+    flp_decode_schedule_build_in(in, out, scratch);
+    flp_free(scratch);
+    return true;
 }

@@ -1,4 +1,4 @@
-/* The decode work partition (DESIGN.md section 4): split long requests into KV chunks when the
+/* The decode work partition (docs/design.md 5.5): split long requests into KV chunks when the
  * batch does not fill the device, then assign the work items longest-first to the least loaded
  * workgroup. Pure host code, deterministic. */
 #ifndef FLP_CORE_DECODE_SCHEDULE_H
@@ -7,6 +7,7 @@
 #include "core/decode_params.h"
 
 #include <stdbool.h>
+#include <stddef.h>
 
 typedef struct flp_decode_schedule_input {
     int32_t batch_size;
@@ -30,7 +31,15 @@ typedef struct flp_decode_schedule {
 /* Most work items any schedule of up to max_batch_size requests can produce. */
 int32_t flp_decode_max_items(int32_t max_batch_size, int32_t num_kv_heads, int32_t num_ctas);
 
-/* Fills out's arrays. Returns false only when the host allocation for sorting fails. */
+/* Host scratch bytes flp_decode_schedule_build_in needs for in (a multiple of 8). */
+size_t flp_decode_schedule_scratch_bytes(const flp_decode_schedule_input *in);
+
+/* Fills out's arrays, sorting in scratch (flp_decode_schedule_scratch_bytes(in) bytes, 8-byte
+ * aligned, from the caller): allocates nothing and cannot fail. */
+void flp_decode_schedule_build_in(const flp_decode_schedule_input *in, flp_decode_schedule *out,
+                                  void *scratch);
+
+/* The same with scratch of its own: false, and out untouched, when that allocation fails. */
 bool flp_decode_schedule_build(const flp_decode_schedule_input *in, flp_decode_schedule *out);
 
 #endif /* FLP_CORE_DECODE_SCHEDULE_H */

@@ -12,11 +12,11 @@
  * failed call leaves the table as it was. Failures write a message to last_error, which const
  * calls (locate, export, ...) update too: the message is bookkeeping, not table state.
  */
+#include "core/alloc.h"
 #include "flashport/flashport.h"
 
 #include <stdarg.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #define PT_ERROR_SIZE 256
@@ -125,7 +125,7 @@ static flp_status reserve_pages(flp_page_table *table, pt_sequence *seq, int32_t
     int32_t capacity = seq->capacity > 0 ? seq->capacity : 4;
     while (capacity < needed)
         capacity = capacity > table->num_pages / 2 ? table->num_pages : capacity * 2;
-    int32_t *pages = realloc(seq->pages, (size_t)capacity * sizeof *pages);
+    int32_t *pages = flp_realloc(seq->pages, (size_t)capacity * sizeof *pages);
     if (!pages)
         return pt_fail(table, FLP_ERROR_OUT_OF_MEMORY, "%s: out of host memory for %d page ids",
                        what, capacity);
@@ -159,16 +159,16 @@ flp_status flp_page_table_create(const flp_page_table_desc *desc, flp_page_table
     if ((int64_t)desc->num_pages * desc->page_size > INT32_MAX)
         return FLP_ERROR_INVALID_ARGUMENT;
 
-    flp_page_table *table = calloc(1, sizeof *table);
+    flp_page_table *table = flp_calloc(1, sizeof *table);
     if (!table)
         return FLP_ERROR_OUT_OF_MEMORY;
     table->num_pages = desc->num_pages;
     table->page_size = desc->page_size;
     table->max_sequences = desc->max_sequences > 0 ? desc->max_sequences : PT_DEFAULT_MAX_SEQUENCES;
-    table->refcount = calloc((size_t)table->num_pages, sizeof *table->refcount);
-    table->free_pages.items = malloc((size_t)table->num_pages * sizeof(int32_t));
-    table->free_seq_ids.items = malloc((size_t)table->max_sequences * sizeof(int32_t));
-    table->sequences = calloc((size_t)table->max_sequences, sizeof *table->sequences);
+    table->refcount = flp_calloc((size_t)table->num_pages, sizeof *table->refcount);
+    table->free_pages.items = flp_malloc((size_t)table->num_pages * sizeof(int32_t));
+    table->free_seq_ids.items = flp_malloc((size_t)table->max_sequences * sizeof(int32_t));
+    table->sequences = flp_calloc((size_t)table->max_sequences, sizeof *table->sequences);
     if (!table->refcount || !table->free_pages.items || !table->free_seq_ids.items ||
         !table->sequences) {
         flp_page_table_destroy(table);
@@ -190,13 +190,13 @@ void flp_page_table_destroy(flp_page_table *table) {
         return;
     if (table->sequences) {
         for (int32_t i = 0; i < table->max_sequences; i++)
-            free(table->sequences[i].pages);
+            flp_free(table->sequences[i].pages);
     }
-    free(table->sequences);
-    free(table->free_seq_ids.items);
-    free(table->free_pages.items);
-    free(table->refcount);
-    free(table);
+    flp_free(table->sequences);
+    flp_free(table->free_seq_ids.items);
+    flp_free(table->free_pages.items);
+    flp_free(table->refcount);
+    flp_free(table);
 }
 
 const char *flp_page_table_last_error(const flp_page_table *table) {
@@ -327,7 +327,7 @@ flp_status flp_page_table_free_sequence(flp_page_table *table, int32_t seq_id) {
     pt_sequence *seq = &table->sequences[seq_id];
     for (int32_t i = 0; i < seq->num_pages; i++)
         release_page(table, seq->pages[i]);
-    free(seq->pages);
+    flp_free(seq->pages);
     memset(seq, 0, sizeof *seq);
     heap_push(&table->free_seq_ids, seq_id);
     return FLP_OK;

@@ -1,12 +1,12 @@
 /* Plan creation: capacities, memory layout, workspace. */
 #include "core/plan.h"
+#include "core/alloc.h"
 #include "core/backend.h"
 #include "core/batch_args.h"
 #include "core/prefill_schedule.h"
 #include "core/decode_schedule.h"
 #include "core/variant.h"
 
-#include <stdlib.h>
 #include <string.h>
 
 #define PLAN_ALIGN 256
@@ -223,7 +223,7 @@ flp_status flp_plan_create(flp_context *ctx, const flp_plan_desc *desc, flp_plan
     if (!out)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: out is NULL", fn);
     *out = NULL;
-    flp_plan *plan = calloc(1, sizeof *plan);
+    flp_plan *plan = flp_calloc(1, sizeof *plan);
     if (!plan)
         return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "%s: host allocation", fn);
     plan->ctx = ctx;
@@ -238,8 +238,8 @@ flp_status flp_plan_create(flp_context *ctx, const flp_plan_desc *desc, flp_plan
         plan->prefill_max_merges = prefill.merges;
         const flp_prefill_layout *pl = &plan->layout.prefill;
         size_t prefill_bytes = pl->metadata_end - pl->info;
-        plan->host = calloc(1, plan->layout.metadata_end);
-        plan->prefill_host = prefill_bytes > 0 ? calloc(1, prefill_bytes) : NULL;
+        plan->host = flp_calloc(1, plan->layout.metadata_end);
+        plan->prefill_host = prefill_bytes > 0 ? flp_calloc(1, prefill_bytes) : NULL;
         if (!plan->host || (prefill_bytes > 0 && !plan->prefill_host))
             status = flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "%s: host allocation of %zu bytes", fn,
                               plan->layout.metadata_end + prefill_bytes);
@@ -259,9 +259,9 @@ void flp_plan_destroy(flp_plan *plan) {
         return;
     if (plan->owns_buffer)
         flp_buffer_destroy(plan->buffer);
-    free(plan->host);
-    free(plan->prefill_host);
-    free(plan);
+    flp_free(plan->host);
+    flp_free(plan->prefill_host);
+    flp_free(plan);
 }
 
 flp_status flp_plan_check_call(flp_context *ctx, const char *fn, const flp_plan *plan,

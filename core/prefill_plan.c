@@ -1,11 +1,11 @@
 /* flp_prefill_plan: validates a batch, builds the prefill partition and uploads it. */
+#include "core/alloc.h"
 #include "core/batch_args.h"
 #include "core/plan.h"
 #include "core/posenc.h"
 #include "core/prefill_schedule.h"
 #include "core/variant.h"
 
-#include <stdlib.h>
 #include <string.h>
 
 /* A split chunk is at least this many keys: below it the merge costs more than it saves. */
@@ -149,28 +149,41 @@ static flp_prefill_key_rule key_rule(const flp_plan *plan, const flp_variant *v)
     return rule;
 }
 
-static flp_status fill_schedule(flp_context *ctx, flp_plan *plan, const flp_prefill_plan_args *a,
-                                const flp_variant *v, const int32_t *qo_len, const int32_t *kv_len,
-                                flp_prefill_schedule *sched) {
+/* The scheduler's input (qo_len and kv_len NULL when only the scratch size is asked for: it
+ * depends on the plan's capacities and grid alone). */
+static flp_prefill_schedule_input schedule_input(const flp_plan *plan, int32_t batch,
+                                                 const flp_variant *v, const int32_t *qo_len,
+                                                 const int32_t *kv_len) {
     flp_prefill_schedule_input in = {
-        .batch_size = a->batch_size,
+        .batch_size = batch,
         .num_kv_heads = plan->desc.num_kv_heads,
         .num_ctas = plan->prefill_ctas,
         .qo_len = qo_len,
         .kv_len = kv_len,
-        .keys = key_rule(plan, v),
+        .keys = v ? key_rule(plan, v) : (flp_prefill_key_rule){.group_size = plan->group_size},
         .min_chunk = PREFILL_MIN_CHUNK,
         .chunk_align = 64,
         .max_items = plan->prefill_max_items,
         .max_slots = plan->prefill_max_slots,
         .max_merge_items = plan->prefill_max_merges,
     };
+    return in;
+}
+
+/* The call's host memory, taken in one allocation before anything is checked or changed, so
+ * that a failed allocation leaves the plan exactly as it was. */
+typedef struct prefill_scratch {
+    int32_t *qo_len, *kv_len; /* [batch] each, from the checks */
+    void *schedule;           /* flp_prefill_schedule_scratch_bytes */
+} prefill_scratch;
+
+static void fill_schedule(flp_plan *plan, const flp_prefill_plan_args *a, const flp_variant *v,
+                          const prefill_scratch *s, flp_prefill_schedule *sched) {
+    flp_prefill_schedule_input in = schedule_input(plan, a->batch_size, v, s->qo_len, s->kv_len);
     sched->work_indptr = PF_I32(plan, work_indptr);
     sched->work_items = PF_I32(plan, work_items);
     sched->merge_items = PF_I32(plan, merge_items);
-    if (!flp_prefill_schedule_build(&in, sched))
-        return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "%s: host allocation", FN);
-    return FLP_OK;
+    flp_prefill_schedule_build(&in, sched, s->schedule);
 }
 
 static void fill_info(flp_plan *plan, const flp_prefill_plan_args *a, const flp_variant *v,
@@ -209,19 +222,19 @@ static void fill_info(flp_plan *plan, const flp_prefill_plan_args *a, const flp_
 }
 
 static flp_status plan_batch(flp_context *ctx, flp_plan *plan, const flp_prefill_plan_args *a,
-                             int32_t *qo_len, int32_t *kv_len) {
+                             const prefill_scratch *s) {
     flp_variant v;
     flp_prefill_state st;
     memset(&st, 0, sizeof st);
-    flp_status status = check_args(ctx, plan, a, &v, qo_len, kv_len, &st);
+    flp_status status = check_args(ctx, plan, a, &v, s->qo_len, s->kv_len, &st);
     if (status != FLP_OK)
         return status;
-    plan->prefill.planned = false; /* the mirror is about to change */
-    fill_arrays(plan, a, &v, kv_len);
+    /* The mirror changes from here on: until the upload succeeds the plan holds no prefill
+     * partition (a failed upload may have written part of the device copy). */
+    plan->prefill.planned = false;
+    fill_arrays(plan, a, &v, s->kv_len);
     flp_prefill_schedule sched;
-    status = fill_schedule(ctx, plan, a, &v, qo_len, kv_len, &sched);
-    if (status != FLP_OK)
-        return status;
+    fill_schedule(plan, a, &v, s, &sched);
     fill_info(plan, a, &v, &sched);
     const flp_prefill_layout *l = &plan->layout.prefill;
     bool paged = a->kv_storage == FLP_KV_PAGED;
@@ -258,10 +271,16 @@ flp_status flp_prefill_plan(flp_context *ctx, flp_plan *plan, const flp_prefill_
     status = flp_check_batch_size(ctx, FN, args->batch_size, plan->desc.max_batch_size);
     if (status != FLP_OK)
         return status;
-    int32_t *qo_len = malloc(sizeof(int32_t) * 2 * (size_t)args->batch_size); /* [2][batch] */
-    if (!qo_len)
-        return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "%s: host allocation", FN);
-    status = plan_batch(ctx, plan, args, qo_len, qo_len + args->batch_size);
-    free(qo_len);
+    size_t batch = (size_t)args->batch_size;
+    size_t lens = FLP_ALIGN_UP(2 * sizeof(int32_t) * batch, 8);
+    flp_prefill_schedule_input shape = schedule_input(plan, args->batch_size, NULL, NULL, NULL);
+    size_t bytes = lens + flp_prefill_schedule_scratch_bytes(&shape);
+    char *scratch = flp_malloc(bytes);
+    if (!scratch)
+        return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "%s: host allocation of %zu bytes", FN,
+                        bytes);
+    prefill_scratch s = {(int32_t *)scratch, (int32_t *)scratch + batch, scratch + lens};
+    status = plan_batch(ctx, plan, args, &s);
+    flp_free(scratch);
     return status;
 }

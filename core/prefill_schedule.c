@@ -3,7 +3,6 @@
 #include "core/assign.h"
 
 #include <limits.h>
-#include <stdlib.h>
 
 /* Fixed cost of an item in key-equivalents (loading the query tile, writing the output). */
 #define ITEM_OVERHEAD_KEYS 32
@@ -133,27 +132,30 @@ static int32_t split_items(const flp_prefill_schedule_input *in, int32_t chunk, 
     return m;
 }
 
-bool flp_prefill_schedule_build(const flp_prefill_schedule_input *in, flp_prefill_schedule *out) {
-    out->q_tile = flp_prefill_choose_tile(in->batch_size, in->keys.group_size, in->qo_len);
+size_t flp_prefill_schedule_scratch_bytes(const flp_prefill_schedule_input *in) {
     size_t cap = in->max_items > 0 ? (size_t)in->max_items : 1;
-    int32_t *tiles = malloc(sizeof(int32_t) * FLP_PREFILL_ITEM_INTS * cap);
-    int32_t *items = malloc(sizeof(int32_t) * FLP_PREFILL_ITEM_INTS * cap);
-    int64_t *cost = malloc(sizeof(int64_t) * cap);
-    bool ok = tiles && items && cost;
-    if (ok) {
-        int32_t n = tile_items(in, out->q_tile, tiles);
-        int32_t chunk = choose_chunk(in, tiles, n);
-        out->num_items = split_items(in, chunk, tiles, n, items, out);
-        for (int32_t i = 0; i < out->num_items; i++) {
-            const int32_t *it = items + FLP_PREFILL_ITEM_INTS * i;
-            /* Key tiles times row passes: a tensor-core tile costs the same for any row count. */
-            cost[i] = (int64_t)keys_of(it) + ITEM_OVERHEAD_KEYS;
-        }
-        ok = flp_assign_longest_first(items, FLP_PREFILL_ITEM_INTS, cost, out->num_items,
-                                      in->num_ctas, out->work_indptr, out->work_items);
+    /* cost [cap] int64, the assignment's scratch, tiles and items [cap] (8-byte multiples) */
+    size_t list = (sizeof(int32_t) * FLP_PREFILL_ITEM_INTS * cap + 7) / 8 * 8;
+    return sizeof(int64_t) * cap + flp_assign_scratch_bytes((int32_t)cap, in->num_ctas) + 2 * list;
+}
+
+void flp_prefill_schedule_build(const flp_prefill_schedule_input *in, flp_prefill_schedule *out,
+                                void *scratch) {
+    out->q_tile = flp_prefill_choose_tile(in->batch_size, in->keys.group_size, in->qo_len);
+    int32_t cap = in->max_items > 0 ? in->max_items : 1;
+    size_t list = (sizeof(int32_t) * FLP_PREFILL_ITEM_INTS * (size_t)cap + 7) / 8 * 8;
+    int64_t *cost = scratch;
+    char *assign_scratch = (char *)(cost + cap);
+    int32_t *tiles = (int32_t *)(assign_scratch + flp_assign_scratch_bytes(cap, in->num_ctas));
+    int32_t *items = (int32_t *)((char *)tiles + list);
+    int32_t n = tile_items(in, out->q_tile, tiles);
+    int32_t chunk = choose_chunk(in, tiles, n);
+    out->num_items = split_items(in, chunk, tiles, n, items, out);
+    for (int32_t i = 0; i < out->num_items; i++) {
+        const int32_t *it = items + FLP_PREFILL_ITEM_INTS * i;
+        /* Key tiles times row passes: a tensor-core tile costs the same for any row count. */
+        cost[i] = (int64_t)keys_of(it) + ITEM_OVERHEAD_KEYS;
     }
-    free(tiles);
-    free(items);
-    free(cost);
-    return ok;
+    flp_assign_longest_first(items, FLP_PREFILL_ITEM_INTS, cost, out->num_items, in->num_ctas,
+                             out->work_indptr, out->work_items, assign_scratch);
 }

@@ -1,4 +1,4 @@
-/* The prefill work partition (DESIGN.md section 4): query tiles of packed rows per request and
+/* The prefill work partition (docs/design.md 5.6): query tiles of packed rows per request and
  * KV head, KV ranges clipped to what the causal mask and the window can keep, KV split into
  * chunks when the batch does not fill the device, longest-first assignment. Pure host code,
  * deterministic. */
@@ -8,6 +8,7 @@
 #include "core/prefill_params.h"
 
 #include <stdbool.h>
+#include <stddef.h>
 
 /* Which keys packed query rows can keep at most: the causal mask and the sliding window bound
  * them (a custom mask is applied per key by the kernels, never by the schedule). */
@@ -55,7 +56,13 @@ int32_t flp_prefill_max_items(int32_t max_batch_size, int32_t max_qo_rows, int32
 int32_t flp_prefill_max_slots(int32_t num_ctas);
 int32_t flp_prefill_max_merge_items(int32_t num_ctas);
 
-/* Fills out. Returns false only when a host allocation fails. */
-bool flp_prefill_schedule_build(const flp_prefill_schedule_input *in, flp_prefill_schedule *out);
+/* Host scratch bytes flp_prefill_schedule_build needs for in (a multiple of 8; it depends on
+ * in's capacities and grid only). */
+size_t flp_prefill_schedule_scratch_bytes(const flp_prefill_schedule_input *in);
+
+/* Fills out, working in scratch (flp_prefill_schedule_scratch_bytes(in) bytes, 8-byte aligned,
+ * from the caller): allocates nothing and cannot fail. */
+void flp_prefill_schedule_build(const flp_prefill_schedule_input *in, flp_prefill_schedule *out,
+                                void *scratch);
 
 #endif /* FLP_CORE_PREFILL_SCHEDULE_H */

@@ -1,4 +1,4 @@
-/* The float64 reference implementation of attention (DESIGN.md section 3): one plain loop per
+/* The float64 reference implementation of attention (docs/design.md section 3): one plain loop per
  * definition, no tiling, no shortcuts. Every other implementation is checked against it, so it
  * favours being obviously right over being fast.
  *

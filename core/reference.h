@@ -1,4 +1,4 @@
-/* The float64 reference implementation of attention (DESIGN.md section 3). Used by the tests
+/* The float64 reference implementation of attention (docs/design.md section 3). Used by the tests
  * and the demo to check every backend; slow on purpose: one plain loop per definition. */
 #ifndef FLP_CORE_REFERENCE_H
 #define FLP_CORE_REFERENCE_H
@@ -32,7 +32,8 @@ typedef struct flp_ref_attention {
  * out row is 0), may be NULL. FLP_ERROR_INVALID_ARGUMENT on inconsistent input. */
 flp_status flp_ref_attention_run(const flp_ref_attention *a, double *out, double *lse);
 
-/* Merge of two partial states over disjoint key sets (DESIGN.md section 3). out may alias o_a. */
+/* Merge of two partial states over disjoint key sets (docs/design.md section 3). out may alias o_a.
+ */
 void flp_ref_merge_state(int32_t head_dim, const double *o_a, double s_a, const double *o_b,
                          double s_b, double *o_out, double *s_out);
 

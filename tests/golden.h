@@ -1,4 +1,5 @@
-/* Loader for the golden cases under tests/golden/ (copied from shared/golden, README there). */
+/* Loader for the golden cases under tests/golden/ (an independent float64 implementation's cases;
+ * format: tests/golden/README.md). */
 #ifndef FLP_TESTS_GOLDEN_H
 #define FLP_TESTS_GOLDEN_H
 

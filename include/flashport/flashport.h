@@ -192,7 +192,7 @@ FLP_API flp_tensor flp_tensor_contiguous(flp_buffer *buf, size_t offset, flp_dty
 typedef enum flp_mask_mode {
     FLP_MASK_NONE = 0,
     FLP_MASK_CAUSAL = 1, /* key j kept for row i iff j <= kv_len - qo_len + i */
-    FLP_MASK_CUSTOM = 2, /* packed bits per request (prefill only; DESIGN.md section 3) */
+    FLP_MASK_CUSTOM = 2, /* packed bits per request (prefill only; docs/design.md section 3) */
 } flp_mask_mode;
 
 typedef enum flp_pos_encoding {
@@ -232,7 +232,7 @@ typedef struct flp_variant {
     /* fp8 KV: real value = stored value * scale. 0 = 1. Ignored for 16-bit KV. */
     float k_scale;
     float v_scale;
-    /* JIT snippets (DESIGN.md section 5): not implemented yet, must be NULL. */
+    /* JIT snippets (docs/design.md section 1): not implemented yet, must be NULL. */
     const char *logits_transform;
     const char *logits_mask;
     const char *query_transform;
@@ -244,7 +244,8 @@ typedef struct flp_variant {
 FLP_API flp_status flp_variant_validate(const flp_variant *variant, char *message,
                                         size_t message_size);
 
-/* The standard ALiBi slopes for num_heads heads (DESIGN.md section 3) into slopes[num_heads]. */
+/* The standard ALiBi slopes for num_heads heads (docs/design.md, "Positions") into
+ * slopes[num_heads]. */
 FLP_API flp_status flp_alibi_standard_slopes(int32_t num_heads, float *slopes);
 
 /* ---- plans ---------------------------------------------------------------------------- */
@@ -326,7 +327,7 @@ typedef enum flp_kv_storage {
                           kv_indptr[b] .. kv_indptr[b+1]-1 */
 } flp_kv_storage;
 
-/* Host copies of one step's batch (DESIGN.md section 3). Request b has
+/* Host copies of one step's batch (docs/design.md section 3). Request b has
  * qo_len = qo_indptr[b+1] - qo_indptr[b] query rows (0 allowed) and kv_len keys, with
  * qo_len <= kv_len; its query row i sits at position kv_len - qo_len + i (prompt: qo_len ==
  * kv_len; append / chunked prefill / speculative verification: qo_len < kv_len). */
