@@ -3,7 +3,6 @@
 #include "backend-cuda/kernels/decode_config.h"
 
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 flp_status flp_cu_enter(flp_context *ctx, const char *what) {
@@ -43,7 +42,7 @@ static void release_state(flp_cu_state *st) {
     }
     if (st->retained_primary)
         cu->cuDevicePrimaryCtxRelease(st->device);
-    free(st);
+    flp_free(st);
 }
 
 static void cu_destroy(flp_context *ctx) {
@@ -187,10 +186,12 @@ static flp_status open_device(flp_context *ctx, flp_cu_state *st, int device_ind
     r = cu->cuDeviceGet(&st->device, device_index);
     if (r != CUDA_SUCCESS)
         return flp_cu_fail(ctx, cu, r, "CUDA backend: cuDeviceGet(%d)", device_index);
-    r = cu->cuDevicePrimaryCtxRetain(&st->context, st->device);
-    if (r != CUDA_SUCCESS)
+    r = FLP_CU_ALLOC(cu->cuDevicePrimaryCtxRetain(&st->context, st->device));
+    if (r != CUDA_SUCCESS) {
+        st->context = NULL; /* nothing was retained: never pushed or released */
         return flp_cu_fail(ctx, cu, r, "CUDA backend: cuDevicePrimaryCtxRetain(device %d)",
                            device_index);
+    }
     st->retained_primary = true;
     return FLP_OK;
 }
@@ -209,9 +210,9 @@ flp_status flp_cuda_backend_open(flp_context *ctx, int device_index, void *cu_co
     if (device_index < 0)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "CUDA backend: device_index %d",
                         device_index);
-    flp_cu_state *st = calloc(1, sizeof *st);
+    flp_cu_state *st = flp_calloc(1, sizeof *st);
     if (!st)
-        return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "CUDA backend: host allocation");
+        return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "CUDA backend: out of host memory");
     st->cu = cu;
     flp_status status = open_device(ctx, st, device_index, (CUcontext)cu_context);
     if (status != FLP_OK) {
@@ -224,9 +225,11 @@ flp_status flp_cuda_backend_open(flp_context *ctx, int device_index, void *cu_co
     if (status == FLP_OK) {
         status = fill_info(ctx, st);
         if (status == FLP_OK) {
-            r = cu->cuStreamCreate(&st->own_stream, CU_STREAM_NON_BLOCKING);
-            if (r != CUDA_SUCCESS)
+            r = FLP_CU_ALLOC(cu->cuStreamCreate(&st->own_stream, CU_STREAM_NON_BLOCKING));
+            if (r != CUDA_SUCCESS) {
+                st->own_stream = NULL; /* never synchronised or destroyed */
                 status = flp_cu_fail(ctx, cu, r, "CUDA backend: cuStreamCreate");
+            }
         }
         flp_cu_leave(ctx);
     }

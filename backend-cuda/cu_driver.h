@@ -5,6 +5,7 @@
 #ifndef FLP_CUDA_CU_DRIVER_H
 #define FLP_CUDA_CU_DRIVER_H
 
+#include "core/alloc.h"
 #include "core/internal.h"
 
 #include <cuda.h>
@@ -54,6 +55,11 @@ typedef struct flp_cu_driver {
 /* The process-wide driver table, loaded once (thread-safe). NULL when libcuda cannot be loaded
  * or lacks a function; *why (may be NULL) then says why. */
 const flp_cu_driver *flp_cu_driver_load(const char **why);
+
+/* A driver call that allocates (a context, stream, device memory, module): when the
+ * fault-injection seam (core/alloc.h) fails this site, CUDA_ERROR_OUT_OF_MEMORY instead of the
+ * call, so the failure takes the call's own error path. */
+#define FLP_CU_ALLOC(call) (flp_fault_device() ? CUDA_ERROR_OUT_OF_MEMORY : (call))
 
 /* "CUDA_ERROR_OUT_OF_MEMORY (out of memory)" for r, into buf. */
 const char *flp_cu_result_text(const flp_cu_driver *cu, CUresult r, char *buf, size_t size);

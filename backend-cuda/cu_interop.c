@@ -2,8 +2,6 @@
 #include "backend-cuda/cu_backend.h"
 #include "flashport/flashport_cuda.h"
 
-#include <stdlib.h>
-
 flp_status flp_cuda_context_create(const flp_context_desc *desc, CUcontext cu_context,
                                    flp_context **out) {
     if (!out)
@@ -117,9 +115,9 @@ flp_status flp_cuda_buffer_wrap(flp_context *ctx, uint64_t device_ptr, size_t si
                         "%s: [0x%llx, +%zu) runs past its allocation [0x%llx, +%zu)", fn,
                         (unsigned long long)device_ptr, size, (unsigned long long)start, range);
     /* Same allocation as flp_buffer_create: flp_buffer_destroy frees the struct. */
-    flp_buffer *buf = calloc(1, sizeof *buf);
+    flp_buffer *buf = flp_calloc(1, sizeof *buf);
     if (!buf)
-        return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "%s: host allocation", fn);
+        return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "%s: out of host memory", fn);
     buf->ctx = ctx;
     buf->size = size;
     buf->device_address = device_ptr;

@@ -7,7 +7,7 @@ flp_status flp_cu_buffer_create(flp_context *ctx, flp_buffer *buf) {
     if (status != FLP_OK)
         return status;
     CUdeviceptr ptr = 0;
-    CUresult r = st->cu->cuMemAlloc(&ptr, buf->size);
+    CUresult r = FLP_CU_ALLOC(st->cu->cuMemAlloc(&ptr, buf->size));
     flp_cu_leave(ctx);
     if (r != CUDA_SUCCESS)
         return flp_cu_fail(ctx, st->cu, r, "flp_buffer_create: cuMemAlloc(%zu bytes)", buf->size);

@@ -2,6 +2,7 @@
 #include "backend-cuda/cu_nvrtc.h"
 #include "backend-cuda/cu_embedded.h"
 #include "backend-cuda/kernels/decode_config.h"
+#include "core/alloc.h"
 
 #include <nvrtc.h>
 
@@ -211,27 +212,34 @@ flp_status flp_cuda_nvrtc_compile_source(const char *source, const char *program
         all[n++] = options[i];
 
     nvrtcProgram prog = NULL;
-    nvrtcResult r = a->nvrtcCreateProgram(&prog, source, program_name ? program_name : "source.cu",
-                                          0, NULL, NULL);
+    /* A program allocation: the fault-injection seam may fail it as NVRTC would. */
+    nvrtcResult r =
+        flp_fault_device()
+            ? NVRTC_ERROR_OUT_OF_MEMORY
+            : a->nvrtcCreateProgram(&prog, source, program_name ? program_name : "source.cu", 0,
+                                    NULL, NULL);
     if (r != NVRTC_SUCCESS)
-        return say(message, message_size, FLP_ERROR_BACKEND, "nvrtcCreateProgram: %s",
-                   a->nvrtcGetErrorString(r));
+        return say(message, message_size,
+                   r == NVRTC_ERROR_OUT_OF_MEMORY ? FLP_ERROR_OUT_OF_MEMORY : FLP_ERROR_BACKEND,
+                   "nvrtcCreateProgram: %s", a->nvrtcGetErrorString(r));
     r = a->nvrtcCompileProgram(prog, n, all);
     if (r != NVRTC_SUCCESS) {
         size_t log_size = 0;
         char *log = NULL;
         if (a->nvrtcGetProgramLogSize(prog, &log_size) == NVRTC_SUCCESS && log_size > 0 &&
-            (log = malloc(log_size + 1)) != NULL) {
+            (log = flp_malloc(log_size + 1)) != NULL) {
             if (a->nvrtcGetProgramLog(prog, log) != NVRTC_SUCCESS)
                 log[0] = '\0';
             log[log_size] = '\0';
         }
         status = say(message, message_size,
-                     r == NVRTC_ERROR_COMPILATION ? FLP_ERROR_COMPILE : FLP_ERROR_BACKEND,
+                     r == NVRTC_ERROR_COMPILATION     ? FLP_ERROR_COMPILE
+                     : r == NVRTC_ERROR_OUT_OF_MEMORY ? FLP_ERROR_OUT_OF_MEMORY
+                                                      : FLP_ERROR_BACKEND,
                      "NVRTC %d.%d compile of %s for %s failed (%s):\n%s", a->version / 1000,
                      a->version % 1000 / 10, program_name ? program_name : "source.cu", out->target,
                      a->nvrtcGetErrorString(r), log ? log : "(no log)");
-        free(log);
+        flp_free(log);
         a->nvrtcDestroyProgram(&prog);
         return status;
     }
@@ -239,11 +247,11 @@ flp_status flp_cuda_nvrtc_compile_source(const char *source, const char *program
     size_t size = 0;
     r = out->is_cubin ? a->nvrtcGetCUBINSize(prog, &size) : a->nvrtcGetPTXSize(prog, &size);
     if (r == NVRTC_SUCCESS && size > 0) {
-        out->data = malloc(size);
+        out->data = flp_malloc(size);
         if (!out->data) {
             a->nvrtcDestroyProgram(&prog);
             return say(message, message_size, FLP_ERROR_OUT_OF_MEMORY,
-                       "NVRTC image of %zu bytes: host allocation failed", size);
+                       "out of host memory for the NVRTC image (%zu bytes)", size);
         }
         r = out->is_cubin ? a->nvrtcGetCUBIN(prog, out->data) : a->nvrtcGetPTX(prog, out->data);
     }
@@ -279,6 +287,6 @@ flp_status flp_cuda_nvrtc_compile_for_arch(int cc, flp_dtype q_dtype, flp_dtype 
 void flp_cuda_image_free(flp_cuda_image *image) {
     if (!image)
         return;
-    free(image->data);
+    flp_free(image->data);
     memset(image, 0, sizeof *image);
 }

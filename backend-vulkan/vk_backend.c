@@ -2,11 +2,11 @@
  * backend function table, and tears everything down in reverse. */
 #include "vk_backend.h"
 
-#include <stdlib.h>
-
+/* Also the cleanup of a failed open, when ctx->backend is not set yet: everything here goes
+ * through vk, never through the context. */
 static void release(flp_vk *vk) {
     if (vk->device) {
-        (void)flp_vk_synchronize(vk->ctx);
+        (void)flp_vk_wait_submitted(vk);
         if (vk->owns_device)
             (void)vk->vk.vkDeviceWaitIdle(vk->device);
         flp_vk_kv_append_destroy(vk);
@@ -16,7 +16,7 @@ static void release(flp_vk *vk) {
         flp_vk_submit_destroy(vk);
     }
     flp_vk_close_device(vk);
-    free(vk);
+    flp_free(vk);
 }
 
 static void vk_destroy(flp_context *ctx) {
@@ -48,7 +48,7 @@ flp_vk *flp_vk_from_context(const flp_context *ctx) {
 
 flp_status flp_vulkan_backend_open(flp_context *ctx, int device_index, bool prefer_gpu,
                                    const void *vulkan_device_desc) {
-    flp_vk *vk = calloc(1, sizeof *vk);
+    flp_vk *vk = flp_calloc(1, sizeof *vk);
     if (!vk)
         return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "out of host memory");
     vk->ctx = ctx;

@@ -3,6 +3,7 @@
 #ifndef FLP_VK_BACKEND_H
 #define FLP_VK_BACKEND_H
 
+#include "core/alloc.h"
 #include "core/backend.h"
 #include "flashport/flashport_vulkan.h"
 
@@ -166,6 +167,11 @@ extern const flp_backend_ops flp_vk_ops;
 /* ctx's backend state, or NULL when ctx is not a Vulkan context. */
 flp_vk *flp_vk_from_context(const flp_context *ctx);
 
+/* A Vulkan call that allocates (an object or memory): when the fault-injection seam
+ * (core/alloc.h) fails this site, result instead of the call, a result the call itself may
+ * return, so the failure takes the call's own error path. */
+#define FLP_VK_ALLOC(result, call) (flp_fault_device() ? (result) : (call))
+
 /* vk_error.c: maps a failed VkResult to a status and records "call failed: VK_ERROR_..." */
 flp_status flp_vk_fail(flp_context *ctx, VkResult result, const char *call);
 const char *flp_vk_result_name(VkResult result);
@@ -176,7 +182,7 @@ flp_status flp_vk_open_caller_device(flp_vk *vk, const flp_vulkan_device_desc *d
 void flp_vk_close_device(flp_vk *vk);
 
 /* vk_device_info.c: fills ctx->info and vk->facts for the chosen device. */
-void flp_vk_query_device(flp_vk *vk);
+flp_status flp_vk_query_device(flp_vk *vk);
 
 /* vk_memory.c */
 flp_status flp_vk_buffer_create(flp_context *ctx, flp_buffer *buf);
@@ -201,6 +207,8 @@ flp_status flp_vk_record_begin(flp_vk *vk, bool allow_user_cmd, flp_vk_recording
 /* Ends and submits an own recording (blocking when wait); nothing for the caller's. */
 flp_status flp_vk_record_submit(flp_vk *vk, flp_vk_recording *rec, bool wait);
 /* Waits for every submission of the library's own queue. */
+flp_status flp_vk_wait_submitted(flp_vk *vk);
+/* The same for a context whose backend is open (ctx->backend set). */
 flp_status flp_vk_synchronize(flp_context *ctx);
 /* A global memory barrier. */
 void flp_vk_barrier(flp_vk *vk, VkCommandBuffer cmd, VkPipelineStageFlags src_stage,

@@ -22,32 +22,40 @@ typedef struct device_extensions {
     bool maintenance4;          /* VK_KHR_maintenance4: maxBufferSize */
 } device_extensions;
 
-static device_extensions list_extensions(flp_vk *vk) {
-    device_extensions e = {0};
+/* The extensions of the device that change what is queried. A failed listing fails the open:
+ * guessing "none" would size kernels from the wrong limits. */
+static flp_status list_extensions(flp_vk *vk, device_extensions *e) {
+    memset(e, 0, sizeof *e);
     uint32_t n = 0;
-    if (vk->ifn.EnumerateDeviceExtensionProperties(vk->physical_device, NULL, &n, NULL) !=
-        VK_SUCCESS)
-        return e;
-    VkExtensionProperties *exts = calloc(n ? n : 1, sizeof *exts);
+    VkResult r = vk->ifn.EnumerateDeviceExtensionProperties(vk->physical_device, NULL, &n, NULL);
+    if (r != VK_SUCCESS)
+        return flp_vk_fail(vk->ctx, r, "vkEnumerateDeviceExtensionProperties");
+    VkExtensionProperties *exts = flp_calloc(n ? n : 1, sizeof *exts);
     if (!exts)
-        return e;
-    VkResult r = vk->ifn.EnumerateDeviceExtensionProperties(vk->physical_device, NULL, &n, exts);
+        return flp_fail(vk->ctx, FLP_ERROR_OUT_OF_MEMORY,
+                        "out of host memory listing device extensions");
+    r = vk->ifn.EnumerateDeviceExtensionProperties(vk->physical_device, NULL, &n, exts);
     if (r == VK_SUCCESS || r == VK_INCOMPLETE) {
         for (uint32_t i = 0; i < n; i++) {
             const char *name = exts[i].extensionName;
-            e.sm_builtins_nv |= strcmp(name, "VK_NV_shader_sm_builtins") == 0;
-            e.shader_core_amd |= strcmp(name, "VK_AMD_shader_core_properties") == 0;
-            e.subgroup_size_control |= strcmp(name, "VK_EXT_subgroup_size_control") == 0;
-            e.maintenance4 |= strcmp(name, "VK_KHR_maintenance4") == 0;
+            e->sm_builtins_nv |= strcmp(name, "VK_NV_shader_sm_builtins") == 0;
+            e->shader_core_amd |= strcmp(name, "VK_AMD_shader_core_properties") == 0;
+            e->subgroup_size_control |= strcmp(name, "VK_EXT_subgroup_size_control") == 0;
+            e->maintenance4 |= strcmp(name, "VK_KHR_maintenance4") == 0;
         }
     }
-    free(exts);
-    return e;
+    flp_free(exts);
+    if (r != VK_SUCCESS && r != VK_INCOMPLETE)
+        return flp_vk_fail(vk->ctx, r, "vkEnumerateDeviceExtensionProperties");
+    return FLP_OK;
 }
 
-void flp_vk_query_device(flp_vk *vk) {
+flp_status flp_vk_query_device(flp_vk *vk) {
     flp_vk_device_facts *f = &vk->facts;
-    device_extensions ext = list_extensions(vk);
+    device_extensions ext;
+    flp_status st = list_extensions(vk, &ext);
+    if (st != FLP_OK)
+        return st;
     bool v13 = f->api_version >= VK_API_VERSION_1_3;
 
     VkPhysicalDeviceVulkan11Properties p11 = {
@@ -165,4 +173,5 @@ void flp_vk_query_device(flp_vk *vk) {
     }
     info->compute_units = units > 0 ? units : FLP_VK_DEFAULT_COMPUTE_UNITS;
     info->compute_capability = 0;
+    return FLP_OK;
 }

@@ -119,12 +119,12 @@ static flp_status instance_extensions(flp_vk *vk, const char *layer, VkExtension
     VkResult r = enumerate(layer, &n, NULL);
     if (r != VK_SUCCESS)
         return flp_vk_fail(vk->ctx, r, "vkEnumerateInstanceExtensionProperties");
-    VkExtensionProperties *exts = calloc(n ? n : 1, sizeof *exts);
+    VkExtensionProperties *exts = flp_calloc(n ? n : 1, sizeof *exts);
     if (!exts)
         return flp_fail(vk->ctx, FLP_ERROR_OUT_OF_MEMORY, "out of host memory listing extensions");
     r = enumerate(layer, &n, exts);
     if (r != VK_SUCCESS && r != VK_INCOMPLETE) {
-        free(exts);
+        flp_free(exts);
         return flp_vk_fail(vk->ctx, r, "vkEnumerateInstanceExtensionProperties");
     }
     *out = exts;
@@ -140,12 +140,12 @@ static flp_status check_validation_layer(flp_vk *vk, bool *debug_utils_in_layer)
     VkResult r = enumerate(&n, NULL);
     if (r != VK_SUCCESS)
         return flp_vk_fail(vk->ctx, r, "vkEnumerateInstanceLayerProperties");
-    VkLayerProperties *layers = calloc(n ? n : 1, sizeof *layers);
+    VkLayerProperties *layers = flp_calloc(n ? n : 1, sizeof *layers);
     if (!layers)
         return flp_fail(vk->ctx, FLP_ERROR_OUT_OF_MEMORY, "out of host memory listing layers");
     r = enumerate(&n, layers);
     bool found = (r == VK_SUCCESS || r == VK_INCOMPLETE) && has_layer(layers, n, VALIDATION_LAYER);
-    free(layers);
+    flp_free(layers);
     if (!found)
         return flp_fail(vk->ctx, FLP_ERROR_UNSUPPORTED,
                         "FLP_VULKAN_VALIDATION is set but the layer " VALIDATION_LAYER
@@ -156,7 +156,7 @@ static flp_status check_validation_layer(flp_vk *vk, bool *debug_utils_in_layer)
     if (st != FLP_OK)
         return st;
     *debug_utils_in_layer = has_extension(exts, count, VK_EXT_DEBUG_UTILS_EXTENSION_NAME);
-    free(exts);
+    flp_free(exts);
     return FLP_OK;
 }
 
@@ -194,7 +194,7 @@ static flp_status create_instance(flp_vk *vk) {
     }
     bool debug_utils =
         has_extension(exts, ext_count, VK_EXT_DEBUG_UTILS_EXTENSION_NAME) || debug_utils_in_layer;
-    free(exts);
+    flp_free(exts);
     if (validation) {
         if (!debug_utils)
             return flp_fail(vk->ctx, FLP_ERROR_UNSUPPORTED,
@@ -224,7 +224,7 @@ static flp_status create_instance(flp_vk *vk) {
         .enabledExtensionCount = enabled_count,
         .ppEnabledExtensionNames = enabled,
     };
-    VkResult r = create(&ci, NULL, &vk->instance);
+    VkResult r = FLP_VK_ALLOC(VK_ERROR_OUT_OF_HOST_MEMORY, create(&ci, NULL, &vk->instance));
     if (r != VK_SUCCESS) {
         vk->instance = VK_NULL_HANDLE;
         return flp_vk_fail(vk->ctx, r, "vkCreateInstance");
@@ -238,9 +238,12 @@ static flp_status create_instance(flp_vk *vk) {
             return flp_fail(vk->ctx, FLP_ERROR_UNSUPPORTED,
                             "vkCreateDebugUtilsMessengerEXT is missing although "
                             "VK_EXT_debug_utils was enabled");
-        r = vk->ifn.CreateDebugUtilsMessengerEXT(vk->instance, &mi, NULL, &vk->messenger);
-        if (r != VK_SUCCESS)
+        r = FLP_VK_ALLOC(VK_ERROR_OUT_OF_HOST_MEMORY, vk->ifn.CreateDebugUtilsMessengerEXT(
+                                                          vk->instance, &mi, NULL, &vk->messenger));
+        if (r != VK_SUCCESS) {
+            vk->messenger = VK_NULL_HANDLE; /* undefined after a failure: never destroyed */
             return flp_vk_fail(vk->ctx, r, "vkCreateDebugUtilsMessengerEXT");
+        }
     }
     return FLP_OK;
 }
@@ -269,9 +272,9 @@ static flp_status choose_physical_device(flp_vk *vk, int device_index, bool pref
         return flp_vk_fail(vk->ctx, r, "vkEnumeratePhysicalDevices");
     if (n == 0)
         return flp_fail(vk->ctx, FLP_ERROR_UNSUPPORTED, "no Vulkan device is present");
-    VkPhysicalDevice *devices = calloc(n, sizeof *devices);
-    VkPhysicalDevice *ordered = calloc(n, sizeof *ordered);
-    int *ranks = calloc(n, sizeof *ranks);
+    VkPhysicalDevice *devices = flp_calloc(n, sizeof *devices);
+    VkPhysicalDevice *ordered = flp_calloc(n, sizeof *ordered);
+    int *ranks = flp_calloc(n, sizeof *ranks);
     flp_status st = FLP_OK;
     if (!devices || !ordered || !ranks) {
         st = flp_fail(vk->ctx, FLP_ERROR_OUT_OF_MEMORY, "out of host memory listing devices");
@@ -310,9 +313,9 @@ static flp_status choose_physical_device(flp_vk *vk, int device_index, bool pref
     else
         vk->physical_device = ordered[device_index];
 done:
-    free(devices);
-    free(ordered);
-    free(ranks);
+    flp_free(devices);
+    flp_free(ordered);
+    flp_free(ranks);
     return st;
 }
 
@@ -385,7 +388,7 @@ static flp_status check_support(flp_vk *vk, const device_support *s) {
 static flp_status choose_queue_family(flp_vk *vk) {
     uint32_t n = 0;
     vk->ifn.GetPhysicalDeviceQueueFamilyProperties(vk->physical_device, &n, NULL);
-    VkQueueFamilyProperties *families = calloc(n ? n : 1, sizeof *families);
+    VkQueueFamilyProperties *families = flp_calloc(n ? n : 1, sizeof *families);
     if (!families)
         return flp_fail(vk->ctx, FLP_ERROR_OUT_OF_MEMORY, "out of host memory");
     vk->ifn.GetPhysicalDeviceQueueFamilyProperties(vk->physical_device, &n, families);
@@ -396,24 +399,30 @@ static flp_status choose_queue_family(flp_vk *vk) {
             found = true;
         }
     }
-    free(families);
+    flp_free(families);
     if (!found)
         return flp_fail(vk->ctx, FLP_ERROR_UNSUPPORTED, "the Vulkan device has no compute queue");
     return FLP_OK;
 }
 
-static bool device_has_extension(flp_vk *vk, const char *name) {
+/* Whether the device offers extension name. A failed listing fails: answering "no" would
+ * create the device without an extension it may require. */
+static flp_status device_has_extension(flp_vk *vk, const char *name, bool *found) {
+    *found = false;
     uint32_t n = 0;
-    if (vk->ifn.EnumerateDeviceExtensionProperties(vk->physical_device, NULL, &n, NULL) !=
-        VK_SUCCESS)
-        return false;
-    VkExtensionProperties *exts = calloc(n ? n : 1, sizeof *exts);
+    VkResult r = vk->ifn.EnumerateDeviceExtensionProperties(vk->physical_device, NULL, &n, NULL);
+    if (r != VK_SUCCESS)
+        return flp_vk_fail(vk->ctx, r, "vkEnumerateDeviceExtensionProperties");
+    VkExtensionProperties *exts = flp_calloc(n ? n : 1, sizeof *exts);
     if (!exts)
-        return false;
-    VkResult r = vk->ifn.EnumerateDeviceExtensionProperties(vk->physical_device, NULL, &n, exts);
-    bool found = (r == VK_SUCCESS || r == VK_INCOMPLETE) && has_extension(exts, n, name);
-    free(exts);
-    return found;
+        return flp_fail(vk->ctx, FLP_ERROR_OUT_OF_MEMORY,
+                        "out of host memory listing device extensions");
+    r = vk->ifn.EnumerateDeviceExtensionProperties(vk->physical_device, NULL, &n, exts);
+    *found = (r == VK_SUCCESS || r == VK_INCOMPLETE) && has_extension(exts, n, name);
+    flp_free(exts);
+    if (r != VK_SUCCESS && r != VK_INCOMPLETE)
+        return flp_vk_fail(vk->ctx, r, "vkEnumerateDeviceExtensionProperties");
+    return FLP_OK;
 }
 
 /* Fills vk->vk with this device's functions (volk's global vkGetDeviceProcAddr, which
@@ -460,7 +469,11 @@ static flp_status create_device(flp_vk *vk, const device_support *s) {
     /* A portability (non-conformant) implementation must have its subset extension on. */
     const char *exts[1];
     uint32_t ext_count = 0;
-    if (device_has_extension(vk, "VK_KHR_portability_subset"))
+    bool portability = false;
+    flp_status st = device_has_extension(vk, "VK_KHR_portability_subset", &portability);
+    if (st != FLP_OK)
+        return st;
+    if (portability)
         exts[ext_count++] = "VK_KHR_portability_subset";
     VkDeviceCreateInfo ci = {
         .sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
@@ -470,7 +483,8 @@ static flp_status create_device(flp_vk *vk, const device_support *s) {
         .enabledExtensionCount = ext_count,
         .ppEnabledExtensionNames = ext_count ? exts : NULL,
     };
-    VkResult r = vk->ifn.CreateDevice(vk->physical_device, &ci, NULL, &vk->device);
+    VkResult r = FLP_VK_ALLOC(VK_ERROR_OUT_OF_DEVICE_MEMORY,
+                              vk->ifn.CreateDevice(vk->physical_device, &ci, NULL, &vk->device));
     if (r != VK_SUCCESS) {
         vk->device = VK_NULL_HANDLE;
         return flp_vk_fail(vk->ctx, r, "vkCreateDevice");
@@ -503,8 +517,7 @@ flp_status flp_vk_open_own_device(flp_vk *vk, int device_index, bool prefer_gpu)
         vk->facts.api_version = s.props.apiVersion;
     load_device_table(vk);
     vk->vk.vkGetDeviceQueue(vk->device, vk->queue_family, 0, &vk->queue);
-    flp_vk_query_device(vk);
-    return FLP_OK;
+    return flp_vk_query_device(vk);
 }
 
 flp_status flp_vk_open_caller_device(flp_vk *vk, const flp_vulkan_device_desc *desc) {
@@ -539,8 +552,7 @@ flp_status flp_vk_open_caller_device(flp_vk *vk, const flp_vulkan_device_desc *d
         return flp_fail(vk->ctx, FLP_ERROR_UNSUPPORTED,
                         "the caller's VkDevice does not provide vkGetBufferDeviceAddress "
                         "(Vulkan 1.2 with bufferDeviceAddress is required)");
-    flp_vk_query_device(vk);
-    return FLP_OK;
+    return flp_vk_query_device(vk);
 }
 
 void flp_vk_close_device(flp_vk *vk) {

@@ -1,8 +1,6 @@
 /* The public interop functions of flashport_vulkan.h. */
 #include "vk_backend.h"
 
-#include <stdlib.h>
-
 flp_status flp_vulkan_context_create(const flp_context_desc *desc,
                                      const flp_vulkan_device_desc *device, flp_context **out) {
     if (out)
@@ -49,7 +47,7 @@ flp_status flp_vulkan_buffer_wrap(flp_context *ctx, VkBuffer buffer, size_t size
                         !out                       ? "out is NULL"
                         : buffer == VK_NULL_HANDLE ? "buffer is VK_NULL_HANDLE"
                                                    : "size is 0");
-    flp_buffer *buf = calloc(1, sizeof *buf);
+    flp_buffer *buf = flp_calloc(1, sizeof *buf);
     if (!buf)
         return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "out of host memory");
     buf->ctx = ctx;
@@ -57,7 +55,7 @@ flp_status flp_vulkan_buffer_wrap(flp_context *ctx, VkBuffer buffer, size_t size
     buf->wrapped = true;
     flp_status st = flp_vk_buffer_adopt(ctx, buf, buffer);
     if (st != FLP_OK) {
-        free(buf);
+        flp_free(buf);
         return st;
     }
     *out = buf;

@@ -2,7 +2,6 @@
  * wrapped, and host <-> device copies through one reused staging buffer, in chunks. */
 #include "vk_backend.h"
 
-#include <stdlib.h>
 #include <string.h>
 
 /* Largest staging buffer: copies of bigger ranges go in chunks of this size. */
@@ -31,7 +30,8 @@ static flp_status create_raw(flp_vk *vk, VkDeviceSize size, VkBufferUsageFlags u
         .usage = usage,
         .sharingMode = VK_SHARING_MODE_EXCLUSIVE,
     };
-    VkResult r = vk->vk.vkCreateBuffer(vk->device, &bi, NULL, buffer);
+    VkResult r = FLP_VK_ALLOC(VK_ERROR_OUT_OF_DEVICE_MEMORY,
+                              vk->vk.vkCreateBuffer(vk->device, &bi, NULL, buffer));
     if (r != VK_SUCCESS) {
         *buffer = VK_NULL_HANDLE;
         return flp_vk_fail(vk->ctx, r, "vkCreateBuffer");
@@ -59,10 +59,13 @@ static flp_status create_raw(flp_vk *vk, VkDeviceSize size, VkBufferUsageFlags u
         .memoryTypeIndex = (uint32_t)type,
     };
     const char *call = "vkAllocateMemory";
-    r = vk->vk.vkAllocateMemory(vk->device, &ai, NULL, memory);
+    r = FLP_VK_ALLOC(VK_ERROR_OUT_OF_DEVICE_MEMORY,
+                     vk->vk.vkAllocateMemory(vk->device, &ai, NULL, memory));
     if (r == VK_SUCCESS) {
         call = "vkBindBufferMemory";
-        r = vk->vk.vkBindBufferMemory(vk->device, *buffer, *memory, 0);
+        /* binding may run out of memory too: a site of its own, to walk the cleanup of both */
+        r = FLP_VK_ALLOC(VK_ERROR_OUT_OF_DEVICE_MEMORY,
+                         vk->vk.vkBindBufferMemory(vk->device, *buffer, *memory, 0));
     } else {
         *memory = VK_NULL_HANDLE;
     }
@@ -104,7 +107,7 @@ flp_status flp_vk_buffer_create(flp_context *ctx, flp_buffer *buf) {
                         "buffer of %zu bytes exceeds the largest Vulkan buffer of this device "
                         "(%zu bytes)",
                         buf->size, ctx->info.max_buffer_bytes);
-    flp_vk_buffer *native = calloc(1, sizeof *native);
+    flp_vk_buffer *native = flp_calloc(1, sizeof *native);
     if (!native)
         return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "out of host memory");
     VkBufferUsageFlags usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT |
@@ -117,7 +120,7 @@ flp_status flp_vk_buffer_create(flp_context *ctx, flp_buffer *buf) {
     flp_status st = create_raw(vk, buf->size, usage, 0, VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT,
                                &native->buffer, &native->memory);
     if (st != FLP_OK) {
-        free(native);
+        flp_free(native);
         return st;
     }
     buf->native = native;
@@ -131,14 +134,14 @@ flp_status flp_vk_buffer_create(flp_context *ctx, flp_buffer *buf) {
 
 flp_status flp_vk_buffer_adopt(flp_context *ctx, flp_buffer *buf, VkBuffer buffer) {
     flp_vk *vk = ctx->backend;
-    flp_vk_buffer *native = calloc(1, sizeof *native);
+    flp_vk_buffer *native = flp_calloc(1, sizeof *native);
     if (!native)
         return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "out of host memory");
     native->buffer = buffer;
     buf->native = native;
     buf->device_address = device_address(vk, buffer);
     if (!buf->device_address) {
-        free(native);
+        flp_free(native);
         buf->native = NULL;
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
                         "vkGetBufferDeviceAddress returned 0 for the wrapped VkBuffer (it needs "
@@ -160,7 +163,7 @@ void flp_vk_buffer_destroy(flp_context *ctx, flp_buffer *buf) {
         vk->vk.vkDestroyBuffer(vk->device, native->buffer, NULL);
         vk->vk.vkFreeMemory(vk->device, native->memory, NULL);
     }
-    free(native);
+    flp_free(native);
     buf->native = NULL;
 }
 
@@ -177,9 +180,11 @@ static flp_status ensure_staging(flp_vk *vk) {
                    VK_MEMORY_PROPERTY_HOST_CACHED_BIT, &vk->staging, &vk->staging_memory);
     if (st != FLP_OK)
         return st;
-    VkResult r =
-        vk->vk.vkMapMemory(vk->device, vk->staging_memory, 0, VK_WHOLE_SIZE, 0, &vk->staging_map);
+    VkResult r = FLP_VK_ALLOC(
+        VK_ERROR_OUT_OF_HOST_MEMORY,
+        vk->vk.vkMapMemory(vk->device, vk->staging_memory, 0, VK_WHOLE_SIZE, 0, &vk->staging_map));
     if (r != VK_SUCCESS) {
+        vk->staging_map = NULL; /* undefined after a failure: never unmapped */
         flp_vk_staging_destroy(vk);
         return flp_vk_fail(vk->ctx, r, "vkMapMemory");
     }

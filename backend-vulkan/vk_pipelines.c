@@ -3,7 +3,6 @@
 #include "vk_backend.h"
 #include "vk_shaders.h"
 
-#include <stdlib.h>
 #include <string.h>
 
 flp_status flp_vk_pipelines_init(flp_vk *vk) {
@@ -19,7 +18,9 @@ flp_status flp_vk_pipelines_init(flp_vk *vk) {
         .pushConstantRangeCount = 1,
         .pPushConstantRanges = &range,
     };
-    VkResult r = vk->vk.vkCreatePipelineLayout(vk->device, &li, NULL, &vk->pipeline_layout);
+    VkResult r =
+        FLP_VK_ALLOC(VK_ERROR_OUT_OF_HOST_MEMORY,
+                     vk->vk.vkCreatePipelineLayout(vk->device, &li, NULL, &vk->pipeline_layout));
     if (r != VK_SUCCESS) {
         vk->pipeline_layout = VK_NULL_HANDLE;
         return flp_vk_fail(vk->ctx, r, "vkCreatePipelineLayout");
@@ -32,7 +33,7 @@ void flp_vk_pipelines_destroy(flp_vk *vk) {
         return;
     for (uint32_t i = 0; i < vk->pipeline_count; i++)
         vk->vk.vkDestroyPipeline(vk->device, vk->pipelines[i].pipeline, NULL);
-    free(vk->pipelines);
+    flp_free(vk->pipelines);
     vk->pipelines = NULL;
     vk->pipeline_count = vk->pipeline_capacity = 0;
     for (int i = 0; i < FLP_VK_SHADER_COUNT; i++) {
@@ -65,7 +66,9 @@ static flp_status get_module(flp_vk *vk, flp_vk_shader shader, VkShaderModule *o
             .codeSize = *spirv[shader].size,
             .pCode = (const uint32_t *)(const void *)spirv[shader].code,
         };
-        VkResult r = vk->vk.vkCreateShaderModule(vk->device, &mi, NULL, &vk->modules[shader]);
+        VkResult r =
+            FLP_VK_ALLOC(VK_ERROR_OUT_OF_HOST_MEMORY,
+                         vk->vk.vkCreateShaderModule(vk->device, &mi, NULL, &vk->modules[shader]));
         if (r != VK_SUCCESS) {
             vk->modules[shader] = VK_NULL_HANDLE;
             return flp_vk_fail(vk->ctx, r, "vkCreateShaderModule");
@@ -119,7 +122,9 @@ static flp_status create_pipeline(flp_vk *vk, const flp_vk_pipeline_key *key, Vk
             },
         .layout = flp_vk_pipeline_layout_of(vk, key->shader),
     };
-    VkResult r = vk->vk.vkCreateComputePipelines(vk->device, VK_NULL_HANDLE, 1, &ci, NULL, out);
+    VkResult r = FLP_VK_ALLOC(
+        VK_ERROR_OUT_OF_HOST_MEMORY,
+        vk->vk.vkCreateComputePipelines(vk->device, VK_NULL_HANDLE, 1, &ci, NULL, out));
     if (r != VK_SUCCESS)
         return flp_vk_fail(vk->ctx, r, "vkCreateComputePipelines");
     return FLP_OK;
@@ -134,7 +139,7 @@ flp_status flp_vk_pipeline_get(flp_vk *vk, const flp_vk_pipeline_key *key, VkPip
     }
     if (vk->pipeline_count == vk->pipeline_capacity) {
         uint32_t capacity = vk->pipeline_capacity ? vk->pipeline_capacity * 2 : 8;
-        flp_vk_pipeline_entry *grown = realloc(vk->pipelines, capacity * sizeof *grown);
+        flp_vk_pipeline_entry *grown = flp_realloc(vk->pipelines, capacity * sizeof *grown);
         if (!grown)
             return flp_fail(vk->ctx, FLP_ERROR_OUT_OF_MEMORY, "out of host memory");
         vk->pipelines = grown;

@@ -10,7 +10,8 @@ flp_status flp_vk_submit_init(flp_vk *vk) {
             VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT | VK_COMMAND_POOL_CREATE_TRANSIENT_BIT,
         .queueFamilyIndex = vk->queue_family,
     };
-    VkResult r = vk->vk.vkCreateCommandPool(vk->device, &pi, NULL, &vk->pool);
+    VkResult r = FLP_VK_ALLOC(VK_ERROR_OUT_OF_DEVICE_MEMORY,
+                              vk->vk.vkCreateCommandPool(vk->device, &pi, NULL, &vk->pool));
     if (r != VK_SUCCESS) {
         vk->pool = VK_NULL_HANDLE;
         return flp_vk_fail(vk->ctx, r, "vkCreateCommandPool");
@@ -22,14 +23,16 @@ flp_status flp_vk_submit_init(flp_vk *vk) {
         .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY,
         .commandBufferCount = FLP_VK_SLOTS,
     };
-    r = vk->vk.vkAllocateCommandBuffers(vk->device, &ai, cmds);
+    r = FLP_VK_ALLOC(VK_ERROR_OUT_OF_DEVICE_MEMORY,
+                     vk->vk.vkAllocateCommandBuffers(vk->device, &ai, cmds));
     if (r != VK_SUCCESS)
         return flp_vk_fail(vk->ctx, r, "vkAllocateCommandBuffers");
     for (int i = 0; i < FLP_VK_SLOTS; i++)
         vk->slots[i].cmd = cmds[i];
     VkFenceCreateInfo fi = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
     for (int i = 0; i < FLP_VK_SLOTS; i++) {
-        r = vk->vk.vkCreateFence(vk->device, &fi, NULL, &vk->slots[i].fence);
+        r = FLP_VK_ALLOC(VK_ERROR_OUT_OF_HOST_MEMORY,
+                         vk->vk.vkCreateFence(vk->device, &fi, NULL, &vk->slots[i].fence));
         if (r != VK_SUCCESS) {
             vk->slots[i].fence = VK_NULL_HANDLE;
             return flp_vk_fail(vk->ctx, r, "vkCreateFence");
@@ -118,17 +121,20 @@ flp_status flp_vk_record_submit(flp_vk *vk, flp_vk_recording *rec, bool wait) {
     return FLP_OK;
 }
 
-flp_status flp_vk_synchronize(flp_context *ctx) {
-    flp_vk *vk = ctx->backend;
+flp_status flp_vk_wait_submitted(flp_vk *vk) {
     for (int i = 0; i < FLP_VK_SLOTS; i++) {
         const flp_vk_slot *slot = &vk->slots[i];
         if (!slot->submitted)
             continue;
         VkResult r = vk->vk.vkWaitForFences(vk->device, 1, &slot->fence, VK_TRUE, UINT64_MAX);
         if (r != VK_SUCCESS)
-            return flp_vk_fail(ctx, r, "vkWaitForFences");
+            return flp_vk_fail(vk->ctx, r, "vkWaitForFences");
     }
     return FLP_OK;
+}
+
+flp_status flp_vk_synchronize(flp_context *ctx) {
+    return flp_vk_wait_submitted(ctx->backend);
 }
 
 void flp_vk_barrier(flp_vk *vk, VkCommandBuffer cmd, VkPipelineStageFlags src_stage,

@@ -9,8 +9,6 @@
  * valid. */
 #include "vk_backend.h"
 
-#include <stdlib.h>
-
 #define FLP_VK_TEXEL_FORMAT VK_FORMAT_R32G32B32A32_UINT
 #define FLP_VK_TEXEL_BYTES 16u
 /* Descriptor sets per pool; pools are added as buffers need them. */
@@ -37,7 +35,9 @@ flp_status flp_vk_texel_init(flp_vk *vk) {
         .bindingCount = 1,
         .pBindings = &binding,
     };
-    VkResult r = vk->vk.vkCreateDescriptorSetLayout(vk->device, &li, NULL, &vk->texel_set_layout);
+    VkResult r = FLP_VK_ALLOC(
+        VK_ERROR_OUT_OF_HOST_MEMORY,
+        vk->vk.vkCreateDescriptorSetLayout(vk->device, &li, NULL, &vk->texel_set_layout));
     if (r != VK_SUCCESS) {
         vk->texel_set_layout = VK_NULL_HANDLE;
         return flp_vk_fail(vk->ctx, r, "vkCreateDescriptorSetLayout");
@@ -56,7 +56,9 @@ flp_status flp_vk_texel_init(flp_vk *vk) {
         .pushConstantRangeCount = 1,
         .pPushConstantRanges = &range,
     };
-    r = vk->vk.vkCreatePipelineLayout(vk->device, &pi, NULL, &vk->texel_pipeline_layout);
+    r = FLP_VK_ALLOC(
+        VK_ERROR_OUT_OF_HOST_MEMORY,
+        vk->vk.vkCreatePipelineLayout(vk->device, &pi, NULL, &vk->texel_pipeline_layout));
     if (r != VK_SUCCESS) {
         vk->texel_pipeline_layout = VK_NULL_HANDLE;
         return flp_vk_fail(vk->ctx, r, "vkCreatePipelineLayout");
@@ -73,8 +75,8 @@ void flp_vk_texel_destroy(flp_vk *vk) {
         if (vk->texel_set_layout)
             vk->vk.vkDestroyDescriptorSetLayout(vk->device, vk->texel_set_layout, NULL);
     }
-    free(vk->texel_pools);
-    free(vk->texel_buffers);
+    flp_free(vk->texel_pools);
+    flp_free(vk->texel_buffers);
     vk->texel_pools = NULL;
     vk->texel_buffers = NULL;
     vk->texel_pool_count = vk->texel_buffer_count = vk->texel_buffer_capacity = 0;
@@ -90,7 +92,7 @@ flp_status flp_vk_texel_register(flp_vk *vk, flp_buffer *buf) {
     pthread_mutex_lock(&vk->texel_lock);
     if (vk->texel_buffer_count == vk->texel_buffer_capacity) {
         uint32_t capacity = vk->texel_buffer_capacity ? vk->texel_buffer_capacity * 2 : 16;
-        flp_buffer **grown = realloc(vk->texel_buffers, capacity * sizeof *grown);
+        flp_buffer **grown = flp_realloc(vk->texel_buffers, capacity * sizeof *grown);
         if (grown) {
             vk->texel_buffers = grown;
             vk->texel_buffer_capacity = capacity;
@@ -131,7 +133,8 @@ static flp_status allocate_set(flp_vk *vk, VkDescriptorSet *set, VkDescriptorPoo
             .descriptorSetCount = 1,
             .pSetLayouts = &vk->texel_set_layout,
         };
-        VkResult r = vk->vk.vkAllocateDescriptorSets(vk->device, &ai, set);
+        VkResult r = FLP_VK_ALLOC(VK_ERROR_OUT_OF_DEVICE_MEMORY,
+                                  vk->vk.vkAllocateDescriptorSets(vk->device, &ai, set));
         if (r == VK_SUCCESS) {
             *pool = ai.descriptorPool;
             return FLP_OK;
@@ -140,7 +143,7 @@ static flp_status allocate_set(flp_vk *vk, VkDescriptorSet *set, VkDescriptorPoo
             return flp_vk_fail(vk->ctx, r, "vkAllocateDescriptorSets");
     }
     VkDescriptorPool *grown =
-        realloc(vk->texel_pools, (vk->texel_pool_count + 1) * sizeof *vk->texel_pools);
+        flp_realloc(vk->texel_pools, (vk->texel_pool_count + 1) * sizeof *vk->texel_pools);
     if (!grown)
         return flp_fail(vk->ctx, FLP_ERROR_OUT_OF_MEMORY, "out of host memory");
     vk->texel_pools = grown;
@@ -156,7 +159,8 @@ static flp_status allocate_set(flp_vk *vk, VkDescriptorSet *set, VkDescriptorPoo
         .pPoolSizes = &size,
     };
     VkDescriptorPool created;
-    VkResult r = vk->vk.vkCreateDescriptorPool(vk->device, &pi, NULL, &created);
+    VkResult r = FLP_VK_ALLOC(VK_ERROR_OUT_OF_DEVICE_MEMORY,
+                              vk->vk.vkCreateDescriptorPool(vk->device, &pi, NULL, &created));
     if (r != VK_SUCCESS)
         return flp_vk_fail(vk->ctx, r, "vkCreateDescriptorPool");
     vk->texel_pools[vk->texel_pool_count++] = created;
@@ -166,7 +170,8 @@ static flp_status allocate_set(flp_vk *vk, VkDescriptorSet *set, VkDescriptorPoo
         .descriptorSetCount = 1,
         .pSetLayouts = &vk->texel_set_layout,
     };
-    r = vk->vk.vkAllocateDescriptorSets(vk->device, &ai, set);
+    r = FLP_VK_ALLOC(VK_ERROR_OUT_OF_DEVICE_MEMORY,
+                     vk->vk.vkAllocateDescriptorSets(vk->device, &ai, set));
     if (r != VK_SUCCESS)
         return flp_vk_fail(vk->ctx, r, "vkAllocateDescriptorSets");
     *pool = created;
@@ -185,7 +190,9 @@ static flp_status ensure_view(flp_vk *vk, flp_buffer *buf) {
         .offset = 0,
         .range = VK_WHOLE_SIZE,
     };
-    VkResult r = vk->vk.vkCreateBufferView(vk->device, &vi, NULL, &native->texel_view);
+    VkResult r =
+        FLP_VK_ALLOC(VK_ERROR_OUT_OF_HOST_MEMORY,
+                     vk->vk.vkCreateBufferView(vk->device, &vi, NULL, &native->texel_view));
     if (r != VK_SUCCESS) {
         native->texel_view = VK_NULL_HANDLE;
         return flp_vk_fail(vk->ctx, r, "vkCreateBufferView");

@@ -19,7 +19,7 @@ flp_status flp_buffer_create(flp_context *ctx, const flp_buffer_desc *desc, flp_
                         desc->size, ctx->info.max_buffer_bytes);
     flp_buffer *buf = flp_calloc(1, sizeof *buf);
     if (!buf)
-        return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "flp_buffer_create: host allocation");
+        return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "flp_buffer_create: out of host memory");
     buf->ctx = ctx;
     buf->size = desc->size;
     flp_status status = ctx->ops->buffer_create(ctx, buf);

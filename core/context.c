@@ -64,8 +64,12 @@ flp_status flp_context_create_on(const flp_context_desc *desc, flp_backend_kind 
         return FLP_ERROR_INVALID_ARGUMENT;
     }
     flp_context *ctx = flp_calloc(1, sizeof *ctx);
-    if (!ctx)
+    if (!ctx) {
+        /* no context yet to hold the message: the callback still hears it */
+        flp_log_raw(desc->log, desc->log_user_data, desc->log_level, FLP_LOG_ERROR,
+                    "flp_context_create: out of host memory for the context");
         return FLP_ERROR_OUT_OF_MEMORY;
+    }
     ctx->log = desc->log;
     ctx->log_user_data = desc->log_user_data;
     ctx->log_level = desc->log_level;

@@ -196,8 +196,8 @@ flp_status flp_decode_plan(flp_context *ctx, flp_plan *plan, const flp_decode_pl
     size_t bytes = lens + flp_decode_schedule_scratch_bytes(&shape);
     char *scratch = flp_malloc(bytes);
     if (!scratch)
-        return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "%s: host allocation of %zu bytes", FN,
-                        bytes);
+        return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY,
+                        "%s: out of host memory for %zu bytes of scratch", FN, bytes);
     decode_scratch s = {(int32_t *)scratch, (int32_t *)scratch + batch, scratch + lens};
     status = plan_batch(ctx, plan, args, &s);
     flp_free(scratch);

@@ -225,7 +225,7 @@ flp_status flp_plan_create(flp_context *ctx, const flp_plan_desc *desc, flp_plan
     *out = NULL;
     flp_plan *plan = flp_calloc(1, sizeof *plan);
     if (!plan)
-        return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "%s: host allocation", fn);
+        return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "%s: out of host memory for the plan", fn);
     plan->ctx = ctx;
     prefill_caps prefill;
     flp_status status = prepare(ctx, fn, desc, &plan->desc, &plan->num_ctas, &plan->max_items,
@@ -241,7 +241,8 @@ flp_status flp_plan_create(flp_context *ctx, const flp_plan_desc *desc, flp_plan
         plan->host = flp_calloc(1, plan->layout.metadata_end);
         plan->prefill_host = prefill_bytes > 0 ? flp_calloc(1, prefill_bytes) : NULL;
         if (!plan->host || (prefill_bytes > 0 && !plan->prefill_host))
-            status = flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "%s: host allocation of %zu bytes", fn,
+            status = flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY,
+                              "%s: out of host memory for the plan's mirrors (%zu bytes)", fn,
                               plan->layout.metadata_end + prefill_bytes);
     }
     if (status == FLP_OK)

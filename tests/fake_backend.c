@@ -1,5 +1,6 @@
 /* The host-memory fake backend of the core tests (see fake_backend.h). */
 #include "tests/fake_backend.h"
+#include "core/alloc.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,10 +15,14 @@ static void fake_destroy(flp_context *ctx) {
     (void)ctx;
 }
 static flp_status fake_buffer_create(flp_context *ctx, flp_buffer *buf) {
-    (void)ctx;
-    buf->native = malloc(buf->size);
-    buf->device_address = (uint64_t)(uintptr_t)buf->native;
-    return buf->native ? FLP_OK : FLP_ERROR_OUT_OF_MEMORY;
+    /* A device allocation site: the fault-injection seam may fail it like a real shortage. */
+    void *memory = flp_fault_device() ? NULL : malloc(buf->size);
+    if (!memory)
+        return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY,
+                        "fake backend: out of device memory for a buffer of %zu bytes", buf->size);
+    buf->native = memory;
+    buf->device_address = (uint64_t)(uintptr_t)memory;
+    return FLP_OK;
 }
 static void fake_buffer_destroy(flp_context *ctx, flp_buffer *buf) {
     (void)ctx;

@@ -1,7 +1,9 @@
 /* A host-memory backend for the core tests: buffers are malloc'ed (device address = host
  * pointer), copies are memcpy, runs record their launch instead of computing. Lets the core
  * suite check what the front end validates, uploads and hands a backend, under ASan/UBSan and
- * without a device. Not thread-safe. */
+ * without a device. buffer_create is a device allocation site of the fault-injection seam
+ * (core/alloc.h): failed there, it returns FLP_ERROR_OUT_OF_MEMORY like a real shortage. Not
+ * thread-safe. */
 #ifndef FLP_TESTS_FAKE_BACKEND_H
 #define FLP_TESTS_FAKE_BACKEND_H
 
