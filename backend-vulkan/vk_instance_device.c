@@ -227,6 +227,11 @@ static flp_status create_instance(flp_vk *vk) {
     VkResult r = FLP_VK_ALLOC(VK_ERROR_OUT_OF_HOST_MEMORY, create(&ci, NULL, &vk->instance));
     if (r != VK_SUCCESS) {
         vk->instance = VK_NULL_HANDLE;
+        /* a loader without any driver (ICD): no Vulkan device here, not a failure of one */
+        if (r == VK_ERROR_INCOMPATIBLE_DRIVER)
+            return flp_fail(vk->ctx, FLP_ERROR_UNSUPPORTED,
+                            "no Vulkan driver: vkCreateInstance failed with %s",
+                            flp_vk_result_name(r));
         return flp_vk_fail(vk->ctx, r, "vkCreateInstance");
     }
     vk->facts.api_version = api;

@@ -296,5 +296,8 @@ flp_status flp_decode_run(flp_context *ctx, const flp_plan *plan, const flp_deco
         return status;
     flp_decode_launch launch;
     fill_launch(plan, args, &launch);
-    return ctx->ops->decode_run(ctx, &launch);
+    status = ctx->ops->decode_run(ctx, &launch);
+    if (status != FLP_OK)
+        flp_error_prefix(ctx, fn);
+    return status;
 }

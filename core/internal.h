@@ -37,6 +37,9 @@ flp_status flp_fail(flp_context *ctx, flp_status status, const char *fmt, ...)
 /* Logs through ctx's callback when one is set and level passes the threshold. */
 void flp_log(const flp_context *ctx, flp_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* Prefixes ctx's last error with "fn: " unless it starts so already: a backend's message names
+ * its own step, the public entry point that failed is fn. */
+void flp_error_prefix(flp_context *ctx, const char *fn);
 /* Clears the last error (called at the start of each public entry point). */
 void flp_clear_error(flp_context *ctx);
 

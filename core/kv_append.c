@@ -170,5 +170,8 @@ flp_status flp_kv_append(flp_context *ctx, const flp_kv_append_args *args) {
                         ctx->ops->name);
     flp_kv_append_params params;
     fill_params(args, &params);
-    return ctx->ops->kv_append_run(ctx, &params);
+    status = ctx->ops->kv_append_run(ctx, &params);
+    if (status != FLP_OK)
+        flp_error_prefix(ctx, FN);
+    return status;
 }

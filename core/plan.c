@@ -280,6 +280,8 @@ flp_status flp_plan_check_call(flp_context *ctx, const char *fn, const flp_plan 
 
 void flp_plan_summarize(const flp_plan *plan, flp_plan_summary *out) {
     memset(out, 0, sizeof *out);
+    out->decode_ctas = plan->num_ctas;
+    out->prefill_ctas = plan->prefill_ctas;
     if (plan->decode.planned) {
         out->decode_items = plan->decode.num_items;
         out->decode_partial_slots = plan->decode.num_partial_slots;

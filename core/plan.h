@@ -86,6 +86,7 @@ flp_status flp_plan_check_outputs(flp_context *ctx, const char *fn, const flp_pl
 
 /* What the last plans decided, for tests and benchmarks (all 0 for a partition not planned). */
 typedef struct flp_plan_summary {
+    int32_t decode_ctas, prefill_ctas; /* grids fixed at creation (prefill: 0 without capacity) */
     int32_t decode_items, decode_partial_slots;
     int32_t prefill_items, prefill_merge_items, prefill_partial_slots, prefill_q_tile;
 } flp_plan_summary;

@@ -163,7 +163,10 @@ flp_status flp_prefill_run(flp_context *ctx, const flp_plan *plan,
         return status;
     flp_prefill_launch launch;
     fill_launch(plan, args, &launch);
-    return ctx->ops->prefill_run(ctx, &launch);
+    status = ctx->ops->prefill_run(ctx, &launch);
+    if (status != FLP_OK)
+        flp_error_prefix(ctx, fn);
+    return status;
 }
 
 /* Plans and runs one ragged request on a temporary plan, then waits and frees it. */

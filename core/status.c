@@ -69,3 +69,19 @@ void flp_clear_error(flp_context *ctx) {
     if (ctx)
         ctx->last_error[0] = '\0';
 }
+
+void flp_error_prefix(flp_context *ctx, const char *fn) {
+    size_t n = strlen(fn);
+    if (!ctx || (strncmp(ctx->last_error, fn, n) == 0 && ctx->last_error[n] == ':'))
+        return;
+    /* "fn: " then as much of the old message as fits (the buffer ends with a NUL) */
+    char message[FLP_ERROR_MESSAGE_SIZE];
+    int used = snprintf(message, sizeof message, "%s: ", fn);
+    if (used < 0 || (size_t)used >= sizeof message)
+        return;
+    size_t room = sizeof message - (size_t)used - 1;
+    size_t len = strnlen(ctx->last_error, room);
+    memcpy(message + used, ctx->last_error, len);
+    message[(size_t)used + len] = '\0';
+    memcpy(ctx->last_error, message, sizeof message);
+}

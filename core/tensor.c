@@ -87,23 +87,29 @@ flp_status flp_tensor_check(flp_context *ctx, const char *fn, const flp_tensor *
                                 "(16 bytes)",
                                 fn, e->name, i, (long long)t->stride[i], (long long)per_vector);
     }
-    /* Largest element offset, computed without overflow for any sane buffer size. */
-    bool empty = false;
+    /* Largest element offset. Each term is below 2^127; the sum stops growing as soon as it
+     * passes the buffer's size (< 2^64), so it never wraps, whatever the shapes and strides. */
+    bool empty = false, past_end = false;
     unsigned __int128 last = 0;
     for (int i = 0; i < e->ndim; i++) {
         if (t->shape[i] == 0)
             empty = true;
-        else
+        else if (!past_end)
             last += (unsigned __int128)(t->shape[i] - 1) * (unsigned __int128)t->stride[i];
+        past_end = past_end || last >= t->buf->size;
     }
-    if (!empty) {
-        unsigned __int128 end = (unsigned __int128)t->offset + (last + 1) * esize;
-        if (end > t->buf->size)
-            return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                            "%s: %s spans up to byte %llu past offset, beyond its buffer of %zu "
-                            "bytes",
-                            fn, e->name, (unsigned long long)(end - t->offset), t->buf->size);
-    }
+    if (empty)
+        return FLP_OK;
+    if (past_end)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                        "%s: %s reaches past the end of its buffer of %zu bytes (shape and "
+                        "strides)",
+                        fn, e->name, t->buf->size);
+    unsigned __int128 end = (unsigned __int128)t->offset + (last + 1) * esize;
+    if (end > t->buf->size)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                        "%s: %s spans up to byte %llu past offset, beyond its buffer of %zu bytes",
+                        fn, e->name, (unsigned long long)(end - t->offset), t->buf->size);
     return FLP_OK;
 }
 

@@ -1,5 +1,5 @@
-/* The table of batch-decode cases of the reference suite (tests/test_decode.c, DESIGN.md
- * section 7). Included by test_decode.c only: the table is static data.
+/* The table of batch-decode cases of the reference suite (tests/test_decode.c, docs/design.md
+ * section 9). Included by test_decode.c only: the table is static data.
  *
  * Shapes stay small (CI runs them on lavapipe, a CPU Vulkan driver), but a few requests are long
  * (1000-3000 keys with a batch of 1-2) so that the plan splits them into KV chunks and the merge

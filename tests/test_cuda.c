@@ -191,9 +191,14 @@ static void test_buffer_errors(void **state) {
     flp_buffer_desc desc = {64};
     assert_ok(g_ctx, flp_buffer_create(g_ctx, &desc, &buf));
     uint8_t bytes[80] = {0};
-    assert_int_equal(flp_buffer_write(g_ctx, buf, 60, bytes, 8), FLP_ERROR_INVALID_ARGUMENT);
-    assert_true(strlen(flp_context_last_error(g_ctx)) > 0);
-    assert_int_equal(flp_buffer_read(g_ctx, buf, 0, bytes, 65), FLP_ERROR_INVALID_ARGUMENT);
+    test_expect_status(g_ctx, flp_buffer_write(g_ctx, buf, 60, bytes, 8),
+                       FLP_ERROR_INVALID_ARGUMENT, "write 8 bytes at 60 of 64",
+                       TEST_MENTIONS("flp_buffer_write: range [60, 60 + 8) exceeds the buffer's 64 "
+                                     "bytes"));
+    test_expect_status(g_ctx, flp_buffer_read(g_ctx, buf, 0, bytes, 65), FLP_ERROR_INVALID_ARGUMENT,
+                       "read 65 bytes of 64",
+                       TEST_MENTIONS("flp_buffer_read: range [0, 0 + 65) exceeds the buffer's 64 "
+                                     "bytes"));
     flp_buffer_desc zero = {0};
     flp_buffer *none = (flp_buffer *)1;
     assert_int_equal(flp_buffer_create(g_ctx, &zero, &none), FLP_ERROR_INVALID_ARGUMENT);
@@ -237,13 +242,24 @@ static void test_wrap(void **state) {
     /* Wrapping far past the allocation (beyond any rounding of its size), a null pointer or
      * zero bytes: refused. */
     buf = (flp_buffer *)1;
-    assert_int_equal(flp_cuda_buffer_wrap(g_ctx, ptr, n + ((size_t)64 << 20), &buf),
-                     FLP_ERROR_INVALID_ARGUMENT);
+    const size_t far = n + ((size_t)64 << 20);
+    test_expect_status(
+        g_ctx, flp_cuda_buffer_wrap(g_ctx, ptr, far, &buf), FLP_ERROR_INVALID_ARGUMENT,
+        "wrap past the allocation",
+        TEST_MENTIONS(test_str("flp_cuda_buffer_wrap: [0x%llx, +%zu) runs past its "
+                               "allocation [0x%llx, +",
+                               (unsigned long long)ptr, far, (unsigned long long)ptr)));
     assert_null(buf);
-    assert_non_null(strstr(flp_context_last_error(g_ctx), "flp_cuda_buffer_wrap"));
-    assert_int_equal(flp_cuda_buffer_wrap(g_ctx, 0, 16, &buf), FLP_ERROR_INVALID_ARGUMENT);
-    assert_int_equal(flp_cuda_buffer_wrap(g_ctx, ptr, 0, &buf), FLP_ERROR_INVALID_ARGUMENT);
-    assert_int_equal(flp_cuda_buffer_wrap(g_ctx, ptr, 16, NULL), FLP_ERROR_INVALID_ARGUMENT);
+    test_expect_status(g_ctx, flp_cuda_buffer_wrap(g_ctx, 0, 16, &buf), FLP_ERROR_INVALID_ARGUMENT,
+                       "wrap a null pointer",
+                       TEST_MENTIONS("flp_cuda_buffer_wrap: device_ptr 0x0, size 16"));
+    test_expect_status(g_ctx, flp_cuda_buffer_wrap(g_ctx, ptr, 0, &buf), FLP_ERROR_INVALID_ARGUMENT,
+                       "wrap 0 bytes",
+                       TEST_MENTIONS(test_str("flp_cuda_buffer_wrap: device_ptr 0x%llx, size 0",
+                                              (unsigned long long)ptr)));
+    test_expect_status(g_ctx, flp_cuda_buffer_wrap(g_ctx, ptr, 16, NULL),
+                       FLP_ERROR_INVALID_ARGUMENT, "wrap into NULL",
+                       TEST_MENTIONS("flp_cuda_buffer_wrap: out is NULL"));
 
     assert_cu(cu.push(g_primary));
     assert_cu(cu.mem_free(ptr)); /* still ours: the library did not free it */

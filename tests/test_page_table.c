@@ -61,6 +61,8 @@ static void expect_pages(flp_page_table *t, int32_t seq, const int32_t *pages, i
     assert_int_equal(len, tokens);
 }
 
+/* The last error holds text exactly: name the value with its context ("all 3 sequences"), never a
+ * bare number that any message could hold. */
 static void expect_error_mentions(const flp_page_table *t, const char *text) {
     const char *msg = flp_page_table_last_error(t);
     if (!strstr(msg, text))
@@ -98,7 +100,8 @@ static void test_create_bad_desc(void **state) {
     int32_t id = POISON;
     assert_int_equal(flp_page_table_create_sequence(t, &id), FLP_ERROR_CAPACITY);
     assert_int_equal(id, POISON);
-    expect_error_mentions(t, "1024");
+    expect_error_mentions(
+        t, "flp_page_table_create_sequence: all 1024 sequences (max_sequences) are live");
     flp_page_table_destroy(t);
     flp_page_table_destroy(NULL);
 }
@@ -151,7 +154,7 @@ static void test_append_export_locate(void **state) {
     last[0] = POISON;
     assert_int_equal(flp_page_table_export(t, ids, 3, indptr, indices, 3, last),
                      FLP_ERROR_CAPACITY);
-    expect_error_mentions(t, "4 pages");
+    expect_error_mentions(t, "flp_page_table_export: 4 pages exceed indices_capacity 3");
     assert_int_equal(indptr[0], POISON);
     assert_int_equal(indptr[1], POISON);
     assert_int_equal(last[0], POISON);
@@ -177,10 +180,11 @@ static void test_append_export_locate(void **state) {
     }
     int32_t page = POISON, slot = POISON;
     assert_int_equal(flp_page_table_locate(t, a, 9, &page, &slot), FLP_ERROR_INVALID_ARGUMENT);
-    expect_error_mentions(t, "token 9");
+    expect_error_mentions(t, "flp_page_table_locate: token 9 out of range [0, 9) of sequence 0");
     assert_int_equal(flp_page_table_locate(t, a, -1, &page, &slot), FLP_ERROR_INVALID_ARGUMENT);
-    expect_error_mentions(t, "token -1");
+    expect_error_mentions(t, "token -1 out of range [0, 9) of sequence 0");
     assert_int_equal(flp_page_table_locate(t, c, 0, &page, &slot), FLP_ERROR_INVALID_ARGUMENT);
+    expect_error_mentions(t, "token 0 out of range [0, 0) of sequence 2");
     assert_int_equal(page, POISON);
     assert_int_equal(slot, POISON);
 
@@ -295,9 +299,11 @@ static void test_free_releases_unshared(void **state) {
     expect_pages(t, child, child_pages, 3, 9);
     /* The freed id is invalid now, then reused (lowest first). */
     assert_int_equal(flp_page_table_free_sequence(t, parent), FLP_ERROR_INVALID_ARGUMENT);
-    expect_error_mentions(t, "sequence id 0");
+    expect_error_mentions(
+        t, "flp_page_table_free_sequence: sequence id 0 is not live (freed or never created)");
     int32_t len = POISON;
     assert_int_equal(flp_page_table_sequence_length(t, parent, &len), FLP_ERROR_INVALID_ARGUMENT);
+    expect_error_mentions(t, "flp_page_table_sequence_length: sequence id 0 is not live");
     assert_int_equal(len, POISON);
     /* The released page 1 is the lowest free page: the next allocation takes it. */
     int32_t s = new_seq(t);
@@ -349,15 +355,16 @@ static void test_exhaustion_changes_nothing(void **state) {
 
     int32_t src = POISON, dst = POISON;
     assert_int_equal(flp_page_table_append(t, b, 100, &src, &dst), FLP_ERROR_CAPACITY);
-    expect_error_mentions(t, "only 1 of 4");
+    expect_error_mentions(t, "100 tokens for sequence 1 need 26 free pages (page_size 4, one for "
+                             "copy-on-write), only 1 of 4 are free");
     assert_int_equal(src, POISON);
     assert_int_equal(dst, POISON);
     take_snapshot(t, 3, &after);
     assert_memory_equal(&before, &after, sizeof before);
     /* 3 tokens: the copy-on-write page plus one new page = 2 pages, 1 free. */
     assert_int_equal(flp_page_table_append(t, b, 3, &src, &dst), FLP_ERROR_CAPACITY);
-    expect_error_mentions(t, "need 2 free pages");
-    expect_error_mentions(t, "copy-on-write");
+    expect_error_mentions(t, "3 tokens for sequence 1 need 2 free pages (page_size 4, one for "
+                             "copy-on-write), only 1 of 4 are free");
     take_snapshot(t, 3, &after);
     assert_memory_equal(&before, &after, sizeof before);
     /* 2 tokens fit in the copy: exactly the one free page. */
@@ -367,6 +374,8 @@ static void test_exhaustion_changes_nothing(void **state) {
     append(t, a, 2, -1, -1);
     take_snapshot(t, 3, &before);
     assert_int_equal(flp_page_table_append(t, a, 1, &src, &dst), FLP_ERROR_CAPACITY);
+    expect_error_mentions(t, "1 tokens for sequence 0 need 1 free pages (page_size 4), only 0 of 4 "
+                             "are free");
     take_snapshot(t, 3, &after);
     assert_memory_equal(&before, &after, sizeof before);
 
@@ -375,8 +384,9 @@ static void test_exhaustion_changes_nothing(void **state) {
     assert_int_equal(c, 2);
     take_snapshot(t, 3, &before);
     assert_int_equal(flp_page_table_create_sequence(t, &id), FLP_ERROR_CAPACITY);
-    expect_error_mentions(t, "3");
+    expect_error_mentions(t, "all 3 sequences (max_sequences) are live");
     assert_int_equal(flp_page_table_fork(t, a, &id), FLP_ERROR_CAPACITY);
+    expect_error_mentions(t, "all 3 sequences (max_sequences) are live, cannot fork sequence 0");
     assert_int_equal(id, POISON);
     take_snapshot(t, 3, &after);
     assert_memory_equal(&before, &after, sizeof before);
@@ -395,39 +405,50 @@ static void test_bad_ids(void **state) {
     append(t, live, 5, -1, -1);
     assert_int_equal(flp_page_table_free_sequence(t, dead), FLP_OK);
     const int32_t bad[] = {-1, 4, 1000, INT32_MIN, INT32_MAX, dead, 3 /* never created */};
-    char num[32];
+    char why[64], want[128];
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         int32_t id = bad[i], out = POISON, page = POISON, slot = POISON, indptr[2] = {POISON};
         int32_t indices[4], last = POISON;
-        snprintf(num, sizeof num, "%d", id);
+        /* each call names itself, the id and why it is refused */
+        if (id >= 0 && id < 4)
+            snprintf(why, sizeof why, "sequence id %d is not live (freed or never created)", id);
+        else
+            snprintf(why, sizeof why, "sequence id %d out of range [0, 4)", id);
         assert_int_equal(flp_page_table_append(t, id, 1, NULL, NULL), FLP_ERROR_INVALID_ARGUMENT);
-        expect_error_mentions(t, num);
+        snprintf(want, sizeof want, "flp_page_table_append: %s", why);
+        expect_error_mentions(t, want);
         assert_int_equal(flp_page_table_fork(t, id, &out), FLP_ERROR_INVALID_ARGUMENT);
-        expect_error_mentions(t, num);
+        snprintf(want, sizeof want, "flp_page_table_fork: %s", why);
+        expect_error_mentions(t, want);
         assert_int_equal(flp_page_table_free_sequence(t, id), FLP_ERROR_INVALID_ARGUMENT);
-        expect_error_mentions(t, num);
+        snprintf(want, sizeof want, "flp_page_table_free_sequence: %s", why);
+        expect_error_mentions(t, want);
         assert_int_equal(flp_page_table_sequence_length(t, id, &out), FLP_ERROR_INVALID_ARGUMENT);
-        expect_error_mentions(t, num);
+        snprintf(want, sizeof want, "flp_page_table_sequence_length: %s", why);
+        expect_error_mentions(t, want);
         assert_int_equal(flp_page_table_locate(t, id, 0, &page, &slot), FLP_ERROR_INVALID_ARGUMENT);
-        expect_error_mentions(t, num);
+        snprintf(want, sizeof want, "flp_page_table_locate: %s", why);
+        expect_error_mentions(t, want);
         int32_t ids[2] = {live, id};
         assert_int_equal(flp_page_table_export(t, ids, 2, indptr, indices, 4, &last),
                          FLP_ERROR_INVALID_ARGUMENT);
-        expect_error_mentions(t, num);
+        snprintf(want, sizeof want, "flp_page_table_export: seq_ids[1] = %d is not a live sequence",
+                 id);
+        expect_error_mentions(t, want);
         assert_int_equal(out, POISON);
         assert_int_equal(page, POISON);
         assert_int_equal(indptr[0], POISON); /* nothing written before the bad id was seen */
     }
     /* Other bad values. */
     assert_int_equal(flp_page_table_append(t, live, -3, NULL, NULL), FLP_ERROR_INVALID_ARGUMENT);
-    expect_error_mentions(t, "-3");
+    expect_error_mentions(t, "flp_page_table_append: num_tokens -3 is negative");
     int32_t indptr[2], indices[4], last;
     assert_int_equal(flp_page_table_export(t, &live, -1, indptr, indices, 4, &last),
                      FLP_ERROR_INVALID_ARGUMENT);
-    expect_error_mentions(t, "-1");
+    expect_error_mentions(t, "flp_page_table_export: num_seqs -1 is negative");
     assert_int_equal(flp_page_table_export(t, &live, 1, indptr, indices, -7, &last),
                      FLP_ERROR_INVALID_ARGUMENT);
-    expect_error_mentions(t, "-7");
+    expect_error_mentions(t, "flp_page_table_export: indices_capacity -7 is negative");
     int32_t len = POISON;
     assert_int_equal(flp_page_table_sequence_length(t, live, &len), FLP_OK);
     assert_int_equal(len, 5);
@@ -456,26 +477,27 @@ static void test_null_pointers(void **state) {
     int32_t s = new_seq(t);
     append(t, s, 6, -1, -1);
     assert_int_equal(flp_page_table_create_sequence(t, NULL), FLP_ERROR_INVALID_ARGUMENT);
-    expect_error_mentions(t, "seq_id is NULL");
+    expect_error_mentions(t, "flp_page_table_create_sequence: seq_id is NULL");
     assert_int_equal(flp_page_table_fork(t, s, NULL), FLP_ERROR_INVALID_ARGUMENT);
-    expect_error_mentions(t, "child_seq_id is NULL");
+    expect_error_mentions(t, "flp_page_table_fork: child_seq_id is NULL");
     assert_int_equal(flp_page_table_sequence_length(t, s, NULL), FLP_ERROR_INVALID_ARGUMENT);
+    expect_error_mentions(t, "flp_page_table_sequence_length: num_tokens is NULL");
     assert_int_equal(flp_page_table_locate(t, s, 0, NULL, &slot), FLP_ERROR_INVALID_ARGUMENT);
-    expect_error_mentions(t, "page is NULL");
+    expect_error_mentions(t, "flp_page_table_locate: page is NULL");
     assert_int_equal(flp_page_table_locate(t, s, 0, &page, NULL), FLP_ERROR_INVALID_ARGUMENT);
-    expect_error_mentions(t, "slot is NULL");
+    expect_error_mentions(t, "flp_page_table_locate: slot is NULL");
     assert_int_equal(flp_page_table_export(t, NULL, 1, indptr, indices, 4, &last),
                      FLP_ERROR_INVALID_ARGUMENT);
-    expect_error_mentions(t, "seq_ids is NULL");
+    expect_error_mentions(t, "flp_page_table_export: seq_ids is NULL with num_seqs 1");
     assert_int_equal(flp_page_table_export(t, &s, 1, NULL, indices, 4, &last),
                      FLP_ERROR_INVALID_ARGUMENT);
-    expect_error_mentions(t, "kv_indptr is NULL");
+    expect_error_mentions(t, "flp_page_table_export: kv_indptr is NULL");
     assert_int_equal(flp_page_table_export(t, &s, 1, indptr, NULL, 4, &last),
                      FLP_ERROR_INVALID_ARGUMENT);
-    expect_error_mentions(t, "kv_indices is NULL");
+    expect_error_mentions(t, "flp_page_table_export: kv_indices is NULL with 2 pages");
     assert_int_equal(flp_page_table_export(t, &s, 1, indptr, indices, 4, NULL),
                      FLP_ERROR_INVALID_ARGUMENT);
-    expect_error_mentions(t, "kv_last_page_len is NULL");
+    expect_error_mentions(t, "flp_page_table_export: kv_last_page_len is NULL with num_seqs 1");
     /* None of the failures changed anything, and none created a sequence. */
     int32_t len = POISON;
     assert_int_equal(flp_page_table_sequence_length(t, s, &len), FLP_OK);

@@ -1,10 +1,11 @@
-/* The batch prefill / append reference suite (DESIGN.md section 7), run once per backend:
+/* The batch prefill / append reference suite (docs/design.md section 9), run once per backend:
  *
  *     test_prefill vulkan|cuda [cmocka test filter]
  *
  * Exits 77 (skipped) when the backend is not built or has no device. For Vulkan the Khronos
- * validation layer is on (FLP_VULKAN_VALIDATION=1 unless the environment says otherwise) and any
- * validation message fails the test during which it appeared. FLP_PREFILL_CASES_SUBSET=N (or
+ * validation layer is on (FLP_VULKAN_VALIDATION=1 unless the environment says otherwise; =0 turns
+ * it off), a missing layer fails the run (exit 1), and any validation message fails the test
+ * during which it appeared. FLP_PREFILL_CASES_SUBSET=N (or
  * N:K) runs only the table cases whose index is K (default 0) modulo N: for slow backends such as
  * the CUDA kernel emulator; CI's Vulkan run takes them all.
  *
@@ -25,11 +26,11 @@
  * its view must be written, every byte outside it untouched. Rows that keep no key must be
  * exactly 0 with lse -inf.
  *
- * Tolerances on max|out - ref| / max|ref|: f16 2e-3, bf16 1.6e-2 (DESIGN.md). fp8 KV keeps the
- * tolerance of its Q/O dtype: the reference is fed the exact dequantised values (stored fp8 value
- * times the scale, the f32 product the kernels compute), so the quantisation itself is not part
- * of the comparison, only f32 arithmetic and the rounding of the output. lse: |got - ref| <=
- * tol * max(1, |ref|), tol 1e-3 (f16) / 1e-2 (bf16), as in test_decode.c. */
+ * Error bounds: those of test_decode.c (test_error_bounds_for in test_util.c), the max relative
+ * error and the per-request mean error of out, and the lse error, per Q/O dtype. fp8 KV keeps
+ * the bounds of its Q/O dtype: the reference is fed the exact dequantised values (stored fp8
+ * value times the scale, the f32 product the kernels compute), so the quantisation itself is not
+ * part of the comparison, only f32 arithmetic and the rounding of the output. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -42,6 +43,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/plan.h" /* flp_plan_summarize: to confirm that split cases take the merge path */
 #include "core/reference.h"
 #include "flashport/flashport.h"
 #include "flashport/flashport_vulkan.h"
@@ -54,8 +56,9 @@
 static flp_context *g_ctx;
 
 #define assert_ok(call) test_assert_ok(g_ctx, call)
-#define expect_status(got, want, call, words) test_expect_status(g_ctx, got, want, call, words)
-#define WORDS TEST_WORDS
+#define expect_status(got, want, call, mentions)                                                   \
+    test_expect_status(g_ctx, got, want, call, mentions)
+#define MENTIONS TEST_MENTIONS
 
 /* ---- KV tensor geometry ---------------------------------------------------------------------- *
  * A KV tensor is `units` units (pages, or rows of a ragged KV) of [a, b, D] vectors (paged NHD:
@@ -550,7 +553,7 @@ static void run_problem(const problem *p, const dev_problem *dv, const flp_plan 
 /* Checks the outputs against ref_out [rows, hq, d] / ref_lse [rows, hq] (test_qo_check). */
 static void check_outputs(const problem *p, const dev_problem *dv, const test_readback *rb,
                           const double *ref_out, const double *ref_lse, const char *what) {
-    const test_qo_requests req = {p->name, p->batch, p->qo_indptr, p->kv_len, p->lse};
+    const test_qo_requests req = {p->name, p->batch, p->qo_indptr, p->kv_len, p->lse, p->kv_dtype};
     test_qo_check(&dv->qo, rb, &req, ref_out, ref_lse, what);
 }
 
@@ -565,12 +568,34 @@ static void check_against_reference(const problem *p, const dev_problem *dv, con
     free(ref_lse);
 }
 
-/* Plans, runs and checks p on a fresh plan. */
-static void solve_and_check(const problem *p, const char *what) {
+/* A split case must take the merge path (docs/design.md 5.6): a long item is cut into KV
+ * chunks when the unsplit items fill less than half the grid, and the cases' long requests
+ * (>= 1000 keys against a chunk of at most half of them, see test_case) are always longer than a
+ * chunk. When the plan split nothing, its items are the unsplit ones. */
+static void expect_split(const problem *p, const flp_plan *plan) {
+    flp_plan_summary s;
+    flp_plan_summarize(plan, &s);
+    if (s.prefill_merge_items > 0 && s.prefill_partial_slots > s.prefill_merge_items)
+        return; /* split: each merge item combines at least two chunks */
+    if (2 * s.prefill_items >= s.prefill_ctas) {
+        print_message("note: %s: %d items on a grid of %d workgroups: no split expected\n", p->name,
+                      s.prefill_items, s.prefill_ctas);
+        return;
+    }
+    fail_msg("%s: %d items on a grid of %d workgroups, yet the plan split nothing (%d merge items, "
+             "%d partial slots)",
+             p->name, s.prefill_items, s.prefill_ctas, s.prefill_merge_items,
+             s.prefill_partial_slots);
+}
+
+/* Plans, runs and checks p on a fresh plan; split: the plan must split a request. */
+static void solve_and_check(const problem *p, bool split, const char *what) {
     dev_problem dv;
     dev_create(p, p->rows, &dv);
     flp_plan *plan = create_plan_for(p);
     plan_problem(p, plan);
+    if (split)
+        expect_split(p, plan);
     run_problem(p, &dv, plan);
     check_against_reference(p, &dv, what);
     flp_plan_destroy(plan);
@@ -587,7 +612,7 @@ static void test_case(void **state) {
     problem_for_case(&p, c, &rng);
     if (c->split) /* the split rule needs one long item next to a short batch (header comment) */
         assert_true(p.batch <= 2 && p.kv_len[0] >= 1000);
-    solve_and_check(&p, "run");
+    solve_and_check(&p, c->split, "run");
     problem_free(&p);
 }
 
@@ -1084,6 +1109,7 @@ static void test_determinism(void **state) {
     dev_create(&p, p.rows, &dv);
     flp_plan *plan = create_plan_for(&p);
     plan_problem(&p, plan);
+    expect_split(&p, plan); /* the merge's order is part of what must not change */
     run_problem(&p, &dv, plan);
     check_against_reference(&p, &dv, "first run");
     test_readback first = test_qo_read(&dv.qo);
@@ -1130,6 +1156,7 @@ static void test_replan_within_capacity(void **state) {
     assert_true(p.kv_indptr[p.batch] <= max_pages);
     dev_write_batch(&p, &dv);
     plan_problem(&p, plan);
+    expect_split(&p, plan);
     run_problem(&p, &dv, plan);
     check_against_reference(&p, &dv, "batch B (re-planned)");
 
@@ -1161,14 +1188,15 @@ static void test_capacity(void **state) {
     flp_plan *plan = create_plan(&p, 3, 20, 13);
 
     flp_prefill_plan_args a = plan_args(&p);
-    expect_status(flp_prefill_plan(g_ctx, plan, &a), FLP_ERROR_CAPACITY, "batch 4 > max 3",
-                  WORDS("max_batch_size"));
+    expect_status(
+        flp_prefill_plan(g_ctx, plan, &a), FLP_ERROR_CAPACITY, "batch 4 > max 3",
+        MENTIONS("flp_prefill_plan: batch_size = 4 exceeds the plan's max_batch_size = 3"));
     a.batch_size = 3;
     const int32_t rows21[] = {0, 8, 15, 21}; /* 21 rows > max_qo_rows 20 */
     const int32_t qo_ok[] = {0, 8, 15, 20};
     a.qo_indptr = rows21;
     expect_status(flp_prefill_plan(g_ctx, plan, &a), FLP_ERROR_CAPACITY, "21 rows > max 20",
-                  WORDS("max_qo_rows"));
+                  MENTIONS("qo_indptr[3] = 21 exceeds the plan's max_qo_rows = 20"));
     a.qo_indptr = qo_ok;
     const int32_t pages14[] = {0, 4, 8, 14}; /* 14 pages > max_pages 13 */
     const int32_t ids14[14] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13};
@@ -1177,11 +1205,12 @@ static void test_capacity(void **state) {
     a.kv_indices = ids14;
     a.kv_last_page_len = last14;
     expect_status(flp_prefill_plan(g_ctx, plan, &a), FLP_ERROR_CAPACITY, "14 pages > max 13",
-                  WORDS("max_pages"));
+                  MENTIONS("kv_indptr[3] = 14 exceeds the plan's max_pages = 13"));
     flp_plan *decode_only = create_plan(&p, 8, 0, 64);
     a = plan_args(&p);
     expect_status(flp_prefill_plan(g_ctx, decode_only, &a), FLP_ERROR_CAPACITY,
-                  "prefill on a plan with max_qo_rows 0", WORDS("max_qo_rows"));
+                  "prefill on a plan with max_qo_rows 0",
+                  MENTIONS("the plan was created with max_qo_rows = 0 (decode only)"));
     flp_plan_destroy(decode_only);
 
     /* the plan still takes a batch at its capacities */
@@ -1228,8 +1257,8 @@ static void bad_env_init(bad_env *e, flp_mask_mode mask, bool ragged) {
 }
 
 static void bad_expect(const bad_env *e, flp_status got, flp_status want, const char *call,
-                       const char *const *words) {
-    test_qo_expect_failed(&e->dv.qo, got, want, call, words);
+                       const char *const *mentions) {
+    test_qo_expect_failed(&e->dv.qo, got, want, call, mentions);
 }
 
 /* The plan and context still work after the failures. */
@@ -1252,38 +1281,41 @@ static void test_bad_lengths(void **state) {
         const int32_t qo_long[] = {0, 3, 3 + 10}; /* request 1: 10 queries over 9 keys */
         a.qo_indptr = qo_long;
         bad_expect(&e, flp_prefill_plan(g_ctx, e.plan, &a), FLP_ERROR_INVALID_ARGUMENT,
-                   "qo_len 10 > kv_len 9", WORDS("qo_len", "kv_len"));
+                   "qo_len 10 > kv_len 9",
+                   MENTIONS("flp_prefill_plan: request 1 has qo_len = 10 > kv_len = 9"));
         const int32_t qo_first[] = {1, 3, 8};
         a.qo_indptr = qo_first;
         bad_expect(&e, flp_prefill_plan(g_ctx, e.plan, &a), FLP_ERROR_INVALID_ARGUMENT,
-                   "qo_indptr[0] = 1", WORDS("qo_indptr"));
+                   "qo_indptr[0] = 1", MENTIONS("qo_indptr[0] = 1 must be 0"));
         const int32_t qo_down[] = {0, 5, 3};
         a.qo_indptr = qo_down;
         bad_expect(&e, flp_prefill_plan(g_ctx, e.plan, &a), FLP_ERROR_INVALID_ARGUMENT,
-                   "qo_indptr decreasing", WORDS("qo_indptr"));
+                   "qo_indptr decreasing", MENTIONS("qo_indptr decreases at request 1 (5 then 3)"));
         a = e.pa;
         a.qo_indptr = NULL;
         bad_expect(&e, flp_prefill_plan(g_ctx, e.plan, &a), FLP_ERROR_INVALID_ARGUMENT,
-                   "qo_indptr NULL", WORDS("qo_indptr"));
+                   "qo_indptr NULL", MENTIONS("flp_prefill_plan: qo_indptr is NULL"));
         int32_t kv[3];
         memcpy(kv, e.p.kv_indptr, sizeof kv);
         a = e.pa;
         a.kv_indptr = kv;
         kv[1] = kv[2] + 1;
-        bad_expect(&e, flp_prefill_plan(g_ctx, e.plan, &a), FLP_ERROR_INVALID_ARGUMENT,
-                   "kv_indptr decreasing", WORDS("kv_indptr"));
+        bad_expect(
+            &e, flp_prefill_plan(g_ctx, e.plan, &a), FLP_ERROR_INVALID_ARGUMENT,
+            "kv_indptr decreasing",
+            MENTIONS(test_str("kv_indptr decreases at request 1 (%d then %d)", kv[1], kv[2])));
         memcpy(kv, e.p.kv_indptr, sizeof kv);
         kv[0] = 1;
         bad_expect(&e, flp_prefill_plan(g_ctx, e.plan, &a), FLP_ERROR_INVALID_ARGUMENT,
-                   "kv_indptr[0] = 1", WORDS("kv_indptr"));
+                   "kv_indptr[0] = 1", MENTIONS("kv_indptr[0] = 1 must be 0"));
         a = e.pa;
         a.batch_size = 0;
         bad_expect(&e, flp_prefill_plan(g_ctx, e.plan, &a), FLP_ERROR_INVALID_ARGUMENT,
-                   "batch_size 0", WORDS("batch_size"));
+                   "batch_size 0", MENTIONS("flp_prefill_plan: batch_size = 0 must be > 0"));
         a = e.pa;
         a.kv_storage = (flp_kv_storage)5;
         bad_expect(&e, flp_prefill_plan(g_ctx, e.plan, &a), FLP_ERROR_INVALID_ARGUMENT,
-                   "kv_storage 5", WORDS("kv_storage"));
+                   "kv_storage 5", MENTIONS("kv_storage = 5 is not FLP_KV_PAGED or FLP_KV_RAGGED"));
         bad_env_finish(&e);
     }
 }
@@ -1297,18 +1329,20 @@ static void test_bad_page_table(void **state) {
     a.kv_last_page_len = last;
     last[1] = 0;
     bad_expect(&e, flp_prefill_plan(g_ctx, e.plan, &a), FLP_ERROR_INVALID_ARGUMENT,
-               "kv_last_page_len 0", WORDS("kv_last_page_len"));
+               "kv_last_page_len 0",
+               MENTIONS("kv_last_page_len[1] = 0 must be in 1..page_size (16)"));
     last[1] = e.p.page_size + 1;
     bad_expect(&e, flp_prefill_plan(g_ctx, e.plan, &a), FLP_ERROR_INVALID_ARGUMENT,
-               "kv_last_page_len 17 > page_size 16", WORDS("kv_last_page_len"));
+               "kv_last_page_len 17 > page_size 16",
+               MENTIONS("kv_last_page_len[1] = 17 must be in 1..page_size (16)"));
     a = e.pa;
     a.kv_last_page_len = NULL;
     bad_expect(&e, flp_prefill_plan(g_ctx, e.plan, &a), FLP_ERROR_INVALID_ARGUMENT,
-               "kv_last_page_len NULL", WORDS("kv_last_page_len"));
+               "kv_last_page_len NULL", MENTIONS("flp_prefill_plan: kv_last_page_len is NULL"));
     a = e.pa;
     a.page_size = 0;
     bad_expect(&e, flp_prefill_plan(g_ctx, e.plan, &a), FLP_ERROR_INVALID_ARGUMENT, "page_size 0",
-               WORDS("page_size"));
+               MENTIONS("flp_prefill_plan: page_size = 0 must be in 1..128"));
     const int32_t n = e.p.kv_indptr[e.p.batch];
     int32_t *ids = test_xcalloc((size_t)n, sizeof(int32_t));
     memcpy(ids, e.p.kv_indices, sizeof(int32_t) * (size_t)n);
@@ -1316,12 +1350,15 @@ static void test_bad_page_table(void **state) {
     a.kv_indices = ids;
     ids[n - 1] = -2;
     bad_expect(&e, flp_prefill_plan(g_ctx, e.plan, &a), FLP_ERROR_INVALID_ARGUMENT,
-               "negative page id", WORDS("kv_indices", "page"));
+               "negative page id",
+               MENTIONS(test_str("kv_indices[%d] = -2 is a negative page id", n - 1)));
     /* page id == pages of the caches: the plan cannot know, the run refuses */
     ids[n - 1] = (int32_t)e.ra.k.shape[0];
     assert_ok(flp_prefill_plan(g_ctx, e.plan, &a));
     bad_expect(&e, flp_prefill_run(g_ctx, e.plan, &e.ra), FLP_ERROR_INVALID_ARGUMENT,
-               "page id == pages of k", WORDS("page"));
+               "page id == pages of k",
+               MENTIONS(test_str("kv_indices reference page %d but k/v have %d pages",
+                                 (int)e.ra.k.shape[0], (int)e.ra.k.shape[0])));
     free(ids);
     bad_env_finish(&e);
 }
@@ -1333,38 +1370,47 @@ static void test_bad_mask(void **state) {
     flp_prefill_plan_args a = e.pa;
     a.mask_indptr = NULL;
     bad_expect(&e, flp_prefill_plan(g_ctx, e.plan, &a), FLP_ERROR_INVALID_ARGUMENT,
-               "custom mask without mask_indptr", WORDS("mask_indptr"));
+               "custom mask without mask_indptr",
+               MENTIONS("variant.mask is FLP_MASK_CUSTOM but mask_indptr is NULL"));
     a = e.pa;
     a.variant.mask = FLP_MASK_CAUSAL;
     bad_expect(&e, flp_prefill_plan(g_ctx, e.plan, &a), FLP_ERROR_INVALID_ARGUMENT,
-               "mask_indptr without FLP_MASK_CUSTOM", WORDS("mask_indptr"));
+               "mask_indptr without FLP_MASK_CUSTOM",
+               MENTIONS("mask_indptr is given but variant.mask is not FLP_MASK_CUSTOM"));
     int32_t offsets[2] = {e.p.mask_indptr[0], -1};
     a = e.pa;
     a.mask_indptr = offsets;
     bad_expect(&e, flp_prefill_plan(g_ctx, e.plan, &a), FLP_ERROR_INVALID_ARGUMENT,
-               "mask_indptr -1", WORDS("mask_indptr"));
+               "mask_indptr -1", MENTIONS("mask_indptr[1] = -1 is negative"));
     /* at run: missing or short mask tensor */
     flp_prefill_run_args r = e.ra;
     r.custom_mask = NULL;
-    bad_expect(&e, flp_prefill_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT,
-               "custom mask plan, custom_mask NULL", WORDS("custom_mask"));
+    bad_expect(
+        &e, flp_prefill_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT,
+        "custom mask plan, custom_mask NULL",
+        MENTIONS(
+            "flp_prefill_run: the plan's variant.mask is FLP_MASK_CUSTOM but custom_mask is NULL"));
     flp_tensor shortm = e.dv.mask;
     shortm.shape[0] = e.p.mask_bytes - 1;
     r.custom_mask = &shortm;
-    bad_expect(&e, flp_prefill_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT,
-               "custom_mask one byte short", WORDS("custom_mask"));
+    bad_expect(
+        &e, flp_prefill_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT,
+        "custom_mask one byte short",
+        MENTIONS(test_str("custom_mask has %d bytes, the plan's mask_indptr and lengths need %d",
+                          e.p.mask_bytes - 1, e.p.mask_bytes)));
     shortm = e.dv.mask;
     shortm.dtype = FLP_DTYPE_I32;
     shortm.shape[0] = e.p.mask_bytes / 4;
     bad_expect(&e, flp_prefill_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT,
-               "custom_mask of i32", WORDS("custom_mask"));
+               "custom_mask of i32", MENTIONS("custom_mask.dtype is i32, expected u8"));
     /* a plan without the custom mask refuses a mask tensor */
     a = e.pa;
     a.variant.mask = FLP_MASK_CAUSAL;
     a.mask_indptr = NULL;
     assert_ok(flp_prefill_plan(g_ctx, e.plan, &a));
     bad_expect(&e, flp_prefill_run(g_ctx, e.plan, &e.ra), FLP_ERROR_INVALID_ARGUMENT,
-               "custom_mask with a causal plan", WORDS("custom_mask"));
+               "custom_mask with a causal plan",
+               MENTIONS("custom_mask is given but the plan's variant.mask is not FLP_MASK_CUSTOM"));
     bad_env_finish(&e);
 }
 
@@ -1375,70 +1421,91 @@ static void test_bad_tensors(void **state) {
     flp_prefill_run_args r = e.ra;
     r.q.dtype = FLP_DTYPE_BF16;
     bad_expect(&e, flp_prefill_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT,
-               "bf16 q with an f16 variant", WORDS("q"));
+               "bf16 q with an f16 variant",
+               MENTIONS("flp_prefill_run: q.dtype is bf16, expected f16"));
     r = e.ra;
     r.q.shape[0] = e.p.rows - 1;
     bad_expect(&e, flp_prefill_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT,
-               "q one row short", WORDS("q"));
+               "q one row short",
+               MENTIONS("q.shape is [7, 4, 64], expected [8, 4, 64]", "at dimension 0"));
     r = e.ra;
     r.q.shape[1] = e.p.hq - 1;
     bad_expect(&e, flp_prefill_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT,
-               "q with 3 heads, plan 4", WORDS("q"));
+               "q with 3 heads, plan 4",
+               MENTIONS("q.shape is [8, 3, 64], expected [8, 4, 64]", "at dimension 1"));
     r = e.ra;
     r.q.stride[2] = 2;
     r.q.shape[2] = e.p.d / 2;
     bad_expect(&e, flp_prefill_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT,
-               "q head_dim 32 with stride 2", WORDS("q"));
+               "q head_dim 32 with stride 2",
+               MENTIONS("q.shape is [8, 4, 32], expected [8, 4, 64]", "at dimension 2"));
     r = e.ra;
     r.out.dtype = FLP_DTYPE_BF16;
     bad_expect(&e, flp_prefill_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT, "bf16 out",
-               WORDS("out"));
+               MENTIONS("out.dtype is bf16, expected f16"));
     r = e.ra;
     r.out.shape[0] = e.p.rows - 1;
     bad_expect(&e, flp_prefill_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT,
-               "out one row short", WORDS("out"));
+               "out one row short",
+               MENTIONS("out.shape is [7, 4, 64], expected [8, 4, 64]", "at dimension 0"));
     r = e.ra;
     r.out.offset = e.dv.qo.out_bytes - 32;
-    bad_expect(&e, flp_prefill_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT,
-               "out past its buffer", WORDS("out"));
+    bad_expect(
+        &e, flp_prefill_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT, "out past its buffer",
+        MENTIONS(test_str("out spans up to byte %zu past offset, beyond its buffer of %zu bytes",
+                          (size_t)e.p.rows * e.p.hq * e.p.d * 2, e.dv.qo.out_bytes)));
     r = e.ra;
     r.k.shape[2] = r.v.shape[2] = e.p.hkv - 1;
     bad_expect(&e, flp_prefill_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT,
-               "k/v with 1 KV head, plan 2", WORDS("k"));
+               "k/v with 1 KV head, plan 2",
+               MENTIONS(test_str("k.shape is [%d, 16, 1, 64], expected [-1, 16, 2, 64]",
+                                 (int)e.ra.k.shape[0]),
+                        "at dimension 2"));
     r = e.ra;
     r.k.shape[1] = r.v.shape[1] = 8;
     bad_expect(&e, flp_prefill_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT,
-               "k/v page size 8, plan 16", WORDS("k"));
+               "k/v page size 8, plan 16",
+               MENTIONS(test_str("k.shape is [%d, 8, 2, 64], expected [-1, 16, 2, 64]",
+                                 (int)e.ra.k.shape[0]),
+                        "at dimension 1"));
     r = e.ra;
     r.k.shape[3] = r.v.shape[3] = 32;
     bad_expect(&e, flp_prefill_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT,
-               "k/v head_dim 32, plan 64", WORDS("k"));
+               "k/v head_dim 32, plan 64",
+               MENTIONS(test_str("k.shape is [%d, 16, 2, 32], expected [-1, 16, 2, 64]",
+                                 (int)e.ra.k.shape[0]),
+                        "at dimension 3"));
     r = e.ra;
     r.v.shape[2] = e.p.hkv - 1;
     bad_expect(&e, flp_prefill_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT,
-               "v shape differs from k", WORDS("v"));
+               "v shape differs from k",
+               MENTIONS(test_str("v.shape is [%d, 16, 1, 64], expected [%d, 16, 2, 64]",
+                                 (int)e.ra.k.shape[0], (int)e.ra.k.shape[0]),
+                        "at dimension 2"));
     r = e.ra;
     r.k.dtype = r.v.dtype = FLP_DTYPE_BF16;
     bad_expect(&e, flp_prefill_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT,
-               "bf16 k/v with an f16 variant", WORDS("k"));
+               "bf16 k/v with an f16 variant", MENTIONS("k.dtype is bf16, expected f16"));
     r = e.ra;
     r.k.ndim = 3;
     bad_expect(&e, flp_prefill_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT,
-               "3-D k for a paged plan", WORDS("k"));
+               "3-D k for a paged plan", MENTIONS("flp_prefill_run: k.ndim is 3, expected 4"));
     flp_tensor lse = e.dv.qo.lse;
     r = e.ra;
     r.lse = &lse;
     lse.shape[1] = e.p.hq + 1;
     bad_expect(&e, flp_prefill_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT,
-               "lse with 5 heads", WORDS("lse"));
+               "lse with 5 heads",
+               MENTIONS("lse.shape is [8, 5], expected [8, 4]", "at dimension 1"));
     lse = e.dv.qo.lse;
     lse.shape[0] = e.p.rows - 1;
     bad_expect(&e, flp_prefill_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT,
-               "lse one row short", WORDS("lse"));
+               "lse one row short",
+               MENTIONS("lse.shape is [7, 4], expected [8, 4]", "at dimension 0"));
     lse = e.dv.qo.lse;
     lse.dtype = FLP_DTYPE_F16;
     bad_expect(&e, flp_prefill_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT, "f16 lse",
-               WORDS("lse"));
+               MENTIONS("lse.dtype is f16, expected f32"));
     bad_env_finish(&e);
 
     /* ragged: too few k/v rows for the plan's kv_indptr */
@@ -1446,7 +1513,9 @@ static void test_bad_tensors(void **state) {
     r = e.ra;
     r.k.shape[0] = r.v.shape[0] = e.p.kv_indptr[e.p.batch] - 1;
     bad_expect(&e, flp_prefill_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT,
-               "ragged k/v one row short", WORDS("rows", "kv_indptr"));
+               "ragged k/v one row short",
+               MENTIONS(test_str("k/v have %d rows, the plan's kv_indptr needs %d",
+                                 e.p.kv_indptr[e.p.batch] - 1, e.p.kv_indptr[e.p.batch])));
     r = e.ra;
     r.k = e.dv.k;
     r.k.ndim = 4;
@@ -1455,7 +1524,7 @@ static void test_bad_tensors(void **state) {
     r.k.stride[2] = e.p.d;
     r.k.stride[3] = 1;
     bad_expect(&e, flp_prefill_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT,
-               "4-D k for a ragged plan", WORDS("k"));
+               "4-D k for a ragged plan", MENTIONS("flp_prefill_run: k.ndim is 4, expected 3"));
     bad_env_finish(&e);
 }
 
@@ -1466,34 +1535,37 @@ static void test_bad_calls(void **state) {
     bad_expect(&e, flp_prefill_run(NULL, e.plan, &e.ra), FLP_ERROR_INVALID_ARGUMENT,
                "run: ctx NULL", NULL);
     bad_expect(&e, flp_prefill_run(g_ctx, NULL, &e.ra), FLP_ERROR_INVALID_ARGUMENT,
-               "run: plan NULL", WORDS("plan"));
+               "run: plan NULL", MENTIONS("flp_prefill_run: plan is NULL"));
     bad_expect(&e, flp_prefill_run(g_ctx, e.plan, NULL), FLP_ERROR_INVALID_ARGUMENT,
-               "run: args NULL", WORDS("args"));
+               "run: args NULL", MENTIONS("flp_prefill_run: args is NULL"));
     bad_expect(&e, flp_prefill_plan(g_ctx, NULL, &e.pa), FLP_ERROR_INVALID_ARGUMENT,
-               "plan: plan NULL", WORDS("plan"));
+               "plan: plan NULL", MENTIONS("flp_prefill_plan: plan is NULL"));
     bad_expect(&e, flp_prefill_plan(g_ctx, e.plan, NULL), FLP_ERROR_INVALID_ARGUMENT,
-               "plan: args NULL", WORDS("args"));
+               "plan: args NULL", MENTIONS("flp_prefill_plan: args is NULL"));
     flp_prefill_plan_args a = e.pa;
     a.variant.head_dim = 128;
     bad_expect(&e, flp_prefill_plan(g_ctx, e.plan, &a), FLP_ERROR_INVALID_ARGUMENT,
-               "variant head_dim 128, plan 64", WORDS("head_dim"));
+               "variant head_dim 128, plan 64",
+               MENTIONS("variant.head_dim = 128 differs from the plan's head_dim = 64"));
     a = e.pa;
     a.variant.q_dtype = FLP_DTYPE_E4M3;
     bad_expect(&e, flp_prefill_plan(g_ctx, e.plan, &a), FLP_ERROR_INVALID_ARGUMENT, "e4m3 q_dtype",
-               WORDS("dtype"));
+               MENTIONS("variant.q_dtype = e4m3: queries and outputs are f16 or bf16"));
     a = e.pa;
     a.variant.use_window = true;
     a.variant.window_left = -1;
     bad_expect(&e, flp_prefill_plan(g_ctx, e.plan, &a), FLP_ERROR_INVALID_ARGUMENT,
-               "window_left -1", WORDS("window"));
+               "window_left -1",
+               MENTIONS("variant.window_left = -1: must be >= 0 when use_window is set"));
     /* a plan that holds no prefill partition */
     flp_plan *fresh = create_plan_for(&e.p);
-    bad_expect(&e, flp_prefill_run(g_ctx, fresh, &e.ra), FLP_ERROR_INVALID_ARGUMENT,
-               "run before plan", WORDS("plan"));
+    bad_expect(
+        &e, flp_prefill_run(g_ctx, fresh, &e.ra), FLP_ERROR_INVALID_ARGUMENT, "run before plan",
+        MENTIONS("flp_prefill_run: the plan holds no prefill plan (call flp_prefill_plan first)"));
     flp_plan_destroy(fresh);
     /* flp_single_prefill: NULL args, more queries than keys, custom mask without bits */
     expect_status(flp_single_prefill(g_ctx, NULL), FLP_ERROR_INVALID_ARGUMENT, "single: args NULL",
-                  WORDS("args"));
+                  MENTIONS("flp_single_prefill: args is NULL"));
     flp_single_prefill_args s;
     memset(&s, 0, sizeof s);
     s.q = e.dv.qo.q; /* 8 rows */
@@ -1510,11 +1582,12 @@ static void test_bad_calls(void **state) {
     s.out = e.dv.qo.out;
     s.variant = e.p.variant;
     bad_expect(&e, flp_single_prefill(g_ctx, &s), FLP_ERROR_INVALID_ARGUMENT,
-               "single: 8 queries over 4 keys", WORDS("qo_len", "kv_len"));
+               "single: 8 queries over 4 keys", MENTIONS("request 0 has qo_len = 8 > kv_len = 4"));
     s.k.shape[0] = s.v.shape[0] = 16;
     s.variant.mask = FLP_MASK_CUSTOM;
     bad_expect(&e, flp_single_prefill(g_ctx, &s), FLP_ERROR_INVALID_ARGUMENT,
-               "single: custom mask without custom_mask", WORDS("custom_mask"));
+               "single: custom mask without custom_mask",
+               MENTIONS("variant.mask is FLP_MASK_CUSTOM but custom_mask is NULL"));
     bad_env_finish(&e);
 }
 
@@ -1524,7 +1597,7 @@ static void test_bad_plan_desc(void **state) {
     pd.max_qo_rows = -1;
     flp_plan *plan = NULL;
     expect_status(flp_plan_create(g_ctx, &pd, &plan), FLP_ERROR_INVALID_ARGUMENT, "max_qo_rows -1",
-                  WORDS("max_qo_rows"));
+                  MENTIONS("flp_plan_create: max_qo_rows = -1 must be in 0.."));
     assert_null(plan);
 }
 
@@ -1537,8 +1610,8 @@ typedef struct bad_append {
 } bad_append;
 
 static void bad_append_expect(const bad_append *e, const flp_kv_append_args *a, const char *call,
-                              const char *const *words) {
-    expect_status(flp_kv_append(g_ctx, a), FLP_ERROR_INVALID_ARGUMENT, call, words);
+                              const char *const *mentions) {
+    expect_status(flp_kv_append(g_ctx, a), FLP_ERROR_INVALID_ARGUMENT, call, mentions);
     assert_ok(flp_context_synchronize(g_ctx));
     uint8_t *bytes = test_buffer_read_all(g_ctx, e->cache_buf, e->cache_bytes);
     for (size_t i = 0; i < e->cache_bytes; ++i)
@@ -1577,49 +1650,62 @@ static void test_bad_append(void **state) {
 
     flp_kv_append_args b = *a;
     b.k.dtype = b.v.dtype = FLP_DTYPE_F32;
-    bad_append_expect(&e, &b, "f32 new rows", WORDS("dtype", "f32"));
+    bad_append_expect(
+        &e, &b, "f32 new rows",
+        MENTIONS("flp_kv_append: k dtype f32 must be f16, bf16 or the cache dtype e4m3"));
     b = *a;
     b.k.shape[1] = b.v.shape[1] = 1;
-    bad_append_expect(&e, &b, "new rows with 1 head, cache 2", WORDS("k"));
+    bad_append_expect(&e, &b, "new rows with 1 head, cache 2",
+                      MENTIONS("k.shape is [5, 1, 64], expected [-1, 2, 64]", "at dimension 1"));
     b = *a;
     b.v.shape[0] = nnz - 1;
-    bad_append_expect(&e, &b, "v with fewer rows than k", WORDS("v"));
+    bad_append_expect(&e, &b, "v with fewer rows than k",
+                      MENTIONS("v.shape is [4, 2, 64], expected [5, 2, 64]", "at dimension 0"));
     b = *a;
     b.positions.shape[0] = nnz - 1;
-    bad_append_expect(&e, &b, "positions one short", WORDS("positions"));
+    bad_append_expect(&e, &b, "positions one short",
+                      MENTIONS("positions.shape is [4], expected [5]", "at dimension 0"));
     b = *a;
     b.batch_indices.dtype = FLP_DTYPE_F32;
-    bad_append_expect(&e, &b, "f32 batch_indices", WORDS("batch_indices"));
+    bad_append_expect(&e, &b, "f32 batch_indices",
+                      MENTIONS("batch_indices.dtype is f32, expected i32"));
     b = *a;
     b.kv_indptr.shape[0] = 1;
-    bad_append_expect(&e, &b, "kv_indptr of 1 entry", WORDS("kv_indptr"));
+    bad_append_expect(&e, &b, "kv_indptr of 1 entry",
+                      MENTIONS("kv_indptr needs >= 2 contiguous entries (shape 1, stride 1)"));
     b = *a;
     b.kv_indices.stride[0] = 2;
     b.kv_indices.shape[0] = 1;
-    bad_append_expect(&e, &b, "kv_indices stride 2", WORDS("kv_indices"));
+    bad_append_expect(&e, &b, "kv_indices stride 2",
+                      MENTIONS("kv_indices.stride[0] = 2: the last dimension must be contiguous"));
     b = *a;
     b.k_cache.ndim = 3;
-    bad_append_expect(&e, &b, "3-D k_cache", WORDS("k_cache"));
+    bad_append_expect(&e, &b, "3-D k_cache", MENTIONS("flp_kv_append: k_cache.ndim = 3 must be 4"));
     b = *a;
     b.v_cache.shape[2] = 1;
-    bad_append_expect(&e, &b, "v_cache shape differs", WORDS("v_cache"));
+    bad_append_expect(
+        &e, &b, "v_cache shape differs",
+        MENTIONS("v_cache.shape is [4, 16, 1, 64], expected [4, 16, 2, 64]", "at dimension 2"));
     b = *a;
     b.k_cache.dtype = b.v_cache.dtype = FLP_DTYPE_I32;
-    bad_append_expect(&e, &b, "i32 caches", WORDS("k_cache"));
+    bad_append_expect(&e, &b, "i32 caches",
+                      MENTIONS("k_cache dtype i32 is not f16, bf16, e4m3 or e5m2"));
     b = *a;
     b.k_scale = -1.0f;
-    bad_append_expect(&e, &b, "k_scale -1", WORDS("k_scale"));
+    bad_append_expect(&e, &b, "k_scale -1",
+                      MENTIONS("k_scale = -1 must be finite and >= 0 (0 = 1)"));
     b = *a;
     b.v_scale = NAN;
-    bad_append_expect(&e, &b, "v_scale NaN", WORDS("v_scale"));
+    bad_append_expect(&e, &b, "v_scale NaN",
+                      MENTIONS("v_scale = nan must be finite and >= 0 (0 = 1)"));
     b = *a;
     b.kv_layout = (flp_kv_layout)7;
-    bad_append_expect(&e, &b, "kv_layout 7", WORDS("kv_layout"));
+    bad_append_expect(&e, &b, "kv_layout 7", MENTIONS("kv_layout = 7 is not NHD or HND"));
     b = *a;
     b.k.buf = NULL;
-    bad_append_expect(&e, &b, "k.buf NULL", WORDS("k"));
+    bad_append_expect(&e, &b, "k.buf NULL", MENTIONS("flp_kv_append: k.buf is NULL"));
     expect_status(flp_kv_append(g_ctx, NULL), FLP_ERROR_INVALID_ARGUMENT, "args NULL",
-                  WORDS("args"));
+                  MENTIONS("flp_kv_append: args is NULL"));
 
     /* the valid call writes */
     test_backend_expect_errors(false);

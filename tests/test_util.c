@@ -3,7 +3,7 @@
 #include "core/reference.h"
 #include "tests/golden.h"
 
-#include <ctype.h>
+#include <float.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -200,33 +200,32 @@ float *test_copy_f32(const float *x, size_t n) {
     return out;
 }
 
-bool test_contains_ci(const char *hay, const char *needle) {
-    const size_t n = strlen(needle);
-    for (; *hay; ++hay) {
-        size_t i = 0;
-        while (i < n && hay[i] &&
-               tolower((unsigned char)hay[i]) == tolower((unsigned char)needle[i]))
-            ++i;
-        if (i == n)
-            return true;
-    }
-    return n == 0;
-}
-
 void test_expect_status(const flp_context *ctx, flp_status got, flp_status want, const char *call,
-                        const char *const *words) {
+                        const char *const *mentions) {
     const char *msg = ctx ? flp_context_last_error(ctx) : "";
     if (got != want)
         fail_msg("%s: returned %s, expected %s (message: \"%s\")", call, flp_status_string(got),
                  flp_status_string(want), msg);
-    if (!words)
+    if (getenv("FLP_TEST_VERBOSE"))
+        print_message("message\t%s\t%s\n", call, msg ? msg : "(null)");
+    if (!mentions)
         return;
     if (!msg || !msg[0])
         fail_msg("%s: %s but flp_context_last_error is empty", call, flp_status_string(got));
-    for (; *words; ++words)
-        if (test_contains_ci(msg, *words))
-            return;
-    fail_msg("%s: the message \"%s\" names none of the expected words", call, msg);
+    for (; *mentions; ++mentions)
+        if (!strstr(msg, *mentions))
+            fail_msg("%s: the message \"%s\" does not mention \"%s\"", call, msg, *mentions);
+}
+
+const char *test_str(const char *fmt, ...) {
+    static char ring[16][256];
+    static unsigned next;
+    char *out = ring[next++ % 16];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(out, sizeof ring[0], fmt, ap);
+    va_end(ap);
+    return out;
 }
 
 /* ---- one backend context per test program ---------------------------------------------------- */
@@ -262,6 +261,27 @@ static uint32_t backend_validation_messages(void) {
                                                        : 0;
 }
 
+bool test_vulkan_validation_requested(void) {
+    const char *env = getenv("FLP_VULKAN_VALIDATION");
+    return env && env[0] && strcmp(env, "0") != 0; /* the library's rule (vk_instance_device.c) */
+}
+
+bool test_vulkan_validation_blocks(const flp_context_desc *desc) {
+    if (!test_vulkan_validation_requested())
+        return false;
+    char *asked = strdup(getenv("FLP_VULKAN_VALIDATION"));
+    assert_non_null(asked);
+    setenv("FLP_VULKAN_VALIDATION", "0", 1);
+    flp_context_desc quiet = *desc;
+    quiet.log = NULL; /* this probe's own messages are not the run's */
+    flp_context *probe = NULL;
+    const flp_status st = flp_context_create(&quiet, &probe);
+    flp_context_destroy(probe);
+    setenv("FLP_VULKAN_VALIDATION", asked, 1);
+    free(asked);
+    return st == FLP_OK;
+}
+
 int test_backend_open(int argc, char **argv, uint32_t (*validation_count)(const flp_context *),
                       flp_context **ctx) {
     *ctx = NULL;
@@ -283,6 +303,16 @@ int test_backend_open(int argc, char **argv, uint32_t (*validation_count)(const 
     g_backend.expect_errors = true; /* a missing device is reported below */
     const flp_status st = flp_context_create(&desc, &g_backend.ctx);
     g_backend.expect_errors = false;
+    /* The library says FLP_ERROR_UNSUPPORTED both for "no device" and for "validation asked for
+     * but the layer is missing": only the first is a skip. */
+    if (st == FLP_ERROR_UNSUPPORTED && vulkan && test_vulkan_validation_blocks(&desc)) {
+        fprintf(stderr,
+                "FAILED: the Vulkan device opens, but not with the Khronos validation layer that "
+                "FLP_VULKAN_VALIDATION=%s asks for: %s\nInstall it (Debian/Ubuntu: "
+                "vulkan-validationlayers), or set FLP_VULKAN_VALIDATION=0 to test without it.\n",
+                getenv("FLP_VULKAN_VALIDATION"), g_backend.last);
+        return 1;
+    }
     if (st == FLP_ERROR_UNSUPPORTED) {
         printf("skipped: no %s backend or device: %s\n", g_backend.name,
                g_backend.last[0] ? g_backend.last : "(no message)");
@@ -403,12 +433,92 @@ double test_half_to_double(flp_dtype dt, uint16_t bits) {
     return dt == FLP_DTYPE_BF16 ? (double)flp_bf16_to_f32(bits) : (double)flp_f16_to_f32(bits);
 }
 
-double test_out_tolerance(flp_dtype q_dtype) {
-    return q_dtype == FLP_DTYPE_BF16 ? 1.6e-2 : 2e-3;
+/* ---- error bounds ---------------------------------------------------------------------------- *
+ * max_rel is the bound of docs/design.md section 9: f16 2e-3, bf16 1.6e-2. On its own it let
+ * systematic errors through: a softmax scale 2% off stayed under it on every bf16 check
+ * (worst 1.29e-2), and so did a kernel that dropped the last key of 129- and 130-key requests; only
+ * lse and f16 checks saw them.
+ *
+ * mean_rel is sum|out - ref| / sum|ref| over the rows of one request, for every request: the
+ * rounding noise averages out of it, a systematic error does not. Worst values measured on the tree
+ * of commit eaa5864 with FLP_TEST_VERBOSE=1 (test_qo_check's "errors" lines) over every check of
+ * test_decode and test_prefill (case tables, golden cases, determinism, re-plans, single prefill,
+ * append then attend; 149 checks per backend), and with the two mutations above built into the
+ * library (lavapipe; the range over the checks they change):
+ *
+ *                       lavapipe   CUDA kernels:       softmax scale x 1.02   last key of 129/130
+ *                       (Vulkan)   emulator / H100     (lavapipe)             dropped (lavapipe)
+ *   bf16 out, 16-bit KV  1.62e-3    2.42e-3 / 2.33e-3   4.5e-3 .. 2.6e-2       4.0e-2 .. 0.93
+ *   bf16 out, fp8 KV     1.52e-3    2.41e-3 / 2.33e-3   5.2e-3 .. 7.8e-3       (no such request)
+ *   f16 out, 16-bit KV   1.90e-4    3.01e-4 / 3.05e-4   3.0e-3 .. 2.6e-2       9.5e-2
+ *   f16 out, fp8 KV      1.81e-4    2.76e-4 / 2.80e-4   6.3e-3 .. 7.4e-3       (no such request)
+ *
+ * Rounding the exact result to the output dtype gives about 0.36 u (u: unit roundoff, 2^-8 for
+ * bf16, 2^-11 for f16), which is all lavapipe's f32 shaders show; the CUDA kernels also round P
+ * (and RoPE'd q and k) to the 16-bit dtype for the tensor cores: up to 0.63 u. The bound is 1 u:
+ * bf16 4e-3, f16 5e-4, 1.6x the worst measured error and 4x under max_rel. fp8 KV shares them:
+ * the reference is fed the exact dequantised values and measured like 16-bit KV.
+ *
+ * lse, |lse - ref| / max(1, |ref|), worst measured: lavapipe 1.4e-6 (f16 and bf16: lse is f32
+ * arithmetic); CUDA (emulator and H100) bf16 8.1e-4, f16 1.8e-4 (RoPE'd q and k rounded to the
+ * dtype before the dot product). bf16 goes from 1e-2 to 2e-3 (2.5x the worst), f16 stays at 1e-3
+ * (5.5x). */
+test_error_bounds test_error_bounds_for(flp_dtype q_dtype, flp_dtype kv_dtype) {
+    (void)kv_dtype; /* fp8 KV: the bounds of the output dtype, as measured */
+    const bool bf16 = q_dtype == FLP_DTYPE_BF16;
+    test_error_bounds b;
+    b.max_rel = bf16 ? 1.6e-2 : 2e-3;
+    b.mean_rel = bf16 ? 4e-3 : 5e-4;
+    b.lse = bf16 ? 2e-3 : 1e-3;
+    return b;
 }
 
-double test_lse_tolerance(flp_dtype q_dtype) {
-    return q_dtype == FLP_DTYPE_BF16 ? 1e-2 : 1e-3;
+/* |got - want| of one element: 0 when equal (equal infinities too), INFINITY for a NaN or an
+ * unmatched infinity. */
+static double element_error(double got, double want) {
+    if (got == want)
+        return 0.0;
+    const double d = fabs(got - want);
+    return d <= DBL_MAX ? d : INFINITY;
+}
+
+void test_out_errors_measure(const double *got, const double *ref, int32_t heads, int32_t dim,
+                             const test_qo_requests *req, test_out_errors *e) {
+    const size_t per_row = (size_t)heads * (size_t)dim;
+    e->max_rel =
+        test_relative_error(got, ref, (size_t)req->qo_indptr[req->batch] * per_row, &e->max_at);
+    e->req_mean_rel = 0.0;
+    e->req_mean_at = -1;
+    double diff_all = 0.0, ref_all = 0.0;
+    for (int32_t b = 0; b < req->batch; ++b) {
+        double diff = 0.0, mag = 0.0;
+        const size_t end = (size_t)req->qo_indptr[b + 1] * per_row;
+        for (size_t i = (size_t)req->qo_indptr[b] * per_row; i < end; ++i) {
+            diff += element_error(got[i], ref[i]);
+            mag += fabs(ref[i]);
+        }
+        diff_all += diff;
+        ref_all += mag;
+        /* A request that keeps no key has a zero reference: any difference is infinitely off. */
+        const double ratio = diff == 0.0 ? 0.0 : mag > 0.0 ? diff / mag : INFINITY;
+        if (ratio > e->req_mean_rel) {
+            e->req_mean_rel = ratio;
+            e->req_mean_at = b;
+        }
+    }
+    e->mean_rel = diff_all == 0.0 ? 0.0 : ref_all > 0.0 ? diff_all / ref_all : INFINITY;
+}
+
+double test_lse_error(double got, double want) {
+    return element_error(got, want) / fmax(1.0, isinf(want) ? 1.0 : fabs(want));
+}
+
+bool test_out_within_max(const test_out_errors *e, const test_error_bounds *b) {
+    return e->max_rel <= b->max_rel;
+}
+
+bool test_out_within_mean(const test_out_errors *e, const test_error_bounds *b) {
+    return e->req_mean_rel <= b->mean_rel;
 }
 
 int32_t *test_permutation(test_rng *rng, int32_t n, bool shuffle) {
@@ -680,8 +790,8 @@ void test_qo_expect_same_bits(const test_qo *t, const test_readback *a, const te
 }
 
 void test_qo_expect_failed(const test_qo *t, flp_status got, flp_status want, const char *call,
-                           const char *const *words) {
-    test_expect_status(t->ctx, got, want, call, words);
+                           const char *const *mentions) {
+    test_expect_status(t->ctx, got, want, call, mentions);
     test_qo_expect_untouched(t, call);
 }
 
@@ -693,15 +803,16 @@ static int32_t request_of_row(const test_qo_requests *req, int32_t r) {
     return b;
 }
 
-void test_qo_check(const test_qo *t, const test_readback *rb, const test_qo_requests *req,
-                   const double *ref_out, const double *ref_lse, const char *what) {
+/* out's view as doubles [rows, heads, dim] (a new array): fails unless every element is written,
+ * no NaN, rows that keep no key exactly 0 and nothing outside the view touched. */
+static double *qo_read_out(const test_qo *t, const test_readback *rb, const test_qo_requests *req,
+                           const double *ref_lse, const char *what) {
     const test_qo_layout *l = &t->layout;
     const char *name = req->name;
     const int32_t rows = req->qo_indptr[req->batch], hq = t->heads, dim = t->head_dim;
-    const size_t out_words = t->out_bytes / 2, lse_words = t->lse_bytes / 4;
-    const size_t n = (size_t)rows * (size_t)hq * (size_t)dim;
-    double *got = test_xcalloc(n, sizeof(double));
-    bool *seen = test_xcalloc(out_words > lse_words ? out_words : lse_words, sizeof(bool));
+    const size_t out_words = t->out_bytes / 2;
+    double *got = test_xcalloc((size_t)rows * (size_t)hq * (size_t)dim, sizeof(double));
+    bool *seen = test_xcalloc(out_words, sizeof(bool));
     for (int32_t r = 0; r < rows; ++r) {
         const int32_t b = request_of_row(req, r);
         for (int32_t h = 0; h < hq; ++h) {
@@ -729,46 +840,93 @@ void test_qo_check(const test_qo *t, const test_readback *rb, const test_qo_requ
         if (!seen[i] && rb->out[i] != TEST_POISON16)
             fail_msg("%s: %s: out buffer word %zu outside the view was written (0x%04x)", name,
                      what, i, rb->out[i]);
-    const double tol = test_out_tolerance(t->dtype);
-    size_t worst = 0;
-    const double err = test_relative_error(got, ref_out, n, &worst);
-    if (!(err <= tol)) {
-        const int32_t r = (int32_t)(worst / ((size_t)dim * (size_t)hq));
-        const int32_t b = request_of_row(req, r);
-        fail_msg("%s: %s: out relative error %.3g > %.3g; worst out[%d, %zu, %zu] (request %d: "
-                 "qo_len %d, kv_len %d) = %.6g, reference %.6g (seed 0x%llx)",
-                 name, what, err, tol, r, worst / (size_t)dim % (size_t)hq, worst % (size_t)dim, b,
-                 req->qo_indptr[b + 1] - req->qo_indptr[b], req->kv_len[b], got[worst],
-                 ref_out[worst], (unsigned long long)test_seed());
-    }
-    if (getenv("FLP_TEST_VERBOSE"))
-        print_message("  %s: %s: out error %.2e (tolerance %.1e)\n", name, what, err, tol);
-    free(got);
+    free(seen);
+    return got;
+}
 
-    memset(seen, 0, lse_words * sizeof(bool));
-    const double ltol = test_lse_tolerance(t->dtype);
+/* The word of lse[r, h] in the lse buffer. */
+static size_t lse_word(const test_qo *t, int32_t r, int32_t h) {
+    return t->layout.lse_offset / 4 + (size_t)r * (size_t)t->layout.lse_row_stride + (size_t)h;
+}
+
+/* The worst test_lse_error of the lse view (0 with lse off); fails unless every element is
+ * written, -inf exactly where no key is kept, and nothing outside the view touched. *bad gets
+ * the first element [row * heads + head] over bound, -1 when none. */
+static double qo_lse_errors(const test_qo *t, const test_readback *rb, const test_qo_requests *req,
+                            const double *ref_lse, double bound, const char *what, int64_t *bad) {
+    const char *name = req->name;
+    const int32_t rows = req->qo_indptr[req->batch], hq = t->heads;
+    const size_t lse_words = t->lse_bytes / 4;
+    bool *seen = test_xcalloc(lse_words, sizeof(bool));
+    double worst = 0.0;
+    *bad = -1;
     for (int32_t r = 0; r < rows && req->lse; ++r)
         for (int32_t h = 0; h < hq; ++h) {
-            const size_t at = l->lse_offset / 4 + (size_t)r * (size_t)l->lse_row_stride + (size_t)h;
+            const size_t at = lse_word(t, r, h);
             seen[at] = true;
             if (rb->lse[at] == TEST_POISON32)
                 fail_msg("%s: %s: lse[%d, %d] was not written", name, what, r, h);
             const double g = test_f32_bits_to_double(rb->lse[at]);
             const double want = ref_lse[(size_t)r * hq + h];
-            if (isinf(want)) {
-                if (!(isinf(g) && g < 0))
-                    fail_msg("%s: %s: lse[%d, %d] = %g, want -inf (no key kept)", name, what, r, h,
-                             g);
-            } else if (!(fabs(g - want) <= ltol * fmax(1.0, fabs(want)))) {
-                fail_msg("%s: %s: lse[%d, %d] = %.7g, reference %.7g (tolerance %.1g, seed 0x%llx)",
-                         name, what, r, h, g, want, ltol, (unsigned long long)test_seed());
-            }
+            if (isinf(want) && !(isinf(g) && g < 0))
+                fail_msg("%s: %s: lse[%d, %d] = %g, want -inf (no key kept)", name, what, r, h, g);
+            const double err = test_lse_error(g, want);
+            worst = fmax(worst, err);
+            if (!(err <= bound) && *bad < 0)
+                *bad = (int64_t)r * hq + h;
         }
     for (size_t i = 0; i < lse_words; ++i)
         if (!seen[i] && rb->lse[i] != TEST_POISON32)
             fail_msg("%s: %s: lse buffer word %zu was written (0x%08x) %s", name, what, i,
                      rb->lse[i], req->lse ? "outside the view" : "with lse off");
     free(seen);
+    return worst;
+}
+
+void test_qo_check(const test_qo *t, const test_readback *rb, const test_qo_requests *req,
+                   const double *ref_out, const double *ref_lse, const char *what) {
+    const char *name = req->name;
+    const int32_t hq = t->heads, dim = t->head_dim;
+    const flp_dtype kv_dtype = req->kv_dtype ? req->kv_dtype : t->dtype;
+    const test_error_bounds bounds = test_error_bounds_for(t->dtype, kv_dtype);
+    double *got = qo_read_out(t, rb, req, ref_lse, what);
+    test_out_errors e;
+    test_out_errors_measure(got, ref_out, hq, dim, req, &e);
+    int64_t lse_bad = -1;
+    const double lse_worst = qo_lse_errors(t, rb, req, ref_lse, bounds.lse, what, &lse_bad);
+    /* FLP_TEST_VERBOSE: one tab-separated line per check, passed or not; test_error_bounds_for
+     * says how the bounds came from these. */
+    if (getenv("FLP_TEST_VERBOSE"))
+        print_message("errors\t%s\t%s\t%s\t%s\tmax %.4e\tmean %.4e\treq_mean %.4e\tlse %.4e%s\n",
+                      flp_dtype_name(t->dtype), flp_dtype_name(kv_dtype), name, what, e.max_rel,
+                      e.mean_rel, e.req_mean_rel, lse_worst, req->lse ? "" : " (no lse)");
+    if (!test_out_within_max(&e, &bounds)) {
+        const size_t worst = e.max_at;
+        const int32_t r = (int32_t)(worst / ((size_t)dim * (size_t)hq));
+        const int32_t b = request_of_row(req, r);
+        fail_msg("%s: %s: out relative error %.3g > %.3g; worst out[%d, %zu, %zu] (request %d: "
+                 "qo_len %d, kv_len %d) = %.6g, reference %.6g (seed 0x%llx)",
+                 name, what, e.max_rel, bounds.max_rel, r, worst / (size_t)dim % (size_t)hq,
+                 worst % (size_t)dim, b, req->qo_indptr[b + 1] - req->qo_indptr[b], req->kv_len[b],
+                 got[worst], ref_out[worst], (unsigned long long)test_seed());
+    }
+    if (!test_out_within_mean(&e, &bounds)) {
+        const int32_t b = e.req_mean_at;
+        fail_msg("%s: %s: request %d (qo_len %d, kv_len %d): sum|out - ref| / sum|ref| = %.3g > "
+                 "%.3g: a systematic error (max relative error %.3g, bound %.3g; seed 0x%llx)",
+                 name, what, b, req->qo_indptr[b + 1] - req->qo_indptr[b], req->kv_len[b],
+                 e.req_mean_rel, bounds.mean_rel, e.max_rel, bounds.max_rel,
+                 (unsigned long long)test_seed());
+    }
+    if (lse_bad >= 0) {
+        const int32_t r = (int32_t)(lse_bad / hq), h = (int32_t)(lse_bad % hq);
+        const double g = test_f32_bits_to_double(rb->lse[lse_word(t, r, h)]);
+        fail_msg("%s: %s: lse[%d, %d] = %.7g, reference %.7g: error %.3g > %.3g (relative to "
+                 "max(1, |ref|); seed 0x%llx)",
+                 name, what, r, h, g, ref_lse[lse_bad], test_lse_error(g, ref_lse[lse_bad]),
+                 bounds.lse, (unsigned long long)test_seed());
+    }
+    free(got);
 }
 
 /* ---- the list of tests of a program ---------------------------------------------------------- */
