@@ -1,23 +1,24 @@
 #!/usr/bin/env python3
-"""Check the ptxas report of the built kernels (nvcc_fatbin.py): every kernel of every
-architecture without stack frame or register spills (local memory in the hot loop costs more
-than the whole memory-bound budget). Prints registers per kernel family.
+"""Check the ptxas reports of the built kernels (nvcc_fatbin.py, one per nvcc translation unit):
+every kernel of every architecture without stack frame or register spills (local memory in the
+hot loop costs more than the whole memory-bound budget), every report with kernels, every kernel
+built for each architecture of --archs and in one report only. Prints registers per kernel
+family.
 
-usage: check_resources.py REPORT
+usage: check_resources.py [--archs sm_80,sm_90a] REPORT...
 """
 import collections
+import os
 import re
 import sys
 
 
-def main() -> int:
-    if len(sys.argv) != 2:
-        print(__doc__, file=sys.stderr)
-        return 2
+def read_report(path):
+    """(kernel, arch, registers, stack bytes, spill store bytes, spill load bytes) per entry."""
     kernel = arch = None
     stack = None
     rows = []
-    for line in open(sys.argv[1], encoding="utf-8"):
+    for line in open(path, encoding="utf-8"):
         m = re.search(r"Compiling entry function '(\S+)' for '(\S+)'", line)
         if m:
             kernel, arch = m.groups()
@@ -31,20 +32,55 @@ def main() -> int:
         if m and kernel and stack is not None:
             rows.append((kernel, arch, int(m.group(1))) + stack)
             kernel = stack = None
-    if not rows:
-        print(f"{sys.argv[1]}: no ptxas resource lines", file=sys.stderr)
-        return 1
+    return rows
+
+
+def main() -> int:
+    args = sys.argv[1:]
+    archs = None
+    if len(args) >= 2 and args[0] == "--archs":
+        archs = set(args[1].split(","))
+        args = args[2:]
+    if not args or any(a.startswith("-") for a in args):
+        print(__doc__, file=sys.stderr)
+        return 2
+    failures = []
+    rows = []
+    report_of = {}  # kernel -> the report that builds it
+    for path in args:
+        report_rows = read_report(path)
+        if not report_rows:
+            failures.append(f"{path}: no ptxas resource lines")
+        for name in sorted({r[0] for r in report_rows}):
+            if name in report_of:
+                failures.append(f"{name} is built by two units: {os.path.basename(report_of[name])}"
+                                f" and {os.path.basename(path)}")
+            report_of[name] = path
+        rows += report_rows
+
+    if archs is not None:
+        built = collections.defaultdict(set)
+        for name, arch, *_ in rows:
+            built[name].add(arch)
+        for name, have in sorted(built.items()):
+            if have != archs:
+                failures.append(f"{name} is built for {', '.join(sorted(have))}, expected "
+                                f"{', '.join(sorted(archs))}")
+
     families = collections.defaultdict(list)
-    for name, arch_, regs, *_ in rows:
+    for name, arch, regs, *_ in rows:
         family = "merge" if "merge" in name else "_".join(name.split("_")[-2:])
-        families[(arch_, family)].append(regs)
-    for (arch_, family), regs in sorted(families.items()):
-        print(f"{arch_:8} {family:10} {len(regs):3} kernels, registers {min(regs)}-{max(regs)}")
+        families[(arch, family)].append(regs)
+    for (arch, family), regs in sorted(families.items()):
+        print(f"{arch:8} {family:10} {len(regs):3} kernels, registers {min(regs)}-{max(regs)}")
     bad = [r for r in rows if r[3] or r[4] or r[5]]
-    for name, arch_, regs, st, ss, sl in bad:
-        print(f"FAIL {name} ({arch_}): {st} bytes stack frame, {ss}/{sl} bytes spill stores/loads")
-    print(f"{len(rows)} kernels, {len(bad)} with stack frame or spills")
-    return 1 if bad else 0
+    for name, arch, regs, st, ss, sl in bad:
+        failures.append(f"{name} ({arch}): {st} bytes stack frame, {ss}/{sl} bytes spill "
+                        "stores/loads")
+    for failure in failures:
+        print("FAIL " + failure)
+    print(f"{len(rows)} kernels in {len(args)} reports, {len(bad)} with stack frame or spills")
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

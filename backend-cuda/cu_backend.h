@@ -33,11 +33,12 @@ typedef struct flp_cu_state {
     CUstream stream;       /* where work goes: own_stream or the caller's */
     int cc;                /* compute capability, major * 10 + minor */
     int sm_count;
-    /* Modules: the embedded fatbin, or per-configuration NVRTC builds when the fatbin has no
-     * image for this device (or FLP_CUDA_FORCE_NVRTC=1). */
+    /* Modules: the embedded fatbins (one per kernel unit, loaded on first use), or
+     * per-configuration NVRTC builds when they have no image for this device (or
+     * FLP_CUDA_FORCE_NVRTC=1). fatbin_checked: that choice is made. */
     bool fatbin_checked;
     bool use_nvrtc;
-    CUmodule fatbin_module;
+    CUmodule *fatbin_modules; /* [flp_cuda_fatbins_count], NULL until the first load */
     flp_cu_config configs[FLP_CU_NUM_CONFIGS];
 } flp_cu_state;
 
@@ -75,10 +76,6 @@ void flp_cu_modules_release(flp_context *ctx);
  * on FLP_OK the context stays current until the caller's flp_cu_leave, on failure it is left. */
 flp_status flp_cu_enter_config(flp_context *ctx, const char *what, int index,
                                const flp_cu_config **out);
-/* Loads (or builds) the kernels of a checked launch's configuration now rather than at its
- * first run (what names the entry point). */
-flp_status flp_cu_load_config(flp_context *ctx, const char *what, int32_t q_dtype, int32_t kv_dtype,
-                              int32_t head_dim);
 /* The grid size of a head_dim's decode (prefill false) or prefill kernels: SMs x resident blocks
  * per SM, or on failure the (negative) flp_status with the reason in ctx's last error (what:
  * "CUDA decode", ...). The occupancy of one configuration stands for all of the head_dim: they

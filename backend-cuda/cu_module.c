@@ -1,6 +1,8 @@
-/* Kernel modules: the embedded fatbin (sm_80, sm_90a; sm_8x devices run the sm_80 image), or,
- * for devices it has no image for (or with FLP_CUDA_FORCE_NVRTC=1), the embedded source compiled
- * by NVRTC one configuration at a time. Functions are fetched and configured once per context. */
+/* Kernel modules: the embedded fatbins (one per kernel unit, built for the architectures of
+ * -Dnvcc_archs, FLP_CUDA_BUILT_ARCHS; sm_8x devices run an sm_80 image), each loaded when a
+ * configuration first needs it, or, for devices they have no image for (or with
+ * FLP_CUDA_FORCE_NVRTC=1), the embedded source compiled by NVRTC one configuration at a time.
+ * Functions are fetched and configured once per context. */
 #include "backend-cuda/cu_backend.h"
 #include "backend-cuda/cu_embedded.h"
 #include "backend-cuda/cu_nvrtc.h"
@@ -12,6 +14,10 @@
 #include <string.h>
 #include <time.h>
 
+#ifndef FLP_CUDA_BUILT_ARCHS /* "sm_80, sm_90a": backend-cuda/meson.build defines it */
+#error FLP_CUDA_BUILT_ARCHS is not defined
+#endif
+
 static const int rows_of[2] = {FLP_CU_DECODE_ROWS_SMALL, FLP_CU_DECODE_ROWS_LARGE};
 
 static bool force_nvrtc(void) {
@@ -19,35 +25,94 @@ static bool force_nvrtc(void) {
     return v && strcmp(v, "1") == 0;
 }
 
-/* Loads the fatbin once; a device it has no image for switches the context to NVRTC. */
-static flp_status check_fatbin(flp_context *ctx, flp_cu_state *st) {
-    if (st->fatbin_checked)
-        return FLP_OK;
-    if (force_nvrtc()) {
+/* The name of the unit (backend-cuda/meson.build, kernels/units/<name>.cu) with family's
+ * kernels for head_dim. */
+static void unit_name(flp_cu_unit_family family, int32_t head_dim, char *buf, size_t size) {
+    if (family == FLP_CU_UNIT_SHARED)
+        snprintf(buf, size, "shared_kernels");
+    else
+        snprintf(buf, size, "%s_d%d", family == FLP_CU_UNIT_DECODE ? "decode" : "prefill",
+                 (int)head_dim);
+}
+
+const flp_embedded_file *flp_cu_fatbin_of(flp_cu_unit_family family, int32_t head_dim) {
+    char name[32];
+    unit_name(family, head_dim, name, sizeof name);
+    for (unsigned i = 0; i < flp_cuda_fatbins_count; i++)
+        if (strcmp(flp_cuda_fatbins[i].name, name) == 0)
+            return &flp_cuda_fatbins[i];
+    return NULL;
+}
+
+/* The modules the functions of one configuration come from, by unit family: its head dim's
+ * decode and prefill fatbins and the shared one, or one NVRTC module for all three. */
+typedef struct config_modules {
+    CUmodule of[FLP_CU_NUM_UNIT_FAMILIES];
+} config_modules;
+
+/* Loads the fatbin of family's kernels for head_dim on first use into *out. The first fatbin the
+ * context loads decides between the fatbins and NVRTC (all are built for the same
+ * architectures): a device they have no image for switches the context to NVRTC (*out NULL). */
+static flp_status load_fatbin(flp_context *ctx, flp_cu_state *st, flp_cu_unit_family family,
+                              int32_t head_dim, CUmodule *out) {
+    *out = NULL;
+    const flp_embedded_file *fatbin = flp_cu_fatbin_of(family, head_dim);
+    if (!fatbin) {
+        char name[32];
+        unit_name(family, head_dim, name, sizeof name);
+        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED, "CUDA: the library embeds no fatbin %s", name);
+    }
+    if (!st->fatbin_modules) {
+        st->fatbin_modules = flp_calloc(flp_cuda_fatbins_count, sizeof *st->fatbin_modules);
+        if (!st->fatbin_modules)
+            return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "CUDA: out of host memory");
+    }
+    CUmodule *module = &st->fatbin_modules[fatbin - flp_cuda_fatbins];
+    if (!*module) {
+        CUresult r = FLP_CU_ALLOC(st->cu->cuModuleLoadData(module, fatbin->data));
+        if (!st->fatbin_checked &&
+            (r == CUDA_ERROR_NO_BINARY_FOR_GPU || r == CUDA_ERROR_INVALID_IMAGE ||
+             r == CUDA_ERROR_UNSUPPORTED_PTX_VERSION)) {
+            /* No image for this device, or images this (older) driver cannot read. */
+            char text[256];
+            flp_log(ctx, FLP_LOG_INFO,
+                    "CUDA: the built-in kernels (" FLP_CUDA_BUILT_ARCHS ") do not load on sm_%d "
+                    "(%s): compiling them with NVRTC",
+                    st->cc, flp_cu_result_text(st->cu, r, text, sizeof text));
+            *module = NULL;
+            st->use_nvrtc = true;
+            st->fatbin_checked = true;
+            return FLP_OK;
+        }
+        if (r != CUDA_SUCCESS) {
+            *module = NULL;
+            return flp_cu_fail(ctx, st->cu, r,
+                               "CUDA: cuModuleLoadData of the built-in %s kernels (%lu bytes "
+                               "fatbin)",
+                               fatbin->name, fatbin->size);
+        }
+        st->fatbin_checked = true;
+    }
+    *out = *module;
+    return FLP_OK;
+}
+
+/* The fatbin modules of head_dim's configurations, or none (and st->use_nvrtc) when the context
+ * uses NVRTC: FLP_CUDA_FORCE_NVRTC=1, or no image for the device. */
+static flp_status fatbin_modules_of(flp_context *ctx, flp_cu_state *st, int32_t head_dim,
+                                    config_modules *modules) {
+    memset(modules, 0, sizeof *modules);
+    if (!st->fatbin_checked && force_nvrtc()) {
         flp_log(ctx, FLP_LOG_INFO, "CUDA: FLP_CUDA_FORCE_NVRTC=1: kernels come from NVRTC");
         st->use_nvrtc = true;
         st->fatbin_checked = true;
-        return FLP_OK;
     }
-    CUmodule module = NULL;
-    CUresult r = st->cu->cuModuleLoadData(&module, flp_cuda_fatbin);
-    if (r == CUDA_ERROR_NO_BINARY_FOR_GPU || r == CUDA_ERROR_INVALID_IMAGE ||
-        r == CUDA_ERROR_UNSUPPORTED_PTX_VERSION) {
-        /* No image for this device, or images this (older) driver cannot read. */
-        char text[256];
-        flp_log(ctx, FLP_LOG_INFO,
-                "CUDA: the built-in kernels (sm_80, sm_90a) do not load on sm_%d (%s): "
-                "compiling them with NVRTC",
-                st->cc, flp_cu_result_text(st->cu, r, text, sizeof text));
-        st->use_nvrtc = true;
-    } else if (r != CUDA_SUCCESS) {
-        return flp_cu_fail(ctx, st->cu, r,
-                           "CUDA: cuModuleLoadData of the built-in kernels (%lu bytes fatbin)",
-                           flp_cuda_fatbin_size);
-    } else {
-        st->fatbin_module = module;
+    for (int family = 0; family < FLP_CU_NUM_UNIT_FAMILIES && !st->use_nvrtc; family++) {
+        flp_status status =
+            load_fatbin(ctx, st, (flp_cu_unit_family)family, head_dim, &modules->of[family]);
+        if (status != FLP_OK)
+            return status;
     }
-    st->fatbin_checked = true;
     return FLP_OK;
 }
 
@@ -68,7 +133,7 @@ static flp_status compile_config(flp_context *ctx, flp_cu_state *st, int index, 
                         flp_dtype_name((flp_dtype)q), flp_dtype_name((flp_dtype)kv), (int)d, st->cc,
                         message);
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    CUresult r = st->cu->cuModuleLoadData(out, image.data);
+    CUresult r = FLP_CU_ALLOC(st->cu->cuModuleLoadData(out, image.data));
     flp_log(ctx, FLP_LOG_INFO,
             "CUDA: NVRTC built the %s/%s head_dim %d kernels for %s (%s) in %.1f s",
             flp_dtype_name((flp_dtype)q), flp_dtype_name((flp_dtype)kv), (int)d, image.target,
@@ -119,22 +184,22 @@ static flp_status configure_kernel(flp_context *ctx, const flp_cu_driver *cu, CU
     return FLP_OK;
 }
 
-/* Fetches the functions of a configuration from module, raises their shared-memory limit and
- * measures their occupancy. */
-static flp_status setup_config(flp_context *ctx, flp_cu_state *st, int index, CUmodule module,
-                               flp_cu_config *cfg) {
+/* Fetches the functions of a configuration from its modules, raises their shared-memory limit
+ * and measures their occupancy. */
+static flp_status setup_config(flp_context *ctx, flp_cu_state *st, int index,
+                               const config_modules *modules, flp_cu_config *cfg) {
     int32_t q, kv, d;
     flp_cu_config_of(index, &q, &kv, &d);
     const flp_cu_driver *cu = st->cu;
     char name[64];
     flp_cu_kernel_name(q, kv, d, 0, name, sizeof name);
-    flp_status status = get_function(ctx, st, module, name, &cfg->merge);
+    flp_status status = get_function(ctx, st, modules->of[FLP_CU_UNIT_SHARED], name, &cfg->merge);
     if (status != FLP_OK)
         return status;
     int max_blocks = 0;
     for (int i = 0; i < 2; i++) {
         flp_cu_kernel_name(q, kv, d, rows_of[i], name, sizeof name);
-        status = get_function(ctx, st, module, name, &cfg->decode[i]);
+        status = get_function(ctx, st, modules->of[FLP_CU_UNIT_DECODE], name, &cfg->decode[i]);
         if (status != FLP_OK)
             return status;
         const unsigned smem = (unsigned)FLP_CU_DECODE_SMEM_BYTES((int)flp_dtype_size((flp_dtype)kv),
@@ -151,15 +216,16 @@ static flp_status setup_config(flp_context *ctx, flp_cu_state *st, int index, CU
 
     /* Prefill: three tile kernels, their merge, the KV append. */
     flp_cu_prefill_kernel_name(q, kv, d, 0, name, sizeof name);
-    status = get_function(ctx, st, module, name, &cfg->prefill_merge);
+    status = get_function(ctx, st, modules->of[FLP_CU_UNIT_SHARED], name, &cfg->prefill_merge);
     if (status == FLP_OK)
-        status = get_function(ctx, st, module, "flp_kv_append", &cfg->kv_append);
+        status = get_function(ctx, st, modules->of[FLP_CU_UNIT_SHARED], "flp_kv_append",
+                              &cfg->kv_append);
     if (status != FLP_OK)
         return status;
     for (int i = 0; i < FLP_CU_PREFILL_NUM_TILES; i++) {
         const int tile = FLP_CU_PREFILL_TILE(i);
         flp_cu_prefill_kernel_name(q, kv, d, tile, name, sizeof name);
-        status = get_function(ctx, st, module, name, &cfg->prefill[i]);
+        status = get_function(ctx, st, modules->of[FLP_CU_UNIT_PREFILL], name, &cfg->prefill[i]);
         if (status != FLP_OK)
             return status;
         const unsigned smem = flp_cu_prefill_smem_bytes(q, kv, d, tile);
@@ -182,24 +248,29 @@ flp_status flp_cu_config_get(flp_context *ctx, int index, const flp_cu_config **
         *out = cfg;
         return FLP_OK;
     }
-    flp_status status = check_fatbin(ctx, st);
+    int32_t q, kv, d;
+    flp_cu_config_of(index, &q, &kv, &d);
+    config_modules modules;
+    flp_status status = fatbin_modules_of(ctx, st, d, &modules);
     if (status != FLP_OK)
         return status;
-    CUmodule module = st->fatbin_module;
+    CUmodule nvrtc_module = NULL;
     if (st->use_nvrtc) {
-        status = compile_config(ctx, st, index, &module);
+        status = compile_config(ctx, st, index, &nvrtc_module);
         if (status != FLP_OK)
             return status;
+        for (int family = 0; family < FLP_CU_NUM_UNIT_FAMILIES; family++)
+            modules.of[family] = nvrtc_module;
     }
     flp_cu_config fresh;
     memset(&fresh, 0, sizeof fresh);
-    status = setup_config(ctx, st, index, module, &fresh);
+    status = setup_config(ctx, st, index, &modules, &fresh);
     if (status != FLP_OK) {
-        if (st->use_nvrtc)
-            st->cu->cuModuleUnload(module);
+        if (nvrtc_module)
+            st->cu->cuModuleUnload(nvrtc_module);
         return status;
     }
-    fresh.nvrtc_module = st->use_nvrtc ? module : NULL;
+    fresh.nvrtc_module = nvrtc_module;
     fresh.ready = true;
     *cfg = fresh;
     *out = cfg;
@@ -213,9 +284,13 @@ void flp_cu_modules_release(flp_context *ctx) {
             st->cu->cuModuleUnload(st->configs[i].nvrtc_module);
         memset(&st->configs[i], 0, sizeof st->configs[i]);
     }
-    if (st->fatbin_module)
-        st->cu->cuModuleUnload(st->fatbin_module);
-    st->fatbin_module = NULL;
+    if (st->fatbin_modules) {
+        for (unsigned i = 0; i < flp_cuda_fatbins_count; i++)
+            if (st->fatbin_modules[i])
+                st->cu->cuModuleUnload(st->fatbin_modules[i]);
+        flp_free(st->fatbin_modules);
+        st->fatbin_modules = NULL;
+    }
     st->fatbin_checked = false;
     st->use_nvrtc = false;
 }
@@ -227,16 +302,6 @@ flp_status flp_cu_enter_config(flp_context *ctx, const char *what, int index,
         return status;
     status = flp_cu_config_get(ctx, index, out);
     if (status != FLP_OK)
-        flp_cu_leave(ctx);
-    return status;
-}
-
-flp_status flp_cu_load_config(flp_context *ctx, const char *what, int32_t q_dtype, int32_t kv_dtype,
-                              int32_t head_dim) {
-    const flp_cu_config *cfg = NULL;
-    flp_status status =
-        flp_cu_enter_config(ctx, what, flp_cu_config_index(q_dtype, kv_dtype, head_dim), &cfg);
-    if (status == FLP_OK)
         flp_cu_leave(ctx);
     return status;
 }
@@ -262,8 +327,9 @@ int32_t flp_cu_resident_grid(flp_context *ctx, const char *what, int32_t head_di
 flp_status flp_cu_enter_launch(flp_context *ctx, const char *fn, int32_t q_dtype, int32_t kv_dtype,
                                int32_t head_dim, const flp_cu_config **out) {
     int index = flp_cu_config_index(q_dtype, kv_dtype, head_dim);
+    /* the core's checks admit only dtypes and head dims that have kernels */
     if (index < 0)
-        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED, "%s: unchecked launch (no kernel)", fn);
-    /* already loaded by the check */
+        return flp_fail(ctx, FLP_ERROR_BACKEND, "%s: no kernel for a validated launch", fn);
+    /* the first run of a configuration loads (or NVRTC-builds) its kernels */
     return flp_cu_enter_config(ctx, fn, index, out);
 }

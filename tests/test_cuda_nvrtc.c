@@ -195,13 +195,24 @@ static void test_bad_arguments(void **state) {
     assert_int_equal(flp_cu_config_index(FLP_DTYPE_F16, FLP_DTYPE_I32, 128), -1);
 }
 
-/* What the build embedded: a fatbin and the source with every quoted include inlined. */
+/* What the build embedded: a fatbin for every kernel unit the host loads, and the source with
+ * every quoted include inlined. */
 static void test_embedded_artifacts(void **state) {
     (void)state;
-    assert_true(flp_cuda_fatbin_size > 1024);
-    const unsigned magic = (unsigned)flp_cuda_fatbin[0] | (unsigned)flp_cuda_fatbin[1] << 8 |
-                           (unsigned)flp_cuda_fatbin[2] << 16 | (unsigned)flp_cuda_fatbin[3] << 24;
-    assert_int_equal(magic, 0xBA55ED50u); /* fatbin container magic */
+    for (int family = 0; family < FLP_CU_NUM_UNIT_FAMILIES; family++)
+        for (size_t d = 0; d < 3; d++)
+            if (!flp_cu_fatbin_of((flp_cu_unit_family)family, head_dims[d]))
+                fail_msg("no embedded fatbin for family %d, head_dim %d", family, head_dims[d]);
+    assert_true(flp_cuda_fatbins_count >= 1);
+    for (unsigned i = 0; i < flp_cuda_fatbins_count; i++) {
+        const flp_embedded_file *f = &flp_cuda_fatbins[i];
+        if (f->size <= 1024)
+            fail_msg("fatbin %s has %lu bytes", f->name, f->size);
+        const unsigned magic = (unsigned)f->data[0] | (unsigned)f->data[1] << 8 |
+                               (unsigned)f->data[2] << 16 | (unsigned)f->data[3] << 24;
+        if (magic != 0xBA55ED50u) /* fatbin container magic */
+            fail_msg("fatbin %s starts with 0x%08x, not the fatbin magic", f->name, magic);
+    }
     const char *source = (const char *)flp_cuda_kernel_source;
     assert_int_equal(strlen(source), flp_cuda_kernel_source_size);
     assert_non_null(strstr(source, "decode_body"));

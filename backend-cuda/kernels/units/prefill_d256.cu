@@ -1,0 +1,5 @@
+/* nvcc unit, compiled into its own fatbin in parallel with the others: the prefill kernels of
+ * head dim 256, every dtype pair (entry points: kernel_instances.cuh). */
+#include "backend-cuda/kernels/kernel_instances.cuh"
+
+FLP_PREFILL_KERNELS(256)
