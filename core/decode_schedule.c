@@ -11,8 +11,10 @@
 
 int32_t flp_decode_max_items(int32_t max_batch_size, int32_t num_kv_heads, int32_t num_ctas) {
     /* Each request contributes at most len/chunk + 1 items per KV head, and the chunk is at
-     * least total/num_ctas, so items <= num_ctas + batch * heads. */
-    return max_batch_size * num_kv_heads + num_ctas;
+     * least total/num_ctas, so items <= num_ctas + batch * heads. -1 when the items' words
+     * would not fit int32 (plan creation refuses such capacities). */
+    int64_t n = (int64_t)max_batch_size * num_kv_heads + num_ctas;
+    return n > INT32_MAX / FLP_WORK_ITEM_INTS ? -1 : (int32_t)n;
 }
 
 static int32_t choose_chunk(const flp_decode_schedule_input *in) {

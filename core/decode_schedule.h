@@ -28,7 +28,8 @@ typedef struct flp_decode_schedule {
     int32_t *merge_info;  /* [batch_size * 2], caller-owned */
 } flp_decode_schedule;
 
-/* Most work items any schedule of up to max_batch_size requests can produce. */
+/* Most work items any schedule of up to max_batch_size requests can produce; -1 when that
+ * many items' words would not fit int32. */
 int32_t flp_decode_max_items(int32_t max_batch_size, int32_t num_kv_heads, int32_t num_ctas);
 
 /* Host scratch bytes flp_decode_schedule_build_in needs for in (a multiple of 8). */

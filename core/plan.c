@@ -135,6 +135,12 @@ static flp_status prepare_prefill(flp_context *ctx, const char *fn, const flp_pl
     if (c->ctas == 0)
         return flp_fail(ctx, FLP_ERROR_BACKEND, "%s: backend reported a prefill grid of 0", fn);
     int32_t group = d->num_qo_heads / d->num_kv_heads;
+    /* a request's packed rows (qo_len x group) are int32 in work items and the scheduler */
+    if ((int64_t)d->max_qo_rows * group > INT32_MAX)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                        "%s: max_qo_rows = %d with %d query heads per KV head: %lld packed rows "
+                        "per request exceed int32",
+                        fn, d->max_qo_rows, group, (long long)d->max_qo_rows * group);
     c->items =
         flp_prefill_max_items(d->max_batch_size, d->max_qo_rows, d->num_kv_heads, group, c->ctas);
     if (c->items < 0)
@@ -164,10 +170,28 @@ static flp_status prepare(flp_context *ctx, const char *fn, const flp_plan_desc 
     if (*num_ctas == 0)
         return flp_fail(ctx, FLP_ERROR_BACKEND, "%s: backend reported a decode grid of 0", fn);
     *max_items = flp_decode_max_items(d->max_batch_size, d->num_kv_heads, *num_ctas);
+    /* the decode merge grid has a workgroup per (request, query head) of the capacity */
+    if (*max_items < 0 || (int64_t)d->max_batch_size * d->num_qo_heads > INT32_MAX)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                        "%s: max_batch_size = %d with %d query heads / %d KV heads is too large "
+                        "for one plan (work items and merge grid are int32)",
+                        fn, d->max_batch_size, d->num_qo_heads, d->num_kv_heads);
     status = prepare_prefill(ctx, fn, d, prefill);
     if (status != FLP_OK)
         return status;
     *layout = compute_layout(d, *num_ctas, *max_items, prefill);
+    /* Kernels find every array through the info structs' uint32 word offsets: the last one,
+     * partial_lse, must start within 2^32 words of its info struct. */
+    const size_t reach = (size_t)UINT32_MAX * sizeof(int32_t);
+    size_t decode_span = layout->partial_lse - layout->info;
+    size_t prefill_span =
+        d->max_qo_rows > 0 ? layout->prefill.partial_lse - layout->prefill.info : 0;
+    size_t span = decode_span > prefill_span ? decode_span : prefill_span;
+    if (span > reach)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                        "%s: capacities too large: the plan's %s scratch would start %zu bytes "
+                        "after its info struct, beyond the 16 GiB its uint32 word offsets reach",
+                        fn, decode_span >= prefill_span ? "decode" : "prefill", span);
     return FLP_OK;
 }
 

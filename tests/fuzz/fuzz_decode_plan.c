@@ -1,0 +1,1007 @@
+/* Fuzz target: the decode planner (flp_decode_plan: core/decode.c, core/batch_args.c,
+ * core/decode_schedule.c, core/assign.c) on the fake host backend, against a model written from
+ * docs/design.md (3 "Batches", "Paged KV", "Positions"; 5.1, 5.2, 5.5, 5.7; 6) and flashport.h.
+ *
+ * The input is a plan with random capacities (max_batch_size, max_qo_len 1..8, max_pages, KV
+ * heads, GQA group 1..8, head dim 64/128/256, sometimes a prefill region), then a series of paged
+ * batches (page sizes 1..128, NHD/HND, empty, short and long requests, qo_len 1..8, causal,
+ * windows, RoPE/ALiBi options, caller offsets and slopes). Each batch is valid, or broken in
+ * exactly one way chosen before it is drawn, so the documented outcome is unambiguous:
+ * - a broken batch is refused with the documented status (FLP_ERROR_CAPACITY for a capacity,
+ *   FLP_ERROR_UNSUPPORTED for what decode lacks, FLP_ERROR_INVALID_ARGUMENT otherwise) and a
+ *   message naming flp_decode_plan, the argument and the value; the plan is unchanged (host
+ *   mirror, device memory, summary) and its previous partition still runs;
+ * - a valid batch is accepted, and the plan memory read back from the fake device (plain host
+ *   memory) holds the info struct, the page table, every kv_len, the offsets and slopes, and a
+ *   schedule in which every key any row can keep, of every (request, KV head), is in exactly one
+ *   work item (keys below pos(0) - window_left are never scheduled), split requests are chunks
+ *   in key order with the partial slots merge_info names, the split decision of 5.5 and the
+ *   longest-first assignment of 5.7 hold, within the plan's item and scratch capacities;
+ * - flp_decode_run then refuses caches with too few pages for the largest page id, and hands
+ *   the backend a launch whose schedule view is the uploaded schedule.
+ * Now and then the input is instead a set of capacities up to the limits plan creation accepts,
+ * asked of flp_plan_workspace_size only (check_edge_caps).
+ * Nothing of the library's own schedule code is reused: the model recomputes everything. */
+#include "core/plan.h"
+#include "tests/fake_backend.h"
+#include "tests/fuzz/fuzz_input.h"
+
+#include <math.h>
+#include <string.h>
+
+#define FN "flp_decode_plan"
+#define GRID FAKE_DECODE_GRID     /* the fake backend's decode grid */
+#define MAX_BATCH 16              /* largest max_batch_size drawn */
+#define ARR_BATCH (MAX_BATCH + 4) /* requests a batch may hold: beyond capacity on purpose */
+#define MAX_PAGES 384             /* largest max_pages drawn */
+#define ARR_PAGES (MAX_PAGES + 16)
+#define MAX_HKV 8
+#define MAX_GROUP 8
+#define MAX_HQ (MAX_HKV * MAX_GROUP)
+#define MAX_ITEMS (MAX_BATCH * MAX_HKV + GRID) /* docs/design.md 5.5 "Bound" */
+#define MIN_CHUNK 128                          /* 5.5: a split chunk is at least 128 keys */
+#define ITEM_COST 16                           /* 5.5: cost = keys + 16 */
+
+/* ---- the capacities and one batch -------------------------------------------------------- */
+
+typedef struct caps {
+    int32_t max_batch, max_qo_len, max_pages, max_qo_rows, hq, hkv, group, head_dim;
+} caps;
+
+typedef struct batch {
+    int32_t batch_size, qo_len; /* qo_len as passed: 0 means 1 */
+    int32_t page_size;
+    int32_t layout;
+    int32_t indptr[ARR_BATCH + 1], last[ARR_BATCH], indices[ARR_PAGES];
+    int32_t q_off[ARR_BATCH], k_off[ARR_BATCH];
+    float slopes[MAX_HQ];
+    bool null_indptr, null_last, null_indices, with_q_off, with_k_off, with_slopes;
+    flp_variant variant;
+} batch;
+
+/* Ways a batch is broken on purpose (one at a time). */
+typedef enum defect {
+    VALID,
+    BAD_BATCH_SIZE,
+    OVER_BATCH,
+    BAD_QO_LEN,
+    OVER_QO_LEN,
+    BAD_PAGE_SIZE,
+    BAD_LAYOUT,
+    NULL_INDPTR,
+    BAD_INDPTR0,
+    DECREASING_INDPTR,
+    OVER_PAGES,
+    NULL_LAST,
+    BAD_LAST,
+    NULL_INDICES,
+    NEGATIVE_PAGE,
+    SHORT_REQUEST,
+    CUSTOM_MASK,
+    OTHER_HEAD_DIM,
+    BAD_WINDOW,
+    BAD_SLOPE,
+    NUM_DEFECTS
+} defect;
+
+/* The documented outcome of a call: a status and fragments its message must contain. */
+typedef struct outcome {
+    flp_status status;
+    int num_frags;
+    char frags[4][128];
+} outcome;
+
+static void mention(outcome *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void mention(outcome *o, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(o->frags[o->num_frags++], sizeof o->frags[0], fmt, ap);
+    va_end(ap);
+}
+
+/* A number in [0, n) from one byte, or two when n > 200 (n >= 1). */
+static int32_t pick(fuzz_input *in, int32_t n) {
+    uint32_t v = fuzz_u8(in);
+    if (n > 200)
+        v = v << 8 | fuzz_u8(in);
+    return (int32_t)(v % (uint32_t)n);
+}
+
+/* Something negative: -1, a small negative, INT32_MIN. */
+static int32_t pick_negative(fuzz_input *in) {
+    const uint8_t b = fuzz_u8(in);
+    return b % 3 == 0 ? -1 : b % 3 == 1 ? -1 - (int32_t)(b % 50) : INT32_MIN;
+}
+
+static caps pick_caps(fuzz_input *in) {
+    caps c;
+    c.max_batch = 1 + pick(in, MAX_BATCH);
+    c.max_qo_len = pick(in, FLP_DECODE_MAX_QO_LEN + 1); /* 0: the default, 1 */
+    /* few pages (the capacity is hit often) or many (long requests split) */
+    c.max_pages = fuzz_u8(in) % 2 ? 1 + pick(in, 24) : 1 + pick(in, MAX_PAGES);
+    static const int32_t kv_heads[] = {1, 1, 2, 3, 4, 8};
+    c.hkv = kv_heads[fuzz_u8(in) % 6];
+    c.group = 1 + pick(in, MAX_GROUP);
+    c.hq = c.hkv * c.group;
+    static const int32_t dims[] = {64, 128, 256};
+    c.head_dim = dims[fuzz_u8(in) % 3];
+    /* now and then a prefill region too: decode plans must leave it alone */
+    c.max_qo_rows = fuzz_u8(in) % 4 == 0 ? 1 + pick(in, 64) : 0;
+    return c;
+}
+
+static int32_t pick_page_size(fuzz_input *in) {
+    static const int32_t sizes[] = {1,  2,  3,  4,  5,  7,  8,   15,  16,
+                                    17, 31, 32, 33, 64, 65, 100, 127, 128};
+    const uint8_t b = fuzz_u8(in);
+    return b < 200 ? sizes[b % 18] : 1 + b % FLP_MAX_PAGE_SIZE;
+}
+
+static void pick_variant(fuzz_input *in, const caps *c, flp_variant *v) {
+    memset(v, 0, sizeof *v);
+    v->head_dim = c->head_dim;
+    static const flp_dtype q[] = {FLP_DTYPE_DEFAULT, FLP_DTYPE_F16, FLP_DTYPE_BF16};
+    static const flp_dtype kv[] = {FLP_DTYPE_DEFAULT, FLP_DTYPE_F16, FLP_DTYPE_BF16, FLP_DTYPE_E4M3,
+                                   FLP_DTYPE_E5M2};
+    v->q_dtype = q[fuzz_u8(in) % 3];
+    v->kv_dtype = kv[fuzz_u8(in) % 5];
+    v->mask = fuzz_u8(in) % 2 ? FLP_MASK_CAUSAL : FLP_MASK_NONE;
+    const uint8_t w = fuzz_u8(in);
+    v->use_window = w % 3 == 0;
+    /* small windows clip long requests; huge ones clip nothing; 0 keeps a row's own key */
+    v->window_left = w < 128   ? pick(in, 300)
+                     : w < 192 ? pick(in, 4)
+                     : w < 240 ? pick(in, 5000)
+                               : INT32_MAX - w % 4;
+    const uint8_t opts = fuzz_u8(in);
+    v->logits_soft_cap = opts & 1 ? 30.0f : 0.0f;
+    v->sm_scale = opts & 2 ? 0.25f : 0.0f;
+    v->pos_encoding = (flp_pos_encoding)((opts >> 2) % 3);
+    v->k_scale = opts & 32 ? 0.5f : 0.0f;
+    v->v_scale = opts & 64 ? 2.0f : 0.0f;
+}
+
+/* Draws a batch for c, broken as *d says (*d becomes VALID when c makes that defect impossible),
+ * and the documented outcome of planning it. */
+static void pick_batch(fuzz_input *in, const caps *c, defect *d, batch *b, outcome *o) {
+    memset(b, 0, sizeof *b);
+    memset(o, 0, sizeof *o);
+    const int32_t max_qo = c->max_qo_len ? c->max_qo_len : 1;
+    b->batch_size =
+        *d == OVER_BATCH ? c->max_batch + 1 + fuzz_u8(in) % 4 : 1 + pick(in, c->max_batch);
+    b->qo_len = pick(in, max_qo + 1); /* 0 = 1 */
+    if (*d == SHORT_REQUEST && b->qo_len < 2) {
+        if (max_qo < 2)
+            *d = VALID; /* no request can have fewer keys than one query */
+        else
+            b->qo_len = 2 + pick(in, max_qo - 1);
+    }
+    const int32_t qo = b->qo_len ? b->qo_len : 1;
+    b->page_size = pick_page_size(in);
+    b->layout = fuzz_u8(in) % 2;
+    const int32_t ps = b->page_size;
+
+    /* pages per request: none, one or two, or a long run; every request with pages has at
+     * least qo_len keys (docs/design.md 3 "Rows and keys") */
+    int32_t pages[ARR_BATCH], budget = c->max_pages;
+    for (int32_t r = 0; r < b->batch_size; r++) {
+        const uint8_t kind = fuzz_u8(in) % 8;
+        int32_t n = kind < 2 ? 0 : kind < 5 ? 1 + kind % 2 : 1 + pick(in, budget > 0 ? budget : 1);
+        if (n > budget)
+            n = budget;
+        const uint8_t l = fuzz_u8(in);
+        b->last[r] = l < 32 ? ps : l < 64 ? 1 : 1 + l % ps;
+        if (n > 0 && (int64_t)(n - 1) * ps + b->last[r] < qo) {
+            const int32_t need = (qo + ps - 1) / ps; /* whole pages for qo keys */
+            n = need <= budget ? need : 0;
+            b->last[r] = ps;
+        }
+        if (n == 0) /* ignored without pages: anything at all */
+            b->last[r] = fuzz_u8(in) % 2 ? 0 : (int32_t)fuzz_i64(in);
+        pages[r] = n;
+        budget -= n;
+    }
+    /* the request a per-request defect hits: one with pages */
+    int32_t target = pick(in, b->batch_size);
+    const bool needs_pages =
+        *d == BAD_LAST || *d == NULL_INDICES || *d == NEGATIVE_PAGE || *d == SHORT_REQUEST;
+    if (needs_pages) {
+        int32_t r = 0;
+        while (r < b->batch_size && pages[(target + r) % b->batch_size] == 0)
+            r++;
+        if (r < b->batch_size) {
+            target = (target + r) % b->batch_size;
+        } else if ((qo + ps - 1) / ps <= c->max_pages) { /* no pages anywhere: all are free */
+            pages[target] = (qo + ps - 1) / ps;
+            b->last[target] = ps;
+        } else {
+            *d = VALID;
+        }
+    }
+    if (*d == SHORT_REQUEST) {
+        pages[target] = 1;
+        b->last[target] = 1 + pick(in, (ps < qo - 1 ? ps : qo - 1));
+    }
+    for (int32_t r = 0; r < b->batch_size; r++)
+        b->indptr[r + 1] = b->indptr[r] + pages[r];
+    const int32_t total = b->indptr[b->batch_size];
+    for (int32_t i = 0; i < total; i++) {
+        const uint8_t k = fuzz_u8(in);
+        /* ids up to twice the capacity (ids are not bounded by it), repeats, now and then the
+         * largest int32 ids (the run's cache must then have 2^31 pages) */
+        b->indices[i] = k < 16 ? 0 : k < 20 ? INT32_MAX - k % 4 : pick(in, 2 * c->max_pages);
+    }
+    b->null_indices = total == 0 && fuzz_u8(in) % 2; /* allowed: no page to read */
+    pick_variant(in, c, &b->variant);
+    const uint8_t extras = fuzz_u8(in);
+    b->with_q_off = extras & 1;
+    b->with_k_off = extras & 2;
+    b->with_slopes = extras & 4;
+    for (int32_t r = 0; r < b->batch_size; r++) {
+        b->q_off[r] = (int32_t)fuzz_i64(in);
+        b->k_off[r] = b->q_off[r] ^ 5;
+    }
+    for (int32_t h = 0; h < c->hq; h++)
+        b->slopes[h] = b->with_slopes ? 0.5f / (float)(1 + h) - (float)(extras >> 6) : 0.0f;
+
+    /* the defect, on top of the valid batch, and what the documentation says of it */
+    o->status = FLP_ERROR_INVALID_ARGUMENT;
+    switch (*d) {
+    case VALID:
+    case NUM_DEFECTS:
+        o->status = FLP_OK;
+        break;
+    case BAD_BATCH_SIZE:
+        b->batch_size = fuzz_u8(in) % 2 ? 0 : pick_negative(in);
+        mention(o, "batch_size = %d", b->batch_size);
+        break;
+    case OVER_BATCH:
+        o->status = FLP_ERROR_CAPACITY;
+        mention(o, "batch_size = %d", b->batch_size);
+        mention(o, "max_batch_size = %d", c->max_batch);
+        break;
+    case BAD_QO_LEN: {
+        const int32_t bad[] = {-1, FLP_DECODE_MAX_QO_LEN + 1, INT32_MIN, INT32_MAX, -8, 100};
+        b->qo_len = bad[fuzz_u8(in) % 6];
+        mention(o, "qo_len = %d", b->qo_len);
+        break;
+    }
+    case OVER_QO_LEN:
+        if (max_qo == FLP_DECODE_MAX_QO_LEN) {
+            *d = VALID;
+            o->status = FLP_OK;
+            break;
+        }
+        b->qo_len = max_qo + 1 + pick(in, FLP_DECODE_MAX_QO_LEN - max_qo);
+        o->status = FLP_ERROR_CAPACITY;
+        mention(o, "qo_len = %d", b->qo_len);
+        mention(o, "max_qo_len = %d", max_qo);
+        break;
+    case BAD_PAGE_SIZE: {
+        const int32_t bad[] = {0, -1, FLP_MAX_PAGE_SIZE + 1, 256, INT32_MAX, INT32_MIN};
+        b->page_size = bad[fuzz_u8(in) % 6];
+        mention(o, "page_size = %d", b->page_size);
+        break;
+    }
+    case BAD_LAYOUT: {
+        const int32_t bad[] = {2, -1, 7, INT32_MAX};
+        b->layout = bad[fuzz_u8(in) % 4];
+        mention(o, "kv_layout = %d", b->layout);
+        break;
+    }
+    case NULL_INDPTR:
+        b->null_indptr = true;
+        mention(o, "kv_indptr is NULL");
+        break;
+    case BAD_INDPTR0:
+        b->indptr[0] = fuzz_u8(in) % 2 ? 1 + pick(in, 5) : pick_negative(in);
+        mention(o, "kv_indptr[0] = %d", b->indptr[0]);
+        break;
+    case DECREASING_INDPTR: {
+        const int32_t r = pick(in, b->batch_size);
+        b->indptr[r + 1] = b->indptr[r] - 1 - pick(in, 3);
+        mention(o, "kv_indptr");
+        mention(o, "request %d", r);
+        mention(o, "%d then %d", b->indptr[r], b->indptr[r + 1]);
+        break;
+    }
+    case OVER_PAGES:
+        b->indptr[b->batch_size] = c->max_pages + 1 + pick(in, 8);
+        o->status = FLP_ERROR_CAPACITY;
+        mention(o, "kv_indptr[%d] = %d", b->batch_size, b->indptr[b->batch_size]);
+        mention(o, "max_pages = %d", c->max_pages);
+        break;
+    case NULL_LAST:
+        b->null_last = true;
+        mention(o, "kv_last_page_len is NULL");
+        break;
+    case BAD_LAST: {
+        const int32_t bad[] = {0, -1, ps + 1, INT32_MAX, INT32_MIN, ps + 100};
+        b->last[target] = bad[fuzz_u8(in) % 6];
+        mention(o, "kv_last_page_len[%d] = %d", target, b->last[target]);
+        break;
+    }
+    case NULL_INDICES:
+        b->null_indices = true;
+        mention(o, "kv_indices is NULL");
+        break;
+    case NEGATIVE_PAGE: {
+        const int32_t i = pick(in, total);
+        b->indices[i] = pick_negative(in);
+        mention(o, "kv_indices[%d] = %d", i, b->indices[i]);
+        break;
+    }
+    case SHORT_REQUEST: /* 3 "Rows and keys": kv_len >= qo_len for a request with pages */
+        mention(o, "request %d", target);
+        mention(o, "%d keys", b->last[target]);
+        mention(o, "qo_len = %d", qo);
+        break;
+    case CUSTOM_MASK: /* 6: custom masks in decode are UNSUPPORTED */
+        b->variant.mask = FLP_MASK_CUSTOM;
+        o->status = FLP_ERROR_UNSUPPORTED;
+        mention(o, "custom mask");
+        break;
+    case OTHER_HEAD_DIM: {
+        /* another supported dim: not the plan's; 3 "Head dims": other multiples of 16 up to
+         * 256 are UNSUPPORTED, anything else INVALID_ARGUMENT */
+        const int32_t dims[] = {64, 128, 256, 96, 32, 240, 0, -64, 100, 512};
+        int32_t dim = dims[fuzz_u8(in) % 10];
+        if (dim == c->head_dim)
+            dim = c->head_dim == 64 ? 128 : 64;
+        b->variant.head_dim = dim;
+        if (dim > 0 && dim % 16 == 0 && dim <= 256 && dim != 64 && dim != 128 && dim != 256)
+            o->status = FLP_ERROR_UNSUPPORTED;
+        mention(o, "head_dim = %d", dim);
+        break;
+    }
+    case BAD_WINDOW:
+        b->variant.use_window = true;
+        b->variant.window_left = pick_negative(in);
+        mention(o, "window_left = %d", b->variant.window_left);
+        break;
+    case BAD_SLOPE: {
+        const int32_t h = pick(in, c->hq);
+        b->with_slopes = true;
+        const uint8_t k = fuzz_u8(in) % 3;
+        b->slopes[h] = k == 0 ? NAN : k == 1 ? INFINITY : -INFINITY;
+        mention(o, "alibi_slopes[%d]", h);
+        break;
+    }
+    }
+}
+
+static flp_decode_plan_args args_of(const batch *b) {
+    flp_decode_plan_args a = {
+        .batch_size = b->batch_size,
+        .qo_len = b->qo_len,
+        .page_size = b->page_size,
+        .kv_layout = (flp_kv_layout)b->layout,
+        .kv_indptr = b->null_indptr ? NULL : b->indptr,
+        .kv_indices = b->null_indices ? NULL : b->indices,
+        .kv_last_page_len = b->null_last ? NULL : b->last,
+        .q_rope_offset = b->with_q_off ? b->q_off : NULL,
+        .k_rope_offset = b->with_k_off ? b->k_off : NULL,
+        .alibi_slopes = b->with_slopes ? b->slopes : NULL,
+        .variant = b->variant,
+    };
+    return a;
+}
+
+/* ---- what a valid batch means (the model) ------------------------------------------------- */
+
+/* The decode partition docs/design.md 5.5 describes, per request. */
+typedef struct model {
+    int32_t batch_size, qo_len, page_size, max_page_id;
+    int32_t kv_len[ARR_BATCH], begin[ARR_BATCH], chunks[ARR_BATCH];
+    int64_t chunk; /* keys per chunk; INT64_MAX: nothing split */
+    int32_t num_items;
+    uint32_t flags;
+    flp_dtype q_dtype, kv_dtype;
+    flp_kv_layout layout;
+} model;
+
+static void model_batch(const caps *c, const batch *b, model *m) {
+    memset(m, 0, sizeof *m);
+    const flp_variant *v = &b->variant;
+    m->batch_size = b->batch_size;
+    m->qo_len = b->qo_len ? b->qo_len : 1;
+    m->page_size = b->page_size;
+    m->layout = (flp_kv_layout)b->layout;
+    m->q_dtype = v->q_dtype == FLP_DTYPE_DEFAULT ? FLP_DTYPE_F16 : v->q_dtype;
+    m->kv_dtype = v->kv_dtype == FLP_DTYPE_DEFAULT ? m->q_dtype : v->kv_dtype;
+    m->flags = (v->mask == FLP_MASK_CAUSAL ? FLP_FLAG_CAUSAL : 0u) |
+               (v->use_window ? FLP_FLAG_WINDOW : 0u) |
+               (v->logits_soft_cap > 0 ? FLP_FLAG_SOFTCAP : 0u) |
+               (v->pos_encoding == FLP_POS_ALIBI ? FLP_FLAG_ALIBI : 0u) |
+               (v->pos_encoding == FLP_POS_ROPE_LLAMA ? FLP_FLAG_ROPE : 0u);
+    m->max_page_id = -1;
+    for (int32_t i = 0; i < b->indptr[b->batch_size]; i++)
+        m->max_page_id = b->indices[i] > m->max_page_id ? b->indices[i] : m->max_page_id;
+    int64_t total = 0;
+    for (int32_t r = 0; r < b->batch_size; r++) {
+        const int32_t pages = b->indptr[r + 1] - b->indptr[r];
+        m->kv_len[r] = pages ? (pages - 1) * b->page_size + b->last[r] : 0;
+        /* 5.5 "Key range": keys below pos(0) - window_left are seen by no row */
+        const int64_t lowest =
+            v->use_window ? (int64_t)m->kv_len[r] - m->qo_len - v->window_left : 0;
+        m->begin[r] = lowest > 0 ? (int32_t)lowest : 0;
+        total += (int64_t)(m->kv_len[r] - m->begin[r]) * c->hkv;
+    }
+    /* 5.5 "Split decision" */
+    m->chunk = INT64_MAX;
+    if ((int64_t)b->batch_size * c->hkv < GRID) {
+        int64_t chunk = (total + GRID - 1) / GRID;
+        chunk = chunk < MIN_CHUNK ? MIN_CHUNK : chunk;
+        const int64_t align = b->page_size > 16 ? b->page_size : 16;
+        m->chunk = (chunk + align - 1) / align * align;
+    }
+    for (int32_t r = 0; r < b->batch_size; r++) {
+        const int64_t len = m->kv_len[r] - m->begin[r];
+        m->chunks[r] = len > m->chunk ? (int32_t)((len + m->chunk - 1) / m->chunk) : 1;
+        m->num_items += m->chunks[r] * c->hkv;
+    }
+}
+
+/* ---- reading the plan back ----------------------------------------------------------------- */
+
+/* The decode region as uploaded: the fake device's buffers are host memory. */
+static const uint8_t *device_region(const flp_plan *plan) {
+    return (const uint8_t *)plan->buffer->native + plan->base;
+}
+
+static const int32_t *device_words(const flp_plan *plan, uint32_t word_offset) {
+    return (const int32_t *)(device_region(plan) + plan->layout.info) + word_offset;
+}
+
+/* What a refused call must leave as it was: both mirrors, both uploaded regions, the summary. */
+typedef struct snapshot {
+    uint8_t *host, *device, *pf_host, *pf_device;
+    size_t bytes, pf_bytes;
+    flp_plan_summary summary;
+} snapshot;
+
+static void *copy_of(const void *src, size_t n) {
+    void *p = malloc(n ? n : 1);
+    FUZZ_CHECK(p, "out of memory for a %zu-byte snapshot", n);
+    if (n)
+        memcpy(p, src, n);
+    return p;
+}
+
+static void take_snapshot(const flp_plan *plan, snapshot *s) {
+    s->bytes = plan->layout.metadata_end;
+    s->host = copy_of(plan->host, s->bytes);
+    s->device = copy_of(device_region(plan), s->bytes);
+    const flp_prefill_layout *pl = &plan->layout.prefill;
+    s->pf_bytes = pl->metadata_end - pl->info;
+    s->pf_host = copy_of(plan->prefill_host, s->pf_bytes);
+    s->pf_device = copy_of(device_region(plan) + pl->info, s->pf_bytes);
+    flp_plan_summarize(plan, &s->summary);
+}
+
+static void free_snapshot(snapshot *s) {
+    free(s->host);
+    free(s->device);
+    free(s->pf_host);
+    free(s->pf_device);
+}
+
+/* The prefill region is never touched by a decode call; the decode region only when accepted. */
+static void check_unchanged(const flp_plan *plan, const snapshot *s, bool decode_too) {
+    const flp_prefill_layout *pl = &plan->layout.prefill;
+    if (s->pf_bytes > 0) { /* a plan without prefill capacity has no region (and no mirror) */
+        FUZZ_CHECK(memcmp(s->pf_host, plan->prefill_host, s->pf_bytes) == 0,
+                   "a decode plan call changed the prefill mirror");
+        FUZZ_CHECK(memcmp(s->pf_device, device_region(plan) + pl->info, s->pf_bytes) == 0,
+                   "a decode plan call changed the uploaded prefill region");
+    }
+    if (!decode_too)
+        return;
+    FUZZ_CHECK(memcmp(s->host, plan->host, s->bytes) == 0, "a refused call changed the mirror");
+    FUZZ_CHECK(memcmp(s->device, device_region(plan), s->bytes) == 0,
+               "a refused call changed the uploaded plan memory");
+    flp_plan_summary now;
+    flp_plan_summarize(plan, &now);
+    FUZZ_CHECK(memcmp(&now, &s->summary, sizeof now) == 0,
+               "a refused call changed the summary (items %d -> %d, slots %d -> %d)",
+               s->summary.decode_items, now.decode_items, s->summary.decode_partial_slots,
+               now.decode_partial_slots);
+}
+
+/* 5.2: the layout of the decode region, in its documented order, each array 16-byte aligned
+ * and sized for the capacities, the scratch for max_items slots of max_qo_len x group rows. */
+static void check_layout(const flp_plan *plan, const caps *c) {
+    const flp_plan_layout *l = &plan->layout;
+    const size_t i32 = 4, max_qo = (size_t)(c->max_qo_len ? c->max_qo_len : 1);
+    const size_t items = (size_t)c->max_batch * (size_t)c->hkv + GRID;
+    const struct {
+        const char *name;
+        size_t at, bytes, align;
+    } parts[] = {
+        {"info", l->info, sizeof(flp_decode_plan_info), 256},
+        {"kv_indptr", l->kv_indptr, i32 * ((size_t)c->max_batch + 1), 16},
+        {"kv_len", l->kv_len, i32 * (size_t)c->max_batch, 16},
+        {"q_rope_offset", l->q_rope_offset, i32 * (size_t)c->max_batch, 16},
+        {"k_rope_offset", l->k_rope_offset, i32 * (size_t)c->max_batch, 16},
+        {"rope_freq", l->rope_freq, i32 * (size_t)c->head_dim / 2, 16},
+        {"alibi_slopes", l->alibi_slopes, i32 * (size_t)c->hq, 16},
+        {"work_indptr", l->work_indptr, i32 * (GRID + 1), 16},
+        {"merge_info", l->merge_info, i32 * 2 * (size_t)c->max_batch, 16},
+        {"work_items", l->work_items, i32 * FLP_WORK_ITEM_INTS * items, 16},
+        {"kv_indices", l->kv_indices, i32 * (size_t)c->max_pages, 16},
+        {"partial_o", l->partial_o, 4 * items * max_qo * (size_t)c->group * (size_t)c->head_dim,
+         256},
+        {"partial_lse", l->partial_lse, 4 * items * max_qo * (size_t)c->group, 256},
+        {"params_slot", l->params_slot, 256, 256},
+    };
+    const size_t n = sizeof parts / sizeof parts[0];
+    FUZZ_CHECK(plan->base % 256 == 0 && l->info == 0, "plan region at %zu, info at %zu", plan->base,
+               l->info);
+    for (size_t i = 0; i < n; i++) {
+        FUZZ_CHECK(parts[i].at % parts[i].align == 0, "%s at byte %zu, not %zu-aligned",
+                   parts[i].name, parts[i].at, parts[i].align);
+        const size_t end = i + 1 < n ? parts[i + 1].at : l->total;
+        FUZZ_CHECK(parts[i].at + parts[i].bytes <= end, "%s [%zu, +%zu) runs into the next at %zu",
+                   parts[i].name, parts[i].at, parts[i].bytes, end);
+    }
+    FUZZ_CHECK(l->metadata_end >= l->kv_indices + i32 * (size_t)c->max_pages &&
+                   l->metadata_end <= l->partial_o,
+               "metadata_end %zu", l->metadata_end);
+    FUZZ_CHECK(plan->buffer->size >= plan->base + l->total, "the plan buffer is too small");
+    FUZZ_CHECK(plan->num_ctas == GRID && plan->max_items >= 0 && (size_t)plan->max_items == items,
+               "grid %d, max items %d (documented bound %zu)", plan->num_ctas, plan->max_items,
+               items);
+}
+
+/* The standard ALiBi slopes of docs/design.md 3 "Positions". */
+static float standard_slope(int32_t hq, int32_t h) {
+    int32_t n = 1;
+    while (2 * n <= hq)
+        n *= 2;
+    return (float)exp2(h < n ? -8.0 * (h + 1) / n : -4.0 * (2 * (h - n) + 1) / n);
+}
+
+static void check_info(const flp_plan *plan, const caps *c, const batch *b, const model *m) {
+    const flp_decode_plan_info *p = (const flp_decode_plan_info *)device_region(plan);
+    const flp_plan_layout *l = &plan->layout;
+#define WORDS_OK(field) (p->off_##field * 4u == l->field - l->info)
+    FUZZ_CHECK(WORDS_OK(kv_indptr) && WORDS_OK(kv_indices) && WORDS_OK(kv_len) &&
+                   WORDS_OK(q_rope_offset) && WORDS_OK(k_rope_offset) && WORDS_OK(rope_freq) &&
+                   WORDS_OK(alibi_slopes) && WORDS_OK(work_indptr) && WORDS_OK(work_items) &&
+                   WORDS_OK(merge_info) && WORDS_OK(partial_o) && WORDS_OK(partial_lse),
+               "the info struct's array offsets differ from the layout");
+#undef WORDS_OK
+    FUZZ_CHECK(p->batch_size == m->batch_size && p->qo_len == m->qo_len &&
+                   p->num_qo_heads == c->hq && p->num_kv_heads == c->hkv &&
+                   p->group_size == c->group && p->head_dim == c->head_dim &&
+                   p->page_size == m->page_size && p->num_ctas == GRID,
+               "info: batch %d qo %d heads %d/%d group %d dim %d page %d grid %d", p->batch_size,
+               p->qo_len, p->num_qo_heads, p->num_kv_heads, p->group_size, p->head_dim,
+               p->page_size, p->num_ctas);
+    const flp_variant *v = &b->variant;
+    const bool fp8 = m->kv_dtype == FLP_DTYPE_E4M3 || m->kv_dtype == FLP_DTYPE_E5M2;
+    const float sm = v->sm_scale > 0 ? v->sm_scale : (float)(1.0 / sqrt((double)c->head_dim));
+    FUZZ_CHECK(p->flags == m->flags, "info flags %#x, model %#x", p->flags, m->flags);
+    FUZZ_CHECK(p->window_left == (v->use_window ? v->window_left : -1), "info window_left %d",
+               p->window_left);
+    FUZZ_CHECK(p->q_dtype == (int32_t)m->q_dtype && p->kv_dtype == (int32_t)m->kv_dtype,
+               "info dtypes %d/%d, model %d/%d", p->q_dtype, p->kv_dtype, m->q_dtype, m->kv_dtype);
+    FUZZ_CHECK(p->sm_scale == sm && p->soft_cap == v->logits_soft_cap,
+               "info sm_scale %g soft_cap %g", (double)p->sm_scale, (double)p->soft_cap);
+    FUZZ_CHECK(p->k_scale == (fp8 && v->k_scale > 0 ? v->k_scale : 1.0f) &&
+                   p->v_scale == (fp8 && v->v_scale > 0 ? v->v_scale : 1.0f),
+               "info scales %g/%g", (double)p->k_scale, (double)p->v_scale);
+
+    /* the batch's arrays, copied */
+    const int32_t *kv_indptr = device_words(plan, p->off_kv_indptr);
+    const int32_t *kv_len = device_words(plan, p->off_kv_len);
+    const int32_t *indices = device_words(plan, p->off_kv_indices);
+    const int32_t *q_off = device_words(plan, p->off_q_rope_offset);
+    const int32_t *k_off = device_words(plan, p->off_k_rope_offset);
+    const float *slopes = (const float *)device_words(plan, p->off_alibi_slopes);
+    for (int32_t r = 0; r <= b->batch_size; r++)
+        FUZZ_CHECK(kv_indptr[r] == b->indptr[r], "kv_indptr[%d] uploaded %d, given %d", r,
+                   kv_indptr[r], b->indptr[r]);
+    for (int32_t r = 0; r < b->batch_size; r++) {
+        FUZZ_CHECK(kv_len[r] == m->kv_len[r], "kv_len[%d] uploaded %d, model %d", r, kv_len[r],
+                   m->kv_len[r]);
+        FUZZ_CHECK(q_off[r] == (b->with_q_off ? b->q_off[r] : 0) &&
+                       k_off[r] == (b->with_k_off ? b->k_off[r] : 0),
+                   "rope offsets of request %d: %d/%d", r, q_off[r], k_off[r]);
+    }
+    for (int32_t i = 0; i < b->indptr[b->batch_size]; i++)
+        FUZZ_CHECK(indices[i] == b->indices[i], "kv_indices[%d] uploaded %d, given %d", i,
+                   indices[i], b->indices[i]);
+    for (int32_t h = 0; h < c->hq; h++) {
+        const float want = b->with_slopes ? b->slopes[h] : standard_slope(c->hq, h);
+        FUZZ_CHECK(fabsf(slopes[h] - want) <= 1e-6f * fabsf(want), "alibi slope %d: %g, want %g", h,
+                   (double)slopes[h], (double)want);
+    }
+}
+
+/* An item of the model's natural order (request, head, chunk) with its uploaded slot. */
+typedef struct item {
+    int32_t w[FLP_WORK_ITEM_INTS];
+    int64_t cost;
+} item;
+
+/* 5.7: items by decreasing cost (ties: natural order), each to the least loaded workgroup
+ * (ties: lowest index), each workgroup's list in that order. want[] in natural order. */
+static void check_assignment(const item *want, int32_t n, const int32_t *indptr,
+                             const int32_t *items) {
+    static int32_t order[MAX_ITEMS], cta_of[MAX_ITEMS], fill[GRID];
+    int64_t load[GRID] = {0};
+    for (int32_t i = 0; i < n; i++) { /* insertion sort: stable on natural order */
+        int32_t j = i;
+        while (j > 0 && want[order[j - 1]].cost < want[i].cost) {
+            order[j] = order[j - 1];
+            j--;
+        }
+        order[j] = i;
+    }
+    for (int32_t k = 0; k < n; k++) {
+        int32_t best = 0;
+        for (int32_t c = 1; c < GRID; c++)
+            best = load[c] < load[best] ? c : best;
+        cta_of[order[k]] = best;
+        load[best] += want[order[k]].cost;
+    }
+    int32_t count[GRID] = {0};
+    for (int32_t i = 0; i < n; i++)
+        count[cta_of[i]]++;
+    for (int32_t c = 0, at = 0; c < GRID; c++) {
+        FUZZ_CHECK(indptr[c + 1] - indptr[c] == count[c],
+                   "workgroup %d has %d items, longest-first gives %d", c,
+                   indptr[c + 1] - indptr[c], count[c]);
+        fill[c] = at;
+        at += count[c];
+    }
+    for (int32_t k = 0; k < n; k++) {
+        const int32_t i = order[k], at = fill[cta_of[i]]++;
+        FUZZ_CHECK(memcmp(items + FLP_WORK_ITEM_INTS * at, want[i].w, sizeof want[i].w) == 0,
+                   "item %d of the schedule is (%d, %d, [%d, %d), slot %d), longest-first puts "
+                   "(%d, %d, [%d, %d), slot %d) there",
+                   at, items[FLP_WORK_ITEM_INTS * at], items[FLP_WORK_ITEM_INTS * at + 1],
+                   items[FLP_WORK_ITEM_INTS * at + 2], items[FLP_WORK_ITEM_INTS * at + 3],
+                   items[FLP_WORK_ITEM_INTS * at + 4], want[i].w[0], want[i].w[1], want[i].w[2],
+                   want[i].w[3], want[i].w[4]);
+    }
+}
+
+/* The uploaded schedule against the model: coverage, splits, slots, capacities, assignment. */
+static void check_schedule(const flp_plan *plan, const caps *c, const model *m) {
+    const flp_decode_plan_info *p = (const flp_decode_plan_info *)device_region(plan);
+    const int32_t *indptr = device_words(plan, p->off_work_indptr);
+    const int32_t *items = device_words(plan, p->off_work_items);
+    const int32_t *merge = device_words(plan, p->off_merge_info);
+    const int32_t max_items = c->max_batch * c->hkv + GRID;
+    FUZZ_CHECK(indptr[0] == 0, "work_indptr[0] = %d", indptr[0]);
+    for (int32_t k = 0; k < GRID; k++)
+        FUZZ_CHECK(indptr[k] <= indptr[k + 1], "work_indptr decreases at %d (%d, %d)", k, indptr[k],
+                   indptr[k + 1]);
+    const int32_t n = indptr[GRID];
+    FUZZ_CHECK(n <= max_items, "%d items, capacity %d", n, max_items);
+    FUZZ_CHECK(n == m->num_items, "%d items, the model splits into %d (chunk %lld)", n,
+               m->num_items, (long long)m->chunk);
+    for (int32_t i = 0; i < n; i++) {
+        const int32_t *it = items + FLP_WORK_ITEM_INTS * i;
+        FUZZ_CHECK(it[FLP_WORK_REQUEST] >= 0 && it[FLP_WORK_REQUEST] < m->batch_size &&
+                       it[FLP_WORK_KV_HEAD] >= 0 && it[FLP_WORK_KV_HEAD] < c->hkv,
+                   "item %d: request %d, KV head %d", i, it[FLP_WORK_REQUEST],
+                   it[FLP_WORK_KV_HEAD]);
+    }
+
+    /* Per (request, KV head): its items, in key order, tile exactly [begin, kv_len): every key
+     * a row can keep is in one item, no key below the window's reach is scheduled. */
+    static item want[MAX_ITEMS];
+    static bool slot_used[MAX_ITEMS];
+    memset(slot_used, 0, sizeof slot_used);
+    int32_t num_want = 0, slots_end = 0;
+    for (int32_t r = 0; r < m->batch_size; r++) {
+        const int32_t chunks = m->chunks[r];
+        if (chunks > 1)
+            FUZZ_CHECK(merge[2 * r + 1] == chunks, "merge_info[%d] = {%d, %d}, model %d chunks", r,
+                       merge[2 * r], merge[2 * r + 1], chunks);
+        else
+            FUZZ_CHECK(merge[2 * r + 1] <= 1, "merge_info[%d] = {%d, %d} for an unsplit request", r,
+                       merge[2 * r], merge[2 * r + 1]);
+        for (int32_t g = 0; g < c->hkv; g++) {
+            const int32_t *mine[MAX_ITEMS];
+            int32_t k = 0;
+            for (int32_t i = 0; i < n; i++) {
+                const int32_t *it = items + FLP_WORK_ITEM_INTS * i;
+                if (it[FLP_WORK_REQUEST] == r && it[FLP_WORK_KV_HEAD] == g) {
+                    FUZZ_CHECK(k < chunks, "request %d head %d: more than %d items", r, g, chunks);
+                    mine[k++] = it;
+                }
+            }
+            FUZZ_CHECK(k == chunks, "request %d head %d: %d items, model %d", r, g, k, chunks);
+            for (int32_t i = 1; i < k; i++) /* key order */
+                for (int32_t j = i;
+                     j > 0 && mine[j - 1][FLP_WORK_KV_BEGIN] > mine[j][FLP_WORK_KV_BEGIN]; j--) {
+                    const int32_t *t = mine[j];
+                    mine[j] = mine[j - 1];
+                    mine[j - 1] = t;
+                }
+            int32_t next = m->begin[r];
+            for (int32_t i = 0; i < k; i++) {
+                const int32_t *it = mine[i];
+                FUZZ_CHECK(it[FLP_WORK_KV_BEGIN] == next,
+                           "request %d head %d (kv_len %d, window from %d): chunk %d starts at "
+                           "key %d, keys from %d are uncovered or covered twice",
+                           r, g, m->kv_len[r], m->begin[r], i, it[FLP_WORK_KV_BEGIN], next);
+                next = it[FLP_WORK_KV_END];
+                const int64_t keys = (int64_t)it[FLP_WORK_KV_END] - it[FLP_WORK_KV_BEGIN];
+                if (k == 1) {
+                    FUZZ_CHECK(it[FLP_WORK_PARTIAL_SLOT] < 0,
+                               "unsplit request %d head %d writes partial slot %d", r, g,
+                               it[FLP_WORK_PARTIAL_SLOT]);
+                } else {
+                    FUZZ_CHECK(keys > 0 && (i + 1 == k ? keys <= m->chunk : keys == m->chunk),
+                               "request %d head %d chunk %d has %lld keys, chunk %lld", r, g, i,
+                               (long long)keys, (long long)m->chunk);
+                    const int32_t slot = it[FLP_WORK_PARTIAL_SLOT];
+                    FUZZ_CHECK(slot == merge[2 * r] + g * k + i,
+                               "request %d head %d chunk %d: slot %d, merge_info says %d", r, g, i,
+                               slot, merge[2 * r] + g * k + i);
+                    FUZZ_CHECK(slot >= 0 && slot < max_items && !slot_used[slot],
+                               "request %d head %d chunk %d: slot %d reused or beyond the "
+                               "scratch's %d",
+                               r, g, i, slot, max_items);
+                    slot_used[slot] = true;
+                    slots_end = slot + 1 > slots_end ? slot + 1 : slots_end;
+                }
+                item *w = &want[num_want++];
+                memcpy(w->w, it, sizeof w->w);
+                w->cost = keys + ITEM_COST;
+            }
+            FUZZ_CHECK(next == m->kv_len[r], "request %d head %d: keys [%d, %d) not covered", r, g,
+                       next, m->kv_len[r]);
+        }
+    }
+    flp_plan_summary s;
+    flp_plan_summarize(plan, &s);
+    FUZZ_CHECK(s.decode_ctas == GRID && s.decode_items == n, "summary: grid %d, items %d",
+               s.decode_ctas, s.decode_items);
+    FUZZ_CHECK(s.decode_partial_slots >= slots_end && s.decode_partial_slots <= max_items &&
+                   (slots_end > 0 || s.decode_partial_slots == 0),
+               "summary: %d partial slots, %d used", s.decode_partial_slots, slots_end);
+    check_assignment(want, num_want, indptr, items);
+}
+
+/* ---- runs ------------------------------------------------------------------------------- */
+
+/* Tensors for runs: every outer stride 0, so a view of any shape fits a few bytes (the fake
+ * backend computes nothing; the core checks shapes, dtypes and alignment). */
+typedef struct run_buffers {
+    flp_buffer *q, *out, *kv, *lse;
+} run_buffers;
+
+static flp_tensor broadcast(flp_buffer *buf, flp_dtype dtype, int ndim, const int64_t *shape) {
+    flp_tensor t;
+    memset(&t, 0, sizeof t);
+    t.buf = buf;
+    t.dtype = dtype;
+    t.ndim = ndim;
+    for (int i = 0; i < ndim; i++)
+        t.shape[i] = shape[i];
+    t.stride[ndim - 1] = 1;
+    return t;
+}
+
+/* Runs the plan's current partition (the last accepted batch, m) and checks the launch. */
+static void check_run(flp_context *ctx, const flp_plan *plan, const caps *c, const model *m,
+                      const run_buffers *rb, bool with_lse) {
+    const int64_t rows = (int64_t)m->batch_size * m->qo_len;
+    const int64_t q_shape[3] = {rows, c->hq, c->head_dim}, lse_shape[2] = {rows, c->hq};
+    const bool nhd = m->layout == FLP_KV_LAYOUT_NHD;
+    int64_t kv_shape[4] = {(int64_t)m->max_page_id + 1, nhd ? m->page_size : c->hkv,
+                           nhd ? c->hkv : m->page_size, c->head_dim};
+    flp_tensor lse = broadcast(rb->lse, FLP_DTYPE_F32, 2, lse_shape);
+    flp_decode_run_args ra = {
+        .q = broadcast(rb->q, m->q_dtype, 3, q_shape),
+        .k_cache = broadcast(rb->kv, m->kv_dtype, 4, kv_shape),
+        .out = broadcast(rb->out, m->q_dtype, 3, q_shape),
+        .lse = with_lse ? &lse : NULL,
+    };
+    ra.v_cache = ra.k_cache;
+    const int queued = fake_runs_queued;
+    if (m->max_page_id >= 0) { /* 3 "Paged KV": the run checks the largest id */
+        kv_shape[0] = m->max_page_id;
+        ra.k_cache.shape[0] = ra.v_cache.shape[0] = kv_shape[0];
+        const flp_status st = flp_decode_run(ctx, plan, &ra);
+        char page[32];
+        snprintf(page, sizeof page, "page %d", m->max_page_id);
+        FUZZ_CHECK(st == FLP_ERROR_INVALID_ARGUMENT && strstr(flp_context_last_error(ctx), page),
+                   "a cache of %d pages for page id %d: %d (%s)", m->max_page_id, m->max_page_id,
+                   st, flp_context_last_error(ctx));
+        FUZZ_CHECK(fake_runs_queued == queued, "a refused run reached the backend");
+        ra.k_cache.shape[0] = ra.v_cache.shape[0] = (int64_t)m->max_page_id + 1;
+    }
+    const flp_status st = flp_decode_run(ctx, plan, &ra);
+    FUZZ_CHECK(st == FLP_OK, "run of the planned batch: %d (%s)", st, flp_context_last_error(ctx));
+    FUZZ_CHECK(fake_runs_queued == queued + 1, "the run did not reach the backend once");
+    const flp_decode_launch *l = &fake_last_decode;
+    const flp_plan_layout *lay = &plan->layout;
+    FUZZ_CHECK(l->params.plan == plan->buffer->device_address + plan->base + lay->info,
+               "params.plan is not the plan's info struct");
+    FUZZ_CHECK(l->params.q == rb->q->device_address && l->params.o == rb->out->device_address &&
+                   l->params.k == rb->kv->device_address &&
+                   l->params.lse == (with_lse ? rb->lse->device_address : 0),
+               "launch addresses");
+    FUZZ_CHECK(l->slot.buffer == plan->buffer && l->slot.offset == plan->base + lay->params_slot &&
+                   l->slot.offset % 256 == 0,
+               "params slot at %llu", (unsigned long long)l->slot.offset);
+    FUZZ_CHECK(l->num_ctas == GRID && l->merge_grid == c->max_batch * c->hq,
+               "grids %d / %d, want %d / %d", l->num_ctas, l->merge_grid, GRID,
+               c->max_batch * c->hq);
+    FUZZ_CHECK(l->q_dtype == (int32_t)m->q_dtype && l->kv_dtype == (int32_t)m->kv_dtype &&
+                   l->head_dim == c->head_dim && l->group_size == c->group &&
+                   l->max_qo_len == (c->max_qo_len ? c->max_qo_len : 1),
+               "kernel choice: dtypes %d/%d dim %d group %d max_qo_len %d", l->q_dtype, l->kv_dtype,
+               l->head_dim, l->group_size, l->max_qo_len);
+    FUZZ_CHECK(l->schedule.qo_len == m->qo_len && l->schedule.flags == m->flags,
+               "view: qo_len %d flags %#x, model %d %#x", l->schedule.qo_len, l->schedule.flags,
+               m->qo_len, m->flags);
+    const flp_decode_plan_info *p = (const flp_decode_plan_info *)device_region(plan);
+    const int32_t *indptr = device_words(plan, p->off_work_indptr);
+    const int32_t *items = device_words(plan, p->off_work_items);
+    FUZZ_CHECK(memcmp(l->schedule.work_indptr, indptr, sizeof(int32_t) * (GRID + 1)) == 0,
+               "the launch's work_indptr differs from the uploaded one");
+    FUZZ_CHECK(memcmp(l->schedule.work_items, items,
+                      sizeof(int32_t) * FLP_WORK_ITEM_INTS * (size_t)indptr[GRID]) == 0,
+               "the launch's work items differ from the uploaded ones");
+}
+
+/* ---- capacities at the edge ----------------------------------------------------------------- */
+
+/* Capacities up to what plan creation accepts (max_batch_size 2^24, 4096 heads, 2^30 pages),
+ * asked of flp_plan_workspace_size only (nothing is allocated). A refusal is fine; an accepted
+ * plan must be one the documentation can describe:
+ * - its size holds the decode region of 5.2 sized by 5.5's bound of max_batch_size x Hkv +
+ *   grid items (a lower bound: the parts without their alignment);
+ * - that many items are counted by int32 work_indptr entries (3 "Every index array is int32");
+ * - every array is found through the info struct's uint32 word offsets (5.2,
+ *   flp_decode_plan_info), so partial_lse, the last one, starts within 2^32 words. */
+static void check_edge_caps(flp_context *ctx, fuzz_input *in) {
+    static const int32_t batches[] = {1 << 12, 1 << 15, 1 << 16, 1 << 18, 1 << 19,
+                                      1 << 20, 1 << 22, 1 << 24, 3 << 20, 1000000};
+    static const int32_t kv_heads[] = {1, 8, 32, 128, 512, 1024, 2048, 4096};
+    static const int32_t groups[] = {1, 2, 8, 16, 64, 4096};
+    static const int32_t pages[] = {1, 1 << 16, 1 << 20, 1 << 30};
+    static const int32_t dims[] = {64, 128, 256};
+    const uint8_t k = fuzz_u8(in);
+    const int32_t batch = k < 160 ? batches[k % 10] : 1 + (int32_t)fuzz_range(in, 0, 1 << 24);
+    const int32_t hkv = kv_heads[fuzz_u8(in) % 8];
+    int32_t group = groups[fuzz_u8(in) % 6];
+    group = (int64_t)hkv * group > 4096 ? 4096 / hkv : group;
+    /* one read per statement: an initializer list's order of evaluation is unspecified */
+    const int32_t max_qo_len = 1 + pick(in, FLP_DECODE_MAX_QO_LEN);
+    const int32_t max_pages = pages[fuzz_u8(in) % 4];
+    const int32_t head_dim = dims[fuzz_u8(in) % 3];
+    flp_plan_desc pd = {.max_batch_size = batch,
+                        .max_qo_len = max_qo_len,
+                        .max_pages = max_pages,
+                        .num_qo_heads = hkv * group,
+                        .num_kv_heads = hkv,
+                        .head_dim = head_dim};
+    size_t bytes = 0;
+    const flp_status st = flp_plan_workspace_size(ctx, &pd, &bytes);
+    const char *msg = flp_context_last_error(ctx);
+    if (st != FLP_OK) {
+        FUZZ_CHECK((st == FLP_ERROR_INVALID_ARGUMENT || st == FLP_ERROR_CAPACITY) &&
+                       strncmp(msg, "flp_plan_workspace_size: ", 25) == 0,
+                   "capacities refused with %d (%s)", st, msg);
+        return;
+    }
+    /* the documented parts, in 64 bits (at most about 2^61 here) */
+    const uint64_t b = (uint64_t)batch, items = b * (uint64_t)hkv + GRID;
+    const uint64_t rows = (uint64_t)pd.max_qo_len * (uint64_t)group;
+    const uint64_t meta = sizeof(flp_decode_plan_info) + 4 * (b + 1) + 3 * 4 * b +
+                          2 * (uint64_t)pd.head_dim + 4 * (uint64_t)pd.num_qo_heads +
+                          4 * (GRID + 1) + 8 * b + 4 * FLP_WORK_ITEM_INTS * items +
+                          4 * (uint64_t)pd.max_pages;
+    const uint64_t partial_o = 4 * items * rows * (uint64_t)pd.head_dim;
+    const uint64_t need = meta + partial_o + 4 * items * rows + 256;
+    FUZZ_CHECK(items <= INT32_MAX,
+               "capacities (batch %d, %d KV heads) accepted: up to %llu work items, beyond the "
+               "int32 work_indptr",
+               batch, hkv, (unsigned long long)items);
+    FUZZ_CHECK(bytes >= need,
+               "capacities (batch %d, heads %d/%d, qo %d, dim %d, pages %d) accepted with %zu "
+               "bytes, the documented layout needs at least %llu",
+               batch, pd.num_qo_heads, hkv, pd.max_qo_len, pd.head_dim, pd.max_pages, bytes,
+               (unsigned long long)need);
+    FUZZ_CHECK((meta + partial_o) / 4 <= UINT32_MAX,
+               "capacities (batch %d, heads %d/%d, qo %d, dim %d, pages %d) accepted: partial_lse "
+               "starts at least %llu words after the info struct, beyond its uint32 offsets",
+               batch, pd.num_qo_heads, hkv, pd.max_qo_len, pd.head_dim, pd.max_pages,
+               (unsigned long long)((meta + partial_o) / 4));
+}
+
+/* ---- the target --------------------------------------------------------------------------- */
+
+static void check_message(flp_context *ctx, flp_status st, const outcome *o) {
+    const char *msg = flp_context_last_error(ctx);
+    if (st == FLP_OK) {
+        FUZZ_CHECK(msg[0] == '\0', "an accepted plan left the message \"%s\"", msg);
+        return;
+    }
+    FUZZ_CHECK(strncmp(msg, FN ": ", strlen(FN ": ")) == 0, "\"%s\" does not name " FN, msg);
+    for (int i = 0; i < o->num_frags; i++)
+        FUZZ_CHECK(strstr(msg, o->frags[i]), "\"%s\" does not mention \"%s\"", msg, o->frags[i]);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    static flp_context *ctx;
+    static run_buffers rb;
+    if (!ctx) { /* for the whole run */
+        ctx = fake_context();
+        FUZZ_CHECK(ctx, "fake_context");
+        flp_buffer_desc bd = {1024};
+        FUZZ_CHECK(flp_buffer_create(ctx, &bd, &rb.q) == FLP_OK &&
+                       flp_buffer_create(ctx, &bd, &rb.out) == FLP_OK &&
+                       flp_buffer_create(ctx, &bd, &rb.kv) == FLP_OK &&
+                       flp_buffer_create(ctx, &bd, &rb.lse) == FLP_OK,
+                   "run buffers");
+    }
+    fuzz_input in = {data, size};
+    if (fuzz_u8(&in) < 12) { /* now and then, capacities at the edge (nothing allocated) */
+        check_edge_caps(ctx, &in);
+        return 0;
+    }
+    const caps c = pick_caps(&in);
+    flp_plan_desc pd = {.max_batch_size = c.max_batch,
+                        .max_qo_len = c.max_qo_len,
+                        .max_pages = c.max_pages,
+                        .max_qo_rows = c.max_qo_rows,
+                        .num_qo_heads = c.hq,
+                        .num_kv_heads = c.hkv,
+                        .head_dim = c.head_dim};
+    flp_plan *plan = NULL;
+    flp_status st = flp_plan_create(ctx, &pd, &plan);
+    FUZZ_CHECK(st == FLP_OK, "plan_create(batch %d, qo %d, pages %d, heads %d/%d, dim %d): %s",
+               c.max_batch, c.max_qo_len, c.max_pages, c.hq, c.hkv, c.head_dim,
+               flp_context_last_error(ctx));
+    check_layout(plan, &c);
+    static const flp_decode_run_args no_args;
+    FUZZ_CHECK(flp_decode_run(ctx, plan, &no_args) == FLP_ERROR_INVALID_ARGUMENT &&
+                   strstr(flp_context_last_error(ctx), "no decode plan"),
+               "a run before any decode plan: %s", flp_context_last_error(ctx));
+
+    static batch b;
+    static model accepted; /* the plan's current partition */
+    bool planned = false;
+    for (int round = 0; round < 12 && fuzz_more(&in); round++) {
+        const uint8_t k = fuzz_u8(&in);
+        defect d = k < 96 ? VALID : (defect)(1 + k % (NUM_DEFECTS - 1));
+        outcome o;
+        pick_batch(&in, &c, &d, &b, &o);
+        snapshot before;
+        take_snapshot(plan, &before);
+        const flp_decode_plan_args args = args_of(&b);
+        const int queued = fake_runs_queued;
+        st = flp_decode_plan(ctx, plan, &args);
+        FUZZ_CHECK(st == o.status,
+                   "round %d, defect %d: status %d, documented %d (%s); batch %d, qo_len %d, "
+                   "page size %d",
+                   round, (int)d, st, o.status, flp_context_last_error(ctx), b.batch_size, b.qo_len,
+                   b.page_size);
+        check_message(ctx, st, &o);
+        FUZZ_CHECK(fake_runs_queued == queued, "a plan call queued a run");
+        check_unchanged(plan, &before, st != FLP_OK);
+        free_snapshot(&before);
+        if (st == FLP_OK) {
+            model_batch(&c, &b, &accepted);
+            check_info(plan, &c, &b, &accepted);
+            check_schedule(plan, &c, &accepted);
+            planned = true;
+        }
+        if (planned) /* the current partition runs, whether this call was accepted or not */
+            check_run(ctx, plan, &c, &accepted, &rb, fuzz_u8(&in) % 2);
+    }
+    flp_plan_destroy(plan);
+    return 0;
+}
