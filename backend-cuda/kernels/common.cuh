@@ -67,6 +67,66 @@ FLP_DEV void sincos_rope(float x, float &s, float &c) {
     c = ((q + 1) & 2) ? -c0 : c0;
 }
 
+/* ---- rotate-half RoPE ------------------------------------------------------------------- */
+/* Element d of a row at angle pos * freq[d mod D/2] becomes x_d cos - x_{d+D/2} sin (first
+ * half) or x_d cos + x_{d-D/2} sin (second half); `partner` is x_{d +- D/2}. */
+FLP_DEV float rope_element(float x, float partner, bool first_half, float sn, float cs) {
+    return fmaf(x, cs, (first_half ? -partner : partner) * sn);
+}
+
+/* RoPE of the 8 elements x of one half of a row (first_half: they lie below D/2), given their 8
+ * partners in the other half; freq points at the frequencies of these elements' pairs. */
+FLP_DEV void rope_half8(float (&x)[8], const float (&partner)[8], bool first_half, float fpos,
+                        const float *freq) {
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        float sn, cs;
+        sincos_rope(fpos * freq[i], sn, cs);
+        x[i] = rope_element(x[i], partner[i], first_half, sn, cs);
+    }
+}
+
+/* RoPE of both halves at once: lo = elements d0..d0+7 (< D/2), hi = d0 + D/2 .. (one sincos per
+ * pair). */
+FLP_DEV void rope_pair8(float (&lo)[8], float (&hi)[8], float fpos, const float *freq) {
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        float sn, cs;
+        sincos_rope(fpos * freq[i], sn, cs);
+        const float a = lo[i], b = hi[i];
+        lo[i] = rope_element(a, b, true, sn, cs);
+        hi[i] = rope_element(b, a, false, sn, cs);
+    }
+}
+
+/* ---- logits in log2 units --------------------------------------------------------------- */
+/* The factor that turns q.k of raw keys (k_factor: kv_factor of the keys) into the logit in log2
+ * units, or with a soft cap into logit / cap: the cap (times log2 e, soft_cap_log2) then
+ * multiplies the tanh. */
+FLP_DEV float logit_factor(float sm_scale, float k_factor, bool softcap, float soft_cap) {
+    return softcap ? sm_scale * k_factor / soft_cap : sm_scale * k_factor * kLog2e;
+}
+
+/* Soft cap of a logit already divided by the cap (cap_log2 = cap * log2 e). */
+FLP_DEV float soft_cap_log2(float x, float cap_log2) {
+    return cap_log2 * tanh_fast(x);
+}
+
+/* ALiBi: slope (log2 units) times the distance of key position t from query position pos. */
+FLP_DEV float alibi_bias(float x, float slope, int t, int pos) {
+    return fmaf(slope, static_cast<float>(t - pos), x);
+}
+
+/* Packed query row j of a KV head kvh (core/prefill_params.h): query token j / group, query
+ * head kvh * group + j % group. */
+struct packed_row {
+    int token, head;
+};
+FLP_DEV packed_row unpack_row(int j, int group, int kvh) {
+    const int qi = j / group;
+    return packed_row{qi, kvh * group + (j - qi * group)};
+}
+
 /* ---- conversions (bit manipulation and sm_80 cvt) ---------------------------------------- */
 
 FLP_DEV void bf16x2_to_f32(unsigned w, float &lo, float &hi) {
@@ -180,6 +240,114 @@ template <> struct kv_traits<FLP_DT_E5M2> {
         }
     }
 };
+
+/* What raw decoded K or V values of dtype DT are multiplied by: the fp8 per-tensor scale (0
+ * means 1) times the raw decode's factor; 1 for 16-bit types. Kernels fold the key factor into
+ * the logit scale and the value factor into the output. */
+template <int DT> FLP_DEV float kv_factor(float scale) {
+    using KV = kv_traits<DT>;
+    return KV::fp8 ? (scale != 0.0f ? scale : 1.0f) * KV::raw_factor : 1.0f;
+}
+
+/* ---- run-time dtype codes and exact encoders (the KV append) ------------------------------ */
+
+FLP_DEV bool dtype_is_fp8(int dt) {
+    return dt == FLP_DT_E4M3 || dt == FLP_DT_E5M2;
+}
+
+FLP_DEV int dtype_bytes(int dt) {
+    return dtype_is_fp8(dt) ? 1 : 2;
+}
+
+/* x >> shift rounded to nearest, ties to even; 1 <= shift <= 31. */
+FLP_DEV unsigned shift_right_rne(unsigned x, unsigned shift) {
+    unsigned r = x >> shift;
+    const unsigned rem = x & ((1u << shift) - 1u);
+    const unsigned half = 1u << (shift - 1u);
+    if (rem > half || (rem == half && (r & 1u)))
+        r++;
+    return r;
+}
+
+/* Magnitude code of the finite non-negative f32 bits abs in a narrow format (mbits mantissa
+ * bits, exponent bias `bias`), not range-checked (core/dtype.c encode_magnitude). */
+FLP_DEV unsigned encode_magnitude(unsigned abs, unsigned mbits, int bias) {
+    const int exp32 = static_cast<int>(abs >> 23);
+    if (exp32 - 127 + bias >= 1)
+        return shift_right_rne(abs - (static_cast<unsigned>(127 - bias) << 23), 23u - mbits);
+    if (exp32 == 0)
+        return 0;
+    const unsigned significand = (abs & 0x007fffffu) | 0x00800000u;
+    const int shift = 151 - bias - static_cast<int>(mbits) - exp32;
+    if (shift > 25)
+        return 0;
+    return shift_right_rne(significand, static_cast<unsigned>(shift));
+}
+
+/* An f32 in a narrow IEEE format with 5 exponent bits (bias 15) and MBITS mantissa bits (f16:
+ * 10, e5m2: 2): round to nearest even, overflow to infinity, NaN quiet with its top mantissa
+ * bits kept (core/dtype.c). */
+template <unsigned MBITS> FLP_DEV unsigned f32_to_e5_bits(float x) {
+    constexpr unsigned kBits = 6 + MBITS;
+    constexpr unsigned kInf = 0x1fu << MBITS;
+    constexpr unsigned kQuietNan = kInf | (1u << (MBITS - 1u));
+    const unsigned u = __float_as_uint(x);
+    const unsigned sign = (u >> (32u - kBits)) & (1u << (kBits - 1u));
+    const unsigned abs = u & 0x7fffffffu;
+    if (abs > 0x7f800000u)
+        return sign | kQuietNan | ((abs >> (23u - MBITS)) & ((1u << MBITS) - 1u));
+    if (abs == 0x7f800000u)
+        return sign | kInf;
+    unsigned code = encode_magnitude(abs, MBITS, 15);
+    if (code >= kInf)
+        code = kInf;
+    return sign | code;
+}
+
+FLP_DEV unsigned f32_to_f16_bits(float x) {
+    return f32_to_e5_bits<10>(x);
+}
+
+FLP_DEV unsigned f32_to_bf16_bits(float x) {
+    const unsigned u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return ((u >> 16) | 0x0040u) & 0xffffu;
+    return ((u + 0x7fffu + ((u >> 16) & 1u)) >> 16) & 0xffffu;
+}
+
+FLP_DEV unsigned f32_to_e4m3_bits(float x) {
+    const unsigned u = __float_as_uint(x);
+    const unsigned sign = (u >> 24) & 0x80u;
+    const unsigned abs = u & 0x7fffffffu;
+    if (abs > 0x7f800000u)
+        return sign | 0x7fu;
+    if (abs == 0x7f800000u)
+        return sign | 0x7eu;
+    unsigned code = encode_magnitude(abs, 3, 7);
+    if (code > 0x7eu)
+        code = 0x7eu;
+    return sign | code;
+}
+
+FLP_DEV unsigned f32_to_e5m2_bits(float x) {
+    return f32_to_e5_bits<2>(x);
+}
+
+/* A 16-bit source element as f32 (exact; NaN keeps its payload with the quiet bit set, as
+ * core/dtype.c decodes it). */
+FLP_DEV float src16_to_f32(unsigned h, int dtype) {
+    if (dtype == FLP_DT_BF16) {
+        unsigned u = h << 16;
+        if ((u & 0x7fffffffu) > 0x7f800000u)
+            u |= 0x00400000u;
+        return __uint_as_float(u);
+    }
+    float lo, hi;
+    f16x2_to_f32(h, lo, hi);
+    if (lo != lo) /* NaN: the payload as core/dtype.c keeps it */
+        return __uint_as_float(((h & 0x8000u) << 16) | 0x7fc00000u | ((h & 0x03ffu) << 13));
+    return lo;
+}
 
 /* Dynamic shared memory of every kernel (one declaration, so the kernels agree on its type). */
 extern __shared__ u32x4 dynamic_smem[];

@@ -1,8 +1,8 @@
 /* Merge of split-KV partial states (decode kernel spec): block w handles request
  * b = w / num_qo_heads and query head h = w % num_qo_heads for all qo_len rows, and folds the
  * request's chunks in chunk order with the merge operator (merge_state.cuh). */
-#ifndef FLP_CUDA_MERGE_CUH
-#define FLP_CUDA_MERGE_CUH
+#ifndef FLP_CUDA_DECODE_MERGE_CUH
+#define FLP_CUDA_DECODE_MERGE_CUH
 
 #include "backend-cuda/kernels/merge_state.cuh"
 #include "core/decode_params.h"
@@ -51,4 +51,4 @@ template <int QDT> FLP_DEV void merge_body(const flp_decode_params &p) {
 
 } // namespace flp
 
-#endif /* FLP_CUDA_MERGE_CUH */
+#endif /* FLP_CUDA_DECODE_MERGE_CUH */

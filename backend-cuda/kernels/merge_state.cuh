@@ -1,13 +1,80 @@
-/* The merge operator on split-KV partial states (natural-log lse), four output columns at a
- * time, and the store of a merged state: what the decode merge (decode_merge.cuh) and the prefill merge
- * (prefill_merge.cuh) share. Chunks are folded in chunk order, so results do not depend on
- * timing. */
+/* Softmax states and their merge, what the kernels share:
+ * - inside the attention kernels (decode.cuh, prefill.cuh), a state is (m, l, acc) in log2
+ *   units: running max m of the logits, l = sum 2^(s - m), acc = sum 2^(s - m) v; states of
+ *   lane groups or warps are combined in a fixed order and normalised into out and lse;
+ * - across split-KV chunks (decode_merge.cuh, prefill_merge.cuh), a state is the chunk's
+ *   normalised output and natural-log lse, folded in chunk order, so results do not depend on
+ *   timing. */
 #ifndef FLP_CUDA_MERGE_STATE_CUH
 #define FLP_CUDA_MERGE_STATE_CUH
 
 #include "backend-cuda/kernels/common.cuh"
 
 namespace flp {
+
+/* ---- log2-unit states of the attention kernels ------------------------------------------- */
+
+/* What exp2 subtracts for a running max mx: mx itself, or 0 while no key is kept (mx = -inf),
+ * so that exp2(-inf - 0) = 0 instead of exp2(-inf - (-inf)) = NaN. */
+FLP_DEV float softmax_base(float mx) {
+    return mx == neg_inf() ? 0.0f : mx;
+}
+
+/* Multiplier that normalises a row's accumulator: v_factor / l, 0 for a row that kept no key. */
+FLP_DEV float output_scale(float l, float v_factor) {
+    const bool empty = !(l > 0.0f);
+    return empty ? 0.0f : v_factor / l;
+}
+
+/* The natural-log lse of a state (m in log2 units), -inf for a row that kept no key. */
+FLP_DEV float state_lse(float m, float l) {
+    const bool empty = !(l > 0.0f);
+    return empty ? neg_inf() : (m + log2_approx(l)) * kLn2;
+}
+
+/* Combines NS states of one row, stored state after state (in the order they are folded: fixed,
+ * so the result does not depend on timing): m[w * stride], l[w * stride] and N accumulator
+ * columns at acc + w * acc_stride (16-byte aligned when N is a multiple of 4). Gives the
+ * combined max mx, sum and accumulator o (mx -inf, sum and o 0 when no state kept a key). */
+template <int NS, int N>
+FLP_DEV void combine_states(const float *m, const float *l, int stride, const float *acc,
+                            int acc_stride, float &mx, float &sum, float (&o)[N]) {
+    float mw[NS];
+    mx = neg_inf();
+#pragma unroll
+    for (int w = 0; w < NS; w++) {
+        mw[w] = m[w * stride];
+        mx = fmaxf(mx, mw[w]);
+    }
+#pragma unroll
+    for (int i = 0; i < N; i++)
+        o[i] = 0.0f;
+    sum = 0.0f;
+    if (mx == neg_inf())
+        return;
+#pragma unroll
+    for (int w = 0; w < NS; w++) {
+        const float f = exp2_approx(mw[w] - mx);
+        sum = fmaf(l[w * stride], f, sum);
+        const float *a = acc + w * acc_stride;
+        if constexpr (N % 4 == 0) {
+#pragma unroll
+            for (int c = 0; c < N / 4; c++) {
+                const f32x4 v = reinterpret_cast<const f32x4 *>(a)[c];
+                o[4 * c] = fmaf(v.x, f, o[4 * c]);
+                o[4 * c + 1] = fmaf(v.y, f, o[4 * c + 1]);
+                o[4 * c + 2] = fmaf(v.z, f, o[4 * c + 2]);
+                o[4 * c + 3] = fmaf(v.w, f, o[4 * c + 3]);
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < N; i++)
+                o[i] = fmaf(a[i], f, o[i]);
+        }
+    }
+}
+
+/* ---- natural-log states of split-KV chunks ---------------------------------------------- */
 
 /* Folds one chunk's state (lse sc, output columns oc[0..3]) into the running state (s, o). Two
  * empty states (-inf) leave it as it is (o 0, s -inf), and oc is then not read. OC: a pointer or

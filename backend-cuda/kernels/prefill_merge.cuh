@@ -43,10 +43,8 @@ template <int QDT> FLP_DEV void prefill_merge_body(const flp_prefill_params &p) 
                     static_cast<long long>(first_slot + c) * FLP_PREFILL_MAX_TILE + r;
                 merge_fold4(s, o, partial_lse[prow], partial_o + prow * head_dim + d);
             }
-            const int pr = row_begin + r;
-            const int qi = pr / group;
-            const int h = kvh * group + (pr - qi * group);
-            merge_store4<QDT>(p, static_cast<long long>(q_start) + qi, h, d, o, s);
+            const packed_row pr = unpack_row(row_begin + r, group, kvh);
+            merge_store4<QDT>(p, static_cast<long long>(q_start) + pr.token, pr.head, d, o, s);
         }
     }
 }
