@@ -1,23 +1,26 @@
 #!/usr/bin/env bash
-# One job on the GPU machine: build with both backends, run the test suites (cuda, and vulkan on
-# NVIDIA's driver), compute-sanitizer on the cuda tests, the demo on both backends, and the
-# decode and prefill benchmarks with their torch peers. Run from the repository root with .gl/
-# (Vulkan loader and GL vendor libraries) and .debs/ (Vulkan headers, volk, glslang, cmocka,
-# pkgconf) carried.
-# usage: bench/device_run.sh [all|test|bench|decode|prefill]   (default all; bench = decode and
-# prefill; decode / prefill = that benchmark only, no tests); logs go to $OUT when set.
-# FLP_PREFILL_CASES overrides the prefill cases (bench/bench_prefill.c names them; default: the
-# single prompts 1k-16k, the ragged batch and the speculative-decoding shape).
+# Jobs on the GPU machine (16 cores, one H100/H200, no package manager), run from the repository
+# root with .gl/ (Vulkan loader and GL vendor libraries) and .debs/ (Vulkan headers, volk,
+# glslang, cmocka, pkgconf) carried.
+#   bench/device_run.sh check   the README's two commands, timed (tools/demo.sh in build-demo,
+#                               tools/test.sh in build/ and build-asan/: every suite, the cuda
+#                               ones on the GPU and vulkan on NVIDIA's driver), then
+#                               compute-sanitizer memcheck on the cuda suites
+#   bench/device_run.sh bench   racecheck and synccheck on the cuda suites, the demo on both
+#                               backends, the decode and prefill benchmarks with their torch peers
+#                               (uses build/ from `check` on the same warm machine, else builds it)
+#   bench/device_run.sh decode|prefill   that benchmark only
+# Logs go to $OUT when set. FLP_PREFILL_CASES overrides the prefill cases (bench/bench_prefill.c
+# names them; default: the single prompts 1k-16k, the ragged batch and the speculative shape).
 set -u
-mode=${1:-all}
-run_tests=0 run_decode=0 run_prefill=0
+mode=${1:-check}
+run_check=0 run_sanitize=0 run_decode=0 run_prefill=0
 case "$mode" in
-all) run_tests=1 run_decode=1 run_prefill=1 ;;
-test) run_tests=1 ;;
-bench) run_decode=1 run_prefill=1 ;;
+check) run_check=1 ;;
+bench) run_sanitize=1 run_decode=1 run_prefill=1 ;;
 decode) run_decode=1 ;;
 prefill) run_prefill=1 ;;
-*) echo "usage: $0 [all|test|bench|decode|prefill]" >&2; exit 2 ;;
+*) echo "usage: $0 [check|bench|decode|prefill]" >&2; exit 2 ;;
 esac
 out=${OUT:-/tmp/flp-out}
 mkdir -p "$out"
@@ -29,43 +32,56 @@ if [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
     export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
     export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
 fi
-export FLP_VULKAN_VALIDATION=${FLP_VULKAN_VALIDATION:-0} # no validation layer on this machine
+export FLP_VULKAN_VALIDATION=0 # no validation layer on this machine
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv,noheader
+nproc
 
-build=build-dev
-vulkan=${FLP_DEV_VULKAN:-enabled} # FLP_DEV_VULKAN=disabled: CUDA only
-backends="cuda"
-[ "$vulkan" = enabled ] && backends="cuda vulkan"
-if [ ! -f $build/build.ninja ]; then
-    meson setup $build -Dcuda=enabled -Dvulkan=$vulkan -Dbuildtype=release >"$out/setup.log" 2>&1 ||
-        { tail -40 "$out/setup.log"; exit 1; }
+# The packages were unpacked above, not installed: tell tools/install-deps.sh they are there.
+mkdir -p /tmp/flp-shim
+printf '#!/bin/sh\nprintf "install ok installed"\n' >/tmp/flp-shim/dpkg-query
+chmod +x /tmp/flp-shim/dpkg-query
+export PATH=/tmp/flp-shim:$PATH
+
+build=build
+if [ $run_check = 1 ]; then
+    rm -rf build build-asan build-demo
+    start=$(date +%s)
+    tools/demo.sh >"$out/demo-sh.log" 2>&1
+    echo "tools/demo.sh: exit $?, $(( $(date +%s) - start )) s"
+    tail -4 "$out/demo-sh.log"
+    start=$(date +%s)
+    # no clang here: the fuzz targets are left out (their corpus replays run in the core suite)
+    FLP_FUZZ_SECONDS=0 tools/test.sh >"$out/test-sh.log" 2>&1
+    echo "tools/test.sh: exit $?, $(( $(date +%s) - start )) s"
+    grep -E "^ *[0-9]+/[0-9]+ |^Ok:|^Fail:|^Skipped:|^tests:|^fuzz:" "$out/test-sh.log"
+    grep -E "FAILED|Assert|error:" "$out/test-sh.log" | head -30
+    tools=(memcheck)
+elif [ ! -f $build/build.ninja ]; then
+    tools/meson_configure.sh $build -Dcuda=enabled -Dvulkan=enabled -Dbuildtype=release \
+        >"$out/setup.log" 2>&1 || { tail -40 "$out/setup.log"; exit 1; }
+    ninja -C $build >"$out/build.log" 2>&1 || { grep -E "error|FAILED" -A3 "$out/build.log" | head -60; exit 1; }
 fi
-start=$(date +%s)
-ninja -C $build >"$out/build.log" 2>&1 || { grep -E "error|FAILED" -A3 "$out/build.log" | head -60; exit 1; }
-echo "build: $(( $(date +%s) - start )) s"
-
-if [ $run_tests = 1 ]; then
-    meson test -C $build --suite core --suite cuda --suite vulkan --print-errorlogs \
-        >"$out/test.log" 2>&1
-    grep -E "^ *[0-9]+/[0-9]+ |^Ok:|^Fail:|^Skipped:" "$out/test.log"
-    grep -E "FAILED|Assert|error" "$out/test.log" | head -40
-    for tool in memcheck racecheck synccheck; do
+[ $run_sanitize = 1 ] && tools=(racecheck synccheck)
+if [ $run_check = 1 ] || [ $run_sanitize = 1 ]; then
+    for tool in "${tools[@]}"; do
         echo "== compute-sanitizer --tool $tool on the cuda suites"
-        for t in test_decode test_cuda test_prefill; do
-            timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 $build/tests/$t cuda \
+        for t in test_cuda test_decode test_prefill; do
+            timeout 170 compute-sanitizer --tool $tool --error-exitcode 9 $build/tests/$t cuda \
                 >"$out/sanitizer-$tool-$t.log" 2>&1
             echo "$t: exit $?"; grep -E "ERROR SUMMARY|PASSED|FAILED" "$out/sanitizer-$tool-$t.log" | tail -3
         done
     done
+fi
+if [ $run_sanitize = 1 ]; then
     echo "== demo"
-    for be in $backends; do $build/flashport-demo $be 2>&1 | tee "$out/demo-$be.log"; done
+    for be in cuda vulkan; do $build/flashport-demo $be 2>&1 | tee "$out/demo-$be.log"; done
 fi
 copy=""
 if [ $run_decode = 1 ]; then
     echo "== bench"
     python3 bench/peer_torch_decode.py 64 4096 32 8 128 2>&1 | tee "$out/peer.log"
     copy=$(sed -n 's/^peer copy GB\/s=\([0-9]*\).*/\1/p' "$out/peer.log")
-    for be in $backends; do
+    for be in cuda vulkan; do
         $build/bench/flashport-bench-decode --backend $be --batch 64 --kv-len 4096 \
             --copy-gbps "${copy:-0}" 2>&1 | tee -a "$out/bench.log"
     done
@@ -73,8 +89,7 @@ fi
 if [ $run_prefill = 1 ]; then
     # Peer first (its lines give the C bench its vs_cudnn / vs_flash ratios). Each case times
     # for about --budget-ms; Vulkan runs of the 16k prompt may take ~0.1-1 s or more each, so
-    # Vulkan gets at most 10 runs per batch, 3 batches of one run when a run exceeds a fifth of
-    # the budget and one when it exceeds the budget. timeout bounds a stuck run.
+    # Vulkan gets at most 10 runs per batch. timeout bounds a stuck run.
     echo "== prefill bench"
     cases=${FLP_PREFILL_CASES:-default}
     copy_arg=""
@@ -83,7 +98,7 @@ if [ $run_prefill = 1 ]; then
         2>&1 | tee "$out/peer_prefill.log"
     echo "peer_torch_prefill.py: exit ${PIPESTATUS[0]}"
     [ -z "$copy" ] && copy=$(sed -n 's/^peer copy GB\/s=\([0-9]*\).*/\1/p' "$out/peer_prefill.log")
-    for be in $backends; do
+    for be in cuda vulkan; do
         limits="--budget-ms 300 --max-iters 100" be_cases=$cases
         if [ "$be" = vulkan ]; then
             limits="--budget-ms 600 --max-iters 10"
