@@ -5,7 +5,8 @@
 #   bench/device_run.sh check   the README's two commands, timed (tools/demo.sh in build-demo,
 #                               tools/test.sh in build/ and build-asan/: every suite, the cuda
 #                               ones on the GPU and vulkan on NVIDIA's driver), then
-#                               compute-sanitizer memcheck on the cuda suites
+#                               compute-sanitizer memcheck on the cuda suites (FLP_SANITIZERS
+#                               names other tools, e.g. "racecheck synccheck")
 #   bench/device_run.sh bench   racecheck and synccheck on the cuda suites, the demo on both
 #                               backends, the decode and prefill benchmarks with their torch peers
 #                               (uses build/ from `check` on the same warm machine, else builds it)
@@ -55,7 +56,7 @@ if [ $run_check = 1 ]; then
     echo "tools/test.sh: exit $?, $(( $(date +%s) - start )) s"
     grep -E "^ *[0-9]+/[0-9]+ |^Ok:|^Fail:|^Skipped:|^tests:|^fuzz:" "$out/test-sh.log"
     grep -E "FAILED|Assert|error:" "$out/test-sh.log" | head -30
-    tools=(memcheck)
+    read -r -a tools <<<"${FLP_SANITIZERS:-memcheck}"
 elif [ ! -f $build/build.ninja ]; then
     tools/meson_configure.sh $build -Dcuda=enabled -Dvulkan=enabled -Dbuildtype=release \
         >"$out/setup.log" 2>&1 || { tail -40 "$out/setup.log"; exit 1; }
