@@ -1,6 +1,6 @@
 #version 460
 // Batch decode over a paged KV cache for CPU Vulkan devices (Mesa's lavapipe/llvmpipe); the same
-// contract as decode.comp (docs: /work/notes/decode_kernel_spec.md), shaped for how a CPU
+// contract as decode.comp (docs/kernels/decode.md), shaped for how a CPU
 // driver runs a compute shader rather than for a GPU:
 //
 // - llvmpipe runs the invocations of a workgroup as SIMD vectors (subgroup = vector width, 8
@@ -19,6 +19,15 @@
 //   counter shared by all loops). The only loops left are the item loop, the row-pass loop and
 //   the key loop, one iteration per STEP keys; vk_decode_cpu.c counts them from the plan
 //   exactly as they run here and refuses a plan whose workgroup would exceed the budget.
+// - Pipeline creation is slow on lavapipe (Mesa 22.3): it inlines every function, then optimises
+//   and unrolls, and only then turns global (private) arrays into locals. The stages below share
+//   their arrays as globals, and the large ones (queries, accumulators) are vec4 arrays so that
+//   this first round sees a quarter of the accesses; the arithmetic is the same element by
+//   element. (Arrays passed as parameters are copied element by element: much slower still.)
+//
+// main, per work item (next_item) and pass of ROWS rows (pass_row, load_q, init_state per row):
+// per STEP keys step_rows (rows looked up a step before by issue_kv_copy), compute_scores, per
+// row mask_scores and softmax_update, accumulate_pv; then store_output per row.
 #extension GL_GOOGLE_include_directive : require
 #extension GL_EXT_buffer_reference : require
 #extension GL_EXT_buffer_reference2 : require
@@ -48,6 +57,8 @@ layout(set = 1, binding = 0) uniform usamplerBuffer v_texels;
 
 #include "decode_params.glsl"
 #include "dtype.glsl"
+#include "merge_state.glsl"
+#include "rope.glsl"
 
 layout(constant_id = FLP_SPEC_HEAD_DIM) const uint HEAD_DIM = 128;
 // Q/O and 16-bit KV dtypes (f16 or bf16) are read from the plan (both conversions are a few
@@ -74,28 +85,67 @@ const uint CHUNKS = HEAD_DIM / 8u; // 8-element chunks per row
 const uint NC = CHUNKS / LANES;    // chunks per lane (1 or even)
 const uint HALF_NC = NC / 2u;
 const uint E = NC * 8u;                            // elements per lane
+const uint E4 = E / 4u;                            // ... in vec4s
 const uint FREQS = NC == 1u ? 8u : HALF_NC * 8u;   // RoPE frequencies a lane needs
 const uint MAX_LOG2_LANES = 6u;                    // LANES <= 64
 
-const float NEG_BIG = -1.0e30; // "no key yet"
-const float LOG2E = 1.4426950408889634;
-const float LN2 = 0.6931471805599453;
+// Keys are handled STEP at a time; lane i looks up the rows of keys first + r * LANES + i
+// (r < ROUNDS), so the page lookups and address arithmetic of a step run once, lane-parallel.
+const uint ROUNDS = STEP / LANES; // the host makes STEP a multiple of LANES
+const uint ROW_BYTES = HEAD_DIM * KV_BYTES;
+const uint ROW_LINES = (ROW_BYTES + 63u) / 64u;
 
 uint lane_;
 float g_freq[FREQS]; // frequencies of this lane's rotate-half pairs (RoPE only)
+bool g_q_bf16, g_kv_bf16; // the plan's dtypes: bf16, else f16
+
+// The state of the pass's ROWS rows, all in this lane's registers (element e of a row at
+// [e / 4][e % 4]).
+vec4 g_q[ROWS][E4];   // this lane's elements of the queries (rotated)
+vec4 g_acc[ROWS][E4]; // sum of p * v
+float g_m[ROWS];      // running max of log2-domain logits
+float g_l[ROWS];      // running sum of exp2(logit - g_m)
+
+// The current step: the K and V rows of its keys, and per row and key the score: q . k, then
+// the logit, then the weight p. g_kept: which keys the masks keep, for one row at a time.
+ROW_T g_k_row[STEP], g_v_row[STEP];
+float g_s[ROWS][STEP];
+bool g_kept[STEP];
+
+// What the plan fixes for the whole run, read once: the variant (flags, the scalars of the logit
+// transforms and masks), the rows of an item and the KV layout.
+struct Run {
+    bool causal, window, softcap, alibi, rope;
+    float logit_scale; // sm_scale (times k_scale for fp8)
+    float soft_cap;
+    int window_left;
+    int qo_len, group, rows_total; // rows of an item: qo_len x the GQA group
+    int page_size, page_shift;     // page_shift: log2(page size), -1 if not a power of two
+    int k_sp, k_ss, v_sp, v_ss;    // KV page and slot strides in elements (fit 32 bits)
+};
+
+// A work item: keys [kv_begin, kv_end) of request b for KV head g and all rows of its group.
+struct Item {
+    int b, g, kv_begin, kv_end;
+    int slot; // < 0: write out/lse; else the partial-state slot for the merge
+    int kv_len;
+    I32Ref pages;         // the request's page ids
+    ROW_T k_head, v_head; // the row of page 0, slot 0 of the item's KV head
+    int k_rope, q_rope;   // RoPE position offsets of the request
+};
+
+// One row of a pass: item row rr = qi * group + hh; rows past the item's end repeat its last
+// row (valid addresses, results not written).
+struct Row {
+    int rr;
+    int h, r;    // query head; query row b * qo_len + qi
+    int pos;     // position of the query token among the request's keys
+    float slope; // ALiBi slope of head h
+};
 
 // Element index of chunk slot c (0..NC-1) of this lane.
 uint chunk_of(uint c) {
     return lane_ + c * LANES;
-}
-
-// sin and cos of a possibly large angle: Cody-Waite reduction by 2*pi (two parts) first.
-void sincos_reduced(float a, out float s, out float c) {
-    precise float k = roundEven(a * 0.15915494309189535);
-    precise float r = fma(-k, 6.28318548202514648, a);
-    r = fma(-k, -1.7484555314695172e-7, r);
-    s = sin(r);
-    c = cos(r);
 }
 
 // Rotate-half RoPE of this lane's elements of a row at position pos. With NC even the partner
@@ -106,29 +156,11 @@ void rope_lane(inout float x[E], int pos) {
         bool upper = lane_ >= LANES / 2u;
         [[unroll]] for (uint e = 0u; e < 8u; e++) {
             float y = subgroupShuffleXor(x[e], LANES / 2u);
-            float s, co;
-            sincos_reduced(float(pos) * g_freq[e], s, co);
-            x[e] = upper ? x[e] * co + y * s : x[e] * co - y * s;
+            x[e] = rope_rotate_one(x[e], y, upper, float(pos) * g_freq[e]);
         }
     } else {
-        [[unroll]] for (uint i = 0u; i < HALF_NC * 8u; i++) {
-            float s, co;
-            sincos_reduced(float(pos) * g_freq[i], s, co);
-            float a = x[i], b = x[i + HALF_NC * 8u];
-            x[i] = a * co - b * s;
-            x[i + HALF_NC * 8u] = b * co + a * s;
-        }
-    }
-}
-
-bool g_q_bf16, g_kv_bf16; // the plan's dtypes: bf16, else f16
-
-// 8 16-bit elements (element order kept), bf16 or f16.
-void decode8_16(bool bf16, uvec4 w, out float x[8]) {
-    [[unroll]] for (uint i = 0u; i < 4u; i++) {
-        vec2 h = unpackHalf2x16(w[i]);
-        x[2u * i] = bf16 ? uintBitsToFloat(w[i] << 16) : h.x;
-        x[2u * i + 1u] = bf16 ? uintBitsToFloat(w[i] & 0xffff0000u) : h.y;
+        [[unroll]] for (uint i = 0u; i < HALF_NC * 8u; i++)
+            rope_rotate(x[i], x[i + HALF_NC * 8u], float(pos) * g_freq[i]);
     }
 }
 
@@ -153,7 +185,7 @@ uvec4 load16(uint64_t addr) {
 void load_q_lane(uint64_t row_addr, out float x[E]) {
     [[unroll]] for (uint c = 0u; c < NC; c++) {
         float t[8];
-        decode8_16(g_q_bf16, load16(row_addr + 16ul * uint64_t(chunk_of(c))), t);
+        flp_decode8_16(g_q_bf16, load16(row_addr + 16ul * uint64_t(chunk_of(c))), t);
         [[unroll]] for (uint e = 0u; e < 8u; e++)
             x[c * 8u + e] = t[e];
     }
@@ -175,43 +207,36 @@ uvec4 kv_chunk(bool v, ROW_T row, uint off) {
 #endif
 }
 
-// This lane's elements of a K or V row, as stored (fp8 values without their scale).
-void load_kv_lane(bool v, ROW_T row, out float x[E]) {
+// load_kv: this lane's elements of a K or V row, as stored (fp8 values without their scale).
+void load_kv(bool v, ROW_T row, out float x[E]) {
     [[unroll]] for (uint c = 0u; c < NC; c++) {
         float t[8];
         uvec4 w = kv_chunk(v, row, chunk_of(c) * 8u * KV_BYTES);
         if (KV_BYTES == 1u)
             flp_decode8(KV_DTYPE, w, t);
         else
-            decode8_16(g_kv_bf16, w, t);
+            flp_decode8_16(g_kv_bf16, w, t);
         [[unroll]] for (uint e = 0u; e < 8u; e++)
             x[c * 8u + e] = t[e];
     }
 }
 
-// Keys are handled STEP at a time; lane i looks up the rows of keys first + r * LANES + i
-// (r < ROUNDS), so the page lookups and address arithmetic of a step run once, lane-parallel.
-const uint ROUNDS = STEP / LANES; // the host makes STEP a multiple of LANES
-const uint ROW_BYTES = HEAD_DIM * KV_BYTES;
-const uint ROW_LINES = (ROW_BYTES + 63u) / 64u;
-
 // This lane's K and V rows for the keys of the step starting at first (keys past kv_end: the
-// last key again). k_head / v_head: the row of page 0, slot 0 of the item's KV head; strides
-// in elements.
-void lane_rows(I32Ref pages, int page_size, int page_shift, int first, int kv_end, ROW_T k_head,
-               ROW_T v_head, int k_sp, int k_ss, int v_sp, int v_ss, out ROW_T k_row[ROUNDS],
-               out ROW_T v_row[ROUNDS]) {
+// last key again).
+void lane_rows(Run run, Item it, int first, out ROW_T k_row[ROUNDS], out ROW_T v_row[ROUNDS]) {
     [[unroll]] for (uint r = 0u; r < ROUNDS; r++) {
-        int tok = min(first + int(r * LANES + lane_), kv_end - 1);
-        int page = pages.v[page_shift >= 0 ? tok >> page_shift : tok / page_size];
-        int pslot = page_shift >= 0 ? tok & (page_size - 1) : tok % page_size;
+        int tok = min(first + int(r * LANES + lane_), it.kv_end - 1);
+        int page = it.pages.v[run.page_shift >= 0 ? tok >> run.page_shift : tok / run.page_size];
+        int pslot = run.page_shift >= 0 ? tok & (run.page_size - 1) : tok % run.page_size;
 #ifdef FLP_TEXEL_KV
         // offsets below 2 GiB (the host checks the buffers): 32-bit arithmetic
-        k_row[r] = k_head + uint(page * k_sp + pslot * k_ss) * KV_BYTES;
-        v_row[r] = v_head + uint(page * v_sp + pslot * v_ss) * KV_BYTES;
+        k_row[r] = it.k_head + uint(page * run.k_sp + pslot * run.k_ss) * KV_BYTES;
+        v_row[r] = it.v_head + uint(page * run.v_sp + pslot * run.v_ss) * KV_BYTES;
 #else
-        k_row[r] = k_head + uint64_t(int64_t(page) * k_sp + int64_t(pslot * k_ss)) * KV_BYTES;
-        v_row[r] = v_head + uint64_t(int64_t(page) * v_sp + int64_t(pslot * v_ss)) * KV_BYTES;
+        k_row[r] = it.k_head +
+                   uint64_t(int64_t(page) * run.k_sp + int64_t(pslot * run.k_ss)) * KV_BYTES;
+        v_row[r] = it.v_head +
+                   uint64_t(int64_t(page) * run.v_sp + int64_t(pslot * run.v_ss)) * KV_BYTES;
 #endif
     }
 }
@@ -228,6 +253,12 @@ uint touch_rows(ROW_T k_row[ROUNDS], ROW_T v_row[ROUNDS]) {
             w ^= kv_chunk(true, v_row[r], 64u * i).x;
         }
     return w;
+}
+
+// Keeps the touches: slot is never below -1, which no compiler can know.
+void keep_touches(DecodeParams P, int slot) {
+    if (slot < -1 && g_sink == 0x5eedu)
+        F32Ref(P.o).v[0] = 0.0;
 }
 
 // The row of key t of the step, from the lane that looked it up.
@@ -250,36 +281,9 @@ float lane_sum(float v) {
     return v;
 }
 
-void main() {
-    DecodeParams P = DecodeParams(push.params);
-    DecodePlanInfo I = DecodePlanInfo(P.plan); // what the last (re-)plan decided
-    lane_ = gl_LocalInvocationIndex;
-
-    g_q_bf16 = uint(I.q_dtype) == FLP_DT_BF16;
-    g_kv_bf16 = uint(I.kv_dtype) == FLP_DT_BF16;
-    uint flags = I.flags;
-    bool mine = (flags & ~FEATURES) == 0u && (DEFER == 0xffffffffu || (flags & ~DEFER) != 0u);
-    flags &= FEATURES; // constant-folds the features compiled out
-    bool causal = (flags & FLP_FLAG_CAUSAL) != 0u;
-    bool window = (flags & FLP_FLAG_WINDOW) != 0u;
-    bool softcap = (flags & FLP_FLAG_SOFTCAP) != 0u;
-    bool alibi = (flags & FLP_FLAG_ALIBI) != 0u;
-    bool rope = (flags & FLP_FLAG_ROPE) != 0u;
-    bool fp8 = KV_BYTES == 1u;
-    float logit_scale = I.sm_scale * (fp8 ? I.k_scale : 1.0);
-    float out_scale = fp8 ? I.v_scale : 1.0;
-    float soft_cap = I.soft_cap;
-    int window_left = I.window_left;
-    int page_size = I.page_size;
-    int page_shift = bitCount(page_size) == 1 ? findLSB(page_size) : -1; // divisions are slow
-    // KV page and slot strides fit 32 bits (the host checks); page * stride may not
-    int k_sp = int(P.k_stride_page), k_ss = int(P.k_stride_slot);
-    int v_sp = int(P.v_stride_page), v_ss = int(P.v_stride_slot);
-    int qo_len = I.qo_len;
-    int group = I.group_size;
-    int rows_total = qo_len * group;
-    uint64_t plan = P.plan;
-
+// load_rope_freq: the frequencies of this lane's rotate-half pairs into registers (zeros
+// without RoPE).
+void load_rope_freq(DecodePlanInfo I, uint64_t plan, bool rope) {
     [[unroll]] for (uint i = 0u; i < FREQS; i++)
         g_freq[i] = 0.0;
     if (rope) {
@@ -290,6 +294,211 @@ void main() {
             g_freq[i] = freq.v[d];
         }
     }
+}
+
+// next_item: the fields of work item `item` and the KV addressing of its request and head.
+Item next_item(DecodeParams P, DecodePlanInfo I, uint64_t plan, int item, bool rope) {
+    I32Ref work = I32Ref(uint64_t(plan_ints(plan, I.off_work_items)) +
+                         4ul * uint64_t(item * FLP_WORK_ITEM_INTS));
+    Item it;
+    it.b = work.v[FLP_WORK_REQUEST];
+    it.g = work.v[FLP_WORK_KV_HEAD];
+    it.kv_begin = work.v[FLP_WORK_KV_BEGIN];
+    it.kv_end = work.v[FLP_WORK_KV_END];
+    it.slot = work.v[FLP_WORK_PARTIAL_SLOT];
+    it.kv_len = plan_ints(plan, I.off_kv_len).v[it.b];
+    it.pages = I32Ref(uint64_t(plan_ints(plan, I.off_kv_indices)) +
+                      4ul * uint64_t(plan_ints(plan, I.off_kv_indptr).v[it.b]));
+#ifdef FLP_TEXEL_KV
+    it.k_head = push.k_base + uint(int64_t(it.g) * P.k_stride_head) * KV_BYTES;
+    it.v_head = push.v_base + uint(int64_t(it.g) * P.v_stride_head) * KV_BYTES;
+#else
+    it.k_head = P.k + uint64_t(int64_t(it.g) * P.k_stride_head) * uint64_t(KV_BYTES);
+    it.v_head = P.v + uint64_t(int64_t(it.g) * P.v_stride_head) * uint64_t(KV_BYTES);
+#endif
+    it.k_rope = rope ? plan_ints(plan, I.off_k_rope_offset).v[it.b] : 0;
+    it.q_rope = rope ? plan_ints(plan, I.off_q_rope_offset).v[it.b] : 0;
+    return it;
+}
+
+// pass_row: row j of the pass starting at item row row0.
+Row pass_row(DecodePlanInfo I, uint64_t plan, Run run, Item it, int row0, uint j) {
+    Row row;
+    row.rr = min(row0 + int(j), run.rows_total - 1);
+    int qi = row.rr / run.group;
+    row.h = it.g * run.group + row.rr % run.group;
+    row.r = it.b * run.qo_len + qi;
+    row.pos = it.kv_len - run.qo_len + qi;
+    row.slope = run.alibi ? plan_floats(plan, I.off_alibi_slopes).v[row.h] : 0.0;
+    return row;
+}
+
+// load_q: this lane's elements of row j's query, rotated.
+void load_q(DecodeParams P, Run run, Item it, uint j, Row row) {
+    int64_t q_off = int64_t(row.r) * P.q_stride_row + int64_t(row.h) * P.q_stride_head;
+    float x[E];
+    load_q_lane(P.q + 2ul * uint64_t(q_off), x);
+    if (run.rope)
+        rope_lane(x, row.pos + it.q_rope);
+    [[unroll]] for (uint i = 0u; i < E4; i++)
+        g_q[j][i] = vec4(x[4u * i], x[4u * i + 1u], x[4u * i + 2u], x[4u * i + 3u]);
+}
+
+// init_state: row j's online-softmax state with no key yet.
+void init_state(uint j) {
+    [[unroll]] for (uint i = 0u; i < E4; i++)
+        g_acc[j][i] = vec4(0.0);
+    g_m[j] = NEG_BIG;
+    g_l[j] = 0.0;
+}
+
+// issue_kv_copy: this lane's rows of the step starting at key first, looked up and touched a step
+// before they are read.
+void issue_kv_copy(Run run, Item it, int first, out ROW_T k_row[ROUNDS], out ROW_T v_row[ROUNDS]) {
+    lane_rows(run, it, first, k_row, v_row);
+    g_sink ^= touch_rows(k_row, v_row);
+}
+
+// step_rows: the K and V rows of every key of the step, from the lanes that looked them up.
+void step_rows(ROW_T k_rows[ROUNDS], ROW_T v_rows[ROUNDS]) {
+    [[unroll]] for (uint t = 0u; t < STEP; t++) {
+        g_k_row[t] = step_row(k_rows, t);
+        g_v_row[t] = step_row(v_rows, t);
+    }
+}
+
+// compute_scores: this lane's part of q . k for the step's keys (K rotated at the key's
+// position; keys past kv_end repeat the last one) and every row.
+void compute_scores(Run run, Item it, int base) {
+    [[unroll]] for (uint t = 0u; t < STEP; t++) {
+        float x[E];
+        load_kv(false, g_k_row[t], x);
+        if (run.rope)
+            rope_lane(x, min(base + int(t), it.kv_end - 1) + it.k_rope);
+        [[unroll]] for (uint j = 0u; j < ROWS; j++) {
+            float dot = 0.0;
+            [[unroll]] for (uint e = 0u; e < E; e++)
+                dot += g_q[j][e / 4u][e % 4u] * x[e];
+            g_s[j][t] = dot;
+        }
+    }
+}
+
+// mask_scores: row j's dot products summed over the lanes (uniform across lanes from here on,
+// so every select below is branch-free for llvmpipe), its logits in log2 units (scaled,
+// soft-capped, ALiBi added), and which keys the masks keep (the item's end, causal, window).
+void mask_scores(Run run, Item it, int base, uint j, Row row) {
+    [[unroll]] for (uint t = 0u; t < STEP; t++) {
+        int tok = base + int(t);
+        g_kept[t] = tok < it.kv_end && (!run.causal || tok <= row.pos) &&
+                    (!run.window || tok >= row.pos - run.window_left);
+        float x = lane_sum(g_s[j][t]) * run.logit_scale;
+        if (run.softcap)
+            x = run.soft_cap * tanh(clamp(x / run.soft_cap, -15.0, 15.0));
+        if (run.alibi)
+            x += row.slope * float(tok - row.pos);
+        g_s[j][t] = x * LOG2E;
+    }
+}
+
+// softmax_update: row j's new running max over the step's kept keys, one rescale of l and the
+// accumulator, and the keys' weights p (0 for a dropped key) in place of their logits, summed
+// into l.
+void softmax_update(uint j) {
+    float m_new = g_m[j];
+    [[unroll]] for (uint t = 0u; t < STEP; t++)
+        m_new = g_kept[t] ? max(m_new, g_s[j][t]) : m_new;
+    // exp2(0) need not be exactly 1 on every driver: rescale only on a change
+    float alpha = m_new > g_m[j] ? exp2(g_m[j] - m_new) : 1.0;
+    g_m[j] = m_new;
+    float sum = 0.0;
+    [[unroll]] for (uint t = 0u; t < STEP; t++) {
+        g_s[j][t] = g_kept[t] ? exp2(g_s[j][t] - m_new) : 0.0;
+        sum += g_s[j][t];
+    }
+    g_l[j] = g_l[j] * alpha + sum;
+    [[unroll]] for (uint i = 0u; i < E4; i++)
+        g_acc[j][i] *= alpha;
+}
+
+// accumulate_pv: acc += p * v for the step's keys and every row.
+void accumulate_pv() {
+    [[unroll]] for (uint t = 0u; t < STEP; t++) {
+        float x[E];
+        load_kv(true, g_v_row[t], x);
+        [[unroll]] for (uint j = 0u; j < ROWS; j++)
+            [[unroll]] for (uint i = 0u; i < E4; i++)
+                g_acc[j][i] +=
+                    g_s[j][t] * vec4(x[4u * i], x[4u * i + 1u], x[4u * i + 2u], x[4u * i + 3u]);
+    }
+}
+
+// store_output: row j normalised, as out/lse or as the partial state of the item's slot.
+void store_output(DecodeParams P, DecodePlanInfo I, uint64_t plan, Run run, Item it,
+                  float out_scale, uint j, Row row) {
+    float inv = output_scale(g_l[j], out_scale);
+    float lse = state_lse(g_m[j], g_l[j]);
+    if (it.slot < 0) {
+        int64_t o_off = int64_t(row.r) * P.o_stride_row + int64_t(row.h) * P.o_stride_head;
+        uint64_t o_row = P.o + 2ul * uint64_t(o_off);
+        [[unroll]] for (uint c = 0u; c < NC; c++) {
+            float x[8];
+            [[unroll]] for (uint e = 0u; e < 8u; e++)
+                x[e] = g_acc[j][2u * c + e / 4u][e % 4u] * inv;
+            U4Ref(o_row + 16ul * uint64_t(chunk_of(c))).v =
+                flp_encode8(g_q_bf16 ? FLP_DT_BF16 : FLP_DT_F16, x);
+        }
+        if (P.lse != 0ul && lane_ == 0u) {
+            int64_t l_off = int64_t(row.r) * P.lse_stride_row + int64_t(row.h);
+            F32Ref(P.lse + 4ul * uint64_t(l_off)).v[0] = lse;
+        }
+    } else {
+        // partial row (slot, qi, hh) = slot * rows_total + rr
+        int prow = it.slot * run.rows_total + row.rr;
+        F32Ref p_row = F32Ref(uint64_t(plan_floats(plan, I.off_partial_o)) +
+                              4ul * uint64_t(prow) * uint64_t(HEAD_DIM));
+        [[unroll]] for (uint c = 0u; c < NC; c++)
+            [[unroll]] for (uint e = 0u; e < 8u; e++)
+                p_row.v[chunk_of(c) * 8u + e] = g_acc[j][2u * c + e / 4u][e % 4u] * inv;
+        if (lane_ == 0u)
+            plan_floats(plan, I.off_partial_lse).v[prow] = lse;
+    }
+}
+
+void main() {
+    DecodeParams P = DecodeParams(push.params);
+    DecodePlanInfo I = DecodePlanInfo(P.plan); // what the last (re-)plan decided
+    lane_ = gl_LocalInvocationIndex;
+
+    g_q_bf16 = uint(I.q_dtype) == FLP_DT_BF16;
+    g_kv_bf16 = uint(I.kv_dtype) == FLP_DT_BF16;
+    uint flags = I.flags;
+    bool mine = (flags & ~FEATURES) == 0u && (DEFER == 0xffffffffu || (flags & ~DEFER) != 0u);
+    flags &= FEATURES; // constant-folds the features compiled out
+    Run run;
+    run.causal = (flags & FLP_FLAG_CAUSAL) != 0u;
+    run.window = (flags & FLP_FLAG_WINDOW) != 0u;
+    run.softcap = (flags & FLP_FLAG_SOFTCAP) != 0u;
+    run.alibi = (flags & FLP_FLAG_ALIBI) != 0u;
+    run.rope = (flags & FLP_FLAG_ROPE) != 0u;
+    bool fp8 = KV_BYTES == 1u;
+    run.logit_scale = I.sm_scale * (fp8 ? I.k_scale : 1.0);
+    float out_scale = fp8 ? I.v_scale : 1.0;
+    run.soft_cap = I.soft_cap;
+    run.window_left = I.window_left;
+    run.page_size = I.page_size;
+    run.page_shift = bitCount(run.page_size) == 1 ? findLSB(run.page_size) : -1; // divisions are slow
+    // KV page and slot strides fit 32 bits (the host checks); page * stride may not
+    run.k_sp = int(P.k_stride_page);
+    run.k_ss = int(P.k_stride_slot);
+    run.v_sp = int(P.v_stride_page);
+    run.v_ss = int(P.v_stride_slot);
+    run.qo_len = I.qo_len;
+    run.group = I.group_size;
+    run.rows_total = run.qo_len * run.group;
+    uint64_t plan = P.plan;
+
+    load_rope_freq(I, plan, run.rope);
 
     g_sink = 0u;
     int cta = int(gl_WorkGroupID.x);
@@ -297,166 +506,40 @@ void main() {
     int item_begin = work_indptr.v[cta];
     int item_end = mine ? work_indptr.v[cta + 1] : item_begin;
     for (int item = item_begin; item < item_end; item++) {
-        I32Ref work = I32Ref(uint64_t(plan_ints(plan, I.off_work_items)) +
-                             4ul * uint64_t(item * FLP_WORK_ITEM_INTS));
-        int b = work.v[FLP_WORK_REQUEST];
-        int g = work.v[FLP_WORK_KV_HEAD];
-        int kv_begin = work.v[FLP_WORK_KV_BEGIN];
-        int kv_end = work.v[FLP_WORK_KV_END];
-        int slot = work.v[FLP_WORK_PARTIAL_SLOT];
-        int kv_len = plan_ints(plan, I.off_kv_len).v[b];
-        I32Ref pages = I32Ref(uint64_t(plan_ints(plan, I.off_kv_indices)) +
-                              4ul * uint64_t(plan_ints(plan, I.off_kv_indptr).v[b]));
-#ifdef FLP_TEXEL_KV
-        ROW_T k_head = push.k_base + uint(int64_t(g) * P.k_stride_head) * KV_BYTES;
-        ROW_T v_head = push.v_base + uint(int64_t(g) * P.v_stride_head) * KV_BYTES;
-#else
-        ROW_T k_head = P.k + uint64_t(int64_t(g) * P.k_stride_head) * uint64_t(KV_BYTES);
-        ROW_T v_head = P.v + uint64_t(int64_t(g) * P.v_stride_head) * uint64_t(KV_BYTES);
-#endif
-        int k_rope = rope ? plan_ints(plan, I.off_k_rope_offset).v[b] : 0;
-        int q_rope = rope ? plan_ints(plan, I.off_q_rope_offset).v[b] : 0;
-
-        for (int row0 = 0; row0 < rows_total; row0 += int(ROWS)) {
-            // The pass's rows: row rr = qi * group + hh; rows past the end repeat the last one
-            // (valid addresses, results not written).
-            int rr_[ROWS], h_[ROWS], r_[ROWS], pos_[ROWS];
-            float slope_[ROWS], q[ROWS][E], acc[ROWS][E], m[ROWS], l[ROWS];
+        Item it = next_item(P, I, plan, item, run.rope);
+        for (int row0 = 0; row0 < run.rows_total; row0 += int(ROWS)) {
+            Row rows[ROWS];
             [[unroll]] for (uint j = 0u; j < ROWS; j++) {
-                int rr = min(row0 + int(j), rows_total - 1);
-                int qi = rr / group;
-                rr_[j] = rr;
-                h_[j] = g * group + rr % group;
-                r_[j] = b * qo_len + qi;
-                pos_[j] = kv_len - qo_len + qi;
-                slope_[j] = alibi ? plan_floats(plan, I.off_alibi_slopes).v[h_[j]] : 0.0;
-                int64_t q_off = int64_t(r_[j]) * P.q_stride_row + int64_t(h_[j]) * P.q_stride_head;
-                float x[E];
-                load_q_lane(P.q + 2ul * uint64_t(q_off), x);
-                if (rope)
-                    rope_lane(x, pos_[j] + q_rope);
-                [[unroll]] for (uint e = 0u; e < E; e++) {
-                    q[j][e] = x[e];
-                    acc[j][e] = 0.0;
-                }
-                m[j] = NEG_BIG;
-                l[j] = 0.0;
+                rows[j] = pass_row(I, plan, run, it, row0, j);
+                load_q(P, run, it, j, rows[j]);
+                init_state(j);
             }
 
             // The key loop: STEP keys per iteration (keys past kv_end load the last key again
             // and are masked). The rows of the next step are looked up and touched one
             // iteration ahead.
             ROW_T k_next[ROUNDS], v_next[ROUNDS];
-            lane_rows(pages, page_size, page_shift, kv_begin, kv_end, k_head, v_head, k_sp, k_ss,
-                      v_sp, v_ss, k_next, v_next);
-            g_sink ^= touch_rows(k_next, v_next);
-            for (int base = kv_begin; base < kv_end; base += int(STEP)) {
-                float s[ROWS][STEP];
-                int tok_[STEP];
+            issue_kv_copy(run, it, it.kv_begin, k_next, v_next);
+            for (int base = it.kv_begin; base < it.kv_end; base += int(STEP)) {
                 ROW_T k_rows[ROUNDS], v_rows[ROUNDS];
                 [[unroll]] for (uint r = 0u; r < ROUNDS; r++) {
                     k_rows[r] = k_next[r];
                     v_rows[r] = v_next[r];
                 }
-                lane_rows(pages, page_size, page_shift, base + int(STEP), kv_end, k_head, v_head,
-                          k_sp, k_ss, v_sp, v_ss, k_next, v_next);
-                g_sink ^= touch_rows(k_next, v_next);
-                ROW_T k_row[STEP], v_row[STEP];
-                [[unroll]] for (uint t = 0u; t < STEP; t++) {
-                    tok_[t] = base + int(t);
-                    k_row[t] = step_row(k_rows, t);
-                    v_row[t] = step_row(v_rows, t);
-                }
-                [[unroll]] for (uint t = 0u; t < STEP; t++) {
-                    float x[E];
-                    load_kv_lane(false, k_row[t], x);
-                    if (rope)
-                        rope_lane(x, min(tok_[t], kv_end - 1) + k_rope);
-                    [[unroll]] for (uint j = 0u; j < ROWS; j++) {
-                        float dot = 0.0;
-                        [[unroll]] for (uint e = 0u; e < E; e++)
-                            dot += q[j][e] * x[e];
-                        s[j][t] = dot;
-                    }
-                }
-                // Logits, the masks and the online softmax (uniform across lanes after the
-                // reduction, so every select below is branch-free for llvmpipe).
-                float p[ROWS][STEP];
+                issue_kv_copy(run, it, base + int(STEP), k_next, v_next);
+                step_rows(k_rows, v_rows);
+                compute_scores(run, it, base);
                 [[unroll]] for (uint j = 0u; j < ROWS; j++) {
-                    float m_new = m[j];
-                    bool kept[STEP];
-                    [[unroll]] for (uint t = 0u; t < STEP; t++) {
-                        int t_ = tok_[t];
-                        kept[t] = t_ < kv_end && (!causal || t_ <= pos_[j]) &&
-                                  (!window || t_ >= pos_[j] - window_left);
-                        float x = lane_sum(s[j][t]) * logit_scale;
-                        if (softcap)
-                            x = soft_cap * tanh(clamp(x / soft_cap, -15.0, 15.0));
-                        if (alibi)
-                            x += slope_[j] * float(t_ - pos_[j]);
-                        x *= LOG2E;
-                        s[j][t] = x;
-                        m_new = kept[t] ? max(m_new, x) : m_new;
-                    }
-                    // exp2(0) need not be exactly 1 on every driver: rescale only on a change
-                    float alpha = m_new > m[j] ? exp2(m[j] - m_new) : 1.0;
-                    m[j] = m_new;
-                    float sum = 0.0;
-                    [[unroll]] for (uint t = 0u; t < STEP; t++) {
-                        p[j][t] = kept[t] ? exp2(s[j][t] - m_new) : 0.0;
-                        sum += p[j][t];
-                    }
-                    l[j] = l[j] * alpha + sum;
-                    [[unroll]] for (uint e = 0u; e < E; e++)
-                        acc[j][e] *= alpha;
+                    mask_scores(run, it, base, j, rows[j]);
+                    softmax_update(j); // row j's g_s: the keys' weights p from here on
                 }
-                [[unroll]] for (uint t = 0u; t < STEP; t++) {
-                    float x[E];
-                    load_kv_lane(true, v_row[t], x);
-                    [[unroll]] for (uint j = 0u; j < ROWS; j++)
-                        [[unroll]] for (uint e = 0u; e < E; e++)
-                            acc[j][e] += p[j][t] * x[e];
-                }
+                accumulate_pv();
             }
+            keep_touches(P, it.slot);
 
-            // Keeps the touches: slot is never below -1, which no compiler can know.
-            if (slot < -1 && g_sink == 0x5eedu)
-                F32Ref(P.o).v[0] = 0.0;
-
-            // The rows of this pass: out/lse, or the partial state for the merge.
-            [[unroll]] for (uint j = 0u; j < ROWS; j++) {
-                if (row0 + int(j) >= rows_total)
-                    continue;
-                bool any = l[j] > 0.0;
-                float inv = any ? out_scale / l[j] : 0.0; // no kept key: exactly 0
-                float lse = any ? (m[j] + log2(l[j])) * LN2 : uintBitsToFloat(0xff800000u);
-                if (slot < 0) {
-                    int64_t o_off = int64_t(r_[j]) * P.o_stride_row + int64_t(h_[j]) * P.o_stride_head;
-                    uint64_t o_row = P.o + 2ul * uint64_t(o_off);
-                    [[unroll]] for (uint c = 0u; c < NC; c++) {
-                        uvec4 w;
-                        [[unroll]] for (uint i = 0u; i < 4u; i++)
-                            w[i] = flp_pack16x2(g_q_bf16 ? FLP_DT_BF16 : FLP_DT_F16,
-                                                acc[j][c * 8u + 2u * i] * inv,
-                                                acc[j][c * 8u + 2u * i + 1u] * inv);
-                        U4Ref(o_row + 16ul * uint64_t(chunk_of(c))).v = w;
-                    }
-                    if (P.lse != 0ul && lane_ == 0u) {
-                        int64_t l_off = int64_t(r_[j]) * P.lse_stride_row + int64_t(h_[j]);
-                        F32Ref(P.lse + 4ul * uint64_t(l_off)).v[0] = lse;
-                    }
-                } else {
-                    // partial row (slot, qi, hh) = slot * rows_total + rr
-                    int prow = slot * rows_total + rr_[j];
-                    F32Ref p_row = F32Ref(uint64_t(plan_floats(plan, I.off_partial_o)) +
-                                          4ul * uint64_t(prow) * uint64_t(HEAD_DIM));
-                    [[unroll]] for (uint c = 0u; c < NC; c++)
-                        [[unroll]] for (uint e = 0u; e < 8u; e++)
-                            p_row.v[chunk_of(c) * 8u + e] = acc[j][c * 8u + e] * inv;
-                    if (lane_ == 0u)
-                        plan_floats(plan, I.off_partial_lse).v[prow] = lse;
-                }
-            }
+            [[unroll]] for (uint j = 0u; j < ROWS; j++)
+                if (row0 + int(j) < run.rows_total)
+                    store_output(P, I, plan, run, it, out_scale, j, rows[j]);
         }
     }
 }

@@ -12,6 +12,7 @@
 
 #include "decode_params.glsl"
 #include "dtype.glsl"
+#include "merge_state.glsl"
 
 layout(constant_id = FLP_SPEC_HEAD_DIM) const uint HEAD_DIM = 128;
 layout(constant_id = FLP_SPEC_Q_DTYPE) const uint Q_DTYPE = FLP_DT_F16;
@@ -52,8 +53,8 @@ void main() {
         for (int c = 0; c < chunks; c++) {
             int prow = ((first + g * chunks + c) * qo_len + qi) * group + hh;
             float sb = partial_lse.v[prow];
-            if (!(sb > -1.0e30))
-                continue; // -inf: no key in this chunk
+            if (partial_is_empty(sb))
+                continue; // no key in this chunk
             F32Ref row = F32Ref(partial_o + 4ul * (uint64_t(prow) * uint64_t(HEAD_DIM) + d0));
             vec4 ob = vec4(row.v[0], row.v[1], row.v[2], row.v[3]);
             if (!any) {
@@ -62,19 +63,14 @@ void main() {
                 any = true;
                 continue;
             }
-            float m = max(s, sb);
-            float wa = exp(s - m);
-            float wb = exp(sb - m);
-            o = (wa * o + wb * ob) / (wa + wb);
-            s = m + log(wa + wb);
+            o = merge_o(merge_lse(s, sb), o, ob);
         }
         int r = b * qo_len + qi;
         int64_t o_off = int64_t(r) * P.o_stride_row + int64_t(h) * P.o_stride_head + int64_t(d0);
-        U2Ref(P.o + 2ul * uint64_t(o_off)).v =
-            uvec2(flp_pack16x2(Q_DTYPE, o.x, o.y), flp_pack16x2(Q_DTYPE, o.z, o.w));
+        U2Ref(P.o + 2ul * uint64_t(o_off)).v = flp_encode4(Q_DTYPE, o);
         if (want_lse && d0 == 0u) {
             int64_t l_off = int64_t(r) * P.lse_stride_row + int64_t(h);
-            F32Ref(P.lse + 4ul * uint64_t(l_off)).v[0] = any ? s : uintBitsToFloat(0xff800000u);
+            F32Ref(P.lse + 4ul * uint64_t(l_off)).v[0] = any ? s : neg_inf();
         }
     }
 }

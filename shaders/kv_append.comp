@@ -1,8 +1,8 @@
 #version 460
 // KV append (prefill_kernel_spec.md, core/prefill_params.h): row r of the new K/V goes to the
 // slot of token positions[r] of request batch_indices[r] through the page table; rows out of
-// range are skipped. Conversions are bit-exact with core/dtype.c (integer bit manipulation:
-// round to nearest even, subnormals exact, e4m3 saturating, NaN stays NaN with its sign).
+// range are skipped. Conversions are bit-exact with core/dtype.c (dtype.glsl: round to nearest
+// even, subnormals exact, e4m3 saturating, NaN stays NaN with its sign and top payload bits).
 //
 // Invocation (x) = (KV head, 4-element quad of the head dim) of row r = z * Y + y (a 3-D grid:
 // rows may outnumber maxComputeWorkGroupCount[1]). No loops. Caches of 8-bit elements are
@@ -54,104 +54,20 @@ layout(buffer_reference, std430, buffer_reference_align = 2) buffer W16 {
     uint16_t v;
 };
 
-// ---- f32 <-> narrow formats, as core/dtype.c ----
-
-uint f16_bits_to_f32_bits(uint h) {
-    uint sign = (h & 0x8000u) << 16;
-    uint e = (h >> 10) & 0x1fu;
-    uint m = h & 0x3ffu;
-    if (e == 0x1fu)
-        return m == 0u ? sign | 0x7f800000u : sign | 0x7fc00000u | (m << 13);
-    if (e == 0u) {
-        if (m == 0u)
-            return sign;
-        int msb = findMSB(m); // value m * 2^-24 = 1.f * 2^(msb - 24)
-        return sign | (uint(msb + 103) << 23) | ((m << uint(23 - msb)) & 0x7fffffu);
-    }
-    return sign | ((e + 112u) << 23) | (m << 13);
-}
-
-uint bf16_bits_to_f32_bits(uint h) {
-    uint u = h << 16;
-    if ((u & 0x7fffffffu) > 0x7f800000u)
-        u |= 0x00400000u;
-    return u;
-}
-
-// x >> s rounded to nearest, ties to even; 1 <= s <= 31.
-uint shift_rne(uint x, uint s) {
-    uint r = x >> s;
-    uint rem = x & ((1u << s) - 1u);
-    uint half_ = 1u << (s - 1u);
-    if (rem > half_ || (rem == half_ && (r & 1u) != 0u))
-        r++;
-    return r;
-}
-
-// Magnitude code of the finite non-negative f32 bits a in a format with mbits mantissa bits and
-// exponent bias `bias` (not range-checked).
-uint encode_magnitude(uint a, uint mbits, int bias) {
-    int e32 = int(a >> 23);
-    if (e32 - 127 + bias >= 1)
-        return shift_rne(a - (uint(127 - bias) << 23), 23u - mbits);
-    if (e32 == 0)
-        return 0u;
-    uint sig = (a & 0x007fffffu) | 0x00800000u;
-    int sh = 151 - bias - int(mbits) - e32;
-    if (sh > 25)
-        return 0u;
-    return shift_rne(sig, uint(sh));
-}
-
-uint f32_bits_to_f16(uint u) {
-    uint sign = (u >> 16) & 0x8000u;
-    uint a = u & 0x7fffffffu;
-    if (a > 0x7f800000u)
-        return sign | 0x7e00u | ((a >> 13) & 0x03ffu);
-    if (a == 0x7f800000u)
-        return sign | 0x7c00u;
-    return sign | min(encode_magnitude(a, 10u, 15), 0x7c00u);
-}
-
-uint f32_bits_to_bf16(uint u) {
-    if ((u & 0x7fffffffu) > 0x7f800000u)
-        return (u >> 16) | 0x0040u;
-    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-}
-
-uint f32_bits_to_e4m3(uint u) {
-    uint sign = (u >> 24) & 0x80u;
-    uint a = u & 0x7fffffffu;
-    if (a > 0x7f800000u)
-        return sign | 0x7fu;
-    if (a == 0x7f800000u)
-        return sign | 0x7eu;
-    return sign | min(encode_magnitude(a, 3u, 7), 0x7eu);
-}
-
-uint f32_bits_to_e5m2(uint u) {
-    uint sign = (u >> 24) & 0x80u;
-    uint a = u & 0x7fffffffu;
-    if (a > 0x7f800000u)
-        return sign | 0x7eu | ((a >> 21) & 0x01u);
-    if (a == 0x7f800000u)
-        return sign | 0x7cu;
-    return sign | min(encode_magnitude(a, 2u, 15), 0x7cu);
-}
-
 // One source element (its bits) converted to the cache dtype's bits.
 uint convert(uint src_dtype, uint cache_dtype, uint bits, float inv_scale) {
     if (src_dtype == cache_dtype)
         return bits;
-    uint f = src_dtype == FLP_DT_BF16 ? bf16_bits_to_f32_bits(bits) : f16_bits_to_f32_bits(bits);
+    uint f = src_dtype == FLP_DT_BF16 ? flp_bf16_bits_to_f32_bits(bits)
+                                      : flp_f16_bits_to_f32_bits(bits);
     if (cache_dtype == FLP_DT_F16)
-        return f32_bits_to_f16(f);
+        return flp_f32_bits_to_f16(f);
     if (cache_dtype == FLP_DT_BF16)
-        return f32_bits_to_bf16(f);
+        return flp_f32_bits_to_bf16(f);
     // fp8: value * (1 / scale), rounded to f32 first (as the host does); a NaN keeps its bits
     if ((f & 0x7fffffffu) <= 0x7f800000u)
         f = floatBitsToUint(uintBitsToFloat(f) * inv_scale);
-    return cache_dtype == FLP_DT_E4M3 ? f32_bits_to_e4m3(f) : f32_bits_to_e5m2(f);
+    return cache_dtype == FLP_DT_E4M3 ? flp_f32_bits_to_e4m3(f) : flp_f32_bits_to_e5m2(f);
 }
 
 uint elem_bytes(uint dtype) {

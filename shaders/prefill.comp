@@ -1,6 +1,6 @@
 #version 460
 // Batch prefill / append attention over a paged or ragged KV cache (the contract both backends
-// implement: /work/notes/prefill_kernel_spec.md, core/prefill_params.h). Persistent
+// implement: docs/kernels/prefill.md, core/prefill_params.h). Persistent
 // workgroups: workgroup c runs work items work_indptr[c] .. [c+1]-1 in order; an item's packed
 // query rows are processed in passes of this shader's own tile (BQ rows), whatever tile the
 // plan had in mind.
@@ -27,6 +27,13 @@
 // the rolled loops (items, row passes, key tiles, sub-blocks) are what vk_prefill.c counts
 // against llvmpipe's loop budget (it silently ends every loop of an invocation after 65535
 // iterations in total).
+//
+// main, per work item (next_item) and pass of BQ rows (pass_row, load_q, init_state per row;
+// clip_keys): per key tile issue_kv_copy and load_kv (K rotated by rope_k), then per sub-block
+// compute_scores, reduce_scores, per row mask_scores and softmax_update, accumulate_pv; then
+// store_output per row. The stages share the rows' state and the sub-block's scores as
+// globals, not parameters: lavapipe (Mesa 22.3) inlines every function and copies array
+// arguments element by element, which makes pipeline creation much slower.
 #extension GL_GOOGLE_include_directive : require
 #extension GL_EXT_buffer_reference : require
 #extension GL_EXT_buffer_reference2 : require
@@ -37,6 +44,8 @@
 
 #include "prefill_params.glsl"
 #include "dtype.glsl"
+#include "merge_state.glsl"
+#include "rope.glsl"
 
 layout(constant_id = FLP_SPEC_HEAD_DIM) const uint HEAD_DIM = 128;
 layout(constant_id = FLP_SPEC_Q_DTYPE) const uint Q_DTYPE = FLP_DT_F16;
@@ -63,10 +72,7 @@ const uint K_UNITS = BK * HALF_CHUNKS;  // K is loaded by rotate-half chunk pair
 const uint V_UNITS = BK * CHUNKS;
 const uint K_SLOTS = (K_UNITS + WG - 1u) / WG;
 const uint V_SLOTS = (V_UNITS + WG - 1u) / WG;
-
-const float NEG_BIG = -1.0e30; // "no key yet": exp2(NEG_BIG - m) is 0 for any real m
-const float LOG2E = 1.4426950408889634;
-const float LN2 = 0.6931471805599453;
+const uint SCORES = ROWS * SB;          // a sub-block's scores of this invocation's rows
 
 shared vec4 s_k[BK * Q4]; // K tile, f32, dequantised and rotated: [key][column]
 shared vec4 s_v[BK * Q4]; // V tile, f32, dequantised (fp8 scale applied at the end)
@@ -79,6 +85,9 @@ vec4 g_q[ROWS * NV];   // the query rows (rotated with RoPE), this lane's column
 vec4 g_acc[ROWS * NV]; // sum of p * v
 float g_m[ROWS];       // running max of log2-domain logits
 float g_l[ROWS];       // running sum of exp2(logit - g_m)
+// The current sub-block: row r's score for key j at [r * SB + j]: its dot product, then its
+// logit, then its weight p.
+float g_s[SCORES];
 
 // The current item's KV addressing.
 bool g_paged;
@@ -86,27 +95,34 @@ uint64_t g_kv_indices; // paged: address of the request's first page id
 int64_t g_row_base;    // ragged: the request's first K/V row
 int g_page_size, g_kv_head;
 
-float neg_inf() {
-    return uintBitsToFloat(0xff800000u);
-}
+// What the plan fixes for the whole run, read once: the variant's flags and the scalars of the
+// logit transforms and masks, and the GQA group size.
+struct Run {
+    bool causal, window, softcap, alibi, rope, custom;
+    float logit_scale; // sm_scale (times k_scale for fp8) in log2 units
+    float soft_cap;
+    int window_left;
+    int group;
+};
 
-// sin and cos of a possibly large angle: Cody-Waite reduction by 2*pi (two parts) first.
-void sincos_reduced(float a, out float s, out float c) {
-    precise float k = roundEven(a * 0.15915494309189535);
-    precise float r = fma(-k, 6.28318548202514648, a);
-    r = fma(-k, -1.7484555314695172e-7, r);
-    s = sin(r);
-    c = cos(r);
-}
+// A work item: packed rows [row_begin, row_end) of request b and KV head g against keys
+// [kv_begin, kv_end).
+struct Item {
+    int b, g, row_begin, row_end, kv_begin, kv_end;
+    int slot; // < 0: write out/lse; else the partial-state slot for the merge
+    int qo_begin, qo_len, kv_len;
+    int q_rope, k_rope;     // RoPE position offsets of the request
+    int64_t mask_bit_base;  // custom mask: the request's first bit
+};
 
-vec4 decode4(uint dtype, uvec2 w) {
-    return vec4(flp_decode16(dtype, w.x & 0xffffu), flp_decode16(dtype, w.x >> 16),
-                flp_decode16(dtype, w.y & 0xffffu), flp_decode16(dtype, w.y >> 16));
-}
-
-uvec2 encode4(uint dtype, vec4 x) {
-    return uvec2(flp_pack16x2(dtype, x.x, x.y), flp_pack16x2(dtype, x.z, x.w));
-}
+// One row of the current pass: packed row p = query token p / group, head p % group.
+struct Row {
+    bool ok;     // p < row_end (else the row repeats the item's first and is not written)
+    int tok;     // query token within the request
+    int head;    // query head
+    int pos;     // position of the query token among the request's keys
+    float slope; // ALiBi slope of the head
+};
 
 // Element offset of (token t, this item's KV head, d = 0) in K (is_v false) or V.
 int64_t kv_offset(PrefillParams P, int t, bool is_v) {
@@ -129,14 +145,111 @@ uvec4 load_kv8(uint64_t base, int64_t off) {
     return U4Ref(a).v;
 }
 
+// load_rope_freq: the RoPE frequencies into shared memory (the caller adds the barrier).
+void load_rope_freq(PrefillPlanInfo I, uint64_t plan) {
+    F32Ref freq = plan_floats(plan, I.off_rope_freq);
+    [[unroll]] for (uint s = 0u; s < (HEAD_DIM / 2u + WG - 1u) / WG; s++) {
+        uint i = tid_ + s * WG;
+        if (i < HEAD_DIM / 2u)
+            s_freq[i] = freq.v[i];
+    }
+}
+
+// next_item: the fields of work item `item` and the KV addressing of its request and head.
+Item next_item(PrefillPlanInfo I, uint64_t plan, int item, Run run) {
+    I32Ref work = I32Ref(uint64_t(plan_ints(plan, I.off_work_items)) +
+                         4ul * uint64_t(item * FLP_PREFILL_ITEM_INTS));
+    Item it;
+    it.b = work.v[FLP_PITEM_REQUEST];
+    it.g = work.v[FLP_PITEM_KV_HEAD];
+    it.row_begin = work.v[FLP_PITEM_ROW_BEGIN];
+    it.row_end = work.v[FLP_PITEM_ROW_END];
+    it.kv_begin = work.v[FLP_PITEM_KV_BEGIN];
+    it.kv_end = work.v[FLP_PITEM_KV_END];
+    it.slot = work.v[FLP_PITEM_PARTIAL_SLOT];
+    I32Ref qo_indptr = plan_ints(plan, I.off_qo_indptr);
+    it.qo_begin = qo_indptr.v[it.b];
+    it.qo_len = qo_indptr.v[it.b + 1] - it.qo_begin;
+    it.kv_len = plan_ints(plan, I.off_kv_len).v[it.b];
+    int kv_start = plan_ints(plan, I.off_kv_indptr).v[it.b];
+    g_kv_head = it.g;
+    g_kv_indices = uint64_t(plan_ints(plan, I.off_kv_indices)) + 4ul * uint64_t(kv_start);
+    g_row_base = int64_t(kv_start);
+    it.q_rope = run.rope ? plan_ints(plan, I.off_q_rope_offset).v[it.b] : 0;
+    it.k_rope = run.rope ? plan_ints(plan, I.off_k_rope_offset).v[it.b] : 0;
+    it.mask_bit_base =
+        run.custom ? int64_t(plan_ints(plan, I.off_mask_indptr).v[it.b]) * 8l : 0l;
+    return it;
+}
+
+// pass_row: row r of this invocation in the pass starting at packed row row0.
+Row pass_row(PrefillPlanInfo I, uint64_t plan, Run run, Item it, int row0, uint r) {
+    int p = row0 + int(grp_ * ROWS + r);
+    Row row;
+    row.ok = p < it.row_end;
+    int pp = row.ok ? p : it.row_begin;
+    row.tok = pp / run.group;
+    row.head = it.g * run.group + pp % run.group;
+    row.pos = it.kv_len - it.qo_len + row.tok;
+    row.slope = run.alibi ? plan_floats(plan, I.off_alibi_slopes).v[row.head] : 0.0;
+    return row;
+}
+
+// Query row r of this invocation: this lane's columns, rotated at position pos.
+void load_q_row(uint r, uint64_t row_addr, bool ok, bool rope, int pos) {
+    [[unroll]] for (uint c = 0u; c < NV; c++) {
+        uvec2 w = uvec2(0u);
+        if (ok)
+            w = U2Ref(row_addr + 8ul * uint64_t(lane_ + c * LANES)).v;
+        g_q[r * NV + c] = flp_decode4(Q_DTYPE, w);
+    }
+    if (!rope)
+        return;
+    [[unroll]] for (uint c = 0u; c < HALF_NV; c++) {
+        uint d0 = (lane_ + c * LANES) * 4u; // < HEAD_DIM / 2: the partner is column c + HALF_NV
+        vec4 lo = g_q[r * NV + c], hi = g_q[r * NV + c + HALF_NV];
+        [[unroll]] for (uint e = 0u; e < 4u; e++)
+            rope_rotate(lo[e], hi[e], float(pos) * s_freq[d0 + e]);
+        g_q[r * NV + c] = lo;
+        g_q[r * NV + c + HALF_NV] = hi;
+    }
+}
+
+// load_q: query row r (zeros for a row past the end), rotated.
+void load_q(PrefillParams P, Run run, Item it, uint r, Row row) {
+    int64_t q_off = int64_t(it.qo_begin + row.tok) * P.q_stride_row +
+                    int64_t(row.head) * P.q_stride_head;
+    load_q_row(r, P.q + 2ul * uint64_t(q_off), row.ok, run.rope, row.pos + it.q_rope);
+}
+
+// init_state: row r's online-softmax state with no key yet.
+void init_state(uint r) {
+    g_m[r] = NEG_BIG;
+    g_l[r] = 0.0;
+    [[unroll]] for (uint c = 0u; c < NV; c++)
+        g_acc[r * NV + c] = vec4(0.0);
+}
+
+// clip_keys: the keys [lo, hi) of the item that some row of the pass keeps (causal and window
+// masks); tiles outside are not even loaded.
+ivec2 clip_keys(Run run, Item it, int row0) {
+    int last_row = min(row0 + int(BQ), it.row_end) - 1;
+    int lo = it.kv_begin, hi = it.kv_end;
+    if (run.causal)
+        hi = min(hi, it.kv_len - it.qo_len + last_row / run.group + 1);
+    if (run.window)
+        lo = max(lo, it.kv_len - it.qo_len + row0 / run.group - run.window_left);
+    return ivec2(lo, hi);
+}
+
 // The next tile's K and V words, loaded before the current tile is computed (PREFETCH) so
 // that global-memory latency overlaps the math; or just before they are stored.
 uvec4 g_kw[K_SLOTS * 2u]; // K: the chunk pair (d, d + D/2) of each unit
 uvec4 g_vw[V_SLOTS];
 
-// Loads tile [base, base + BK) into g_kw / g_vw: zeros from key hi on (their logits are
-// masked, but V must stay finite: 0 * NaN is NaN).
-void fetch_tile(PrefillParams P, int base, int hi) {
+// issue_kv_copy: loads tile [base, base + BK) into g_kw / g_vw: zeros from key hi on (their
+// logits are masked, but V must stay finite: 0 * NaN is NaN).
+void issue_kv_copy(PrefillParams P, int base, int hi) {
     [[unroll]] for (uint s = 0u; s < K_SLOTS; s++) {
         uint u = tid_ + s * WG;
         int t = base + int(u / HALF_CHUNKS);
@@ -159,8 +272,16 @@ void fetch_tile(PrefillParams P, int base, int hi) {
     }
 }
 
-// The fetched tile into shared memory: dequantised to f32, K rotated at key position + k_rope.
-void store_tile(int base, bool rope, int k_rope) {
+// rope_k: RoPE of the rotate-half chunk pair ch of a key at position pos (once per key, in
+// load_kv).
+void rope_k(inout float lo[8], inout float hi[8], uint ch, int pos) {
+    [[unroll]] for (uint e = 0u; e < 8u; e++)
+        rope_rotate(lo[e], hi[e], float(pos) * s_freq[ch * 8u + e]);
+}
+
+// load_kv: the fetched tile into shared memory: dequantised to f32, K rotated at key position
+// + k_rope.
+void load_kv(int base, bool rope, int k_rope) {
     [[unroll]] for (uint s = 0u; s < K_SLOTS; s++) {
         uint u = tid_ + s * WG;
         if (u < K_UNITS) {
@@ -169,16 +290,8 @@ void store_tile(int base, bool rope, int k_rope) {
             float lo[8], hi8[8];
             flp_decode8(KV_DTYPE, g_kw[2u * s], lo);
             flp_decode8(KV_DTYPE, g_kw[2u * s + 1u], hi8);
-            if (rope) {
-                int t = base + int(tt);
-                [[unroll]] for (uint e = 0u; e < 8u; e++) {
-                    float sn, cs;
-                    sincos_reduced(float(t + k_rope) * s_freq[ch * 8u + e], sn, cs);
-                    float a = lo[e], b = hi8[e];
-                    lo[e] = a * cs - b * sn;
-                    hi8[e] = b * cs + a * sn;
-                }
-            }
+            if (rope)
+                rope_k(lo, hi8, ch, base + int(tt) + k_rope);
             uint o = tt * Q4 + ch * 2u;
             s_k[o] = vec4(lo[0], lo[1], lo[2], lo[3]);
             s_k[o + 1u] = vec4(lo[4], lo[5], lo[6], lo[7]);
@@ -198,28 +311,31 @@ void store_tile(int base, bool rope, int k_rope) {
     }
 }
 
-// Query row r of this invocation: this lane's columns, rotated at position pos.
-void load_q_row(uint r, uint64_t row_addr, bool ok, bool rope, int pos) {
-    [[unroll]] for (uint c = 0u; c < NV; c++) {
-        uvec2 w = uvec2(0u);
-        if (ok)
-            w = U2Ref(row_addr + 8ul * uint64_t(lane_ + c * LANES)).v;
-        g_q[r * NV + c] = decode4(Q_DTYPE, w);
-    }
-    if (!rope)
-        return;
-    [[unroll]] for (uint c = 0u; c < HALF_NV; c++) {
-        uint d0 = (lane_ + c * LANES) * 4u; // < HEAD_DIM / 2: the partner is column c + HALF_NV
-        vec4 lo = g_q[r * NV + c], hi = g_q[r * NV + c + HALF_NV];
-        [[unroll]] for (uint e = 0u; e < 4u; e++) {
-            float sn, cs;
-            sincos_reduced(float(pos) * s_freq[d0 + e], sn, cs);
-            float a = lo[e], b = hi[e];
-            lo[e] = a * cs - b * sn;
-            hi[e] = b * cs + a * sn;
+// compute_scores: this lane's part of q . k for the SB keys of the sub-block at tile key sb
+// and the ROWS rows: g_s[r * SB + j].
+void compute_scores(uint sb) {
+    [[unroll]] for (uint j = 0u; j < SB; j++) {
+        vec4 kc[NV];
+        [[unroll]] for (uint c = 0u; c < NV; c++)
+            kc[c] = s_k[(sb + j) * Q4 + lane_ + c * LANES];
+        [[unroll]] for (uint r = 0u; r < ROWS; r++) {
+            float d = 0.0;
+            [[unroll]] for (uint c = 0u; c < NV; c++)
+                d += dot(g_q[r * NV + c], kc[c]);
+            g_s[r * SB + j] = d;
         }
-        g_q[r * NV + c] = lo;
-        g_q[r * NV + c + HALF_NV] = hi;
+    }
+}
+
+// reduce_scores: the dot products summed over the row's lanes (xor butterfly: every lane ends
+// with the same bits).
+void reduce_scores() {
+    [[unroll]] for (uint k = 0u; k < 6u; k++) {
+        uint off = 1u << k;
+        if (off < LANES) {
+            [[unroll]] for (uint i = 0u; i < SCORES; i++)
+                g_s[i] += subgroupShuffleXor(g_s[i], off);
+        }
     }
 }
 
@@ -239,6 +355,94 @@ uint mask_bits(uint64_t mask, int64_t bit0, int n) {
     return uint(both >> off);
 }
 
+// mask_scores: row r's logits of the sub-block's keys t0 .. t0 + SB - 1 in log2 units (scaled,
+// soft-capped, ALiBi added), then the masks (the pass's key range, causal, window, custom): a
+// dropped key's logit becomes -inf (branch-free).
+void mask_scores(PrefillParams P, Run run, Item it, uint r, Row row, int t0, int hi) {
+    uint bits = 0xffffffffu;
+    if (run.custom)
+        bits = mask_bits(P.mask,
+                         it.mask_bit_base + int64_t(row.tok) * int64_t(it.kv_len) + int64_t(t0),
+                         min(int(SB), hi - t0));
+    [[unroll]] for (uint j = 0u; j < SB; j++) {
+        int t = t0 + int(j);
+        float x = g_s[r * SB + j] * run.logit_scale; // log2 domain
+        if (run.softcap)
+            x = run.soft_cap * LOG2E * tanh(clamp(x * LN2 / run.soft_cap, -15.0, 15.0));
+        if (run.alibi)
+            x += row.slope * LOG2E * float(t - row.pos);
+        bool kept = t < hi && (!run.causal || t <= row.pos) &&
+                    (!run.window || t >= row.pos - run.window_left) &&
+                    ((bits >> j) & 1u) != 0u;
+        g_s[r * SB + j] = kept ? x : neg_inf();
+    }
+}
+
+// softmax_update: row r's new running max over the sub-block, one rescale of l and the
+// accumulator (exp2(NEG_BIG - x) is 0; a sub-block with no kept key leaves the state as it is),
+// and the keys' weights p = exp2(x - m) in place of their logits, summed into l.
+void softmax_update(uint r) {
+    float mx = neg_inf();
+    [[unroll]] for (uint j = 0u; j < SB; j++)
+        mx = max(mx, g_s[r * SB + j]);
+    float m_new = max(g_m[r], mx);
+    float alpha = exp2(g_m[r] - m_new);
+    g_m[r] = m_new;
+    g_l[r] *= alpha;
+    [[unroll]] for (uint c = 0u; c < NV; c++)
+        g_acc[r * NV + c] *= alpha;
+    [[unroll]] for (uint j = 0u; j < SB; j++) {
+        float p = exp2(g_s[r * SB + j] - m_new);
+        g_s[r * SB + j] = p;
+        g_l[r] += p;
+    }
+}
+
+// accumulate_pv: acc += p * v for the sub-block's keys (tile keys sb .. sb + SB - 1).
+void accumulate_pv(uint sb) {
+    [[unroll]] for (uint j = 0u; j < SB; j++) {
+        vec4 vc[NV];
+        [[unroll]] for (uint c = 0u; c < NV; c++)
+            vc[c] = s_v[(sb + j) * Q4 + lane_ + c * LANES];
+        [[unroll]] for (uint r = 0u; r < ROWS; r++)
+            [[unroll]] for (uint c = 0u; c < NV; c++)
+                g_acc[r * NV + c] += g_s[r * SB + j] * vc[c];
+    }
+}
+
+// store_output: row r normalised, as out/lse or as the partial state of the item's slot.
+void store_output(PrefillParams P, PrefillPlanInfo I, uint64_t plan, Item it, int row0,
+                  float out_scale, uint r, Row row) {
+    float inv = output_scale(g_l[r], out_scale);
+    float lse = state_lse(g_m[r], g_l[r]);
+    if (it.slot < 0) {
+        int64_t o_off = int64_t(it.qo_begin + row.tok) * P.o_stride_row +
+                        int64_t(row.head) * P.o_stride_head;
+        uint64_t o_row = P.o + 2ul * uint64_t(o_off);
+        [[unroll]] for (uint c = 0u; c < NV; c++)
+            U2Ref(o_row + 8ul * uint64_t(lane_ + c * LANES)).v =
+                flp_encode4(Q_DTYPE, g_acc[r * NV + c] * inv);
+        if (P.lse != 0ul && lane_ == 0u) {
+            int64_t l_off = int64_t(it.qo_begin + row.tok) * P.lse_stride_row + int64_t(row.head);
+            F32Ref(P.lse + 4ul * uint64_t(l_off)).v[0] = lse;
+        }
+    } else {
+        int prow = it.slot * FLP_PREFILL_MAX_TILE + (row0 + int(grp_ * ROWS + r) - it.row_begin);
+        F32Ref o_row = F32Ref(uint64_t(plan_floats(plan, I.off_partial_o)) +
+                              4ul * uint64_t(prow) * uint64_t(HEAD_DIM));
+        [[unroll]] for (uint c = 0u; c < NV; c++) {
+            vec4 x = g_acc[r * NV + c] * inv;
+            uint d0 = (lane_ + c * LANES) * 4u;
+            o_row.v[d0] = x.x;
+            o_row.v[d0 + 1u] = x.y;
+            o_row.v[d0 + 2u] = x.z;
+            o_row.v[d0 + 3u] = x.w;
+        }
+        if (lane_ == 0u)
+            plan_floats(plan, I.off_partial_lse).v[prow] = lse;
+    }
+}
+
 void main() {
     PrefillParams P = PrefillParams(push.params);
     PrefillPlanInfo I = PrefillPlanInfo(P.plan); // what the last (re-)plan decided
@@ -247,203 +451,67 @@ void main() {
     grp_ = tid_ / LANES;
 
     uint flags = I.flags;
-    bool causal = (flags & FLP_FLAG_CAUSAL) != 0u;
-    bool window = (flags & FLP_FLAG_WINDOW) != 0u;
-    bool softcap = (flags & FLP_FLAG_SOFTCAP) != 0u;
-    bool alibi = (flags & FLP_FLAG_ALIBI) != 0u;
-    bool rope = (flags & FLP_FLAG_ROPE) != 0u;
-    bool custom = (flags & FLP_FLAG_CUSTOM_MASK) != 0u;
+    Run run;
+    run.causal = (flags & FLP_FLAG_CAUSAL) != 0u;
+    run.window = (flags & FLP_FLAG_WINDOW) != 0u;
+    run.softcap = (flags & FLP_FLAG_SOFTCAP) != 0u;
+    run.alibi = (flags & FLP_FLAG_ALIBI) != 0u;
+    run.rope = (flags & FLP_FLAG_ROPE) != 0u;
+    run.custom = (flags & FLP_FLAG_CUSTOM_MASK) != 0u;
     g_paged = (flags & FLP_FLAG_PAGED) != 0u;
     bool fp8 = KV_BYTES == 1u;
     // fp8 scales are linear: k_scale folds into the logit scale, v_scale into the output
-    float logit_scale = I.sm_scale * (fp8 ? I.k_scale : 1.0) * LOG2E;
+    run.logit_scale = I.sm_scale * (fp8 ? I.k_scale : 1.0) * LOG2E;
     float out_scale = fp8 ? I.v_scale : 1.0;
-    float soft_cap = I.soft_cap;
-    int window_left = I.window_left;
-    int group = I.group_size;
+    run.soft_cap = I.soft_cap;
+    run.window_left = I.window_left;
+    run.group = I.group_size;
     g_page_size = I.page_size;
     uint64_t plan = P.plan;
 
-    if (rope) {
-        F32Ref freq = plan_floats(plan, I.off_rope_freq);
-        [[unroll]] for (uint s = 0u; s < (HEAD_DIM / 2u + WG - 1u) / WG; s++) {
-            uint i = tid_ + s * WG;
-            if (i < HEAD_DIM / 2u)
-                s_freq[i] = freq.v[i];
-        }
-    }
+    if (run.rope)
+        load_rope_freq(I, plan);
     barrier();
 
     int cta = int(gl_WorkGroupID.x);
     I32Ref work_indptr = plan_ints(plan, I.off_work_indptr);
     int item_end = work_indptr.v[cta + 1];
     for (int item = work_indptr.v[cta]; item < item_end; item++) {
-        I32Ref work = I32Ref(uint64_t(plan_ints(plan, I.off_work_items)) +
-                             4ul * uint64_t(item * FLP_PREFILL_ITEM_INTS));
-        int b = work.v[FLP_PITEM_REQUEST];
-        int g = work.v[FLP_PITEM_KV_HEAD];
-        int row_begin = work.v[FLP_PITEM_ROW_BEGIN];
-        int row_end = work.v[FLP_PITEM_ROW_END];
-        int kv_begin = work.v[FLP_PITEM_KV_BEGIN];
-        int kv_end = work.v[FLP_PITEM_KV_END];
-        int slot = work.v[FLP_PITEM_PARTIAL_SLOT];
-        I32Ref qo_indptr = plan_ints(plan, I.off_qo_indptr);
-        int qo_begin = qo_indptr.v[b];
-        int qo_len = qo_indptr.v[b + 1] - qo_begin;
-        int kv_len = plan_ints(plan, I.off_kv_len).v[b];
-        int kv_start = plan_ints(plan, I.off_kv_indptr).v[b];
-        g_kv_head = g;
-        g_kv_indices = uint64_t(plan_ints(plan, I.off_kv_indices)) + 4ul * uint64_t(kv_start);
-        g_row_base = int64_t(kv_start);
-        int q_rope = rope ? plan_ints(plan, I.off_q_rope_offset).v[b] : 0;
-        int k_rope = rope ? plan_ints(plan, I.off_k_rope_offset).v[b] : 0;
-        int64_t mask_bit_base =
-            custom ? int64_t(plan_ints(plan, I.off_mask_indptr).v[b]) * 8l : 0l;
-
-        for (int pass_row = row_begin; pass_row < row_end; pass_row += int(BQ)) {
-            // This invocation's rows: packed row p = query token p / group, head p % group.
-            int pos[ROWS], tok[ROWS], head[ROWS];
-            bool ok[ROWS];
-            float slope[ROWS];
+        Item it = next_item(I, plan, item, run);
+        for (int row0 = it.row_begin; row0 < it.row_end; row0 += int(BQ)) {
+            Row rows[ROWS];
             [[unroll]] for (uint r = 0u; r < ROWS; r++) {
-                int p = pass_row + int(grp_ * ROWS + r);
-                ok[r] = p < row_end;
-                int pp = ok[r] ? p : row_begin;
-                tok[r] = pp / group;
-                head[r] = g * group + pp % group;
-                pos[r] = kv_len - qo_len + tok[r];
-                slope[r] = alibi ? plan_floats(plan, I.off_alibi_slopes).v[head[r]] : 0.0;
-                int64_t q_off = int64_t(qo_begin + tok[r]) * P.q_stride_row +
-                                int64_t(head[r]) * P.q_stride_head;
-                load_q_row(r, P.q + 2ul * uint64_t(q_off), ok[r], rope, pos[r] + q_rope);
-                g_m[r] = NEG_BIG;
-                g_l[r] = 0.0;
-                [[unroll]] for (uint c = 0u; c < NV; c++)
-                    g_acc[r * NV + c] = vec4(0.0);
+                rows[r] = pass_row(I, plan, run, it, row0, r);
+                load_q(P, run, it, r, rows[r]);
+                init_state(r);
             }
-            // Keys no row of this pass keeps are not even loaded.
-            int last_row = min(pass_row + int(BQ), row_end) - 1;
-            int lo = kv_begin, hi = kv_end;
-            if (causal)
-                hi = min(hi, kv_len - qo_len + last_row / group + 1);
-            if (window)
-                lo = max(lo, kv_len - qo_len + pass_row / group - window_left);
+            ivec2 keys = clip_keys(run, it, row0); // [lo, hi): keys some row of the pass keeps
 
-            if (PREFETCH != 0u && lo < hi)
-                fetch_tile(P, lo, hi);
-            for (int base = lo; base < hi; base += int(BK)) {
+            if (PREFETCH != 0u && keys.x < keys.y)
+                issue_kv_copy(P, keys.x, keys.y);
+            for (int base = keys.x; base < keys.y; base += int(BK)) {
                 barrier(); // the previous tile is no longer read
                 if (PREFETCH == 0u)
-                    fetch_tile(P, base, hi);
-                store_tile(base, rope, k_rope);
+                    issue_kv_copy(P, base, keys.y);
+                load_kv(base, run.rope, it.k_rope);
                 barrier();
-                if (PREFETCH != 0u && base + int(BK) < hi)
-                    fetch_tile(P, base + int(BK), hi); // in flight during the math below
+                if (PREFETCH != 0u && base + int(BK) < keys.y)
+                    issue_kv_copy(P, base + int(BK), keys.y); // in flight during the math below
 
                 [[dont_unroll]] for (uint sb = 0u; sb < BK; sb += SB) {
-                    int t0 = base + int(sb);
-                    float s[ROWS * SB];
-                    [[unroll]] for (uint j = 0u; j < SB; j++) {
-                        vec4 kc[NV];
-                        [[unroll]] for (uint c = 0u; c < NV; c++)
-                            kc[c] = s_k[(sb + j) * Q4 + lane_ + c * LANES];
-                        [[unroll]] for (uint r = 0u; r < ROWS; r++) {
-                            float d = 0.0;
-                            [[unroll]] for (uint c = 0u; c < NV; c++)
-                                d += dot(g_q[r * NV + c], kc[c]);
-                            s[r * SB + j] = d;
-                        }
-                    }
-                    // xor butterfly over the row's lanes: every lane ends with the same bits
-                    [[unroll]] for (uint k = 0u; k < 6u; k++) {
-                        uint off = 1u << k;
-                        if (off < LANES) {
-                            [[unroll]] for (uint i = 0u; i < ROWS * SB; i++)
-                                s[i] += subgroupShuffleXor(s[i], off);
-                        }
-                    }
+                    compute_scores(sb);
+                    reduce_scores();
                     [[unroll]] for (uint r = 0u; r < ROWS; r++) {
-                        uint bits = 0xffffffffu;
-                        if (custom)
-                            bits = mask_bits(P.mask,
-                                             mask_bit_base + int64_t(tok[r]) * int64_t(kv_len) +
-                                                 int64_t(t0),
-                                             min(int(SB), hi - t0));
-                        float mx = neg_inf();
-                        [[unroll]] for (uint j = 0u; j < SB; j++) {
-                            int t = t0 + int(j);
-                            float x = s[r * SB + j] * logit_scale; // log2 domain
-                            if (softcap)
-                                x = soft_cap * LOG2E *
-                                    tanh(clamp(x * LN2 / soft_cap, -15.0, 15.0));
-                            if (alibi)
-                                x += slope[r] * LOG2E * float(t - pos[r]);
-                            bool kept = t < hi && (!causal || t <= pos[r]) &&
-                                        (!window || t >= pos[r] - window_left) &&
-                                        ((bits >> j) & 1u) != 0u;
-                            x = kept ? x : neg_inf();
-                            s[r * SB + j] = x;
-                            mx = max(mx, x);
-                        }
-                        // one rescale per sub-block (exp2(NEG_BIG - x) is 0; a sub-block with
-                        // no kept key leaves the state as it is)
-                        float m_new = max(g_m[r], mx);
-                        float alpha = exp2(g_m[r] - m_new);
-                        g_m[r] = m_new;
-                        g_l[r] *= alpha;
-                        [[unroll]] for (uint c = 0u; c < NV; c++)
-                            g_acc[r * NV + c] *= alpha;
+                        mask_scores(P, run, it, r, rows[r], base + int(sb), keys.y);
+                        softmax_update(r); // row r's g_s: the keys' weights p from here on
                     }
-                    [[unroll]] for (uint j = 0u; j < SB; j++) {
-                        vec4 vc[NV];
-                        [[unroll]] for (uint c = 0u; c < NV; c++)
-                            vc[c] = s_v[(sb + j) * Q4 + lane_ + c * LANES];
-                        [[unroll]] for (uint r = 0u; r < ROWS; r++) {
-                            float p = exp2(s[r * SB + j] - g_m[r]);
-                            g_l[r] += p;
-                            [[unroll]] for (uint c = 0u; c < NV; c++)
-                                g_acc[r * NV + c] += p * vc[c];
-                        }
-                    }
+                    accumulate_pv(sb);
                 }
             }
 
-            // The rows: final out/lse, or the partial state for the merge.
-            [[unroll]] for (uint r = 0u; r < ROWS; r++) {
-                if (!ok[r])
-                    continue;
-                bool any = g_l[r] > 0.0;
-                float inv = any ? out_scale / g_l[r] : 0.0; // no kept key: exactly 0
-                float lse = any ? (g_m[r] + log2(g_l[r])) * LN2 : neg_inf();
-                if (slot < 0) {
-                    int64_t o_off = int64_t(qo_begin + tok[r]) * P.o_stride_row +
-                                    int64_t(head[r]) * P.o_stride_head;
-                    uint64_t o_row = P.o + 2ul * uint64_t(o_off);
-                    [[unroll]] for (uint c = 0u; c < NV; c++)
-                        U2Ref(o_row + 8ul * uint64_t(lane_ + c * LANES)).v =
-                            encode4(Q_DTYPE, g_acc[r * NV + c] * inv);
-                    if (P.lse != 0ul && lane_ == 0u) {
-                        int64_t l_off =
-                            int64_t(qo_begin + tok[r]) * P.lse_stride_row + int64_t(head[r]);
-                        F32Ref(P.lse + 4ul * uint64_t(l_off)).v[0] = lse;
-                    }
-                } else {
-                    int prow = slot * FLP_PREFILL_MAX_TILE +
-                               (pass_row + int(grp_ * ROWS + r) - row_begin);
-                    F32Ref o_row = F32Ref(uint64_t(plan_floats(plan, I.off_partial_o)) +
-                                          4ul * uint64_t(prow) * uint64_t(HEAD_DIM));
-                    [[unroll]] for (uint c = 0u; c < NV; c++) {
-                        vec4 x = g_acc[r * NV + c] * inv;
-                        uint d0 = (lane_ + c * LANES) * 4u;
-                        o_row.v[d0] = x.x;
-                        o_row.v[d0 + 1u] = x.y;
-                        o_row.v[d0 + 2u] = x.z;
-                        o_row.v[d0 + 3u] = x.w;
-                    }
-                    if (lane_ == 0u)
-                        plan_floats(plan, I.off_partial_lse).v[prow] = lse;
-                }
-            }
+            [[unroll]] for (uint r = 0u; r < ROWS; r++)
+                if (rows[r].ok)
+                    store_output(P, I, plan, it, row0, out_scale, r, rows[r]);
         }
     }
 }

@@ -13,6 +13,7 @@
 
 #include "prefill_params.glsl"
 #include "dtype.glsl"
+#include "merge_state.glsl"
 
 layout(constant_id = FLP_SPEC_HEAD_DIM) const uint HEAD_DIM = 128;
 layout(constant_id = FLP_SPEC_Q_DTYPE) const uint Q_DTYPE = FLP_DT_F16;
@@ -48,43 +49,37 @@ void main() {
         for (uint u = gl_LocalInvocationIndex; u < units; u += WG) {
             int pr = int(u / CHUNKS); // row within the item (and within every slot)
             uint d0 = (u % CHUNKS) * 8u;
-            bool any = false;
+            bool any = false; // an empty state (lse -inf) is the merge's identity
             float s = 0.0;
-            float o[8];
-            [[unroll]] for (uint e = 0u; e < 8u; e++)
-                o[e] = 0.0;
+            vec4 o[2] = vec4[2](vec4(0.0), vec4(0.0)); // the chunk's 8 columns
             for (int c = 0; c < chunks; c++) {
                 int prow = (first + c) * FLP_PREFILL_MAX_TILE + pr;
                 float sb = partial_lse.v[prow];
-                if (!(sb > -1.0e30))
-                    continue; // -inf: no key in this chunk
+                if (partial_is_empty(sb))
+                    continue; // no key in this chunk
                 F32Ref row =
                     F32Ref(partial_o + 4ul * (uint64_t(prow) * uint64_t(HEAD_DIM) + d0));
+                vec4 ob[2] = vec4[2](vec4(row.v[0], row.v[1], row.v[2], row.v[3]),
+                                     vec4(row.v[4], row.v[5], row.v[6], row.v[7]));
                 if (!any) {
                     s = sb;
-                    [[unroll]] for (uint e = 0u; e < 8u; e++)
-                        o[e] = row.v[e];
+                    o = ob;
                     any = true;
                     continue;
                 }
-                float m = max(s, sb);
-                float wa = exp(s - m);
-                float wb = exp(sb - m);
-                float inv = 1.0 / (wa + wb);
-                [[unroll]] for (uint e = 0u; e < 8u; e++)
-                    o[e] = (wa * o[e] + wb * row.v[e]) * inv;
-                s = m + log(wa + wb);
+                vec3 w = merge_lse(s, sb);
+                o[0] = merge_o(w, o[0], ob[0]);
+                o[1] = merge_o(w, o[1], ob[1]);
             }
             int p = row_begin + pr;
             int i = qo_begin + p / group;
             int h = g * group + p % group;
             int64_t o_off = int64_t(i) * P.o_stride_row + int64_t(h) * P.o_stride_head + int64_t(d0);
             U4Ref(P.o + 2ul * uint64_t(o_off)).v =
-                uvec4(flp_pack16x2(Q_DTYPE, o[0], o[1]), flp_pack16x2(Q_DTYPE, o[2], o[3]),
-                      flp_pack16x2(Q_DTYPE, o[4], o[5]), flp_pack16x2(Q_DTYPE, o[6], o[7]));
+                uvec4(flp_encode4(Q_DTYPE, o[0]), flp_encode4(Q_DTYPE, o[1]));
             if (want_lse && d0 == 0u) {
                 int64_t l_off = int64_t(i) * P.lse_stride_row + int64_t(h);
-                F32Ref(P.lse + 4ul * uint64_t(l_off)).v[0] = any ? s : uintBitsToFloat(0xff800000u);
+                F32Ref(P.lse + 4ul * uint64_t(l_off)).v[0] = any ? s : neg_inf();
             }
         }
     }
