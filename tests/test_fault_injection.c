@@ -20,8 +20,9 @@
 #include "core/alloc.h"
 #include "core/plan.h"
 #include "tests/fake_backend.h"
+#include "tests/fault_walk.h"
 
-/* ---- the walk ------------------------------------------------------------------------------ */
+/* ---- the walk (tests/fault_walk.h) ------------------------------------------------------- */
 
 /* One entry point under the walk. Callbacks run with injection off except call. */
 typedef struct walk {
@@ -37,35 +38,33 @@ typedef struct walk {
     const flp_page_table *table;
 } walk;
 
-#define WALK_MAX_SITES 64
+static void walk_prepare(void *w) {
+    ((const walk *)w)->prepare(((const walk *)w)->state);
+}
+
+static flp_status walk_call(void *w) {
+    return ((const walk *)w)->call(((const walk *)w)->state);
+}
+
+static void walk_check_failed(void *w) {
+    ((const walk *)w)->check_failed(((const walk *)w)->state);
+}
+
+static const char *walk_message(void *state) {
+    const walk *w = state;
+    return w->ctx ? flp_context_last_error(w->ctx) : flp_page_table_last_error(w->table);
+}
 
 /* Walks w; returns how many allocation sites the successful call reached. */
-static int64_t walk_run(const walk *w) {
-    for (int64_t n = 0; n <= WALK_MAX_SITES; n++) {
-        w->prepare(w->state);
-        flp_fault_arm(FLP_FAULT_ALL, n);
-        flp_status st = w->call(w->state);
-        flp_fault_report r = flp_fault_disarm();
-        if (!r.fired) {
-            if (st != FLP_OK)
-                fail_msg("%s: failed with no injected failure: %s", w->name, flp_status_string(st));
-            assert_int_equal(r.host + r.device, n);
-            return n;
-        }
-        const char *kind = r.fired_kind == FLP_FAULT_HOST ? "host" : "device";
-        if (st != FLP_ERROR_OUT_OF_MEMORY)
-            fail_msg("%s: %s allocation site %lld failed, the call returned %s", w->name, kind,
-                     (long long)n, flp_status_string(st));
-        const char *message = w->ctx     ? flp_context_last_error(w->ctx)
-                              : w->table ? flp_page_table_last_error(w->table)
-                                         : NULL;
-        if ((w->ctx || w->table) && (!message || !strcasestr(message, "memory")))
-            fail_msg("%s: %s allocation site %lld failed, the message does not say so: \"%s\"",
-                     w->name, kind, (long long)n, message ? message : "(none)");
-        w->check_failed(w->state);
-    }
-    fail_msg("%s: more than %d allocation sites", w->name, WALK_MAX_SITES);
-    return -1;
+static int64_t walk_run(walk *w) {
+    const fault_walk fw = {.name = w->name,
+                           .max_sites = 64,
+                           .state = w,
+                           .prepare = walk_prepare,
+                           .call = walk_call,
+                           .message = w->ctx || w->table ? walk_message : NULL,
+                           .check_failed = walk_check_failed};
+    return fault_walk_run(&fw);
 }
 
 #define POISON_I32 0x7EADBEEF

@@ -25,8 +25,9 @@
 #include "core/plan.h"
 #include "tests/fake_backend.h"
 #include "tests/fuzz/fuzz_input.h"
+#include "tests/fuzz/fuzz_plan_check.h"
+#include "tests/fuzz/fuzz_plan_draw.h"
 
-#include <math.h>
 #include <string.h>
 
 #define FN "flp_decode_plan"
@@ -84,35 +85,6 @@ typedef enum defect {
     NUM_DEFECTS
 } defect;
 
-/* The documented outcome of a call: a status and fragments its message must contain. */
-typedef struct outcome {
-    flp_status status;
-    int num_frags;
-    char frags[4][128];
-} outcome;
-
-static void mention(outcome *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void mention(outcome *o, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(o->frags[o->num_frags++], sizeof o->frags[0], fmt, ap);
-    va_end(ap);
-}
-
-/* A number in [0, n) from one byte, or two when n > 200 (n >= 1). */
-static int32_t pick(fuzz_input *in, int32_t n) {
-    uint32_t v = fuzz_u8(in);
-    if (n > 200)
-        v = v << 8 | fuzz_u8(in);
-    return (int32_t)(v % (uint32_t)n);
-}
-
-/* Something negative: -1, a small negative, INT32_MIN. */
-static int32_t pick_negative(fuzz_input *in) {
-    const uint8_t b = fuzz_u8(in);
-    return b % 3 == 0 ? -1 : b % 3 == 1 ? -1 - (int32_t)(b % 50) : INT32_MIN;
-}
-
 static caps pick_caps(fuzz_input *in) {
     caps c;
     c.max_batch = 1 + pick(in, MAX_BATCH);
@@ -130,36 +102,8 @@ static caps pick_caps(fuzz_input *in) {
     return c;
 }
 
-static int32_t pick_page_size(fuzz_input *in) {
-    static const int32_t sizes[] = {1,  2,  3,  4,  5,  7,  8,   15,  16,
-                                    17, 31, 32, 33, 64, 65, 100, 127, 128};
-    const uint8_t b = fuzz_u8(in);
-    return b < 200 ? sizes[b % 18] : 1 + b % FLP_MAX_PAGE_SIZE;
-}
-
-static void pick_variant(fuzz_input *in, const caps *c, flp_variant *v) {
-    memset(v, 0, sizeof *v);
-    v->head_dim = c->head_dim;
-    static const flp_dtype q[] = {FLP_DTYPE_DEFAULT, FLP_DTYPE_F16, FLP_DTYPE_BF16};
-    static const flp_dtype kv[] = {FLP_DTYPE_DEFAULT, FLP_DTYPE_F16, FLP_DTYPE_BF16, FLP_DTYPE_E4M3,
-                                   FLP_DTYPE_E5M2};
-    v->q_dtype = q[fuzz_u8(in) % 3];
-    v->kv_dtype = kv[fuzz_u8(in) % 5];
-    v->mask = fuzz_u8(in) % 2 ? FLP_MASK_CAUSAL : FLP_MASK_NONE;
-    const uint8_t w = fuzz_u8(in);
-    v->use_window = w % 3 == 0;
-    /* small windows clip long requests; huge ones clip nothing; 0 keeps a row's own key */
-    v->window_left = w < 128   ? pick(in, 300)
-                     : w < 192 ? pick(in, 4)
-                     : w < 240 ? pick(in, 5000)
-                               : INT32_MAX - w % 4;
-    const uint8_t opts = fuzz_u8(in);
-    v->logits_soft_cap = opts & 1 ? 30.0f : 0.0f;
-    v->sm_scale = opts & 2 ? 0.25f : 0.0f;
-    v->pos_encoding = (flp_pos_encoding)((opts >> 2) % 3);
-    v->k_scale = opts & 32 ? 0.5f : 0.0f;
-    v->v_scale = opts & 64 ? 2.0f : 0.0f;
-}
+/* Decode variants: no custom mask (6: UNSUPPORTED in decode, drawn as a defect only). */
+static const variant_draw decode_variants = {.mask_modes = 2, .soft_cap = 30.0f, .sm_scale = 0.25f};
 
 /* Draws a batch for c, broken as *d says (*d becomes VALID when c makes that defect impossible),
  * and the documented outcome of planning it. */
@@ -225,14 +169,10 @@ static void pick_batch(fuzz_input *in, const caps *c, defect *d, batch *b, outco
     for (int32_t r = 0; r < b->batch_size; r++)
         b->indptr[r + 1] = b->indptr[r] + pages[r];
     const int32_t total = b->indptr[b->batch_size];
-    for (int32_t i = 0; i < total; i++) {
-        const uint8_t k = fuzz_u8(in);
-        /* ids up to twice the capacity (ids are not bounded by it), repeats, now and then the
-         * largest int32 ids (the run's cache must then have 2^31 pages) */
-        b->indices[i] = k < 16 ? 0 : k < 20 ? INT32_MAX - k % 4 : pick(in, 2 * c->max_pages);
-    }
+    for (int32_t i = 0; i < total; i++)
+        b->indices[i] = pick_page_id(in, c->max_pages);
     b->null_indices = total == 0 && fuzz_u8(in) % 2; /* allowed: no page to read */
-    pick_variant(in, c, &b->variant);
+    pick_variant(in, c->head_dim, &decode_variants, &b->variant);
     const uint8_t extras = fuzz_u8(in);
     b->with_q_off = extras & 1;
     b->with_k_off = extras & 2;
@@ -252,13 +192,10 @@ static void pick_batch(fuzz_input *in, const caps *c, defect *d, batch *b, outco
         o->status = FLP_OK;
         break;
     case BAD_BATCH_SIZE:
-        b->batch_size = fuzz_u8(in) % 2 ? 0 : pick_negative(in);
-        mention(o, "batch_size = %d", b->batch_size);
+        break_batch_size(in, &b->batch_size, o);
         break;
     case OVER_BATCH:
-        o->status = FLP_ERROR_CAPACITY;
-        mention(o, "batch_size = %d", b->batch_size);
-        mention(o, "max_batch_size = %d", c->max_batch);
+        over_batch_size(b->batch_size, c->max_batch, o);
         break;
     case BAD_QO_LEN: {
         const int32_t bad[] = {-1, FLP_DECODE_MAX_QO_LEN + 1, INT32_MIN, INT32_MAX, -8, 100};
@@ -277,60 +214,41 @@ static void pick_batch(fuzz_input *in, const caps *c, defect *d, batch *b, outco
         mention(o, "qo_len = %d", b->qo_len);
         mention(o, "max_qo_len = %d", max_qo);
         break;
-    case BAD_PAGE_SIZE: {
-        const int32_t bad[] = {0, -1, FLP_MAX_PAGE_SIZE + 1, 256, INT32_MAX, INT32_MIN};
-        b->page_size = bad[fuzz_u8(in) % 6];
-        mention(o, "page_size = %d", b->page_size);
+    case BAD_PAGE_SIZE:
+        break_page_size(in, &b->page_size, o);
         break;
-    }
-    case BAD_LAYOUT: {
-        const int32_t bad[] = {2, -1, 7, INT32_MAX};
-        b->layout = bad[fuzz_u8(in) % 4];
-        mention(o, "kv_layout = %d", b->layout);
+    case BAD_LAYOUT:
+        break_enum(in, "kv_layout", &b->layout, o);
         break;
-    }
     case NULL_INDPTR:
         b->null_indptr = true;
         mention(o, "kv_indptr is NULL");
         break;
     case BAD_INDPTR0:
-        b->indptr[0] = fuzz_u8(in) % 2 ? 1 + pick(in, 5) : pick_negative(in);
-        mention(o, "kv_indptr[0] = %d", b->indptr[0]);
+        break_indptr0(in, "kv_indptr", b->indptr, o);
         break;
     case DECREASING_INDPTR: {
         const int32_t r = pick(in, b->batch_size);
-        b->indptr[r + 1] = b->indptr[r] - 1 - pick(in, 3);
-        mention(o, "kv_indptr");
-        mention(o, "request %d", r);
-        mention(o, "%d then %d", b->indptr[r], b->indptr[r + 1]);
+        decrease_indptr(in, "kv_indptr", b->indptr, r, o);
         break;
     }
     case OVER_PAGES:
-        b->indptr[b->batch_size] = c->max_pages + 1 + pick(in, 8);
-        o->status = FLP_ERROR_CAPACITY;
-        mention(o, "kv_indptr[%d] = %d", b->batch_size, b->indptr[b->batch_size]);
-        mention(o, "max_pages = %d", c->max_pages);
+        over_indptr_end(in, "kv_indptr", b->indptr, b->batch_size, "max_pages", c->max_pages, o);
         break;
     case NULL_LAST:
         b->null_last = true;
         mention(o, "kv_last_page_len is NULL");
         break;
-    case BAD_LAST: {
-        const int32_t bad[] = {0, -1, ps + 1, INT32_MAX, INT32_MIN, ps + 100};
-        b->last[target] = bad[fuzz_u8(in) % 6];
-        mention(o, "kv_last_page_len[%d] = %d", target, b->last[target]);
+    case BAD_LAST:
+        break_last_page_len(in, ps, b->last, target, o);
         break;
-    }
     case NULL_INDICES:
         b->null_indices = true;
         mention(o, "kv_indices is NULL");
         break;
-    case NEGATIVE_PAGE: {
-        const int32_t i = pick(in, total);
-        b->indices[i] = pick_negative(in);
-        mention(o, "kv_indices[%d] = %d", i, b->indices[i]);
+    case NEGATIVE_PAGE:
+        break_page_id(in, b->indices, total, o);
         break;
-    }
     case SHORT_REQUEST: /* 3 "Rows and keys": kv_len >= qo_len for a request with pages */
         mention(o, "request %d", target);
         mention(o, "%d keys", b->last[target]);
@@ -341,32 +259,15 @@ static void pick_batch(fuzz_input *in, const caps *c, defect *d, batch *b, outco
         o->status = FLP_ERROR_UNSUPPORTED;
         mention(o, "custom mask");
         break;
-    case OTHER_HEAD_DIM: {
-        /* another supported dim: not the plan's; 3 "Head dims": other multiples of 16 up to
-         * 256 are UNSUPPORTED, anything else INVALID_ARGUMENT */
-        const int32_t dims[] = {64, 128, 256, 96, 32, 240, 0, -64, 100, 512};
-        int32_t dim = dims[fuzz_u8(in) % 10];
-        if (dim == c->head_dim)
-            dim = c->head_dim == 64 ? 128 : 64;
-        b->variant.head_dim = dim;
-        if (dim > 0 && dim % 16 == 0 && dim <= 256 && dim != 64 && dim != 128 && dim != 256)
-            o->status = FLP_ERROR_UNSUPPORTED;
-        mention(o, "head_dim = %d", dim);
+    case OTHER_HEAD_DIM:
+        break_head_dim(in, c->head_dim, &b->variant, o);
         break;
-    }
     case BAD_WINDOW:
-        b->variant.use_window = true;
-        b->variant.window_left = pick_negative(in);
-        mention(o, "window_left = %d", b->variant.window_left);
+        break_window(in, &b->variant, o);
         break;
-    case BAD_SLOPE: {
-        const int32_t h = pick(in, c->hq);
-        b->with_slopes = true;
-        const uint8_t k = fuzz_u8(in) % 3;
-        b->slopes[h] = k == 0 ? NAN : k == 1 ? INFINITY : -INFINITY;
-        mention(o, "alibi_slopes[%d]", h);
+    case BAD_SLOPE:
+        break_slope(in, c->hq, b->slopes, &b->with_slopes, o);
         break;
-    }
     }
 }
 
@@ -395,8 +296,7 @@ typedef struct model {
     int32_t kv_len[ARR_BATCH], begin[ARR_BATCH], chunks[ARR_BATCH];
     int64_t chunk; /* keys per chunk; INT64_MAX: nothing split */
     int32_t num_items;
-    uint32_t flags;
-    flp_dtype q_dtype, kv_dtype;
+    variant_model variant; /* dtypes and flags */
     flp_kv_layout layout;
 } model;
 
@@ -407,13 +307,7 @@ static void model_batch(const caps *c, const batch *b, model *m) {
     m->qo_len = b->qo_len ? b->qo_len : 1;
     m->page_size = b->page_size;
     m->layout = (flp_kv_layout)b->layout;
-    m->q_dtype = v->q_dtype == FLP_DTYPE_DEFAULT ? FLP_DTYPE_F16 : v->q_dtype;
-    m->kv_dtype = v->kv_dtype == FLP_DTYPE_DEFAULT ? m->q_dtype : v->kv_dtype;
-    m->flags = (v->mask == FLP_MASK_CAUSAL ? FLP_FLAG_CAUSAL : 0u) |
-               (v->use_window ? FLP_FLAG_WINDOW : 0u) |
-               (v->logits_soft_cap > 0 ? FLP_FLAG_SOFTCAP : 0u) |
-               (v->pos_encoding == FLP_POS_ALIBI ? FLP_FLAG_ALIBI : 0u) |
-               (v->pos_encoding == FLP_POS_ROPE_LLAMA ? FLP_FLAG_ROPE : 0u);
+    m->variant = model_variant(v);
     m->max_page_id = -1;
     for (int32_t i = 0; i < b->indptr[b->batch_size]; i++)
         m->max_page_id = b->indices[i] > m->max_page_id ? b->indices[i] : m->max_page_id;
@@ -444,46 +338,9 @@ static void model_batch(const caps *c, const batch *b, model *m) {
 
 /* ---- reading the plan back ----------------------------------------------------------------- */
 
-/* The decode region as uploaded: the fake device's buffers are host memory. */
-static const uint8_t *device_region(const flp_plan *plan) {
-    return (const uint8_t *)plan->buffer->native + plan->base;
-}
-
+/* The uploaded decode region's words, from its info struct. */
 static const int32_t *device_words(const flp_plan *plan, uint32_t word_offset) {
-    return (const int32_t *)(device_region(plan) + plan->layout.info) + word_offset;
-}
-
-/* What a refused call must leave as it was: both mirrors, both uploaded regions, the summary. */
-typedef struct snapshot {
-    uint8_t *host, *device, *pf_host, *pf_device;
-    size_t bytes, pf_bytes;
-    flp_plan_summary summary;
-} snapshot;
-
-static void *copy_of(const void *src, size_t n) {
-    void *p = malloc(n ? n : 1);
-    FUZZ_CHECK(p, "out of memory for a %zu-byte snapshot", n);
-    if (n)
-        memcpy(p, src, n);
-    return p;
-}
-
-static void take_snapshot(const flp_plan *plan, snapshot *s) {
-    s->bytes = plan->layout.metadata_end;
-    s->host = copy_of(plan->host, s->bytes);
-    s->device = copy_of(device_region(plan), s->bytes);
-    const flp_prefill_layout *pl = &plan->layout.prefill;
-    s->pf_bytes = pl->metadata_end - pl->info;
-    s->pf_host = copy_of(plan->prefill_host, s->pf_bytes);
-    s->pf_device = copy_of(device_region(plan) + pl->info, s->pf_bytes);
-    flp_plan_summarize(plan, &s->summary);
-}
-
-static void free_snapshot(snapshot *s) {
-    free(s->host);
-    free(s->device);
-    free(s->pf_host);
-    free(s->pf_device);
+    return (const int32_t *)(plan_device_region(plan) + plan->layout.info) + word_offset;
 }
 
 /* The prefill region is never touched by a decode call; the decode region only when accepted. */
@@ -492,13 +349,13 @@ static void check_unchanged(const flp_plan *plan, const snapshot *s, bool decode
     if (s->pf_bytes > 0) { /* a plan without prefill capacity has no region (and no mirror) */
         FUZZ_CHECK(memcmp(s->pf_host, plan->prefill_host, s->pf_bytes) == 0,
                    "a decode plan call changed the prefill mirror");
-        FUZZ_CHECK(memcmp(s->pf_device, device_region(plan) + pl->info, s->pf_bytes) == 0,
+        FUZZ_CHECK(memcmp(s->pf_device, plan_device_region(plan) + pl->info, s->pf_bytes) == 0,
                    "a decode plan call changed the uploaded prefill region");
     }
     if (!decode_too)
         return;
     FUZZ_CHECK(memcmp(s->host, plan->host, s->bytes) == 0, "a refused call changed the mirror");
-    FUZZ_CHECK(memcmp(s->device, device_region(plan), s->bytes) == 0,
+    FUZZ_CHECK(memcmp(s->device, plan_device_region(plan), s->bytes) == 0,
                "a refused call changed the uploaded plan memory");
     flp_plan_summary now;
     flp_plan_summarize(plan, &now);
@@ -514,10 +371,7 @@ static void check_layout(const flp_plan *plan, const caps *c) {
     const flp_plan_layout *l = &plan->layout;
     const size_t i32 = 4, max_qo = (size_t)(c->max_qo_len ? c->max_qo_len : 1);
     const size_t items = (size_t)c->max_batch * (size_t)c->hkv + GRID;
-    const struct {
-        const char *name;
-        size_t at, bytes, align;
-    } parts[] = {
+    const layout_part parts[] = {
         {"info", l->info, sizeof(flp_decode_plan_info), 256},
         {"kv_indptr", l->kv_indptr, i32 * ((size_t)c->max_batch + 1), 16},
         {"kv_len", l->kv_len, i32 * (size_t)c->max_batch, 16},
@@ -534,35 +388,18 @@ static void check_layout(const flp_plan *plan, const caps *c) {
         {"partial_lse", l->partial_lse, 4 * items * max_qo * (size_t)c->group, 256},
         {"params_slot", l->params_slot, 256, 256},
     };
-    const size_t n = sizeof parts / sizeof parts[0];
     FUZZ_CHECK(plan->base % 256 == 0 && l->info == 0, "plan region at %zu, info at %zu", plan->base,
                l->info);
-    for (size_t i = 0; i < n; i++) {
-        FUZZ_CHECK(parts[i].at % parts[i].align == 0, "%s at byte %zu, not %zu-aligned",
-                   parts[i].name, parts[i].at, parts[i].align);
-        const size_t end = i + 1 < n ? parts[i + 1].at : l->total;
-        FUZZ_CHECK(parts[i].at + parts[i].bytes <= end, "%s [%zu, +%zu) runs into the next at %zu",
-                   parts[i].name, parts[i].at, parts[i].bytes, end);
-    }
-    FUZZ_CHECK(l->metadata_end >= l->kv_indices + i32 * (size_t)c->max_pages &&
-                   l->metadata_end <= l->partial_o,
-               "metadata_end %zu", l->metadata_end);
+    check_layout_parts(parts, sizeof parts / sizeof parts[0], l->total);
+    check_metadata_end(l->metadata_end, l->kv_indices, c->max_pages, l->partial_o);
     FUZZ_CHECK(plan->buffer->size >= plan->base + l->total, "the plan buffer is too small");
     FUZZ_CHECK(plan->num_ctas == GRID && plan->max_items >= 0 && (size_t)plan->max_items == items,
                "grid %d, max items %d (documented bound %zu)", plan->num_ctas, plan->max_items,
                items);
 }
 
-/* The standard ALiBi slopes of docs/design.md 3 "Positions". */
-static float standard_slope(int32_t hq, int32_t h) {
-    int32_t n = 1;
-    while (2 * n <= hq)
-        n *= 2;
-    return (float)exp2(h < n ? -8.0 * (h + 1) / n : -4.0 * (2 * (h - n) + 1) / n);
-}
-
 static void check_info(const flp_plan *plan, const caps *c, const batch *b, const model *m) {
-    const flp_decode_plan_info *p = (const flp_decode_plan_info *)device_region(plan);
+    const flp_decode_plan_info *p = (const flp_decode_plan_info *)plan_device_region(plan);
     const flp_plan_layout *l = &plan->layout;
 #define WORDS_OK(field) (p->off_##field * 4u == l->field - l->info)
     FUZZ_CHECK(WORDS_OK(kv_indptr) && WORDS_OK(kv_indices) && WORDS_OK(kv_len) &&
@@ -578,19 +415,8 @@ static void check_info(const flp_plan *plan, const caps *c, const batch *b, cons
                "info: batch %d qo %d heads %d/%d group %d dim %d page %d grid %d", p->batch_size,
                p->qo_len, p->num_qo_heads, p->num_kv_heads, p->group_size, p->head_dim,
                p->page_size, p->num_ctas);
-    const flp_variant *v = &b->variant;
-    const bool fp8 = m->kv_dtype == FLP_DTYPE_E4M3 || m->kv_dtype == FLP_DTYPE_E5M2;
-    const float sm = v->sm_scale > 0 ? v->sm_scale : (float)(1.0 / sqrt((double)c->head_dim));
-    FUZZ_CHECK(p->flags == m->flags, "info flags %#x, model %#x", p->flags, m->flags);
-    FUZZ_CHECK(p->window_left == (v->use_window ? v->window_left : -1), "info window_left %d",
-               p->window_left);
-    FUZZ_CHECK(p->q_dtype == (int32_t)m->q_dtype && p->kv_dtype == (int32_t)m->kv_dtype,
-               "info dtypes %d/%d, model %d/%d", p->q_dtype, p->kv_dtype, m->q_dtype, m->kv_dtype);
-    FUZZ_CHECK(p->sm_scale == sm && p->soft_cap == v->logits_soft_cap,
-               "info sm_scale %g soft_cap %g", (double)p->sm_scale, (double)p->soft_cap);
-    FUZZ_CHECK(p->k_scale == (fp8 && v->k_scale > 0 ? v->k_scale : 1.0f) &&
-                   p->v_scale == (fp8 && v->v_scale > 0 ? v->v_scale : 1.0f),
-               "info scales %g/%g", (double)p->k_scale, (double)p->v_scale);
+    const info_variant got = INFO_VARIANT(p);
+    check_info_variant(&got, &b->variant, c->head_dim, &m->variant);
 
     /* the batch's arrays, copied */
     const int32_t *kv_indptr = device_words(plan, p->off_kv_indptr);
@@ -612,75 +438,22 @@ static void check_info(const flp_plan *plan, const caps *c, const batch *b, cons
     for (int32_t i = 0; i < b->indptr[b->batch_size]; i++)
         FUZZ_CHECK(indices[i] == b->indices[i], "kv_indices[%d] uploaded %d, given %d", i,
                    indices[i], b->indices[i]);
-    for (int32_t h = 0; h < c->hq; h++) {
-        const float want = b->with_slopes ? b->slopes[h] : standard_slope(c->hq, h);
-        FUZZ_CHECK(fabsf(slopes[h] - want) <= 1e-6f * fabsf(want), "alibi slope %d: %g, want %g", h,
-                   (double)slopes[h], (double)want);
-    }
+    check_uploaded_slopes(slopes, c->hq, b->with_slopes ? b->slopes : NULL);
 }
 
-/* An item of the model's natural order (request, head, chunk) with its uploaded slot. */
-typedef struct item {
-    int32_t w[FLP_WORK_ITEM_INTS];
-    int64_t cost;
-} item;
-
-/* 5.7: items by decreasing cost (ties: natural order), each to the least loaded workgroup
- * (ties: lowest index), each workgroup's list in that order. want[] in natural order. */
-static void check_assignment(const item *want, int32_t n, const int32_t *indptr,
-                             const int32_t *items) {
-    static int32_t order[MAX_ITEMS], cta_of[MAX_ITEMS], fill[GRID];
-    int64_t load[GRID] = {0};
-    for (int32_t i = 0; i < n; i++) { /* insertion sort: stable on natural order */
-        int32_t j = i;
-        while (j > 0 && want[order[j - 1]].cost < want[i].cost) {
-            order[j] = order[j - 1];
-            j--;
-        }
-        order[j] = i;
-    }
-    for (int32_t k = 0; k < n; k++) {
-        int32_t best = 0;
-        for (int32_t c = 1; c < GRID; c++)
-            best = load[c] < load[best] ? c : best;
-        cta_of[order[k]] = best;
-        load[best] += want[order[k]].cost;
-    }
-    int32_t count[GRID] = {0};
-    for (int32_t i = 0; i < n; i++)
-        count[cta_of[i]]++;
-    for (int32_t c = 0, at = 0; c < GRID; c++) {
-        FUZZ_CHECK(indptr[c + 1] - indptr[c] == count[c],
-                   "workgroup %d has %d items, longest-first gives %d", c,
-                   indptr[c + 1] - indptr[c], count[c]);
-        fill[c] = at;
-        at += count[c];
-    }
-    for (int32_t k = 0; k < n; k++) {
-        const int32_t i = order[k], at = fill[cta_of[i]]++;
-        FUZZ_CHECK(memcmp(items + FLP_WORK_ITEM_INTS * at, want[i].w, sizeof want[i].w) == 0,
-                   "item %d of the schedule is (%d, %d, [%d, %d), slot %d), longest-first puts "
-                   "(%d, %d, [%d, %d), slot %d) there",
-                   at, items[FLP_WORK_ITEM_INTS * at], items[FLP_WORK_ITEM_INTS * at + 1],
-                   items[FLP_WORK_ITEM_INTS * at + 2], items[FLP_WORK_ITEM_INTS * at + 3],
-                   items[FLP_WORK_ITEM_INTS * at + 4], want[i].w[0], want[i].w[1], want[i].w[2],
-                   want[i].w[3], want[i].w[4]);
-    }
+/* A decode work item for a message: (request, KV head, [keys), slot). */
+static void describe_item(const int32_t *w, char *text, size_t size) {
+    snprintf(text, size, "(%d, %d, [%d, %d), slot %d)", w[0], w[1], w[2], w[3], w[4]);
 }
 
 /* The uploaded schedule against the model: coverage, splits, slots, capacities, assignment. */
 static void check_schedule(const flp_plan *plan, const caps *c, const model *m) {
-    const flp_decode_plan_info *p = (const flp_decode_plan_info *)device_region(plan);
+    const flp_decode_plan_info *p = (const flp_decode_plan_info *)plan_device_region(plan);
     const int32_t *indptr = device_words(plan, p->off_work_indptr);
     const int32_t *items = device_words(plan, p->off_work_items);
     const int32_t *merge = device_words(plan, p->off_merge_info);
     const int32_t max_items = c->max_batch * c->hkv + GRID;
-    FUZZ_CHECK(indptr[0] == 0, "work_indptr[0] = %d", indptr[0]);
-    for (int32_t k = 0; k < GRID; k++)
-        FUZZ_CHECK(indptr[k] <= indptr[k + 1], "work_indptr decreases at %d (%d, %d)", k, indptr[k],
-                   indptr[k + 1]);
-    const int32_t n = indptr[GRID];
-    FUZZ_CHECK(n <= max_items, "%d items, capacity %d", n, max_items);
+    const int32_t n = check_work_indptr(indptr, GRID, max_items);
     FUZZ_CHECK(n == m->num_items, "%d items, the model splits into %d (chunk %lld)", n,
                m->num_items, (long long)m->chunk);
     for (int32_t i = 0; i < n; i++) {
@@ -692,8 +465,9 @@ static void check_schedule(const flp_plan *plan, const caps *c, const model *m) 
     }
 
     /* Per (request, KV head): its items, in key order, tile exactly [begin, kv_len): every key
-     * a row can keep is in one item, no key below the window's reach is scheduled. */
-    static item want[MAX_ITEMS];
+     * a row can keep is in one item, no key below the window's reach is scheduled. want: the
+     * items in the model's natural order (request, head, chunk) with their uploaded slots. */
+    static model_item want[MAX_ITEMS];
     static bool slot_used[MAX_ITEMS];
     memset(slot_used, 0, sizeof slot_used);
     int32_t num_want = 0, slots_end = 0;
@@ -716,13 +490,7 @@ static void check_schedule(const flp_plan *plan, const caps *c, const model *m) 
                 }
             }
             FUZZ_CHECK(k == chunks, "request %d head %d: %d items, model %d", r, g, k, chunks);
-            for (int32_t i = 1; i < k; i++) /* key order */
-                for (int32_t j = i;
-                     j > 0 && mine[j - 1][FLP_WORK_KV_BEGIN] > mine[j][FLP_WORK_KV_BEGIN]; j--) {
-                    const int32_t *t = mine[j];
-                    mine[j] = mine[j - 1];
-                    mine[j - 1] = t;
-                }
+            sort_by_key_begin(mine, k, FLP_WORK_KV_BEGIN);
             int32_t next = m->begin[r];
             for (int32_t i = 0; i < k; i++) {
                 const int32_t *it = mine[i];
@@ -751,8 +519,8 @@ static void check_schedule(const flp_plan *plan, const caps *c, const model *m) 
                     slot_used[slot] = true;
                     slots_end = slot + 1 > slots_end ? slot + 1 : slots_end;
                 }
-                item *w = &want[num_want++];
-                memcpy(w->w, it, sizeof w->w);
+                model_item *w = &want[num_want++];
+                memcpy(w->w, it, sizeof(int32_t) * FLP_WORK_ITEM_INTS);
                 w->cost = keys + ITEM_COST;
             }
             FUZZ_CHECK(next == m->kv_len[r], "request %d head %d: keys [%d, %d) not covered", r, g,
@@ -766,28 +534,10 @@ static void check_schedule(const flp_plan *plan, const caps *c, const model *m) 
     FUZZ_CHECK(s.decode_partial_slots >= slots_end && s.decode_partial_slots <= max_items &&
                    (slots_end > 0 || s.decode_partial_slots == 0),
                "summary: %d partial slots, %d used", s.decode_partial_slots, slots_end);
-    check_assignment(want, num_want, indptr, items);
+    check_assignment(want, num_want, FLP_WORK_ITEM_INTS, GRID, indptr, items, describe_item);
 }
 
 /* ---- runs ------------------------------------------------------------------------------- */
-
-/* Tensors for runs: every outer stride 0, so a view of any shape fits a few bytes (the fake
- * backend computes nothing; the core checks shapes, dtypes and alignment). */
-typedef struct run_buffers {
-    flp_buffer *q, *out, *kv, *lse;
-} run_buffers;
-
-static flp_tensor broadcast(flp_buffer *buf, flp_dtype dtype, int ndim, const int64_t *shape) {
-    flp_tensor t;
-    memset(&t, 0, sizeof t);
-    t.buf = buf;
-    t.dtype = dtype;
-    t.ndim = ndim;
-    for (int i = 0; i < ndim; i++)
-        t.shape[i] = shape[i];
-    t.stride[ndim - 1] = 1;
-    return t;
-}
 
 /* Runs the plan's current partition (the last accepted batch, m) and checks the launch. */
 static void check_run(flp_context *ctx, const flp_plan *plan, const caps *c, const model *m,
@@ -799,9 +549,9 @@ static void check_run(flp_context *ctx, const flp_plan *plan, const caps *c, con
                            nhd ? c->hkv : m->page_size, c->head_dim};
     flp_tensor lse = broadcast(rb->lse, FLP_DTYPE_F32, 2, lse_shape);
     flp_decode_run_args ra = {
-        .q = broadcast(rb->q, m->q_dtype, 3, q_shape),
-        .k_cache = broadcast(rb->kv, m->kv_dtype, 4, kv_shape),
-        .out = broadcast(rb->out, m->q_dtype, 3, q_shape),
+        .q = broadcast(rb->q, m->variant.q_dtype, 3, q_shape),
+        .k_cache = broadcast(rb->kv, m->variant.kv_dtype, 4, kv_shape),
+        .out = broadcast(rb->out, m->variant.q_dtype, 3, q_shape),
         .lse = with_lse ? &lse : NULL,
     };
     ra.v_cache = ra.k_cache;
@@ -812,15 +562,10 @@ static void check_run(flp_context *ctx, const flp_plan *plan, const caps *c, con
         const flp_status st = flp_decode_run(ctx, plan, &ra);
         char page[32];
         snprintf(page, sizeof page, "page %d", m->max_page_id);
-        FUZZ_CHECK(st == FLP_ERROR_INVALID_ARGUMENT && strstr(flp_context_last_error(ctx), page),
-                   "a cache of %d pages for page id %d: %d (%s)", m->max_page_id, m->max_page_id,
-                   st, flp_context_last_error(ctx));
-        FUZZ_CHECK(fake_runs_queued == queued, "a refused run reached the backend");
+        check_refused_run(ctx, st, queued, page);
         ra.k_cache.shape[0] = ra.v_cache.shape[0] = (int64_t)m->max_page_id + 1;
     }
-    const flp_status st = flp_decode_run(ctx, plan, &ra);
-    FUZZ_CHECK(st == FLP_OK, "run of the planned batch: %d (%s)", st, flp_context_last_error(ctx));
-    FUZZ_CHECK(fake_runs_queued == queued + 1, "the run did not reach the backend once");
+    check_run_queued(ctx, flp_decode_run(ctx, plan, &ra), queued);
     const flp_decode_launch *l = &fake_last_decode;
     const flp_plan_layout *lay = &plan->layout;
     FUZZ_CHECK(l->params.plan == plan->buffer->device_address + plan->base + lay->info,
@@ -829,21 +574,20 @@ static void check_run(flp_context *ctx, const flp_plan *plan, const caps *c, con
                    l->params.k == rb->kv->device_address &&
                    l->params.lse == (with_lse ? rb->lse->device_address : 0),
                "launch addresses");
-    FUZZ_CHECK(l->slot.buffer == plan->buffer && l->slot.offset == plan->base + lay->params_slot &&
-                   l->slot.offset % 256 == 0,
-               "params slot at %llu", (unsigned long long)l->slot.offset);
+    check_params_slot(plan, &l->slot, lay->params_slot);
     FUZZ_CHECK(l->num_ctas == GRID && l->merge_grid == c->max_batch * c->hq,
                "grids %d / %d, want %d / %d", l->num_ctas, l->merge_grid, GRID,
                c->max_batch * c->hq);
-    FUZZ_CHECK(l->q_dtype == (int32_t)m->q_dtype && l->kv_dtype == (int32_t)m->kv_dtype &&
-                   l->head_dim == c->head_dim && l->group_size == c->group &&
+    FUZZ_CHECK(l->q_dtype == (int32_t)m->variant.q_dtype &&
+                   l->kv_dtype == (int32_t)m->variant.kv_dtype && l->head_dim == c->head_dim &&
+                   l->group_size == c->group &&
                    l->max_qo_len == (c->max_qo_len ? c->max_qo_len : 1),
                "kernel choice: dtypes %d/%d dim %d group %d max_qo_len %d", l->q_dtype, l->kv_dtype,
                l->head_dim, l->group_size, l->max_qo_len);
-    FUZZ_CHECK(l->schedule.qo_len == m->qo_len && l->schedule.flags == m->flags,
+    FUZZ_CHECK(l->schedule.qo_len == m->qo_len && l->schedule.flags == m->variant.flags,
                "view: qo_len %d flags %#x, model %d %#x", l->schedule.qo_len, l->schedule.flags,
-               m->qo_len, m->flags);
-    const flp_decode_plan_info *p = (const flp_decode_plan_info *)device_region(plan);
+               m->qo_len, m->variant.flags);
+    const flp_decode_plan_info *p = (const flp_decode_plan_info *)plan_device_region(plan);
     const int32_t *indptr = device_words(plan, p->off_work_indptr);
     const int32_t *items = device_words(plan, p->off_work_items);
     FUZZ_CHECK(memcmp(l->schedule.work_indptr, indptr, sizeof(int32_t) * (GRID + 1)) == 0,
@@ -886,14 +630,8 @@ static void check_edge_caps(flp_context *ctx, fuzz_input *in) {
                         .num_kv_heads = hkv,
                         .head_dim = head_dim};
     size_t bytes = 0;
-    const flp_status st = flp_plan_workspace_size(ctx, &pd, &bytes);
-    const char *msg = flp_context_last_error(ctx);
-    if (st != FLP_OK) {
-        FUZZ_CHECK((st == FLP_ERROR_INVALID_ARGUMENT || st == FLP_ERROR_CAPACITY) &&
-                       strncmp(msg, "flp_plan_workspace_size: ", 25) == 0,
-                   "capacities refused with %d (%s)", st, msg);
+    if (edge_caps_refused(ctx, flp_plan_workspace_size(ctx, &pd, &bytes)))
         return;
-    }
     /* the documented parts, in 64 bits (at most about 2^61 here) */
     const uint64_t b = (uint64_t)batch, items = b * (uint64_t)hkv + GRID;
     const uint64_t rows = (uint64_t)pd.max_qo_len * (uint64_t)group;
@@ -921,32 +659,13 @@ static void check_edge_caps(flp_context *ctx, fuzz_input *in) {
 
 /* ---- the target --------------------------------------------------------------------------- */
 
-static void check_message(flp_context *ctx, flp_status st, const outcome *o) {
-    const char *msg = flp_context_last_error(ctx);
-    if (st == FLP_OK) {
-        FUZZ_CHECK(msg[0] == '\0', "an accepted plan left the message \"%s\"", msg);
-        return;
-    }
-    FUZZ_CHECK(strncmp(msg, FN ": ", strlen(FN ": ")) == 0, "\"%s\" does not name " FN, msg);
-    for (int i = 0; i < o->num_frags; i++)
-        FUZZ_CHECK(strstr(msg, o->frags[i]), "\"%s\" does not mention \"%s\"", msg, o->frags[i]);
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static flp_context *ctx;
     static run_buffers rb;
-    if (!ctx) { /* for the whole run */
-        ctx = fake_context();
-        FUZZ_CHECK(ctx, "fake_context");
-        flp_buffer_desc bd = {1024};
-        FUZZ_CHECK(flp_buffer_create(ctx, &bd, &rb.q) == FLP_OK &&
-                       flp_buffer_create(ctx, &bd, &rb.out) == FLP_OK &&
-                       flp_buffer_create(ctx, &bd, &rb.kv) == FLP_OK &&
-                       flp_buffer_create(ctx, &bd, &rb.lse) == FLP_OK,
-                   "run buffers");
-    }
+    if (!ctx) /* for the whole run */
+        ctx = open_run_context(&rb, 0);
     fuzz_input in = {data, size};
     if (fuzz_u8(&in) < 12) { /* now and then, capacities at the edge (nothing allocated) */
         check_edge_caps(ctx, &in);
@@ -989,7 +708,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                    "page size %d",
                    round, (int)d, st, o.status, flp_context_last_error(ctx), b.batch_size, b.qo_len,
                    b.page_size);
-        check_message(ctx, st, &o);
+        check_message(ctx, FN, st, &o);
         FUZZ_CHECK(fake_runs_queued == queued, "a plan call queued a run");
         check_unchanged(plan, &before, st != FLP_OK);
         free_snapshot(&before);

@@ -30,8 +30,9 @@
 #include "core/plan.h"
 #include "tests/fake_backend.h"
 #include "tests/fuzz/fuzz_input.h"
+#include "tests/fuzz/fuzz_plan_check.h"
+#include "tests/fuzz/fuzz_plan_draw.h"
 
-#include <math.h>
 #include <string.h>
 
 #define FN "flp_prefill_plan"
@@ -106,34 +107,6 @@ typedef enum defect {
     NUM_DEFECTS
 } defect;
 
-/* The documented outcome of a call: a status and fragments its message must contain. */
-typedef struct outcome {
-    flp_status status;
-    int num_frags;
-    char frags[4][128];
-} outcome;
-
-static void mention(outcome *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void mention(outcome *o, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(o->frags[o->num_frags++], sizeof o->frags[0], fmt, ap);
-    va_end(ap);
-}
-
-/* A number in [0, n) from one byte, or two when n > 200 (n >= 1). */
-static int32_t pick(fuzz_input *in, int32_t n) {
-    uint32_t v = fuzz_u8(in);
-    if (n > 200)
-        v = v << 8 | fuzz_u8(in);
-    return (int32_t)(v % (uint32_t)n);
-}
-
-static int32_t pick_negative(fuzz_input *in) {
-    const uint8_t b = fuzz_u8(in);
-    return b % 3 == 0 ? -1 : b % 3 == 1 ? -1 - (int32_t)(b % 50) : INT32_MIN;
-}
-
 static caps pick_caps(fuzz_input *in) {
     caps c;
     c.max_batch = 1 + pick(in, MAX_BATCH);
@@ -150,35 +123,9 @@ static caps pick_caps(fuzz_input *in) {
     return c;
 }
 
-static int32_t pick_page_size(fuzz_input *in) {
-    static const int32_t sizes[] = {1,  2,  3,  4,  5,  7,  8,   15,  16,
-                                    17, 31, 32, 33, 64, 65, 100, 127, 128};
-    const uint8_t b = fuzz_u8(in);
-    return b < 200 ? sizes[b % 18] : 1 + b % FLP_MAX_PAGE_SIZE;
-}
-
-static void pick_variant(fuzz_input *in, const caps *c, flp_variant *v) {
-    memset(v, 0, sizeof *v);
-    v->head_dim = c->head_dim;
-    static const flp_dtype q[] = {FLP_DTYPE_DEFAULT, FLP_DTYPE_F16, FLP_DTYPE_BF16};
-    static const flp_dtype kv[] = {FLP_DTYPE_DEFAULT, FLP_DTYPE_F16, FLP_DTYPE_BF16, FLP_DTYPE_E4M3,
-                                   FLP_DTYPE_E5M2};
-    v->q_dtype = q[fuzz_u8(in) % 3];
-    v->kv_dtype = kv[fuzz_u8(in) % 5];
-    v->mask = (flp_mask_mode)(fuzz_u8(in) % 3);
-    const uint8_t w = fuzz_u8(in);
-    v->use_window = w % 3 == 0;
-    v->window_left = w < 128   ? pick(in, 300)
-                     : w < 192 ? pick(in, 4)
-                     : w < 240 ? pick(in, 5000)
-                               : INT32_MAX - w % 4;
-    const uint8_t opts = fuzz_u8(in);
-    v->logits_soft_cap = opts & 1 ? 50.0f : 0.0f;
-    v->sm_scale = opts & 2 ? 0.125f : 0.0f;
-    v->pos_encoding = (flp_pos_encoding)((opts >> 2) % 3);
-    v->k_scale = opts & 32 ? 0.5f : 0.0f;
-    v->v_scale = opts & 64 ? 2.0f : 0.0f;
-}
+/* Prefill variants: no, causal and custom masks. */
+static const variant_draw prefill_variants = {
+    .mask_modes = 3, .soft_cap = 50.0f, .sm_scale = 0.125f};
 
 /* Query tokens and keys of each request, drawn: empty requests, decode-like and speculative
  * ones, prompts (qo_len == kv_len) and appends (qo_len < kv_len), some very long; with ragged
@@ -240,7 +187,7 @@ static void pick_batch(fuzz_input *in, const caps *c, defect *d, batch *b, outco
 
     int32_t qo[ARR_BATCH], kv[ARR_BATCH];
     const int32_t longest = pick_lengths(in, c, b, qo, kv);
-    pick_variant(in, c, &b->variant);
+    pick_variant(in, c->head_dim, &prefill_variants, &b->variant);
     const bool custom = b->variant.mask == FLP_MASK_CUSTOM;
     /* the request a per-request defect hits: the first from a random start that fits it */
     int32_t target = -1;
@@ -292,10 +239,8 @@ static void pick_batch(fuzz_input *in, const caps *c, defect *d, batch *b, outco
     }
     b->with_indices = paged;
     b->with_last = paged;
-    for (int32_t i = 0; i < total_pages; i++) {
-        const uint8_t k = fuzz_u8(in);
-        b->indices[i] = k < 16 ? 0 : k < 20 ? INT32_MAX - k % 4 : pick(in, 2 * c->max_pages);
-    }
+    for (int32_t i = 0; i < total_pages; i++)
+        b->indices[i] = pick_page_id(in, c->max_pages);
     b->null_indices = paged && total_pages == 0 && fuzz_u8(in) % 2; /* allowed: nothing to read */
     b->with_mask_indptr = b->variant.mask == FLP_MASK_CUSTOM;
     /* mask offsets: packed one after another, anywhere, overlapping, or ending exactly at the
@@ -330,58 +275,38 @@ static void pick_batch(fuzz_input *in, const caps *c, defect *d, batch *b, outco
         o->status = FLP_OK;
         break;
     case BAD_BATCH_SIZE:
-        b->batch_size = fuzz_u8(in) % 2 ? 0 : pick_negative(in);
-        mention(o, "batch_size = %d", b->batch_size);
+        break_batch_size(in, &b->batch_size, o);
         break;
     case OVER_BATCH:
-        o->status = FLP_ERROR_CAPACITY;
-        mention(o, "batch_size = %d", b->batch_size);
-        mention(o, "max_batch_size = %d", c->max_batch);
+        over_batch_size(b->batch_size, c->max_batch, o);
         break;
     case NULL_QO_INDPTR:
         b->null_qo_indptr = true;
         mention(o, "qo_indptr is NULL");
         break;
     case BAD_QO_INDPTR0:
-        b->qo_indptr[0] = fuzz_u8(in) % 2 ? 1 + pick(in, 5) : pick_negative(in);
-        mention(o, "qo_indptr[0] = %d", b->qo_indptr[0]);
+        break_indptr0(in, "qo_indptr", b->qo_indptr, o);
         break;
-    case DECREASING_QO_INDPTR: {
-        const int32_t r = target;
-        b->qo_indptr[r + 1] = b->qo_indptr[r] - 1 - pick(in, 3);
-        mention(o, "qo_indptr");
-        mention(o, "request %d", r);
-        mention(o, "%d then %d", b->qo_indptr[r], b->qo_indptr[r + 1]);
+    case DECREASING_QO_INDPTR:
+        decrease_indptr(in, "qo_indptr", b->qo_indptr, target, o);
         break;
-    }
     case OVER_QO_ROWS: /* more rows than the plan holds: the last request grows */
-        b->qo_indptr[b->batch_size] = c->max_qo_rows + 1 + pick(in, 8);
-        o->status = FLP_ERROR_CAPACITY;
-        mention(o, "qo_indptr[%d] = %d", b->batch_size, b->qo_indptr[b->batch_size]);
-        mention(o, "max_qo_rows = %d", c->max_qo_rows);
+        over_indptr_end(in, "qo_indptr", b->qo_indptr, b->batch_size, "max_qo_rows", c->max_qo_rows,
+                        o);
         break;
-    case BAD_STORAGE: {
-        const int32_t bad[] = {2, -1, 7, INT32_MAX};
-        b->storage = bad[fuzz_u8(in) % 4];
-        mention(o, "kv_storage = %d", b->storage);
+    case BAD_STORAGE:
+        break_enum(in, "kv_storage", &b->storage, o);
         break;
-    }
     case NULL_KV_INDPTR:
         b->null_kv_indptr = true;
         mention(o, "kv_indptr is NULL");
         break;
     case BAD_KV_INDPTR0:
-        b->kv_indptr[0] = fuzz_u8(in) % 2 ? 1 + pick(in, 5) : pick_negative(in);
-        mention(o, "kv_indptr[0] = %d", b->kv_indptr[0]);
+        break_indptr0(in, "kv_indptr", b->kv_indptr, o);
         break;
-    case DECREASING_KV_INDPTR: {
-        const int32_t r = target;
-        b->kv_indptr[r + 1] = b->kv_indptr[r] - 1 - pick(in, 3);
-        mention(o, "kv_indptr");
-        mention(o, "request %d", r);
-        mention(o, "%d then %d", b->kv_indptr[r], b->kv_indptr[r + 1]);
+    case DECREASING_KV_INDPTR:
+        decrease_indptr(in, "kv_indptr", b->kv_indptr, target, o);
         break;
-    }
     case RAGGED_WITH_INDICES:
         b->with_indices = true;
         mention(o, "kv_indices");
@@ -398,44 +323,29 @@ static void pick_batch(fuzz_input *in, const caps *c, defect *d, batch *b, outco
         mention(o, "%d keys", kv[target] + grow);
         break;
     }
-    case BAD_PAGE_SIZE: {
-        const int32_t bad[] = {0, -1, FLP_MAX_PAGE_SIZE + 1, 256, INT32_MAX, INT32_MIN};
-        b->page_size = bad[fuzz_u8(in) % 6];
-        mention(o, "page_size = %d", b->page_size);
+    case BAD_PAGE_SIZE:
+        break_page_size(in, &b->page_size, o);
         break;
-    }
-    case BAD_LAYOUT: {
-        const int32_t bad[] = {2, -1, 7, INT32_MAX};
-        b->layout = bad[fuzz_u8(in) % 4];
-        mention(o, "kv_layout = %d", b->layout);
+    case BAD_LAYOUT:
+        break_enum(in, "kv_layout", &b->layout, o);
         break;
-    }
     case OVER_PAGES:
-        b->kv_indptr[b->batch_size] = c->max_pages + 1 + pick(in, 8);
-        o->status = FLP_ERROR_CAPACITY;
-        mention(o, "kv_indptr[%d] = %d", b->batch_size, b->kv_indptr[b->batch_size]);
-        mention(o, "max_pages = %d", c->max_pages);
+        over_indptr_end(in, "kv_indptr", b->kv_indptr, b->batch_size, "max_pages", c->max_pages, o);
         break;
     case NULL_LAST:
         b->null_last = true;
         mention(o, "kv_last_page_len is NULL");
         break;
-    case BAD_LAST: {
-        const int32_t bad[] = {0, -1, ps + 1, INT32_MAX, INT32_MIN, ps + 100};
-        b->last[target] = bad[fuzz_u8(in) % 6];
-        mention(o, "kv_last_page_len[%d] = %d", target, b->last[target]);
+    case BAD_LAST:
+        break_last_page_len(in, ps, b->last, target, o);
         break;
-    }
     case NULL_INDICES:
         b->null_indices = true;
         mention(o, "kv_indices is NULL");
         break;
-    case NEGATIVE_PAGE: {
-        const int32_t i = pick(in, total_pages);
-        b->indices[i] = pick_negative(in);
-        mention(o, "kv_indices[%d] = %d", i, b->indices[i]);
+    case NEGATIVE_PAGE:
+        break_page_id(in, b->indices, total_pages, o);
         break;
-    }
     case QO_OVER_KV: {
         mention(o, "request %d", target);
         mention(o, "qo_len = %d", qo[target]);
@@ -463,30 +373,15 @@ static void pick_batch(fuzz_input *in, const caps *c, defect *d, batch *b, outco
         mention(o, "%lld", (long long)(b->mask_indptr[target] + bytes));
         break;
     }
-    case OTHER_HEAD_DIM: {
-        const int32_t dims[] = {64, 128, 256, 96, 32, 240, 0, -64, 100, 512};
-        int32_t dim = dims[fuzz_u8(in) % 10];
-        if (dim == c->head_dim)
-            dim = c->head_dim == 64 ? 128 : 64;
-        b->variant.head_dim = dim;
-        if (dim > 0 && dim % 16 == 0 && dim <= 256 && dim != 64 && dim != 128 && dim != 256)
-            o->status = FLP_ERROR_UNSUPPORTED;
-        mention(o, "head_dim = %d", dim);
+    case OTHER_HEAD_DIM:
+        break_head_dim(in, c->head_dim, &b->variant, o);
         break;
-    }
     case BAD_WINDOW:
-        b->variant.use_window = true;
-        b->variant.window_left = pick_negative(in);
-        mention(o, "window_left = %d", b->variant.window_left);
+        break_window(in, &b->variant, o);
         break;
-    case BAD_SLOPE: {
-        const int32_t h = pick(in, c->hq);
-        b->with_slopes = true;
-        const uint8_t k = fuzz_u8(in) % 3;
-        b->slopes[h] = k == 0 ? NAN : k == 1 ? INFINITY : -INFINITY;
-        mention(o, "alibi_slopes[%d]", h);
+    case BAD_SLOPE:
+        break_slope(in, c->hq, b->slopes, &b->with_slopes, o);
         break;
-    }
     }
     /* 5.1: a plan without prefill capacity refuses every prefill batch (only valid ones are
      * drawn for it: which of two defects is reported first is not documented) */
@@ -523,9 +418,8 @@ typedef struct model {
     int32_t qo[ARR_BATCH], kv[ARR_BATCH];
     int64_t mask_bytes; /* bytes the custom mask must hold */
     bool causal;
-    int32_t window_left; /* -1: none */
-    uint32_t flags;
-    flp_dtype q_dtype, kv_dtype;
+    int32_t window_left;   /* -1: none */
+    variant_model variant; /* dtypes and flags, the custom mask's and paged KV's included */
     int32_t page_size;
     flp_kv_layout layout;
 } model;
@@ -538,16 +432,11 @@ static void model_batch(const caps *c, const batch *b, model *m) {
     m->paged = b->storage == FLP_KV_PAGED;
     m->page_size = b->page_size;
     m->layout = (flp_kv_layout)b->layout;
-    m->q_dtype = v->q_dtype == FLP_DTYPE_DEFAULT ? FLP_DTYPE_F16 : v->q_dtype;
-    m->kv_dtype = v->kv_dtype == FLP_DTYPE_DEFAULT ? m->q_dtype : v->kv_dtype;
     m->causal = v->mask == FLP_MASK_CAUSAL;
     m->window_left = v->use_window ? v->window_left : -1;
-    m->flags = (m->causal ? FLP_FLAG_CAUSAL : 0u) | (v->use_window ? FLP_FLAG_WINDOW : 0u) |
-               (v->logits_soft_cap > 0 ? FLP_FLAG_SOFTCAP : 0u) |
-               (v->pos_encoding == FLP_POS_ALIBI ? FLP_FLAG_ALIBI : 0u) |
-               (v->pos_encoding == FLP_POS_ROPE_LLAMA ? FLP_FLAG_ROPE : 0u) |
-               (v->mask == FLP_MASK_CUSTOM ? FLP_FLAG_CUSTOM_MASK : 0u) |
-               (m->paged ? FLP_FLAG_PAGED : 0u);
+    m->variant = model_variant(v);
+    m->variant.flags |=
+        (v->mask == FLP_MASK_CUSTOM ? FLP_FLAG_CUSTOM_MASK : 0u) | (m->paged ? FLP_FLAG_PAGED : 0u);
     m->max_page_id = -1;
     m->total_rows = b->qo_indptr[b->batch_size];
     m->total_kv_rows = m->paged ? 0 : b->kv_indptr[b->batch_size];
@@ -578,49 +467,13 @@ static void keepable(const model *m, int32_t group, int32_t r, int32_t p0, int32
 
 /* ---- reading the plan back ----------------------------------------------------------------- */
 
-static const uint8_t *device_base(const flp_plan *plan) {
-    return (const uint8_t *)plan->buffer->native + plan->base;
-}
-
-/* The uploaded prefill region (the fake device's buffers are host memory). */
+/* The uploaded prefill region. */
 static const uint8_t *prefill_region(const flp_plan *plan) {
-    return device_base(plan) + plan->layout.prefill.info;
+    return plan_device_region(plan) + plan->layout.prefill.info;
 }
 
 static const int32_t *words(const flp_plan *plan, uint32_t word_offset) {
     return (const int32_t *)prefill_region(plan) + word_offset;
-}
-
-typedef struct snapshot {
-    uint8_t *host, *device, *pf_host, *pf_device;
-    size_t bytes, pf_bytes;
-    flp_plan_summary summary;
-} snapshot;
-
-static void *copy_of(const void *src, size_t n) {
-    void *p = malloc(n ? n : 1);
-    FUZZ_CHECK(p, "out of memory for a %zu-byte snapshot", n);
-    if (n)
-        memcpy(p, src, n);
-    return p;
-}
-
-static void take_snapshot(const flp_plan *plan, snapshot *s) {
-    s->bytes = plan->layout.metadata_end;
-    s->host = copy_of(plan->host, s->bytes);
-    s->device = copy_of(device_base(plan), s->bytes);
-    const flp_prefill_layout *pl = &plan->layout.prefill;
-    s->pf_bytes = pl->metadata_end - pl->info;
-    s->pf_host = copy_of(plan->prefill_host, s->pf_bytes);
-    s->pf_device = copy_of(prefill_region(plan), s->pf_bytes);
-    flp_plan_summarize(plan, &s->summary);
-}
-
-static void free_snapshot(snapshot *s) {
-    free(s->host);
-    free(s->device);
-    free(s->pf_host);
-    free(s->pf_device);
 }
 
 /* The decode partition is never touched by a prefill call; the prefill one only when accepted.
@@ -628,7 +481,7 @@ static void free_snapshot(snapshot *s) {
 static void check_unchanged(const flp_plan *plan, const snapshot *s, bool prefill_too) {
     FUZZ_CHECK(memcmp(s->host, plan->host, s->bytes) == 0,
                "a prefill plan call changed the decode mirror");
-    FUZZ_CHECK(memcmp(s->device, device_base(plan), s->bytes) == 0,
+    FUZZ_CHECK(memcmp(s->device, plan_device_region(plan), s->bytes) == 0,
                "a prefill plan call changed the uploaded decode partition");
     flp_plan_summary now;
     flp_plan_summarize(plan, &now);
@@ -663,10 +516,7 @@ static void check_layout(const flp_plan *plan, const caps *c) {
     }
     const size_t i32 = 4, batch = (size_t)c->max_batch;
     const size_t items = (size_t)doc_max_items(c);
-    const struct {
-        const char *name;
-        size_t at, bytes, align;
-    } parts[] = {
+    const layout_part parts[] = {
         {"info", l->info, sizeof(flp_prefill_plan_info), 256},
         {"qo_indptr", l->qo_indptr, i32 * (batch + 1), 16},
         {"kv_indptr", l->kv_indptr, i32 * (batch + 1), 16},
@@ -684,21 +534,10 @@ static void check_layout(const flp_plan *plan, const caps *c) {
         {"partial_lse", l->partial_lse, 4 * (size_t)MAX_SLOTS * MAX_TILE, 256},
         {"params_slot", l->params_slot, 256, 256},
     };
-    const size_t n = sizeof parts / sizeof parts[0];
     FUZZ_CHECK(l->info >= plan->layout.params_slot + 256,
-               "the prefill region at %zu overlaps "
-               "the decode region",
-               l->info);
-    for (size_t i = 0; i < n; i++) {
-        FUZZ_CHECK(parts[i].at % parts[i].align == 0, "%s at byte %zu, not %zu-aligned",
-                   parts[i].name, parts[i].at, parts[i].align);
-        const size_t end = i + 1 < n ? parts[i + 1].at : l->end;
-        FUZZ_CHECK(parts[i].at + parts[i].bytes <= end, "%s [%zu, +%zu) runs into the next at %zu",
-                   parts[i].name, parts[i].at, parts[i].bytes, end);
-    }
-    FUZZ_CHECK(l->metadata_end >= l->kv_indices + i32 * (size_t)c->max_pages &&
-                   l->metadata_end <= l->partial_o,
-               "metadata_end %zu", l->metadata_end);
+               "the prefill region at %zu overlaps the decode region", l->info);
+    check_layout_parts(parts, sizeof parts / sizeof parts[0], l->end);
+    check_metadata_end(l->metadata_end, l->kv_indices, c->max_pages, l->partial_o);
     FUZZ_CHECK(l->end <= plan->layout.total && plan->buffer->size >= plan->base + l->end,
                "the plan's buffer is too small for the prefill region");
     FUZZ_CHECK(plan->prefill_ctas == GRID && plan->prefill_max_items == (int32_t)items &&
@@ -706,13 +545,6 @@ static void check_layout(const flp_plan *plan, const caps *c) {
                "prefill capacities: grid %d items %d slots %d merges %d (documented %zu items)",
                plan->prefill_ctas, plan->prefill_max_items, plan->prefill_max_slots,
                plan->prefill_max_merges, items);
-}
-
-static float standard_slope(int32_t hq, int32_t h) {
-    int32_t n = 1;
-    while (2 * n <= hq)
-        n *= 2;
-    return (float)exp2(h < n ? -8.0 * (h + 1) / n : -4.0 * (2 * (h - n) + 1) / n);
 }
 
 static void check_info(const flp_plan *plan, const caps *c, const batch *b, const model *m) {
@@ -732,18 +564,8 @@ static void check_info(const flp_plan *plan, const caps *c, const batch *b, cons
             p->page_size == (m->paged ? m->page_size : 0) && p->num_ctas == GRID,
         "info: batch %d heads %d/%d group %d dim %d page %d grid %d", p->batch_size,
         p->num_qo_heads, p->num_kv_heads, p->group_size, p->head_dim, p->page_size, p->num_ctas);
-    const flp_variant *v = &b->variant;
-    const bool fp8 = m->kv_dtype == FLP_DTYPE_E4M3 || m->kv_dtype == FLP_DTYPE_E5M2;
-    const float sm = v->sm_scale > 0 ? v->sm_scale : (float)(1.0 / sqrt((double)c->head_dim));
-    FUZZ_CHECK(p->flags == m->flags, "info flags %#x, model %#x", p->flags, m->flags);
-    FUZZ_CHECK(p->window_left == m->window_left, "info window_left %d", p->window_left);
-    FUZZ_CHECK(p->q_dtype == (int32_t)m->q_dtype && p->kv_dtype == (int32_t)m->kv_dtype,
-               "info dtypes %d/%d", p->q_dtype, p->kv_dtype);
-    FUZZ_CHECK(p->sm_scale == sm && p->soft_cap == v->logits_soft_cap,
-               "info sm_scale %g soft_cap %g", (double)p->sm_scale, (double)p->soft_cap);
-    FUZZ_CHECK(p->k_scale == (fp8 && v->k_scale > 0 ? v->k_scale : 1.0f) &&
-                   p->v_scale == (fp8 && v->v_scale > 0 ? v->v_scale : 1.0f),
-               "info scales %g/%g", (double)p->k_scale, (double)p->v_scale);
+    const info_variant got = INFO_VARIANT(p);
+    check_info_variant(&got, &b->variant, c->head_dim, &m->variant);
 
     const int32_t *qo_indptr = words(plan, p->off_qo_indptr);
     const int32_t *kv_indptr = words(plan, p->off_kv_indptr);
@@ -768,11 +590,7 @@ static void check_info(const flp_plan *plan, const caps *c, const batch *b, cons
     for (int32_t i = 0; m->paged && i < b->kv_indptr[b->batch_size]; i++)
         FUZZ_CHECK(indices[i] == b->indices[i], "kv_indices[%d] uploaded %d, given %d", i,
                    indices[i], b->indices[i]);
-    for (int32_t h = 0; h < c->hq; h++) {
-        const float want = b->with_slopes ? b->slopes[h] : standard_slope(c->hq, h);
-        FUZZ_CHECK(fabsf(slopes[h] - want) <= 1e-6f * fabsf(want), "alibi slope %d: %g, want %g", h,
-                   (double)slopes[h], (double)want);
-    }
+    check_uploaded_slopes(slopes, c->hq, b->with_slopes ? b->slopes : NULL);
 }
 
 /* 5.6 "Query tile": from the average packed rows per non-empty request, above 64 -> 128, above
@@ -792,53 +610,10 @@ static bool tile_allowed(const caps *c, const model *m, int32_t tile) {
     return tile == exact || tile == truncated;
 }
 
-/* A work item (or its model) and its cost. */
-typedef struct item {
-    int32_t w[FLP_PREFILL_ITEM_INTS];
-    int64_t cost;
-} item;
-
-/* 5.7, as for decode: items by decreasing cost (ties: natural order), each to the least loaded
- * workgroup (ties: lowest index), each workgroup's list in that order. */
-static void check_assignment(const item *want, int32_t n, const int32_t *indptr,
-                             const int32_t *items) {
-    static int32_t order[MAX_ITEMS], cta_of[MAX_ITEMS];
-    int32_t fill[GRID], count[GRID] = {0};
-    int64_t load[GRID] = {0};
-    for (int32_t i = 0; i < n; i++) {
-        int32_t j = i;
-        while (j > 0 && want[order[j - 1]].cost < want[i].cost) {
-            order[j] = order[j - 1];
-            j--;
-        }
-        order[j] = i;
-    }
-    for (int32_t k = 0; k < n; k++) {
-        int32_t best = 0;
-        for (int32_t c = 1; c < GRID; c++)
-            best = load[c] < load[best] ? c : best;
-        cta_of[order[k]] = best;
-        load[best] += want[order[k]].cost;
-    }
-    for (int32_t i = 0; i < n; i++)
-        count[cta_of[i]]++;
-    for (int32_t c = 0, at = 0; c < GRID; c++) {
-        FUZZ_CHECK(indptr[c + 1] - indptr[c] == count[c],
-                   "workgroup %d has %d items, longest-first gives %d", c,
-                   indptr[c + 1] - indptr[c], count[c]);
-        fill[c] = at;
-        at += count[c];
-    }
-    for (int32_t k = 0; k < n; k++) {
-        const int32_t i = order[k], at = fill[cta_of[i]]++;
-        const int32_t *got = items + FLP_PREFILL_ITEM_INTS * at;
-        FUZZ_CHECK(memcmp(got, want[i].w, sizeof want[i].w) == 0,
-                   "item %d of the schedule is (%d, %d, rows [%d, %d), keys [%d, %d), slot %d), "
-                   "longest-first puts (%d, %d, rows [%d, %d), keys [%d, %d), slot %d) there",
-                   at, got[0], got[1], got[2], got[3], got[4], got[5], got[6], want[i].w[0],
-                   want[i].w[1], want[i].w[2], want[i].w[3], want[i].w[4], want[i].w[5],
-                   want[i].w[6]);
-    }
+/* A prefill work item for a message: (request, KV head, rows [), keys [), slot). */
+static void describe_item(const int32_t *w, char *text, size_t size) {
+    snprintf(text, size, "(%d, %d, rows [%d, %d), keys [%d, %d), slot %d)", w[0], w[1], w[2], w[3],
+             w[4], w[5], w[6]);
 }
 
 /* The uploaded schedule against the model: tiles, coverage, clipping, splits, slots, merges,
@@ -851,12 +626,7 @@ static void check_schedule(const flp_plan *plan, const caps *c, const model *m) 
     const int32_t tile = p->q_tile;
     FUZZ_CHECK((tile == 16 || tile == 64 || tile == 128) && tile_allowed(c, m, tile),
                "query tile %d for the batch's average rows", tile);
-    FUZZ_CHECK(indptr[0] == 0, "work_indptr[0] = %d", indptr[0]);
-    for (int32_t k = 0; k < GRID; k++)
-        FUZZ_CHECK(indptr[k] <= indptr[k + 1], "work_indptr decreases at %d (%d, %d)", k, indptr[k],
-                   indptr[k + 1]);
-    const int32_t n = indptr[GRID], max_items = doc_max_items(c);
-    FUZZ_CHECK(n <= max_items, "%d items, capacity %d", n, max_items);
+    const int32_t n = check_work_indptr(indptr, GRID, doc_max_items(c));
     for (int32_t i = 0; i < n; i++) {
         const int32_t *it = items + FLP_PREFILL_ITEM_INTS * i;
         const int32_t r = it[FLP_PITEM_REQUEST];
@@ -873,14 +643,14 @@ static void check_schedule(const flp_plan *plan, const caps *c, const model *m) 
 
     /* The model's tiles: per (request, KV head), packed rows [t, t + tile) and the keys their
      * rows can keep; then 5.6 "Split decision" over them. */
-    static item tiles[MAX_ITEMS];
+    static model_item tiles[MAX_ITEMS];
     int32_t num_tiles = 0;
     int64_t total = 0, longest = 0;
     for (int32_t r = 0; r < m->batch_size; r++)
         for (int32_t g = 0; g < c->hkv; g++)
             for (int32_t t = 0; t < m->qo[r] * c->group; t += tile) {
                 FUZZ_CHECK(num_tiles < MAX_ITEMS, "more tiles than any plan holds");
-                item *x = &tiles[num_tiles++];
+                model_item *x = &tiles[num_tiles++];
                 const int32_t end = t + tile < m->qo[r] * c->group ? t + tile : m->qo[r] * c->group;
                 int64_t lo, hi;
                 keepable(m, c->group, r, t, end, &lo, &hi);
@@ -931,7 +701,7 @@ static void check_schedule(const flp_plan *plan, const caps *c, const model *m) 
     /* Each tile's items tile exactly the keys its rows can keep, in key order, as many as the
      * split decision says: each keepable (row, key) is in exactly one item, and no key that no
      * row of the tile can keep is scheduled. */
-    static item want[MAX_ITEMS];
+    static model_item want[MAX_ITEMS];
     static int32_t slot_owner[MAX_SLOTS], tile_slot[MAX_ITEMS], tile_chunks[MAX_ITEMS];
     static bool merged[MAX_ITEMS];
     for (int32_t q = 0; q < MAX_SLOTS; q++)
@@ -949,13 +719,7 @@ static void check_schedule(const flp_plan *plan, const caps *c, const model *m) 
         const int32_t *mine[MAX_ITEMS];
         for (int32_t i = 0; i < k; i++)
             mine[i] = items + FLP_PREFILL_ITEM_INTS * by_tile[first_item[x] + i];
-        for (int32_t i = 1; i < k; i++)
-            for (int32_t j = i;
-                 j > 0 && mine[j - 1][FLP_PITEM_KV_BEGIN] > mine[j][FLP_PITEM_KV_BEGIN]; j--) {
-                const int32_t *sw = mine[j];
-                mine[j] = mine[j - 1];
-                mine[j - 1] = sw;
-            }
+        sort_by_key_begin(mine, k, FLP_PITEM_KV_BEGIN);
         int32_t next = t[FLP_PITEM_KV_BEGIN];
         tile_slot[x] = k > 1 ? mine[0][FLP_PITEM_PARTIAL_SLOT] : -1;
         tile_chunks[x] = k;
@@ -984,8 +748,8 @@ static void check_schedule(const flp_plan *plan, const caps *c, const model *m) 
                 slot_owner[slot] = x;
                 slots_end = slot + 1 > slots_end ? slot + 1 : slots_end;
             }
-            item *w = &want[num_want++];
-            memcpy(w->w, it, sizeof w->w);
+            model_item *w = &want[num_want++];
+            memcpy(w->w, it, sizeof(int32_t) * FLP_PREFILL_ITEM_INTS);
             w->cost = len + ITEM_COST;
         }
         FUZZ_CHECK(next == t[FLP_PITEM_KV_END],
@@ -1020,38 +784,16 @@ static void check_schedule(const flp_plan *plan, const caps *c, const model *m) 
     FUZZ_CHECK(s.prefill_partial_slots >= slots_end && s.prefill_partial_slots <= MAX_SLOTS &&
                    (slots_end > 0 || s.prefill_partial_slots == 0),
                "summary: %d partial slots, %d used", s.prefill_partial_slots, slots_end);
-    check_assignment(want, num_want, indptr, items);
+    check_assignment(want, num_want, FLP_PREFILL_ITEM_INTS, GRID, indptr, items, describe_item);
 }
 
 /* ---- runs ------------------------------------------------------------------------------- */
-
-typedef struct run_buffers {
-    flp_buffer *q, *out, *kv, *lse, *mask;
-} run_buffers;
-
-/* A view whose outer strides are all 0: any shape fits a few bytes (the fake backend computes
- * nothing; the core checks shapes, dtypes and alignment). */
-static flp_tensor broadcast(flp_buffer *buf, flp_dtype dtype, int ndim, const int64_t *shape) {
-    flp_tensor t;
-    memset(&t, 0, sizeof t);
-    t.buf = buf;
-    t.dtype = dtype;
-    t.ndim = ndim;
-    for (int i = 0; i < ndim; i++)
-        t.shape[i] = shape[i];
-    t.stride[ndim - 1] = 1;
-    return t;
-}
 
 /* A run refused as 3/4 say, with nothing queued. */
 static void expect_refused_run(flp_context *ctx, const flp_plan *plan,
                                const flp_prefill_run_args *ra, const char *mentions) {
     const int queued = fake_runs_queued;
-    const flp_status st = flp_prefill_run(ctx, plan, ra);
-    FUZZ_CHECK(st == FLP_ERROR_INVALID_ARGUMENT && strstr(flp_context_last_error(ctx), mentions),
-               "a run that should be refused naming \"%s\": %d (%s)", mentions, st,
-               flp_context_last_error(ctx));
-    FUZZ_CHECK(fake_runs_queued == queued, "a refused run reached the backend");
+    check_refused_run(ctx, flp_prefill_run(ctx, plan, ra), queued, mentions);
 }
 
 /* Runs the plan's current prefill partition (the last accepted batch, m) and checks the
@@ -1068,12 +810,12 @@ static void check_run(flp_context *ctx, const flp_plan *plan, const caps *c, con
     const int64_t ragged_shape[3] = {m->total_kv_rows, c->hkv, c->head_dim};
     flp_tensor lse = broadcast(rb->lse, FLP_DTYPE_F32, 2, lse_shape);
     flp_tensor mask = flp_tensor_contiguous(rb->mask, 0, FLP_DTYPE_U8, 1, mask_shape);
-    const bool custom = (m->flags & FLP_FLAG_CUSTOM_MASK) != 0;
+    const bool custom = (m->variant.flags & FLP_FLAG_CUSTOM_MASK) != 0;
     flp_prefill_run_args ra = {
-        .q = broadcast(rb->q, m->q_dtype, 3, q_shape),
-        .k = m->paged ? broadcast(rb->kv, m->kv_dtype, 4, paged_shape)
-                      : broadcast(rb->kv, m->kv_dtype, 3, ragged_shape),
-        .out = broadcast(rb->out, m->q_dtype, 3, q_shape),
+        .q = broadcast(rb->q, m->variant.q_dtype, 3, q_shape),
+        .k = m->paged ? broadcast(rb->kv, m->variant.kv_dtype, 4, paged_shape)
+                      : broadcast(rb->kv, m->variant.kv_dtype, 3, ragged_shape),
+        .out = broadcast(rb->out, m->variant.q_dtype, 3, q_shape),
         .lse = with_lse ? &lse : NULL,
         .custom_mask = custom ? &mask : NULL,
     };
@@ -1098,9 +840,7 @@ static void check_run(flp_context *ctx, const flp_plan *plan, const caps *c, con
         mask.shape[0] = m->mask_bytes;
     }
     const int queued = fake_runs_queued;
-    const flp_status st = flp_prefill_run(ctx, plan, &ra);
-    FUZZ_CHECK(st == FLP_OK, "run of the planned batch: %d (%s)", st, flp_context_last_error(ctx));
-    FUZZ_CHECK(fake_runs_queued == queued + 1, "the run did not reach the backend once");
+    check_run_queued(ctx, flp_prefill_run(ctx, plan, &ra), queued);
     const flp_prefill_launch *l = &fake_last_prefill;
     const flp_prefill_layout *pl = &plan->layout.prefill;
     const flp_prefill_plan_info *p = (const flp_prefill_plan_info *)prefill_region(plan);
@@ -1111,12 +851,10 @@ static void check_run(flp_context *ctx, const flp_plan *plan, const caps *c, con
                    l->params.lse == (with_lse ? rb->lse->device_address : 0) &&
                    l->params.mask == (custom ? rb->mask->device_address : 0),
                "launch addresses");
-    FUZZ_CHECK(l->slot.buffer == plan->buffer && l->slot.offset == plan->base + pl->params_slot &&
-                   l->slot.offset % 256 == 0,
-               "params slot at %llu", (unsigned long long)l->slot.offset);
+    check_params_slot(plan, &l->slot, pl->params_slot);
     FUZZ_CHECK(l->num_ctas == GRID && l->merge_grid == MAX_MERGES && l->q_tile == p->q_tile &&
-                   l->q_dtype == (int32_t)m->q_dtype && l->kv_dtype == (int32_t)m->kv_dtype &&
-                   l->head_dim == c->head_dim,
+                   l->q_dtype == (int32_t)m->variant.q_dtype &&
+                   l->kv_dtype == (int32_t)m->variant.kv_dtype && l->head_dim == c->head_dim,
                "launch: grids %d/%d tile %d dtypes %d/%d dim %d", l->num_ctas, l->merge_grid,
                l->q_tile, l->q_dtype, l->kv_dtype, l->head_dim);
     const flp_prefill_schedule_view *v = &l->schedule;
@@ -1173,14 +911,8 @@ static void check_edge_caps(flp_context *ctx, fuzz_input *in) {
                         .num_kv_heads = hkv,
                         .head_dim = head_dim};
     size_t bytes = 0;
-    const flp_status st = flp_plan_workspace_size(ctx, &pd, &bytes);
-    const char *msg = flp_context_last_error(ctx);
-    if (st != FLP_OK) {
-        FUZZ_CHECK((st == FLP_ERROR_INVALID_ARGUMENT || st == FLP_ERROR_CAPACITY) &&
-                       strncmp(msg, "flp_plan_workspace_size: ", 25) == 0,
-                   "capacities refused with %d (%s)", st, msg);
+    if (edge_caps_refused(ctx, flp_plan_workspace_size(ctx, &pd, &bytes)))
         return;
-    }
     /* the documented parts, in 64 bits */
     const uint64_t b = (uint64_t)pd.max_batch_size, d = (uint64_t)pd.head_dim;
     const uint64_t g = (uint64_t)group, hq = (uint64_t)pd.num_qo_heads, p = (uint64_t)pd.max_pages;
@@ -1215,34 +947,13 @@ static void check_edge_caps(flp_context *ctx, fuzz_input *in) {
 
 /* ---- the target --------------------------------------------------------------------------- */
 
-static void check_message(flp_context *ctx, flp_status st, const outcome *o) {
-    const char *msg = flp_context_last_error(ctx);
-    if (st == FLP_OK) {
-        FUZZ_CHECK(msg[0] == '\0', "an accepted plan left the message \"%s\"", msg);
-        return;
-    }
-    FUZZ_CHECK(strncmp(msg, FN ": ", strlen(FN ": ")) == 0, "\"%s\" does not name " FN, msg);
-    for (int i = 0; i < o->num_frags; i++)
-        FUZZ_CHECK(strstr(msg, o->frags[i]), "\"%s\" does not mention \"%s\"", msg, o->frags[i]);
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static flp_context *ctx;
     static run_buffers rb;
-    if (!ctx) { /* for the whole run */
-        ctx = fake_context();
-        FUZZ_CHECK(ctx, "fake_context");
-        flp_buffer_desc bd = {1024};
-        FUZZ_CHECK(flp_buffer_create(ctx, &bd, &rb.q) == FLP_OK &&
-                       flp_buffer_create(ctx, &bd, &rb.out) == FLP_OK &&
-                       flp_buffer_create(ctx, &bd, &rb.kv) == FLP_OK &&
-                       flp_buffer_create(ctx, &bd, &rb.lse) == FLP_OK,
-                   "run buffers");
-        bd.size = MASK_BYTES;
-        FUZZ_CHECK(flp_buffer_create(ctx, &bd, &rb.mask) == FLP_OK, "mask buffer");
-    }
+    if (!ctx) /* for the whole run */
+        ctx = open_run_context(&rb, MASK_BYTES);
     fuzz_input in = {data, size};
     if (fuzz_u8(&in) < 12) { /* now and then, capacities at the edge (nothing allocated) */
         check_edge_caps(ctx, &in);
@@ -1292,7 +1003,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                    "round %d, defect %d: status %d, documented %d (%s); batch %d, %s KV", round,
                    (int)d, st, o.status, flp_context_last_error(ctx), b.batch_size,
                    b.storage == FLP_KV_PAGED ? "paged" : "ragged");
-        check_message(ctx, st, &o);
+        check_message(ctx, FN, st, &o);
         FUZZ_CHECK(fake_runs_queued == queued, "a plan call queued a run");
         check_unchanged(plan, &before, st != FLP_OK);
         free_snapshot(&before);
