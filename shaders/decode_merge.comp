@@ -1,5 +1,5 @@
 #version 460
-// Merge of split-KV partial states (decode_kernel_spec.md): workgroup w handles request
+// Merge of split-KV partial states (docs/kernels/merge.md): workgroup w handles request
 // b = w / num_qo_heads and query head h = w % num_qo_heads for all qo_len rows, merging the
 // request's chunks in chunk order with the merge operator, and writes out/lse as the decode
 // kernel does for unsplit rows. The grid may be 2-D (x * y >= capacity); extra workgroups

@@ -1,5 +1,5 @@
 #version 460
-// KV append (prefill_kernel_spec.md, core/prefill_params.h): row r of the new K/V goes to the
+// KV append (docs/kernels/kv_append.md, core/prefill_params.h): row r of the new K/V goes to the
 // slot of token positions[r] of request batch_indices[r] through the page table; rows out of
 // range are skipped. Conversions are bit-exact with core/dtype.c (dtype.glsl: round to nearest
 // even, subnormals exact, e4m3 saturating, NaN stays NaN with its sign and top payload bits).

@@ -1,5 +1,5 @@
 #version 460
-// Merge of the split-KV partial states of prefill items (prefill_kernel_spec.md): workgroup w
+// Merge of the split-KV partial states of prefill items (docs/kernels/merge.md): workgroup w
 // handles merge items w, w + N, ... (N = workgroups dispatched, at least the launch's
 // merge_grid) below num_merge_items, read from the plan. Each merge item {b, g, row_begin,
 // row_end, first_slot, chunks} combines, for every packed row and 8-element chunk of the head
