@@ -1,27 +1,39 @@
 /* flashport-bench-decode: batch decode throughput over a paged KV cache.
  *
  * usage: flashport-bench-decode [--backend cuda|vulkan|auto] [--batch B] [--kv-len N]
- *                               [--qo-heads H] [--kv-heads H] [--head-dim D] [--page P]
- *                               [--dtype bf16|f16] [--kv-dtype bf16|f16|e4m3|e5m2]
- *                               [--iters N] [--copy-gbps X]
- * Prints one line per configuration: time per run (median of 5 timed batches of --iters runs
- * queued back to back), achieved GB/s counting each K/V/Q/O byte once, and the fraction of
- * --copy-gbps (the device's measured copy bandwidth, read + write) when given. Results are
- * first checked against the float64 reference on a few requests. */
+ *                               [--lens LENxCOUNT,...] [--qo-heads H] [--kv-heads H]
+ *                               [--head-dim D] [--page P] [--dtype bf16|f16]
+ *                               [--kv-dtype bf16|f16|e4m3|e5m2] [--iters N] [--copy-gbps X]
+ * --lens gives the request lengths as runs, e.g. 32768x1,512x63 (one request of 32768 keys,
+ * then 63 of 512); without it, --batch requests of --kv-len keys. Prints one line per run: the
+ * host time of flp_decode_plan (median of 21), the time per run (median of 5 timed batches of
+ * --iters runs queued back to back), achieved GB/s counting each K/V/Q/O byte once, and the
+ * fraction of --copy-gbps (the device's measured copy bandwidth, read + write) when given.
+ * Results are first checked against the float64 reference on a sample of requests (the
+ * longest, the shortest and some between): the cache holds a random block repeated, so the
+ * host keeps only that block, and 256 x 16384 fits in host memory. */
 #include "bench/bench_check.h"
 #include "tools/host_timing.h"
 #include "core/reference.h"
 #include "flashport/flashport.h"
 
+#include <limits.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+/* The cache holds this many random elements repeated (odd, so that rows differ). */
+#define BLOCK_ELEMS ((size_t)(1u << 22) + 1u)
+/* Requests checked against float64 at most. */
+#define MAX_CHECKED 6
+
 typedef struct bench_config {
     flp_backend_kind backend;
     int32_t batch, kv_len, hq, hkv, head_dim, page;
+    const char *lens_text; /* --lens, or NULL */
     flp_dtype dtype, kv_dtype;
     int iters;
     double copy_gbps;
@@ -49,7 +61,7 @@ static flp_dtype parse_dtype(const char *s) {
 }
 
 static bench_config parse_args(int argc, char **argv) {
-    bench_config c = {FLP_BACKEND_AUTO, 64, 4096, 32, 8, 128, 16, FLP_DTYPE_BF16, 0, 50, 0};
+    bench_config c = {FLP_BACKEND_AUTO, 64, 4096, 32, 8, 128, 16, NULL, FLP_DTYPE_BF16, 0, 50, 0};
     for (int i = 1; i + 1 < argc; i += 2) {
         const char *k = argv[i], *v = argv[i + 1];
         if (!strcmp(k, "--backend"))
@@ -60,6 +72,8 @@ static bench_config parse_args(int argc, char **argv) {
             c.batch = atoi(v);
         else if (!strcmp(k, "--kv-len"))
             c.kv_len = atoi(v);
+        else if (!strcmp(k, "--lens"))
+            c.lens_text = v;
         else if (!strcmp(k, "--qo-heads"))
             c.hq = atoi(v);
         else if (!strcmp(k, "--kv-heads"))
@@ -86,72 +100,130 @@ static bench_config parse_args(int argc, char **argv) {
     return c;
 }
 
-/* Random device data of dtype; returns the host values as stored (dequantised floats). */
-static float *upload_random(flp_context *ctx, flp_buffer *buf, flp_dtype dtype, size_t n) {
-    float *f = malloc(n * sizeof *f);
-    size_t esize = flp_dtype_size(dtype);
-    void *raw = malloc(n * esize);
-    for (size_t i = 0; i < n; i++)
-        f[i] = uniform();
-    CHECK(flp_convert_from_f32(dtype, f, raw, n));
-    CHECK(flp_convert_to_f32(dtype, raw, f, n));
-    CHECK(flp_buffer_write(ctx, buf, 0, raw, n * esize));
-    free(raw);
-    return f;
+/* The request lengths: --lens runs "LENxCOUNT,..." or --batch x --kv-len. */
+static int32_t *request_lengths(bench_config *c) {
+    if (!c->lens_text) {
+        int32_t *lens = malloc(sizeof(int32_t) * (size_t)c->batch);
+        for (int32_t b = 0; b < c->batch; b++)
+            lens[b] = c->kv_len;
+        return lens;
+    }
+    int32_t *lens = NULL, batch = 0;
+    for (const char *at = c->lens_text; *at;) {
+        char *end;
+        long len = strtol(at, &end, 10), count = 1;
+        if (end == at || len < 0 || len > INT32_MAX) {
+            fprintf(stderr, "--lens %s: expected LENxCOUNT,...\n", c->lens_text);
+            exit(2);
+        }
+        at = end;
+        if (*at == 'x') {
+            count = strtol(at + 1, &end, 10);
+            if (end == at + 1 || count < 1 || count > 1 << 20) {
+                fprintf(stderr, "--lens %s: bad count\n", c->lens_text);
+                exit(2);
+            }
+            at = end;
+        }
+        lens = realloc(lens, sizeof(int32_t) * (size_t)(batch + count));
+        for (long i = 0; i < count; i++)
+            lens[batch++] = (int32_t)len;
+        if (*at == ',')
+            at++;
+        else if (*at) {
+            fprintf(stderr, "--lens %s: unexpected '%c'\n", c->lens_text, *at);
+            exit(2);
+        }
+    }
+    c->batch = batch;
+    return lens;
 }
 
-/* Compares the first `check` requests with the float64 reference; returns the error. */
-static double check_against_reference(flp_context *ctx, const bench_config *c, flp_buffer *o_buf,
-                                      const float *q, const float *k, const float *v,
-                                      int32_t num_pages, const int32_t *kv_indptr,
-                                      const int32_t *indices, const int32_t *last, int32_t check) {
-    size_t row = (size_t)c->hq * c->head_dim, kv_row = (size_t)c->hkv * c->head_dim;
-    size_t n = (size_t)check * row, tokens = (size_t)check * (size_t)c->kv_len;
-    uint16_t *o_bits = malloc(n * 2);
-    double *got = malloc(n * sizeof(double)), *ref = malloc(n * sizeof(double));
-    double *qd = malloc(n * sizeof(double));
-    double *kd = malloc(tokens * kv_row * sizeof(double)),
-           *vd = malloc(tokens * kv_row * sizeof(double));
-    int32_t *tok = malloc(sizeof(int32_t) * (size_t)(check + 1));
-    int32_t *qo = malloc(sizeof(int32_t) * (size_t)(check + 1));
-    CHECK(flp_buffer_read(ctx, o_buf, 0, o_bits, n * 2));
-    float *o_f = malloc(n * sizeof(float));
-    CHECK(flp_convert_to_f32(c->dtype, o_bits, o_f, n));
-    for (size_t i = 0; i < n; i++) {
-        got[i] = o_f[i];
-        qd[i] = q[i];
+/* BLOCK_ELEMS random values as stored in dtype (host floats, dequantised) and repeated into
+ * the whole buffer: element i of the buffer holds block[i % BLOCK_ELEMS]. */
+static float *upload_repeated(flp_context *ctx, flp_buffer *buf, flp_dtype dtype, size_t n) {
+    size_t esize = flp_dtype_size(dtype), count = n < BLOCK_ELEMS ? n : BLOCK_ELEMS;
+    float *block = malloc(count * sizeof *block);
+    void *raw = malloc(count * esize);
+    for (size_t i = 0; i < count; i++)
+        block[i] = uniform();
+    CHECK(flp_convert_from_f32(dtype, block, raw, count));
+    CHECK(flp_convert_to_f32(dtype, raw, block, count));
+    for (size_t at = 0; at < n; at += count) {
+        size_t len = n - at < count ? n - at : count;
+        CHECK(flp_buffer_write(ctx, buf, at * esize, raw, len * esize));
     }
-    for (int32_t b = 0; b <= check; b++)
-        qo[b] = b;
-    CHECK(flp_ref_gather_paged(check, c->hkv, c->head_dim, c->page, FLP_KV_LAYOUT_NHD, num_pages, k,
-                               kv_indptr, indices, last, tok, kd));
-    CHECK(flp_ref_gather_paged(check, c->hkv, c->head_dim, c->page, FLP_KV_LAYOUT_NHD, num_pages, v,
-                               kv_indptr, indices, last, tok, vd));
-    flp_ref_attention ra = {.batch_size = check,
+    free(raw);
+    return block;
+}
+
+/* The sample checked against float64: the longest and shortest requests and some between. */
+static int32_t sample_requests(const int32_t *lens, int32_t batch, int32_t *picked) {
+    int32_t n = 0, longest = 0, shortest = 0;
+    for (int32_t b = 1; b < batch; b++) {
+        longest = lens[b] > lens[longest] ? b : longest;
+        shortest = lens[b] < lens[shortest] ? b : shortest;
+    }
+    int32_t candidates[MAX_CHECKED] = {longest, shortest, 0, batch - 1, batch / 2, batch / 3};
+    for (int32_t i = 0; i < MAX_CHECKED; i++) {
+        bool seen = false;
+        for (int32_t j = 0; j < n; j++)
+            seen |= picked[j] == candidates[i];
+        if (!seen)
+            picked[n++] = candidates[i];
+    }
+    return n;
+}
+
+/* One request's output against the float64 reference; returns the relative error. */
+static double check_request(flp_context *ctx, const bench_config *c, int32_t b,
+                            const uint16_t *o_bits, const float *q, const float *k_block,
+                            const float *v_block, const int32_t *kv_indptr, const int32_t *indices,
+                            int32_t len) {
+    const size_t row = (size_t)c->hq * c->head_dim, kv_row = (size_t)c->hkv * c->head_dim;
+    const size_t tokens = (size_t)len, page_elems = (size_t)c->page * kv_row;
+    double *kd = malloc((tokens ? tokens : 1) * kv_row * sizeof(double));
+    double *vd = malloc((tokens ? tokens : 1) * kv_row * sizeof(double));
+    for (size_t t = 0; t < tokens; t++) {
+        size_t page = (size_t)indices[kv_indptr[b] + (int32_t)(t / (size_t)c->page)];
+        size_t base = page * page_elems + (t % (size_t)c->page) * kv_row;
+        for (size_t e = 0; e < kv_row; e++) {
+            kd[t * kv_row + e] = k_block[(base + e) % BLOCK_ELEMS];
+            vd[t * kv_row + e] = v_block[(base + e) % BLOCK_ELEMS];
+        }
+    }
+    double *qd = malloc(row * sizeof(double)), *ref = malloc(row * sizeof(double));
+    double *got = malloc(row * sizeof(double));
+    float *o_f = malloc(row * sizeof(float));
+    CHECK(flp_convert_to_f32(c->dtype, o_bits + (size_t)b * row, o_f, row));
+    for (size_t i = 0; i < row; i++) {
+        qd[i] = q[(size_t)b * row + i];
+        got[i] = o_f[i];
+    }
+    int32_t qo[2] = {0, 1}, kv[2] = {0, len};
+    flp_ref_attention ra = {.batch_size = 1,
                             .num_qo_heads = c->hq,
                             .num_kv_heads = c->hkv,
                             .head_dim = c->head_dim,
                             .qo_indptr = qo,
-                            .kv_indptr = tok,
+                            .kv_indptr = kv,
                             .q = qd,
                             .k = kd,
                             .v = vd};
     CHECK(flp_ref_attention_run(&ra, ref, NULL));
-    double err = flp_ref_relative_error(got, ref, n);
-    free(o_bits);
-    free(o_f);
-    free(got);
-    free(ref);
-    free(qd);
+    double err = flp_ref_relative_error(got, ref, row);
     free(kd);
     free(vd);
-    free(tok);
-    free(qo);
+    free(qd);
+    free(ref);
+    free(got);
+    free(o_f);
     return err;
 }
 
 int main(int argc, char **argv) {
     bench_config c = parse_args(argc, argv);
+    int32_t *lens = request_lengths(&c);
     flp_context *ctx = NULL;
     flp_context_desc cd = {.backend = c.backend};
     flp_status st = flp_context_create(&cd, &ctx);
@@ -162,15 +234,18 @@ int main(int argc, char **argv) {
     flp_device_info info;
     CHECK(flp_context_get_info(ctx, &info));
 
-    int32_t pages_per_req = (c.kv_len + c.page - 1) / c.page;
-    int32_t num_pages = pages_per_req * c.batch;
     int32_t *kv_indptr = malloc(sizeof(int32_t) * (size_t)(c.batch + 1));
     int32_t *last = malloc(sizeof(int32_t) * (size_t)c.batch);
+    int64_t keys = 0;
+    kv_indptr[0] = 0;
+    for (int32_t b = 0; b < c.batch; b++) {
+        int32_t pages = (lens[b] + c.page - 1) / c.page;
+        kv_indptr[b + 1] = kv_indptr[b] + pages;
+        last[b] = pages ? lens[b] - (pages - 1) * c.page : 0;
+        keys += lens[b];
+    }
+    int32_t num_pages = kv_indptr[c.batch] > 0 ? kv_indptr[c.batch] : 1;
     int32_t *indices = malloc(sizeof(int32_t) * (size_t)num_pages);
-    for (int32_t b = 0; b <= c.batch; b++)
-        kv_indptr[b] = b * pages_per_req;
-    for (int32_t b = 0; b < c.batch; b++)
-        last[b] = c.kv_len - (pages_per_req - 1) * c.page;
     /* Pages in a scattered order, as in a real pool (a stride coprime with the pool size). */
     int32_t step = 7919 % num_pages == 0 ? 1 : 7919;
     for (int32_t i = 0; i < num_pages; i++)
@@ -187,9 +262,18 @@ int main(int argc, char **argv) {
     bd.size = cache_bytes;
     CHECK(flp_buffer_create(ctx, &bd, &k_buf));
     CHECK(flp_buffer_create(ctx, &bd, &v_buf));
-    float *q = upload_random(ctx, q_buf, c.dtype, q_elems);
-    float *k = upload_random(ctx, k_buf, c.kv_dtype, cache_elems);
-    float *v = upload_random(ctx, v_buf, c.kv_dtype, cache_elems);
+    float *q = malloc(q_elems * sizeof *q);
+    {
+        void *raw = malloc(q_bytes);
+        for (size_t i = 0; i < q_elems; i++)
+            q[i] = uniform();
+        CHECK(flp_convert_from_f32(c.dtype, q, raw, q_elems));
+        CHECK(flp_convert_to_f32(c.dtype, raw, q, q_elems));
+        CHECK(flp_buffer_write(ctx, q_buf, 0, raw, q_bytes));
+        free(raw);
+    }
+    float *k_block = upload_repeated(ctx, k_buf, c.kv_dtype, cache_elems);
+    float *v_block = upload_repeated(ctx, v_buf, c.kv_dtype, cache_elems);
 
     flp_plan *plan;
     flp_plan_desc pd = {.max_batch_size = c.batch,
@@ -205,7 +289,13 @@ int main(int argc, char **argv) {
         .kv_indices = indices,
         .kv_last_page_len = last,
         .variant = {.head_dim = c.head_dim, .q_dtype = c.dtype, .kv_dtype = c.kv_dtype}};
-    CHECK(flp_decode_plan(ctx, plan, &pa));
+    double plan_samples[21];
+    for (int s = 0; s < 21; s++) {
+        double t0 = timing_now_seconds();
+        CHECK(flp_decode_plan(ctx, plan, &pa));
+        plan_samples[s] = timing_now_seconds() - t0;
+    }
+    double plan_s = timing_median(plan_samples, 21);
     int64_t q_shape[3] = {c.batch, c.hq, c.head_dim};
     int64_t cache_shape[4] = {num_pages, c.page, c.hkv, c.head_dim};
     flp_decode_run_args ra = {
@@ -216,9 +306,17 @@ int main(int argc, char **argv) {
     };
     CHECK(flp_decode_run(ctx, plan, &ra));
     CHECK(flp_context_synchronize(ctx));
-    int32_t check = c.batch; /* every request: a partial check hides unwritten rows */
-    double err = check_against_reference(ctx, &c, o_buf, q, k, v, num_pages, kv_indptr, indices,
-                                         last, check);
+
+    uint16_t *o_bits = malloc(q_bytes);
+    CHECK(flp_buffer_read(ctx, o_buf, 0, o_bits, q_bytes));
+    int32_t picked[MAX_CHECKED];
+    int32_t checked = sample_requests(lens, c.batch, picked);
+    double err = 0.0;
+    for (int32_t i = 0; i < checked; i++) {
+        double e = check_request(ctx, &c, picked[i], o_bits, q, k_block, v_block, kv_indptr,
+                                 indices, lens[picked[i]]);
+        err = e > err ? e : err;
+    }
     double tol = c.dtype == FLP_DTYPE_BF16 ? 1.6e-2 : 2e-3;
     if (c.kv_dtype == FLP_DTYPE_E4M3 || c.kv_dtype == FLP_DTYPE_E5M2)
         tol = 6e-2;
@@ -232,17 +330,17 @@ int main(int argc, char **argv) {
         samples[s] = (timing_now_seconds() - t0) / c.iters;
     }
     double t = timing_median(samples, 5);
-    double bytes =
-        (double)c.batch * c.kv_len * c.hkv * c.head_dim * 2.0 * (double)flp_dtype_size(c.kv_dtype) +
-        2.0 * (double)q_bytes;
+    double bytes = (double)keys * c.hkv * c.head_dim * 2.0 * (double)flp_dtype_size(c.kv_dtype) +
+                   2.0 * (double)q_bytes;
     double gbps = bytes / t * 1e-9;
-    printf("decode backend=%s device=\"%s\" B=%d kv_len=%d Hq=%d Hkv=%d D=%d page=%d dtype=%s "
-           "kv=%s time_us=%.1f GB/s=%.0f",
-           info.backend_name, info.device_name, c.batch, c.kv_len, c.hq, c.hkv, c.head_dim, c.page,
-           flp_dtype_name(c.dtype), flp_dtype_name(c.kv_dtype), t * 1e6, gbps);
+    printf("decode backend=%s device=\"%s\" lens=%s B=%d keys=%lld Hq=%d Hkv=%d D=%d page=%d "
+           "dtype=%s kv=%s plan_us=%.1f time_us=%.1f GB/s=%.0f",
+           info.backend_name, info.device_name, c.lens_text ? c.lens_text : "uniform", c.batch,
+           (long long)keys, c.hq, c.hkv, c.head_dim, c.page, flp_dtype_name(c.dtype),
+           flp_dtype_name(c.kv_dtype), plan_s * 1e6, t * 1e6, gbps);
     if (c.copy_gbps > 0)
         printf(" of_copy=%.2f", gbps / c.copy_gbps);
-    printf(" max_rel_err=%.1e %s\n", err, err <= tol ? "ok" : "WRONG");
+    printf(" checked=%d max_rel_err=%.1e %s\n", checked, err, err <= tol ? "ok" : "WRONG");
 
     flp_plan_destroy(plan);
     flp_buffer_destroy(q_buf);
@@ -251,8 +349,10 @@ int main(int argc, char **argv) {
     flp_buffer_destroy(v_buf);
     flp_context_destroy(ctx);
     free(q);
-    free(k);
-    free(v);
+    free(k_block);
+    free(v_block);
+    free(o_bits);
+    free(lens);
     free(kv_indptr);
     free(last);
     free(indices);

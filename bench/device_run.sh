@@ -79,12 +79,26 @@ if [ $run_sanitize = 1 ]; then
 fi
 copy=""
 if [ $run_decode = 1 ]; then
+    # Uniform batches (torch SDPA over a contiguous cache of the same size as the peer), skewed
+    # serving batches, fp8 caches. FLP_DECODE_CASES overrides the list (flashport-bench-decode
+    # arguments per case, cases separated by ';').
     echo "== bench"
-    python3 bench/peer_torch_decode.py 64 4096 32 8 128 2>&1 | tee "$out/peer.log"
-    copy=$(sed -n 's/^peer copy GB\/s=\([0-9]*\).*/\1/p' "$out/peer.log")
+    for shape in "16 1024" "64 4096" "256 16384"; do
+        python3 bench/peer_torch_decode.py $shape 32 8 128 2>&1 | grep -v Warning |
+            grep -v "fn = lambda" | tee -a "$out/peer.log"
+    done
+    copy=$(sed -n 's/^peer copy GB\/s=\([0-9]*\).*/\1/p' "$out/peer.log" | head -1)
+    cases=${FLP_DECODE_CASES:-"--batch 16 --kv-len 1024;--batch 64 --kv-len 4096;\
+--batch 256 --kv-len 16384;--lens 32768x1,512x63;--lens 65536x2,256x254;--lens 131072x1,1024x7;\
+--batch 64 --kv-len 4096 --kv-dtype e4m3;--batch 64 --kv-len 4096 --kv-dtype e5m2;\
+--batch 256 --kv-len 16384 --kv-dtype e4m3"}
     for be in cuda vulkan; do
-        $build/bench/flashport-bench-decode --backend $be --batch 64 --kv-len 4096 \
-            --copy-gbps "${copy:-0}" 2>&1 | tee -a "$out/bench.log"
+        IFS=';' read -r -a list <<<"$cases"
+        for args in "${list[@]}"; do
+            # shellcheck disable=SC2086
+            timeout 120 $build/bench/flashport-bench-decode --backend $be $args \
+                --copy-gbps "${copy:-0}" 2>&1 | tee -a "$out/bench.log"
+        done
     done
 fi
 if [ $run_prefill = 1 ]; then

@@ -29,8 +29,10 @@ def main() -> None:
     q = torch.randn(b, hq, 1, d, device="cuda", dtype=torch.bfloat16)
     k = torch.randn(b, hkv, l, d, device="cuda", dtype=torch.bfloat16)
     v = torch.randn(b, hkv, l, d, device="cuda", dtype=torch.bfloat16)
+    c = min(b, 4)  # the float64 check on the first requests only (256 x 16384 would not fit)
     ref = torch.nn.functional.scaled_dot_product_attention(
-        q.double(), k.double().repeat_interleave(hq // hkv, 1), v.double().repeat_interleave(hq // hkv, 1))
+        q[:c].double(), k[:c].double().repeat_interleave(hq // hkv, 1),
+        v[:c].double().repeat_interleave(hq // hkv, 1))
     nbytes = (k.numel() + v.numel() + 2 * q.numel()) * 2
     for name, backend in (("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION),
                           ("efficient", SDPBackend.EFFICIENT_ATTENTION)):
@@ -38,7 +40,7 @@ def main() -> None:
             with sdpa_kernel(backend):
                 fn = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True)
                 out = fn()
-                err = ((out.double() - ref).abs().max() / ref.abs().max()).item()
+                err = ((out[:c].double() - ref).abs().max() / ref.abs().max()).item()
                 ms = do_bench(fn, warmup=50, rep=300, return_mode="median")
             print(f"peer sdpa_decode backend={name} B={b} L={l} Hq={hq} Hkv={hkv} D={d} "
                   f"time_us={ms * 1e3:.1f} GB/s={nbytes / (ms * 1e-3) / 1e9:.0f} max_rel_err={err:.1e}")

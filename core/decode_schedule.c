@@ -1,35 +1,20 @@
-/* Decode work partition: KV splitting and longest-first assignment. */
+/* Decode work partition: KV splitting (core/decode_chunk.c chooses the chunk) and longest-first
+ * assignment. */
 #include "core/decode_schedule.h"
 #include "core/alloc.h"
 #include "core/assign.h"
+#include "core/decode_chunk.h"
 
 #include <limits.h>
 
-/* A work item's cost in token-equivalents: its keys plus a fixed overhead (loading the query,
- * writing the output), so that many empty items do not all land on one workgroup. */
-#define ITEM_OVERHEAD_TOKENS 16
-
 int32_t flp_decode_max_items(int32_t max_batch_size, int32_t num_kv_heads, int32_t num_ctas) {
     /* Each request contributes at most len/chunk + 1 items per KV head, and the chunk is at
-     * least total/num_ctas, so items <= num_ctas + batch * heads. -1 when the items' words
-     * would not fit int32 (plan creation refuses such capacities). */
-    int64_t n = (int64_t)max_batch_size * num_kv_heads + num_ctas;
+     * least total/(num_ctas x FLP_DECODE_MAX_SPLIT_DIVISOR), so items <= batch x heads +
+     * FLP_DECODE_MAX_SPLIT_DIVISOR x num_ctas. -1 when the items' words would not fit int32
+     * (plan creation refuses such capacities). */
+    int64_t n =
+        (int64_t)max_batch_size * num_kv_heads + (int64_t)FLP_DECODE_MAX_SPLIT_DIVISOR * num_ctas;
     return n > INT32_MAX / FLP_WORK_ITEM_INTS ? -1 : (int32_t)n;
-}
-
-static int32_t choose_chunk(const flp_decode_schedule_input *in) {
-    int64_t base_items = (int64_t)in->batch_size * in->num_kv_heads;
-    if (base_items >= in->num_ctas)
-        return INT32_MAX;
-    int64_t total = 0;
-    for (int32_t b = 0; b < in->batch_size; b++)
-        total += (int64_t)(in->kv_end[b] - in->kv_begin[b]) * in->num_kv_heads;
-    int64_t chunk = (total + in->num_ctas - 1) / in->num_ctas;
-    if (chunk < in->min_chunk)
-        chunk = in->min_chunk;
-    int64_t align = in->chunk_align > 0 ? in->chunk_align : 1;
-    chunk = (chunk + align - 1) / align * align;
-    return chunk > INT32_MAX ? INT32_MAX : (int32_t)chunk;
 }
 
 static void build(const flp_decode_schedule_input *in, int32_t chunk, int32_t *items, int64_t *cost,
@@ -51,7 +36,7 @@ static void build(const flp_decode_schedule_input *in, int32_t chunk, int32_t *i
                 it[FLP_WORK_KV_BEGIN] = lo;
                 it[FLP_WORK_KV_END] = hi;
                 it[FLP_WORK_PARTIAL_SLOT] = chunks > 1 ? slots + g * chunks + c : -1;
-                cost[n] = (int64_t)(hi - lo) + ITEM_OVERHEAD_TOKENS;
+                cost[n] = (int64_t)(hi - lo) + FLP_DECODE_ITEM_OVERHEAD;
                 n++;
             }
         }
@@ -64,21 +49,25 @@ static void build(const flp_decode_schedule_input *in, int32_t chunk, int32_t *i
 
 size_t flp_decode_schedule_scratch_bytes(const flp_decode_schedule_input *in) {
     size_t max_items = (size_t)flp_decode_max_items(in->batch_size, in->num_kv_heads, in->num_ctas);
-    /* cost [max_items] int64, the assignment's scratch, items [max_items] (8-byte multiples) */
+    /* cost [max_items] int64, the assignment's scratch, items [max_items], the chunk choice's
+     * scratch (8-byte multiples) */
     size_t items = sizeof(int32_t) * FLP_WORK_ITEM_INTS * max_items;
     return sizeof(int64_t) * max_items +
-           flp_assign_scratch_bytes((int32_t)max_items, in->num_ctas) + (items + 7) / 8 * 8;
+           flp_assign_scratch_bytes((int32_t)max_items, in->num_ctas) + (items + 7) / 8 * 8 +
+           flp_decode_chunk_scratch_bytes(in->batch_size, in->num_ctas);
 }
 
 void flp_decode_schedule_build_in(const flp_decode_schedule_input *in, flp_decode_schedule *out,
                                   void *scratch) {
-    int32_t chunk = choose_chunk(in);
-    out->chunk_size = chunk;
     int32_t max_items = flp_decode_max_items(in->batch_size, in->num_kv_heads, in->num_ctas);
     int64_t *cost = scratch;
     char *assign_scratch = (char *)(cost + max_items);
     int32_t *items =
         (int32_t *)(assign_scratch + flp_assign_scratch_bytes(max_items, in->num_ctas));
+    size_t items_bytes = sizeof(int32_t) * FLP_WORK_ITEM_INTS * (size_t)max_items;
+    void *chunk_scratch = (char *)items + (items_bytes + 7) / 8 * 8;
+    int32_t chunk = flp_decode_choose_chunk(in, chunk_scratch);
+    out->chunk_size = chunk;
     /* Items in natural order (request, head, chunk) into the scratch list, then assigned. */
     build(in, chunk, items, cost, out);
     flp_assign_longest_first(items, FLP_WORK_ITEM_INTS, cost, out->num_items, in->num_ctas,

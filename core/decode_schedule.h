@@ -1,6 +1,6 @@
-/* The decode work partition (docs/design.md 5.5): split long requests into KV chunks when the
- * batch does not fill the device, then assign the work items longest-first to the least loaded
- * workgroup. Pure host code, deterministic. */
+/* The decode work partition (docs/design.md 5.5): split long requests into KV chunks wherever
+ * that makes the slowest workgroup finish sooner, then assign the work items longest-first to
+ * the least loaded workgroup. Pure host code, deterministic. */
 #ifndef FLP_CORE_DECODE_SCHEDULE_H
 #define FLP_CORE_DECODE_SCHEDULE_H
 

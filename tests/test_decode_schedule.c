@@ -122,17 +122,76 @@ static void test_random_batches(void **state) {
     }
 }
 
-static void test_no_split_when_batch_fills_device(void **state) {
+/* A uniform batch that fills the grid is not split: no chunk shortens its slowest workgroup. */
+static void test_no_split_for_uniform_batch(void **state) {
     (void)state;
-    test_rng rng;
-    test_rng_init(&rng, 7);
-    schedule_case c;
-    random_case(&rng, &c, 64, 8, 264, 8192);
+    schedule_case c = {0};
+    c.batch = 64;
+    c.heads = 8;
+    c.ctas = 264;
+    c.begin = calloc(64, sizeof(int32_t));
+    c.end = calloc(64, sizeof(int32_t));
+    for (int32_t b = 0; b < 64; b++)
+        c.end[b] = 4096;
     run_schedule(&c, 128, 16);
     assert_int_equal(c.out.num_partial_slots, 0);
     assert_int_equal(c.out.num_items, 64 * 8);
     check_schedule(&c);
     free_case(&c);
+}
+
+/* The slowest workgroup's load over the mean load, loads counted as the scheduler does. */
+static double load_imbalance(const schedule_case *c) {
+    int64_t max_load = 0, sum = 0;
+    for (int32_t cta = 0; cta < c->ctas; cta++) {
+        int64_t load = 0;
+        for (int32_t i = c->out.work_indptr[cta]; i < c->out.work_indptr[cta + 1]; i++) {
+            const int32_t *it = c->work_items + FLP_WORK_ITEM_INTS * i;
+            load += it[FLP_WORK_KV_END] - it[FLP_WORK_KV_BEGIN] + 16;
+        }
+        sum += load;
+        if (load > max_load)
+            max_load = load;
+    }
+    return (double)max_load * c->ctas / (double)sum;
+}
+
+/* lens: runs of (count, length), ended by a zero count. */
+static void lengths_case(schedule_case *c, int32_t heads, int32_t ctas, const int32_t *runs) {
+    int32_t batch = 0;
+    for (const int32_t *r = runs; r[0] > 0; r += 2)
+        batch += r[0];
+    *c = (schedule_case){.batch = batch, .heads = heads, .ctas = ctas};
+    c->begin = calloc((size_t)batch, sizeof(int32_t));
+    c->end = calloc((size_t)batch, sizeof(int32_t));
+    int32_t b = 0;
+    for (const int32_t *r = runs; r[0] > 0; r += 2)
+        for (int32_t i = 0; i < r[0]; i++)
+            c->end[b++] = r[1];
+}
+
+/* Skewed serving batches: a few long requests among many short ones, and batches of a little
+ * more than one item per workgroup. The long requests are split although the batch fills the
+ * grid, and the slowest workgroup carries at most 10% more than the mean, on a grid of the
+ * CUDA backend's size (2 x 132 SMs) and of the Vulkan backend's (4 x 132). */
+static void test_skewed_batches_are_balanced(void **state) {
+    (void)state;
+    static const int32_t batches[][7] = {
+        {1, 32768, 63, 512, 0}, {2, 65536, 254, 256, 0},   {1, 131072, 7, 1024, 0},  {40, 4096, 0},
+        {100, 3000, 0},         {1, 100000, 200, 3000, 0}, {3, 20000, 5, 7, 120, 33}};
+    static const int32_t grids[] = {264, 528};
+    for (size_t i = 0; i < sizeof batches / sizeof *batches; i++)
+        for (size_t g = 0; g < 2; g++) {
+            schedule_case c;
+            lengths_case(&c, 8, grids[g], batches[i]);
+            run_schedule(&c, 128, 16);
+            check_schedule(&c);
+            double imbalance = load_imbalance(&c);
+            print_message("batch %zu, %d workgroups: %d items, chunk %d, max/mean load %.3f\n", i,
+                          grids[g], c.out.num_items, c.out.chunk_size, imbalance);
+            assert_true(imbalance <= 1.1);
+            free_case(&c);
+        }
 }
 
 static void test_long_request_is_split(void **state) {
@@ -199,7 +258,8 @@ static void test_empty_requests_get_an_item(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_random_batches),
-        cmocka_unit_test(test_no_split_when_batch_fills_device),
+        cmocka_unit_test(test_no_split_for_uniform_batch),
+        cmocka_unit_test(test_skewed_batches_are_balanced),
         cmocka_unit_test(test_long_request_is_split),
         cmocka_unit_test(test_deterministic),
         cmocka_unit_test(test_empty_requests_get_an_item),

@@ -1274,11 +1274,12 @@ static void test_caller_command_buffer_replans_gpu_kernel(void **state) {
  * run in total since the invocation started. The decode kernel used to lose the last work
  * items of a long-running workgroup that way (zero output rows, nothing reported). The CPU
  * kernel runs one loop iteration per 8 keys (vk_decode_cpu.c) and refuses plans that would
- * need more: a request of 65530 iterations (just within the budget, with the item, pass and
+ * need more: requests of 65530 iterations (just within the budget, with the item, pass and
  * exit iterations) must decode correctly, one iteration more must fail with
- * FLP_ERROR_UNSUPPORTED and leave the output untouched. Every page of the long request is
- * page 0 but the last, page 1, whose keys (16 q) dominate the softmax: a workgroup that stops
- * early gives a wrong row or none. */
+ * FLP_ERROR_UNSUPPORTED and leave the output untouched. One request per workgroup, all of the
+ * same length: no split shortens the slowest workgroup, so the scheduler leaves them whole.
+ * Every page of a request is page 0 but the last, page 1, whose keys (16 q) dominate the
+ * softmax: a workgroup that stops early gives a wrong row or none. */
 enum { BUDGET_D = 64, BUDGET_PAGE = 16, BUDGET_STEP = 8, BUDGET_LOOP = 65535 };
 
 static double dot64(const float *a, const float *b) {
@@ -1301,20 +1302,25 @@ static void test_loop_budget(void **state) {
     test_rng rng;
     test_rng_init(&rng, 0x5eed0005);
     const int32_t steps_ok = BUDGET_LOOP - 5; /* + item, pass, key-loop exits */
-    const int32_t max_pages = (steps_ok + 1) * BUDGET_STEP / BUDGET_PAGE + 1024;
-    flp_plan *plan = NULL;
     flp_plan_desc pd = {.max_batch_size = 1024,
-                        .max_pages = max_pages,
+                        .max_pages = 1,
                         .num_qo_heads = 1,
                         .num_kv_heads = 1,
                         .head_dim = BUDGET_D};
+    flp_plan *plan = NULL;
     assert_ok(g_ctx, flp_plan_create(g_ctx, &pd, &plan));
-    /* one request per workgroup: nothing is split, the long one has a workgroup to itself */
-    const int32_t batch = decode_grid(plan);
+    const int32_t batch = decode_grid(plan); /* one request per workgroup */
     assert_true(batch >= 1 && batch <= 1024);
+    flp_plan_destroy(plan);
+    const int32_t max_pages_per_request = (steps_ok + 1) * BUDGET_STEP / BUDGET_PAGE + 1;
+    pd.max_pages = batch * max_pages_per_request;
+    assert_ok(g_ctx, flp_plan_create(g_ctx, &pd, &plan));
+    const int32_t max_pages = pd.max_pages;
 
     float q[1024 * BUDGET_D], pool[2][2][BUDGET_PAGE * BUDGET_D]; /* [page][k/v][slot, d] */
-    fill_f16_values(&rng, q, (size_t)batch * BUDGET_D);
+    fill_f16_values(&rng, q, BUDGET_D);
+    for (int32_t b = 1; b < batch; b++) /* every request asks the same query */
+        memcpy(q + (size_t)b * BUDGET_D, q, sizeof(float) * BUDGET_D);
     fill_f16_values(&rng, &pool[0][0][0], sizeof pool / sizeof(float));
     for (int t = 0; t < BUDGET_PAGE; t++)
         for (int d = 0; d < BUDGET_D; d++)
@@ -1340,17 +1346,14 @@ static void test_loop_budget(void **state) {
         int32_t keys = steps * BUDGET_STEP;
         int32_t pages0 = (keys + BUDGET_PAGE - 1) / BUDGET_PAGE;
         int32_t last0 = keys - (pages0 - 1) * BUDGET_PAGE; /* keys on the last page */
-        indptr[0] = 0;
-        indptr[1] = pages0;
-        for (int32_t i = 0; i < pages0 - 1; i++)
-            indices[i] = 0;
-        indices[pages0 - 1] = 1; /* the dominant keys come last */
-        last[0] = last0;
-        for (int32_t b = 1; b < batch; b++) { /* one key each */
-            indptr[b + 1] = indptr[b] + 1;
-            indices[indptr[b]] = 0;
-            last[b] = 1;
+        for (int32_t b = 0; b < batch; b++) {
+            indptr[b] = b * pages0;
+            for (int32_t i = 0; i < pages0 - 1; i++)
+                indices[indptr[b] + i] = 0;
+            indices[indptr[b] + pages0 - 1] = 1; /* the dominant keys come last */
+            last[b] = last0;
         }
+        indptr[batch] = batch * pages0;
         flp_decode_plan_args pa = {
             .batch_size = batch,
             .page_size = BUDGET_PAGE,
@@ -1376,7 +1379,7 @@ static void test_loop_budget(void **state) {
         assert_ok(g_ctx, flp_buffer_read(g_ctx, out, 0, got, out_bytes));
         if (round == 1) {
             assert_int_equal(st, FLP_ERROR_UNSUPPORTED);
-            /* the long request's workgroup, one iteration past the budget, and the budget */
+            /* the first workgroup, one iteration past the budget, and the budget */
             const char *want =
                 test_str("this decode plan is too large for the device: workgroup 0 of %d would "
                          "run %d loop iterations, and llvmpipe ends every loop of a shader "
@@ -1389,7 +1392,7 @@ static void test_loop_budget(void **state) {
             break;
         }
         assert_ok(g_ctx, st);
-        /* request 0 in closed form: page 0's keys (pages0 - 1) times, then last0 of page 1 */
+        /* every request in closed form: page 0's keys (pages0 - 1) times, then last0 of page 1 */
         double scale = 1.0 / sqrt((double)BUDGET_D), m = -INFINITY;
         double s[2][BUDGET_PAGE];
         for (int page = 0; page < 2; page++)
@@ -1405,15 +1408,13 @@ static void test_loop_budget(void **state) {
                 for (int d = 0; d < BUDGET_D; d++)
                     want[d] += w * pool[page][1][t * BUDGET_D + d];
             }
-        for (int d = 0; d < BUDGET_D; d++) {
+        for (int d = 0; d < BUDGET_D; d++)
             want[d] /= sum;
-            have[d] = flp_f16_to_f32(got[d]);
-        }
-        assert_relative_error(have, want, BUDGET_D, 2e-3, "the long request");
-        /* the others: one key, so exactly its value row */
-        for (int32_t b = 1; b < batch; b++)
+        for (int32_t b = 0; b < batch; b++) {
             for (int d = 0; d < BUDGET_D; d++)
-                assert_int_equal(got[b * BUDGET_D + d], flp_f32_to_f16(pool[0][1][d]));
+                have[d] = flp_f16_to_f32(got[b * BUDGET_D + d]);
+            assert_relative_error(have, want, BUDGET_D, 2e-3, test_str("request %d", b));
+        }
     }
     flp_plan_destroy(plan);
     flp_buffer_destroy(q_buf);

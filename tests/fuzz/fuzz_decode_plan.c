@@ -39,9 +39,10 @@
 #define MAX_HKV 8
 #define MAX_GROUP 8
 #define MAX_HQ (MAX_HKV * MAX_GROUP)
-#define MAX_ITEMS (MAX_BATCH * MAX_HKV + GRID) /* docs/design.md 5.5 "Bound" */
-#define MIN_CHUNK 128                          /* 5.5: a split chunk is at least 128 keys */
-#define ITEM_COST 16                           /* 5.5: cost = keys + 16 */
+#define SPLIT_DIVISOR 4 /* 5.5: no chunk below the fair share over 4 */
+#define MAX_ITEMS (MAX_BATCH * MAX_HKV + SPLIT_DIVISOR * GRID) /* docs/design.md 5.5 "Bound" */
+#define MIN_CHUNK 128 /* 5.5: a split chunk is at least 128 keys */
+#define ITEM_COST 16  /* 5.5: cost = keys + 16 */
 
 /* ---- the capacities and one batch -------------------------------------------------------- */
 
@@ -300,7 +301,7 @@ typedef struct model {
     flp_kv_layout layout;
 } model;
 
-static void model_batch(const caps *c, const batch *b, model *m) {
+static void model_batch(const batch *b, model *m) {
     memset(m, 0, sizeof *m);
     const flp_variant *v = &b->variant;
     m->batch_size = b->batch_size;
@@ -311,7 +312,6 @@ static void model_batch(const caps *c, const batch *b, model *m) {
     m->max_page_id = -1;
     for (int32_t i = 0; i < b->indptr[b->batch_size]; i++)
         m->max_page_id = b->indices[i] > m->max_page_id ? b->indices[i] : m->max_page_id;
-    int64_t total = 0;
     for (int32_t r = 0; r < b->batch_size; r++) {
         const int32_t pages = b->indptr[r + 1] - b->indptr[r];
         m->kv_len[r] = pages ? (pages - 1) * b->page_size + b->last[r] : 0;
@@ -319,17 +319,42 @@ static void model_batch(const caps *c, const batch *b, model *m) {
         const int64_t lowest =
             v->use_window ? (int64_t)m->kv_len[r] - m->qo_len - v->window_left : 0;
         m->begin[r] = lowest > 0 ? (int32_t)lowest : 0;
-        total += (int64_t)(m->kv_len[r] - m->begin[r]) * c->hkv;
     }
-    /* 5.5 "Split decision" */
+}
+
+/* 5.5 "Split decision": the chunk the plan chose (read off its first split item; INT64_MAX when
+ * nothing is split) must be one the rule allows: a multiple of max(page_size, 16), at least 128
+ * keys and the fair share of the grid over 4, shorter than the longest request. Which of the
+ * allowed chunks is fastest is the unit test's business (test_decode_schedule.c); here every
+ * request longer than the chunk must be cut into chunk-sized items and no other. */
+static void model_split(const caps *c, const int32_t *items, int32_t n, model *m) {
+    int64_t total = 0, longest = 0;
+    for (int32_t r = 0; r < m->batch_size; r++) {
+        const int64_t len = m->kv_len[r] - m->begin[r];
+        total += (len + ITEM_COST) * c->hkv;
+        longest = len > longest ? len : longest;
+    }
     m->chunk = INT64_MAX;
-    if ((int64_t)b->batch_size * c->hkv < GRID) {
-        int64_t chunk = (total + GRID - 1) / GRID;
-        chunk = chunk < MIN_CHUNK ? MIN_CHUNK : chunk;
-        const int64_t align = b->page_size > 16 ? b->page_size : 16;
-        m->chunk = (chunk + align - 1) / align * align;
+    for (int32_t i = 0; i < n; i++) {
+        const int32_t *it = items + FLP_WORK_ITEM_INTS * i, r = it[FLP_WORK_REQUEST];
+        if (it[FLP_WORK_PARTIAL_SLOT] >= 0 && r >= 0 && r < m->batch_size &&
+            it[FLP_WORK_KV_BEGIN] == m->begin[r]) {
+            m->chunk = (int64_t)it[FLP_WORK_KV_END] - it[FLP_WORK_KV_BEGIN];
+            break;
+        }
     }
-    for (int32_t r = 0; r < b->batch_size; r++) {
+    if (m->chunk != INT64_MAX) {
+        const int64_t align = m->page_size > 16 ? m->page_size : 16;
+        const int64_t fair = (total + GRID - 1) / GRID;
+        FUZZ_CHECK(m->chunk % align == 0 && m->chunk >= MIN_CHUNK &&
+                       m->chunk * SPLIT_DIVISOR >= fair && m->chunk < longest,
+                   "chunk %lld: not a multiple of %lld, below %d or the fair share %lld / %d, or "
+                   "not below the longest request's %lld keys",
+                   (long long)m->chunk, (long long)align, MIN_CHUNK, (long long)fair, SPLIT_DIVISOR,
+                   (long long)longest);
+    }
+    m->num_items = 0;
+    for (int32_t r = 0; r < m->batch_size; r++) {
         const int64_t len = m->kv_len[r] - m->begin[r];
         m->chunks[r] = len > m->chunk ? (int32_t)((len + m->chunk - 1) / m->chunk) : 1;
         m->num_items += m->chunks[r] * c->hkv;
@@ -370,7 +395,7 @@ static void check_unchanged(const flp_plan *plan, const snapshot *s, bool decode
 static void check_layout(const flp_plan *plan, const caps *c) {
     const flp_plan_layout *l = &plan->layout;
     const size_t i32 = 4, max_qo = (size_t)(c->max_qo_len ? c->max_qo_len : 1);
-    const size_t items = (size_t)c->max_batch * (size_t)c->hkv + GRID;
+    const size_t items = (size_t)c->max_batch * (size_t)c->hkv + SPLIT_DIVISOR * GRID;
     const layout_part parts[] = {
         {"info", l->info, sizeof(flp_decode_plan_info), 256},
         {"kv_indptr", l->kv_indptr, i32 * ((size_t)c->max_batch + 1), 16},
@@ -447,13 +472,17 @@ static void describe_item(const int32_t *w, char *text, size_t size) {
 }
 
 /* The uploaded schedule against the model: coverage, splits, slots, capacities, assignment. */
-static void check_schedule(const flp_plan *plan, const caps *c, const model *m) {
+static void check_schedule(const flp_plan *plan, const caps *c, const model *accepted) {
     const flp_decode_plan_info *p = (const flp_decode_plan_info *)plan_device_region(plan);
     const int32_t *indptr = device_words(plan, p->off_work_indptr);
     const int32_t *items = device_words(plan, p->off_work_items);
     const int32_t *merge = device_words(plan, p->off_merge_info);
-    const int32_t max_items = c->max_batch * c->hkv + GRID;
+    const int32_t max_items = c->max_batch * c->hkv + SPLIT_DIVISOR * GRID;
     const int32_t n = check_work_indptr(indptr, GRID, max_items);
+    static model split;
+    split = *accepted;
+    model *m = &split;
+    model_split(c, items, n, m);
     FUZZ_CHECK(n == m->num_items, "%d items, the model splits into %d (chunk %lld)", n,
                m->num_items, (long long)m->chunk);
     for (int32_t i = 0; i < n; i++) {
@@ -713,7 +742,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         check_unchanged(plan, &before, st != FLP_OK);
         free_snapshot(&before);
         if (st == FLP_OK) {
-            model_batch(&c, &b, &accepted);
+            model_batch(&b, &accepted);
             check_info(plan, &c, &b, &accepted);
             check_schedule(plan, &c, &accepted);
             planned = true;
