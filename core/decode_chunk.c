@@ -68,16 +68,32 @@ static int64_t simulated_makespan(const flp_decode_schedule_input *in, int32_t c
         loads[c] = (full / ctas + (c < full % ctas)) * full_cost;
     for (int32_t c = (int32_t)(ctas / 2) - 1; c >= 0; c--)
         sift_down(loads, (int32_t)ctas, c);
-    for (int32_t b = 0; b < in->batch_size && rest[b] > 0; b++)
-        for (int64_t g = 0; g < heads; g++) {
-            loads[0] += rest[b];
+    int64_t heaviest = full > 0 ? (full + ctas - 1) / ctas * full_cost : 0;
+    /* Runs of equal costs (a request's heads, requests of one length). While a run holds a
+     * piece for every workgroup and the loads differ by at most its cost, longest-first gives
+     * each workgroup one: added to all at once, the heap stays ordered. */
+    for (int32_t b = 0; b < in->batch_size && rest[b] > 0;) {
+        int32_t e = b;
+        while (e < in->batch_size && rest[e] == rest[b])
+            e++;
+        const int64_t cost = rest[b];
+        int64_t pieces = (int64_t)(e - b) * heads;
+        if (pieces >= ctas && heaviest - loads[0] <= cost) {
+            const int64_t rounds = pieces / ctas;
+            for (int64_t c = 0; c < ctas; c++)
+                loads[c] += rounds * cost;
+            heaviest += rounds * cost;
+            pieces -= rounds * ctas;
+        }
+        for (; pieces > 0; pieces--) {
+            loads[0] += cost;
+            if (loads[0] > heaviest)
+                heaviest = loads[0];
             sift_down(loads, (int32_t)ctas, 0);
         }
-    int64_t slowest = 0;
-    for (int64_t c = 0; c < ctas; c++)
-        if (loads[c] > slowest)
-            slowest = loads[c];
-    return slowest;
+        b = e;
+    }
+    return heaviest;
 }
 
 int32_t flp_decode_choose_chunk(const flp_decode_schedule_input *in, void *scratch) {
@@ -97,6 +113,10 @@ int32_t flp_decode_choose_chunk(const flp_decode_schedule_input *in, void *scrat
     int32_t best = INT32_MAX;
     const int64_t unsplit_time = simulated_makespan(in, INT32_MAX, loads, rest);
     int64_t best_time = unsplit_time;
+    /* No schedule beats the mean load (splitting only adds cost): when no split can gain the
+     * required share, none is simulated. */
+    if (total / in->num_ctas * 100 > unsplit_time * (100 - FLP_DECODE_SPLIT_MIN_GAIN_PERCENT))
+        return INT32_MAX;
     const size_t divisors = sizeof SPLIT_DIVISORS / sizeof *SPLIT_DIVISORS;
     for (size_t i = 0; i < 2 * divisors; i++) {
         int64_t whole = i < divisors ? fair : longest, k = SPLIT_DIVISORS[i % divisors];
