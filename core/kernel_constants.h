@@ -23,6 +23,11 @@
 #define FLP_FLAG_CUSTOM_MASK 32u /* prefill: key j kept only where bit (i, j) of the mask is 1 */
 #define FLP_FLAG_PAGED 64u       /* prefill: KV through the page table, else ragged rows */
 
+/* ---- merges of split-KV chunks ----------------------------------------------------------- */
+/* Chunks whose states the decode merges (CUDA merge_chunks4, shaders/decode_merge.comp) load at
+ * once, so that their loads are in flight together rather than one after another. */
+#define FLP_MERGE_BATCH 8
+
 /* ---- decode work item: 5 int32 in plan memory ---------------------------------------------- */
 /* The keys [kv_begin, kv_end) of one request for one KV head and all query heads of its group
  * (and all qo_len rows). partial_slot < 0: write the final out/lse rows; else write the fp32

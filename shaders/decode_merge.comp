@@ -1,7 +1,7 @@
 #version 460
 // Merge of split-KV partial states (docs/kernels/merge.md): workgroup w handles request
 // b = w / num_qo_heads and query head h = w % num_qo_heads for all qo_len rows, merging the
-// request's chunks in chunk order with the merge operator, and writes out/lse as the decode
+// request's chunks in chunk order (all at once, two passes), and writes out/lse as the decode
 // kernel does for unsplit rows. The grid may be 2-D (x * y >= capacity); extra workgroups
 // fall on b >= batch_size and return.
 #extension GL_GOOGLE_include_directive : require
@@ -47,23 +47,47 @@ void main() {
     for (uint idx = gl_LocalInvocationIndex; idx < uint(qo_len) * QUADS; idx += WG) {
         int qi = int(idx / QUADS);
         uint d0 = (idx % QUADS) * 4u;
-        bool any = false; // an empty state (lse -inf) is the merge's identity
-        float s = 0.0;
+        // The merge operator over all chunks at once, in chunk order (docs/kernels/merge.md):
+        // the largest lse, then the weighted sum; FLP_MERGE_BATCH chunks at a time so that
+        // their loads are in flight together. Empty states (lse -inf) weigh nothing.
+        int row0 = ((first + g * chunks) * qo_len + qi) * group + hh;
+        int row_stride = qo_len * group;
+        float m = NEG_BIG;
+        for (int c0 = 0; c0 < chunks; c0 += FLP_MERGE_BATCH)
+            [[unroll]] for (int i = 0; i < FLP_MERGE_BATCH; i++)
+                if (c0 + i < chunks) {
+                    float sb = partial_lse.v[row0 + (c0 + i) * row_stride];
+                    if (!partial_is_empty(sb))
+                        m = max(m, sb);
+                }
+        bool any = m > NEG_BIG;
+        float s = 0.0, sum = 0.0;
         vec4 o = vec4(0.0);
-        for (int c = 0; c < chunks; c++) {
-            int prow = ((first + g * chunks + c) * qo_len + qi) * group + hh;
-            float sb = partial_lse.v[prow];
-            if (partial_is_empty(sb))
-                continue; // no key in this chunk
-            F32Ref row = F32Ref(partial_o + 4ul * (uint64_t(prow) * uint64_t(HEAD_DIM) + d0));
-            vec4 ob = vec4(row.v[0], row.v[1], row.v[2], row.v[3]);
-            if (!any) {
-                s = sb;
-                o = ob;
-                any = true;
-                continue;
+        for (int c0 = 0; any && c0 < chunks; c0 += FLP_MERGE_BATCH) {
+            float wt[FLP_MERGE_BATCH];
+            vec4 ob[FLP_MERGE_BATCH];
+            [[unroll]] for (int i = 0; i < FLP_MERGE_BATCH; i++) {
+                wt[i] = 0.0;
+                ob[i] = vec4(0.0);
+                if (c0 + i < chunks) {
+                    int prow = row0 + (c0 + i) * row_stride;
+                    float sb = partial_lse.v[prow];
+                    if (!partial_is_empty(sb)) {
+                        wt[i] = exp(sb - m);
+                        F32Ref row = F32Ref(partial_o + 4ul * (uint64_t(prow) * uint64_t(HEAD_DIM) +
+                                                               d0));
+                        ob[i] = vec4(row.v[0], row.v[1], row.v[2], row.v[3]);
+                    }
+                }
             }
-            o = merge_o(merge_lse(s, sb), o, ob);
+            [[unroll]] for (int i = 0; i < FLP_MERGE_BATCH; i++) {
+                sum += wt[i];
+                o += wt[i] * ob[i];
+            }
+        }
+        if (any) {
+            o /= sum;
+            s = m + log(sum);
         }
         int r = b * qo_len + qi;
         int64_t o_off = int64_t(r) * P.o_stride_row + int64_t(h) * P.o_stride_head + int64_t(d0);

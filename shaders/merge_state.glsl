@@ -4,8 +4,9 @@
 //   running max m of the logits (NEG_BIG: no key yet), l = sum exp2(x - m), acc = sum
 //   exp2(x - m) v; output_scale and state_lse turn it into out and lse;
 // - a split-KV chunk's partial state is (lse, o): its natural-log lse (-inf: no key kept) and
-//   normalised output. decode_merge.comp and prefill_merge.comp fold the chunks' states in chunk
-//   order (results do not depend on timing); an empty state is the identity and is skipped.
+//   normalised output. prefill_merge.comp folds the chunks' states pairwise and decode_merge.comp
+//   merges them all at once, both in chunk order (results do not depend on timing); an empty
+//   state is the identity and is skipped.
 #ifndef FLP_MERGE_STATE_GLSL
 #define FLP_MERGE_STATE_GLSL
 

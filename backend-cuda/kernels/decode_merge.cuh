@@ -1,6 +1,6 @@
 /* Merge of split-KV partial states (decode kernel spec): block w handles request
- * b = w / num_qo_heads and query head h = w % num_qo_heads for all qo_len rows, and folds the
- * request's chunks in chunk order with the merge operator (merge_state.cuh). */
+ * b = w / num_qo_heads and query head h = w % num_qo_heads for all qo_len rows, and merges the
+ * request's chunks in chunk order (merge_chunks4, merge_state.cuh). */
 #ifndef FLP_CUDA_DECODE_MERGE_CUH
 #define FLP_CUDA_DECODE_MERGE_CUH
 
@@ -37,14 +37,9 @@ template <int QDT> FLP_DEV void merge_body(const flp_decode_params &p) {
         const int qi = u / quads;
         const int d = (u - qi * quads) * 4;
         const int j = qi * group + hh;
-        float s = neg_inf();
-        float o[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        for (int c = 0; c < chunks; ++c) {
-            const long long prow = static_cast<long long>(first_slot + g * chunks + c) * nrows + j;
-            const f32x4 v = *reinterpret_cast<const f32x4 *>(partial_o + prow * head_dim + d);
-            const float oc[4] = {v.x, v.y, v.z, v.w};
-            merge_fold4(s, o, partial_lse[prow], oc);
-        }
+        float s, o[4];
+        const long long first_row = static_cast<long long>(first_slot + g * chunks) * nrows + j;
+        merge_chunks4(partial_lse, partial_o, first_row, nrows, chunks, head_dim, d, s, o);
         merge_store4<QDT>(p, static_cast<long long>(b) * qo_len + qi, h, d, o, s);
     }
 }

@@ -1,8 +1,8 @@
 /* Merge of split prefill items (core/prefill_params.h): block w takes merge items w,
  * w + gridDim.x, ... below the plan's num_merge_items; for every packed row of an item and
- * every 4 columns it folds the item's chunks in chunk (key) order with the merge operator
- * (natural-log states; two empty states stay o = 0, s = -inf), so results do not depend on
- * timing, then writes out (round to nearest even) and lse like an unsplit item. */
+ * every 4 columns it merges the item's chunks in chunk (key) order (merge_chunks4, natural-log
+ * states; empty states give o = 0, s = -inf), so results do not depend on timing, then writes out
+ * (round to nearest even) and lse like an unsplit item. */
 #ifndef FLP_CUDA_PREFILL_MERGE_CUH
 #define FLP_CUDA_PREFILL_MERGE_CUH
 
@@ -36,13 +36,10 @@ template <int QDT> FLP_DEV void prefill_merge_body(const flp_prefill_params &p) 
         for (int u = threadIdx.x; u < rows * quads; u += blockDim.x) {
             const int r = u / quads;
             const int d = (u - r * quads) * 4;
-            float s = neg_inf();
-            float o[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-            for (int c = 0; c < chunks; ++c) {
-                const long long prow =
-                    static_cast<long long>(first_slot + c) * FLP_PREFILL_MAX_TILE + r;
-                merge_fold4(s, o, partial_lse[prow], partial_o + prow * head_dim + d);
-            }
+            float s, o[4];
+            merge_chunks4(partial_lse, partial_o,
+                          static_cast<long long>(first_slot) * FLP_PREFILL_MAX_TILE + r,
+                          FLP_PREFILL_MAX_TILE, chunks, head_dim, d, s, o);
             const packed_row pr = unpack_row(row_begin + r, group, kvh);
             merge_store4<QDT>(p, static_cast<long long>(q_start) + pr.token, pr.head, d, o, s);
         }
