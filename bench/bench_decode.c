@@ -8,11 +8,13 @@
  * then 63 of 512); without it, --batch requests of --kv-len keys. Prints one line per run: the
  * host time of flp_decode_plan (median of 21), the time per run (median of 5 timed batches of
  * --iters runs queued back to back), achieved GB/s counting each K/V/Q/O byte once, and the
- * fraction of --copy-gbps (the device's measured copy bandwidth, read + write) when given.
+ * fraction of --copy-gbps (the device's measured copy bandwidth, read + write) when given, and
+ * on CUDA the time per run of the same runs replayed from a CUDA graph (graph_us).
  * Results are first checked against the float64 reference on a sample of requests (the
  * longest, the shortest and some between): the cache holds a random block repeated, so the
  * host keeps only that block, and 256 x 16384 fits in host memory. */
 #include "bench/bench_check.h"
+#include "bench/cuda_graph.h"
 #include "tools/host_timing.h"
 #include "core/reference.h"
 #include "flashport/flashport.h"
@@ -155,6 +157,18 @@ static float *upload_repeated(flp_context *ctx, flp_buffer *buf, flp_dtype dtype
     }
     free(raw);
     return block;
+}
+
+/* One decode run, the call a CUDA graph captures. */
+typedef struct decode_call {
+    flp_context *ctx;
+    const flp_plan *plan;
+    const flp_decode_run_args *args;
+} decode_call;
+
+static flp_status run_decode(void *arg) {
+    const decode_call *call = arg;
+    return flp_decode_run(call->ctx, call->plan, call->args);
 }
 
 /* The sample checked against float64: the longest and shortest requests and some between. */
@@ -330,6 +344,11 @@ int main(int argc, char **argv) {
         samples[s] = (timing_now_seconds() - t0) / c.iters;
     }
     double t = timing_median(samples, 5);
+    /* CUDA only: the same runs replayed from a graph (no launch overhead on the host) */
+    decode_call call = {ctx, plan, &ra};
+    bench_graph *graph = bench_graph_capture(ctx, c.iters, run_decode, &call);
+    double graph_s = graph ? bench_graph_seconds_per_run(graph, 5) : -1.0;
+    bench_graph_destroy(graph);
     double bytes = (double)keys * c.hkv * c.head_dim * 2.0 * (double)flp_dtype_size(c.kv_dtype) +
                    2.0 * (double)q_bytes;
     double gbps = bytes / t * 1e-9;
@@ -340,6 +359,8 @@ int main(int argc, char **argv) {
            flp_dtype_name(c.kv_dtype), plan_s * 1e6, t * 1e6, gbps);
     if (c.copy_gbps > 0)
         printf(" of_copy=%.2f", gbps / c.copy_gbps);
+    if (graph_s > 0)
+        printf(" graph_us=%.1f graph_GB/s=%.0f", graph_s * 1e6, bytes / graph_s * 1e-9);
     printf(" checked=%d max_rel_err=%.1e %s\n", checked, err, err <= tol ? "ok" : "WRONG");
 
     flp_plan_destroy(plan);
