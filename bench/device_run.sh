@@ -11,8 +11,11 @@
 #                               backends, the decode and prefill benchmarks with their torch peers
 #                               (uses build/ from `check` on the same warm machine, else builds it)
 #   bench/device_run.sh decode|prefill   that benchmark only
-# Logs go to $OUT when set. FLP_PREFILL_CASES overrides the prefill cases (bench/bench_prefill.c
-# names them; default: the single prompts 1k-16k, the ragged batch and the speculative shape).
+# Logs go to $OUT when set. FLP_DECODE_CASES overrides the decode cases (flashport-bench-decode
+# arguments, cases separated by ';'; default: uniform 16 x 1024, 64 x 4096, 256 x 16384, three
+# skewed batches, fp8 caches). FLP_PREFILL_CASES overrides the prefill cases
+# (bench/bench_prefill.c names them; default: the single prompts 1k-16k, the ragged batch and
+# the speculative shape).
 set -u
 mode=${1:-check}
 run_check=0 run_sanitize=0 run_decode=0 run_prefill=0
