@@ -567,6 +567,50 @@ static void test_determinism(void **state) {
     problem_free(&p);
 }
 
+/* A skewed serving batch that fills the grid: as many requests per KV head as the grid has
+ * workgroups, one of them 32 times longer than the others. The scheduler must split the long
+ * one although the batch fills the grid (docs/design.md 5.5: one unsplit item would be the
+ * slowest workgroup by far), and the merged rows must match the reference; in bf16 and in e4m3
+ * with scales. */
+static void test_skewed_batch_fills_grid(void **state) {
+    (void)state;
+    static const flp_dtype kv_dtypes[] = {FLP_DTYPE_BF16, FLP_DTYPE_E4M3};
+    for (size_t k = 0; k < sizeof kv_dtypes / sizeof kv_dtypes[0]; ++k) {
+        test_rng rng;
+        test_rng_init(&rng, test_name_seed("skewed batch") + k);
+        problem p;
+        problem_init(&p, k ? "skewed batch, e4m3" : "skewed batch, bf16", 4, 2, 128, FLP_DTYPE_BF16,
+                     kv_dtypes[k], FLP_KV_LAYOUT_NHD, 16, 1);
+        if (k)
+            problem_set_scales(&p, 0.5f, 1.5f);
+        flp_plan *probe = create_plan(&p, 1, 1, 1);
+        flp_plan_summary s;
+        flp_plan_summarize(probe, &s);
+        flp_plan_destroy(probe);
+        const int32_t batch = (s.decode_ctas + p.hkv - 1) / p.hkv;
+        int32_t *lens = test_xcalloc((size_t)batch, sizeof(int32_t));
+        for (int32_t b = 0; b < batch; ++b)
+            lens[b] = 48 + b % 17;
+        lens[batch / 2] = 32 * 64;
+        problem_set_batch(&p, &rng, batch, lens, 3, false);
+        free(lens);
+        dev_problem dv;
+        dev_create(&p, p.rows, &dv);
+        flp_plan *plan = create_plan_for(&p);
+        plan_problem(&p, plan);
+        flp_plan_summarize(plan, &s);
+        if (s.decode_partial_slots <= 0 || s.decode_items <= batch * p.hkv)
+            fail_msg("%s: %d requests x %d KV heads fill the grid of %d, and the long request "
+                     "was not split (%d items, %d partial slots)",
+                     p.name, batch, p.hkv, s.decode_ctas, s.decode_items, s.decode_partial_slots);
+        run_problem(&p, &dv, plan);
+        check_against_reference(&p, &dv, "skewed batch");
+        flp_plan_destroy(plan);
+        dev_free(&dv);
+        problem_free(&p);
+    }
+}
+
 /* ---- 4. re-planning within capacity, caller workspace, capacity errors ----------------------- */
 
 static void test_replan_within_capacity(void **state) {
@@ -1244,6 +1288,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     GOOD(test_determinism);
+    GOOD(test_skewed_batch_fills_grid);
     GOOD(test_replan_within_capacity);
     BAD(test_capacity);
     GOOD(test_large_pool);
