@@ -77,15 +77,21 @@ flp_status flp_check_paged_kv(flp_context *ctx, const char *fn, const flp_paged_
     int32_t total_pages = kv->kv_indptr[kv->batch_size];
     if (total_pages > 0 && !kv->kv_indices)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: kv_indices is NULL", fn);
-    *max_page_id = -1;
+    /* One branch-free pass (it vectorises: plans of long batches walk every page id), then the
+     * first negative id for the message if there is one. */
+    int32_t lowest = 0, highest = -1;
     for (int32_t i = 0; i < total_pages; i++) {
-        if (kv->kv_indices[i] < 0)
-            return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                            "%s: kv_indices[%d] = %d is a negative page id", fn, i,
-                            kv->kv_indices[i]);
-        if (kv->kv_indices[i] > *max_page_id)
-            *max_page_id = kv->kv_indices[i];
+        const int32_t id = kv->kv_indices[i];
+        lowest = id < lowest ? id : lowest;
+        highest = id > highest ? id : highest;
     }
+    if (lowest < 0)
+        for (int32_t i = 0; i < total_pages; i++)
+            if (kv->kv_indices[i] < 0)
+                return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                                "%s: kv_indices[%d] = %d is a negative page id", fn, i,
+                                kv->kv_indices[i]);
+    *max_page_id = highest;
     return FLP_OK;
 }
 
