@@ -64,6 +64,10 @@ static flp_dtype parse_dtype(const char *s) {
 
 static bench_config parse_args(int argc, char **argv) {
     bench_config c = {FLP_BACKEND_AUTO, 64, 4096, 32, 8, 128, 16, NULL, FLP_DTYPE_BF16, 0, 50, 0};
+    if (argc % 2 == 0) {
+        fprintf(stderr, "%s: every option takes a value\n", argv[argc - 1]);
+        exit(2);
+    }
     for (int i = 1; i + 1 < argc; i += 2) {
         const char *k = argv[i], *v = argv[i + 1];
         if (!strcmp(k, "--backend"))
@@ -99,6 +103,14 @@ static bench_config parse_args(int argc, char **argv) {
     }
     if (c.kv_dtype == FLP_DTYPE_DEFAULT)
         c.kv_dtype = c.dtype;
+    if (c.dtype != FLP_DTYPE_BF16 && c.dtype != FLP_DTYPE_F16) {
+        fprintf(stderr, "--dtype: queries and outputs are bf16 or f16\n");
+        exit(2);
+    }
+    if (c.iters < 1 || c.batch < 1 || c.page < 1) {
+        fprintf(stderr, "--iters, --batch and --page must be at least 1\n");
+        exit(2);
+    }
     return c;
 }
 
@@ -114,7 +126,7 @@ static int32_t *request_lengths(bench_config *c) {
     for (const char *at = c->lens_text; *at;) {
         char *end;
         long len = strtol(at, &end, 10), count = 1;
-        if (end == at || len < 0 || len > INT32_MAX) {
+        if (end == at || len < 0 || len > 1L << 30) { /* the library's FLP_MAX_KV_LEN */
             fprintf(stderr, "--lens %s: expected LENxCOUNT,...\n", c->lens_text);
             exit(2);
         }
@@ -127,7 +139,16 @@ static int32_t *request_lengths(bench_config *c) {
             }
             at = end;
         }
-        lens = realloc(lens, sizeof(int32_t) * (size_t)(batch + count));
+        if (batch + count > 1 << 20) {
+            fprintf(stderr, "--lens %s: more than %d requests\n", c->lens_text, 1 << 20);
+            exit(2);
+        }
+        int32_t *grown = realloc(lens, sizeof(int32_t) * (size_t)(batch + count));
+        if (!grown) {
+            fprintf(stderr, "--lens: out of host memory\n");
+            exit(1);
+        }
+        lens = grown;
         for (long i = 0; i < count; i++)
             lens[batch++] = (int32_t)len;
         if (*at == ',')
@@ -136,6 +157,10 @@ static int32_t *request_lengths(bench_config *c) {
             fprintf(stderr, "--lens %s: unexpected '%c'\n", c->lens_text, *at);
             exit(2);
         }
+    }
+    if (batch == 0) {
+        fprintf(stderr, "--lens %s: no requests\n", c->lens_text);
+        exit(2);
     }
     c->batch = batch;
     return lens;
@@ -253,7 +278,11 @@ int main(int argc, char **argv) {
     int64_t keys = 0;
     kv_indptr[0] = 0;
     for (int32_t b = 0; b < c.batch; b++) {
-        int32_t pages = (lens[b] + c.page - 1) / c.page;
+        int32_t pages = (int32_t)(((int64_t)lens[b] + c.page - 1) / c.page);
+        if ((int64_t)kv_indptr[b] + pages > INT32_MAX) {
+            fprintf(stderr, "more than %d pages in the batch\n", INT32_MAX);
+            return 2;
+        }
         kv_indptr[b + 1] = kv_indptr[b] + pages;
         last[b] = pages ? lens[b] - (pages - 1) * c.page : 0;
         keys += lens[b];
@@ -261,7 +290,7 @@ int main(int argc, char **argv) {
     int32_t num_pages = kv_indptr[c.batch] > 0 ? kv_indptr[c.batch] : 1;
     int32_t *indices = malloc(sizeof(int32_t) * (size_t)num_pages);
     /* Pages in a scattered order, as in a real pool (a stride coprime with the pool size). */
-    int32_t step = 7919 % num_pages == 0 ? 1 : 7919;
+    int32_t step = num_pages % 7919 == 0 ? 1 : 7919;
     for (int32_t i = 0; i < num_pages; i++)
         indices[i] = (int32_t)(((int64_t)i * step) % num_pages);
 

@@ -44,7 +44,7 @@ static bool load_driver(void) {
     loaded = -1;
     void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
     if (!lib)
-        return false;
+        return false; /* no driver: not a CUDA machine, nothing to say */
     const struct {
         void **slot;
         const char *name;
@@ -64,6 +64,7 @@ static bool load_driver(void) {
         void *p = dlsym(lib, syms[i].name);
         if (!p) {
             fprintf(stderr, "bench: libcuda.so.1 has no %s\n", syms[i].name);
+            dlclose(lib);
             return false;
         }
         memcpy(syms[i].slot, &p, sizeof p);
@@ -78,6 +79,8 @@ bench_graph *bench_graph_capture(flp_context *ctx, int runs, flp_status (*run)(v
     if (!stream || runs < 1 || !load_driver())
         return NULL;
     bench_graph *g = calloc(1, sizeof *g);
+    if (!g)
+        return NULL;
     g->stream = stream;
     g->runs = runs;
     cu_result r = cu.stream_context(stream, &g->context);
@@ -100,10 +103,13 @@ bench_graph *bench_graph_capture(flp_context *ctx, int runs, flp_status (*run)(v
         free(g);
         return NULL;
     }
-    cu.push(g->context);
-    r = cu.instantiate(&g->exec, g->graph, 0);
-    CUcontext popped;
-    cu.pop(&popped);
+    /* instantiation and launches take the calling thread's current context */
+    r = cu.push(g->context);
+    if (r == 0) {
+        r = cu.instantiate(&g->exec, g->graph, 0);
+        CUcontext popped;
+        cu.pop(&popped);
+    }
     if (r != 0) {
         fprintf(stderr, "bench: cuGraphInstantiate failed (CUresult %d)\n", r);
         cu.graph_destroy(g->graph);
@@ -115,10 +121,16 @@ bench_graph *bench_graph_capture(flp_context *ctx, int runs, flp_status (*run)(v
 
 double bench_graph_seconds_per_run(bench_graph *g, int samples) {
     double times[MAX_SAMPLES];
+    if (samples < 1)
+        samples = 1;
     if (samples > MAX_SAMPLES)
         samples = MAX_SAMPLES;
-    cu.push(g->context);
-    cu_result r = cu.launch(g->exec, g->stream);
+    cu_result r = cu.push(g->context);
+    if (r != 0) {
+        fprintf(stderr, "bench: cuCtxPushCurrent failed (CUresult %d)\n", r);
+        return -1.0;
+    }
+    r = cu.launch(g->exec, g->stream);
     if (r == 0)
         r = cu.synchronize(g->stream);
     for (int s = 0; s < samples && r == 0; s++) {

@@ -4,6 +4,7 @@
 #include "core/decode_chunk.h"
 
 #include <limits.h>
+#include <stdbool.h>
 #include <stdlib.h>
 
 /* The candidate chunks besides no split: the fair share of the grid divided by these (many
@@ -45,7 +46,8 @@ static int32_t key_count(const flp_decode_schedule_input *in, int32_t b) {
 
 /* The slowest workgroup's cost when every request longer than chunk is cut into chunk-sized
  * pieces (the last one shorter) and the pieces are assigned longest first to the least loaded
- * workgroup, as flp_assign_longest_first does. The full chunks all cost the same and come
+ * workgroup: an estimate of flp_assign_longest_first's result (here a split piece also costs
+ * FLP_DECODE_SPLIT_OVERHEAD). The full chunks all cost the same and come
  * first, so they are spread in closed form; the other pieces go through a heap of loads. */
 static int64_t simulated_makespan(const flp_decode_schedule_input *in, int32_t chunk,
                                   int64_t *loads, int64_t *rest) {
@@ -56,10 +58,10 @@ static int64_t simulated_makespan(const flp_decode_schedule_input *in, int32_t c
         int32_t len = key_count(in, b);
         if (len > chunk) {
             full += (int64_t)(len / chunk) * heads;
-            int32_t tail = len % chunk;
+            int64_t tail = len % chunk;
             rest[b] = tail > 0 ? tail + FLP_DECODE_ITEM_OVERHEAD + FLP_DECODE_SPLIT_OVERHEAD : 0;
         } else {
-            rest[b] = len + FLP_DECODE_ITEM_OVERHEAD;
+            rest[b] = (int64_t)len + FLP_DECODE_ITEM_OVERHEAD;
         }
     }
     qsort(rest, (size_t)in->batch_size, sizeof *rest, by_value_desc);
@@ -96,6 +98,13 @@ static int64_t simulated_makespan(const flp_decode_schedule_input *in, int32_t c
     return heaviest;
 }
 
+/* Whether time is at least FLP_DECODE_SPLIT_MIN_GAIN_PERCENT below base (both >= 0), without
+ * products that could overflow. */
+static bool gains_enough(int64_t time, int64_t base) {
+    const int64_t keep = 100 - FLP_DECODE_SPLIT_MIN_GAIN_PERCENT;
+    return time <= base / 100 * keep + base % 100 * keep / 100;
+}
+
 int32_t flp_decode_choose_chunk(const flp_decode_schedule_input *in, void *scratch) {
     int64_t *loads = scratch, *rest = loads + in->num_ctas;
     int64_t total = 0;
@@ -115,7 +124,7 @@ int32_t flp_decode_choose_chunk(const flp_decode_schedule_input *in, void *scrat
     int64_t best_time = unsplit_time;
     /* No schedule beats the mean load (splitting only adds cost): when no split can gain the
      * required share, none is simulated. */
-    if (total / in->num_ctas * 100 > unsplit_time * (100 - FLP_DECODE_SPLIT_MIN_GAIN_PERCENT))
+    if (!gains_enough(total / in->num_ctas, unsplit_time))
         return INT32_MAX;
     const size_t divisors = sizeof SPLIT_DIVISORS / sizeof *SPLIT_DIVISORS;
     for (size_t i = 0; i < 2 * divisors; i++) {
@@ -136,7 +145,7 @@ int32_t flp_decode_choose_chunk(const flp_decode_schedule_input *in, void *scrat
         }
     }
     /* A split must gain more than the merge's fixed cost, which the pieces' costs leave out. */
-    if (best_time * 100 > unsplit_time * (100 - FLP_DECODE_SPLIT_MIN_GAIN_PERCENT))
+    if (!gains_enough(best_time, unsplit_time))
         return INT32_MAX;
     return best;
 }

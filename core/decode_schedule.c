@@ -6,6 +6,7 @@
 #include "core/decode_chunk.h"
 
 #include <limits.h>
+#include <stdint.h>
 
 int32_t flp_decode_max_items(int32_t max_batch_size, int32_t num_kv_heads, int32_t num_ctas) {
     /* Each request contributes at most len/chunk + 1 items per KV head, and the chunk is at
@@ -48,7 +49,10 @@ static void build(const flp_decode_schedule_input *in, int32_t chunk, int32_t *i
 }
 
 size_t flp_decode_schedule_scratch_bytes(const flp_decode_schedule_input *in) {
-    size_t max_items = (size_t)flp_decode_max_items(in->batch_size, in->num_kv_heads, in->num_ctas);
+    int32_t bound = flp_decode_max_items(in->batch_size, in->num_kv_heads, in->num_ctas);
+    if (bound < 0)
+        return SIZE_MAX;
+    size_t max_items = (size_t)bound;
     /* cost [max_items] int64, the assignment's scratch, items [max_items], the chunk choice's
      * scratch (8-byte multiples) */
     size_t items = sizeof(int32_t) * FLP_WORK_ITEM_INTS * max_items;

@@ -12,7 +12,8 @@
 typedef struct flp_decode_schedule_input {
     int32_t batch_size;
     int32_t num_kv_heads;
-    int32_t num_ctas;        /* workgroups of the decode launch */
+    int32_t num_ctas; /* workgroups of the decode launch */
+    /* 0 <= kv_begin[b] <= kv_end[b] <= FLP_MAX_KV_LEN (what flp_decode_plan admits) */
     const int32_t *kv_begin; /* [batch_size] first key any row can see (sliding window) */
     const int32_t *kv_end;   /* [batch_size] kv_len */
     int32_t min_chunk;       /* smallest KV chunk worth a work item, tokens */
@@ -32,7 +33,8 @@ typedef struct flp_decode_schedule {
  * many items' words would not fit int32. */
 int32_t flp_decode_max_items(int32_t max_batch_size, int32_t num_kv_heads, int32_t num_ctas);
 
-/* Host scratch bytes flp_decode_schedule_build_in needs for in (a multiple of 8). */
+/* Host scratch bytes flp_decode_schedule_build_in needs for in (a multiple of 8); SIZE_MAX when
+ * the shape's items would not fit int32 (flp_decode_max_items < 0). */
 size_t flp_decode_schedule_scratch_bytes(const flp_decode_schedule_input *in);
 
 /* Fills out's arrays, sorting in scratch (flp_decode_schedule_scratch_bytes(in) bytes, 8-byte

@@ -2,6 +2,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <limits.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -122,7 +123,8 @@ static void test_random_batches(void **state) {
     }
 }
 
-/* A uniform batch that fills the grid is not split: no chunk shortens its slowest workgroup. */
+/* A uniform batch that fills the grid is not split: the best candidate (chunk 4000) would shorten
+ * the slowest workgroup by about 2%, less than the 3% a split must gain. */
 static void test_no_split_for_uniform_batch(void **state) {
     (void)state;
     schedule_case c = {0};
@@ -186,6 +188,9 @@ static void test_skewed_batches_are_balanced(void **state) {
             lengths_case(&c, 8, grids[g], batches[i]);
             run_schedule(&c, 128, 16);
             check_schedule(&c);
+            /* the batches that fill the grid unsplit are split all the same */
+            if ((int64_t)c.batch * c.heads >= c.ctas)
+                assert_int_not_equal(c.out.chunk_size, INT32_MAX);
             double imbalance = load_imbalance(&c);
             print_message("batch %zu, %d workgroups: %d items, chunk %d, max/mean load %.3f\n", i,
                           grids[g], c.out.num_items, c.out.chunk_size, imbalance);

@@ -15,8 +15,10 @@
  *   memory) holds the info struct, the page table, every kv_len, the offsets and slopes, and a
  *   schedule in which every key any row can keep, of every (request, KV head), is in exactly one
  *   work item (keys below pos(0) - window_left are never scheduled), split requests are chunks
- *   in key order with the partial slots merge_info names, the split decision of 5.5 and the
- *   longest-first assignment of 5.7 hold, within the plan's item and scratch capacities;
+ *   in key order with the partial slots merge_info names, the chunk is one 5.5 allows and every
+ *   request longer than it (and no other) is split (which allowed chunk is fastest is
+ *   test_decode_schedule.c's to check), the longest-first assignment of 5.7 holds, within the
+ *   plan's item and scratch capacities;
  * - flp_decode_run then refuses caches with too few pages for the largest page id, and hands
  *   the backend a launch whose schedule view is the uploaded schedule.
  * Now and then the input is instead a set of capacities up to the limits plan creation accepts,
