@@ -166,10 +166,12 @@ static int32_t *request_lengths(bench_config *c) {
     return lens;
 }
 
-/* BLOCK_ELEMS random values as stored in dtype (host floats, dequantised) and repeated into
- * the whole buffer: element i of the buffer holds block[i % BLOCK_ELEMS]. */
-static float *upload_repeated(flp_context *ctx, flp_buffer *buf, flp_dtype dtype, size_t n) {
-    size_t esize = flp_dtype_size(dtype), count = n < BLOCK_ELEMS ? n : BLOCK_ELEMS;
+/* min(n, block_elems) random values as stored in dtype (host floats, dequantised), repeated
+ * into the n elements of buf: element i holds block[i % block_elems] (block_elems >= n: all n
+ * values random, none repeated). */
+static float *upload_random(flp_context *ctx, flp_buffer *buf, flp_dtype dtype, size_t n,
+                            size_t block_elems) {
+    size_t esize = flp_dtype_size(dtype), count = n < block_elems ? n : block_elems;
     float *block = malloc(count * sizeof *block);
     void *raw = malloc(count * esize);
     for (size_t i = 0; i < count; i++)
@@ -305,18 +307,9 @@ int main(int argc, char **argv) {
     bd.size = cache_bytes;
     CHECK(flp_buffer_create(ctx, &bd, &k_buf));
     CHECK(flp_buffer_create(ctx, &bd, &v_buf));
-    float *q = malloc(q_elems * sizeof *q);
-    {
-        void *raw = malloc(q_bytes);
-        for (size_t i = 0; i < q_elems; i++)
-            q[i] = uniform();
-        CHECK(flp_convert_from_f32(c.dtype, q, raw, q_elems));
-        CHECK(flp_convert_to_f32(c.dtype, raw, q, q_elems));
-        CHECK(flp_buffer_write(ctx, q_buf, 0, raw, q_bytes));
-        free(raw);
-    }
-    float *k_block = upload_repeated(ctx, k_buf, c.kv_dtype, cache_elems);
-    float *v_block = upload_repeated(ctx, v_buf, c.kv_dtype, cache_elems);
+    float *q = upload_random(ctx, q_buf, c.dtype, q_elems, q_elems);
+    float *k_block = upload_random(ctx, k_buf, c.kv_dtype, cache_elems, BLOCK_ELEMS);
+    float *v_block = upload_random(ctx, v_buf, c.kv_dtype, cache_elems, BLOCK_ELEMS);
 
     flp_plan *plan;
     flp_plan_desc pd = {.max_batch_size = c.batch,

@@ -126,8 +126,11 @@ int32_t flp_decode_choose_chunk(const flp_decode_schedule_input *in, void *scrat
      * required share, none is simulated. */
     if (!gains_enough(total / in->num_ctas, unsplit_time))
         return INT32_MAX;
-    const size_t divisors = sizeof SPLIT_DIVISORS / sizeof *SPLIT_DIVISORS;
-    for (size_t i = 0; i < 2 * divisors; i++) {
+    enum { CANDIDATES = 2 * sizeof SPLIT_DIVISORS / sizeof *SPLIT_DIVISORS };
+    const size_t divisors = CANDIDATES / 2;
+    int64_t tried[CANDIDATES]; /* chunks simulated so far: clamped candidates often coincide */
+    size_t num_tried = 0;
+    for (size_t i = 0; i < CANDIDATES; i++) {
         int64_t whole = i < divisors ? fair : longest, k = SPLIT_DIVISORS[i % divisors];
         int64_t chunk = (whole + k - 1) / k;
         if (chunk < smallest)
@@ -135,8 +138,12 @@ int32_t flp_decode_choose_chunk(const flp_decode_schedule_input *in, void *scrat
         if (chunk < in->min_chunk)
             chunk = in->min_chunk;
         chunk = (chunk + align - 1) / align * align;
-        if (chunk >= longest || chunk == best)
-            continue; /* splits nothing, or already simulated as the best */
+        bool seen = chunk >= longest; /* splits nothing */
+        for (size_t t = 0; t < num_tried; t++)
+            seen |= tried[t] == chunk;
+        if (seen)
+            continue;
+        tried[num_tried++] = chunk;
         int64_t time = simulated_makespan(in, (int32_t)chunk, loads, rest);
         /* the largest chunk among equals: fewer pieces to merge */
         if (time < best_time || (time == best_time && chunk > best)) {
