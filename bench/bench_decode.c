@@ -4,12 +4,14 @@
  *                               [--lens LENxCOUNT,...] [--qo-heads H] [--kv-heads H]
  *                               [--head-dim D] [--page P] [--dtype bf16|f16]
  *                               [--kv-dtype bf16|f16|e4m3|e5m2] [--iters N] [--copy-gbps X]
+ *                               [--decode-kernel auto|vector|matrix]
  * --lens gives the request lengths as runs, e.g. 32768x1,512x63 (one request of 32768 keys,
  * then 63 of 512); without it, --batch requests of --kv-len keys. Prints one line per run: the
  * host time of flp_decode_plan (median of 21), the time per run (median of 5 timed batches of
  * --iters runs queued back to back), achieved GB/s counting each K/V/Q/O byte once, and the
  * fraction of --copy-gbps (the device's measured copy bandwidth, read + write) when given, and
- * on CUDA the time per run of the same runs replayed from a CUDA graph (graph_us).
+ * on CUDA the time per run of the same runs replayed from a CUDA graph (graph_us), and the kernel
+ * the plan chose (kernel=vector|matrix; --decode-kernel forces one, default auto).
  * Results are first checked against the float64 reference on a sample of requests (the
  * longest, the shortest and some between): the cache holds a random block repeated, so the
  * host keeps only that block, and 256 x 16384 fits in host memory. */
@@ -39,6 +41,7 @@ typedef struct bench_config {
     flp_dtype dtype, kv_dtype;
     int iters;
     double copy_gbps;
+    flp_decode_kernel kernel;
 } bench_config;
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
@@ -96,6 +99,8 @@ static bench_config parse_args(int argc, char **argv) {
             c.iters = atoi(v);
         else if (!strcmp(k, "--copy-gbps"))
             c.copy_gbps = atof(v);
+        else if (!strcmp(k, "--decode-kernel"))
+            c.kernel = bench_parse_decode_kernel(v);
         else {
             fprintf(stderr, "unknown option %s\n", k);
             exit(2);
@@ -316,7 +321,8 @@ int main(int argc, char **argv) {
                         .max_pages = num_pages,
                         .num_qo_heads = c.hq,
                         .num_kv_heads = c.hkv,
-                        .head_dim = c.head_dim};
+                        .head_dim = c.head_dim,
+                        .decode_kernel = c.kernel};
     CHECK(flp_plan_create(ctx, &pd, &plan));
     flp_decode_plan_args pa = {
         .batch_size = c.batch,
@@ -375,10 +381,10 @@ int main(int argc, char **argv) {
                    2.0 * (double)q_bytes;
     double gbps = bytes / t * 1e-9;
     printf("decode backend=%s device=\"%s\" lens=%s B=%d keys=%lld Hq=%d Hkv=%d D=%d page=%d "
-           "dtype=%s kv=%s plan_us=%.1f time_us=%.1f GB/s=%.0f",
+           "dtype=%s kv=%s kernel=%s plan_us=%.1f time_us=%.1f GB/s=%.0f",
            info.backend_name, info.device_name, c.lens_text ? c.lens_text : "uniform", c.batch,
            (long long)keys, c.hq, c.hkv, c.head_dim, c.page, flp_dtype_name(c.dtype),
-           flp_dtype_name(c.kv_dtype), plan_s * 1e6, t * 1e6, gbps);
+           flp_dtype_name(c.kv_dtype), bench_decode_kernel_name(plan), plan_s * 1e6, t * 1e6, gbps);
     if (c.copy_gbps > 0)
         printf(" of_copy=%.2f", gbps / c.copy_gbps);
     if (graph_s > 0)

@@ -3,7 +3,7 @@
  * usage: flashport-bench-prefill [--backend cuda|vulkan|auto] [--cases LIST|default|quick]
  *            [--quick] [--qo-heads H] [--kv-heads H] [--head-dim D] [--page P] [--dtype bf16|f16]
  *            [--budget-ms MS] [--max-iters N] [--check-rows N] [--seed S] [--copy-gbps X]
- *            [--peer FILE] [--dry-run]
+ *            [--peer FILE] [--dry-run] [--decode-kernel auto|vector|matrix]
  *
  * Cases (comma-separated; every one causal, positions as in docs/design.md section 3):
  *   single:N[:paged]        one prompt, qo_len = kv_len = N, ragged (contiguous) KV by default
@@ -11,7 +11,9 @@
  *                           draw as peer_torch_prefill.py), paged KV by default
  *   spec:B:Q:L[:ragged]     speculative verification: B requests, Q new query rows each appended
  *                           to L keys (qo_len < kv_len), paged KV, through flp_prefill_*
- *   specdec:B:Q:L           the same shape through flp_decode_* (qo_len = Q <= 8, paged)
+ *   specdec:B:Q:L           the same shape through flp_decode_* (qo_len = Q <= 8, paged; the
+ *                           plan's decode kernel as --decode-kernel asks, default auto; the
+ *                           line names the kernel it ran on)
  * "default" is single:1024,single:4096,single:8192,single:16384,ragged:16:256:4096,
  * spec:64:4:4096,specdec:64:4:4096; "quick" (also --quick: small budget) is a lavapipe-sized set.
  *
@@ -67,6 +69,7 @@ typedef struct bench_opts {
     double copy_gbps;
     const char *peer_file;
     bool dry_run;
+    flp_decode_kernel decode_kernel; /* specdec cases */
 } bench_opts;
 
 typedef enum case_kind { CASE_SINGLE, CASE_RAGGED, CASE_SPEC } case_kind;
@@ -207,6 +210,8 @@ static bench_opts parse_args(int argc, char **argv) {
                 o.dtype = FLP_DTYPE_F16;
             else
                 usage_error("unknown dtype (bf16 or f16)", v);
+        } else if (!strcmp(k, "--decode-kernel")) {
+            o.decode_kernel = bench_parse_decode_kernel(v);
         } else if (!strcmp(k, "--budget-ms")) {
             o.budget_ms = atof(v);
             budget_set = true;
@@ -647,6 +652,7 @@ typedef struct case_result {
     check_result check;
     double time_s;
     int iters, samples;
+    const char *decode_kernel; /* specdec: "vector" or "matrix"; else "-" */
 } case_result;
 
 static void plan_case(const bench_case *c, const bench_opts *o, case_run *r, flp_status *st) {
@@ -659,7 +665,8 @@ static void plan_case(const bench_case *c, const bench_opts *o, case_run *r, flp
                         .max_pages = c->paged ? c->num_pages : 1,
                         .num_qo_heads = o->hq,
                         .num_kv_heads = o->hkv,
-                        .head_dim = o->head_dim};
+                        .head_dim = o->head_dim,
+                        .decode_kernel = o->decode_kernel};
     if (c->use_decode_api)
         pd.max_qo_len = c->qo_len[0];
     else
@@ -693,10 +700,12 @@ static case_result run_case(flp_context *ctx, const bench_case *c, const bench_o
                             flp_buffer *q_buf, flp_buffer *k_buf, flp_buffer *v_buf,
                             flp_buffer *o_buf, const uint16_t *q, const uint16_t *k,
                             const uint16_t *v) {
-    case_result res = {.status = "error"};
+    case_result res = {.status = "error", .decode_kernel = "-"};
     case_run r = {.ctx = ctx, .decode = c->use_decode_api};
     flp_status st = FLP_OK;
     plan_case(c, o, &r, &st);
+    if (st == FLP_OK && c->use_decode_api)
+        res.decode_kernel = bench_decode_kernel_name(r.plan);
     if (st == FLP_OK) {
         int64_t q_shape[3] = {c->rows, o->hq, o->head_dim};
         int64_t kv_shape[4] = {c->num_pages, o->page, o->hkv, o->head_dim};
@@ -878,11 +887,11 @@ int main(int argc, char **argv) {
         double t_case = timing_now_seconds();
         case_result res = run_case(ctx, c, &o, q_buf, k_buf, v_buf, o_buf, q, k, v);
         double flop = case_flop(c, &o), bytes = case_bytes(c, &o);
-        printf("flp_prefill case=%s api=%s backend=%s kv=%s B=%d rows=%lld kept_keys=%lld Hq=%d "
-               "Hkv=%d D=%d dtype=%s gflop=%.3f",
-               c->name, case_api_name(c), info.backend_name, c->paged ? "paged" : "ragged",
-               c->batch, (long long)c->rows, (long long)c->kept_keys, o.hq, o.hkv, o.head_dim,
-               flp_dtype_name(o.dtype), flop * 1e-9);
+        printf("flp_prefill case=%s api=%s decode_kernel=%s backend=%s kv=%s B=%d rows=%lld "
+               "kept_keys=%lld Hq=%d Hkv=%d D=%d dtype=%s gflop=%.3f",
+               c->name, case_api_name(c), res.decode_kernel, info.backend_name,
+               c->paged ? "paged" : "ragged", c->batch, (long long)c->rows, (long long)c->kept_keys,
+               o.hq, o.hkv, o.head_dim, flp_dtype_name(o.dtype), flop * 1e-9);
         char desc[128], ceil_text[64] = "", peer_text[64] = "";
         describe_case(c, desc, sizeof desc);
         if (strcmp(res.status, "ok") == 0) {

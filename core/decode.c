@@ -5,6 +5,7 @@
 #include "core/decode_schedule.h"
 #include "core/plan.h"
 #include "core/posenc.h"
+#include "core/prefill_region.h"
 #include "core/tensor.h"
 #include "core/variant.h"
 
@@ -57,9 +58,11 @@ static flp_status check_plan_args(flp_context *ctx, const flp_plan *plan,
 /* The call's host memory, taken in one allocation before anything is checked or changed, so
  * that a failed allocation leaves the plan exactly as it was. */
 typedef struct decode_scratch {
-    int32_t *kv_len;   /* [batch] keys of each request, from the checks */
-    int32_t *kv_begin; /* [batch] first key any row of the request can see */
-    void *schedule;    /* flp_decode_schedule_scratch_bytes */
+    int32_t *kv_len;    /* [batch] keys of each request, from the checks */
+    int32_t *kv_begin;  /* [batch] vector kernel: first key any row of the request can see */
+    int32_t *qo_len;    /* [batch] matrix kernel: query rows of each request */
+    int32_t *qo_indptr; /* [batch + 1] matrix kernel */
+    void *schedule;     /* the kernel's scheduler scratch */
 } decode_scratch;
 
 /* The scheduler's input for batch requests with the key ranges [kv_begin, kv_end) (NULL when
@@ -154,6 +157,53 @@ static void fill_plan_info(flp_plan *plan, const flp_decode_plan_args *a, int32_
     FLP_SET_KERNEL_VARIANT(p, v);
 }
 
+/* The matrix kernel's partition of a checked batch: the batch as a prefill batch of qo_len rows
+ * per request (an empty request keeps its rows: the kernel writes them as rows without keys). */
+static flp_status plan_matrix_batch(flp_context *ctx, flp_plan *plan, const flp_decode_plan_args *a,
+                                    int32_t qo_len, const flp_variant *v, const decode_scratch *s,
+                                    flp_decode_state *st) {
+    int32_t batch = a->batch_size;
+    for (int32_t b = 0; b <= batch; b++)
+        s->qo_indptr[b] = b * qo_len;
+    for (int32_t b = 0; b < batch; b++)
+        s->qo_len[b] = qo_len;
+    flp_prefill_plan_args pa = {
+        .batch_size = batch,
+        .qo_indptr = s->qo_indptr,
+        .kv_storage = FLP_KV_PAGED,
+        .page_size = a->page_size,
+        .kv_layout = a->kv_layout,
+        .kv_indptr = a->kv_indptr,
+        .kv_indices = a->kv_indices,
+        .kv_last_page_len = a->kv_last_page_len,
+        .q_rope_offset = a->q_rope_offset,
+        .k_rope_offset = a->k_rope_offset,
+        .alibi_slopes = a->alibi_slopes,
+        .variant = *v,
+    };
+    flp_prefill_batch pb = {
+        .args = &pa,
+        .variant = *v,
+        .qo_len = s->qo_len,
+        .kv_len = s->kv_len,
+        .max_page_id = st->max_page_id,
+    };
+    flp_status status = flp_prefill_region_plan(ctx, plan, &plan->decode_rows, &pb, s->schedule);
+    st->num_items = plan->decode_rows.state.num_items;
+    st->num_partial_slots = plan->decode_rows.state.num_partial_slots;
+    return status;
+}
+
+/* The vector kernel's partition of a checked batch into the decode region. */
+static flp_status plan_vector_batch(flp_context *ctx, flp_plan *plan, const flp_decode_plan_args *a,
+                                    int32_t qo_len, const flp_variant *v, const decode_scratch *s,
+                                    flp_decode_state *st) {
+    fill_plan_data(plan, a, qo_len, v, s, st);
+    fill_plan_info(plan, a, qo_len, v);
+    size_t end = plan->layout.kv_indices + sizeof(int32_t) * (size_t)a->kv_indptr[a->batch_size];
+    return flp_buffer_write(ctx, plan->buffer, plan->base, plan->host, end);
+}
+
 static flp_status plan_batch(flp_context *ctx, flp_plan *plan, const flp_decode_plan_args *args,
                              const decode_scratch *s) {
     int32_t qo_len = args->qo_len == 0 ? 1 : args->qo_len;
@@ -166,11 +216,9 @@ static flp_status plan_batch(flp_context *ctx, flp_plan *plan, const flp_decode_
     /* The mirror changes from here on: until the upload succeeds the plan holds no decode
      * partition (a failed upload may have written part of the device copy). */
     plan->decode.planned = false;
-    fill_plan_data(plan, args, qo_len, &v, s, &st);
-    fill_plan_info(plan, args, qo_len, &v);
-    size_t end =
-        plan->layout.kv_indices + sizeof(int32_t) * (size_t)args->kv_indptr[args->batch_size];
-    status = flp_buffer_write(ctx, plan->buffer, plan->base, plan->host, end);
+    status = plan->decode_kernel == FLP_DECODE_KERNEL_MATRIX
+                 ? plan_matrix_batch(ctx, plan, args, qo_len, &v, s, &st)
+                 : plan_vector_batch(ctx, plan, args, qo_len, &v, s, &st);
     if (status != FLP_OK)
         return status;
     st.planned = true;
@@ -190,15 +238,22 @@ flp_status flp_decode_plan(flp_context *ctx, flp_plan *plan, const flp_decode_pl
     status = flp_check_batch_size(ctx, FN, args->batch_size, plan->desc.max_batch_size);
     if (status != FLP_OK)
         return status;
-    size_t batch = (size_t)args->batch_size;
-    size_t lens = FLP_ALIGN_UP(2 * sizeof(int32_t) * batch, 8);
-    flp_decode_schedule_input shape = schedule_input(plan, args->batch_size, 0, NULL, NULL);
-    size_t bytes = lens + flp_decode_schedule_scratch_bytes(&shape);
+    int32_t batch = args->batch_size;
+    size_t arrays = FLP_ALIGN_UP(sizeof(int32_t) * (4 * (size_t)batch + 1), 8);
+    size_t schedule;
+    if (plan->decode_kernel == FLP_DECODE_KERNEL_MATRIX) {
+        schedule = flp_prefill_region_scratch_bytes(plan, &plan->decode_rows, batch);
+    } else {
+        flp_decode_schedule_input shape = schedule_input(plan, batch, 0, NULL, NULL);
+        schedule = flp_decode_schedule_scratch_bytes(&shape);
+    }
+    size_t bytes = arrays + schedule;
     char *scratch = flp_malloc(bytes);
     if (!scratch)
         return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY,
                         "%s: out of host memory for %zu bytes of scratch", FN, bytes);
-    decode_scratch s = {(int32_t *)scratch, (int32_t *)scratch + batch, scratch + lens};
+    int32_t *i32 = (int32_t *)scratch;
+    decode_scratch s = {i32, i32 + batch, i32 + 2 * batch, i32 + 3 * batch, scratch + arrays};
     status = plan_batch(ctx, plan, args, &s);
     flp_free(scratch);
     return status;
@@ -294,9 +349,22 @@ flp_status flp_decode_run(flp_context *ctx, const flp_plan *plan, const flp_deco
     status = check_run_tensors(ctx, plan, args);
     if (status != FLP_OK)
         return status;
-    flp_decode_launch launch;
-    fill_launch(plan, args, &launch);
-    status = ctx->ops->decode_run(ctx, &launch);
+    if (plan->decode_kernel == FLP_DECODE_KERNEL_MATRIX) {
+        flp_prefill_run_args pa = {
+            .q = args->q,
+            .k = args->k_cache,
+            .v = args->v_cache,
+            .out = args->out,
+            .lse = args->lse,
+        };
+        flp_prefill_launch launch;
+        flp_prefill_region_launch(plan, &plan->decode_rows, &pa, &launch);
+        status = ctx->ops->prefill_run(ctx, &launch);
+    } else {
+        flp_decode_launch launch;
+        fill_launch(plan, args, &launch);
+        status = ctx->ops->decode_run(ctx, &launch);
+    }
     if (status != FLP_OK)
         flp_error_prefix(ctx, fn);
     return status;

@@ -17,14 +17,11 @@ static size_t take(size_t *cursor, size_t bytes, size_t align) {
     return at;
 }
 
-/* Capacities of the prefill region. */
-typedef struct prefill_caps {
-    int32_t ctas, items, slots, merges;
-} prefill_caps;
-
-static void prefill_layout(const flp_plan_desc *d, const prefill_caps *c, size_t *cursor,
-                           flp_prefill_layout *l) {
+/* The layout of a prefill region with region->max_qo_rows and the capacities set, from
+ * *cursor. */
+static void prefill_layout(const flp_plan_desc *d, flp_prefill_region *r, size_t *cursor) {
     size_t i32 = sizeof(int32_t), batch = (size_t)d->max_batch_size;
+    flp_prefill_layout *l = &r->layout;
     l->info = take(cursor, sizeof(flp_prefill_plan_info), PLAN_ALIGN);
     l->qo_indptr = take(cursor, i32 * (batch + 1), 16);
     l->kv_indptr = take(cursor, i32 * (batch + 1), 16);
@@ -34,24 +31,29 @@ static void prefill_layout(const flp_plan_desc *d, const prefill_caps *c, size_t
     l->mask_indptr = take(cursor, i32 * batch, 16);
     l->rope_freq = take(cursor, sizeof(float) * (size_t)(d->head_dim / 2), 16);
     l->alibi_slopes = take(cursor, sizeof(float) * (size_t)d->num_qo_heads, 16);
-    l->work_indptr = take(cursor, i32 * ((size_t)c->ctas + 1), 16);
-    l->work_items = take(cursor, i32 * FLP_PREFILL_ITEM_INTS * (size_t)c->items, 16);
-    l->merge_items = take(cursor, i32 * FLP_MERGE_ITEM_INTS * (size_t)c->merges, 16);
+    l->work_indptr = take(cursor, i32 * ((size_t)r->ctas + 1), 16);
+    l->work_items = take(cursor, i32 * FLP_PREFILL_ITEM_INTS * (size_t)r->max_items, 16);
+    l->merge_items = take(cursor, i32 * FLP_MERGE_ITEM_INTS * (size_t)r->max_merges, 16);
     l->kv_indices = take(cursor, i32 * (size_t)d->max_pages, 16);
     l->metadata_end = *cursor;
-    size_t slot_rows = (size_t)c->slots * FLP_PREFILL_MAX_TILE;
+    size_t slot_rows = (size_t)r->max_slots * FLP_PREFILL_MAX_TILE;
     l->partial_o = take(cursor, sizeof(float) * slot_rows * (size_t)d->head_dim, PLAN_ALIGN);
     l->partial_lse = take(cursor, sizeof(float) * slot_rows, PLAN_ALIGN);
     l->params_slot = take(cursor, 256, PLAN_ALIGN);
     l->end = *cursor;
 }
 
+/* The decode region, then the prefill regions that exist (their capacities set); the regions'
+ * layouts are written into them. With the matrix decode kernel the decode region keeps its
+ * arrays but no partial-state scratch (its kernel never runs). */
 static flp_plan_layout compute_layout(const flp_plan_desc *d, int32_t num_ctas, int32_t max_items,
-                                      const prefill_caps *prefill) {
+                                      bool vector_decode, flp_prefill_region *prefill,
+                                      flp_prefill_region *decode_rows) {
     flp_plan_layout l;
     size_t at = 0, i32 = sizeof(int32_t);
     size_t group = (size_t)(d->num_qo_heads / d->num_kv_heads);
     size_t rows_per_slot = (size_t)d->max_qo_len * group;
+    size_t slots = vector_decode ? (size_t)max_items : 0;
     l.info = take(&at, sizeof(flp_decode_plan_info), PLAN_ALIGN);
     l.kv_indptr = take(&at, i32 * ((size_t)d->max_batch_size + 1), PLAN_ALIGN);
     l.kv_len = take(&at, i32 * (size_t)d->max_batch_size, 16);
@@ -64,13 +66,14 @@ static flp_plan_layout compute_layout(const flp_plan_desc *d, int32_t num_ctas, 
     l.work_items = take(&at, i32 * FLP_WORK_ITEM_INTS * (size_t)max_items, 16);
     l.kv_indices = take(&at, i32 * (size_t)d->max_pages, 16);
     l.metadata_end = at;
-    l.partial_o = take(&at, sizeof(float) * (size_t)max_items * rows_per_slot * (size_t)d->head_dim,
-                       PLAN_ALIGN);
-    l.partial_lse = take(&at, sizeof(float) * (size_t)max_items * rows_per_slot, PLAN_ALIGN);
+    l.partial_o =
+        take(&at, sizeof(float) * slots * rows_per_slot * (size_t)d->head_dim, PLAN_ALIGN);
+    l.partial_lse = take(&at, sizeof(float) * slots * rows_per_slot, PLAN_ALIGN);
     l.params_slot = take(&at, 256, PLAN_ALIGN);
-    memset(&l.prefill, 0, sizeof l.prefill);
-    if (d->max_qo_rows > 0)
-        prefill_layout(d, prefill, &at, &l.prefill);
+    if (prefill->max_qo_rows > 0)
+        prefill_layout(d, prefill, &at);
+    if (decode_rows->max_qo_rows > 0)
+        prefill_layout(d, decode_rows, &at);
     l.total = FLP_ALIGN_UP(at, PLAN_ALIGN);
     return l;
 }
@@ -120,79 +123,137 @@ static flp_status check_desc(flp_context *ctx, const char *fn, const flp_plan_de
     return FLP_OK;
 }
 
-/* Validates desc and computes the grid and the layout. */
+/* The grid and capacities of a prefill region of max_qo_rows rows (what = which partition, for
+ * messages); region is zeroed first. */
 static flp_status prepare_prefill(flp_context *ctx, const char *fn, const flp_plan_desc *d,
-                                  prefill_caps *c) {
-    memset(c, 0, sizeof *c);
-    if (d->max_qo_rows == 0)
+                                  int32_t max_qo_rows, const char *what,
+                                  flp_prefill_region *region) {
+    memset(region, 0, sizeof *region);
+    if (max_qo_rows == 0)
         return FLP_OK;
     if (!ctx->ops->prefill_grid_size)
-        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED, "%s: the %s backend has no prefill", fn,
-                        ctx->ops->name);
-    c->ctas = ctx->ops->prefill_grid_size(ctx, d->head_dim);
-    if (c->ctas < 0)
-        return (flp_status)c->ctas;
-    if (c->ctas == 0)
+        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED, "%s: the %s backend has no prefill kernel (%s)",
+                        fn, ctx->ops->name, what);
+    int32_t ctas = ctx->ops->prefill_grid_size(ctx, d->head_dim);
+    if (ctas < 0)
+        return (flp_status)ctas;
+    if (ctas == 0)
         return flp_fail(ctx, FLP_ERROR_BACKEND, "%s: backend reported a prefill grid of 0", fn);
     int32_t group = d->num_qo_heads / d->num_kv_heads;
     /* a request's packed rows (qo_len x group) are int32 in work items and the scheduler */
-    if ((int64_t)d->max_qo_rows * group > INT32_MAX)
+    if ((int64_t)max_qo_rows * group > INT32_MAX)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                        "%s: max_qo_rows = %d with %d query heads per KV head: %lld packed rows "
+                        "%s: %s: %d query rows with %d query heads per KV head: %lld packed rows "
                         "per request exceed int32",
-                        fn, d->max_qo_rows, group, (long long)d->max_qo_rows * group);
-    c->items =
-        flp_prefill_max_items(d->max_batch_size, d->max_qo_rows, d->num_kv_heads, group, c->ctas);
-    if (c->items < 0)
+                        fn, what, max_qo_rows, group, (long long)max_qo_rows * group);
+    int32_t items =
+        flp_prefill_max_items(d->max_batch_size, max_qo_rows, d->num_kv_heads, group, ctas);
+    if (items < 0)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                        "%s: max_qo_rows = %d with %d query heads is too large for one plan", fn,
-                        d->max_qo_rows, d->num_qo_heads);
-    c->slots = flp_prefill_max_slots(c->ctas);
-    c->merges = flp_prefill_max_merge_items(c->ctas);
+                        "%s: %s: %d query rows with %d query heads are too many for one plan", fn,
+                        what, max_qo_rows, d->num_qo_heads);
+    region->max_qo_rows = max_qo_rows;
+    region->ctas = ctas;
+    region->max_items = items;
+    region->max_slots = flp_prefill_max_slots(ctas);
+    region->max_merges = flp_prefill_max_merge_items(ctas);
+    return FLP_OK;
+}
+
+/* The decode kernel desc asks for, AUTO resolved (docs/design.md 5.5). */
+static flp_status resolve_decode_kernel(flp_context *ctx, const char *fn, const flp_plan_desc *d,
+                                        flp_decode_kernel *kernel) {
+    int64_t rows = (int64_t)d->max_qo_len * (d->num_qo_heads / d->num_kv_heads);
+    switch (d->decode_kernel) {
+    case FLP_DECODE_KERNEL_AUTO:
+        *kernel = rows >= FLP_DECODE_MATRIX_MIN_ROWS && ctx->ops->prefill_grid_size &&
+                          (int64_t)d->max_batch_size * d->max_qo_len <= FLP_MAX_QO_ROWS
+                      ? FLP_DECODE_KERNEL_MATRIX
+                      : FLP_DECODE_KERNEL_VECTOR;
+        return FLP_OK;
+    case FLP_DECODE_KERNEL_VECTOR:
+    case FLP_DECODE_KERNEL_MATRIX:
+        *kernel = d->decode_kernel;
+        return FLP_OK;
+    }
+    return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                    "%s: decode_kernel = %d is not FLP_DECODE_KERNEL_AUTO, _VECTOR or _MATRIX", fn,
+                    (int)d->decode_kernel);
+}
+
+/* What plan creation decides from desc and the device. */
+typedef struct plan_shape {
+    flp_plan_desc desc; /* max_qo_len resolved */
+    int32_t num_ctas, max_items;
+    flp_decode_kernel decode_kernel;
+    flp_prefill_region prefill, decode_rows; /* capacities and layouts, no mirrors */
+    flp_plan_layout layout;
+} plan_shape;
+
+/* Kernels find every array through the info structs' uint32 word offsets: the last one,
+ * partial_lse, must start within 2^32 words of its info struct. */
+static flp_status check_reach(flp_context *ctx, const char *fn, const plan_shape *s) {
+    const size_t reach = (size_t)UINT32_MAX * sizeof(int32_t);
+    const struct {
+        const char *name;
+        size_t span;
+    } parts[] = {
+        {"decode", s->layout.partial_lse - s->layout.info},
+        {"prefill", s->prefill.layout.partial_lse - s->prefill.layout.info},
+        {"matrix decode", s->decode_rows.layout.partial_lse - s->decode_rows.layout.info},
+    };
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
+        if (parts[i].span > reach)
+            return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                            "%s: capacities too large: the plan's %s scratch would start %zu "
+                            "bytes after its info struct, beyond the 16 GiB its uint32 word "
+                            "offsets reach",
+                            fn, parts[i].name, parts[i].span);
     return FLP_OK;
 }
 
 static flp_status prepare(flp_context *ctx, const char *fn, const flp_plan_desc *in,
-                          flp_plan_desc *d, int32_t *num_ctas, int32_t *max_items,
-                          prefill_caps *prefill, flp_plan_layout *layout) {
+                          plan_shape *s) {
     if (!in)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: desc is NULL", fn);
+    flp_plan_desc *d = &s->desc;
     *d = *in;
     flp_status status = check_desc(ctx, fn, d);
     if (status != FLP_OK)
         return status;
     if (d->max_qo_len == 0)
         d->max_qo_len = 1;
+    if ((status = resolve_decode_kernel(ctx, fn, d, &s->decode_kernel)) != FLP_OK)
+        return status;
     /* The backend returns the grid, or a negative flp_status with its message set. */
-    *num_ctas = ctx->ops->decode_grid_size(ctx, d->head_dim);
-    if (*num_ctas < 0)
-        return (flp_status)*num_ctas;
-    if (*num_ctas == 0)
+    s->num_ctas = ctx->ops->decode_grid_size(ctx, d->head_dim);
+    if (s->num_ctas < 0)
+        return (flp_status)s->num_ctas;
+    if (s->num_ctas == 0)
         return flp_fail(ctx, FLP_ERROR_BACKEND, "%s: backend reported a decode grid of 0", fn);
-    *max_items = flp_decode_max_items(d->max_batch_size, d->num_kv_heads, *num_ctas);
+    s->max_items = flp_decode_max_items(d->max_batch_size, d->num_kv_heads, s->num_ctas);
     /* the decode merge grid has a workgroup per (request, query head) of the capacity */
-    if (*max_items < 0 || (int64_t)d->max_batch_size * d->num_qo_heads > INT32_MAX)
+    if (s->max_items < 0 || (int64_t)d->max_batch_size * d->num_qo_heads > INT32_MAX)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
                         "%s: max_batch_size = %d with %d query heads / %d KV heads is too large "
                         "for one plan (work items and merge grid are int32)",
                         fn, d->max_batch_size, d->num_qo_heads, d->num_kv_heads);
-    status = prepare_prefill(ctx, fn, d, prefill);
+    status = prepare_prefill(ctx, fn, d, d->max_qo_rows, "max_qo_rows", &s->prefill);
     if (status != FLP_OK)
         return status;
-    *layout = compute_layout(d, *num_ctas, *max_items, prefill);
-    /* Kernels find every array through the info structs' uint32 word offsets: the last one,
-     * partial_lse, must start within 2^32 words of its info struct. */
-    const size_t reach = (size_t)UINT32_MAX * sizeof(int32_t);
-    size_t decode_span = layout->partial_lse - layout->info;
-    size_t prefill_span =
-        d->max_qo_rows > 0 ? layout->prefill.partial_lse - layout->prefill.info : 0;
-    size_t span = decode_span > prefill_span ? decode_span : prefill_span;
-    if (span > reach)
+    bool matrix = s->decode_kernel == FLP_DECODE_KERNEL_MATRIX;
+    int64_t decode_rows = (int64_t)d->max_batch_size * d->max_qo_len;
+    if (matrix && decode_rows > FLP_MAX_QO_ROWS)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                        "%s: capacities too large: the plan's %s scratch would start %zu bytes "
-                        "after its info struct, beyond the 16 GiB its uint32 word offsets reach",
-                        fn, decode_span >= prefill_span ? "decode" : "prefill", span);
-    return FLP_OK;
+                        "%s: FLP_DECODE_KERNEL_MATRIX: max_batch_size x max_qo_len = %lld query "
+                        "rows, more than %d",
+                        fn, (long long)decode_rows, FLP_MAX_QO_ROWS);
+    status = prepare_prefill(ctx, fn, d, matrix ? (int32_t)decode_rows : 0,
+                             "FLP_DECODE_KERNEL_MATRIX", &s->decode_rows);
+    if (status != FLP_OK)
+        return status;
+    s->layout = compute_layout(d, s->num_ctas, s->max_items, !matrix, &s->prefill, &s->decode_rows);
+    return check_reach(ctx, fn, s);
 }
 
 flp_status flp_plan_workspace_size(flp_context *ctx, const flp_plan_desc *desc, size_t *bytes) {
@@ -201,15 +262,29 @@ flp_status flp_plan_workspace_size(flp_context *ctx, const flp_plan_desc *desc, 
     flp_clear_error(ctx);
     if (!bytes)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "flp_plan_workspace_size: bytes is NULL");
-    flp_plan_desc d;
-    int32_t num_ctas, max_items;
-    flp_plan_layout layout;
-    prefill_caps prefill;
-    flp_status status =
-        prepare(ctx, "flp_plan_workspace_size", desc, &d, &num_ctas, &max_items, &prefill, &layout);
+    plan_shape shape;
+    flp_status status = prepare(ctx, "flp_plan_workspace_size", desc, &shape);
     if (status == FLP_OK)
-        *bytes = layout.total;
+        *bytes = shape.layout.total;
     return status;
+}
+
+static flp_status alloc_region_mirror(flp_prefill_region *r) {
+    size_t bytes = r->layout.metadata_end - r->layout.info;
+    if (r->max_qo_rows == 0)
+        return FLP_OK;
+    r->host = flp_calloc(1, bytes);
+    return r->host ? FLP_OK : FLP_ERROR_OUT_OF_MEMORY;
+}
+
+static flp_status alloc_mirrors(flp_context *ctx, const char *fn, flp_plan *plan) {
+    plan->host = flp_calloc(1, plan->layout.metadata_end);
+    if (!plan->host || alloc_region_mirror(&plan->prefill) != FLP_OK ||
+        alloc_region_mirror(&plan->decode_rows) != FLP_OK)
+        return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY,
+                        "%s: out of host memory for the plan's mirrors (%zu bytes of plan data)",
+                        fn, plan->layout.total);
+    return FLP_OK;
 }
 
 /* Points the plan at the caller's workspace or allocates its own buffer. */
@@ -251,23 +326,18 @@ flp_status flp_plan_create(flp_context *ctx, const flp_plan_desc *desc, flp_plan
     if (!plan)
         return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "%s: out of host memory for the plan", fn);
     plan->ctx = ctx;
-    prefill_caps prefill;
-    flp_status status = prepare(ctx, fn, desc, &plan->desc, &plan->num_ctas, &plan->max_items,
-                                &prefill, &plan->layout);
+    plan_shape shape;
+    flp_status status = prepare(ctx, fn, desc, &shape);
     if (status == FLP_OK) {
+        plan->desc = shape.desc;
+        plan->num_ctas = shape.num_ctas;
+        plan->max_items = shape.max_items;
+        plan->layout = shape.layout;
+        plan->decode_kernel = shape.decode_kernel;
+        plan->prefill = shape.prefill;
+        plan->decode_rows = shape.decode_rows;
         plan->group_size = plan->desc.num_qo_heads / plan->desc.num_kv_heads;
-        plan->prefill_ctas = prefill.ctas;
-        plan->prefill_max_items = prefill.items;
-        plan->prefill_max_slots = prefill.slots;
-        plan->prefill_max_merges = prefill.merges;
-        const flp_prefill_layout *pl = &plan->layout.prefill;
-        size_t prefill_bytes = pl->metadata_end - pl->info;
-        plan->host = flp_calloc(1, plan->layout.metadata_end);
-        plan->prefill_host = prefill_bytes > 0 ? flp_calloc(1, prefill_bytes) : NULL;
-        if (!plan->host || (prefill_bytes > 0 && !plan->prefill_host))
-            status = flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY,
-                              "%s: out of host memory for the plan's mirrors (%zu bytes)", fn,
-                              plan->layout.metadata_end + prefill_bytes);
+        status = alloc_mirrors(ctx, fn, plan);
     }
     if (status == FLP_OK)
         status = attach_memory(ctx, fn, plan);
@@ -285,8 +355,13 @@ void flp_plan_destroy(flp_plan *plan) {
     if (plan->owns_buffer)
         flp_buffer_destroy(plan->buffer);
     flp_free(plan->host);
-    flp_free(plan->prefill_host);
+    flp_free(plan->prefill.host);
+    flp_free(plan->decode_rows.host);
     flp_free(plan);
+}
+
+flp_decode_kernel flp_plan_decode_kernel(const flp_plan *plan) {
+    return plan ? plan->decode_kernel : FLP_DECODE_KERNEL_AUTO;
 }
 
 flp_status flp_plan_check_call(flp_context *ctx, const char *fn, const flp_plan *plan,
@@ -304,17 +379,19 @@ flp_status flp_plan_check_call(flp_context *ctx, const char *fn, const flp_plan 
 
 void flp_plan_summarize(const flp_plan *plan, flp_plan_summary *out) {
     memset(out, 0, sizeof *out);
-    out->decode_ctas = plan->num_ctas;
-    out->prefill_ctas = plan->prefill_ctas;
+    out->decode_matrix = plan->decode_kernel == FLP_DECODE_KERNEL_MATRIX;
+    out->decode_ctas = out->decode_matrix ? plan->decode_rows.ctas : plan->num_ctas;
+    out->prefill_ctas = plan->prefill.ctas;
     if (plan->decode.planned) {
         out->decode_items = plan->decode.num_items;
         out->decode_partial_slots = plan->decode.num_partial_slots;
     }
-    if (plan->prefill.planned) {
-        out->prefill_items = plan->prefill.num_items;
-        out->prefill_merge_items = plan->prefill.num_merge_items;
-        out->prefill_partial_slots = plan->prefill.num_partial_slots;
-        out->prefill_q_tile = plan->prefill.q_tile;
+    const flp_prefill_state *pf = &plan->prefill.state;
+    if (pf->planned) {
+        out->prefill_items = pf->num_items;
+        out->prefill_merge_items = pf->num_merge_items;
+        out->prefill_partial_slots = pf->num_partial_slots;
+        out->prefill_q_tile = pf->q_tile;
     }
 }
 

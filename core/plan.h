@@ -29,9 +29,8 @@ typedef struct flp_plan_layout {
     size_t work_indptr, merge_info, work_items, kv_indices;
     size_t metadata_end; /* end of kv_indices capacity */
     size_t partial_o, partial_lse;
-    size_t params_slot;         /* 256 bytes: Vulkan writes each run's flp_decode_params here */
-    flp_prefill_layout prefill; /* all 0 when the plan has no prefill capacity */
-    size_t total;               /* bytes of the whole region */
+    size_t params_slot; /* 256 bytes: Vulkan writes each run's flp_decode_params here */
+    size_t total;       /* bytes of the whole region, prefill partitions included */
 } flp_plan_layout;
 
 /* What the last prefill plan decided (host side). */
@@ -59,6 +58,17 @@ typedef struct flp_decode_state {
     int32_t num_partial_slots; /* > 0: some request is split into KV chunks */
 } flp_decode_state;
 
+/* A prefill partition: its part of plan memory, host mirror, grid and capacities, and what its
+ * last plan decided. A plan holds the caller's (max_qo_rows > 0) and, when its decode runs on
+ * the matrix kernel, a second one that holds the decode batch (docs/design.md 5.5). */
+typedef struct flp_prefill_region {
+    int32_t max_qo_rows; /* rows of a batch; 0 = no region (everything below is 0) */
+    int32_t ctas, max_items, max_slots, max_merges;
+    flp_prefill_layout layout; /* offsets from the start of the plan's region */
+    uint8_t *host;             /* [layout.metadata_end - layout.info] mirror of the plan data */
+    flp_prefill_state state;
+} flp_prefill_region;
+
 struct flp_plan {
     flp_context *ctx;
     flp_plan_desc desc; /* capacities, max_qo_len resolved */
@@ -71,10 +81,9 @@ struct flp_plan {
     int32_t max_items;
     uint8_t *host; /* [layout.metadata_end] host mirror of the plan data */
     flp_decode_state decode;
-    /* Prefill (max_qo_rows > 0): grid and capacities fixed at creation. */
-    int32_t prefill_ctas, prefill_max_items, prefill_max_slots, prefill_max_merges;
-    uint8_t *prefill_host; /* [layout.prefill.metadata_end - layout.prefill.info] host mirror */
-    flp_prefill_state prefill;
+    flp_decode_kernel decode_kernel; /* resolved at creation: VECTOR or MATRIX */
+    flp_prefill_region prefill;      /* flp_prefill_*; empty when max_qo_rows = 0 */
+    flp_prefill_region decode_rows;  /* MATRIX decode: the decode batch as a prefill batch */
 };
 
 /* A run's outputs must not overlap its inputs, each other, or the plan's own memory (a caller's
@@ -87,6 +96,8 @@ flp_status flp_plan_check_outputs(flp_context *ctx, const char *fn, const flp_pl
 /* What the last plans decided, for tests and benchmarks (all 0 for a partition not planned). */
 typedef struct flp_plan_summary {
     int32_t decode_ctas, prefill_ctas; /* grids fixed at creation (prefill: 0 without capacity) */
+    bool decode_matrix;                /* decode runs on the matrix (prefill) kernel: its items
+                                          and slots are those of that kernel's schedule */
     int32_t decode_items, decode_partial_slots;
     int32_t prefill_items, prefill_merge_items, prefill_partial_slots, prefill_q_tile;
 } flp_plan_summary;

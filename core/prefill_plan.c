@@ -3,6 +3,7 @@
 #include "core/batch_args.h"
 #include "core/plan.h"
 #include "core/posenc.h"
+#include "core/prefill_region.h"
 #include "core/prefill_schedule.h"
 #include "core/variant.h"
 
@@ -94,49 +95,52 @@ static flp_status check_rows(flp_context *ctx, const flp_prefill_plan_args *a,
 }
 
 static flp_status check_args(flp_context *ctx, const flp_plan *plan, const flp_prefill_plan_args *a,
-                             flp_variant *v, int32_t *qo_len, int32_t *kv_len,
-                             flp_prefill_state *st) {
-    flp_status status = check_variant(ctx, plan, a, v);
+                             flp_prefill_batch *batch, int32_t *qo_len, int32_t *kv_len) {
+    batch->args = a;
+    batch->qo_len = qo_len;
+    batch->kv_len = kv_len;
+    flp_status status = check_variant(ctx, plan, a, &batch->variant);
     if (status != FLP_OK)
         return status;
     status = flp_check_indptr(ctx, FN, "qo_indptr", a->qo_indptr, a->batch_size,
-                              plan->desc.max_qo_rows, "max_qo_rows");
+                              plan->prefill.max_qo_rows, "max_qo_rows");
     if (status != FLP_OK)
         return status;
     for (int32_t b = 0; b < a->batch_size; b++)
         qo_len[b] = a->qo_indptr[b + 1] - a->qo_indptr[b];
-    status = check_kv(ctx, plan, a, kv_len, &st->max_page_id);
+    status = check_kv(ctx, plan, a, kv_len, &batch->max_page_id);
     if (status != FLP_OK)
         return status;
-    return check_rows(ctx, a, qo_len, kv_len, &st->mask_bytes);
+    return check_rows(ctx, a, qo_len, kv_len, &batch->mask_bytes);
 }
 
-#define PF_I32(plan, field)                                                                        \
-    ((int32_t *)((plan)->prefill_host + (plan)->layout.prefill.field - (plan)->layout.prefill.info))
-#define PF_F32(plan, field) ((float *)PF_I32(plan, field))
+#define PF_I32(region, field)                                                                      \
+    ((int32_t *)((region)->host + (region)->layout.field - (region)->layout.info))
+#define PF_F32(region, field) ((float *)PF_I32(region, field))
 
-/* Per-request arrays, RoPE frequencies and ALiBi slopes into the host mirror. */
-static void fill_arrays(flp_plan *plan, const flp_prefill_plan_args *a, const flp_variant *v,
-                        const int32_t *kv_len) {
+/* Per-request arrays, RoPE frequencies and ALiBi slopes into the region's host mirror. */
+static void fill_arrays(const flp_plan *plan, flp_prefill_region *r, const flp_prefill_batch *pb) {
+    const flp_prefill_plan_args *a = pb->args;
     int32_t batch = a->batch_size;
     bool paged = a->kv_storage == FLP_KV_PAGED;
-    memcpy(PF_I32(plan, qo_indptr), a->qo_indptr, sizeof(int32_t) * (size_t)(batch + 1));
-    memcpy(PF_I32(plan, kv_indptr), a->kv_indptr, sizeof(int32_t) * (size_t)(batch + 1));
-    memcpy(PF_I32(plan, kv_len), kv_len, sizeof(int32_t) * (size_t)batch);
+    memcpy(PF_I32(r, qo_indptr), a->qo_indptr, sizeof(int32_t) * (size_t)(batch + 1));
+    memcpy(PF_I32(r, kv_indptr), a->kv_indptr, sizeof(int32_t) * (size_t)(batch + 1));
+    memcpy(PF_I32(r, kv_len), pb->kv_len, sizeof(int32_t) * (size_t)batch);
+    int32_t *q_off = PF_I32(r, q_rope_offset), *k_off = PF_I32(r, k_rope_offset);
+    int32_t *mask_off = PF_I32(r, mask_indptr);
     for (int32_t b = 0; b < batch; b++) {
-        PF_I32(plan, q_rope_offset)[b] = a->q_rope_offset ? a->q_rope_offset[b] : 0;
-        PF_I32(plan, k_rope_offset)[b] = a->k_rope_offset ? a->k_rope_offset[b] : 0;
-        PF_I32(plan, mask_indptr)[b] = a->mask_indptr ? a->mask_indptr[b] : 0;
+        q_off[b] = a->q_rope_offset ? a->q_rope_offset[b] : 0;
+        k_off[b] = a->k_rope_offset ? a->k_rope_offset[b] : 0;
+        mask_off[b] = a->mask_indptr ? a->mask_indptr[b] : 0;
     }
     if (paged && a->kv_indptr[batch] > 0)
-        memcpy(PF_I32(plan, kv_indices), a->kv_indices,
-               sizeof(int32_t) * (size_t)a->kv_indptr[batch]);
-    flp_rope_frequencies(&v->rope, plan->desc.head_dim, PF_F32(plan, rope_freq));
+        memcpy(PF_I32(r, kv_indices), a->kv_indices, sizeof(int32_t) * (size_t)a->kv_indptr[batch]);
+    flp_rope_frequencies(&pb->variant.rope, plan->desc.head_dim, PF_F32(r, rope_freq));
     if (a->alibi_slopes)
-        memcpy(PF_F32(plan, alibi_slopes), a->alibi_slopes,
+        memcpy(PF_F32(r, alibi_slopes), a->alibi_slopes,
                sizeof(float) * (size_t)plan->desc.num_qo_heads);
     else
-        flp_alibi_standard_slopes(plan->desc.num_qo_heads, PF_F32(plan, alibi_slopes));
+        flp_alibi_standard_slopes(plan->desc.num_qo_heads, PF_F32(r, alibi_slopes));
 }
 
 /* The keys each row can keep at most, by the variant's causal mask and window. */
@@ -149,47 +153,48 @@ static flp_prefill_key_rule key_rule(const flp_plan *plan, const flp_variant *v)
     return rule;
 }
 
-/* The scheduler's input (qo_len and kv_len NULL when only the scratch size is asked for: it
- * depends on the plan's capacities and grid alone). */
-static flp_prefill_schedule_input schedule_input(const flp_plan *plan, int32_t batch,
-                                                 const flp_variant *v, const int32_t *qo_len,
-                                                 const int32_t *kv_len) {
+/* The scheduler's input (v, qo_len and kv_len NULL when only the scratch size is asked for: it
+ * depends on the region's capacities and grid alone). */
+static flp_prefill_schedule_input schedule_input(const flp_plan *plan, const flp_prefill_region *r,
+                                                 int32_t batch, const flp_variant *v,
+                                                 const int32_t *qo_len, const int32_t *kv_len) {
     flp_prefill_schedule_input in = {
         .batch_size = batch,
         .num_kv_heads = plan->desc.num_kv_heads,
-        .num_ctas = plan->prefill_ctas,
+        .num_ctas = r->ctas,
         .qo_len = qo_len,
         .kv_len = kv_len,
         .keys = v ? key_rule(plan, v) : (flp_prefill_key_rule){.group_size = plan->group_size},
         .min_chunk = PREFILL_MIN_CHUNK,
         .chunk_align = 64,
-        .max_items = plan->prefill_max_items,
-        .max_slots = plan->prefill_max_slots,
-        .max_merge_items = plan->prefill_max_merges,
+        .max_items = r->max_items,
+        .max_slots = r->max_slots,
+        .max_merge_items = r->max_merges,
     };
     return in;
 }
 
-/* The call's host memory, taken in one allocation before anything is checked or changed, so
- * that a failed allocation leaves the plan exactly as it was. */
-typedef struct prefill_scratch {
-    int32_t *qo_len, *kv_len; /* [batch] each, from the checks */
-    void *schedule;           /* flp_prefill_schedule_scratch_bytes */
-} prefill_scratch;
-
-static void fill_schedule(flp_plan *plan, const flp_prefill_plan_args *a, const flp_variant *v,
-                          const prefill_scratch *s, flp_prefill_schedule *sched) {
-    flp_prefill_schedule_input in = schedule_input(plan, a->batch_size, v, s->qo_len, s->kv_len);
-    sched->work_indptr = PF_I32(plan, work_indptr);
-    sched->work_items = PF_I32(plan, work_items);
-    sched->merge_items = PF_I32(plan, merge_items);
-    flp_prefill_schedule_build(&in, sched, s->schedule);
+size_t flp_prefill_region_scratch_bytes(const flp_plan *plan, const flp_prefill_region *r,
+                                        int32_t batch_size) {
+    flp_prefill_schedule_input shape = schedule_input(plan, r, batch_size, NULL, NULL, NULL);
+    return flp_prefill_schedule_scratch_bytes(&shape);
 }
 
-static void fill_info(flp_plan *plan, const flp_prefill_plan_args *a, const flp_variant *v,
+static void fill_schedule(const flp_plan *plan, flp_prefill_region *r, const flp_prefill_batch *pb,
+                          void *scratch, flp_prefill_schedule *sched) {
+    flp_prefill_schedule_input in =
+        schedule_input(plan, r, pb->args->batch_size, &pb->variant, pb->qo_len, pb->kv_len);
+    sched->work_indptr = PF_I32(r, work_indptr);
+    sched->work_items = PF_I32(r, work_items);
+    sched->merge_items = PF_I32(r, merge_items);
+    flp_prefill_schedule_build(&in, sched, scratch);
+}
+
+static void fill_info(const flp_plan *plan, flp_prefill_region *r, const flp_prefill_batch *pb,
                       const flp_prefill_schedule *sched) {
-    const flp_prefill_layout *l = &plan->layout.prefill;
-    flp_prefill_plan_info *p = (flp_prefill_plan_info *)plan->prefill_host;
+    const flp_prefill_plan_args *a = pb->args;
+    const flp_prefill_layout *l = &r->layout;
+    flp_prefill_plan_info *p = (flp_prefill_plan_info *)r->host;
     memset(p, 0, sizeof *p);
 #define WORDS(field) ((uint32_t)((l->field - l->info) / sizeof(int32_t)))
     p->off_qo_indptr = WORDS(qo_indptr);
@@ -213,37 +218,34 @@ static void fill_info(flp_plan *plan, const flp_prefill_plan_args *a, const flp_
     p->group_size = plan->group_size;
     p->head_dim = plan->desc.head_dim;
     p->page_size = a->kv_storage == FLP_KV_PAGED ? a->page_size : 0;
-    p->num_ctas = plan->prefill_ctas;
+    p->num_ctas = r->ctas;
     p->num_merge_items = sched->num_merge_items;
     p->q_tile = sched->q_tile;
-    FLP_SET_KERNEL_VARIANT(p, v);
+    FLP_SET_KERNEL_VARIANT(p, &pb->variant);
     if (a->kv_storage == FLP_KV_PAGED)
         p->flags |= FLP_FLAG_PAGED;
 }
 
-static flp_status plan_batch(flp_context *ctx, flp_plan *plan, const flp_prefill_plan_args *a,
-                             const prefill_scratch *s) {
-    flp_variant v;
-    flp_prefill_state st;
-    memset(&st, 0, sizeof st);
-    flp_status status = check_args(ctx, plan, a, &v, s->qo_len, s->kv_len, &st);
-    if (status != FLP_OK)
-        return status;
-    /* The mirror changes from here on: until the upload succeeds the plan holds no prefill
+flp_status flp_prefill_region_plan(flp_context *ctx, flp_plan *plan, flp_prefill_region *r,
+                                   const flp_prefill_batch *pb, void *scratch) {
+    const flp_prefill_plan_args *a = pb->args;
+    /* The mirror changes from here on: until the upload succeeds the region holds no
      * partition (a failed upload may have written part of the device copy). */
-    plan->prefill.planned = false;
-    fill_arrays(plan, a, &v, s->kv_len);
+    r->state.planned = false;
+    fill_arrays(plan, r, pb);
     flp_prefill_schedule sched;
-    fill_schedule(plan, a, &v, s, &sched);
-    fill_info(plan, a, &v, &sched);
-    const flp_prefill_layout *l = &plan->layout.prefill;
+    fill_schedule(plan, r, pb, scratch, &sched);
+    fill_info(plan, r, pb, &sched);
+    const flp_prefill_layout *l = &r->layout;
     bool paged = a->kv_storage == FLP_KV_PAGED;
     size_t end =
         l->kv_indices + (paged ? sizeof(int32_t) * (size_t)a->kv_indptr[a->batch_size] : 0);
-    status = flp_buffer_write(ctx, plan->buffer, plan->base + l->info, plan->prefill_host,
-                              end - l->info);
+    flp_status status =
+        flp_buffer_write(ctx, plan->buffer, plan->base + l->info, r->host, end - l->info);
     if (status != FLP_OK)
         return status;
+    flp_prefill_state st;
+    memset(&st, 0, sizeof st);
     st.planned = true;
     st.batch_size = a->batch_size;
     st.total_rows = a->qo_indptr[a->batch_size];
@@ -251,13 +253,15 @@ static flp_status plan_batch(flp_context *ctx, flp_plan *plan, const flp_prefill
     st.q_tile = sched.q_tile;
     st.kv_storage = a->kv_storage;
     st.kv_layout = paged ? a->kv_layout : FLP_KV_LAYOUT_NHD;
-    st.variant = v;
+    st.variant = pb->variant;
+    st.max_page_id = pb->max_page_id;
+    st.mask_bytes = pb->mask_bytes;
     st.total_kv_rows = paged ? 0 : a->kv_indptr[a->batch_size];
-    st.keys = key_rule(plan, &v);
+    st.keys = key_rule(plan, &pb->variant);
     st.num_items = sched.num_items;
     st.num_merge_items = sched.num_merge_items;
     st.num_partial_slots = sched.num_partial_slots;
-    plan->prefill = st;
+    r->state = st;
     return FLP_OK;
 }
 
@@ -265,22 +269,27 @@ flp_status flp_prefill_plan(flp_context *ctx, flp_plan *plan, const flp_prefill_
     flp_status status = flp_plan_check_call(ctx, FN, plan, args);
     if (status != FLP_OK)
         return status;
-    if (plan->desc.max_qo_rows == 0)
+    if (plan->prefill.max_qo_rows == 0)
         return flp_fail(ctx, FLP_ERROR_CAPACITY,
                         "%s: the plan was created with max_qo_rows = 0 (decode only)", FN);
     status = flp_check_batch_size(ctx, FN, args->batch_size, plan->desc.max_batch_size);
     if (status != FLP_OK)
         return status;
+    /* The call's host memory, taken in one allocation before anything is checked or changed,
+     * so that a failed allocation leaves the plan exactly as it was: qo_len and kv_len
+     * [batch], then the scheduler's scratch. */
     size_t batch = (size_t)args->batch_size;
     size_t lens = FLP_ALIGN_UP(2 * sizeof(int32_t) * batch, 8);
-    flp_prefill_schedule_input shape = schedule_input(plan, args->batch_size, NULL, NULL, NULL);
-    size_t bytes = lens + flp_prefill_schedule_scratch_bytes(&shape);
+    size_t bytes = lens + flp_prefill_region_scratch_bytes(plan, &plan->prefill, args->batch_size);
     char *scratch = flp_malloc(bytes);
     if (!scratch)
         return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY,
                         "%s: out of host memory for %zu bytes of scratch", FN, bytes);
-    prefill_scratch s = {(int32_t *)scratch, (int32_t *)scratch + batch, scratch + lens};
-    status = plan_batch(ctx, plan, args, &s);
+    int32_t *qo_len = (int32_t *)scratch, *kv_len = qo_len + batch;
+    flp_prefill_batch pb;
+    status = check_args(ctx, plan, args, &pb, qo_len, kv_len);
+    if (status == FLP_OK)
+        status = flp_prefill_region_plan(ctx, plan, &plan->prefill, &pb, scratch + lens);
     flp_free(scratch);
     return status;
 }

@@ -2,13 +2,14 @@
 #include "core/backend.h"
 #include "core/batch_args.h"
 #include "core/plan.h"
+#include "core/prefill_region.h"
 #include "core/tensor.h"
 
 #include <string.h>
 
 static flp_status check_kv_tensors(flp_context *ctx, const char *fn, const flp_plan *plan,
                                    const flp_prefill_run_args *a) {
-    const flp_prefill_state *st = &plan->prefill;
+    const flp_prefill_state *st = &plan->prefill.state;
     const flp_plan_desc *d = &plan->desc;
     flp_tensor_expect kv = {"k", st->variant.kv_dtype, 3, {-1, d->num_kv_heads, d->head_dim}, true};
     if (st->kv_storage == FLP_KV_PAGED) {
@@ -38,7 +39,7 @@ static flp_status check_kv_tensors(flp_context *ctx, const char *fn, const flp_p
 
 static flp_status check_mask(flp_context *ctx, const char *fn, const flp_plan *plan,
                              const flp_tensor *mask) {
-    const flp_prefill_state *st = &plan->prefill;
+    const flp_prefill_state *st = &plan->prefill.state;
     bool custom = st->variant.mask == FLP_MASK_CUSTOM;
     if (!custom && mask)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
@@ -65,7 +66,7 @@ static flp_status check_mask(flp_context *ctx, const char *fn, const flp_plan *p
 
 static flp_status check_run_tensors(flp_context *ctx, const char *fn, const flp_plan *plan,
                                     const flp_prefill_run_args *a) {
-    const flp_prefill_state *st = &plan->prefill;
+    const flp_prefill_state *st = &plan->prefill.state;
     const flp_plan_desc *d = &plan->desc;
     flp_tensor_expect q = {
         "q", st->variant.q_dtype, 3, {st->total_rows, d->num_qo_heads, d->head_dim}, true};
@@ -94,17 +95,18 @@ static flp_status check_run_tensors(flp_context *ctx, const char *fn, const flp_
     return flp_plan_check_outputs(ctx, fn, plan, outputs, 2, inputs, 4);
 }
 
-/* An int32 array of the prefill region's host mirror, at its layout offset. */
-static const int32_t *mirror(const flp_plan *plan, size_t offset) {
-    return (const int32_t *)(plan->prefill_host + (offset - plan->layout.prefill.info));
+/* An int32 array of a region's host mirror, at its layout offset. */
+static const int32_t *mirror(const flp_prefill_region *r, size_t offset) {
+    return (const int32_t *)(r->host + (offset - r->layout.info));
 }
 
-static void fill_launch(const flp_plan *plan, const flp_prefill_run_args *a,
-                        flp_prefill_launch *launch) {
-    const flp_prefill_state *st = &plan->prefill;
+void flp_prefill_region_launch(const flp_plan *plan, const flp_prefill_region *r,
+                               const flp_prefill_run_args *a, flp_prefill_launch *launch) {
+    const flp_prefill_state *st = &r->state;
+    const flp_prefill_layout *l = &r->layout;
     memset(launch, 0, sizeof *launch);
     flp_prefill_params *p = &launch->params;
-    p->plan = plan->buffer->device_address + plan->base + plan->layout.prefill.info;
+    p->plan = plan->buffer->device_address + plan->base + l->info;
     p->q = flp_tensor_address(&a->q);
     p->o = flp_tensor_address(&a->out);
     p->k = flp_tensor_address(&a->k);
@@ -131,21 +133,20 @@ static void fill_launch(const flp_plan *plan, const flp_prefill_run_args *a,
     if (a->custom_mask)
         p->mask = flp_tensor_address(a->custom_mask);
     launch->slot.buffer = plan->buffer;
-    launch->slot.offset = plan->base + plan->layout.prefill.params_slot;
-    launch->num_ctas = plan->prefill_ctas;
-    launch->merge_grid = plan->prefill_max_merges;
+    launch->slot.offset = plan->base + l->params_slot;
+    launch->num_ctas = r->ctas;
+    launch->merge_grid = r->max_merges;
     launch->q_tile = st->q_tile;
     launch->q_dtype = (int32_t)st->variant.q_dtype;
     launch->kv_dtype = (int32_t)st->variant.kv_dtype;
     launch->head_dim = plan->desc.head_dim;
-    const flp_prefill_layout *l = &plan->layout.prefill;
     flp_prefill_schedule_view *view = &launch->schedule;
-    view->work_indptr = mirror(plan, l->work_indptr);
-    view->work_items = mirror(plan, l->work_items);
-    view->merge_items = mirror(plan, l->merge_items);
+    view->work_indptr = mirror(r, l->work_indptr);
+    view->work_items = mirror(r, l->work_items);
+    view->merge_items = mirror(r, l->merge_items);
     view->num_merge_items = st->num_merge_items;
-    view->qo_indptr = mirror(plan, l->qo_indptr);
-    view->kv_len = mirror(plan, l->kv_len);
+    view->qo_indptr = mirror(r, l->qo_indptr);
+    view->kv_len = mirror(r, l->kv_len);
     view->keys = st->keys;
 }
 
@@ -155,14 +156,14 @@ flp_status flp_prefill_run(flp_context *ctx, const flp_plan *plan,
     flp_status status = flp_plan_check_call(ctx, fn, plan, args);
     if (status != FLP_OK)
         return status;
-    if (!plan->prefill.planned)
+    if (!plan->prefill.state.planned)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
                         "%s: the plan holds no prefill plan (call flp_prefill_plan first)", fn);
     status = check_run_tensors(ctx, fn, plan, args);
     if (status != FLP_OK)
         return status;
     flp_prefill_launch launch;
-    fill_launch(plan, args, &launch);
+    flp_prefill_region_launch(plan, &plan->prefill, args, &launch);
     status = ctx->ops->prefill_run(ctx, &launch);
     if (status != FLP_OK)
         flp_error_prefix(ctx, fn);

@@ -48,8 +48,9 @@ typedef struct decode_case {
     bool no_lse;
     unsigned layout_flags; /* CASE_* */
     bool sequential_pages;
-    bool split; /* long requests of a small batch: the plan must split them (when the batch
-                   does not fill the grid) */
+    bool split;  /* long requests of a small batch: the plan must split them (when the batch
+                    does not fill the grid) */
+    bool matrix; /* FLP_DECODE_KERNEL_MATRIX (the prefill kernel); else _VECTOR */
 } decode_case;
 
 #define F16 FLP_DTYPE_F16
@@ -207,6 +208,48 @@ static const decode_case decode_cases[] = {
      .num_kv_heads = 2, .head_dim = 128, .q_dtype = F16, .layout = NHD, .page_size = 16,
      .qo_len = 3, .causal = true, .use_window = true, .window_left = 64, .soft_cap = 10.0f,
      .rope = ROPE_LLAMA31, .rope_offsets = true, .layout_flags = CASE_PADDED_QO},
+
+    /* ---- the matrix kernel (FLP_DECODE_KERNEL_MATRIX): the same batches on the prefill kernel,
+       from one query row per KV head to 64 ---- */
+    {.name = "matrix_bf16_nhd_g4", .batch = 4, .kv_lens = {7, 16, 33, 100}, .num_qo_heads = 8,
+     .num_kv_heads = 2, .head_dim = 128, .q_dtype = BF16, .layout = NHD, .page_size = 16,
+     .matrix = true},
+    {.name = "matrix_f16_hnd_d64_g1_page1", .batch = 3, .kv_lens = {3, 0, 57}, .num_qo_heads = 4,
+     .num_kv_heads = 4, .head_dim = 64, .q_dtype = F16, .layout = HND, .page_size = 1,
+     .matrix = true},
+    {.name = "matrix_causal_qo4_g4_d256", .batch = 3, .kv_lens = {4, 90, 33}, .num_qo_heads = 8,
+     .num_kv_heads = 2, .head_dim = 256, .q_dtype = F16, .layout = NHD, .page_size = 32,
+     .qo_len = 4, .causal = true, .matrix = true},
+    {.name = "matrix_causal_qo8_g8_bf16_hnd", .batch = 2, .kv_lens = {8, 150}, .num_qo_heads = 16,
+     .num_kv_heads = 2, .head_dim = 128, .q_dtype = BF16, .layout = HND, .page_size = 16,
+     .qo_len = 8, .causal = true, .matrix = true},
+    {.name = "matrix_empty_requests_qo2", .batch = 5, .kv_lens = {0, 12, 0, 2, 40},
+     .num_qo_heads = 8, .num_kv_heads = 2, .head_dim = 64, .q_dtype = BF16, .layout = NHD,
+     .page_size = 16, .qo_len = 2, .causal = true, .matrix = true},
+    {.name = "matrix_skewed_f16", .batch = 24, .gen = KV_SKEWED, .gen_min = 20, .gen_max = 700,
+     .zero_every = 5, .num_qo_heads = 8, .num_kv_heads = 1, .head_dim = 64, .q_dtype = F16,
+     .layout = NHD, .page_size = 8, .matrix = true},
+    {.name = "matrix_split_qo3_f16", .batch = 1, .kv_lens = {2500}, .num_qo_heads = 8,
+     .num_kv_heads = 2, .head_dim = 128, .q_dtype = F16, .layout = NHD, .page_size = 16,
+     .qo_len = 3, .causal = true, .split = true, .matrix = true},
+    {.name = "matrix_e4m3_bf16_split", .batch = 2, .kv_lens = {2000, 300}, .num_qo_heads = 8,
+     .num_kv_heads = 2, .head_dim = 128, .q_dtype = BF16, .kv_dtype = E4M3, .layout = NHD,
+     .page_size = 16, .k_scale = 0.02f, .v_scale = 0.5f, .split = true, .matrix = true},
+    {.name = "matrix_e5m2_f16_hnd_qo2", .batch = 3, .kv_lens = {9, 33, 80}, .num_qo_heads = 8,
+     .num_kv_heads = 1, .head_dim = 64, .q_dtype = F16, .kv_dtype = E5M2, .layout = HND,
+     .page_size = 16, .qo_len = 2, .causal = true, .k_scale = 0.25f, .v_scale = 3.0f,
+     .matrix = true},
+    {.name = "matrix_window_alibi_qo2", .batch = 4, .kv_lens = {3, 21, 90, 400}, .num_qo_heads = 8,
+     .num_kv_heads = 2, .head_dim = 64, .q_dtype = F16, .layout = NHD, .page_size = 8,
+     .qo_len = 2, .causal = true, .use_window = true, .window_left = 20, .alibi = ALIBI_CALLER,
+     .matrix = true},
+    {.name = "matrix_rope_softcap_qo3_padded", .batch = 2, .kv_lens = {40, 300}, .num_qo_heads = 8,
+     .num_kv_heads = 2, .head_dim = 128, .q_dtype = F16, .layout = NHD, .page_size = 16,
+     .qo_len = 3, .causal = true, .soft_cap = 10.0f, .sm_scale = 0.3f, .rope = ROPE_LLAMA31,
+     .rope_offsets = true, .layout_flags = CASE_PADDED_QO | CASE_INTERLEAVED_KV, .matrix = true},
+    {.name = "matrix_no_lse_g7_page5", .batch = 3, .kv_lens = {12, 0, 50}, .num_qo_heads = 7,
+     .num_kv_heads = 1, .head_dim = 64, .q_dtype = BF16, .layout = HND, .page_size = 5,
+     .no_lse = true, .matrix = true},
 };
 /* clang-format on */
 

@@ -1,7 +1,8 @@
 /* The prefill and KV-append front ends on the host fake backend: the partition flp_prefill_plan
  * uploads (every keepable (row, key) pair of every request and KV head covered exactly once,
  * masked tiles never scheduled, split chunks and merge items consistent, capacities held over
- * random batches), what flp_prefill_run and flp_kv_append hand the backend, and refusals. */
+ * random batches), what flp_prefill_run and flp_kv_append hand the backend, and refusals; the
+ * decode kernel choice and the matrix decode kernel's prefill partition. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -67,7 +68,7 @@ static flp_status plan_batch(flp_context *ctx, flp_plan *plan, const batch *b) {
 /* The uploaded prefill region, read back from the fake device memory. */
 static const int32_t *region(const flp_plan *plan) {
     return (const int32_t *)((const char *)plan->buffer->native + plan->base +
-                             plan->layout.prefill.info);
+                             plan->prefill.layout.info);
 }
 
 /* Keys row p of request r may keep: [*lo, *hi). */
@@ -125,7 +126,7 @@ static void check_coverage(const batch *b, const flp_prefill_plan_info *info, co
  * chunks in ascending contiguous key order. */
 static void check_splits(const flp_plan *plan, const flp_prefill_plan_info *info,
                          const int32_t *items, int32_t n, const int32_t *merges) {
-    int32_t slots = plan->prefill_max_slots;
+    int32_t slots = plan->prefill.max_slots;
     const int32_t **by_slot = calloc((size_t)slots, sizeof *by_slot);
     for (int32_t i = 0; i < n; i++) {
         const int32_t *it = items + FLP_PREFILL_ITEM_INTS * i;
@@ -137,7 +138,7 @@ static void check_splits(const flp_plan *plan, const flp_prefill_plan_info *info
         assert_null(by_slot[s]);
         by_slot[s] = it;
     }
-    assert_true(info->num_merge_items <= plan->prefill_max_merges);
+    assert_true(info->num_merge_items <= plan->prefill.max_merges);
     for (int32_t m = 0; m < info->num_merge_items; m++) {
         const int32_t *mi = merges + FLP_MERGE_ITEM_INTS * m;
         assert_true(mi[FLP_MITEM_CHUNKS] >= 2);
@@ -180,7 +181,7 @@ static void test_partition_random_batches(void **state) {
         for (int32_t c = 0; c < FAKE_PREFILL_GRID; c++)
             assert_true(indptr[c] <= indptr[c + 1]);
         int32_t n = indptr[FAKE_PREFILL_GRID];
-        assert_true(n <= plan->prefill_max_items);
+        assert_true(n <= plan->prefill.max_items);
         check_coverage(&b, info, words + info->off_work_items, n);
         check_splits(plan, info, words + info->off_work_items, n, words + info->off_merge_items);
         split_seen += info->num_merge_items > 0;
@@ -275,13 +276,13 @@ static void test_run_launch(void **state) {
     assert_true(l->slot.offset != plan->base + plan->layout.params_slot);
     assert_int_equal(l->slot.offset % 256, 0);
     /* the schedule view is the plan's host mirror as uploaded */
-    assert_int_equal(l->schedule.num_merge_items, plan->prefill.num_merge_items);
+    assert_int_equal(l->schedule.num_merge_items, plan->prefill.state.num_merge_items);
     assert_int_equal(l->schedule.qo_indptr[1], 3);
     assert_int_equal(l->schedule.kv_len[1], (3 - 1) * PAGE + 1);
     assert_int_equal(l->schedule.keys.group_size, HQ / HKV);
     const flp_prefill_plan_info *info = (const flp_prefill_plan_info *)region(plan);
     assert_int_equal(l->params.plan,
-                     plan->buffer->device_address + plan->base + plan->layout.prefill.info);
+                     plan->buffer->device_address + plan->base + plan->prefill.layout.info);
     assert_int_equal(info->flags & (FLP_FLAG_PAGED | FLP_FLAG_CUSTOM_MASK),
                      FLP_FLAG_PAGED | FLP_FLAG_CUSTOM_MASK);
     assert_int_equal(info->page_size, PAGE);
@@ -330,6 +331,153 @@ static void test_plan_refusals(void **state) {
     b.qo_indptr[2] = 9;
     assert_int_equal(plan_batch(ctx, plan, &b), FLP_ERROR_CAPACITY);
     assert_non_null(strstr(flp_context_last_error(ctx), "max_qo_rows = 0"));
+    flp_plan_destroy(plan);
+    flp_context_destroy(ctx);
+}
+
+/* The decode kernel a plan resolves: AUTO picks MATRIX from FLP_DECODE_MATRIX_MIN_ROWS query
+ * rows per KV head; an unknown value is refused naming it. */
+static void test_decode_kernel_choice(void **state) {
+    (void)state;
+    flp_context *ctx = fake_context();
+    static const struct {
+        int32_t hq, hkv, max_qo_len;
+        flp_decode_kernel asked;
+        bool matrix;
+    } cases[] = {
+        {8, 2, 1, FLP_DECODE_KERNEL_AUTO, false},  {8, 2, 2, FLP_DECODE_KERNEL_AUTO, true},
+        {8, 1, 1, FLP_DECODE_KERNEL_AUTO, true},   {8, 1, 1, FLP_DECODE_KERNEL_VECTOR, false},
+        {4, 4, 1, FLP_DECODE_KERNEL_MATRIX, true}, {7, 1, 2, FLP_DECODE_KERNEL_AUTO, true},
+        {7, 1, 1, FLP_DECODE_KERNEL_AUTO, false},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        flp_plan_desc pd = {.max_batch_size = 3,
+                            .max_qo_len = cases[i].max_qo_len,
+                            .max_pages = 8,
+                            .num_qo_heads = cases[i].hq,
+                            .num_kv_heads = cases[i].hkv,
+                            .head_dim = D,
+                            .decode_kernel = cases[i].asked};
+        flp_plan *plan = NULL;
+        assert_int_equal(flp_plan_create(ctx, &pd, &plan), FLP_OK);
+        flp_plan_summary s;
+        flp_plan_summarize(plan, &s);
+        if (s.decode_matrix != cases[i].matrix)
+            fail_msg("case %zu: %d/%d heads, max_qo_len %d, asked %d: decode_matrix %d", i,
+                     cases[i].hq, cases[i].hkv, cases[i].max_qo_len, (int)cases[i].asked,
+                     (int)s.decode_matrix);
+        assert_int_equal(s.decode_ctas, cases[i].matrix ? FAKE_PREFILL_GRID : FAKE_DECODE_GRID);
+        flp_plan_destroy(plan);
+    }
+    flp_plan_desc pd = {.max_batch_size = 3,
+                        .max_pages = 8,
+                        .num_qo_heads = 4,
+                        .num_kv_heads = 4,
+                        .head_dim = D,
+                        .decode_kernel = (flp_decode_kernel)7};
+    flp_plan *plan = NULL;
+    assert_int_equal(flp_plan_create(ctx, &pd, &plan), FLP_ERROR_INVALID_ARGUMENT);
+    assert_non_null(strstr(flp_context_last_error(ctx), "decode_kernel = 7"));
+    assert_null(plan);
+    flp_context_destroy(ctx);
+}
+
+/* A decode batch on the matrix kernel: its own prefill partition (qo_len rows per request, the
+ * decode page table), launched through the prefill kernel; a prefill plan on the same plan
+ * object leaves it alone; the regions do not overlap. */
+static void test_matrix_decode_partition(void **state) {
+    (void)state;
+    flp_context *ctx = fake_context();
+    enum { HQ = 8, HKV = 2, PAGE = 4, PAGES = 6, QO = 3, B = 2 };
+    flp_plan_desc pd = {.max_batch_size = 4,
+                        .max_qo_len = 4,
+                        .max_pages = 8,
+                        .max_qo_rows = 32,
+                        .num_qo_heads = HQ,
+                        .num_kv_heads = HKV,
+                        .head_dim = D,
+                        .decode_kernel = FLP_DECODE_KERNEL_MATRIX};
+    flp_plan *plan = NULL;
+    assert_int_equal(flp_plan_create(ctx, &pd, &plan), FLP_OK);
+    size_t bytes = 0;
+    assert_int_equal(flp_plan_workspace_size(ctx, &pd, &bytes), FLP_OK);
+    assert_int_equal(bytes, plan->layout.total);
+    /* decode region (no partial scratch), prefill region, matrix decode region, in order */
+    assert_int_equal(plan->layout.partial_lse, plan->layout.partial_o);
+    assert_true(plan->layout.params_slot < plan->prefill.layout.info);
+    assert_true(plan->prefill.layout.end <= plan->decode_rows.layout.info);
+    assert_true(plan->decode_rows.layout.end <= plan->layout.total);
+    assert_int_equal(plan->decode_rows.max_qo_rows, 4 * 4);
+
+    int32_t kv[B + 1] = {0, 2, 5}, idx[5] = {5, 0, 3, 1, 2}, last[B] = {3, 4};
+    flp_decode_plan_args da = {.batch_size = B,
+                               .qo_len = QO,
+                               .page_size = PAGE,
+                               .kv_indptr = kv,
+                               .kv_indices = idx,
+                               .kv_last_page_len = last,
+                               .variant = {.head_dim = D, .mask = FLP_MASK_CAUSAL}};
+    assert_int_equal(flp_decode_plan(ctx, plan, &da), FLP_OK);
+    const flp_prefill_region *r = &plan->decode_rows;
+    assert_true(r->state.planned);
+    assert_int_equal(r->state.total_rows, B * QO);
+    assert_int_equal(r->state.max_page_id, 5);
+    /* the uploaded partition, read back from the fake device */
+    const uint8_t *dev = (const uint8_t *)plan->buffer->native + plan->base;
+    const flp_prefill_plan_info *info = (const flp_prefill_plan_info *)(dev + r->layout.info);
+    const int32_t *words = (const int32_t *)info;
+    for (int32_t b = 0; b <= B; b++)
+        assert_int_equal(words[info->off_qo_indptr + b], b * QO);
+    assert_int_equal(words[info->off_kv_len + 1], 2 * PAGE + 4);
+    for (int32_t i = 0; i < 5; i++)
+        assert_int_equal(words[info->off_kv_indices + i], idx[i]);
+    assert_int_equal(info->flags & (FLP_FLAG_PAGED | FLP_FLAG_CAUSAL),
+                     FLP_FLAG_PAGED | FLP_FLAG_CAUSAL);
+    assert_int_equal(info->group_size, HQ / HKV);
+
+    /* a prefill plan on the same object replaces only its own partition */
+    int32_t qo1[2] = {0, 2}, kv1[2] = {0, 1}, idx1[1] = {4}, last1[1] = {2};
+    flp_prefill_plan_args pa = {.batch_size = 1,
+                                .qo_indptr = qo1,
+                                .kv_storage = FLP_KV_PAGED,
+                                .kv_indptr = kv1,
+                                .kv_indices = idx1,
+                                .kv_last_page_len = last1,
+                                .page_size = PAGE,
+                                .variant = {.head_dim = D}};
+    assert_int_equal(flp_prefill_plan(ctx, plan, &pa), FLP_OK);
+    assert_int_equal(words[info->off_qo_indptr + 1], QO);
+    assert_int_equal(words[info->off_kv_indices], idx[0]);
+
+    flp_buffer *buf = NULL;
+    flp_buffer_desc bd = {1 << 20};
+    assert_int_equal(flp_buffer_create(ctx, &bd, &buf), FLP_OK);
+    int64_t q_shape[3] = {B * QO, HQ, D}, kv_shape[4] = {PAGES, PAGE, HKV, D};
+    flp_decode_run_args ra = {
+        .q = flp_tensor_contiguous(buf, 0, FLP_DTYPE_F16, 3, q_shape),
+        .k_cache = flp_tensor_contiguous(buf, 0x10000, FLP_DTYPE_F16, 4, kv_shape),
+        .v_cache = flp_tensor_contiguous(buf, 0x20000, FLP_DTYPE_F16, 4, kv_shape),
+        .out = flp_tensor_contiguous(buf, 0x8000, FLP_DTYPE_F16, 3, q_shape),
+    };
+    int before = fake_runs_queued;
+    fake_last_decode.num_ctas = -1;
+    assert_int_equal(flp_decode_run(ctx, plan, &ra), FLP_OK);
+    assert_int_equal(fake_runs_queued, before + 1);
+    assert_int_equal(fake_last_decode.num_ctas, -1); /* the vector kernel never ran */
+    const flp_prefill_launch *l = &fake_last_prefill;
+    assert_int_equal(l->params.plan, plan->buffer->device_address + plan->base + r->layout.info);
+    assert_int_equal(l->slot.offset, plan->base + r->layout.params_slot);
+    assert_int_equal(l->params.o, buf->device_address + 0x8000);
+    assert_int_equal(l->params.k_stride_slot, HKV * D); /* NHD */
+    assert_int_equal(l->num_ctas, FAKE_PREFILL_GRID);
+    assert_int_equal(l->schedule.qo_indptr[2], B * QO);
+    /* decode's run checks hold: 5 pages do not hold page id 5 */
+    ra.k_cache.shape[0] = ra.v_cache.shape[0] = 5;
+    assert_int_equal(flp_decode_run(ctx, plan, &ra), FLP_ERROR_INVALID_ARGUMENT);
+    assert_non_null(strstr(flp_context_last_error(ctx), "flp_decode_run"));
+    assert_non_null(strstr(flp_context_last_error(ctx), "page 5"));
+    assert_int_equal(fake_runs_queued, before + 1);
+    flp_buffer_destroy(buf);
     flp_plan_destroy(plan);
     flp_context_destroy(ctx);
 }
@@ -399,6 +547,8 @@ int main(void) {
         cmocka_unit_test(test_causal_clipping),
         cmocka_unit_test(test_run_launch),
         cmocka_unit_test(test_plan_refusals),
+        cmocka_unit_test(test_decode_kernel_choice),
+        cmocka_unit_test(test_matrix_decode_partition),
         cmocka_unit_test(test_kv_append_params),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -78,6 +78,7 @@ typedef struct problem {
     flp_variant variant;
     bool lse, rope_offsets;
     bool interleaved_kv, padded_qo;
+    bool matrix; /* the plan asks for FLP_DECODE_KERNEL_MATRIX (else _VECTOR) */
 } problem;
 
 static void problem_free_batch(problem *p) {
@@ -206,6 +207,7 @@ static void problem_from_case(problem *p, const decode_case *c, test_rng *rng) {
     p->lse = !c->no_lse;
     p->interleaved_kv = (c->layout_flags & CASE_INTERLEAVED_KV) != 0;
     p->padded_qo = (c->layout_flags & CASE_PADDED_QO) != 0;
+    p->matrix = c->matrix;
     test_variant_set_pos_encoding(v, c->alibi, c->rope, p->hq, rng, &p->alibi_slopes);
     if (c->rope != ROPE_OFF)
         p->rope_offsets = c->rope_offsets;
@@ -401,6 +403,7 @@ static flp_plan *create_plan(const problem *p, int32_t max_batch, int32_t max_pa
                              int32_t max_qo_len) {
     flp_plan_desc pd = test_plan_desc_make(max_batch, max_pages, p->hq, p->hkv, p->d);
     pd.max_qo_len = max_qo_len;
+    pd.decode_kernel = p->matrix ? FLP_DECODE_KERNEL_MATRIX : FLP_DECODE_KERNEL_VECTOR;
     return test_plan_create(g_ctx, &pd);
 }
 
@@ -423,12 +426,15 @@ static void run_problem(const problem *p, dev_problem *dv, const flp_plan *plan)
     assert_ok(flp_context_synchronize(g_ctx));
 }
 
-/* Long requests of a small batch must be split into KV chunks (docs/design.md 5.5) whenever the
- * batch does not fill the grid: checks the plan took the merge path, so split tests test it. */
+/* Long requests of a small batch must be split into KV chunks (docs/design.md 5.5 and, on the
+ * matrix kernel, 5.6) whenever the batch does not fill the grid (the matrix kernel: half the
+ * grid): checks the plan took the merge path, so split tests test it. */
 static void expect_split(const problem *p, const flp_plan *plan) {
     flp_plan_summary s;
     flp_plan_summarize(plan, &s);
-    if (s.decode_ctas <= p->batch * p->hkv) {
+    assert_int_equal(s.decode_matrix, p->matrix);
+    const int32_t items = p->batch * p->hkv;
+    if (s.decode_matrix ? 2 * items >= s.decode_ctas : s.decode_ctas <= items) {
         print_message("note: %s: grid of %d workgroups, %d x %d items: no split expected\n",
                       p->name, s.decode_ctas, p->batch, p->hkv);
         return;

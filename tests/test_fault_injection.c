@@ -306,17 +306,17 @@ static plan_image plan_image_take(const flp_plan *plan) {
     memset(&im, 0, sizeof im);
     flp_plan_summarize(plan, &im.summary);
     im.decode_planned = plan->decode.planned;
-    im.prefill_planned = plan->prefill.planned;
+    im.prefill_planned = plan->prefill.state.planned;
     im.decode_batch = plan->decode.batch_size;
-    im.prefill_batch = plan->prefill.batch_size;
+    im.prefill_batch = plan->prefill.state.batch_size;
     im.decode_max_page = plan->decode.max_page_id;
-    im.prefill_max_page = plan->prefill.max_page_id;
-    const flp_prefill_layout *pl = &plan->layout.prefill;
+    im.prefill_max_page = plan->prefill.state.max_page_id;
+    const flp_prefill_layout *pl = &plan->prefill.layout;
     im.host_bytes = plan->layout.metadata_end;
     im.prefill_bytes = pl->metadata_end - pl->info;
     im.device_bytes = plan->layout.total;
     im.host = copy_bytes(plan->host, im.host_bytes);
-    im.prefill_host = copy_bytes(plan->prefill_host, im.prefill_bytes);
+    im.prefill_host = copy_bytes(plan->prefill.host, im.prefill_bytes);
     im.device = copy_bytes((const uint8_t *)plan->buffer->native + plan->base, im.device_bytes);
     return im;
 }
@@ -360,8 +360,8 @@ static void expect_unchanged(const plan_image *before, const plan_image *now, co
 static void expect_same_upload(const flp_plan *a, const flp_plan *b, bool prefill, int32_t pages,
                                const char *when) {
     const flp_plan_layout *l = &a->layout;
-    size_t start = prefill ? l->prefill.info : 0;
-    size_t end = (prefill ? l->prefill.kv_indices : l->kv_indices) + sizeof(int32_t) * pages;
+    size_t start = prefill ? a->prefill.layout.info : 0;
+    size_t end = (prefill ? a->prefill.layout.kv_indices : l->kv_indices) + sizeof(int32_t) * pages;
     const uint8_t *da = (const uint8_t *)a->buffer->native + a->base;
     const uint8_t *db = (const uint8_t *)b->buffer->native + b->base;
     if (memcmp(da + start, db + start, end - start) != 0)

@@ -255,6 +255,23 @@ FLP_API flp_status flp_alibi_standard_slopes(int32_t num_heads, float *slopes);
  * captured CUDA graph or a recorded Vulkan command buffer stays valid. Not thread-safe. */
 typedef struct flp_plan flp_plan;
 
+/* Which kernel runs flp_decode_*, fixed when the plan is created (docs/design.md 5.5). */
+typedef enum flp_decode_kernel {
+    /* MATRIX when a request's query rows per KV head (max_qo_len x group size) reach
+     * FLP_DECODE_MATRIX_MIN_ROWS, else VECTOR. */
+    FLP_DECODE_KERNEL_AUTO = 0,
+    /* The decode kernel: each key's dot products on the vector units (CUDA cores, Vulkan
+     * invocations); best for few rows per KV head. */
+    FLP_DECODE_KERNEL_VECTOR = 1,
+    /* The prefill kernel over the decode batch: matrix products of 16-row query tiles (tensor
+     * cores; on Vulkan the prefill pipeline); best for speculative decoding and large GQA
+     * groups. */
+    FLP_DECODE_KERNEL_MATRIX = 2,
+} flp_decode_kernel;
+
+/* FLP_DECODE_KERNEL_AUTO picks the matrix kernel from this many query rows per KV head. */
+#define FLP_DECODE_MATRIX_MIN_ROWS 8
+
 typedef struct flp_plan_desc {
     int32_t max_batch_size; /* requests per plan (required, > 0) */
     int32_t max_qo_len;     /* decode: query tokens per request, 1..FLP_DECODE_MAX_QO_LEN;
@@ -269,7 +286,8 @@ typedef struct flp_plan_desc {
      * workspace_offset + flp_plan_workspace_size) of it and allocates nothing. The buffer
      * must outlive the plan. NULL = the plan allocates its own. */
     flp_buffer *workspace;
-    size_t workspace_offset; /* multiple of 256 */
+    size_t workspace_offset;         /* multiple of 256 */
+    flp_decode_kernel decode_kernel; /* default AUTO */
 } flp_plan_desc;
 
 /* Device bytes a plan with these capacities needs (plan data and split-KV scratch). */
@@ -278,6 +296,9 @@ FLP_API flp_status flp_plan_workspace_size(flp_context *ctx, const flp_plan_desc
 FLP_API flp_status flp_plan_create(flp_context *ctx, const flp_plan_desc *desc, flp_plan **out);
 /* Accepts NULL. */
 FLP_API void flp_plan_destroy(flp_plan *plan);
+/* The kernel flp_decode_* runs on for this plan: FLP_DECODE_KERNEL_VECTOR or _MATRIX
+ * (FLP_DECODE_KERNEL_AUTO for NULL). */
+FLP_API flp_decode_kernel flp_plan_decode_kernel(const flp_plan *plan);
 
 /* ---- batch decode over a paged KV cache ----------------------------------------------- */
 

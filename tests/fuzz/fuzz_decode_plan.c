@@ -23,6 +23,9 @@
  *   the backend a launch whose schedule view is the uploaded schedule.
  * Now and then the input is instead a set of capacities up to the limits plan creation accepts,
  * asked of flp_plan_workspace_size only (check_edge_caps).
+ * Plans use the vector decode kernel (FLP_DECODE_KERNEL_VECTOR), whose schedule this models; the
+ * matrix kernel's partition is a prefill partition (fuzz_prefill_plan.c models that schedule,
+ * test_decode.c runs both kernels).
  * Nothing of the library's own schedule code is reused: the model recomputes everything. */
 #include "core/plan.h"
 #include "tests/fake_backend.h"
@@ -372,9 +375,9 @@ static const int32_t *device_words(const flp_plan *plan, uint32_t word_offset) {
 
 /* The prefill region is never touched by a decode call; the decode region only when accepted. */
 static void check_unchanged(const flp_plan *plan, const snapshot *s, bool decode_too) {
-    const flp_prefill_layout *pl = &plan->layout.prefill;
+    const flp_prefill_layout *pl = &plan->prefill.layout;
     if (s->pf_bytes > 0) { /* a plan without prefill capacity has no region (and no mirror) */
-        FUZZ_CHECK(memcmp(s->pf_host, plan->prefill_host, s->pf_bytes) == 0,
+        FUZZ_CHECK(memcmp(s->pf_host, plan->prefill.host, s->pf_bytes) == 0,
                    "a decode plan call changed the prefill mirror");
         FUZZ_CHECK(memcmp(s->pf_device, plan_device_region(plan) + pl->info, s->pf_bytes) == 0,
                    "a decode plan call changed the uploaded prefill region");
@@ -659,7 +662,8 @@ static void check_edge_caps(flp_context *ctx, fuzz_input *in) {
                         .max_pages = max_pages,
                         .num_qo_heads = hkv * group,
                         .num_kv_heads = hkv,
-                        .head_dim = head_dim};
+                        .head_dim = head_dim,
+                        .decode_kernel = FLP_DECODE_KERNEL_VECTOR};
     size_t bytes = 0;
     if (edge_caps_refused(ctx, flp_plan_workspace_size(ctx, &pd, &bytes)))
         return;
@@ -709,7 +713,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                         .max_qo_rows = c.max_qo_rows,
                         .num_qo_heads = c.hq,
                         .num_kv_heads = c.hkv,
-                        .head_dim = c.head_dim};
+                        .head_dim = c.head_dim,
+                        .decode_kernel = FLP_DECODE_KERNEL_VECTOR};
     flp_plan *plan = NULL;
     flp_status st = flp_plan_create(ctx, &pd, &plan);
     FUZZ_CHECK(st == FLP_OK, "plan_create(batch %d, qo %d, pages %d, heads %d/%d, dim %d): %s",

@@ -30,9 +30,9 @@ void take_snapshot(const flp_plan *plan, snapshot *s) {
     s->bytes = plan->layout.metadata_end;
     s->host = copy_of(plan->host, s->bytes);
     s->device = copy_of(plan_device_region(plan), s->bytes);
-    const flp_prefill_layout *pl = &plan->layout.prefill;
+    const flp_prefill_layout *pl = &plan->prefill.layout;
     s->pf_bytes = pl->metadata_end - pl->info;
-    s->pf_host = copy_of(plan->prefill_host, s->pf_bytes);
+    s->pf_host = copy_of(plan->prefill.host, s->pf_bytes);
     s->pf_device = copy_of(plan_device_region(plan) + pl->info, s->pf_bytes);
     flp_plan_summarize(plan, &s->summary);
 }

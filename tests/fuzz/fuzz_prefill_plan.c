@@ -469,7 +469,7 @@ static void keepable(const model *m, int32_t group, int32_t r, int32_t p0, int32
 
 /* The uploaded prefill region. */
 static const uint8_t *prefill_region(const flp_plan *plan) {
-    return plan_device_region(plan) + plan->layout.prefill.info;
+    return plan_device_region(plan) + plan->prefill.layout.info;
 }
 
 static const int32_t *words(const flp_plan *plan, uint32_t word_offset) {
@@ -491,7 +491,7 @@ static void check_unchanged(const flp_plan *plan, const snapshot *s, bool prefil
                "a prefill plan call changed the decode summary");
     if (!prefill_too || s->pf_bytes == 0)
         return;
-    FUZZ_CHECK(memcmp(s->pf_host, plan->prefill_host, s->pf_bytes) == 0,
+    FUZZ_CHECK(memcmp(s->pf_host, plan->prefill.host, s->pf_bytes) == 0,
                "a refused call changed the prefill mirror");
     FUZZ_CHECK(memcmp(s->pf_device, prefill_region(plan), s->pf_bytes) == 0,
                "a refused call changed the uploaded prefill region");
@@ -508,9 +508,9 @@ static int32_t doc_max_items(const caps *c) {
 /* 5.2: the prefill region after the decode one, its arrays in the documented order, each
  * 16-byte aligned and sized for the capacities, then 2 x grid slots of 128 rows of scratch. */
 static void check_layout(const flp_plan *plan, const caps *c) {
-    const flp_prefill_layout *l = &plan->layout.prefill;
+    const flp_prefill_layout *l = &plan->prefill.layout;
     if (c->max_qo_rows == 0) {
-        FUZZ_CHECK(l->info == 0 && l->end == 0 && plan->prefill_ctas == 0,
+        FUZZ_CHECK(l->info == 0 && l->end == 0 && plan->prefill.ctas == 0,
                    "a decode-only plan has a prefill region");
         return;
     }
@@ -540,16 +540,16 @@ static void check_layout(const flp_plan *plan, const caps *c) {
     check_metadata_end(l->metadata_end, l->kv_indices, c->max_pages, l->partial_o);
     FUZZ_CHECK(l->end <= plan->layout.total && plan->buffer->size >= plan->base + l->end,
                "the plan's buffer is too small for the prefill region");
-    FUZZ_CHECK(plan->prefill_ctas == GRID && plan->prefill_max_items == (int32_t)items &&
-                   plan->prefill_max_slots == MAX_SLOTS && plan->prefill_max_merges == MAX_MERGES,
+    FUZZ_CHECK(plan->prefill.ctas == GRID && plan->prefill.max_items == (int32_t)items &&
+                   plan->prefill.max_slots == MAX_SLOTS && plan->prefill.max_merges == MAX_MERGES,
                "prefill capacities: grid %d items %d slots %d merges %d (documented %zu items)",
-               plan->prefill_ctas, plan->prefill_max_items, plan->prefill_max_slots,
-               plan->prefill_max_merges, items);
+               plan->prefill.ctas, plan->prefill.max_items, plan->prefill.max_slots,
+               plan->prefill.max_merges, items);
 }
 
 static void check_info(const flp_plan *plan, const caps *c, const batch *b, const model *m) {
     const flp_prefill_plan_info *p = (const flp_prefill_plan_info *)prefill_region(plan);
-    const flp_prefill_layout *l = &plan->layout.prefill;
+    const flp_prefill_layout *l = &plan->prefill.layout;
 #define WORDS_OK(field) (p->off_##field * 4u == l->field - l->info)
     FUZZ_CHECK(WORDS_OK(qo_indptr) && WORDS_OK(kv_indptr) && WORDS_OK(kv_len) &&
                    WORDS_OK(q_rope_offset) && WORDS_OK(k_rope_offset) && WORDS_OK(mask_indptr) &&
@@ -842,7 +842,7 @@ static void check_run(flp_context *ctx, const flp_plan *plan, const caps *c, con
     const int queued = fake_runs_queued;
     check_run_queued(ctx, flp_prefill_run(ctx, plan, &ra), queued);
     const flp_prefill_launch *l = &fake_last_prefill;
-    const flp_prefill_layout *pl = &plan->layout.prefill;
+    const flp_prefill_layout *pl = &plan->prefill.layout;
     const flp_prefill_plan_info *p = (const flp_prefill_plan_info *)prefill_region(plan);
     FUZZ_CHECK(l->params.plan == plan->buffer->device_address + plan->base + pl->info,
                "params.plan is not the prefill info struct");
@@ -909,7 +909,8 @@ static void check_edge_caps(flp_context *ctx, fuzz_input *in) {
                         .max_qo_rows = rows,
                         .num_qo_heads = hkv * group,
                         .num_kv_heads = hkv,
-                        .head_dim = head_dim};
+                        .head_dim = head_dim,
+                        .decode_kernel = FLP_DECODE_KERNEL_VECTOR};
     size_t bytes = 0;
     if (edge_caps_refused(ctx, flp_plan_workspace_size(ctx, &pd, &bytes)))
         return;
@@ -965,7 +966,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                         .max_qo_rows = c.max_qo_rows,
                         .num_qo_heads = c.hq,
                         .num_kv_heads = c.hkv,
-                        .head_dim = c.head_dim};
+                        .head_dim = c.head_dim,
+                        .decode_kernel = FLP_DECODE_KERNEL_VECTOR};
     flp_plan *plan = NULL;
     flp_status st = flp_plan_create(ctx, &pd, &plan);
     FUZZ_CHECK(st == FLP_OK, "plan_create(batch %d, rows %d, pages %d, heads %d/%d, dim %d): %s",

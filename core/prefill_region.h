@@ -1,0 +1,34 @@
+/* Planning and launching a prefill partition of a plan (flp_prefill_region): the caller's
+ * prefill partition, and the one that holds a decode batch when decode runs on the matrix
+ * kernel (docs/design.md 5.5). */
+#ifndef FLP_CORE_PREFILL_REGION_H
+#define FLP_CORE_PREFILL_REGION_H
+
+#include "core/plan.h"
+
+/* A batch whose arguments have been validated for a region. */
+typedef struct flp_prefill_batch {
+    const flp_prefill_plan_args *args;
+    flp_variant variant;            /* resolved */
+    const int32_t *qo_len, *kv_len; /* [batch_size] */
+    int32_t max_page_id;            /* paged: largest page id referenced, -1 when none */
+    int64_t mask_bytes;             /* custom mask: bytes the mask tensor must hold */
+} flp_prefill_batch;
+
+/* Host scratch bytes flp_prefill_region_plan needs for a batch of batch_size (8-byte
+ * multiple). */
+size_t flp_prefill_region_scratch_bytes(const flp_plan *plan, const flp_prefill_region *r,
+                                        int32_t batch_size);
+
+/* Fills r's host mirror with the batch and its schedule, uploads it and records the decisions in
+ * r->state. scratch: 8-byte aligned, flp_prefill_region_scratch_bytes bytes. On failure r holds
+ * no partition. */
+flp_status flp_prefill_region_plan(flp_context *ctx, flp_plan *plan, flp_prefill_region *r,
+                                   const flp_prefill_batch *batch, void *scratch);
+
+/* The launch of a run of r's current partition over tensors the caller has checked against
+ * r->state (custom_mask may be NULL). */
+void flp_prefill_region_launch(const flp_plan *plan, const flp_prefill_region *r,
+                               const flp_prefill_run_args *args, flp_prefill_launch *launch);
+
+#endif /* FLP_CORE_PREFILL_REGION_H */
