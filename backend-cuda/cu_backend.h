@@ -61,6 +61,9 @@ CUresult flp_cu_sync_stream(flp_cu_state *st);
 /* cu_memory.c */
 flp_status flp_cu_buffer_create(flp_context *ctx, flp_buffer *buf);
 void flp_cu_buffer_destroy(flp_context *ctx, flp_buffer *buf);
+flp_status flp_cu_plan_upload(flp_context *ctx, flp_buffer *buf, size_t offset, const void *src,
+                              size_t size);
+flp_status flp_cu_plan_upload_check(flp_context *ctx);
 flp_status flp_cu_buffer_write(flp_context *ctx, flp_buffer *buf, size_t offset, const void *src,
                                size_t size);
 flp_status flp_cu_buffer_read(flp_context *ctx, const flp_buffer *buf, size_t offset, void *dst,

@@ -54,6 +54,54 @@ flp_status flp_cu_buffer_write(flp_context *ctx, flp_buffer *buf, size_t offset,
     return FLP_OK;
 }
 
+/* Refuses while the stream captures a graph: a graph replays runs against whatever the last
+ * plan uploaded; the plan itself is host work and must not become part of the graph. */
+static flp_status refuse_during_capture(flp_context *ctx, flp_cu_state *st) {
+    CUstreamCaptureStatus capture = CU_STREAM_CAPTURE_STATUS_NONE;
+    CUresult r = st->cu->cuStreamIsCapturing(st->stream, &capture);
+    if (r != CUDA_SUCCESS)
+        return flp_cu_fail(ctx, st->cu, r, "cuStreamIsCapturing");
+    if (capture != CU_STREAM_CAPTURE_STATUS_NONE)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                        "the context's stream is capturing a CUDA graph: plan before or after "
+                        "the capture, not during it");
+    return FLP_OK;
+}
+
+flp_status flp_cu_plan_upload_check(flp_context *ctx) {
+    flp_cu_state *st = flp_cu_state_of(ctx);
+    flp_status status = flp_cu_enter(ctx, "plan upload");
+    if (status != FLP_OK)
+        return status;
+    status = refuse_during_capture(ctx, st);
+    flp_cu_leave(ctx);
+    return status;
+}
+
+flp_status flp_cu_plan_upload(flp_context *ctx, flp_buffer *buf, size_t offset, const void *src,
+                              size_t size) {
+    static const char *what = "plan upload";
+    flp_cu_state *st = flp_cu_state_of(ctx);
+    flp_status status = flp_cu_enter(ctx, what);
+    if (status != FLP_OK)
+        return status;
+    /* checked again: the caller may have begun a capture on another thread since */
+    status = refuse_during_capture(ctx, st);
+    if (status != FLP_OK) {
+        flp_cu_leave(ctx);
+        return status;
+    }
+    /* From pageable memory the driver stages src before it returns and the copy runs in stream
+     * order: runs queued earlier still read the previous plan, runs queued later the new one,
+     * and the host does not wait for either. */
+    CUresult r = st->cu->cuMemcpyHtoDAsync((CUdeviceptr)(buf->device_address + offset), src, size,
+                                           st->stream);
+    flp_cu_leave(ctx);
+    if (r != CUDA_SUCCESS)
+        return flp_cu_fail(ctx, st->cu, r, "%s: cuMemcpyHtoDAsync(%zu bytes)", what, size);
+    return FLP_OK;
+}
+
 flp_status flp_cu_buffer_read(flp_context *ctx, const flp_buffer *buf, size_t offset, void *dst,
                               size_t size) {
     flp_cu_state *st = flp_cu_state_of(ctx);

@@ -36,6 +36,16 @@ typedef struct flp_backend_ops {
     flp_status (*prefill_run)(flp_context *ctx, const flp_prefill_launch *launch);
     /* Queues the KV append (every argument validated by the core). */
     flp_status (*kv_append_run)(flp_context *ctx, const flp_kv_append_params *params);
+    /* Copies a plan's host mirror into its device memory in stream order: after the work
+     * already queued on the context's stream/queue and before any queued later, without
+     * waiting for the device; src may be reused on return. NULL = buffer_write (which waits
+     * for the queue). */
+    flp_status (*plan_upload)(flp_context *ctx, flp_buffer *buf, size_t offset, const void *src,
+                              size_t size);
+    /* Whether a plan may be uploaded now: FLP_OK, or the reason with the message set (CUDA: the
+     * stream is capturing a graph). Plan calls ask before they change anything, so a refused
+     * call leaves the previous plan in place. NULL = always. */
+    flp_status (*plan_upload_check)(flp_context *ctx);
     /* Whether runs are recorded into a caller's command buffer that the caller submits later
      * (then work queued now has not run when synchronize returns). NULL = never. */
     bool (*records_for_caller)(const flp_context *ctx);

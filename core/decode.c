@@ -188,7 +188,8 @@ static flp_status plan_matrix_batch(flp_context *ctx, flp_plan *plan, const flp_
         .kv_len = s->kv_len,
         .max_page_id = st->max_page_id,
     };
-    flp_status status = flp_prefill_region_plan(ctx, plan, &plan->decode_rows, &pb, s->schedule);
+    flp_status status =
+        flp_prefill_region_plan(ctx, FN, plan, &plan->decode_rows, &pb, s->schedule);
     st->num_items = plan->decode_rows.state.num_items;
     st->num_partial_slots = plan->decode_rows.state.num_partial_slots;
     return status;
@@ -201,7 +202,7 @@ static flp_status plan_vector_batch(flp_context *ctx, flp_plan *plan, const flp_
     fill_plan_data(plan, a, qo_len, v, s, st);
     fill_plan_info(plan, a, qo_len, v);
     size_t end = plan->layout.kv_indices + sizeof(int32_t) * (size_t)a->kv_indptr[a->batch_size];
-    return flp_buffer_write(ctx, plan->buffer, plan->base, plan->host, end);
+    return flp_plan_upload(ctx, FN, plan, plan->base, plan->host, end);
 }
 
 static flp_status plan_batch(flp_context *ctx, flp_plan *plan, const flp_decode_plan_args *args,
@@ -237,6 +238,8 @@ flp_status flp_decode_plan(flp_context *ctx, flp_plan *plan, const flp_decode_pl
         return status;
     status = flp_check_batch_size(ctx, FN, args->batch_size, plan->desc.max_batch_size);
     if (status != FLP_OK)
+        return status;
+    if ((status = flp_plan_check_upload(ctx, FN)) != FLP_OK)
         return status;
     int32_t batch = args->batch_size;
     size_t arrays = FLP_ALIGN_UP(sizeof(int32_t) * (4 * (size_t)batch + 1), 8);

@@ -405,3 +405,22 @@ flp_status flp_plan_check_outputs(flp_context *ctx, const char *fn, const flp_pl
                                           plan->base + plan->layout.total, "the plan's memory");
     return status;
 }
+
+flp_status flp_plan_check_upload(flp_context *ctx, const char *fn) {
+    flp_status status = ctx->ops->plan_upload_check ? ctx->ops->plan_upload_check(ctx) : FLP_OK;
+    if (status != FLP_OK)
+        flp_error_prefix(ctx, fn);
+    return status;
+}
+
+flp_status flp_plan_upload(flp_context *ctx, const char *fn, const flp_plan *plan, size_t offset,
+                           const void *src, size_t size) {
+    flp_status status = FLP_OK;
+    if (!ctx->ops->plan_upload)
+        status = flp_buffer_write(ctx, plan->buffer, offset, src, size);
+    else if (size > 0)
+        status = ctx->ops->plan_upload(ctx, plan->buffer, offset, src, size);
+    if (status != FLP_OK)
+        flp_error_prefix(ctx, fn);
+    return status;
+}

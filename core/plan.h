@@ -103,6 +103,16 @@ typedef struct flp_plan_summary {
 } flp_plan_summary;
 void flp_plan_summarize(const flp_plan *plan, flp_plan_summary *out);
 
+/* Whether the backend can take a plan upload now (not while a CUDA graph is being captured on
+ * the context's stream); a refusal's message is prefixed with fn. Plan calls ask first. */
+flp_status flp_plan_check_upload(flp_context *ctx, const char *fn);
+
+/* Uploads size bytes of host mirror src to plan memory at buffer offset `offset` through the
+ * backend's plan_upload (stream-ordered, no wait) or, without one, flp_buffer_write; a failure's
+ * message is prefixed with fn. */
+flp_status flp_plan_upload(flp_context *ctx, const char *fn, const flp_plan *plan, size_t offset,
+                           const void *src, size_t size);
+
 /* The prologue of every plan/run entry point: clears the last error, checks the handles. */
 flp_status flp_plan_check_call(flp_context *ctx, const char *fn, const flp_plan *plan,
                                const void *args);

@@ -226,8 +226,9 @@ static void fill_info(const flp_plan *plan, flp_prefill_region *r, const flp_pre
         p->flags |= FLP_FLAG_PAGED;
 }
 
-flp_status flp_prefill_region_plan(flp_context *ctx, flp_plan *plan, flp_prefill_region *r,
-                                   const flp_prefill_batch *pb, void *scratch) {
+flp_status flp_prefill_region_plan(flp_context *ctx, const char *fn, flp_plan *plan,
+                                   flp_prefill_region *r, const flp_prefill_batch *pb,
+                                   void *scratch) {
     const flp_prefill_plan_args *a = pb->args;
     /* The mirror changes from here on: until the upload succeeds the region holds no
      * partition (a failed upload may have written part of the device copy). */
@@ -241,7 +242,7 @@ flp_status flp_prefill_region_plan(flp_context *ctx, flp_plan *plan, flp_prefill
     size_t end =
         l->kv_indices + (paged ? sizeof(int32_t) * (size_t)a->kv_indptr[a->batch_size] : 0);
     flp_status status =
-        flp_buffer_write(ctx, plan->buffer, plan->base + l->info, r->host, end - l->info);
+        flp_plan_upload(ctx, fn, plan, plan->base + l->info, r->host, end - l->info);
     if (status != FLP_OK)
         return status;
     flp_prefill_state st;
@@ -275,6 +276,8 @@ flp_status flp_prefill_plan(flp_context *ctx, flp_plan *plan, const flp_prefill_
     status = flp_check_batch_size(ctx, FN, args->batch_size, plan->desc.max_batch_size);
     if (status != FLP_OK)
         return status;
+    if ((status = flp_plan_check_upload(ctx, FN)) != FLP_OK)
+        return status;
     /* The call's host memory, taken in one allocation before anything is checked or changed,
      * so that a failed allocation leaves the plan exactly as it was: qo_len and kv_len
      * [batch], then the scheduler's scratch. */
@@ -289,7 +292,7 @@ flp_status flp_prefill_plan(flp_context *ctx, flp_plan *plan, const flp_prefill_
     flp_prefill_batch pb;
     status = check_args(ctx, plan, args, &pb, qo_len, kv_len);
     if (status == FLP_OK)
-        status = flp_prefill_region_plan(ctx, plan, &plan->prefill, &pb, scratch + lens);
+        status = flp_prefill_region_plan(ctx, FN, plan, &plan->prefill, &pb, scratch + lens);
     flp_free(scratch);
     return status;
 }

@@ -21,10 +21,11 @@ size_t flp_prefill_region_scratch_bytes(const flp_plan *plan, const flp_prefill_
                                         int32_t batch_size);
 
 /* Fills r's host mirror with the batch and its schedule, uploads it and records the decisions in
- * r->state. scratch: 8-byte aligned, flp_prefill_region_scratch_bytes bytes. On failure r holds
- * no partition. */
-flp_status flp_prefill_region_plan(flp_context *ctx, flp_plan *plan, flp_prefill_region *r,
-                                   const flp_prefill_batch *batch, void *scratch);
+ * r->state; fn names the public call in an upload failure's message. scratch: 8-byte aligned,
+ * flp_prefill_region_scratch_bytes bytes. On failure r holds no partition. */
+flp_status flp_prefill_region_plan(flp_context *ctx, const char *fn, flp_plan *plan,
+                                   flp_prefill_region *r, const flp_prefill_batch *batch,
+                                   void *scratch);
 
 /* The launch of a run of r's current partition over tensors the caller has checked against
  * r->state (custom_mask may be NULL). */

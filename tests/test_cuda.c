@@ -9,7 +9,8 @@
  * - decode with the built-in kernels and with NVRTC-built ones (FLP_CUDA_FORCE_NVRTC=1), both
  *   kernel shapes (4 and 8 query rows in registers) and split requests, against the float64
  *   reference;
- * - a run captured into a CUDA graph, replayed after a re-plan with other lengths and data;
+ * - a run captured into a CUDA graph, replayed after a re-plan with other lengths and data; a
+ *   plan during the capture refused; a re-plan ordered with the runs queued around it;
  * - bad arguments. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -522,14 +523,14 @@ static void device_plan(device *dv, const problem *p, bool run) {
     }
 }
 
-/* Reads the output of problem p and compares it with the reference (bf16 tolerance). */
-static void device_check(device *dv, const problem *p, const char *what) {
+/* Reads the output of problem p from out and compares it with the reference (bf16 tolerance). */
+static void output_check(flp_context *ctx, flp_buffer *out, const problem *p, const char *what) {
     const size_t n = (size_t)p->batch * p->qo_len * HQ * D;
     uint16_t *h = malloc(n * 2);
     double *got = malloc(sizeof(double) * n), *want = malloc(sizeof(double) * q_elems());
     assert_true(h && got && want);
-    assert_ok(dv->ctx, flp_context_synchronize(dv->ctx));
-    assert_ok(dv->ctx, flp_buffer_read(dv->ctx, dv->o, 0, h, n * 2));
+    assert_ok(ctx, flp_context_synchronize(ctx));
+    assert_ok(ctx, flp_buffer_read(ctx, out, 0, h, n * 2));
     for (size_t i = 0; i < n; i++)
         got[i] = flp_bf16_to_f32(h[i]);
     problem_reference(p, want);
@@ -537,6 +538,65 @@ static void device_check(device *dv, const problem *p, const char *what) {
     free(h);
     free(got);
     free(want);
+}
+
+static void device_check(device *dv, const problem *p, const char *what) {
+    output_check(dv->ctx, dv->o, p, what);
+}
+
+/* The run arguments of problem p writing to out. */
+static flp_decode_run_args device_run_args(const device *dv, const problem *p, flp_buffer *out) {
+    int64_t rows = (int64_t)p->batch * p->qo_len;
+    int64_t qs[3] = {rows, HQ, D}, ks[4] = {POOL, PAGE, HKV, D};
+    flp_decode_run_args ra = {
+        .q = flp_tensor_contiguous(dv->q, 0, FLP_DTYPE_BF16, 3, qs),
+        .k_cache = flp_tensor_contiguous(dv->k, 0, FLP_DTYPE_BF16, 4, ks),
+        .v_cache = flp_tensor_contiguous(dv->v, 0, FLP_DTYPE_BF16, 4, ks),
+        .out = flp_tensor_contiguous(out, 0, FLP_DTYPE_BF16, 3, qs),
+    };
+    return ra;
+}
+
+/* A re-plan is ordered with the runs on the stream (the CUDA upload does not wait for the
+ * device): runs queued before it still use the previous partition, runs queued after it the new
+ * one. Many runs of batch a keep the device busy while batch b is planned; their output must be
+ * a's, and the run queued after the re-plan must give b's. Both batches share the data. */
+static void test_plan_in_stream_order(void **state) {
+    (void)state;
+    test_rng rng;
+    test_rng_init(&rng, 0x0de7);
+    const int32_t lens_a[2] = {3000, 900}, lens_b[4] = {40, 2000, 0, 1500};
+    problem a, b;
+    problem_init(&a, &rng, 2, 1, lens_a);
+    problem_init(&b, &rng, 4, 1, lens_b);
+    memcpy(b.q, a.q, sizeof(float) * q_elems());
+    memcpy(b.k, a.k, sizeof(float) * cache_elems());
+    memcpy(b.v, a.v, sizeof(float) * cache_elems());
+    device dv;
+    device_create(&dv, g_ctx, 1);
+    flp_buffer *out_b;
+    flp_buffer_desc od = {q_elems() * 2};
+    assert_ok(g_ctx, flp_buffer_create(g_ctx, &od, &out_b));
+    device_plan(&dv, &a, true); /* data, plan a, one run (loads the kernels) */
+    assert_ok(g_ctx, flp_context_synchronize(g_ctx));
+    const flp_decode_run_args run_a = device_run_args(&dv, &a, dv.o);
+    for (int i = 0; i < 200; i++)
+        assert_ok(g_ctx, flp_decode_run(g_ctx, dv.plan, &run_a));
+    flp_decode_plan_args pb = {.batch_size = b.batch,
+                               .page_size = PAGE,
+                               .kv_indptr = b.kv_indptr,
+                               .kv_indices = b.kv_indices,
+                               .kv_last_page_len = b.last,
+                               .variant = {.head_dim = D, .q_dtype = FLP_DTYPE_BF16}};
+    assert_ok(g_ctx, flp_decode_plan(g_ctx, dv.plan, &pb));
+    const flp_decode_run_args run_b = device_run_args(&dv, &b, out_b);
+    assert_ok(g_ctx, flp_decode_run(g_ctx, dv.plan, &run_b));
+    output_check(g_ctx, dv.o, &a, "runs queued before the re-plan");
+    output_check(g_ctx, out_b, &b, "the run queued after the re-plan");
+    flp_buffer_destroy(out_b);
+    device_free(&dv);
+    problem_free(&a);
+    problem_free(&b);
 }
 
 /* Both kernel shapes: max_qo_len 1 x group 4 uses 4 rows in registers, max_qo_len 2 uses 8;
@@ -682,7 +742,21 @@ static void test_graph_replay(void **state) {
         .v_cache = flp_tensor_contiguous(dv.v, 0, FLP_DTYPE_BF16, 4, ks),
         .out = flp_tensor_contiguous(dv.o, 0, FLP_DTYPE_BF16, 3, qs),
     };
-    captured_graph g = capture_end(stream, flp_decode_run(g_ctx, dv.plan, &ra));
+    const flp_status captured = flp_decode_run(g_ctx, dv.plan, &ra);
+    /* planning is host work: refused while the stream captures, nothing queued into the graph */
+    flp_decode_plan_args pb = {.batch_size = b.batch,
+                               .page_size = PAGE,
+                               .kv_indptr = b.kv_indptr,
+                               .kv_indices = b.kv_indices,
+                               .kv_last_page_len = b.last,
+                               .variant = {.head_dim = D, .q_dtype = FLP_DTYPE_BF16}};
+    assert_int_equal(flp_decode_plan(g_ctx, dv.plan, &pb), FLP_ERROR_INVALID_ARGUMENT);
+    assert_non_null(strstr(flp_context_last_error(g_ctx), "flp_decode_plan: "));
+    assert_non_null(strstr(flp_context_last_error(g_ctx), "capturing a CUDA graph"));
+    captured_graph g = capture_end(stream, captured);
+    /* the refused plan changed nothing: the plan still runs batch a */
+    assert_ok(g_ctx, flp_decode_run(g_ctx, dv.plan, &ra));
+    device_check(&dv, &a, "the plan refused during the capture");
 
     graph_replay(&g, stream);
     device_check(&dv, &a, "graph replay, captured plan");
@@ -879,6 +953,7 @@ int main(void) {
         cmocka_unit_test(test_decode_builtin),
         cmocka_unit_test(test_decode_nvrtc),
         cmocka_unit_test(test_graph_replay),
+        cmocka_unit_test(test_plan_in_stream_order),
         cmocka_unit_test(test_prefill_graph_replay),
     };
     int failed = cmocka_run_group_tests_name("cuda", tests, NULL, NULL);

@@ -321,8 +321,11 @@ typedef struct flp_decode_plan_args {
 } flp_decode_plan_args;
 
 /* Validates everything it can (lengths, page ids >= 0, variant), decides the partition and
- * uploads it. Blocks until the upload is done; do not re-plan while runs that use the plan
- * are still executing on a caller's Vulkan command buffer. */
+ * uploads it. CUDA: the upload is queued on the context's stream and the call does not wait
+ * for the device: runs queued before it use the previous partition, runs queued after it the
+ * new one; refused while the stream captures a graph (plan outside the capture). Vulkan: blocks
+ * until the upload is done; do not re-plan while runs that use the plan are still executing on
+ * a caller's command buffer. */
 FLP_API flp_status flp_decode_plan(flp_context *ctx, flp_plan *plan,
                                    const flp_decode_plan_args *args);
 
@@ -373,8 +376,9 @@ typedef struct flp_prefill_plan_args {
 
 /* Validates everything it can (lengths, qo_len <= kv_len, page ids, mask offsets, variant),
  * chooses the query tile, splits KV when the batch does not fill the device, assigns the work
- * and uploads it. Blocks until the upload is done. A plan holds one decode and one prefill
- * partition at a time (they do not replace each other). */
+ * and uploads it, as flp_decode_plan does (CUDA: in stream order without waiting; Vulkan:
+ * blocking). A plan holds one decode and one prefill partition at a time (they do not replace
+ * each other). */
 FLP_API flp_status flp_prefill_plan(flp_context *ctx, flp_plan *plan,
                                     const flp_prefill_plan_args *args);
 
