@@ -2,6 +2,7 @@
 #include "core/alloc.h"
 #include "core/backend.h"
 #include "core/batch_args.h"
+#include "core/decode_chunk.h"
 #include "core/decode_schedule.h"
 #include "core/plan.h"
 #include "core/posenc.h"
@@ -10,9 +11,6 @@
 #include "core/variant.h"
 
 #include <string.h>
-
-/* A split chunk is at least this many keys: below it the merge costs more than it saves. */
-#define DECODE_MIN_CHUNK 128
 
 static const char *const FN = "flp_decode_plan";
 
@@ -76,7 +74,7 @@ static flp_decode_schedule_input schedule_input(const flp_plan *plan, int32_t ba
         .num_ctas = plan->num_ctas,
         .kv_begin = kv_begin,
         .kv_end = kv_end,
-        .min_chunk = DECODE_MIN_CHUNK,
+        .min_chunk = FLP_DECODE_MIN_CHUNK,
         .chunk_align = page_size > 16 ? page_size : 16,
     };
     return in;

@@ -8,6 +8,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* A split chunk is at least this many keys: below it the merge costs more than it saves. */
+#define FLP_DECODE_MIN_CHUNK 128
+
 /* A work item's fixed cost in token-equivalents (loading the query rows, writing the output),
  * so that many empty items do not all land on one workgroup. */
 #define FLP_DECODE_ITEM_OVERHEAD 16

@@ -252,6 +252,7 @@ static flp_status prepare(flp_context *ctx, const char *fn, const flp_plan_desc 
                              "FLP_DECODE_KERNEL_MATRIX", &s->decode_rows);
     if (status != FLP_OK)
         return status;
+    s->decode_rows.split_by_cost = matrix;
     s->layout = compute_layout(d, s->num_ctas, s->max_items, !matrix, &s->prefill, &s->decode_rows);
     return check_reach(ctx, fn, s);
 }

@@ -64,6 +64,7 @@ typedef struct flp_decode_state {
 typedef struct flp_prefill_region {
     int32_t max_qo_rows; /* rows of a batch; 0 = no region (everything below is 0) */
     int32_t ctas, max_items, max_slots, max_merges;
+    bool split_by_cost;        /* the matrix decode region: decode's split rule (5.5) */
     flp_prefill_layout layout; /* offsets from the start of the plan's region */
     uint8_t *host;             /* [layout.metadata_end - layout.info] mirror of the plan data */
     flp_prefill_state state;

@@ -1,6 +1,7 @@
 /* flp_prefill_plan: validates a batch, builds the prefill partition and uploads it. */
 #include "core/alloc.h"
 #include "core/batch_args.h"
+#include "core/decode_chunk.h"
 #include "core/plan.h"
 #include "core/posenc.h"
 #include "core/prefill_region.h"
@@ -165,11 +166,12 @@ static flp_prefill_schedule_input schedule_input(const flp_plan *plan, const flp
         .qo_len = qo_len,
         .kv_len = kv_len,
         .keys = v ? key_rule(plan, v) : (flp_prefill_key_rule){.group_size = plan->group_size},
-        .min_chunk = PREFILL_MIN_CHUNK,
+        .min_chunk = r->split_by_cost ? FLP_DECODE_MIN_CHUNK : PREFILL_MIN_CHUNK,
         .chunk_align = 64,
         .max_items = r->max_items,
         .max_slots = r->max_slots,
         .max_merge_items = r->max_merges,
+        .split_by_cost = r->split_by_cost,
     };
     return in;
 }

@@ -1,6 +1,7 @@
 /* Prefill work partition: tiles, KV clipping, splitting and longest-first assignment. */
 #include "core/prefill_schedule.h"
 #include "core/assign.h"
+#include "core/decode_chunk.h"
 
 #include <limits.h>
 
@@ -94,6 +95,50 @@ static int32_t choose_chunk(const flp_prefill_schedule_input *in, const int32_t 
     return chunk >= longest || chunk > INT32_MAX ? INT32_MAX : (int32_t)chunk;
 }
 
+/* What splitting every item longer than chunk needs: partial slots, merge items and items. */
+static void split_needs(const int32_t *items, int32_t n, int32_t chunk, int64_t *slots,
+                        int64_t *merges, int64_t *total) {
+    *slots = *merges = 0;
+    *total = n;
+    for (int32_t i = 0; i < n; i++) {
+        int64_t len = keys_of(items + FLP_PREFILL_ITEM_INTS * i);
+        if (len > chunk) {
+            int64_t chunks = (len + chunk - 1) / chunk;
+            *slots += chunks;
+            *merges += 1;
+            *total += chunks - 1;
+        }
+    }
+}
+
+/* The decode scheduler's chunk (the cost model of core/decode_chunk.c) over the tile items, each
+ * taken as a request of one head; grown (doubled) until the split fits the capacities. */
+static int32_t choose_chunk_by_cost(const flp_prefill_schedule_input *in, const int32_t *items,
+                                    int32_t n, int32_t *kv_begin, int32_t *kv_end,
+                                    void *chunk_scratch) {
+    for (int32_t i = 0; i < n; i++) {
+        kv_begin[i] = items[FLP_PREFILL_ITEM_INTS * i + FLP_PITEM_KV_BEGIN];
+        kv_end[i] = items[FLP_PREFILL_ITEM_INTS * i + FLP_PITEM_KV_END];
+    }
+    flp_decode_schedule_input d = {
+        .batch_size = n,
+        .num_kv_heads = 1,
+        .num_ctas = in->num_ctas,
+        .kv_begin = kv_begin,
+        .kv_end = kv_end,
+        .min_chunk = in->min_chunk,
+        .chunk_align = in->chunk_align,
+    };
+    int64_t chunk = flp_decode_choose_chunk(&d, chunk_scratch);
+    for (; chunk < INT32_MAX; chunk *= 2) {
+        int64_t slots, merges, total;
+        split_needs(items, n, (int32_t)chunk, &slots, &merges, &total);
+        if (slots <= in->max_slots && merges <= in->max_merge_items && total <= in->max_items)
+            break;
+    }
+    return chunk >= INT32_MAX ? INT32_MAX : (int32_t)chunk;
+}
+
 /* Expands items longer than chunk into chunk items writing partial slots, records the merges.
  * src has n items; dst receives the result. Returns the new count. */
 static int32_t split_items(const flp_prefill_schedule_input *in, int32_t chunk, const int32_t *src,
@@ -132,11 +177,21 @@ static int32_t split_items(const flp_prefill_schedule_input *in, int32_t chunk, 
     return m;
 }
 
+/* Bytes of the split-by-cost scratch: kv_begin and kv_end [cap], the chunk choice's scratch. */
+static size_t cost_scratch_bytes(const flp_prefill_schedule_input *in, int32_t cap) {
+    if (!in->split_by_cost)
+        return 0;
+    return (2 * sizeof(int32_t) * (size_t)cap + 7) / 8 * 8 +
+           flp_decode_chunk_scratch_bytes(cap, in->num_ctas);
+}
+
 size_t flp_prefill_schedule_scratch_bytes(const flp_prefill_schedule_input *in) {
-    size_t cap = in->max_items > 0 ? (size_t)in->max_items : 1;
-    /* cost [cap] int64, the assignment's scratch, tiles and items [cap] (8-byte multiples) */
-    size_t list = (sizeof(int32_t) * FLP_PREFILL_ITEM_INTS * cap + 7) / 8 * 8;
-    return sizeof(int64_t) * cap + flp_assign_scratch_bytes((int32_t)cap, in->num_ctas) + 2 * list;
+    int32_t cap = in->max_items > 0 ? in->max_items : 1;
+    /* cost [cap] int64, the assignment's scratch, tiles and items [cap] (8-byte multiples),
+     * then the split-by-cost scratch */
+    size_t list = (sizeof(int32_t) * FLP_PREFILL_ITEM_INTS * (size_t)cap + 7) / 8 * 8;
+    return sizeof(int64_t) * (size_t)cap + flp_assign_scratch_bytes(cap, in->num_ctas) + 2 * list +
+           cost_scratch_bytes(in, cap);
 }
 
 void flp_prefill_schedule_build(const flp_prefill_schedule_input *in, flp_prefill_schedule *out,
@@ -149,7 +204,14 @@ void flp_prefill_schedule_build(const flp_prefill_schedule_input *in, flp_prefil
     int32_t *tiles = (int32_t *)(assign_scratch + flp_assign_scratch_bytes(cap, in->num_ctas));
     int32_t *items = (int32_t *)((char *)tiles + list);
     int32_t n = tile_items(in, out->q_tile, tiles);
-    int32_t chunk = choose_chunk(in, tiles, n);
+    int32_t chunk;
+    if (in->split_by_cost) {
+        int32_t *kv_begin = (int32_t *)((char *)items + list), *kv_end = kv_begin + cap;
+        void *chunk_scratch = (char *)kv_begin + (2 * sizeof(int32_t) * (size_t)cap + 7) / 8 * 8;
+        chunk = choose_chunk_by_cost(in, tiles, n, kv_begin, kv_end, chunk_scratch);
+    } else {
+        chunk = choose_chunk(in, tiles, n);
+    }
     out->num_items = split_items(in, chunk, tiles, n, items, out);
     for (int32_t i = 0; i < out->num_items; i++) {
         const int32_t *it = items + FLP_PREFILL_ITEM_INTS * i;

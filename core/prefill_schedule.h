@@ -36,6 +36,10 @@ typedef struct flp_prefill_schedule_input {
     int32_t max_items;       /* capacity of work_items (flp_prefill_max_items) */
     int32_t max_slots;       /* capacity of partial slots */
     int32_t max_merge_items; /* capacity of merge_items */
+    /* Split by the decode scheduler's cost model (docs/design.md 5.5, core/decode_chunk.c) over
+     * the tile items instead of the half-grid rule: the matrix decode region's batches, where
+     * one long request among many short ones must be split although the items fill the grid. */
+    bool split_by_cost;
 } flp_prefill_schedule_input;
 
 typedef struct flp_prefill_schedule {

@@ -482,6 +482,77 @@ static void test_matrix_decode_partition(void **state) {
     flp_context_destroy(ctx);
 }
 
+/* A skewed decode batch on the matrix kernel (one long request among many short ones, more
+ * items than half the grid, where the prefill rule would split nothing) is split by decode's
+ * cost model: the long request is cut into chunks covering its keys once per head, in key
+ * order, and the workgroups' loads (keys + 32 per item) end within 25% of their mean. */
+static void test_matrix_decode_skewed_split(void **state) {
+    (void)state;
+    flp_context *ctx = fake_context();
+    enum { HQ = 8, HKV = 2, PAGE = 16, B = 30, LONG = 4000, SHORT = 100 };
+    int32_t kv[B + 1], last[B], idx[512];
+    kv[0] = 0;
+    for (int32_t b = 0; b < B; b++) {
+        int32_t len = b == 0 ? LONG : SHORT;
+        kv[b + 1] = kv[b] + (len + PAGE - 1) / PAGE;
+        last[b] = len - (kv[b + 1] - kv[b] - 1) * PAGE;
+    }
+    for (int32_t i = 0; i < kv[B]; i++)
+        idx[i] = i;
+    flp_plan_desc pd = {.max_batch_size = B,
+                        .max_pages = 512,
+                        .num_qo_heads = HQ,
+                        .num_kv_heads = HKV,
+                        .head_dim = D,
+                        .decode_kernel = FLP_DECODE_KERNEL_MATRIX};
+    flp_plan *plan = NULL;
+    assert_int_equal(flp_plan_create(ctx, &pd, &plan), FLP_OK);
+    assert_true(2 * B * HKV >= plan->decode_rows.ctas); /* the prefill rule would not split */
+    flp_decode_plan_args da = {.batch_size = B,
+                               .page_size = PAGE,
+                               .kv_indptr = kv,
+                               .kv_indices = idx,
+                               .kv_last_page_len = last,
+                               .variant = {.head_dim = D}};
+    assert_int_equal(flp_decode_plan(ctx, plan, &da), FLP_OK);
+    const flp_prefill_region *r = &plan->decode_rows;
+    const int32_t *words =
+        (const int32_t *)((const char *)plan->buffer->native + plan->base + r->layout.info);
+    const flp_prefill_plan_info *info = (const flp_prefill_plan_info *)words;
+    const int32_t *indptr = words + info->off_work_indptr, *items = words + info->off_work_items;
+    const int32_t *merges = words + info->off_merge_items;
+    const int32_t ctas = r->ctas, n = indptr[ctas];
+    assert_int_equal(info->num_merge_items, HKV);
+    for (int32_t m = 0; m < info->num_merge_items; m++)
+        assert_int_equal(merges[FLP_MERGE_ITEM_INTS * m + FLP_MITEM_REQUEST], 0);
+    /* keys of every (request, head) covered once; the long request's chunks in slot order */
+    int32_t covered[B][HKV] = {{0}};
+    double total = 0.0, worst = 0.0;
+    for (int32_t c = 0; c < ctas; c++) {
+        double load = 0.0;
+        for (int32_t i = indptr[c]; i < indptr[c + 1]; i++) {
+            const int32_t *it = items + FLP_PREFILL_ITEM_INTS * i;
+            int32_t keys = it[FLP_PITEM_KV_END] - it[FLP_PITEM_KV_BEGIN];
+            covered[it[FLP_PITEM_REQUEST]][it[FLP_PITEM_KV_HEAD]] += keys;
+            load += keys + 32;
+            if (it[FLP_PITEM_REQUEST] == 0)
+                assert_true(it[FLP_PITEM_PARTIAL_SLOT] >= 0);
+            else
+                assert_int_equal(it[FLP_PITEM_PARTIAL_SLOT], -1);
+        }
+        total += load;
+        worst = load > worst ? load : worst;
+    }
+    for (int32_t b = 0; b < B; b++)
+        for (int32_t g = 0; g < HKV; g++)
+            assert_int_equal(covered[b][g], b == 0 ? LONG : SHORT);
+    assert_true(n > B * HKV);
+    if (worst > 1.25 * total / ctas)
+        fail_msg("slowest workgroup %.0f, mean %.1f over %d", worst, total / ctas, ctas);
+    flp_plan_destroy(plan);
+    flp_context_destroy(ctx);
+}
+
 static void test_kv_append_params(void **state) {
     (void)state;
     flp_context *ctx = fake_context();
@@ -549,6 +620,7 @@ int main(void) {
         cmocka_unit_test(test_plan_refusals),
         cmocka_unit_test(test_decode_kernel_choice),
         cmocka_unit_test(test_matrix_decode_partition),
+        cmocka_unit_test(test_matrix_decode_skewed_split),
         cmocka_unit_test(test_kv_append_params),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
