@@ -490,6 +490,19 @@ static void write_bf16(flp_context *ctx, flp_buffer *buf, const float *x, size_t
     free(h);
 }
 
+/* The run arguments of problem p writing to out. */
+static flp_decode_run_args device_run_args(const device *dv, const problem *p, flp_buffer *out) {
+    int64_t rows = (int64_t)p->batch * p->qo_len;
+    int64_t qs[3] = {rows, HQ, D}, ks[4] = {POOL, PAGE, HKV, D};
+    flp_decode_run_args ra = {
+        .q = flp_tensor_contiguous(dv->q, 0, FLP_DTYPE_BF16, 3, qs),
+        .k_cache = flp_tensor_contiguous(dv->k, 0, FLP_DTYPE_BF16, 4, ks),
+        .v_cache = flp_tensor_contiguous(dv->v, 0, FLP_DTYPE_BF16, 4, ks),
+        .out = flp_tensor_contiguous(out, 0, FLP_DTYPE_BF16, 3, qs),
+    };
+    return ra;
+}
+
 /* Uploads the problem's data, plans it and (unless run is false) runs it. */
 static void device_plan(device *dv, const problem *p, bool run) {
     flp_context *ctx = dv->ctx;
@@ -511,14 +524,7 @@ static void device_plan(device *dv, const problem *p, bool run) {
                     .mask = p->qo_len > 1 ? FLP_MASK_CAUSAL : FLP_MASK_NONE}};
     assert_ok(ctx, flp_decode_plan(ctx, dv->plan, &pa));
     if (run) {
-        int64_t rows = (int64_t)p->batch * p->qo_len;
-        int64_t qs[3] = {rows, HQ, D}, ks[4] = {POOL, PAGE, HKV, D};
-        flp_decode_run_args ra = {
-            .q = flp_tensor_contiguous(dv->q, 0, FLP_DTYPE_BF16, 3, qs),
-            .k_cache = flp_tensor_contiguous(dv->k, 0, FLP_DTYPE_BF16, 4, ks),
-            .v_cache = flp_tensor_contiguous(dv->v, 0, FLP_DTYPE_BF16, 4, ks),
-            .out = flp_tensor_contiguous(dv->o, 0, FLP_DTYPE_BF16, 3, qs),
-        };
+        const flp_decode_run_args ra = device_run_args(dv, p, dv->o);
         assert_ok(ctx, flp_decode_run(ctx, dv->plan, &ra));
     }
 }
@@ -542,19 +548,6 @@ static void output_check(flp_context *ctx, flp_buffer *out, const problem *p, co
 
 static void device_check(device *dv, const problem *p, const char *what) {
     output_check(dv->ctx, dv->o, p, what);
-}
-
-/* The run arguments of problem p writing to out. */
-static flp_decode_run_args device_run_args(const device *dv, const problem *p, flp_buffer *out) {
-    int64_t rows = (int64_t)p->batch * p->qo_len;
-    int64_t qs[3] = {rows, HQ, D}, ks[4] = {POOL, PAGE, HKV, D};
-    flp_decode_run_args ra = {
-        .q = flp_tensor_contiguous(dv->q, 0, FLP_DTYPE_BF16, 3, qs),
-        .k_cache = flp_tensor_contiguous(dv->k, 0, FLP_DTYPE_BF16, 4, ks),
-        .v_cache = flp_tensor_contiguous(dv->v, 0, FLP_DTYPE_BF16, 4, ks),
-        .out = flp_tensor_contiguous(out, 0, FLP_DTYPE_BF16, 3, qs),
-    };
-    return ra;
 }
 
 /* A re-plan is ordered with the runs on the stream (the CUDA upload does not wait for the
