@@ -503,15 +503,8 @@ static flp_decode_run_args device_run_args(const device *dv, const problem *p, f
     return ra;
 }
 
-/* Uploads the problem's data, plans it and (unless run is false) runs it. */
-static void device_plan(device *dv, const problem *p, bool run) {
-    flp_context *ctx = dv->ctx;
-    write_bf16(ctx, dv->q, p->q, q_elems());
-    write_bf16(ctx, dv->k, p->k, cache_elems());
-    write_bf16(ctx, dv->v, p->v, cache_elems());
-    uint16_t poison[MAX_BATCH * MAX_QO * HQ * D];
-    memset(poison, 0xff, sizeof poison); /* bf16 NaN */
-    assert_ok(ctx, flp_buffer_write(ctx, dv->o, 0, poison, sizeof poison));
+/* The plan arguments of problem p (causal when it has several query tokens per request). */
+static flp_decode_plan_args problem_plan_args(const problem *p) {
     flp_decode_plan_args pa = {
         .batch_size = p->batch,
         .qo_len = p->qo_len,
@@ -522,6 +515,19 @@ static void device_plan(device *dv, const problem *p, bool run) {
         .variant = {.head_dim = D,
                     .q_dtype = FLP_DTYPE_BF16,
                     .mask = p->qo_len > 1 ? FLP_MASK_CAUSAL : FLP_MASK_NONE}};
+    return pa;
+}
+
+/* Uploads the problem's data, plans it and (unless run is false) runs it. */
+static void device_plan(device *dv, const problem *p, bool run) {
+    flp_context *ctx = dv->ctx;
+    write_bf16(ctx, dv->q, p->q, q_elems());
+    write_bf16(ctx, dv->k, p->k, cache_elems());
+    write_bf16(ctx, dv->v, p->v, cache_elems());
+    uint16_t poison[MAX_BATCH * MAX_QO * HQ * D];
+    memset(poison, 0xff, sizeof poison); /* bf16 NaN */
+    assert_ok(ctx, flp_buffer_write(ctx, dv->o, 0, poison, sizeof poison));
+    const flp_decode_plan_args pa = problem_plan_args(p);
     assert_ok(ctx, flp_decode_plan(ctx, dv->plan, &pa));
     if (run) {
         const flp_decode_run_args ra = device_run_args(dv, p, dv->o);
@@ -575,12 +581,7 @@ static void test_plan_in_stream_order(void **state) {
     const flp_decode_run_args run_a = device_run_args(&dv, &a, dv.o);
     for (int i = 0; i < 200; i++)
         assert_ok(g_ctx, flp_decode_run(g_ctx, dv.plan, &run_a));
-    flp_decode_plan_args pb = {.batch_size = b.batch,
-                               .page_size = PAGE,
-                               .kv_indptr = b.kv_indptr,
-                               .kv_indices = b.kv_indices,
-                               .kv_last_page_len = b.last,
-                               .variant = {.head_dim = D, .q_dtype = FLP_DTYPE_BF16}};
+    const flp_decode_plan_args pb = problem_plan_args(&b);
     assert_ok(g_ctx, flp_decode_plan(g_ctx, dv.plan, &pb));
     const flp_decode_run_args run_b = device_run_args(&dv, &b, out_b);
     assert_ok(g_ctx, flp_decode_run(g_ctx, dv.plan, &run_b));
@@ -737,12 +738,7 @@ static void test_graph_replay(void **state) {
     };
     const flp_status captured = flp_decode_run(g_ctx, dv.plan, &ra);
     /* planning is host work: refused while the stream captures, nothing queued into the graph */
-    flp_decode_plan_args pb = {.batch_size = b.batch,
-                               .page_size = PAGE,
-                               .kv_indptr = b.kv_indptr,
-                               .kv_indices = b.kv_indices,
-                               .kv_last_page_len = b.last,
-                               .variant = {.head_dim = D, .q_dtype = FLP_DTYPE_BF16}};
+    const flp_decode_plan_args pb = problem_plan_args(&b);
     assert_int_equal(flp_decode_plan(g_ctx, dv.plan, &pb), FLP_ERROR_INVALID_ARGUMENT);
     assert_non_null(strstr(flp_context_last_error(g_ctx), "flp_decode_plan: "));
     assert_non_null(strstr(flp_context_last_error(g_ctx), "capturing a CUDA graph"));
