@@ -91,6 +91,7 @@ const flp_backend_ops flp_cuda_ops = {
     .decode_grid_size = flp_cu_decode_grid_size,
     .decode_run = flp_cu_decode_run,
     .prefill_grid_size = flp_cu_prefill_grid_size,
+    .decode_matrix_min_rows = FLP_DECODE_MATRIX_MIN_ROWS,
     .prefill_run = flp_cu_prefill_run,
     .kv_append_run = flp_cu_kv_append_run,
 };

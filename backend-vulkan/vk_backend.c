@@ -37,6 +37,9 @@ const flp_backend_ops flp_vk_ops = {
     .decode_grid_size = flp_vk_decode_grid_size,
     .decode_run = flp_vk_decode_run,
     .prefill_grid_size = flp_vk_prefill_grid_size,
+    /* The prefill pipelines are 10-100x slower than the decode pipelines on decode batches
+     * (bench/RESULTS.md, "the decode kernel choice"): AUTO keeps the vector kernel. */
+    .decode_matrix_min_rows = 0,
     .prefill_run = flp_vk_prefill_run,
     .kv_append_run = flp_vk_kv_append_run,
     .records_for_caller = flp_vk_records_for_caller,

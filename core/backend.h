@@ -31,6 +31,9 @@ typedef struct flp_backend_ops {
     /* Workgroups of the (persistent) prefill kernel for this head_dim, fixed at plan creation.
      * < 0: flp_status. */
     int32_t (*prefill_grid_size)(flp_context *ctx, int32_t head_dim);
+    /* FLP_DECODE_KERNEL_AUTO runs decode on the prefill (matrix) kernel from this many query
+     * rows per KV head; 0 = never (its prefill kernel does not pay for decode batches). */
+    int32_t decode_matrix_min_rows;
     /* Like decode_run: backend checks, then the prefill kernel and the merge kernel (always,
      * when the plan can split). */
     flp_status (*prefill_run)(flp_context *ctx, const flp_prefill_launch *launch);

@@ -165,12 +165,14 @@ static flp_status resolve_decode_kernel(flp_context *ctx, const char *fn, const 
                                         flp_decode_kernel *kernel) {
     int64_t rows = (int64_t)d->max_qo_len * (d->num_qo_heads / d->num_kv_heads);
     switch (d->decode_kernel) {
-    case FLP_DECODE_KERNEL_AUTO:
-        *kernel = rows >= FLP_DECODE_MATRIX_MIN_ROWS && ctx->ops->prefill_grid_size &&
+    case FLP_DECODE_KERNEL_AUTO: {
+        int32_t min_rows = ctx->ops->decode_matrix_min_rows;
+        *kernel = min_rows > 0 && rows >= min_rows && ctx->ops->prefill_grid_size &&
                           (int64_t)d->max_batch_size * d->max_qo_len <= FLP_MAX_QO_ROWS
                       ? FLP_DECODE_KERNEL_MATRIX
                       : FLP_DECODE_KERNEL_VECTOR;
         return FLP_OK;
+    }
     case FLP_DECODE_KERNEL_VECTOR:
     case FLP_DECODE_KERNEL_MATRIX:
         *kernel = d->decode_kernel;

@@ -84,6 +84,7 @@ static const flp_backend_ops fake_ops = {
     .decode_grid_size = fake_decode_grid,
     .decode_run = fake_decode_run,
     .prefill_grid_size = fake_prefill_grid,
+    .decode_matrix_min_rows = FLP_DECODE_MATRIX_MIN_ROWS,
     .prefill_run = fake_prefill_run,
     .kv_append_run = fake_kv_append,
 };

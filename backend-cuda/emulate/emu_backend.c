@@ -139,6 +139,7 @@ static const flp_backend_ops emu_ops = {
     .decode_grid_size = emu_grid,
     .decode_run = emu_run,
     .prefill_grid_size = emu_prefill_grid,
+    .decode_matrix_min_rows = FLP_DECODE_MATRIX_MIN_ROWS,
     .prefill_run = emu_prefill_run,
     .kv_append_run = emu_kv_append,
 };

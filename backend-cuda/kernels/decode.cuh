@@ -75,17 +75,16 @@ template <int QDT, int KVDT, int D, int ROWS> struct decode_kernel {
     static constexpr int TPW = 32 / TPT;            /* tokens per warp step */
     static constexpr int CHUNK = VEC * KV::bytes;   /* bytes a lane copies per token and tensor */
     static constexpr int STEPS = ROWS == 8 ? 2 : 4; /* steps per stage (one softmax update each) */
-    static constexpr int RING_STEPS = FLP_CU_DECODE_RING_STEPS(KV::bytes);
-    static constexpr int STAGES = RING_STEPS / STEPS;
+    static constexpr int STAGES = FLP_CU_DECODE_RING_STEPS / STEPS;
     static constexpr int NW = FLP_CU_DECODE_WARPS;
     static constexpr int NT = FLP_CU_DECODE_THREADS;
     static constexpr int STEP_BYTES = 32 * CHUNK;
-    static constexpr int RING_BYTES = RING_STEPS * STEP_BYTES; /* per warp, tensor */
+    static constexpr int RING_BYTES = FLP_CU_DECODE_RING_STEPS * STEP_BYTES; /* per warp, tensor */
     static constexpr int MAIN_BYTES =
         FLP_CU_MAX_(FLP_CU_DECODE_RING_BYTES(KV::bytes), FLP_CU_DECODE_MERGE_BYTES(D, ROWS));
     static_assert(D == 64 || D == 128 || D == 256, "head_dim 64, 128 or 256");
     static_assert(TPT * TPW == 32, "token rows tile the warp");
-    static_assert(STAGES >= 2 && STAGES * STEPS == RING_STEPS, "ring shape");
+    static_assert(STAGES >= 2 && STAGES * STEPS == FLP_CU_DECODE_RING_STEPS, "ring shape");
     static_assert(2 * NW * RING_BYTES == FLP_CU_DECODE_RING_BYTES(KV::bytes), "ring size");
     static_assert(MAIN_BYTES % 16 == 0, "aux area alignment");
     static_assert((D / 2) * 4 + ROWS * 8 <= FLP_CU_DECODE_AUX_BYTES, "aux area size");

@@ -11,12 +11,8 @@
 #define FLP_CU_DECODE_THREADS (32 * FLP_CU_DECODE_WARPS)
 /* KV elements each lane loads per token: 16 bytes of f16/bf16, 8 bytes of fp8. */
 #define FLP_CU_DECODE_VEC 8
-/* Steps (one token per lane group) held in each warp's shared-memory ring, over all stages, for
- * KV elements of kv_bytes. The kernel keeps about the ring's tokens in flight and is bound by
- * their latency as much as by bandwidth: an fp8 step is half the bytes, so fp8 takes twice the
- * steps (the same shared memory, twice the tokens in flight; with 12 it ran no faster than
- * bf16). */
-#define FLP_CU_DECODE_RING_STEPS(kv_bytes) ((kv_bytes) == 1 ? 24 : 12)
+/* Steps (one token per lane group) held in each warp's shared-memory ring, over all stages. */
+#define FLP_CU_DECODE_RING_STEPS 12
 /* Shared memory after the ring/merge area: RoPE frequencies [head_dim / 2] and per-row data. */
 #define FLP_CU_DECODE_AUX_BYTES 1024
 #define FLP_CU_MERGE_THREADS 64
@@ -29,8 +25,7 @@
 #define FLP_CU_MAX_(a, b) ((a) > (b) ? (a) : (b))
 /* K and V rings of all warps. */
 #define FLP_CU_DECODE_RING_BYTES(kv_bytes)                                                         \
-    (FLP_CU_DECODE_WARPS * FLP_CU_DECODE_RING_STEPS(kv_bytes) * 32 * FLP_CU_DECODE_VEC *           \
-     (kv_bytes)*2)
+    (FLP_CU_DECODE_WARPS * FLP_CU_DECODE_RING_STEPS * 32 * FLP_CU_DECODE_VEC * (kv_bytes)*2)
 /* Cross-warp merge: acc [warps][rows][head_dim], then m and l [warps][rows] (f32). Reuses the
  * ring. */
 #define FLP_CU_DECODE_MERGE_BYTES(head_dim, rows)                                                  \

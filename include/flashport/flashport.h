@@ -257,8 +257,9 @@ typedef struct flp_plan flp_plan;
 
 /* Which kernel runs flp_decode_*, fixed when the plan is created (docs/design.md 5.5). */
 typedef enum flp_decode_kernel {
-    /* MATRIX when a request's query rows per KV head (max_qo_len x group size) reach
-     * FLP_DECODE_MATRIX_MIN_ROWS, else VECTOR. */
+    /* CUDA: MATRIX when a request's query rows per KV head (max_qo_len x group size) reach
+     * FLP_DECODE_MATRIX_MIN_ROWS, else VECTOR. Vulkan: VECTOR (its prefill pipelines are far
+     * slower on decode batches). */
     FLP_DECODE_KERNEL_AUTO = 0,
     /* The decode kernel: each key's dot products on the vector units (CUDA cores, Vulkan
      * invocations); best for few rows per KV head. */
@@ -269,7 +270,7 @@ typedef enum flp_decode_kernel {
     FLP_DECODE_KERNEL_MATRIX = 2,
 } flp_decode_kernel;
 
-/* FLP_DECODE_KERNEL_AUTO picks the matrix kernel from this many query rows per KV head. */
+/* FLP_DECODE_KERNEL_AUTO picks the matrix kernel from this many query rows per KV head (CUDA). */
 #define FLP_DECODE_MATRIX_MIN_ROWS 8
 
 typedef struct flp_plan_desc {
