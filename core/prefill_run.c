@@ -194,6 +194,7 @@ static flp_status single_prefill(flp_context *ctx, const flp_single_prefill_args
         .num_qo_heads = (int32_t)a->q.shape[1],
         .num_kv_heads = (int32_t)a->k.shape[1],
         .head_dim = a->variant.head_dim,
+        .decode_kernel = FLP_DECODE_KERNEL_VECTOR, /* no decode here: no matrix decode region */
     };
     if (a->q.shape[1] > 4096 || a->k.shape[1] > 4096)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: more than 4096 heads", fn);

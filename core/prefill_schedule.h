@@ -29,7 +29,9 @@ typedef struct flp_prefill_schedule_input {
     int32_t batch_size, num_kv_heads;
     int32_t num_ctas;      /* workgroups of the prefill launch */
     const int32_t *qo_len; /* [batch_size] query tokens per request */
-    const int32_t *kv_len; /* [batch_size] keys per request, >= qo_len */
+    const int32_t *kv_len; /* [batch_size] keys per request, >= qo_len (the matrix decode
+                              region also has kv_len = 0 with qo_len rows: rows without keys,
+                              items with an empty, possibly negative, key range) */
     flp_prefill_key_rule keys;
     int32_t min_chunk;       /* smallest KV chunk worth a split, tokens */
     int32_t chunk_align;     /* split chunk sizes are multiples of this */

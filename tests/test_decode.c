@@ -426,15 +426,17 @@ static void run_problem(const problem *p, dev_problem *dv, const flp_plan *plan)
     assert_ok(flp_context_synchronize(g_ctx));
 }
 
-/* Long requests of a small batch must be split into KV chunks (docs/design.md 5.5 and, on the
- * matrix kernel, 5.6) whenever the batch does not fill the grid (the matrix kernel: half the
- * grid): checks the plan took the merge path, so split tests test it. */
+/* Long requests of a small batch must be split into KV chunks (docs/design.md 5.5; the matrix
+ * kernel uses the same cost model) whenever the batch does not fill the grid: checks the plan
+ * took the merge path, so split tests test it. */
 static void expect_split(const problem *p, const flp_plan *plan) {
     flp_plan_summary s;
     flp_plan_summarize(plan, &s);
     assert_int_equal(s.decode_matrix, p->matrix);
     const int32_t items = p->batch * p->hkv;
-    if (s.decode_matrix ? 2 * items >= s.decode_ctas : s.decode_ctas <= items) {
+    /* the matrix kernel's split follows the same cost model, which splits these cases' long
+     * requests whenever the grid has more workgroups than items */
+    if (s.decode_ctas <= items) {
         print_message("note: %s: grid of %d workgroups, %d x %d items: no split expected\n",
                       p->name, s.decode_ctas, p->batch, p->hkv);
         return;

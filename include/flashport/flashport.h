@@ -287,15 +287,20 @@ typedef struct flp_plan_desc {
      * workspace_offset + flp_plan_workspace_size) of it and allocates nothing. The buffer
      * must outlive the plan. NULL = the plan allocates its own. */
     flp_buffer *workspace;
-    size_t workspace_offset;         /* multiple of 256 */
-    flp_decode_kernel decode_kernel; /* default AUTO */
+    size_t workspace_offset; /* multiple of 256 */
+    /* default AUTO; a MATRIX plan (AUTO included, when it picks MATRIX) holds a second prefill
+     * region for the decode batch, with its own split-KV scratch (flp_plan_workspace_size
+     * counts it): a prefill-only plan with a large GQA group may ask for VECTOR to save it. */
+    flp_decode_kernel decode_kernel;
 } flp_plan_desc;
 
 /* Device bytes a plan with these capacities needs (plan data and split-KV scratch). */
 FLP_API flp_status flp_plan_workspace_size(flp_context *ctx, const flp_plan_desc *desc,
                                            size_t *bytes);
 FLP_API flp_status flp_plan_create(flp_context *ctx, const flp_plan_desc *desc, flp_plan **out);
-/* Accepts NULL. */
+/* Accepts NULL. Does not wait: runs and (CUDA) plan uploads queued on the context's stream may
+ * still use the plan's memory, so a caller's workspace may be reused only once they are done
+ * (flp_context_synchronize). */
 FLP_API void flp_plan_destroy(flp_plan *plan);
 /* The kernel flp_decode_* runs on for this plan: FLP_DECODE_KERNEL_VECTOR or _MATRIX
  * (FLP_DECODE_KERNEL_AUTO for NULL). */
