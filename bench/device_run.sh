@@ -10,12 +10,13 @@
 #   bench/device_run.sh bench   racecheck and synccheck on the cuda suites, the demo on both
 #                               backends, the decode and prefill benchmarks with their torch peers
 #                               (uses build/ from `check` on the same warm machine, else builds it)
-#   bench/device_run.sh decode|prefill   that benchmark only
+#   bench/device_run.sh decode|prefill   that benchmark only (decode: with FlashInfer's decode
+#                               paths as peers when .whl/ and .peers/ are carried)
 # Logs go to $OUT when set. FLP_DECODE_CASES overrides the decode cases (flashport-bench-decode
 # arguments, cases separated by ';'; default: uniform 16 x 1024, 64 x 4096, 256 x 16384, three
-# skewed batches, fp8 caches). FLP_PREFILL_CASES overrides the prefill cases
-# (bench/bench_prefill.c names them; default: the single prompts 1k-16k, the ragged batch and
-# the speculative shape).
+# skewed batches, fp8 caches, GQA group 8 on both decode kernels). FLP_PREFILL_CASES overrides
+# the prefill cases (bench/bench_prefill.c names them; default: the single prompts 1k-16k, the
+# ragged batch and the speculative shape).
 set -u
 mode=${1:-check}
 run_check=0 run_sanitize=0 run_decode=0 run_prefill=0
@@ -94,7 +95,8 @@ if [ $run_decode = 1 ]; then
     cases=${FLP_DECODE_CASES:-"--batch 16 --kv-len 1024;--batch 64 --kv-len 4096;\
 --batch 256 --kv-len 16384;--lens 32768x1,512x63;--lens 65536x2,256x254;--lens 131072x1,1024x7;\
 --batch 64 --kv-len 4096 --kv-dtype e4m3;--batch 64 --kv-len 4096 --kv-dtype e5m2;\
---batch 256 --kv-len 16384 --kv-dtype e4m3"}
+--batch 256 --kv-len 16384 --kv-dtype e4m3;--batch 64 --kv-len 4096 --qo-heads 64;\
+--batch 64 --kv-len 4096 --qo-heads 64 --decode-kernel vector"}
     for be in cuda vulkan; do
         IFS=';' read -r -a list <<<"$cases"
         for args in "${list[@]}"; do
@@ -103,6 +105,17 @@ if [ $run_decode = 1 ]; then
                 --copy-gbps "${copy:-0}" 2>&1 | tee -a "$out/bench.log"
         done
     done
+fi
+if [ $run_decode = 1 ] && [ -d .whl ] && [ -f .peers/flashinfer_bench.py ]; then
+    # FlashInfer 0.3.1 (wheel built and script copied as ../shared/peers/README says, carried as
+    # .whl/ and .peers/): its decode paths, the skewed batch and fp8, and SDPA, on this GPU.
+    echo "== FlashInfer peer"
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+    PYTHONPATH=/tmp/site FLASHINFER_WORKSPACE_BASE=/tmp/fi MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0a \
+        FLASHINFER_CUDA_ARCH_LIST=9.0a timeout 300 python3 .peers/flashinfer_bench.py --phase bench \
+        --sections skewed,fp8,decode --out "$out/flashinfer.json" >"$out/flashinfer.log" 2>&1
+    echo "flashinfer_bench.py: exit $?"
+    grep -E "^(decode|skewed|fp8) " "$out/flashinfer.log"
 fi
 if [ $run_prefill = 1 ]; then
     # Peer first (its lines give the C bench its vs_cudnn / vs_flash ratios). Each case times

@@ -208,13 +208,17 @@ static flp_prefill_plan_args prefill_args(prefill_batch *b) {
     return a;
 }
 
+/* The decode kernel plans are created with (the matrix walks set MATRIX for their duration). */
+static flp_decode_kernel g_decode_kernel = FLP_DECODE_KERNEL_VECTOR;
+
 static flp_plan_desc plan_desc(void) {
     flp_plan_desc pd = {.max_batch_size = MAX_BATCH,
                         .max_pages = PAGES,
                         .max_qo_rows = MAX_ROWS,
                         .num_qo_heads = HQ,
                         .num_kv_heads = HKV,
-                        .head_dim = D};
+                        .head_dim = D,
+                        .decode_kernel = g_decode_kernel};
     return pd;
 }
 
@@ -288,9 +292,10 @@ typedef struct plan_image {
     flp_plan_summary summary;
     bool decode_planned, prefill_planned;
     int32_t decode_batch, prefill_batch, decode_max_page, prefill_max_page;
-    uint8_t *host, *prefill_host; /* the host mirrors */
-    uint8_t *device;              /* the plan's whole region of device memory */
-    size_t host_bytes, prefill_bytes, device_bytes;
+    bool matrix_planned;                        /* the matrix decode region */
+    uint8_t *host, *prefill_host, *matrix_host; /* the host mirrors */
+    uint8_t *device;                            /* the plan's whole region of device memory */
+    size_t host_bytes, prefill_bytes, matrix_bytes, device_bytes;
 } plan_image;
 
 static uint8_t *copy_bytes(const void *src, size_t n) {
@@ -315,8 +320,12 @@ static plan_image plan_image_take(const flp_plan *plan) {
     im.host_bytes = plan->layout.metadata_end;
     im.prefill_bytes = pl->metadata_end - pl->info;
     im.device_bytes = plan->layout.total;
+    const flp_prefill_layout *ml = &plan->decode_rows.layout;
+    im.matrix_planned = plan->decode_rows.state.planned;
+    im.matrix_bytes = ml->metadata_end - ml->info;
     im.host = copy_bytes(plan->host, im.host_bytes);
     im.prefill_host = copy_bytes(plan->prefill.host, im.prefill_bytes);
+    im.matrix_host = copy_bytes(plan->decode_rows.host, im.matrix_bytes);
     im.device = copy_bytes((const uint8_t *)plan->buffer->native + plan->base, im.device_bytes);
     return im;
 }
@@ -324,6 +333,7 @@ static plan_image plan_image_take(const flp_plan *plan) {
 static void plan_image_free(plan_image *im) {
     free(im->host);
     free(im->prefill_host);
+    free(im->matrix_host);
     free(im->device);
     memset(im, 0, sizeof *im);
 }
@@ -344,6 +354,10 @@ static void expect_same_state(const plan_image *a, const plan_image *b, const ch
         fail_msg("%s: the decode host mirror differs", when);
     if (memcmp(a->prefill_host, b->prefill_host, a->prefill_bytes) != 0)
         fail_msg("%s: the prefill host mirror differs", when);
+    assert_int_equal(a->matrix_planned, b->matrix_planned);
+    assert_int_equal(a->matrix_bytes, b->matrix_bytes);
+    if (memcmp(a->matrix_host, b->matrix_host, a->matrix_bytes) != 0)
+        fail_msg("%s: the matrix decode host mirror differs", when);
 }
 
 /* A failed call must leave the plan exactly as it was, device memory included. */
@@ -360,8 +374,12 @@ static void expect_unchanged(const plan_image *before, const plan_image *now, co
 static void expect_same_upload(const flp_plan *a, const flp_plan *b, bool prefill, int32_t pages,
                                const char *when) {
     const flp_plan_layout *l = &a->layout;
-    size_t start = prefill ? a->prefill.layout.info : 0;
-    size_t end = (prefill ? a->prefill.layout.kv_indices : l->kv_indices) + sizeof(int32_t) * pages;
+    const flp_prefill_layout *pl = prefill ? &a->prefill.layout
+                                   : a->decode_kernel == FLP_DECODE_KERNEL_MATRIX
+                                       ? &a->decode_rows.layout
+                                       : NULL;
+    size_t start = pl ? pl->info : 0;
+    size_t end = (pl ? pl->kv_indices : l->kv_indices) + sizeof(int32_t) * pages;
     const uint8_t *da = (const uint8_t *)a->buffer->native + a->base;
     const uint8_t *db = (const uint8_t *)b->buffer->native + b->base;
     if (memcmp(da + start, db + start, end - start) != 0)
@@ -403,10 +421,13 @@ static void planned_close(planned *p) {
 /* The launches a run of the plan's current partitions hands the backend (a plan still usable
  * after a failure hands the same ones). */
 static void run_both(planned *p, int64_t decode_rows, flp_kv_storage storage,
-                     flp_decode_launch *decode, flp_prefill_launch *prefill) {
+                     flp_decode_launch *decode, flp_prefill_launch *decode_matrix,
+                     flp_prefill_launch *prefill) {
     flp_decode_run_args dr = decode_run_args(&p->t, decode_rows);
+    memset(&fake_last_prefill, 0, sizeof fake_last_prefill);
     assert_int_equal(flp_decode_run(p->ctx, p->plan, &dr), FLP_OK);
     *decode = fake_last_decode;
+    *decode_matrix = fake_last_prefill; /* what a matrix decode launched */
     flp_prefill_run_args pr = prefill_run_args(&p->t, storage);
     assert_int_equal(flp_prefill_run(p->ctx, p->plan, &pr), FLP_OK);
     *prefill = fake_last_prefill;
@@ -421,7 +442,7 @@ typedef struct plan_walk {
     bool is_prefill;
     plan_image before;
     flp_decode_launch decode_launch; /* of the plan before the walk */
-    flp_prefill_launch prefill_launch;
+    flp_prefill_launch decode_matrix_launch, prefill_launch;
     int64_t decode_rows;
     flp_kv_storage storage;
 } plan_walk;
@@ -445,9 +466,10 @@ static void plan_walk_check_failed(void *state) {
     plan_image_free(&now);
     /* still usable: both partitions it held run as before */
     flp_decode_launch d;
-    flp_prefill_launch f;
-    run_both(&w->p, w->decode_rows, w->storage, &d, &f);
+    flp_prefill_launch dm, f;
+    run_both(&w->p, w->decode_rows, w->storage, &d, &dm, &f);
     if (memcmp(&d, &w->decode_launch, sizeof d) != 0 ||
+        memcmp(&dm, &w->decode_matrix_launch, sizeof dm) != 0 ||
         memcmp(&f, &w->prefill_launch, sizeof f) != 0)
         fail_msg("the plan runs differently after a failed re-plan");
 }
@@ -465,7 +487,8 @@ static void walk_replan(bool prefill, prefill_batch *pb, int64_t expected_sites)
         w.prefill = prefill_args(pb);
     w.decode_rows = w.p.a.batch;
     w.storage = w.p.ragged.storage;
-    run_both(&w.p, w.decode_rows, w.storage, &w.decode_launch, &w.prefill_launch);
+    run_both(&w.p, w.decode_rows, w.storage, &w.decode_launch, &w.decode_matrix_launch,
+             &w.prefill_launch);
     walk wk = {prefill ? "flp_prefill_plan" : "flp_decode_plan",
                &w,
                plan_walk_prepare,
@@ -501,6 +524,14 @@ static void walk_replan(bool prefill, prefill_batch *pb, int64_t expected_sites)
 static void test_decode_plan(void **state) {
     (void)state;
     walk_replan(false, NULL, 1); /* one allocation: the call's scratch */
+}
+
+/* The same walk on a plan whose decode runs on the matrix kernel (its own prefill region). */
+static void test_decode_plan_matrix(void **state) {
+    (void)state;
+    g_decode_kernel = FLP_DECODE_KERNEL_MATRIX;
+    walk_replan(false, NULL, 1);
+    g_decode_kernel = FLP_DECODE_KERNEL_VECTOR;
 }
 
 static void test_prefill_plan_paged(void **state) {
@@ -971,6 +1002,7 @@ int main(void) {
         cmocka_unit_test(test_plan_create_in_workspace),
         cmocka_unit_test(test_plan_workspace_size),
         cmocka_unit_test(test_decode_plan),
+        cmocka_unit_test(test_decode_plan_matrix),
         cmocka_unit_test(test_prefill_plan_paged),
         cmocka_unit_test(test_prefill_plan_ragged),
         cmocka_unit_test(test_runs),
