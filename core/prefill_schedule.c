@@ -177,28 +177,32 @@ static int32_t split_items(const flp_prefill_schedule_input *in, int32_t chunk, 
     return m;
 }
 
-/* Bytes of the split-by-cost scratch: kv_begin and kv_end [cap], the chunk choice's scratch. */
-static size_t cost_scratch_bytes(const flp_prefill_schedule_input *in, int32_t cap) {
-    if (!in->split_by_cost)
-        return 0;
-    return (2 * sizeof(int32_t) * (size_t)cap + 7) / 8 * 8 +
-           flp_decode_chunk_scratch_bytes(cap, in->num_ctas);
+/* Scratch parts, each a multiple of 8 bytes: a list of cap work items, and the key ranges
+ * kv_begin and kv_end [cap] of the split-by-cost choice. */
+static size_t item_list_bytes(int32_t cap) {
+    return (sizeof(int32_t) * FLP_PREFILL_ITEM_INTS * (size_t)cap + 7) / 8 * 8;
+}
+
+static size_t key_ranges_bytes(int32_t cap) {
+    return (2 * sizeof(int32_t) * (size_t)cap + 7) / 8 * 8;
 }
 
 size_t flp_prefill_schedule_scratch_bytes(const flp_prefill_schedule_input *in) {
     int32_t cap = in->max_items > 0 ? in->max_items : 1;
-    /* cost [cap] int64, the assignment's scratch, tiles and items [cap] (8-byte multiples),
-     * then the split-by-cost scratch */
-    size_t list = (sizeof(int32_t) * FLP_PREFILL_ITEM_INTS * (size_t)cap + 7) / 8 * 8;
-    return sizeof(int64_t) * (size_t)cap + flp_assign_scratch_bytes(cap, in->num_ctas) + 2 * list +
-           cost_scratch_bytes(in, cap);
+    /* cost [cap] int64, the assignment's scratch, tiles and items, then (split by cost) the key
+     * ranges and the chunk choice's scratch */
+    size_t bytes = sizeof(int64_t) * (size_t)cap + flp_assign_scratch_bytes(cap, in->num_ctas) +
+                   2 * item_list_bytes(cap);
+    if (in->split_by_cost)
+        bytes += key_ranges_bytes(cap) + flp_decode_chunk_scratch_bytes(cap, in->num_ctas);
+    return bytes;
 }
 
 void flp_prefill_schedule_build(const flp_prefill_schedule_input *in, flp_prefill_schedule *out,
                                 void *scratch) {
     out->q_tile = flp_prefill_choose_tile(in->batch_size, in->keys.group_size, in->qo_len);
     int32_t cap = in->max_items > 0 ? in->max_items : 1;
-    size_t list = (sizeof(int32_t) * FLP_PREFILL_ITEM_INTS * (size_t)cap + 7) / 8 * 8;
+    size_t list = item_list_bytes(cap);
     int64_t *cost = scratch;
     char *assign_scratch = (char *)(cost + cap);
     int32_t *tiles = (int32_t *)(assign_scratch + flp_assign_scratch_bytes(cap, in->num_ctas));
@@ -207,7 +211,7 @@ void flp_prefill_schedule_build(const flp_prefill_schedule_input *in, flp_prefil
     int32_t chunk;
     if (in->split_by_cost) {
         int32_t *kv_begin = (int32_t *)((char *)items + list), *kv_end = kv_begin + cap;
-        void *chunk_scratch = (char *)kv_begin + (2 * sizeof(int32_t) * (size_t)cap + 7) / 8 * 8;
+        void *chunk_scratch = (char *)kv_begin + key_ranges_bytes(cap);
         chunk = choose_chunk_by_cost(in, tiles, n, kv_begin, kv_end, chunk_scratch);
     } else {
         chunk = choose_chunk(in, tiles, n);
