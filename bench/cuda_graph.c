@@ -1,6 +1,7 @@
 /* CUDA graph capture and replay for the benchmarks (cuda_graph.h). */
 #include "bench/cuda_graph.h"
 #include "flashport/flashport_cuda.h"
+#include "tools/dl_symbols.h"
 #include "tools/host_timing.h"
 
 #include <dlfcn.h>
@@ -45,10 +46,7 @@ static bool load_driver(void) {
     void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
     if (!lib)
         return false; /* no driver: not a CUDA machine, nothing to say */
-    const struct {
-        void **slot;
-        const char *name;
-    } syms[] = {
+    const dl_symbol syms[] = {
         {(void **)&cu.begin_capture, "cuStreamBeginCapture_v2"},
         {(void **)&cu.end_capture, "cuStreamEndCapture"},
         {(void **)&cu.instantiate, "cuGraphInstantiateWithFlags"},
@@ -60,14 +58,9 @@ static bool load_driver(void) {
         {(void **)&cu.push, "cuCtxPushCurrent_v2"},
         {(void **)&cu.pop, "cuCtxPopCurrent_v2"},
     };
-    for (size_t i = 0; i < sizeof syms / sizeof syms[0]; i++) {
-        void *p = dlsym(lib, syms[i].name);
-        if (!p) {
-            fprintf(stderr, "bench: libcuda.so.1 has no %s\n", syms[i].name);
-            dlclose(lib);
-            return false;
-        }
-        memcpy(syms[i].slot, &p, sizeof p);
+    if (!dl_symbols_resolve(lib, syms, sizeof syms / sizeof syms[0], "bench: libcuda.so.1")) {
+        dlclose(lib);
+        return false;
     }
     loaded = 1;
     return true;

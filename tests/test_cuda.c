@@ -29,6 +29,7 @@
 #include "flashport/flashport.h"
 #include "flashport/flashport_cuda.h"
 #include "tests/test_util.h"
+#include "tools/dl_symbols.h"
 
 /* ---- the few driver entry points the test calls itself (cuda.h types, declared here) ------ */
 
@@ -66,10 +67,7 @@ static bool load_driver(void) {
     void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
     if (!lib)
         return false;
-    struct {
-        void **slot;
-        const char *name;
-    } syms[] = {
+    const dl_symbol syms[] = {
         {(void **)&cu.init, "cuInit"},
         {(void **)&cu.device_get, "cuDeviceGet"},
         {(void **)&cu.primary_retain, "cuDevicePrimaryCtxRetain"},
@@ -89,14 +87,8 @@ static bool load_driver(void) {
         {(void **)&cu.graph_exec_destroy, "cuGraphExecDestroy"},
         {(void **)&cu.graph_destroy, "cuGraphDestroy"},
     };
-    for (size_t i = 0; i < sizeof syms / sizeof syms[0]; i++) {
-        void *p = dlsym(lib, syms[i].name);
-        if (!p) {
-            fprintf(stderr, "libcuda.so.1 has no %s\n", syms[i].name);
-            return false;
-        }
-        memcpy(syms[i].slot, &p, sizeof p);
-    }
+    if (!dl_symbols_resolve(lib, syms, sizeof syms / sizeof syms[0], "libcuda.so.1"))
+        return false;
     return cu.init(0) == 0;
 }
 
