@@ -10,11 +10,11 @@
 /* The kernels of one configuration, ready to launch. */
 typedef struct flp_cu_config {
     bool ready;
-    CUmodule nvrtc_module;      /* NULL when the functions come from the fatbin */
-    CUfunction decode[2];       /* [0]: 4 query rows in registers, [1]: 8 */
-    CUfunction merge;           /* merge kernel of the q dtype */
-    unsigned int smem_bytes[2]; /* dynamic shared memory of decode[i] */
-    int max_blocks;             /* resident decode blocks per SM, the smaller of the two */
+    CUmodule nvrtc_module;                        /* NULL when the functions come from the fatbin */
+    CUfunction decode[FLP_CU_DECODE_NUM_KERNELS]; /* by FLP_CU_DECODE_* (cu_launch.h) */
+    CUfunction merge;                             /* merge kernel of the q dtype */
+    unsigned int smem_bytes[FLP_CU_DECODE_NUM_KERNELS]; /* dynamic shared memory of decode[i] */
+    int max_blocks; /* resident decode blocks per SM, the smallest over decode[] */
     /* Prefill kernels of tiles 16, 64, 128 (kernels/prefill_config.h), their merge, and the
      * KV append (the same in every module). */
     CUfunction prefill[FLP_CU_PREFILL_NUM_TILES];

@@ -3,7 +3,10 @@
 #include "backend-cuda/kernels/decode_config.h"
 #include "backend-cuda/kernels/prefill_config.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 static const int32_t q_dtypes[FLP_CU_NUM_Q] = {FLP_DTYPE_F16, FLP_DTYPE_BF16};
 static const int32_t kv_dtypes[FLP_CU_NUM_KV] = {FLP_DTYPE_F16, FLP_DTYPE_BF16, FLP_DTYPE_E4M3,
@@ -60,11 +63,56 @@ bool flp_cu_kernel_name(int32_t q_dtype, int32_t kv_dtype, int32_t head_dim, int
     return true;
 }
 
+bool flp_cu_decode_kernel_name(int32_t q_dtype, int32_t kv_dtype, int32_t head_dim, int kernel,
+                               char *buf, size_t size) {
+    switch (kernel) {
+    case FLP_CU_DECODE_CORES_SMALL:
+        return flp_cu_kernel_name(q_dtype, kv_dtype, head_dim, FLP_CU_DECODE_ROWS_SMALL, buf, size);
+    case FLP_CU_DECODE_CORES_LARGE:
+        return flp_cu_kernel_name(q_dtype, kv_dtype, head_dim, FLP_CU_DECODE_ROWS_LARGE, buf, size);
+    case FLP_CU_DECODE_TENSOR: {
+        const char *q, *kv;
+        if (!dtype_names(q_dtype, kv_dtype, head_dim, &q, &kv))
+            return false;
+        snprintf(buf, size, "flp_decode_%s_%s_d%d_m%d", q, kv, (int)head_dim,
+                 FLP_CU_DECODE_ROWS_LARGE);
+        return true;
+    }
+    default:
+        return false;
+    }
+}
+
+unsigned flp_cu_decode_smem_bytes(int32_t kv_dtype, int32_t head_dim, int kernel) {
+    const int kv_bytes = kv_dtype == FLP_DTYPE_E4M3 || kv_dtype == FLP_DTYPE_E5M2 ? 1 : 2;
+    if (kernel == FLP_CU_DECODE_TENSOR)
+        return (unsigned)FLP_CU_DECODE_MMA_SMEM_BYTES(kv_bytes, (int)head_dim);
+    const int rows =
+        kernel == FLP_CU_DECODE_CORES_SMALL ? FLP_CU_DECODE_ROWS_SMALL : FLP_CU_DECODE_ROWS_LARGE;
+    return (unsigned)FLP_CU_DECODE_SMEM_BYTES(kv_bytes, (int)head_dim, rows);
+}
+
+/* FLP_CUDA_DECODE_CORES=1: the CUDA-core decode kernels only (tests and benchmarks of both);
+ * read once. */
+static bool decode_cores_forced(void) {
+    static atomic_int forced = -1;
+    int v = atomic_load_explicit(&forced, memory_order_relaxed);
+    if (v < 0) {
+        const char *e = getenv("FLP_CUDA_DECODE_CORES");
+        v = e && strcmp(e, "1") == 0;
+        atomic_store_explicit(&forced, v, memory_order_relaxed);
+    }
+    return v != 0;
+}
+
 int flp_cu_decode_variant(const flp_decode_launch *launch) {
     /* By capacity, not by the current plan: a captured launch keeps its kernel across re-plans
-     * (both kernels handle any number of rows; this only picks the faster one). */
+     * (every kernel handles any number of rows, and the tensor-core one RoPE through the
+     * CUDA-core algorithm; this only picks the faster one). */
+    if (FLP_CU_DECODE_MMA_DTYPES(launch->q_dtype, launch->kv_dtype) && !decode_cores_forced())
+        return FLP_CU_DECODE_TENSOR;
     const int64_t rows = (int64_t)launch->max_qo_len * launch->group_size;
-    return rows > FLP_CU_DECODE_ROWS_SMALL ? 1 : 0;
+    return rows > FLP_CU_DECODE_ROWS_SMALL ? FLP_CU_DECODE_CORES_LARGE : FLP_CU_DECODE_CORES_SMALL;
 }
 
 /* ---- prefill ------------------------------------------------------------------------------ */

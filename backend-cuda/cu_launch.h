@@ -22,8 +22,24 @@ void flp_cu_config_of(int index, int32_t *q_dtype, int32_t *kv_dtype, int32_t *h
  * kernel of q_dtype ("flp_decode_merge_bf16"), into buf; false for an unknown configuration. */
 bool flp_cu_kernel_name(int32_t q_dtype, int32_t kv_dtype, int32_t head_dim, int rows, char *buf,
                         size_t size);
-/* Which decode kernel of a configuration a launch uses: 0 (4 query rows in registers) when the
- * plan's capacity max_qo_len * group_size is <= 4, else 1 (8 rows, looping over blocks of 8). */
+/* The decode kernels of a configuration (flp_cu_config.decode[]). */
+enum {
+    FLP_CU_DECODE_CORES_SMALL = 0, /* CUDA cores, 4 query rows in registers */
+    FLP_CU_DECODE_CORES_LARGE = 1, /* CUDA cores, 8 rows, looping over blocks of 8 */
+    FLP_CU_DECODE_TENSOR = 2,      /* tensor cores (kernels/decode_mma.cuh), blocks of 8 rows */
+    FLP_CU_DECODE_NUM_KERNELS = 3
+};
+/* Name of decode kernel `kernel` of a configuration ("flp_decode_bf16_e4m3_d128_m8"); false
+ * for an unknown configuration or kernel. */
+bool flp_cu_decode_kernel_name(int32_t q_dtype, int32_t kv_dtype, int32_t head_dim, int kernel,
+                               char *buf, size_t size);
+/* Dynamic shared memory of decode kernel `kernel` of a configuration. */
+unsigned flp_cu_decode_smem_bytes(int32_t kv_dtype, int32_t head_dim, int kernel);
+/* Which decode kernel a launch uses, by the plan's dtypes and capacities (a captured launch keeps
+ * it across re-plans): the tensor-core kernel for a 16-bit cache of the query dtype and for fp8
+ * caches (it runs the CUDA-core algorithm itself when a re-plan turns RoPE on), unless the
+ * environment sets FLP_CUDA_DECODE_CORES=1; otherwise the CUDA-core kernel with 4 rows in
+ * registers when max_qo_len * group_size <= 4, else the one with 8. */
 int flp_cu_decode_variant(const flp_decode_launch *launch);
 
 /* ---- prefill, merge and KV append (kernels/prefill_config.h) ---- */

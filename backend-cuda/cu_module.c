@@ -18,8 +18,6 @@
 #error FLP_CUDA_BUILT_ARCHS is not defined
 #endif
 
-static const int rows_of[2] = {FLP_CU_DECODE_ROWS_SMALL, FLP_CU_DECODE_ROWS_LARGE};
-
 static bool force_nvrtc(void) {
     const char *v = getenv("FLP_CUDA_FORCE_NVRTC");
     return v && strcmp(v, "1") == 0;
@@ -197,13 +195,12 @@ static flp_status setup_config(flp_context *ctx, flp_cu_state *st, int index,
     if (status != FLP_OK)
         return status;
     int max_blocks = 0;
-    for (int i = 0; i < 2; i++) {
-        flp_cu_kernel_name(q, kv, d, rows_of[i], name, sizeof name);
+    for (int i = 0; i < FLP_CU_DECODE_NUM_KERNELS; i++) {
+        flp_cu_decode_kernel_name(q, kv, d, i, name, sizeof name);
         status = get_function(ctx, st, modules->of[FLP_CU_UNIT_DECODE], name, &cfg->decode[i]);
         if (status != FLP_OK)
             return status;
-        const unsigned smem = (unsigned)FLP_CU_DECODE_SMEM_BYTES((int)flp_dtype_size((flp_dtype)kv),
-                                                                 (int)d, rows_of[i]);
+        const unsigned smem = flp_cu_decode_smem_bytes(kv, d, i);
         int blocks = 0;
         status =
             configure_kernel(ctx, cu, cfg->decode[i], name, FLP_CU_DECODE_THREADS, smem, &blocks);

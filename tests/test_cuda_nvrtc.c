@@ -45,9 +45,9 @@ static void check_all_names(const flp_cuda_image *image, bool terminated) {
             fail_msg("%s is missing from the %s image", name, image->target);
         for (size_t kv = 0; kv < 4; kv++)
             for (size_t d = 0; d < 3; d++)
-                for (int rows = 4; rows <= 8; rows += 4) {
-                    assert_true(flp_cu_kernel_name(q_dtypes[q], kv_dtypes[kv], head_dims[d], rows,
-                                                   name, sizeof name));
+                for (int k = 0; k < FLP_CU_DECODE_NUM_KERNELS; k++) {
+                    assert_true(flp_cu_decode_kernel_name(q_dtypes[q], kv_dtypes[kv], head_dims[d],
+                                                          k, name, sizeof name));
                     if (!has_name(image, name, terminated))
                         fail_msg("%s is missing from the %s image", name, image->target);
                     found++;
@@ -70,7 +70,7 @@ static void check_all_names(const flp_cuda_image *image, bool terminated) {
     }
     if (!has_name(image, "flp_kv_append", terminated))
         fail_msg("flp_kv_append is missing from the %s image", image->target);
-    assert_int_equal(found, 48 + 72);
+    assert_int_equal(found, 72 + 72);
 }
 
 static void compile_one(int cc, const char *target, flp_dtype q, flp_dtype kv, int head_dim) {
@@ -192,6 +192,13 @@ static void test_bad_arguments(void **state) {
     assert_false(flp_cu_kernel_name(FLP_DTYPE_F32, FLP_DTYPE_F16, 128, 4, name, sizeof name));
     assert_false(flp_cu_kernel_name(FLP_DTYPE_F16, FLP_DTYPE_F16, 96, 4, name, sizeof name));
     assert_false(flp_cu_kernel_name(FLP_DTYPE_F16, FLP_DTYPE_F16, 128, 5, name, sizeof name));
+    assert_false(flp_cu_decode_kernel_name(FLP_DTYPE_F16, FLP_DTYPE_F16, 128,
+                                           FLP_CU_DECODE_NUM_KERNELS, name, sizeof name));
+    assert_false(flp_cu_decode_kernel_name(FLP_DTYPE_F16, FLP_DTYPE_F16, 96, FLP_CU_DECODE_TENSOR,
+                                           name, sizeof name));
+    assert_true(flp_cu_decode_kernel_name(FLP_DTYPE_BF16, FLP_DTYPE_E4M3, 128, FLP_CU_DECODE_TENSOR,
+                                          name, sizeof name));
+    assert_string_equal(name, "flp_decode_bf16_e4m3_d128_m8");
     assert_int_equal(flp_cu_config_index(FLP_DTYPE_F16, FLP_DTYPE_I32, 128), -1);
 }
 

@@ -2,6 +2,7 @@
  * compile) instantiated for the host and run by the SIMT emulator. */
 #define FLP_CUDA_EMULATE_PTX "backend-cuda/emulate/emu_ptx.h"
 #include "backend-cuda/kernels/decode.cuh"
+#include "backend-cuda/kernels/decode_mma.cuh"
 #include "backend-cuda/kernels/decode_merge.cuh"
 #include "backend-cuda/kernels/kv_append.cuh"
 #include "backend-cuda/kernels/prefill.cuh"
@@ -28,13 +29,20 @@ template <int Q, int KV, int D, int R> void decode_entry(const void *arg) {
     flp::decode_body<Q, KV, D, R>(*static_cast<const flp_decode_params *>(arg));
 }
 
+template <int Q, int KV, int D> void decode_mma_entry(const void *arg) {
+    if constexpr (FLP_CU_DECODE_MMA_DTYPES(Q, KV))
+        flp::decode_mma_body<Q, KV, D>(*static_cast<const flp_decode_params *>(arg));
+    else
+        std::abort(); /* flp_cu_decode_variant never picks it */
+}
+
 template <int Q> void merge_entry(const void *arg) {
     flp::merge_body<Q>(*static_cast<const flp_decode_params *>(arg));
 }
 
-entry_fn decode_table[FLP_CU_NUM_CONFIGS][2];
+entry_fn decode_table[FLP_CU_NUM_CONFIGS][FLP_CU_DECODE_NUM_KERNELS];
 
-void add(int q, int kv, int d, entry_fn small, entry_fn large) {
+void add(int q, int kv, int d, entry_fn small, entry_fn large, entry_fn tensor) {
     const int index = flp_cu_config_index(q, kv, d);
     if (index < 0) {
         std::fprintf(stderr, "emulator: no configuration %d/%d/%d\n", q, kv, d);
@@ -42,19 +50,20 @@ void add(int q, int kv, int d, entry_fn small, entry_fn large) {
     }
     decode_table[index][0] = small;
     decode_table[index][1] = large;
+    decode_table[index][FLP_CU_DECODE_TENSOR] = tensor;
 }
 
 #define FLP_EMU_ADD(Q, KV, D)                                                                      \
     add(Q, KV, D, decode_entry<Q, KV, D, FLP_CU_DECODE_ROWS_SMALL>,                                \
-        decode_entry<Q, KV, D, FLP_CU_DECODE_ROWS_LARGE>)
+        decode_entry<Q, KV, D, FLP_CU_DECODE_ROWS_LARGE>, decode_mma_entry<Q, KV, D>)
 #define FLP_EMU_ADD_KV(Q, KV)                                                                      \
     FLP_EMU_ADD(Q, KV, 64);                                                                        \
     FLP_EMU_ADD(Q, KV, 128);                                                                       \
     FLP_EMU_ADD(Q, KV, 256)
 #define FLP_EMU_ADD_Q(Q)                                                                           \
-    FLP_EMU_ADD_KV(Q, FLP_DT_F16);                                                              \
-    FLP_EMU_ADD_KV(Q, FLP_DT_BF16);                                                             \
-    FLP_EMU_ADD_KV(Q, FLP_DT_E4M3);                                                             \
+    FLP_EMU_ADD_KV(Q, FLP_DT_F16);                                                                 \
+    FLP_EMU_ADD_KV(Q, FLP_DT_BF16);                                                                \
+    FLP_EMU_ADD_KV(Q, FLP_DT_E4M3);                                                                \
     FLP_EMU_ADD_KV(Q, FLP_DT_E5M2)
 
 void fill_table() {
@@ -71,15 +80,12 @@ extern "C" void flp_emu_decode(const flp_decode_launch *launch, uint64_t seed) {
     const flp_decode_params *p = &launch->params;
     const int index = flp_cu_config_index(launch->q_dtype, launch->kv_dtype, launch->head_dim);
     const int variant = flp_cu_decode_variant(launch);
-    const int rows = variant ? FLP_CU_DECODE_ROWS_LARGE : FLP_CU_DECODE_ROWS_SMALL;
-    const int kv_bytes =
-        launch->kv_dtype == FLP_DT_E4M3 || launch->kv_dtype == FLP_DT_E5M2 ? 1 : 2;
-    const size_t smem = FLP_CU_DECODE_SMEM_BYTES(kv_bytes, launch->head_dim, rows);
+    const size_t smem = flp_cu_decode_smem_bytes(launch->kv_dtype, launch->head_dim, variant);
     unsigned char *smem_base = reinterpret_cast<unsigned char *>(flp::dynamic_smem);
     flp_emu::launch(decode_table[index][variant], p, (unsigned)launch->num_ctas,
                     FLP_CU_DECODE_THREADS, smem_base, smem, sizeof flp::dynamic_smem, seed);
-    entry_fn merge = launch->q_dtype == FLP_DT_BF16 ? merge_entry<FLP_DT_BF16>
-                                                       : merge_entry<FLP_DT_F16>;
+    entry_fn merge =
+        launch->q_dtype == FLP_DT_BF16 ? merge_entry<FLP_DT_BF16> : merge_entry<FLP_DT_F16>;
     flp_emu::launch(merge, p, (unsigned)launch->merge_grid, FLP_CU_MERGE_THREADS, smem_base, 0,
                     sizeof flp::dynamic_smem, seed + 1);
 }
@@ -117,9 +123,9 @@ void add_prefill(int q, int kv, int d, entry_fn t16, entry_fn t64, entry_fn t128
     FLP_EMU_ADD_P(Q, KV, 128);                                                                     \
     FLP_EMU_ADD_P(Q, KV, 256)
 #define FLP_EMU_ADD_P_Q(Q)                                                                         \
-    FLP_EMU_ADD_P_KV(Q, FLP_DT_F16);                                                            \
-    FLP_EMU_ADD_P_KV(Q, FLP_DT_BF16);                                                           \
-    FLP_EMU_ADD_P_KV(Q, FLP_DT_E4M3);                                                           \
+    FLP_EMU_ADD_P_KV(Q, FLP_DT_F16);                                                               \
+    FLP_EMU_ADD_P_KV(Q, FLP_DT_BF16);                                                              \
+    FLP_EMU_ADD_P_KV(Q, FLP_DT_E4M3);                                                              \
     FLP_EMU_ADD_P_KV(Q, FLP_DT_E5M2)
 
 void fill_prefill_table() {
@@ -144,7 +150,7 @@ extern "C" void flp_emu_prefill(const flp_prefill_launch *launch, uint64_t seed)
                     FLP_CU_PREFILL_THREADS(launch->head_dim, tile), smem_base, smem,
                     sizeof flp::dynamic_smem, seed);
     entry_fn merge = launch->q_dtype == FLP_DT_BF16 ? prefill_merge_entry<FLP_DT_BF16>
-                                                       : prefill_merge_entry<FLP_DT_F16>;
+                                                    : prefill_merge_entry<FLP_DT_F16>;
     flp_emu::launch(merge, p, (unsigned)launch->merge_grid, FLP_CU_PREFILL_MERGE_THREADS, smem_base,
                     0, sizeof flp::dynamic_smem, seed + 1);
 }

@@ -35,6 +35,27 @@ inline float __shfl_xor_sync(unsigned mask, float value, int lane_mask) {
     return value;
 }
 
+/* A warp barrier (every lane of the warp arrives; orders their shared-memory accesses). */
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+    (void)mask;
+    const uint32_t none = 0;
+    uint32_t all[32];
+    ::flp_emu::warp_exchange(&none, 1, all);
+}
+
+inline int __shfl_sync(unsigned mask, int value, int src_lane) {
+    (void)mask;
+    const uint32_t mine = (uint32_t)value;
+    uint32_t all[32];
+    ::flp_emu::warp_exchange(&mine, 1, all);
+    return (int)all[src_lane & 31];
+}
+
+inline int __shfl_xor_sync(unsigned mask, int value, int lane_mask) {
+    (void)mask;
+    return (int)::flp_emu::shfl_xor((uint32_t)value, lane_mask);
+}
+
 template <typename T> inline T __ldg(const T *p) {
     return *p;
 }
@@ -183,6 +204,19 @@ inline void emu_mma(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned
             sum += a_at(row, k) * b_at(k, col);
         d[i] = (float)((double)d[i] + sum);
     }
+}
+
+/* movmatrix .trans: lane l gets elements (row 2(l%4), column l/4) and (row 2(l%4)+1, column
+ * l/4) of the 8 x 8 matrix whose row r, columns 2c..2c+1 lane 4r + c holds. */
+inline unsigned movmatrix_trans(unsigned x) {
+    uint32_t all[32];
+    ::flp_emu::warp_exchange(&x, 1, all);
+    const unsigned l = emu_lane();
+    auto element = [&](unsigned row, unsigned col) {
+        const uint32_t w = all[row * 4 + col / 2];
+        return col % 2 ? w >> 16 : w & 0xffffu;
+    };
+    return element(2 * (l % 4), l / 4) | element(2 * (l % 4) + 1, l / 4) << 16;
 }
 
 inline void mma_f16_16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {

@@ -134,22 +134,38 @@ FLP_DEV void bf16x2_to_f32(unsigned w, float &lo, float &hi) {
     hi = __uint_as_float(w & 0xffff0000u);
 }
 
-/* Four e4m3 bytes to floats scaled by 2^-8: the 7 magnitude bits shifted into an f16 give the
- * value times 2^-8 exactly, subnormals included (the caller folds 2^8 into its scale).
- * NaN encodings (0x7f/0xff) decode to 480 * 2^-8: a cache never holds them. */
-FLP_DEV void e4m3x4_to_f32_div256(unsigned w, float (&f)[4]) {
+/* Four e4m3 bytes as two f16x2 words (bytes 0-1 in lo, 2-3 in hi) holding the values times
+ * 2^-8 exactly, subnormals included: the 7 magnitude bits shifted into an f16 (bias 15 against
+ * 7) give that (the caller folds 2^8 into its scale). NaN encodings (0x7f/0xff) decode to
+ * 480 * 2^-8: a cache never holds them. */
+FLP_DEV void e4m3x4_to_f16x2_div256(unsigned w, unsigned &lo, unsigned &hi) {
     const unsigned a = __byte_perm(w, 0u, 0x4140); /* [b0, 0, b1, 0] */
     const unsigned b = __byte_perm(w, 0u, 0x4342); /* [b2, 0, b3, 0] */
-    const unsigned ha = ((a & 0x007f007fu) << 7) | ((a & 0x00800080u) << 8);
-    const unsigned hb = ((b & 0x007f007fu) << 7) | ((b & 0x00800080u) << 8);
-    f16x2_to_f32(ha, f[0], f[1]);
-    f16x2_to_f32(hb, f[2], f[3]);
+    lo = ((a & 0x007f007fu) << 7) | ((a & 0x00800080u) << 8);
+    hi = ((b & 0x007f007fu) << 7) | ((b & 0x00800080u) << 8);
 }
 
-/* Four e5m2 bytes to floats: an e5m2 byte is the high byte of the f16 of the same value. */
+/* Four e5m2 bytes as two f16x2 words: an e5m2 byte is the high byte of the f16 of the same
+ * value. */
+FLP_DEV void e5m2x4_to_f16x2(unsigned w, unsigned &lo, unsigned &hi) {
+    lo = __byte_perm(w, 0u, 0x1404); /* [0, b0, 0, b1] */
+    hi = __byte_perm(w, 0u, 0x3424); /* [0, b2, 0, b3] */
+}
+
+/* Four e4m3 bytes to floats scaled by 2^-8 (e4m3x4_to_f16x2_div256). */
+FLP_DEV void e4m3x4_to_f32_div256(unsigned w, float (&f)[4]) {
+    unsigned lo, hi;
+    e4m3x4_to_f16x2_div256(w, lo, hi);
+    f16x2_to_f32(lo, f[0], f[1]);
+    f16x2_to_f32(hi, f[2], f[3]);
+}
+
+/* Four e5m2 bytes to floats. */
 FLP_DEV void e5m2x4_to_f32(unsigned w, float (&f)[4]) {
-    f16x2_to_f32(__byte_perm(w, 0u, 0x1404), f[0], f[1]); /* [0, b0, 0, b1] */
-    f16x2_to_f32(__byte_perm(w, 0u, 0x3424), f[2], f[3]); /* [0, b2, 0, b3] */
+    unsigned lo, hi;
+    e5m2x4_to_f16x2(w, lo, hi);
+    f16x2_to_f32(lo, f[0], f[1]);
+    f16x2_to_f32(hi, f[2], f[3]);
 }
 
 /* 8 elements of a 16-bit dtype (f16 or bf16) in 16 bytes <-> floats. */
@@ -185,6 +201,16 @@ template <int DT> FLP_DEV u32x4 pack8_16bit(const float (&f)[8]) {
     return r;
 }
 
+/* mma.sync m16n8k16 with inputs of the 16-bit dtype DT (ptx.cuh: fragment layouts). */
+template <int DT>
+FLP_DEV void mma_16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    static_assert(DT == FLP_DT_F16 || DT == FLP_DT_BF16, "16-bit dtype");
+    if constexpr (DT == FLP_DT_BF16)
+        mma_bf16_16816(d, a, b0, b1);
+    else
+        mma_f16_16816(d, a, b0, b1);
+}
+
 /* KV dtype traits: bytes per element, the 8-element chunk a lane loads per token, and the
  * factor the raw decode must be multiplied by (besides the fp8 per-tensor scale). */
 template <int DT> struct kv_traits;
@@ -211,6 +237,10 @@ template <> struct kv_traits<FLP_DT_E4M3> {
     static constexpr int bytes = 1;
     static constexpr bool fp8 = true;
     static constexpr float raw_factor = 256.0f;
+    /* Four elements as two f16x2 words (times 1 / raw_factor). */
+    FLP_DEV static void to_f16x2(unsigned w, unsigned &lo, unsigned &hi) {
+        e4m3x4_to_f16x2_div256(w, lo, hi);
+    }
     FLP_DEV static void load8(const unsigned char *p, float (&f)[8]) {
         const u32x2 r = *reinterpret_cast<const u32x2 *>(p);
         float a[4], b[4];
@@ -228,6 +258,9 @@ template <> struct kv_traits<FLP_DT_E5M2> {
     static constexpr int bytes = 1;
     static constexpr bool fp8 = true;
     static constexpr float raw_factor = 1.0f;
+    FLP_DEV static void to_f16x2(unsigned w, unsigned &lo, unsigned &hi) {
+        e5m2x4_to_f16x2(w, lo, hi);
+    }
     FLP_DEV static void load8(const unsigned char *p, float (&f)[8]) {
         const u32x2 r = *reinterpret_cast<const u32x2 *>(p);
         float a[4], b[4];

@@ -124,13 +124,15 @@ template <int QDT, int KVDT, int D, int ROWS> struct decode_kernel {
     long long k_page, k_slot, v_page, v_slot; /* strides in bytes */
 
     /* The plan's decisions live in plan memory (re-plans keep a captured launch valid); they
-     * are read once here. */
-    FLP_DEV explicit decode_kernel(const flp_decode_params &params) : p(params) {
+     * are read once here. aux_offset: where the area after the rings and the merge area starts
+     * (a kernel built on this one may have rings of another size). */
+    FLP_DEV explicit decode_kernel(const flp_decode_params &params, int aux_offset = MAIN_BYTES)
+        : p(params) {
         smem = reinterpret_cast<unsigned char *>(dynamic_smem);
         s_acc = reinterpret_cast<float *>(smem);
         s_m = s_acc + NW * ROWS * D;
         s_l = s_m + NW * ROWS;
-        s_freq = reinterpret_cast<float *>(smem + MAIN_BYTES);
+        s_freq = reinterpret_cast<float *>(smem + aux_offset);
         s_row_pos = reinterpret_cast<int *>(s_freq + D / 2);
         s_row_slope = reinterpret_cast<float *>(s_row_pos + ROWS);
 

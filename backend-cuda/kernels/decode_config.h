@@ -35,4 +35,27 @@
     (FLP_CU_MAX_(FLP_CU_DECODE_RING_BYTES(kv_bytes), FLP_CU_DECODE_MERGE_BYTES(head_dim, rows)) +  \
      FLP_CU_DECODE_AUX_BYTES)
 
+/* The tensor-core decode kernel (decode_mma.cuh) exists for a 16-bit cache of the query dtype
+ * and for fp8 caches; it does not fuse RoPE. */
+#define FLP_CU_DECODE_MMA_DTYPES(q_dtype, kv_dtype)                                                \
+    ((q_dtype) == (kv_dtype) || (kv_dtype) == FLP_DT_E4M3 || (kv_dtype) == FLP_DT_E5M2)
+/* The tensor-core decode kernel: 8 query rows per pass; each warp streams its
+ * keys in stages of FLP_CU_DECODE_MMA_KEYS (one m16 tile of K and one of V) through a ring of
+ * about FLP_CU_DECODE_MMA_RING_BYTES per warp, 2 to 8 stages. */
+#define FLP_CU_DECODE_MMA_KEYS 16
+#define FLP_CU_DECODE_MMA_RING_BYTES 24576
+#define FLP_CU_DECODE_MMA_STAGE_BYTES(kv_bytes, head_dim)                                          \
+    (2 * FLP_CU_DECODE_MMA_KEYS * (head_dim) * (kv_bytes))
+#define FLP_CU_DECODE_MMA_STAGES(kv_bytes, head_dim)                                               \
+    (FLP_CU_DECODE_MMA_RING_BYTES / FLP_CU_DECODE_MMA_STAGE_BYTES(kv_bytes, head_dim) < 2 ? 2      \
+     : FLP_CU_DECODE_MMA_RING_BYTES / FLP_CU_DECODE_MMA_STAGE_BYTES(kv_bytes, head_dim) > 8        \
+         ? 8                                                                                       \
+         : FLP_CU_DECODE_MMA_RING_BYTES / FLP_CU_DECODE_MMA_STAGE_BYTES(kv_bytes, head_dim))
+#define FLP_CU_DECODE_MMA_MAIN_BYTES(kv_bytes, head_dim)                                           \
+    FLP_CU_MAX_(FLP_CU_DECODE_WARPS *FLP_CU_DECODE_MMA_STAGES(kv_bytes, head_dim) *                \
+                    FLP_CU_DECODE_MMA_STAGE_BYTES(kv_bytes, head_dim),                             \
+                FLP_CU_DECODE_MERGE_BYTES(head_dim, FLP_CU_DECODE_ROWS_LARGE))
+#define FLP_CU_DECODE_MMA_SMEM_BYTES(kv_bytes, head_dim)                                           \
+    (FLP_CU_DECODE_MMA_MAIN_BYTES(kv_bytes, head_dim) + FLP_CU_DECODE_AUX_BYTES)
+
 #endif /* FLP_CUDA_DECODE_CONFIG_H */

@@ -5,6 +5,8 @@
  * by the host, cu_launch.c):
  *   flp_decode_<q>_<kv>_d<D>_r<R>  q in {f16, bf16}, kv in {f16, bf16, e4m3, e5m2},
  *                                  D in {64, 128, 256}, R (query rows in registers) in {4, 8}
+ *   flp_decode_<q>_<kv>_d<D>_m8    the tensor-core decode kernel (empty for the pairs it does
+ *                                  not take, FLP_CU_DECODE_MMA_DTYPES)
  *   flp_decode_merge_<q>
  *   flp_prefill_<q>_<kv>_d<D>_t<T>  T (packed query rows per pass) in {16, 64, 128}
  *   flp_prefill_merge_<q>
@@ -22,6 +24,7 @@
 
 #include "core/decode_params.h"
 #include "backend-cuda/kernels/decode.cuh"
+#include "backend-cuda/kernels/decode_mma.cuh"
 #include "backend-cuda/kernels/decode_merge.cuh"
 #include "backend-cuda/kernels/prefill.cuh"
 #include "backend-cuda/kernels/prefill_merge.cuh"
@@ -30,6 +33,7 @@
 /* Minimum resident blocks per SM the register allocation must allow. */
 #define FLP_DECODE_MIN_BLOCKS_4 3
 #define FLP_DECODE_MIN_BLOCKS_8 2
+#define FLP_DECODE_MMA_MIN_BLOCKS 2
 /* Prefill: the register budget of 2 resident blocks (255 registers at 128 threads), 1 for the
  * 256-thread head_dim 256 tile-128 kernel. */
 #define FLP_PREFILL_MIN_BLOCKS(D, T) (FLP_CU_PREFILL_THREADS(D, T) > 128 ? 1 : 2)
@@ -51,6 +55,14 @@ template <int QDT, int KVDT, int D, int R, bool WANT> struct decode_entry {
     }
 };
 template <int QDT, int KVDT, int D, int R> struct decode_entry<QDT, KVDT, D, R, false> {
+    FLP_DEV static void run(const flp_decode_params &) {}
+};
+template <int QDT, int KVDT, int D, bool WANT> struct decode_mma_entry {
+    FLP_DEV static void run(const flp_decode_params &p) {
+        decode_mma_body<QDT, KVDT, D>(p);
+    }
+};
+template <int QDT, int KVDT, int D> struct decode_mma_entry<QDT, KVDT, D, false> {
     FLP_DEV static void run(const flp_decode_params &) {}
 };
 template <int QDT, int KVDT, int D, int T, bool WANT> struct prefill_entry {
@@ -94,10 +106,18 @@ template <int QDT> struct merge_entry<QDT, false> {
         flp_decode_##QN##_##KVN##_d##D##_r##R(const __grid_constant__ flp_decode_params p) {       \
         flp::decode_entry<QDT, KVDT, D, R, FLP_WANT_CONFIG(QDT, KVDT, D)>::run(p);                 \
     }
+#define FLP_DECODE_MMA_KERNEL(QN, QDT, KVN, KVDT, D)                                               \
+    extern "C" __global__ void __launch_bounds__(FLP_CU_DECODE_THREADS, FLP_DECODE_MMA_MIN_BLOCKS) \
+        flp_decode_##QN##_##KVN##_d##D##_m8(const __grid_constant__ flp_decode_params p) {         \
+        flp::decode_mma_entry<QDT, KVDT, D,                                                        \
+                              FLP_WANT_CONFIG(QDT, KVDT, D) &&                                     \
+                                  FLP_CU_DECODE_MMA_DTYPES(QDT, KVDT)>::run(p);                    \
+    }
 #define FLP_DECODE_KERNELS_QKV(QN, QDT, KVN, KVDT, D)                                              \
     FLP_DECODE_KERNEL(QN, QDT, KVN, KVDT, D, 4)                                                    \
-    FLP_DECODE_KERNEL(QN, QDT, KVN, KVDT, D, 8)
-/* The decode kernels of head dim D: every dtype pair, R = 4 and 8. */
+    FLP_DECODE_KERNEL(QN, QDT, KVN, KVDT, D, 8)                                                    \
+    FLP_DECODE_MMA_KERNEL(QN, QDT, KVN, KVDT, D)
+/* The decode kernels of head dim D: every dtype pair, R = 4 and 8, and the tensor-core one. */
 #define FLP_DECODE_KERNELS(D) FLP_FOR_DTYPE_PAIRS(FLP_DECODE_KERNELS_QKV, D)
 
 #define FLP_PREFILL_KERNEL(QN, QDT, KVN, KVDT, D, T)                                               \

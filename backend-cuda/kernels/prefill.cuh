@@ -70,14 +70,6 @@ struct prefill_pass {
     long long mask_base; /* bit index of the request's mask */
 };
 
-template <int DT>
-FLP_DEV void mma_16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-    if constexpr (DT == FLP_DT_BF16)
-        mma_bf16_16816(d, a, b0, b1);
-    else
-        mma_f16_16816(d, a, b0, b1);
-}
-
 /* Query positions and ALiBi slopes (log2 units) of a thread's rows: [mt][half] = local row
  * wm * 16 * MT + mt * 16 + lg + 8 * half of the pass. */
 template <int MT> struct prefill_rows {

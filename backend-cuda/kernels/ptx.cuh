@@ -98,6 +98,15 @@ FLP_DEV void mma_bf16_16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, 
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+/* movmatrix .trans: an 8 x 8 b16 matrix held in the fragment layout (lane l: row l/4, columns
+ * 2(l%4) and 2(l%4)+1) transposed across the warp: lane l gets (rows 2(l%4), 2(l%4)+1; column
+ * l/4), low half first. */
+FLP_DEV unsigned movmatrix_trans(unsigned x) {
+    unsigned r;
+    asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(r) : "r"(x));
+    return r;
+}
+
 /* ---- conversions (sm_80 cvt) ---------------------------------------------------------- */
 
 FLP_DEV void f16x2_to_f32(unsigned w, float &lo, float &hi) {
