@@ -345,8 +345,9 @@ static void test_decode_kernel_choice(void **state) {
         flp_decode_kernel asked;
         bool matrix;
     } cases[] = {
-        {8, 2, 1, FLP_DECODE_KERNEL_AUTO, false},  {8, 2, 2, FLP_DECODE_KERNEL_AUTO, true},
-        {8, 1, 1, FLP_DECODE_KERNEL_AUTO, true},   {8, 1, 1, FLP_DECODE_KERNEL_VECTOR, false},
+        {8, 2, 1, FLP_DECODE_KERNEL_AUTO, false},  {8, 2, 2, FLP_DECODE_KERNEL_AUTO, false},
+        {8, 1, 1, FLP_DECODE_KERNEL_AUTO, false},  {8, 1, 2, FLP_DECODE_KERNEL_AUTO, true},
+        {9, 1, 1, FLP_DECODE_KERNEL_AUTO, true},   {8, 1, 1, FLP_DECODE_KERNEL_VECTOR, false},
         {4, 4, 1, FLP_DECODE_KERNEL_MATRIX, true}, {7, 1, 2, FLP_DECODE_KERNEL_AUTO, true},
         {7, 1, 1, FLP_DECODE_KERNEL_AUTO, false},
     };

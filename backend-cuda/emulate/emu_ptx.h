@@ -227,6 +227,13 @@ inline void mma_bf16_16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, u
     emu_mma(d, a, b0, b1, true);
 }
 
+inline unsigned mul_f16x2(unsigned a, unsigned b) {
+    const float lo =
+        flp_f16_to_f32((uint16_t)(a & 0xffffu)) * flp_f16_to_f32((uint16_t)(b & 0xffffu));
+    const float hi = flp_f16_to_f32((uint16_t)(a >> 16)) * flp_f16_to_f32((uint16_t)(b >> 16));
+    return (unsigned)flp_f32_to_f16(lo) | (unsigned)flp_f32_to_f16(hi) << 16;
+}
+
 inline void f16x2_to_f32(unsigned w, float &lo, float &hi) {
     lo = flp_f16_to_f32((uint16_t)(w & 0xffffu));
     hi = flp_f16_to_f32((uint16_t)(w >> 16));

@@ -145,6 +145,20 @@ FLP_DEV void e4m3x4_to_f16x2_div256(unsigned w, unsigned &lo, unsigned &hi) {
     hi = ((b & 0x007f007fu) << 7) | ((b & 0x00800080u) << 8);
 }
 
+/* Four e4m3 bytes as two f16x2 words of their values (every e4m3 value is an f16, so exact):
+ * one cvt per pair where the device has it (sm_89), else the shift above and a product by 2^8. */
+FLP_DEV void e4m3x4_to_f16x2(unsigned w, unsigned &lo, unsigned &hi) {
+#ifdef FLP_HAVE_CVT_E4M3X2
+    lo = cvt_f16x2_e4m3x2(w & 0xffffu);
+    hi = cvt_f16x2_e4m3x2(w >> 16);
+#else
+    constexpr unsigned k256 = 0x5c005c00u; /* 2^8 in both f16 halves */
+    e4m3x4_to_f16x2_div256(w, lo, hi);
+    lo = mul_f16x2(lo, k256);
+    hi = mul_f16x2(hi, k256);
+#endif
+}
+
 /* Four e5m2 bytes as two f16x2 words: an e5m2 byte is the high byte of the f16 of the same
  * value. */
 FLP_DEV void e5m2x4_to_f16x2(unsigned w, unsigned &lo, unsigned &hi) {
@@ -237,9 +251,9 @@ template <> struct kv_traits<FLP_DT_E4M3> {
     static constexpr int bytes = 1;
     static constexpr bool fp8 = true;
     static constexpr float raw_factor = 256.0f;
-    /* Four elements as two f16x2 words (times 1 / raw_factor). */
+    /* Four elements as two f16x2 words of their values (raw_factor is load8's only). */
     FLP_DEV static void to_f16x2(unsigned w, unsigned &lo, unsigned &hi) {
-        e4m3x4_to_f16x2_div256(w, lo, hi);
+        e4m3x4_to_f16x2(w, lo, hi);
     }
     FLP_DEV static void load8(const unsigned char *p, float (&f)[8]) {
         const u32x2 r = *reinterpret_cast<const u32x2 *>(p);
@@ -280,6 +294,11 @@ template <> struct kv_traits<FLP_DT_E5M2> {
 template <int DT> FLP_DEV float kv_factor(float scale) {
     using KV = kv_traits<DT>;
     return KV::fp8 ? (scale != 0.0f ? scale : 1.0f) * KV::raw_factor : 1.0f;
+}
+
+/* The same for values decoded by to_f16x2 (no raw factor). */
+template <int DT> FLP_DEV float kv_factor_f16(float scale) {
+    return kv_traits<DT>::fp8 ? (scale != 0.0f ? scale : 1.0f) : 1.0f;
 }
 
 /* ---- run-time dtype codes and exact encoders (the KV append) ------------------------------ */

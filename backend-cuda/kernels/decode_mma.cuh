@@ -8,13 +8,14 @@
  * - O^T += V^T P^T: head dims are the M side (A: V by ldmatrix.trans), P^T the B side: the S^T
  *   accumulators (row = key) become B fragments (row = query) with one movmatrix.trans per 8
  *   keys;
- * - fp8 caches: ldmatrix moves raw bytes; a lane gets 4 consecutive elements of one key, turned
- *   into f16 pairs exactly (e4m3 times 2^-8, folded into the scales). For K the order of the
- *   head dims inside a k16 step does not matter as long as Q's fragment uses the same one
- *   (elements 4c..4c+3 of a 16-element chunk become k = 2c, 2c+1, 2c+8, 2c+9). For V the
- *   dims are the M side: each 8 x 8 block of pairs is transposed with movmatrix, which puts
- *   the dims of the output rows in a known order (out_dim). The products are f16 x f16, so a
- *   bf16 query is rounded to f16 (|q| <= 65504, docs/kernels/decode.md);
+ * - fp8 caches: ldmatrix moves raw bytes; a lane gets 4 consecutive elements of one key,
+ *   turned into f16 pairs of the same values (exact; one cvt per pair for e4m3 from sm_89).
+ *   For K the order of the head dims inside a k16 step does not matter as long as Q's
+ *   fragment uses the same one (elements 4c..4c+3 of a 16-element chunk become k = 2c, 2c+1,
+ *   2c+8, 2c+9). For V the dims are the M side: each 8 x 8 block of pairs is transposed with
+ *   movmatrix, which puts the dims of the output rows in a known order (out_dim). The
+ *   products are f16 x f16, so a bf16 query is rounded to f16 (|q| <= 65504,
+ *   docs/kernels/decode.md);
  * - each warp takes a contiguous share of the item's keys and streams it through its own ring
  *   of cp.async stages (16 keys of K and V each; a __syncwarp after the wait, because ldmatrix
  *   reads the lines other lanes copied); K and V rows are stored with their 16-byte chunks
@@ -95,6 +96,12 @@ struct decode_mma_kernel : decode_kernel<QDT, KVDT, D, FLP_CU_DECODE_ROWS_LARGE>
     FLP_DEV explicit decode_mma_kernel(const flp_decode_params &params) : base(params, MAIN_BYTES) {
         g = this->lane >> 2;
         c = this->lane & 3;
+        /* K and V go through to_f16x2 (their values), not load8 (e4m3 times 2^-8): the fp8
+         * factors without the raw one. */
+        const flp_decode_plan_info *info = this->plan_info();
+        this->q_factor = logit_factor(info->sm_scale, kv_factor_f16<KVDT>(info->k_scale),
+                                      this->softcap, info->soft_cap);
+        this->v_factor = kv_factor_f16<KVDT>(info->v_scale);
     }
 
     /* Byte offset of chunk `chunk` of key row `key` in a K or V tile: the chunk index XORed
@@ -280,6 +287,8 @@ struct decode_mma_kernel : decode_kernel<QDT, KVDT, D, FLP_CU_DECODE_ROWS_LARGE>
      * scaled for the soft cap): s[0..1] key g, rows 2c, 2c+1; s[2..3] key g+8. */
     FLP_DEV void compute_scores(const decode_mma_ring &rg, const q_frag &qf, float (&s)[4]) const {
         const unsigned k_tile = rg.base + static_cast<unsigned>(rg.slot_use * STAGE_BYTES);
+        /* two accumulators, even and odd k steps: two dependent mma chains of half the length */
+        float s1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         s[0] = s[1] = s[2] = s[3] = 0.0f;
 #pragma unroll
         for (int j = 0; j < LOADS; j++) {
@@ -293,14 +302,16 @@ struct decode_mma_kernel : decode_kernel<QDT, KVDT, D, FLP_CU_DECODE_ROWS_LARGE>
                 KV::to_f16x2(r[2], b[0], b[2]);
                 KV::to_f16x2(r[3], b[1], b[3]);
                 mma_f16_16816(s, a, qf[2 * j][0], qf[2 * j][1]);
-                mma_f16_16816(s, b, qf[2 * j + 1][0], qf[2 * j + 1][1]);
-            } else {
+                mma_f16_16816(s1, b, qf[2 * j + 1][0], qf[2 * j + 1][1]);
+            } else if (j % 2 == 0) {
                 mma_16816<CDT>(s, r, qf[j][0], qf[j][1]);
+            } else {
+                mma_16816<CDT>(s1, r, qf[j][0], qf[j][1]);
             }
         }
 #pragma unroll
         for (int i = 0; i < 4; i++)
-            s[i] *= this->q_factor;
+            s[i] = (s[i] + s1[i]) * this->q_factor;
     }
 
     /* mask_scores: soft cap and ALiBi, then the causal, window and warp-range bounds, only on a

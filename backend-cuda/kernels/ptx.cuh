@@ -109,6 +109,23 @@ FLP_DEV unsigned movmatrix_trans(unsigned x) {
 
 /* ---- conversions (sm_80 cvt) ---------------------------------------------------------- */
 
+/* f16x2 product, rounded to nearest even. */
+FLP_DEV unsigned mul_f16x2(unsigned a, unsigned b) {
+    unsigned r;
+    asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+/* Two e4m3 values (the low 16 bits of w) as an f16x2 of the same values, exact (sm_89 cvt). */
+FLP_DEV unsigned cvt_f16x2_e4m3x2(unsigned w) {
+    unsigned r;
+    asm("{\n .reg .b16 t;\n cvt.u16.u32 t, %1;\n cvt.rn.f16x2.e4m3x2 %0, t;\n}" : "=r"(r) : "r"(w));
+    return r;
+}
+#define FLP_HAVE_CVT_E4M3X2 1
+#endif
+
 FLP_DEV void f16x2_to_f32(unsigned w, float &lo, float &hi) {
     asm("{\n .reg .b16 l, h;\n mov.b32 {l, h}, %2;\n cvt.f32.f16 %0, l;\n cvt.f32.f16 %1, h;\n}"
         : "=f"(lo), "=f"(hi)

@@ -261,8 +261,10 @@ typedef enum flp_decode_kernel {
      * FLP_DECODE_MATRIX_MIN_ROWS, else VECTOR. Vulkan: VECTOR (its prefill pipelines are far
      * slower on decode batches). */
     FLP_DECODE_KERNEL_AUTO = 0,
-    /* The decode kernel: each key's dot products on the vector units (CUDA cores, Vulkan
-     * invocations); best for few rows per KV head. */
+    /* The decode kernel: the decode scheduler's work items, 8 query rows per pass over the
+     * keys. CUDA: tensor cores (the rows are the narrow side of the matrix tiles) for a cache
+     * of the query dtype or fp8, else CUDA cores; Vulkan: invocations. Best up to 8 rows per
+     * KV head. */
     FLP_DECODE_KERNEL_VECTOR = 1,
     /* The prefill kernel over the decode batch: matrix products of 16-row query tiles (tensor
      * cores; on Vulkan the prefill pipeline); best for speculative decoding and large GQA
@@ -270,8 +272,9 @@ typedef enum flp_decode_kernel {
     FLP_DECODE_KERNEL_MATRIX = 2,
 } flp_decode_kernel;
 
-/* FLP_DECODE_KERNEL_AUTO picks the matrix kernel from this many query rows per KV head (CUDA). */
-#define FLP_DECODE_MATRIX_MIN_ROWS 8
+/* FLP_DECODE_KERNEL_AUTO picks the matrix kernel from this many query rows per KV head (CUDA):
+ * beyond the decode kernel's 8 rows per pass. */
+#define FLP_DECODE_MATRIX_MIN_ROWS 9
 
 typedef struct flp_plan_desc {
     int32_t max_batch_size; /* requests per plan (required, > 0) */
