@@ -29,8 +29,9 @@
  *
  * Stages (methods of decode_mma_kernel; decode_mma_body strings them together):
  *   next_item (decode.cuh), item_keys               the item, this warp's keys and K/V bases
- *   load_row_data (decode.cuh), load_q_fragments    per block of 8 rows: positions, Q, bounds
+ *   load_row_data (decode.cuh)                      per block of 8 rows: positions, slopes
  *   start_ring                                      lookup_pages + issue_copies, STAGES - 1 deep
+ *   load_q_fragments                                Q as B fragments, the rows' key bounds
  *   per stage: wait_stage, issue_copies (refill), lookup_pages (one stage ahead),
  *              compute_scores, mask_scores, softmax_update, accumulate_pv
  *   share_state, then decode.cuh's store_output     the warps' states, combined in warp order */
@@ -434,6 +435,9 @@ template <int QDT, int KVDT, int D> FLP_DEV void decode_mma_body(const flp_decod
         for (int rb = 0; rb < kern.nrows; rb += K::ROWS) {
             kern.load_row_data(it, rb);
             __syncthreads(); /* row data visible; the last block's merge reads done */
+            /* The first stages' copies go out before the query loads, whose latency they hide. */
+            decode_mma_ring rg;
+            kern.start_ring(it, w, rg);
             typename K::q_frag qf;
             decode_mma_rows rows;
             kern.load_q_fragments(it, w, rb, qf, rows);
@@ -443,8 +447,6 @@ template <int QDT, int KVDT, int D> FLP_DEV void decode_mma_body(const flp_decod
             for (int mt = 0; mt < K::KSTEPS; mt++)
                 o[mt][0] = o[mt][1] = o[mt][2] = o[mt][3] = 0.0f;
 
-            decode_mma_ring rg;
-            kern.start_ring(it, w, rg);
             for (int stage = 0; stage < rg.nstages; ++stage) {
                 K::wait_stage();
                 /* Refill the slot consumed last stage (every lane is past it: wait_stage's
