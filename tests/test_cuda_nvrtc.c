@@ -13,6 +13,7 @@
 #include "backend-cuda/cu_backend.h"
 #include "backend-cuda/cu_embedded.h"
 #include "backend-cuda/cu_nvrtc.h"
+#include "backend-cuda/kernels/decode_config.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -202,6 +203,41 @@ static void test_bad_arguments(void **state) {
     assert_int_equal(flp_cu_config_index(FLP_DTYPE_F16, FLP_DTYPE_I32, 128), -1);
 }
 
+/* Which decode kernel a launch gets: the tensor-core one for a cache of the query dtype or fp8,
+ * whatever the rows; the CUDA-core ones (4 or 8 rows in registers) for mixed 16-bit dtypes or
+ * under FLP_CUDA_DECODE_CORES=1 (read once per process). */
+static void test_decode_kernel_choice(void **state) {
+    (void)state;
+    const char *cores_env = getenv("FLP_CUDA_DECODE_CORES");
+    const bool cores = cores_env && strcmp(cores_env, "1") == 0;
+    static const struct {
+        int32_t q, kv, group, max_qo_len;
+        bool tensor; /* without FLP_CUDA_DECODE_CORES */
+    } cases[] = {
+        {FLP_DTYPE_BF16, FLP_DTYPE_BF16, 4, 1, true}, {FLP_DTYPE_F16, FLP_DTYPE_F16, 8, 4, true},
+        {FLP_DTYPE_BF16, FLP_DTYPE_E4M3, 1, 1, true}, {FLP_DTYPE_F16, FLP_DTYPE_E5M2, 4, 2, true},
+        {FLP_DTYPE_F16, FLP_DTYPE_BF16, 4, 1, false}, {FLP_DTYPE_BF16, FLP_DTYPE_F16, 4, 2, false},
+        {FLP_DTYPE_F16, FLP_DTYPE_E4M3, 16, 8, true},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        flp_decode_launch launch = {.q_dtype = cases[i].q,
+                                    .kv_dtype = cases[i].kv,
+                                    .head_dim = 128,
+                                    .group_size = cases[i].group,
+                                    .max_qo_len = cases[i].max_qo_len};
+        const int rows = cases[i].group * cases[i].max_qo_len;
+        const int expect = cases[i].tensor && !cores         ? FLP_CU_DECODE_TENSOR
+                           : rows > FLP_CU_DECODE_ROWS_SMALL ? FLP_CU_DECODE_CORES_LARGE
+                                                             : FLP_CU_DECODE_CORES_SMALL;
+        if (flp_cu_decode_variant(&launch) != expect)
+            fail_msg("case %zu: q %d kv %d rows %d: kernel %d, expected %d", i, (int)cases[i].q,
+                     (int)cases[i].kv, rows, flp_cu_decode_variant(&launch), expect);
+        /* the tensor-core kernel's shared memory holds the CUDA-core algorithm's (RoPE) */
+        assert_true(flp_cu_decode_smem_bytes(cases[i].kv, 128, FLP_CU_DECODE_TENSOR) >=
+                    flp_cu_decode_smem_bytes(cases[i].kv, 128, FLP_CU_DECODE_CORES_LARGE));
+    }
+}
+
 /* What the build embedded: a fatbin for every kernel unit the host loads, and the source with
  * every quoted include inlined. */
 static void test_embedded_artifacts(void **state) {
@@ -239,7 +275,7 @@ int main(void) {
         cmocka_unit_test(test_embedded_artifacts),    cmocka_unit_test(test_bad_arguments),
         cmocka_unit_test(test_compile_error_has_log), cmocka_unit_test(test_compile_sm80),
         cmocka_unit_test(test_compile_sm90a),         cmocka_unit_test(test_ptx_for_unknown_arch),
-        cmocka_unit_test(test_compile_full),
+        cmocka_unit_test(test_compile_full),          cmocka_unit_test(test_decode_kernel_choice),
     };
     return cmocka_run_group_tests_name("cuda_nvrtc", tests, NULL, NULL);
 }
