@@ -84,7 +84,7 @@ bool flp_cu_decode_kernel_name(int32_t q_dtype, int32_t kv_dtype, int32_t head_d
 }
 
 unsigned flp_cu_decode_smem_bytes(int32_t kv_dtype, int32_t head_dim, int kernel) {
-    const int kv_bytes = kv_dtype == FLP_DTYPE_E4M3 || kv_dtype == FLP_DTYPE_E5M2 ? 1 : 2;
+    const int kv_bytes = (int)flp_dtype_size((flp_dtype)kv_dtype);
     if (kernel == FLP_CU_DECODE_TENSOR)
         return (unsigned)FLP_CU_DECODE_MMA_SMEM_BYTES(kv_bytes, (int)head_dim);
     const int rows =

@@ -48,8 +48,8 @@ void add(int q, int kv, int d, entry_fn small, entry_fn large, entry_fn tensor) 
         std::fprintf(stderr, "emulator: no configuration %d/%d/%d\n", q, kv, d);
         std::abort();
     }
-    decode_table[index][0] = small;
-    decode_table[index][1] = large;
+    decode_table[index][FLP_CU_DECODE_CORES_SMALL] = small;
+    decode_table[index][FLP_CU_DECODE_CORES_LARGE] = large;
     decode_table[index][FLP_CU_DECODE_TENSOR] = tensor;
 }
 

@@ -291,14 +291,13 @@ template <> struct kv_traits<FLP_DT_E5M2> {
 /* What raw decoded K or V values of dtype DT are multiplied by: the fp8 per-tensor scale (0
  * means 1) times the raw decode's factor; 1 for 16-bit types. Kernels fold the key factor into
  * the logit scale and the value factor into the output. */
-template <int DT> FLP_DEV float kv_factor(float scale) {
-    using KV = kv_traits<DT>;
-    return KV::fp8 ? (scale != 0.0f ? scale : 1.0f) * KV::raw_factor : 1.0f;
-}
-
 /* The same for values decoded by to_f16x2 (no raw factor). */
 template <int DT> FLP_DEV float kv_factor_f16(float scale) {
     return kv_traits<DT>::fp8 ? (scale != 0.0f ? scale : 1.0f) : 1.0f;
+}
+
+template <int DT> FLP_DEV float kv_factor(float scale) {
+    return kv_factor_f16<DT>(scale) * kv_traits<DT>::raw_factor; /* raw_factor 1 for 16-bit */
 }
 
 /* ---- run-time dtype codes and exact encoders (the KV append) ------------------------------ */

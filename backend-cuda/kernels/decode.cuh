@@ -186,6 +186,23 @@ template <int QDT, int KVDT, int D, int ROWS> struct decode_kernel {
         v_slot = p.v_stride_slot * KV::bytes;
     }
 
+    /* The keys [lo, hi] of the warp's range [wb, we) that a query row at position pos keeps:
+     * clipped by the causal and window bounds (valid: a row of the group; rows past it keep
+     * the warp's range only, so that its zero-filled tail does not count). */
+    FLP_DEV void row_key_bounds(int wb, int we, int pos, bool valid, int &lo, int &hi) const {
+        lo = wb;
+        hi = we - 1;
+        if (!valid)
+            return;
+        if (flags & FLP_FLAG_CAUSAL)
+            hi = min(hi, pos);
+        if (flags & FLP_FLAG_WINDOW) {
+            const long long first_kept = static_cast<long long>(pos) - window_left;
+            if (first_kept > lo)
+                lo = static_cast<int>(first_kept);
+        }
+    }
+
     FLP_DEV const flp_decode_plan_info *plan_info() const {
         return reinterpret_cast<const flp_decode_plan_info *>(p.plan);
     }
@@ -270,23 +287,13 @@ template <int QDT, int KVDT, int D, int ROWS> struct decode_kernel {
 #pragma unroll
                 for (int i = 0; i < VEC; i++)
                     q.q[r][i] = x[i] * q_factor;
-                q.lo[r] = it.wb;
-                q.hi[r] = it.we - 1;
-                if (flags & FLP_FLAG_CAUSAL)
-                    q.hi[r] = min(q.hi[r], pos);
-                if (flags & FLP_FLAG_WINDOW) {
-                    const long long first_kept = static_cast<long long>(pos) - window_left;
-                    if (first_kept > q.lo[r])
-                        q.lo[r] = static_cast<int>(first_kept);
-                }
+                row_key_bounds(it.wb, it.we, pos, true, q.lo[r], q.hi[r]);
             } else {
-                /* A row past the group: zero query, never written; only the warp range
-                 * applies (its zero-filled tail must not count). */
+                /* A row past the group: zero query, never written. */
 #pragma unroll
                 for (int i = 0; i < VEC; i++)
                     q.q[r][i] = 0.0f;
-                q.lo[r] = it.wb;
-                q.hi[r] = it.we - 1;
+                row_key_bounds(it.wb, it.we, 0, false, q.lo[r], q.hi[r]);
             }
         }
         q.lo_all = q.lo[0];

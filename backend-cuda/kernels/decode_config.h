@@ -23,6 +23,7 @@
 #define FLP_CU_DECODE_ROWS_LARGE 8
 
 #define FLP_CU_MAX_(a, b) ((a) > (b) ? (a) : (b))
+#define FLP_CU_MIN_(a, b) ((a) < (b) ? (a) : (b))
 /* K and V rings of all warps. */
 #define FLP_CU_DECODE_RING_BYTES(kv_bytes)                                                         \
     (FLP_CU_DECODE_WARPS * FLP_CU_DECODE_RING_STEPS * 32 * FLP_CU_DECODE_VEC * (kv_bytes)*2)
@@ -47,10 +48,8 @@
 #define FLP_CU_DECODE_MMA_STAGE_BYTES(kv_bytes, head_dim)                                          \
     (2 * FLP_CU_DECODE_MMA_KEYS * (head_dim) * (kv_bytes))
 #define FLP_CU_DECODE_MMA_STAGES(kv_bytes, head_dim)                                               \
-    (FLP_CU_DECODE_MMA_RING_BYTES / FLP_CU_DECODE_MMA_STAGE_BYTES(kv_bytes, head_dim) < 2 ? 2      \
-     : FLP_CU_DECODE_MMA_RING_BYTES / FLP_CU_DECODE_MMA_STAGE_BYTES(kv_bytes, head_dim) > 8        \
-         ? 8                                                                                       \
-         : FLP_CU_DECODE_MMA_RING_BYTES / FLP_CU_DECODE_MMA_STAGE_BYTES(kv_bytes, head_dim))
+    FLP_CU_MAX_(2, FLP_CU_MIN_(8, FLP_CU_DECODE_MMA_RING_BYTES /                                   \
+                                      FLP_CU_DECODE_MMA_STAGE_BYTES(kv_bytes, head_dim)))
 #define FLP_CU_DECODE_MMA_MAIN_BYTES(kv_bytes, head_dim)                                           \
     FLP_CU_MAX_(FLP_CU_DECODE_WARPS *FLP_CU_DECODE_MMA_STAGES(kv_bytes, head_dim) *                \
                     FLP_CU_DECODE_MMA_STAGE_BYTES(kv_bytes, head_dim),                             \

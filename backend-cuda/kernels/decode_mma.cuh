@@ -164,20 +164,10 @@ struct decode_mma_kernel : decode_kernel<QDT, KVDT, D, FLP_CU_DECODE_ROWS_LARGE>
 #pragma unroll
         for (int i = 0; i < 2; i++) {
             const int r = 2 * c + i;
-            rows.lo[i] = w.wb;
-            rows.hi[i] = w.we - 1;
             rows.pos[i] = this->s_row_pos[r];
             rows.slope[i] = this->s_row_slope[r];
-            if (rb + r < this->nrows) {
-                if (this->flags & FLP_FLAG_CAUSAL)
-                    rows.hi[i] = min(rows.hi[i], rows.pos[i]);
-                if (this->flags & FLP_FLAG_WINDOW) {
-                    const long long first_kept =
-                        static_cast<long long>(rows.pos[i]) - this->window_left;
-                    if (first_kept > rows.lo[i])
-                        rows.lo[i] = static_cast<int>(first_kept);
-                }
-            }
+            this->row_key_bounds(w.wb, w.we, rows.pos[i], rb + r < this->nrows, rows.lo[i],
+                                 rows.hi[i]);
         }
         /* Over the 4 lanes of a key row: every row of the block. */
         int lo_all = max(rows.lo[0], rows.lo[1]), hi_all = min(rows.hi[0], rows.hi[1]);
