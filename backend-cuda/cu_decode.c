@@ -28,7 +28,7 @@ flp_status flp_cu_decode_run(flp_context *ctx, const flp_decode_launch *launch) 
     }
     /* Always: the merge returns at once for requests the current plan does not split. */
     r = st->cu->cuLaunchKernel(cfg->merge, (unsigned)launch->merge_grid, 1, 1, FLP_CU_MERGE_THREADS,
-                               1, 1, 0, st->stream, args, NULL);
+                               1, 1, FLP_CU_MERGE_SMEM_BYTES, st->stream, args, NULL);
     flp_cu_leave(ctx);
     if (r != CUDA_SUCCESS)
         return flp_cu_fail(ctx, st->cu, r, "%s: cuLaunchKernel(merge, %d blocks)", fn,

@@ -86,8 +86,8 @@ extern "C" void flp_emu_decode(const flp_decode_launch *launch, uint64_t seed) {
                     FLP_CU_DECODE_THREADS, smem_base, smem, sizeof flp::dynamic_smem, seed);
     entry_fn merge =
         launch->q_dtype == FLP_DT_BF16 ? merge_entry<FLP_DT_BF16> : merge_entry<FLP_DT_F16>;
-    flp_emu::launch(merge, p, (unsigned)launch->merge_grid, FLP_CU_MERGE_THREADS, smem_base, 0,
-                    sizeof flp::dynamic_smem, seed + 1);
+    flp_emu::launch(merge, p, (unsigned)launch->merge_grid, FLP_CU_MERGE_THREADS, smem_base,
+                    FLP_CU_MERGE_SMEM_BYTES, sizeof flp::dynamic_smem, seed + 1);
 }
 
 /* ---- prefill, its merge, the KV append ---------------------------------------------------- */

@@ -15,7 +15,9 @@
 #define FLP_CU_DECODE_RING_STEPS 12
 /* Shared memory after the ring/merge area: RoPE frequencies [head_dim / 2] and per-row data. */
 #define FLP_CU_DECODE_AUX_BYTES 1024
-#define FLP_CU_MERGE_THREADS 64
+#define FLP_CU_MERGE_THREADS 128
+/* The merge's shared memory: one partial fold (struct chunk_merge4, 6 floats) per thread. */
+#define FLP_CU_MERGE_SMEM_BYTES (FLP_CU_MERGE_THREADS * 6 * 4)
 
 /* Query rows (query heads x query tokens) held in registers at once: kernels exist for 4 and
  * 8; the host picks 4 when qo_len * group_size <= 4. */

@@ -1,13 +1,19 @@
 /* Merge of split-KV partial states (decode kernel spec): block w handles request
  * b = w / num_qo_heads and query head h = w % num_qo_heads for all qo_len rows, and merges the
- * request's chunks in chunk order (merge_chunks4, merge_state.cuh). */
+ * request's chunks (fold_chunks4, merge_state.cuh): with fewer output columns than threads, in
+ * interleaved subsets by groups of threads, whose folds are then combined in group order (fixed:
+ * the result does not depend on timing). */
 #ifndef FLP_CUDA_DECODE_MERGE_CUH
 #define FLP_CUDA_DECODE_MERGE_CUH
 
+#include "backend-cuda/kernels/decode_config.h"
 #include "backend-cuda/kernels/merge_state.cuh"
 #include "core/decode_params.h"
 
 namespace flp {
+
+static_assert(sizeof(chunk_merge4) * FLP_CU_MERGE_THREADS == FLP_CU_MERGE_SMEM_BYTES,
+              "merge shared memory");
 
 template <int QDT> FLP_DEV void merge_body(const flp_decode_params &p) {
     const flp_decode_plan_info *info = reinterpret_cast<const flp_decode_plan_info *>(p.plan);
@@ -33,14 +39,40 @@ template <int QDT> FLP_DEV void merge_body(const flp_decode_params &p) {
     const int nrows = qo_len * group;
     const int quads = head_dim / 4;
 
-    for (int u = threadIdx.x; u < qo_len * quads; u += blockDim.x) {
+    /* With fewer output columns than threads, G = 2, 4, ... groups of threads take every G-th
+     * chunk each (G times the loads in flight), and the groups' folds are combined in group
+     * order through shared memory. */
+    const int units = qo_len * quads;
+    int groups = 1;
+    while (2 * groups * units <= FLP_CU_MERGE_THREADS)
+        groups *= 2;
+    chunk_merge4 *s_fold = reinterpret_cast<chunk_merge4 *>(dynamic_smem); /* [groups][units] */
+    const int tid = static_cast<int>(threadIdx.x);
+    for (int u0 = 0; u0 < units; u0 += FLP_CU_MERGE_THREADS / groups) {
+        const int grp = tid / (FLP_CU_MERGE_THREADS / groups);
+        const int u = u0 + tid % (FLP_CU_MERGE_THREADS / groups);
         const int qi = u / quads;
         const int d = (u - qi * quads) * 4;
         const int j = qi * group + hh;
-        float s, o[4];
         const long long first_row = static_cast<long long>(first_slot + g * chunks) * nrows + j;
-        merge_chunks4(partial_lse, partial_o, first_row, nrows, chunks, head_dim, d, s, o);
-        merge_store4<QDT>(p, static_cast<long long>(b) * qo_len + qi, h, d, o, s);
+        chunk_merge4 st = empty_chunk_merge4();
+        if (u < units)
+            fold_chunks4(partial_lse, partial_o, first_row, nrows, chunks, grp, groups, head_dim, d,
+                         st);
+        if (groups > 1) {
+            s_fold[tid] = st;
+            __syncthreads();
+            if (grp == 0) {
+                for (int k = 1; k < groups; k++)
+                    combine_chunk_merge4(st, s_fold[k * (FLP_CU_MERGE_THREADS / groups) + tid]);
+            }
+            __syncthreads(); /* the folds are read before the next columns' overwrite them */
+        }
+        if (grp == 0 && u < units) {
+            float s, o[4];
+            finish_chunk_merge4(st, s, o);
+            merge_store4<QDT>(p, static_cast<long long>(b) * qo_len + qi, h, d, o, s);
+        }
     }
 }
 

@@ -81,53 +81,99 @@ FLP_DEV void combine_states(const float *m, const float *l, int stride, const fl
  * merged in 30 us with one chunk at a time on an H100. */
 constexpr int kMergeBatch = FLP_MERGE_BATCH;
 
-/* Merges the `chunks` states of one output row in chunk order: chunk c's lse at
- * partial_lse[row(c)] and output columns d..d+3 at partial_o + row(c) * head_dim + d, row(c) =
- * first_row + c * row_stride. Two passes: the largest lse, then the weights exp(lse - max) and
- * the weighted sum: the merge operator applied to all chunks at once, equal to folding them
- * pairwise up to rounding, and dependent on the chunk order only. Gives lse s and columns o (-inf
- * and 0 when no chunk kept a key; the output of such a chunk is not read). */
-FLP_DEV void merge_chunks4(const float *partial_lse, const float *partial_o, long long first_row,
-                           long long row_stride, int chunks, int head_dim, int d, float &s,
-                           float (&o)[4]) {
-    float mx = neg_inf();
-    for (int c0 = 0; c0 < chunks; c0 += kMergeBatch) {
-#pragma unroll
-        for (int i = 0; i < kMergeBatch; i++)
-            if (c0 + i < chunks)
-                mx = fmaxf(mx, partial_lse[first_row + (c0 + i) * row_stride]);
-    }
+/* A partial merge of split-KV chunk states of one output row: the largest lse so far (-inf
+ * before any chunk that kept a key), the sum of the chunks' weights exp(lse - m) and their
+ * weighted columns d..d+3 (not yet divided by the sum). */
+struct chunk_merge4 {
+    float m, sum, o[4];
+};
+
+FLP_DEV chunk_merge4 empty_chunk_merge4() {
+    return chunk_merge4{neg_inf(), 0.0f, {0.0f, 0.0f, 0.0f, 0.0f}};
+}
+
+/* Rescales st to the larger max m_new (>= st.m, finite). */
+FLP_DEV void rescale_chunk_merge4(chunk_merge4 &st, float m_new) {
+    const float a = st.m == neg_inf() ? 0.0f : expf(st.m - m_new);
+    st.sum *= a;
 #pragma unroll
     for (int i = 0; i < 4; i++)
-        o[i] = 0.0f;
-    s = neg_inf();
-    if (mx == neg_inf())
-        return;
-    float sum = 0.0f;
-    for (int c0 = 0; c0 < chunks; c0 += kMergeBatch) {
-        float w[kMergeBatch];
+        st.o[i] *= a;
+    st.m = m_new;
+}
+
+/* Folds chunks c = first, first + step, ... (< chunks) of one output row into st: chunk c's lse
+ * at partial_lse[row(c)], columns d..d+3 at partial_o + row(c) * head_dim + d, row(c) =
+ * first_row + c * row_stride. kMergeBatch chunks at a time, their lse and column loads issued
+ * together (one memory round trip per batch, none waiting on another). A chunk that kept no key
+ * (lse -inf) weighs 0; its columns, never written, are loaded but not used. */
+FLP_DEV void fold_chunks4(const float *partial_lse, const float *partial_o, long long first_row,
+                          long long row_stride, int chunks, int first, int step, int head_dim,
+                          int d, chunk_merge4 &st) {
+    for (int c0 = first; c0 < chunks; c0 += step * kMergeBatch) {
+        float l[kMergeBatch];
         f32x4 v[kMergeBatch];
 #pragma unroll
         for (int i = 0; i < kMergeBatch; i++) {
-            const long long row = first_row + (c0 + i) * row_stride;
-            w[i] = c0 + i < chunks ? expf(partial_lse[row] - mx) : 0.0f;
-            v[i] = w[i] > 0.0f ? *reinterpret_cast<const f32x4 *>(partial_o + row * head_dim + d)
-                               : f32x4{0.0f, 0.0f, 0.0f, 0.0f};
+            const int c = c0 + i * step;
+            const long long row =
+                first_row + static_cast<long long>(c < chunks ? c : first) * row_stride;
+            l[i] = c < chunks ? partial_lse[row] : neg_inf();
+            v[i] = *reinterpret_cast<const f32x4 *>(partial_o + row * head_dim + d);
         }
+        float bm = st.m;
+#pragma unroll
+        for (int i = 0; i < kMergeBatch; i++)
+            bm = fmaxf(bm, l[i]);
+        if (bm == neg_inf())
+            continue;
+        rescale_chunk_merge4(st, bm);
 #pragma unroll
         for (int i = 0; i < kMergeBatch; i++) {
-            sum += w[i];
-            o[0] = fmaf(w[i], v[i].x, o[0]);
-            o[1] = fmaf(w[i], v[i].y, o[1]);
-            o[2] = fmaf(w[i], v[i].z, o[2]);
-            o[3] = fmaf(w[i], v[i].w, o[3]);
+            const bool kept = l[i] != neg_inf();
+            const float w = kept ? expf(l[i] - bm) : 0.0f;
+            st.sum += w;
+            st.o[0] = fmaf(w, kept ? v[i].x : 0.0f, st.o[0]);
+            st.o[1] = fmaf(w, kept ? v[i].y : 0.0f, st.o[1]);
+            st.o[2] = fmaf(w, kept ? v[i].z : 0.0f, st.o[2]);
+            st.o[3] = fmaf(w, kept ? v[i].w : 0.0f, st.o[3]);
         }
     }
-    const float inv = 1.0f / sum;
+}
+
+/* Folds state b into a (a first: the order is fixed by the caller). */
+FLP_DEV void combine_chunk_merge4(chunk_merge4 &a, chunk_merge4 b) {
+    const float m = fmaxf(a.m, b.m);
+    if (m == neg_inf())
+        return;
+    rescale_chunk_merge4(a, m);
+    rescale_chunk_merge4(b, m);
+    a.sum += b.sum;
 #pragma unroll
     for (int i = 0; i < 4; i++)
-        o[i] *= inv;
-    s = mx + logf(sum);
+        a.o[i] += b.o[i];
+}
+
+/* The merged columns o and lse s of a fold (0 and -inf when no chunk kept a key). */
+FLP_DEV void finish_chunk_merge4(const chunk_merge4 &st, float &s, float (&o)[4]) {
+    const bool empty = st.m == neg_inf() || !(st.sum > 0.0f);
+    const float inv = empty ? 0.0f : 1.0f / st.sum;
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+        o[i] = st.o[i] * inv;
+    s = empty ? neg_inf() : st.m + logf(st.sum);
+}
+
+/* Merges the `chunks` states of one output row in chunk order (fold_chunks4 over all of them):
+ * the merge operator applied to all chunks, equal to folding them pairwise up to rounding, and
+ * dependent on the chunk order only. Gives lse s and columns o (-inf and 0 when no chunk kept a
+ * key). */
+FLP_DEV void merge_chunks4(const float *partial_lse, const float *partial_o, long long first_row,
+                           long long row_stride, int chunks, int head_dim, int d, float &s,
+                           float (&o)[4]) {
+    chunk_merge4 st = empty_chunk_merge4();
+    fold_chunks4(partial_lse, partial_o, first_row, row_stride, chunks, 0, 1, head_dim, d, st);
+    finish_chunk_merge4(st, s, o);
 }
 
 /* Writes the merged columns d..d+3 of output row `row`, query head h, rounded to the q dtype
