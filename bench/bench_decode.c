@@ -4,7 +4,7 @@
  *                               [--lens LENxCOUNT,...] [--qo-heads H] [--kv-heads H]
  *                               [--head-dim D] [--page P] [--dtype bf16|f16]
  *                               [--kv-dtype bf16|f16|e4m3|e5m2] [--iters N] [--copy-gbps X]
- *                               [--decode-kernel auto|vector|matrix]
+ *                               [--decode-kernel auto|vector|matrix] [--page-ids run|plan]
  * --lens gives the request lengths as runs, e.g. 32768x1,512x63 (one request of 32768 keys,
  * then 63 of 512); without it, --batch requests of --kv-len keys. Prints one line per run: the
  * host time of flp_decode_plan (median of 21), the time per run (median of 5 timed batches of
@@ -12,6 +12,9 @@
  * fraction of --copy-gbps (the device's measured copy bandwidth, read + write) when given, and
  * on CUDA the time per run of the same runs replayed from a CUDA graph (graph_us), and the kernel
  * the plan chose (kernel=vector|matrix; --decode-kernel forces one, default auto).
+ * --page-ids run (the default) plans with kv_indices = NULL and passes the page table to each
+ * run as a device tensor (the serving path: the plan's host time does not grow with the
+ * lengths); plan gives the plan the host page ids, which it checks and copies.
  * Results are first checked against the float64 reference on a sample of requests (the
  * longest, the shortest and some between): the cache holds a random block repeated, so the
  * host keeps only that block, and 256 x 16384 fits in host memory. */
@@ -42,6 +45,7 @@ typedef struct bench_config {
     int iters;
     double copy_gbps;
     flp_decode_kernel kernel;
+    bool page_ids_at_run; /* --page-ids run */
 } bench_config;
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
@@ -66,7 +70,9 @@ static flp_dtype parse_dtype(const char *s) {
 }
 
 static bench_config parse_args(int argc, char **argv) {
-    bench_config c = {FLP_BACKEND_AUTO, 64, 4096, 32, 8, 128, 16, NULL, FLP_DTYPE_BF16, 0, 50, 0};
+    bench_config c = {
+        FLP_BACKEND_AUTO,       64,  4096, 32, 8, 128, 16, NULL, FLP_DTYPE_BF16, 0, 50, 0,
+        FLP_DECODE_KERNEL_AUTO, true};
     if (argc % 2 == 0) {
         fprintf(stderr, "%s: every option takes a value\n", argv[argc - 1]);
         exit(2);
@@ -101,6 +107,8 @@ static bench_config parse_args(int argc, char **argv) {
             c.copy_gbps = atof(v);
         else if (!strcmp(k, "--decode-kernel"))
             c.kernel = bench_parse_decode_kernel(v);
+        else if (!strcmp(k, "--page-ids") && (!strcmp(v, "run") || !strcmp(v, "plan")))
+            c.page_ids_at_run = !strcmp(v, "run");
         else {
             fprintf(stderr, "unknown option %s\n", k);
             exit(2);
@@ -312,6 +320,12 @@ int main(int argc, char **argv) {
     bd.size = cache_bytes;
     CHECK(flp_buffer_create(ctx, &bd, &k_buf));
     CHECK(flp_buffer_create(ctx, &bd, &v_buf));
+    flp_buffer *idx_buf;
+    bd.size = sizeof(int32_t) * (size_t)num_pages;
+    CHECK(flp_buffer_create(ctx, &bd, &idx_buf));
+    CHECK(flp_buffer_write(ctx, idx_buf, 0, indices, bd.size));
+    const int64_t idx_shape[1] = {num_pages};
+    const flp_tensor idx_tensor = flp_tensor_contiguous(idx_buf, 0, FLP_DTYPE_I32, 1, idx_shape);
     float *q = upload_random(ctx, q_buf, c.dtype, q_elems, q_elems);
     float *k_block = upload_random(ctx, k_buf, c.kv_dtype, cache_elems, BLOCK_ELEMS);
     float *v_block = upload_random(ctx, v_buf, c.kv_dtype, cache_elems, BLOCK_ELEMS);
@@ -328,7 +342,7 @@ int main(int argc, char **argv) {
         .batch_size = c.batch,
         .page_size = c.page,
         .kv_indptr = kv_indptr,
-        .kv_indices = indices,
+        .kv_indices = c.page_ids_at_run ? NULL : indices,
         .kv_last_page_len = last,
         .variant = {.head_dim = c.head_dim, .q_dtype = c.dtype, .kv_dtype = c.kv_dtype}};
     double plan_samples[21];
@@ -345,6 +359,7 @@ int main(int argc, char **argv) {
         .k_cache = flp_tensor_contiguous(k_buf, 0, c.kv_dtype, 4, cache_shape),
         .v_cache = flp_tensor_contiguous(v_buf, 0, c.kv_dtype, 4, cache_shape),
         .out = flp_tensor_contiguous(o_buf, 0, c.dtype, 3, q_shape),
+        .kv_indices = c.page_ids_at_run ? &idx_tensor : NULL,
     };
     CHECK(flp_decode_run(ctx, plan, &ra));
     CHECK(flp_context_synchronize(ctx));
@@ -381,10 +396,11 @@ int main(int argc, char **argv) {
                    2.0 * (double)q_bytes;
     double gbps = bytes / t * 1e-9;
     printf("decode backend=%s device=\"%s\" lens=%s B=%d keys=%lld Hq=%d Hkv=%d D=%d page=%d "
-           "dtype=%s kv=%s kernel=%s plan_us=%.1f time_us=%.1f GB/s=%.0f",
+           "dtype=%s kv=%s kernel=%s page_ids=%s plan_us=%.1f time_us=%.1f GB/s=%.0f",
            info.backend_name, info.device_name, c.lens_text ? c.lens_text : "uniform", c.batch,
            (long long)keys, c.hq, c.hkv, c.head_dim, c.page, flp_dtype_name(c.dtype),
-           flp_dtype_name(c.kv_dtype), bench_decode_kernel_name(plan), plan_s * 1e6, t * 1e6, gbps);
+           flp_dtype_name(c.kv_dtype), bench_decode_kernel_name(plan),
+           c.page_ids_at_run ? "run" : "plan", plan_s * 1e6, t * 1e6, gbps);
     if (c.copy_gbps > 0)
         printf(" of_copy=%.2f", gbps / c.copy_gbps);
     if (graph_s > 0)
@@ -396,6 +412,7 @@ int main(int argc, char **argv) {
     flp_buffer_destroy(o_buf);
     flp_buffer_destroy(k_buf);
     flp_buffer_destroy(v_buf);
+    flp_buffer_destroy(idx_buf);
     flp_context_destroy(ctx);
     free(q);
     free(k_block);

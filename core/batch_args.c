@@ -1,6 +1,8 @@
 /* Validation of a batch's host arrays: indptrs, paged KV, ALiBi slopes. */
 #include "core/batch_args.h"
 
+#include "core/tensor.h"
+
 #include <math.h>
 
 flp_status flp_check_batch_size(flp_context *ctx, const char *fn, int32_t batch_size,
@@ -75,8 +77,9 @@ flp_status flp_check_paged_kv(flp_context *ctx, const char *fn, const flp_paged_
     if ((status = request_lengths(ctx, fn, kv, kv_len)) != FLP_OK)
         return status;
     int32_t total_pages = kv->kv_indptr[kv->batch_size];
-    if (total_pages > 0 && !kv->kv_indices)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: kv_indices is NULL", fn);
+    *max_page_id = -1;
+    if (!kv->kv_indices) /* the runs bring the page ids (flp_check_run_kv_indices) */
+        return FLP_OK;
     /* One branch-free pass (it vectorises: plans of long batches walk every page id), then the
      * first negative id for the message if there is one. */
     int32_t lowest = 0, highest = -1;
@@ -103,5 +106,36 @@ flp_status flp_check_alibi_slopes(flp_context *ctx, const char *fn, const float 
         if (!isfinite(slopes[h]))
             return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
                             "%s: alibi_slopes[%d] = %g is not finite", fn, h, (double)slopes[h]);
+    return FLP_OK;
+}
+
+flp_status flp_check_run_kv_indices(flp_context *ctx, const char *fn, bool plan_has_pages,
+                                    int32_t total_pages, const flp_tensor *kv_indices) {
+    if (plan_has_pages) {
+        if (kv_indices)
+            return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                            "%s: kv_indices is given but the plan holds the page ids (plan with "
+                            "kv_indices = NULL to pass them at run time)",
+                            fn);
+        return FLP_OK;
+    }
+    if (!kv_indices)
+        return total_pages == 0
+                   ? FLP_OK
+                   : flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                              "%s: kv_indices is NULL but the plan was given no page ids (%d "
+                              "pages to look up)",
+                              fn, total_pages);
+    flp_tensor_expect e = {"kv_indices", FLP_DTYPE_I32, 1, {-1}, false};
+    flp_status status = flp_tensor_check(ctx, fn, kv_indices, &e);
+    if (status != FLP_OK)
+        return status;
+    if (kv_indices->stride[0] != 1)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: kv_indices stride = %lld must be 1",
+                        fn, (long long)kv_indices->stride[0]);
+    if (kv_indices->shape[0] < total_pages)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                        "%s: kv_indices has %lld entries, the plan's kv_indptr needs %d", fn,
+                        (long long)kv_indices->shape[0], total_pages);
     return FLP_OK;
 }

@@ -29,16 +29,22 @@ typedef struct flp_paged_kv_args {
     int32_t page_size;               /* 1..FLP_MAX_PAGE_SIZE */
     flp_kv_layout layout;            /* NHD or HND */
     const int32_t *kv_indptr;        /* [batch_size + 1] pages of each request */
-    const int32_t *kv_indices;       /* [kv_indptr[batch_size]] page ids, >= 0 */
+    const int32_t *kv_indices;       /* [kv_indptr[batch_size]] page ids, >= 0; NULL: at run */
     const int32_t *kv_last_page_len; /* [batch_size] 1..page_size for requests with pages */
     int32_t max_pages;               /* the plan's capacity of kv_indices */
 } flp_paged_kv_args;
 
 /* Checks a paged KV (every field, with messages naming the argument, request or entry) and
  * writes each request's keys into kv_len[batch_size] and the largest page id referenced (-1:
- * none) into *max_page_id. */
+ * none, or kv_indices NULL: the runs bring the ids) into *max_page_id. */
 flp_status flp_check_paged_kv(flp_context *ctx, const char *fn, const flp_paged_kv_args *kv,
                               int32_t *kv_len, int32_t *max_page_id);
+
+/* A run's kv_indices argument against its plan: NULL when the plan holds the page ids
+ * (plan_has_pages); otherwise a 1-D contiguous I32 tensor of at least total_pages entries
+ * (NULL allowed only when there is no page to look up). */
+flp_status flp_check_run_kv_indices(flp_context *ctx, const char *fn, bool plan_has_pages,
+                                    int32_t total_pages, const flp_tensor *kv_indices);
 
 /* slopes[num_heads] are finite (NULL: standard slopes, nothing to check). */
 flp_status flp_check_alibi_slopes(flp_context *ctx, const char *fn, const float *slopes,

@@ -90,7 +90,7 @@ static void fill_plan_data(flp_plan *plan, const flp_decode_plan_args *a, int32_
 
     memcpy(HOST_I32(plan, kv_indptr), a->kv_indptr, sizeof(int32_t) * (size_t)(batch + 1));
     memcpy(HOST_I32(plan, kv_len), kv_len, sizeof(int32_t) * (size_t)batch);
-    if (total_pages > 0)
+    if (total_pages > 0 && a->kv_indices)
         memcpy(HOST_I32(plan, kv_indices), a->kv_indices, sizeof(int32_t) * (size_t)total_pages);
     for (int32_t b = 0; b < batch; b++) {
         /* The sliding window hides keys below pos(row 0) - window_left from every row: those
@@ -199,7 +199,9 @@ static flp_status plan_vector_batch(flp_context *ctx, flp_plan *plan, const flp_
                                     flp_decode_state *st) {
     fill_plan_data(plan, a, qo_len, v, s, st);
     fill_plan_info(plan, a, qo_len, v);
-    size_t end = plan->layout.kv_indices + sizeof(int32_t) * (size_t)a->kv_indptr[a->batch_size];
+    /* page ids last: a plan without them (they come with each run) uploads none */
+    size_t pages = a->kv_indices ? (size_t)a->kv_indptr[a->batch_size] : 0;
+    size_t end = plan->layout.kv_indices + sizeof(int32_t) * pages;
     return flp_plan_upload(ctx, FN, plan, plan->base, plan->host, end);
 }
 
@@ -225,6 +227,8 @@ static flp_status plan_batch(flp_context *ctx, flp_plan *plan, const flp_decode_
     st.qo_len = qo_len;
     st.page_size = args->page_size;
     st.kv_layout = args->kv_layout;
+    st.pages_at_run = !args->kv_indices;
+    st.total_pages = args->kv_indptr[args->batch_size];
     st.variant = v;
     plan->decode = st;
     return FLP_OK;
@@ -290,15 +294,20 @@ static flp_status check_run_tensors(flp_context *ctx, const flp_plan *plan,
                         "%s: the plan's kv_indices reference page %d but k_cache/v_cache have "
                         "%lld pages",
                         fn, st->max_page_id, (long long)a->k_cache.shape[0]);
+    status = flp_check_run_kv_indices(ctx, fn, !st->pages_at_run, st->total_pages, a->kv_indices);
+    if (status != FLP_OK)
+        return status;
     if (a->lse) {
         flp_tensor_expect lse = {"lse", FLP_DTYPE_F32, 2, {rows, d->num_qo_heads}, false};
         if ((status = flp_tensor_check(ctx, fn, a->lse, &lse)) != FLP_OK)
             return status;
     }
     const flp_named_tensor outputs[] = {{"out", &a->out}, {"lse", a->lse}};
-    const flp_named_tensor inputs[] = {
-        {"q", &a->q}, {"k_cache", &a->k_cache}, {"v_cache", &a->v_cache}};
-    return flp_plan_check_outputs(ctx, fn, plan, outputs, 2, inputs, 3);
+    const flp_named_tensor inputs[] = {{"q", &a->q},
+                                       {"k_cache", &a->k_cache},
+                                       {"v_cache", &a->v_cache},
+                                       {"kv_indices", a->kv_indices}};
+    return flp_plan_check_outputs(ctx, fn, plan, outputs, 2, inputs, 4);
 }
 
 /* The launch of a checked run: the tensors' addresses and strides, the plan memory, the grids,
@@ -324,6 +333,10 @@ static void fill_launch(const flp_plan *plan, const flp_decode_run_args *a, flp_
         p->lse = flp_tensor_address(a->lse);
         p->lse_stride_row = a->lse->stride[0];
     }
+    p->kv_indices = a->kv_indices
+                        ? flp_tensor_address(a->kv_indices)
+                        : plan->buffer->device_address + plan->base + plan->layout.kv_indices;
+    p->num_pages = a->k_cache.shape[0];
     l->slot.buffer = plan->buffer;
     l->slot.offset = plan->base + plan->layout.params_slot;
     l->num_ctas = plan->num_ctas;
@@ -357,6 +370,7 @@ flp_status flp_decode_run(flp_context *ctx, const flp_plan *plan, const flp_deco
             .v = args->v_cache,
             .out = args->out,
             .lse = args->lse,
+            .kv_indices = args->kv_indices,
         };
         flp_prefill_launch launch;
         flp_prefill_region_launch(plan, &plan->decode_rows, &pa, &launch);

@@ -25,7 +25,8 @@ typedef long long int64_t;
  *
  * Plan memory (offsets in 4-byte words from this struct's address):
  *   kv_indptr     i32 [batch_size + 1]     page-list start of each request
- *   kv_indices    i32 [kv_indptr[batch]]   page ids
+ *   kv_indices    i32 [kv_indptr[batch]]   page ids when the plan was given them (the kernels
+ *                                          read page ids through flp_decode_params.kv_indices)
  *   kv_len        i32 [batch_size]         tokens per request
  *   q_rope_offset i32 [batch_size]         added to query positions for RoPE
  *   k_rope_offset i32 [batch_size]         added to key positions for RoPE
@@ -66,13 +67,23 @@ typedef struct flp_decode_params {
     int64_t k_stride_page, k_stride_slot, k_stride_head;
     int64_t v_stride_page, v_stride_slot, v_stride_head;
     int64_t lse_stride_row; /* lse head stride is 1 */
+    /* i32 page ids of the batch, indexed by kv_indptr: the plan's copy above, or the run's
+     * kv_indices tensor when the plan was given none (docs/design.md 5.4). */
+    uint64_t kv_indices;
+    /* Pages of k/v: an id outside [0, num_pages) is not followed (its keys read as zeros), so
+     * a bad run-time page table cannot make a kernel read outside the caches. */
+    int64_t num_pages;
 } flp_decode_params;
+
+/* The size both compilers must agree on (the C and CUDA static assertions). */
+#define FLP_DECODE_PARAMS_BYTES 152
 
 #ifndef __cplusplus
 _Static_assert(sizeof(flp_decode_plan_info) == 128, "flp_decode_plan_info layout changed: update "
                                                     "shaders/decode_params.glsl and the kernels");
-_Static_assert(sizeof(flp_decode_params) == 136, "flp_decode_params layout changed: update "
-                                                 "shaders/decode_params.glsl and the kernels");
+_Static_assert(sizeof(flp_decode_params) == FLP_DECODE_PARAMS_BYTES,
+               "flp_decode_params layout changed: update "
+               "shaders/decode_params.glsl and the kernels");
 #endif
 
 #endif /* FLP_CORE_DECODE_PARAMS_H */

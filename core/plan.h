@@ -41,6 +41,8 @@ typedef struct flp_prefill_state {
     flp_kv_layout kv_layout;
     flp_variant variant;       /* resolved */
     int32_t max_page_id;       /* paged: largest page id referenced, -1 when none */
+    bool pages_at_run;         /* paged: planned without page ids, the runs pass kv_indices */
+    int32_t total_pages;       /* paged: kv_indptr[batch_size] */
     int32_t total_kv_rows;     /* ragged: kv_indptr[batch_size] */
     int64_t mask_bytes;        /* custom mask: bytes the mask tensor must hold */
     flp_prefill_key_rule keys; /* how the schedule clipped items' keys */
@@ -54,6 +56,8 @@ typedef struct flp_decode_state {
     flp_kv_layout kv_layout;
     flp_variant variant;       /* resolved */
     int32_t max_page_id;       /* largest page id referenced, -1 when none */
+    bool pages_at_run;         /* planned without page ids: the runs pass kv_indices */
+    int32_t total_pages;       /* kv_indptr[batch_size] */
     int32_t num_items;         /* work items of the schedule */
     int32_t num_partial_slots; /* > 0: some request is split into KV chunks */
 } flp_decode_state;

@@ -28,7 +28,8 @@
  *   work_indptr   i32 [num_ctas + 1]     items of workgroup c: [work_indptr[c], [c+1])
  *   work_items    i32 [items * FLP_PREFILL_ITEM_INTS]
  *   merge_items   i32 [num_merge_items * FLP_MERGE_ITEM_INTS]
- *   kv_indices    i32 [kv_indptr[batch_size]] (paged only)
+ *   kv_indices    i32 [kv_indptr[batch_size]] (paged, when the plan was given the page ids;
+ *                 the kernels read page ids through flp_prefill_params.kv_indices)
  *   partial_o     f32 [slots][FLP_PREFILL_MAX_TILE][head_dim]  row r - row_begin of the item
  *   partial_lse   f32 [slots][FLP_PREFILL_MAX_TILE]            natural log, -inf: no key
  *
@@ -67,7 +68,14 @@ typedef struct flp_prefill_params {
     int64_t k_stride_page, k_stride_slot, k_stride_head;
     int64_t v_stride_page, v_stride_slot, v_stride_head;
     int64_t lse_stride_row; /* lse head stride is 1 */
+    /* paged: i32 page ids, the plan's copy or the run's kv_indices tensor, and the pages of
+     * k/v (ids outside [0, num_pages) read as zeros), like flp_decode_params; ragged: 0 */
+    uint64_t kv_indices;
+    int64_t num_pages;
 } flp_prefill_params;
+
+/* The size both compilers must agree on (the C and CUDA static assertions). */
+#define FLP_PREFILL_PARAMS_BYTES 160
 
 /* The KV append: one launch, everything by value (nothing to re-plan). Row r of the new K/V
  * goes to request b = batch_indices[r], token position t = positions[r]: page
@@ -95,7 +103,7 @@ typedef struct flp_kv_append_params {
 _Static_assert(sizeof(flp_prefill_plan_info) == 128,
                "flp_prefill_plan_info layout changed: update shaders/prefill_params.glsl and the "
                "kernels");
-_Static_assert(sizeof(flp_prefill_params) == 144,
+_Static_assert(sizeof(flp_prefill_params) == FLP_PREFILL_PARAMS_BYTES,
                "flp_prefill_params layout changed: update shaders/prefill_params.glsl and the "
                "kernels");
 _Static_assert(sizeof(flp_kv_append_params) == 208,

@@ -134,7 +134,7 @@ static void fill_arrays(const flp_plan *plan, flp_prefill_region *r, const flp_p
         k_off[b] = a->k_rope_offset ? a->k_rope_offset[b] : 0;
         mask_off[b] = a->mask_indptr ? a->mask_indptr[b] : 0;
     }
-    if (paged && a->kv_indptr[batch] > 0)
+    if (paged && a->kv_indices && a->kv_indptr[batch] > 0)
         memcpy(PF_I32(r, kv_indices), a->kv_indices, sizeof(int32_t) * (size_t)a->kv_indptr[batch]);
     flp_rope_frequencies(&pb->variant.rope, plan->desc.head_dim, PF_F32(r, rope_freq));
     if (a->alibi_slopes)
@@ -241,8 +241,10 @@ flp_status flp_prefill_region_plan(flp_context *ctx, const char *fn, flp_plan *p
     fill_info(plan, r, pb, &sched);
     const flp_prefill_layout *l = &r->layout;
     bool paged = a->kv_storage == FLP_KV_PAGED;
+    /* page ids last: a plan without them (they come with each run) uploads none */
+    bool copied_pages = paged && a->kv_indices;
     size_t end =
-        l->kv_indices + (paged ? sizeof(int32_t) * (size_t)a->kv_indptr[a->batch_size] : 0);
+        l->kv_indices + (copied_pages ? sizeof(int32_t) * (size_t)a->kv_indptr[a->batch_size] : 0);
     flp_status status =
         flp_plan_upload(ctx, fn, plan, plan->base + l->info, r->host, end - l->info);
     if (status != FLP_OK)
@@ -258,6 +260,8 @@ flp_status flp_prefill_region_plan(flp_context *ctx, const char *fn, flp_plan *p
     st.kv_layout = paged ? a->kv_layout : FLP_KV_LAYOUT_NHD;
     st.variant = pb->variant;
     st.max_page_id = pb->max_page_id;
+    st.pages_at_run = paged && !a->kv_indices;
+    st.total_pages = paged ? a->kv_indptr[a->batch_size] : 0;
     st.mask_bytes = pb->mask_bytes;
     st.total_kv_rows = paged ? 0 : a->kv_indptr[a->batch_size];
     st.keys = key_rule(plan, &pb->variant);

@@ -34,7 +34,12 @@ static flp_status check_kv_tensors(flp_context *ctx, const char *fn, const flp_p
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
                         "%s: k/v have %lld rows, the plan's kv_indptr needs %d", fn,
                         (long long)a->k.shape[0], st->total_kv_rows);
-    return FLP_OK;
+    if (st->kv_storage == FLP_KV_RAGGED && a->kv_indices)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
+                        "%s: kv_indices is given but the plan's KV is ragged", fn);
+    if (st->kv_storage == FLP_KV_RAGGED)
+        return FLP_OK;
+    return flp_check_run_kv_indices(ctx, fn, !st->pages_at_run, st->total_pages, a->kv_indices);
 }
 
 static flp_status check_mask(flp_context *ctx, const char *fn, const flp_plan *plan,
@@ -90,9 +95,12 @@ static flp_status check_run_tensors(flp_context *ctx, const char *fn, const flp_
     if ((status = check_mask(ctx, fn, plan, a->custom_mask)) != FLP_OK)
         return status;
     const flp_named_tensor outputs[] = {{"out", &a->out}, {"lse", a->lse}};
-    const flp_named_tensor inputs[] = {
-        {"q", &a->q}, {"k", &a->k}, {"v", &a->v}, {"custom_mask", a->custom_mask}};
-    return flp_plan_check_outputs(ctx, fn, plan, outputs, 2, inputs, 4);
+    const flp_named_tensor inputs[] = {{"q", &a->q},
+                                       {"k", &a->k},
+                                       {"v", &a->v},
+                                       {"custom_mask", a->custom_mask},
+                                       {"kv_indices", a->kv_indices}};
+    return flp_plan_check_outputs(ctx, fn, plan, outputs, 2, inputs, 5);
 }
 
 /* An int32 array of a region's host mirror, at its layout offset. */
@@ -120,6 +128,9 @@ void flp_prefill_region_launch(const flp_plan *plan, const flp_prefill_region *r
                           &p->k_stride_head);
         flp_paged_strides(&a->v, st->kv_layout, &p->v_stride_page, &p->v_stride_slot,
                           &p->v_stride_head);
+        p->kv_indices = a->kv_indices ? flp_tensor_address(a->kv_indices)
+                                      : plan->buffer->device_address + plan->base + l->kv_indices;
+        p->num_pages = a->k.shape[0];
     } else {
         p->k_stride_slot = a->k.stride[0];
         p->k_stride_head = a->k.stride[1];

@@ -78,6 +78,7 @@ uint lane_, ty_, tz_, tid_;
 
 // The current item's KV addressing (set per item) and the prefetched chunks of the next tile.
 uint64_t g_kv_indices; // address of the request's first page id
+uint64_t g_num_pages;  // pages of the caches: an id outside [0, g_num_pages) reads as zeros
 int g_page_size, g_page_shift, g_kv_end; // g_page_shift: log2(page size), -1 if not a power of 2
 uint64_t g_k_head, g_v_head; // address of element (page 0, slot 0, this KV head, d 0)
 int g_k_sp, g_k_ss, g_v_sp, g_v_ss; // elements (< 2^31, checked by the host)
@@ -151,8 +152,7 @@ Item next_item(DecodeParams P, DecodePlanInfo I, int item, bool rope) {
     it.kv_end = work.v[FLP_WORK_KV_END];
     it.slot = work.v[FLP_WORK_PARTIAL_SLOT];
     it.kv_len = plan_ints(P.plan, I.off_kv_len).v[it.b];
-    g_kv_indices = uint64_t(plan_ints(P.plan, I.off_kv_indices)) +
-                   4ul * uint64_t(plan_ints(P.plan, I.off_kv_indptr).v[it.b]);
+    g_kv_indices = P.kv_indices + 4ul * uint64_t(plan_ints(P.plan, I.off_kv_indptr).v[it.b]);
     g_kv_end = it.kv_end;
     g_k_head = P.k + uint64_t(int64_t(it.g) * P.k_stride_head) * uint64_t(KV_BYTES);
     g_v_head = P.v + uint64_t(int64_t(it.g) * P.v_stride_head) * uint64_t(KV_BYTES);
@@ -237,6 +237,12 @@ void read_chunk(uint base, uint tt, uint ch, out float x[8]) {
     flp_decode8(tile_dtype(), uvec4(s_mem[o], s_mem[o + 1u]), x);
 }
 
+// A page id as the loads take it: -1 (zeros) for an id outside the caches, which only a
+// run-time page table can hold (the plan checks the ids it is given).
+int checked_page(int id) {
+    return uint64_t(uint(id)) < g_num_pages ? id : -1;
+}
+
 // issue_kv_copy: issues the loads of tile [base, base + TILE) into g_kw / g_vw: page ids first,
 // then all K and V chunks, so every load of the tile is in flight at once. Zeros past g_kv_end.
 void issue_kv_copy(int base) {
@@ -246,8 +252,8 @@ void issue_kv_copy(int base) {
         int t = base + int(i / CHUNKS);
         page[s] = -1;
         if (i < TILE_CHUNKS && t < g_kv_end)
-            page[s] = I32Ref(g_kv_indices).v[g_page_shift >= 0 ? t >> g_page_shift
-                                                                : t / g_page_size];
+            page[s] = checked_page(
+                I32Ref(g_kv_indices).v[g_page_shift >= 0 ? t >> g_page_shift : t / g_page_size]);
     }
     [[unroll]] for (uint s = 0u; s < LOAD_SLOTS; s++) {
         uint i = tid_ + s * WG;
@@ -473,6 +479,7 @@ void main() {
     g_v_ss = int(P.v_stride_slot);
     g_page_size = I.page_size;
     g_page_shift = bitCount(g_page_size) == 1 ? findLSB(g_page_size) : -1; // divisions are slow
+    g_num_pages = uint64_t(P.num_pages);
 
     if (rope)
         load_rope_freq(P, I);

@@ -122,6 +122,7 @@ struct Run {
     int qo_len, group, rows_total; // rows of an item: qo_len x the GQA group
     int page_size, page_shift;     // page_shift: log2(page size), -1 if not a power of two
     int k_sp, k_ss, v_sp, v_ss;    // KV page and slot strides in elements (fit 32 bits)
+    uint64_t num_pages;            // pages of the caches (page ids outside are not followed)
 };
 
 // A work item: keys [kv_begin, kv_end) of request b for KV head g and all rows of its group.
@@ -227,6 +228,9 @@ void lane_rows(Run run, Item it, int first, out ROW_T k_row[ROUNDS], out ROW_T v
     [[unroll]] for (uint r = 0u; r < ROUNDS; r++) {
         int tok = min(first + int(r * LANES + lane_), it.kv_end - 1);
         int page = it.pages.v[run.page_shift >= 0 ? tok >> run.page_shift : tok / run.page_size];
+        // an id outside the caches (only a run-time page table can hold one) is not followed:
+        // page 0 instead, so the request's rows are wrong but nothing outside is read
+        page = uint64_t(uint(page)) < run.num_pages ? page : 0;
         int pslot = run.page_shift >= 0 ? tok & (run.page_size - 1) : tok % run.page_size;
 #ifdef FLP_TEXEL_KV
         // offsets below 2 GiB (the host checks the buffers): 32-bit arithmetic
@@ -307,8 +311,7 @@ Item next_item(DecodeParams P, DecodePlanInfo I, uint64_t plan, int item, bool r
     it.kv_end = work.v[FLP_WORK_KV_END];
     it.slot = work.v[FLP_WORK_PARTIAL_SLOT];
     it.kv_len = plan_ints(plan, I.off_kv_len).v[it.b];
-    it.pages = I32Ref(uint64_t(plan_ints(plan, I.off_kv_indices)) +
-                      4ul * uint64_t(plan_ints(plan, I.off_kv_indptr).v[it.b]));
+    it.pages = I32Ref(P.kv_indices + 4ul * uint64_t(plan_ints(plan, I.off_kv_indptr).v[it.b]));
 #ifdef FLP_TEXEL_KV
     it.k_head = push.k_base + uint(int64_t(it.g) * P.k_stride_head) * KV_BYTES;
     it.v_head = push.v_base + uint(int64_t(it.g) * P.v_stride_head) * KV_BYTES;
@@ -493,6 +496,7 @@ void main() {
     run.k_ss = int(P.k_stride_slot);
     run.v_sp = int(P.v_stride_page);
     run.v_ss = int(P.v_stride_slot);
+    run.num_pages = uint64_t(P.num_pages);
     run.qo_len = I.qo_len;
     run.group = I.group_size;
     run.rows_total = run.qo_len * run.group;

@@ -35,6 +35,8 @@ layout(buffer_reference, std430, buffer_reference_align = 8) readonly buffer Dec
     int64_t k_stride_page, k_stride_slot, k_stride_head;
     int64_t v_stride_page, v_stride_slot, v_stride_head;
     int64_t lse_stride_row;
+    uint64_t kv_indices; // i32 page ids: the plan's copy or the run's tensor
+    int64_t num_pages;   // ids outside [0, num_pages) read as zeros
 };
 
 // The push constant block of every shader: where its DecodeParams copy lives (a shader that

@@ -92,6 +92,7 @@ float g_s[SCORES];
 // The current item's KV addressing.
 bool g_paged;
 uint64_t g_kv_indices; // paged: address of the request's first page id
+uint64_t g_params_kv_indices; // paged: the run's page ids (PrefillParams.kv_indices)
 int64_t g_row_base;    // ragged: the request's first K/V row
 int g_page_size, g_kv_head;
 
@@ -133,6 +134,9 @@ int64_t kv_offset(PrefillParams P, int t, bool is_v) {
     if (!g_paged)
         return (g_row_base + int64_t(t)) * ss + head;
     int page = I32Ref(g_kv_indices).v[t / g_page_size];
+    // an id outside the caches (only a run-time page table can hold one) is not followed: page
+    // 0 instead, so the request's rows are wrong but nothing outside the caches is read
+    page = uint64_t(uint(page)) < uint64_t(P.num_pages) ? page : 0;
     int slot = t % g_page_size;
     return int64_t(page) * sp + int64_t(slot) * ss + head;
 }
@@ -173,7 +177,7 @@ Item next_item(PrefillPlanInfo I, uint64_t plan, int item, Run run) {
     it.kv_len = plan_ints(plan, I.off_kv_len).v[it.b];
     int kv_start = plan_ints(plan, I.off_kv_indptr).v[it.b];
     g_kv_head = it.g;
-    g_kv_indices = uint64_t(plan_ints(plan, I.off_kv_indices)) + 4ul * uint64_t(kv_start);
+    g_kv_indices = g_params_kv_indices + 4ul * uint64_t(kv_start);
     g_row_base = int64_t(kv_start);
     it.q_rope = run.rope ? plan_ints(plan, I.off_q_rope_offset).v[it.b] : 0;
     it.k_rope = run.rope ? plan_ints(plan, I.off_k_rope_offset).v[it.b] : 0;
@@ -467,6 +471,7 @@ void main() {
     run.window_left = I.window_left;
     run.group = I.group_size;
     g_page_size = I.page_size;
+    g_params_kv_indices = P.kv_indices;
     uint64_t plan = P.plan;
 
     if (run.rope)

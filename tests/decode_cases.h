@@ -48,9 +48,10 @@ typedef struct decode_case {
     bool no_lse;
     unsigned layout_flags; /* CASE_* */
     bool sequential_pages;
-    bool split;  /* long requests of a small batch: the plan must split them (when the batch
-                    does not fill the grid) */
-    bool matrix; /* FLP_DECODE_KERNEL_MATRIX (the prefill kernel); else _VECTOR */
+    bool split;        /* long requests of a small batch: the plan must split them (when the batch
+                          does not fill the grid) */
+    bool matrix;       /* FLP_DECODE_KERNEL_MATRIX (the prefill kernel); else _VECTOR */
+    bool pages_at_run; /* planned with kv_indices = NULL, the runs pass them as a tensor */
 } decode_case;
 
 #define F16 FLP_DTYPE_F16
@@ -250,6 +251,27 @@ static const decode_case decode_cases[] = {
     {.name = "matrix_no_lse_g7_page5", .batch = 3, .kv_lens = {12, 0, 50}, .num_qo_heads = 7,
      .num_kv_heads = 1, .head_dim = 64, .q_dtype = BF16, .layout = HND, .page_size = 5,
      .no_lse = true, .matrix = true},
+
+    /* ---- page ids at run time (the plan gets kv_indices = NULL) ---- */
+    {.name = "pages_at_run_split_bf16_nhd", .batch = 3, .kv_lens = {2600, 0, 45},
+     .num_qo_heads = 8, .num_kv_heads = 2, .head_dim = 128, .q_dtype = BF16, .layout = NHD,
+     .page_size = 16, .split = true, .pages_at_run = true},
+    {.name = "pages_at_run_e4m3_hnd_page1", .batch = 4, .gen = KV_RAGGED, .gen_min = 1,
+     .gen_max = 90, .num_qo_heads = 8, .num_kv_heads = 2, .head_dim = 64, .q_dtype = F16,
+     .kv_dtype = E4M3, .layout = HND, .page_size = 1, .k_scale = 0.02f, .v_scale = 0.5f,
+     .causal = true, .pages_at_run = true},
+    {.name = "pages_at_run_qo4_causal_window", .batch = 3, .kv_lens = {7, 130, 61},
+     .num_qo_heads = 16, .num_kv_heads = 2, .head_dim = 128, .q_dtype = F16, .layout = NHD,
+     .page_size = 16, .qo_len = 4, .causal = true, .use_window = true, .window_left = 40,
+     .pages_at_run = true},
+    {.name = "pages_at_run_matrix_split_qo3", .batch = 2, .kv_lens = {2200, 90},
+     .num_qo_heads = 8, .num_kv_heads = 2, .head_dim = 128, .q_dtype = BF16, .layout = NHD,
+     .page_size = 16, .qo_len = 3, .causal = true, .split = true, .matrix = true,
+     .pages_at_run = true},
+    {.name = "pages_at_run_matrix_rope_hnd", .batch = 3, .kv_lens = {33, 0, 150},
+     .num_qo_heads = 8, .num_kv_heads = 1, .head_dim = 64, .q_dtype = F16, .layout = HND,
+     .page_size = 8, .qo_len = 2, .causal = true, .rope = ROPE_LLAMA31, .rope_offsets = true,
+     .matrix = true, .pages_at_run = true},
 };
 /* clang-format on */
 

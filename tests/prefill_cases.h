@@ -58,6 +58,7 @@ typedef struct prefill_case {
     unsigned layout_flags; /* CASE_* */
     bool sequential_pages;
     bool split; /* a long request in a batch that does not fill the grid: the plan splits it */
+    bool pages_at_run; /* paged, planned with kv_indices = NULL: the runs pass them */
 } prefill_case;
 
 #define F16 FLP_DTYPE_F16
@@ -275,6 +276,15 @@ static const prefill_case prefill_cases[] = {
      .q_dtype = F16, .mask = CAUSAL, .use_window = true, .window_left = 20, .soft_cap = 10.0f,
      .rope = ROPE_LLAMA31, .rope_offsets = true,
      .layout_flags = CASE_PADDED_QO | CASE_PADDED_KV},
+
+    /* ---- page ids at run time (the plan gets kv_indices = NULL) ---- */
+    {.name = "pages_at_run_split_causal_f16", .batch = 2, .qo_lens = {4, 7}, .kv_lens = {1800, 30},
+     .layout = NHD, .page_size = 16, .num_qo_heads = 8, .num_kv_heads = 2, .head_dim = 128,
+     .q_dtype = F16, .mask = CAUSAL, .split = true, .pages_at_run = true},
+    {.name = "pages_at_run_custom_e5m2_hnd_p1", .batch = 3, .qo_lens = {5, 0, 9},
+     .kv_lens = {20, 7, 64}, .layout = HND, .page_size = 1, .num_qo_heads = 4, .num_kv_heads = 2,
+     .head_dim = 64, .q_dtype = BF16, .kv_dtype = E5M2, .mask = CUSTOM, .k_scale = 0.5f,
+     .v_scale = 0.25f, .pages_at_run = true},
 };
 /* clang-format on */
 

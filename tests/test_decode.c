@@ -10,8 +10,9 @@
  * Tests:
  * - the case table (tests/decode_cases.h) against the float64 reference (core/reference.h);
  * - the golden decode cases (tests/golden/) against their float64 outputs;
- * - determinism (same plan and inputs -> same bits), re-planning within capacity with a caller
- *   workspace, capacity errors, a KV pool larger than lavapipe's 128 MiB binding limit;
+ * - determinism (same plan and inputs -> same bits), page ids passed at run time (a new table
+ *   without a re-plan; an id outside the caches contained), re-planning within capacity with a
+ *   caller workspace, capacity errors, a KV pool larger than lavapipe's 128 MiB binding limit;
  * - bad input: exact status, a message naming the bad thing, outputs untouched.
  *
  * Every check of an output poisons it first (0xFFFF: a NaN in f16 and bf16; lse: NaN) and
@@ -78,7 +79,8 @@ typedef struct problem {
     flp_variant variant;
     bool lse, rope_offsets;
     bool interleaved_kv, padded_qo;
-    bool matrix; /* the plan asks for FLP_DECODE_KERNEL_MATRIX (else _VECTOR) */
+    bool matrix;       /* the plan asks for FLP_DECODE_KERNEL_MATRIX (else _VECTOR) */
+    bool pages_at_run; /* the plan gets kv_indices = NULL, the runs dev_problem.kv_indices */
 } problem;
 
 static void problem_free_batch(problem *p) {
@@ -208,6 +210,7 @@ static void problem_from_case(problem *p, const decode_case *c, test_rng *rng) {
     p->interleaved_kv = (c->layout_flags & CASE_INTERLEAVED_KV) != 0;
     p->padded_qo = (c->layout_flags & CASE_PADDED_QO) != 0;
     p->matrix = c->matrix;
+    p->pages_at_run = c->pages_at_run;
     test_variant_set_pos_encoding(v, c->alibi, c->rope, p->hq, rng, &p->alibi_slopes);
     if (c->rope != ROPE_OFF)
         p->rope_offsets = c->rope_offsets;
@@ -246,7 +249,7 @@ static flp_decode_plan_args plan_args(const problem *p) {
     a.page_size = p->page_size;
     a.kv_layout = p->layout;
     a.kv_indptr = p->kv_indptr;
-    a.kv_indices = p->dev_indices;
+    a.kv_indices = p->pages_at_run ? NULL : p->dev_indices;
     a.kv_last_page_len = p->kv_last_page_len;
     a.q_rope_offset = p->q_rope_offset;
     a.k_rope_offset = p->k_rope_offset;
@@ -284,6 +287,8 @@ typedef struct dev_problem {
     test_qo qo;                /* q, out, lse */
     flp_buffer *k_buf, *v_buf; /* v_buf NULL when interleaved */
     flp_tensor k, v;
+    flp_buffer *idx_buf;   /* pages_at_run: the device page ids (NULL otherwise) */
+    flp_tensor kv_indices; /* [total pages + 3] I32 at entry 5 of idx_buf: the run's page ids */
 } dev_problem;
 
 /* Strides and offsets of q/out ([rows, hq, d], elements) and lse ([rows, hq] f32). Padded
@@ -374,17 +379,47 @@ static void dev_write_kv(const problem *p, dev_problem *dv) {
     dv->v = t;
 }
 
+/* Entries of idx_buf before and after the page ids (an offset view with room to spare). */
+#define IDX_LEAD 5
+#define IDX_TAIL 3
+
+/* Writes ids[n] as the run's page ids (entries past them hold -7: the kernels must not read
+ * them). */
+static void dev_write_page_ids(dev_problem *dv, const int32_t *ids, int32_t n) {
+    const size_t entries = (size_t)n + IDX_LEAD + IDX_TAIL;
+    int32_t *words = test_xcalloc(entries, sizeof(int32_t));
+    for (size_t i = 0; i < entries; ++i)
+        words[i] = -7;
+    if (n > 0)
+        memcpy(words + IDX_LEAD, ids, sizeof(int32_t) * (size_t)n);
+    assert_ok(flp_buffer_write(g_ctx, dv->idx_buf, 0, words, entries * sizeof(int32_t)));
+    free(words);
+}
+
+/* The run-time page table of a pages_at_run problem: a device copy of dev_indices. */
+static void dev_create_page_ids(const problem *p, dev_problem *dv) {
+    const int32_t n = total_pages(p);
+    dv->idx_buf = test_buffer_new(g_ctx, sizeof(int32_t) * ((size_t)n + IDX_LEAD + IDX_TAIL));
+    const int64_t shape[1] = {(int64_t)n + IDX_TAIL};
+    dv->kv_indices =
+        flp_tensor_contiguous(dv->idx_buf, IDX_LEAD * sizeof(int32_t), FLP_DTYPE_I32, 1, shape);
+    dev_write_page_ids(dv, p->dev_indices, n);
+}
+
 static void dev_create(const problem *p, int32_t rows_capacity, dev_problem *dv) {
     memset(dv, 0, sizeof *dv);
     test_qo_create(&dv->qo, g_ctx, p->q_dtype, p->hq, p->d, rows_capacity, get_qo_layout(p));
     dev_write_kv(p, dv);
     test_qo_write(&dv->qo, p->q, p->rows);
+    if (p->pages_at_run)
+        dev_create_page_ids(p, dv);
 }
 
 static void dev_free(dev_problem *dv) {
     test_qo_free(&dv->qo);
     flp_buffer_destroy(dv->k_buf);
     flp_buffer_destroy(dv->v_buf);
+    flp_buffer_destroy(dv->idx_buf);
     memset(dv, 0, sizeof *dv);
 }
 
@@ -396,6 +431,7 @@ static flp_decode_run_args run_args(const problem *p, const dev_problem *dv) {
     r.v_cache = dv->v;
     r.out = dv->qo.out;
     r.lse = p->lse ? &dv->qo.lse : NULL;
+    r.kv_indices = p->pages_at_run ? &dv->kv_indices : NULL;
     return r;
 }
 
@@ -573,6 +609,121 @@ static void test_determinism(void **state) {
     flp_plan_destroy(plan);
     dev_free(&dv);
     problem_free(&p);
+}
+
+/* ---- 3b. page ids at run time ---------------------------------------------------------------- */
+
+/* A problem whose plan gets no page ids: the runs pass them as a device tensor. */
+static void problem_pages_at_run(problem *p, test_rng *rng, const char *name, int32_t batch,
+                                 const int32_t *lens) {
+    problem_init(p, name, 8, 2, 128, FLP_DTYPE_BF16, FLP_DTYPE_BF16, FLP_KV_LAYOUT_NHD, 16, 1);
+    p->variant.mask = FLP_MASK_CAUSAL;
+    p->pages_at_run = true;
+    problem_set_batch(p, rng, batch, lens, 9, false);
+}
+
+/* The kernels read the page table when they run: a new table in the same tensor, without a
+ * re-plan, gives the attention over the pages it names (here a permutation of the pool, so
+ * every request sees other keys). This is what lets a captured CUDA graph or recorded command
+ * buffer follow the cache from step to step. */
+static void test_pages_at_run_follow_the_table(void **state) {
+    (void)state;
+    test_rng rng;
+    test_rng_init(&rng, test_name_seed("pages at run: follow the table"));
+    problem p;
+    const int32_t lens[] = {1900, 33, 0, 260};
+    problem_pages_at_run(&p, &rng, "pages at run", 4, lens);
+    dev_problem dv;
+    dev_create(&p, p.rows, &dv);
+    flp_plan *plan = create_plan_for(&p);
+    plan_problem(&p, plan);
+    run_problem(&p, &dv, plan);
+    check_against_reference(&p, &dv, "first table");
+
+    int32_t *perm = test_permutation(&rng, p.num_pages, true);
+    const int32_t n = total_pages(&p);
+    for (int32_t i = 0; i < n; ++i) {
+        p.kv_indices[i] = perm[p.kv_indices[i]];
+        p.dev_indices[i] = p.kv_indices[i] + p.page_base;
+    }
+    free(perm);
+    dev_write_page_ids(&dv, p.dev_indices, n);
+    run_problem(&p, &dv, plan);
+    check_against_reference(&p, &dv, "second table, same plan");
+    flp_plan_destroy(plan);
+    dev_free(&dv);
+    problem_free(&p);
+}
+
+/* Element (row, head, d) of out in a readback of a problem with dense q/out. */
+static uint16_t out_word(const problem *p, const test_readback *rb, int32_t row, int32_t h,
+                         int32_t e) {
+    return rb->out[((size_t)row * (size_t)p->hq + (size_t)h) * (size_t)p->d + (size_t)e];
+}
+
+/* A run-time page id outside [0, pages of the caches) is not followed: the run succeeds, reads
+ * nothing outside the caches (compute-sanitizer checks that on CUDA), writes every row of the
+ * request that holds it (wrong but finite values), and leaves the other requests bit for bit as
+ * with a good table. */
+static void bad_id_contained(bool matrix) {
+    test_rng rng;
+    test_rng_init(&rng, test_name_seed("pages at run: bad id"));
+    problem p;
+    const int32_t lens[] = {300, 2100, 70};
+    problem_pages_at_run(&p, &rng, matrix ? "pages at run, bad id, matrix" : "pages at run, bad id",
+                         3, lens);
+    p.matrix = matrix;
+    dev_problem dv;
+    dev_create(&p, p.rows, &dv);
+    flp_plan *plan = create_plan_for(&p);
+    plan_problem(&p, plan);
+    run_problem(&p, &dv, plan);
+    check_against_reference(&p, &dv, "good table");
+    test_readback good = test_qo_read(&dv.qo);
+
+    const int32_t n = total_pages(&p), bad_request = 1;
+    const int32_t first = p.kv_indptr[bad_request], last = p.kv_indptr[bad_request + 1] - 1;
+    static const int32_t bad_ids[] = {-3, 1 << 30, INT32_MIN};
+    for (size_t k = 0; k < sizeof bad_ids / sizeof bad_ids[0]; ++k) {
+        int32_t *ids = test_copy_i32(p.dev_indices, (size_t)n);
+        ids[first + (last - first) / 2] = bad_ids[k];
+        ids[last] = (int32_t)dv.k.shape[0]; /* one past the last page */
+        dev_write_page_ids(&dv, ids, n);
+        free(ids);
+        run_problem(&p, &dv, plan);
+        test_readback got = test_qo_read(&dv.qo);
+        for (int32_t b = 0; b < p.batch; ++b)
+            for (int32_t r = p.qo_indptr[b]; r < p.qo_indptr[b + 1]; ++r)
+                for (int32_t h = 0; h < p.hq; ++h)
+                    for (int32_t e = 0; e < p.d; ++e) {
+                        const uint16_t w = out_word(&p, &got, r, h, e);
+                        if (b != bad_request && w != out_word(&p, &good, r, h, e))
+                            fail_msg("bad id %d in request %d changed out[%d, %d, %d] of request "
+                                     "%d",
+                                     bad_ids[k], bad_request, r, h, e, b);
+                        /* 16-bit floats: exponent all ones is inf or NaN (the poison too) */
+                        if (b == bad_request && (w & 0x7C00u) == 0x7C00u &&
+                            p.q_dtype == FLP_DTYPE_F16)
+                            fail_msg("bad id %d: out[%d, %d, %d] = %#x is not finite", bad_ids[k],
+                                     r, h, e, w);
+                        if (b == bad_request && (w & 0x7F80u) == 0x7F80u &&
+                            p.q_dtype == FLP_DTYPE_BF16)
+                            fail_msg("bad id %d: out[%d, %d, %d] = %#x is not finite", bad_ids[k],
+                                     r, h, e, w);
+                    }
+        test_readback_free(&got);
+    }
+    test_readback_free(&good);
+    flp_plan_destroy(plan);
+    dev_free(&dv);
+    problem_free(&p);
+}
+
+/* on the decode kernel and on the matrix (prefill) kernel */
+static void test_pages_at_run_bad_id_contained(void **state) {
+    (void)state;
+    bad_id_contained(false);
+    bad_id_contained(true);
 }
 
 /* A skewed serving batch that fills the grid: as many requests per KV head as the grid has
@@ -966,6 +1117,79 @@ static void test_bad_page_ids(void **state) {
     bad_env_finish(&e);
 }
 
+/* The run's kv_indices against the plan: required when the plan got none, refused when it holds
+ * them, checked for dtype, rank, stride and length. */
+static void test_bad_run_page_ids(void **state) {
+    (void)state;
+    bad_env e;
+    bad_env_init(&e);
+    flp_decode_run_args r = e.ra;
+    const int32_t n = total_pages(&e.p);
+    flp_buffer *idx = test_buffer_new(g_ctx, sizeof(int32_t) * ((size_t)n + 8));
+    const int64_t shape[1] = {n};
+    flp_tensor ids = flp_tensor_contiguous(idx, 0, FLP_DTYPE_I32, 1, shape);
+    assert_ok(flp_buffer_write(g_ctx, idx, 0, e.p.dev_indices, sizeof(int32_t) * (size_t)n));
+    r.kv_indices = &ids;
+    bad_expect(&e, flp_decode_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT,
+               "kv_indices with a plan that holds them",
+               MENTIONS("flp_decode_run: kv_indices is given but the plan holds the page ids"));
+
+    flp_decode_plan_args a = e.pa;
+    a.kv_indices = NULL;
+    assert_ok(flp_decode_plan(g_ctx, e.plan, &a));
+    r = e.ra;
+    bad_expect(&e, flp_decode_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT,
+               "no kv_indices with a plan that has none",
+               MENTIONS(test_str("flp_decode_run: kv_indices is NULL but the plan was given no "
+                                 "page ids (%d pages to look up)",
+                                 n)));
+    flp_tensor t = ids;
+    r.kv_indices = &t;
+    t.shape[0] = n - 1;
+    bad_expect(
+        &e, flp_decode_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT, "short kv_indices",
+        MENTIONS(test_str("kv_indices has %d entries, the plan's kv_indptr needs %d", n - 1, n)));
+    t = ids;
+    t.dtype = FLP_DTYPE_F32;
+    bad_expect(&e, flp_decode_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT, "f32 kv_indices",
+               MENTIONS("kv_indices"));
+    t = ids;
+    t.ndim = 2;
+    t.shape[1] = 1;
+    t.stride[1] = 1;
+    bad_expect(&e, flp_decode_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT, "2-D kv_indices",
+               MENTIONS("kv_indices"));
+    t = ids;
+    t.shape[0] = n / 2;
+    t.stride[0] = 2;
+    if (n / 2 > 0)
+        bad_expect(&e, flp_decode_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT,
+                   "strided kv_indices", MENTIONS("kv_indices"));
+    t = ids;
+    t.buf = NULL;
+    bad_expect(&e, flp_decode_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT,
+               "kv_indices.buf NULL", MENTIONS("kv_indices.buf is NULL"));
+    /* out may not overlap the page ids (a kernel would read what it overwrote) */
+    flp_tensor over = e.ra.q;
+    r.kv_indices = &over;
+    over.dtype = FLP_DTYPE_I32;
+    over.ndim = 1;
+    over.shape[0] = n;
+    over.stride[0] = 1;
+    over.buf = e.ra.out.buf;
+    over.offset = e.ra.out.offset;
+    bad_expect(&e, flp_decode_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT,
+               "kv_indices overlaps out", MENTIONS("kv_indices", "out"));
+    /* the good tensor runs (bad_env_finish re-plans with host ids and checks the results) */
+    r.kv_indices = &ids;
+    assert_ok(flp_decode_run(g_ctx, e.plan, &r));
+    assert_ok(flp_context_synchronize(g_ctx));
+    check_against_reference(&e.p, &e.dv, "run-time page ids");
+    test_qo_poison(&e.dv.qo);
+    flp_buffer_destroy(idx);
+    bad_env_finish(&e);
+}
+
 static void test_bad_last_page_len(void **state) {
     (void)state;
     bad_env e;
@@ -1027,10 +1251,6 @@ static void test_bad_null(void **state) {
     a.kv_indptr = NULL;
     bad_expect(&e, flp_decode_plan(g_ctx, e.plan, &a), FLP_ERROR_INVALID_ARGUMENT, "kv_indptr NULL",
                MENTIONS("flp_decode_plan: kv_indptr is NULL"));
-    a = e.pa;
-    a.kv_indices = NULL;
-    bad_expect(&e, flp_decode_plan(g_ctx, e.plan, &a), FLP_ERROR_INVALID_ARGUMENT,
-               "kv_indices NULL", MENTIONS("flp_decode_plan: kv_indices is NULL"));
     a = e.pa;
     a.kv_last_page_len = NULL;
     bad_expect(&e, flp_decode_plan(g_ctx, e.plan, &a), FLP_ERROR_INVALID_ARGUMENT,
@@ -1297,6 +1517,8 @@ int main(int argc, char **argv) {
     }
     GOOD(test_determinism);
     GOOD(test_skewed_batch_fills_grid);
+    GOOD(test_pages_at_run_follow_the_table);
+    GOOD(test_pages_at_run_bad_id_contained);
     GOOD(test_replan_within_capacity);
     BAD(test_capacity);
     GOOD(test_large_pool);
@@ -1306,6 +1528,7 @@ int main(int argc, char **argv) {
     BAD(test_bad_kv_shape);
     BAD(test_bad_heads);
     BAD(test_bad_page_ids);
+    BAD(test_bad_run_page_ids);
     BAD(test_bad_last_page_len);
     BAD(test_bad_kv_indptr);
     BAD(test_bad_null);

@@ -179,6 +179,7 @@ typedef struct problem {
     float k_scale, v_scale; /* factors the kernels apply (1 for 16-bit KV) */
     flp_variant variant;
     bool lse, padded_qo, padded_kv, interleaved_kv;
+    bool pages_at_run; /* paged: the plan gets kv_indices = NULL, the runs dev_problem's */
 } problem;
 
 static void problem_free_batch(problem *p) {
@@ -234,6 +235,7 @@ static void problem_from_case(problem *p, const prefill_case *c, test_rng *rng) 
     p->interleaved_kv = (c->layout_flags & CASE_INTERLEAVED_KV) != 0;
     p->mask_empty_rows = c->mask_empty_rows;
     p->rope_offsets = c->rope_offsets;
+    p->pages_at_run = c->pages_at_run && !c->ragged;
     flp_variant *v = &p->variant;
     v->head_dim = c->head_dim;
     v->q_dtype = p->q_dtype;
@@ -381,7 +383,7 @@ static flp_prefill_plan_args plan_args(const problem *p) {
     a.kv_storage = p->ragged ? FLP_KV_RAGGED : FLP_KV_PAGED;
     a.kv_indptr = p->kv_indptr;
     if (!p->ragged) {
-        a.kv_indices = p->kv_indices;
+        a.kv_indices = p->pages_at_run ? NULL : p->kv_indices;
         a.kv_last_page_len = p->kv_last_page_len;
         a.page_size = p->page_size;
         a.kv_layout = p->layout;
@@ -454,7 +456,24 @@ typedef struct dev_problem {
     size_t mask_buf_bytes;
     kv_geometry kv;
     flp_tensor k, v, mask;
+    flp_buffer *idx_buf;   /* pages_at_run: the device page ids */
+    flp_tensor kv_indices; /* pages_at_run: [total pages] I32, the run's page ids */
 } dev_problem;
+
+/* A contiguous I32 vector on the device, in a buffer of its own. */
+static flp_tensor i32_tensor(flp_buffer **buf, const int32_t *values, int32_t n) {
+    *buf = test_buffer_new(g_ctx, sizeof(int32_t) * (size_t)(n > 0 ? n : 1));
+    if (n > 0)
+        assert_ok(flp_buffer_write(g_ctx, *buf, 0, values, sizeof(int32_t) * (size_t)n));
+    flp_tensor t;
+    memset(&t, 0, sizeof t);
+    t.buf = *buf;
+    t.dtype = FLP_DTYPE_I32;
+    t.ndim = 1;
+    t.shape[0] = n;
+    t.stride[0] = 1;
+    return t;
+}
 
 /* Uploads q (buffer padding poisoned: reading it would show) and the custom mask; sets views. */
 static void dev_write_batch(const problem *p, dev_problem *dv) {
@@ -502,6 +521,8 @@ static void dev_create(const problem *p, int32_t rows_capacity, dev_problem *dv)
                                : kv_tensor(&dv->kv, dv->v_buf, 0);
     dev_write_kv(p, dv);
     dev_write_batch(p, dv);
+    if (p->pages_at_run)
+        dv->kv_indices = i32_tensor(&dv->idx_buf, p->kv_indices, p->kv_indptr[p->batch]);
 }
 
 static void dev_free(dev_problem *dv) {
@@ -509,6 +530,7 @@ static void dev_free(dev_problem *dv) {
     flp_buffer_destroy(dv->k_buf);
     flp_buffer_destroy(dv->v_buf);
     flp_buffer_destroy(dv->mask_buf);
+    flp_buffer_destroy(dv->idx_buf);
     memset(dv, 0, sizeof *dv);
 }
 
@@ -521,6 +543,7 @@ static flp_prefill_run_args run_args(const problem *p, const dev_problem *dv) {
     r.out = dv->qo.out;
     r.lse = p->lse ? &dv->qo.lse : NULL;
     r.custom_mask = p->mask ? &dv->mask : NULL;
+    r.kv_indices = p->pages_at_run ? &dv->kv_indices : NULL;
     return r;
 }
 
@@ -826,21 +849,6 @@ static void append_src_free(append_src *s) {
     free(s->k_val);
     free(s->v_val);
     memset(s, 0, sizeof *s);
-}
-
-/* A contiguous I32 vector on the device, in a buffer of its own. */
-static flp_tensor i32_tensor(flp_buffer **buf, const int32_t *values, int32_t n) {
-    *buf = test_buffer_new(g_ctx, sizeof(int32_t) * (size_t)(n > 0 ? n : 1));
-    if (n > 0)
-        assert_ok(flp_buffer_write(g_ctx, *buf, 0, values, sizeof(int32_t) * (size_t)n));
-    flp_tensor t;
-    memset(&t, 0, sizeof t);
-    t.buf = *buf;
-    t.dtype = FLP_DTYPE_I32;
-    t.ndim = 1;
-    t.shape[0] = n;
-    t.stride[0] = 1;
-    return t;
 }
 
 /* The slot (page, a, b indices) of (request, head, position) in a paged pool, or false. */
@@ -1363,6 +1371,54 @@ static void test_bad_page_table(void **state) {
     bad_env_finish(&e);
 }
 
+/* The run's kv_indices against the plan (as for decode): required when a paged plan got no page
+ * ids, refused when the plan holds them or the KV is ragged, and checked for its length. */
+static void test_bad_run_page_ids(void **state) {
+    (void)state;
+    bad_env e;
+    bad_env_init(&e, FLP_MASK_CAUSAL, false);
+    const int32_t n = e.p.kv_indptr[e.p.batch];
+    flp_buffer *idx = NULL;
+    flp_tensor ids = i32_tensor(&idx, e.p.kv_indices, n);
+    flp_prefill_run_args r = e.ra;
+    r.kv_indices = &ids;
+    bad_expect(&e, flp_prefill_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT,
+               "kv_indices with a plan that holds them",
+               MENTIONS("flp_prefill_run: kv_indices is given but the plan holds the page ids"));
+    flp_prefill_plan_args a = e.pa;
+    a.kv_indices = NULL;
+    assert_ok(flp_prefill_plan(g_ctx, e.plan, &a));
+    bad_expect(&e, flp_prefill_run(g_ctx, e.plan, &e.ra), FLP_ERROR_INVALID_ARGUMENT,
+               "no kv_indices with a plan that has none",
+               MENTIONS(test_str("kv_indices is NULL but the plan was given no page ids (%d pages "
+                                 "to look up)",
+                                 n)));
+    flp_tensor t = ids;
+    t.shape[0] = n - 1;
+    r.kv_indices = &t;
+    bad_expect(
+        &e, flp_prefill_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT, "short kv_indices",
+        MENTIONS(test_str("kv_indices has %d entries, the plan's kv_indptr needs %d", n - 1, n)));
+    r.kv_indices = &ids;
+    assert_ok(flp_prefill_run(g_ctx, e.plan, &r));
+    assert_ok(flp_context_synchronize(g_ctx));
+    check_against_reference(&e.p, &e.dv, "run-time page ids");
+    test_qo_poison(&e.dv.qo);
+    flp_buffer_destroy(idx);
+    bad_env_finish(&e);
+
+    bad_env_init(&e, FLP_MASK_CAUSAL, true);
+    int32_t one = 0;
+    flp_tensor stray = i32_tensor(&idx, &one, 1);
+    r = e.ra;
+    r.kv_indices = &stray;
+    bad_expect(&e, flp_prefill_run(g_ctx, e.plan, &r), FLP_ERROR_INVALID_ARGUMENT,
+               "kv_indices with ragged KV",
+               MENTIONS("flp_prefill_run: kv_indices is given but the plan's KV is ragged"));
+    flp_buffer_destroy(idx);
+    bad_env_finish(&e);
+}
+
 static void test_bad_mask(void **state) {
     (void)state;
     bad_env e;
@@ -1789,6 +1845,7 @@ int main(int argc, char **argv) {
     test_list_add(&l, "", "capacity", test_capacity, true, NULL);
     test_list_add(&l, "", "bad_lengths", test_bad_lengths, true, NULL);
     test_list_add(&l, "", "bad_page_table", test_bad_page_table, true, NULL);
+    test_list_add(&l, "", "bad_run_page_ids", test_bad_run_page_ids, true, NULL);
     test_list_add(&l, "", "bad_mask", test_bad_mask, true, NULL);
     test_list_add(&l, "", "bad_tensors", test_bad_tensors, true, NULL);
     test_list_add(&l, "", "bad_calls", test_bad_calls, true, NULL);

@@ -189,6 +189,8 @@ static const c_field params_fields[] = {
     FIELD(flp_decode_params, v_stride_slot),
     FIELD(flp_decode_params, v_stride_head),
     FIELD(flp_decode_params, lse_stride_row),
+    FIELD(flp_decode_params, kv_indices),
+    FIELD(flp_decode_params, num_pages),
 };
 static const c_field prefill_info_fields[] = {
     FIELD(flp_prefill_plan_info, off_qo_indptr),
@@ -243,6 +245,8 @@ static const c_field prefill_params_fields[] = {
     FIELD(flp_prefill_params, v_stride_slot),
     FIELD(flp_prefill_params, v_stride_head),
     FIELD(flp_prefill_params, lse_stride_row),
+    FIELD(flp_prefill_params, kv_indices),
+    FIELD(flp_prefill_params, num_pages),
 };
 static const c_field kv_append_fields[] = {
     FIELD(flp_kv_append_params, k),
@@ -358,7 +362,7 @@ static void test_params_layout(void **state) {
     /* the last members end the structs (nothing after them that GLSL would not see) */
     assert_int_equal(offsetof(flp_decode_plan_info, reserved) + 4 * sizeof(int32_t),
                      sizeof(flp_decode_plan_info));
-    assert_int_equal(offsetof(flp_decode_params, lse_stride_row) + sizeof(int64_t),
+    assert_int_equal(offsetof(flp_decode_params, num_pages) + sizeof(int64_t),
                      sizeof(flp_decode_params));
 }
 
@@ -382,7 +386,7 @@ static void test_prefill_params_layout(void **state) {
                        "KvAppendParams", kv_append_fields, COUNT(kv_append_fields));
     assert_int_equal(offsetof(flp_prefill_plan_info, reserved) + sizeof(int32_t),
                      sizeof(flp_prefill_plan_info));
-    assert_int_equal(offsetof(flp_prefill_params, lse_stride_row) + sizeof(int64_t),
+    assert_int_equal(offsetof(flp_prefill_params, num_pages) + sizeof(int64_t),
                      sizeof(flp_prefill_params));
     assert_int_equal(offsetof(flp_kv_append_params, reserved) + sizeof(int32_t),
                      sizeof(flp_kv_append_params));

@@ -32,7 +32,7 @@
 #include "core/decode_params.h"
 
 /* The host compiles the same header as C: the layouts must agree byte for byte. */
-static_assert(sizeof(flp_decode_params) == 136, "flp_decode_params layout");
+static_assert(sizeof(flp_decode_params) == FLP_DECODE_PARAMS_BYTES, "flp_decode_params layout");
 static_assert(sizeof(flp_decode_plan_info) == 128, "flp_decode_plan_info layout");
 
 namespace flp {
@@ -108,7 +108,9 @@ template <int QDT, int KVDT, int D, int ROWS> struct decode_kernel {
     int d0;  /* first element of the row this lane holds */
 
     /* Plan arrays (offsets in words from the plan information). */
-    const int *kv_indptr, *kv_indices, *kv_len_of, *q_rope_offset, *k_rope_offset;
+    const int *kv_indptr, *kv_len_of, *q_rope_offset, *k_rope_offset;
+    const int *kv_indices;        /* the plan's copy or the run's tensor (flp_decode_params) */
+    unsigned long long num_pages; /* ids outside [0, num_pages) are not followed */
     const float *alibi_slopes;
     const int *work_indptr, *work_items;
     float *partial_o, *partial_lse;
@@ -147,7 +149,8 @@ template <int QDT, int KVDT, int D, int ROWS> struct decode_kernel {
         const float *plan_f = reinterpret_cast<const float *>(p.plan);
         float *plan_w = reinterpret_cast<float *>(p.plan);
         kv_indptr = plan_i + info->off_kv_indptr;
-        kv_indices = plan_i + info->off_kv_indices;
+        kv_indices = reinterpret_cast<const int *>(p.kv_indices);
+        num_pages = static_cast<unsigned long long>(p.num_pages);
         kv_len_of = plan_i + info->off_kv_len;
         q_rope_offset = plan_i + info->off_q_rope_offset;
         k_rope_offset = plan_i + info->off_k_rope_offset;
@@ -316,6 +319,12 @@ template <int QDT, int KVDT, int D, int ROWS> struct decode_kernel {
         }
     }
 
+    /* A page id as the copies take it: -1 (keys read as zeros) for an id outside the caches,
+     * which only a run-time page table can hold (the plan checks the ids it is given). */
+    FLP_DEV int checked_page(int id) const {
+        return static_cast<unsigned long long>(static_cast<unsigned>(id)) < num_pages ? id : -1;
+    }
+
     /* Page id (or -1 past the warp's keys) and slot of each step's token of a stage. */
     FLP_DEV void lookup_pages(const decode_item &it, ring &rg, int stage) const {
 #pragma unroll
@@ -325,7 +334,7 @@ template <int QDT, int KVDT, int D, int ROWS> struct decode_kernel {
                 const unsigned ut = static_cast<unsigned>(t);
                 const unsigned pi = page_pow2 ? ut >> page_shift : ut / page_size;
                 rg.sl[s] = static_cast<int>(ut - pi * page_size);
-                rg.pg[s] = __ldg(it.pages + pi);
+                rg.pg[s] = checked_page(__ldg(it.pages + pi));
             } else {
                 rg.pg[s] = -1;
                 rg.sl[s] = 0;

@@ -199,7 +199,7 @@ struct decode_mma_kernel : decode_kernel<QDT, KVDT, D, FLP_CU_DECODE_ROWS_LARGE>
             const unsigned ut = static_cast<unsigned>(t);
             const unsigned pi = this->page_pow2 ? ut >> this->page_shift : ut / this->page_size;
             rg.sl = static_cast<int>(ut - pi * this->page_size);
-            rg.pg = __ldg(it.pages + pi);
+            rg.pg = this->checked_page(__ldg(it.pages + pi));
         } else {
             rg.pg = -1;
             rg.sl = 0;

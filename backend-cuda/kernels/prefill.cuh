@@ -31,7 +31,7 @@
 #include "backend-cuda/kernels/prefill_config.h"
 #include "core/prefill_params.h"
 
-static_assert(sizeof(flp_prefill_params) == 144, "flp_prefill_params layout");
+static_assert(sizeof(flp_prefill_params) == FLP_PREFILL_PARAMS_BYTES, "flp_prefill_params layout");
 static_assert(sizeof(flp_prefill_plan_info) == 128, "flp_prefill_plan_info layout");
 
 namespace flp {
@@ -360,7 +360,8 @@ template <int QDT, int KVDT, int D, int T> struct prefill_kernel {
         const int ke = ps->ke;
         const bool paged = (info->flags & FLP_FLAG_PAGED) != 0;
         const unsigned page_size = static_cast<unsigned>(info->page_size);
-        const int *pages = plan_i(info->off_kv_indices) + ps->kv_first;
+        const int *pages = reinterpret_cast<const int *>(p.kv_indices) + ps->kv_first;
+        const unsigned long long num_pages = static_cast<unsigned long long>(p.num_pages);
         const long long first_row = ps->kv_first;
         const unsigned char *k_head =
             reinterpret_cast<const unsigned char *>(p.k) + p.k_stride_head * ps->kvh * KV::bytes;
@@ -374,13 +375,17 @@ template <int QDT, int KVDT, int D, int T> struct prefill_kernel {
             const int row = u / LOAD_CPR;
             const int ch = u - row * LOAD_CPR;
             const int t = t0 + row;
-            const bool valid = t < ke;
+            bool valid = t < ke;
             long long k_off = 0, v_off = 0;
             if (valid) {
                 if (paged) {
                     const unsigned ut = static_cast<unsigned>(t);
                     const unsigned pi = ut / page_size;
-                    const long long page = pages[pi];
+                    const int id = pages[pi];
+                    /* an id outside the caches (only a run-time page table can hold one) is
+                     * not followed: its row reads as zeros */
+                    valid = static_cast<unsigned long long>(static_cast<unsigned>(id)) < num_pages;
+                    const long long page = valid ? id : 0;
                     const long long sl = static_cast<long long>(ut - pi * page_size);
                     k_off = page * p.k_stride_page + sl * p.k_stride_slot;
                     v_off = page * p.v_stride_page + sl * p.v_stride_slot;

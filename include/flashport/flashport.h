@@ -314,12 +314,16 @@ FLP_API flp_decode_kernel flp_plan_decode_kernel(const flp_plan *plan);
 /* Host copies of one step's batch. The page table is copied into the plan's device memory, so
  * run needs no page-table tensors and a captured graph replays with new tables. */
 typedef struct flp_decode_plan_args {
-    int32_t batch_size;              /* 1..max_batch_size */
-    int32_t qo_len;                  /* query tokens per request (all requests); default 1 */
-    int32_t page_size;               /* 1..FLP_MAX_PAGE_SIZE */
-    flp_kv_layout kv_layout;         /* default NHD */
-    const int32_t *kv_indptr;        /* [batch_size + 1], kv_indptr[0] = 0, non-decreasing */
-    const int32_t *kv_indices;       /* [kv_indptr[batch_size]] page ids */
+    int32_t batch_size;       /* 1..max_batch_size */
+    int32_t qo_len;           /* query tokens per request (all requests); default 1 */
+    int32_t page_size;        /* 1..FLP_MAX_PAGE_SIZE */
+    flp_kv_layout kv_layout;  /* default NHD */
+    const int32_t *kv_indptr; /* [batch_size + 1], kv_indptr[0] = 0, non-decreasing */
+    /* [kv_indptr[batch_size]] host page ids, checked and copied into the plan; or NULL: each
+     * run passes them as a device tensor (flp_decode_run_args.kv_indices) and the plan reads
+     * none, so its host time does not grow with the lengths (docs/api.md, "Page ids at run
+     * time"). */
+    const int32_t *kv_indices;
     const int32_t *kv_last_page_len; /* [batch_size], 1..page_size for requests with pages */
     /* Optional RoPE position offsets per request (NULL = 0): queries sit at
      * kv_len - qo_len + i + q_rope_offset[b], keys at j + k_rope_offset[b]. */
@@ -344,10 +348,17 @@ typedef struct flp_decode_run_args {
     flp_tensor v_cache;    /* same shape and dtype as k_cache, strides may differ */
     flp_tensor out;        /* same shape as q, q_dtype */
     const flp_tensor *lse; /* optional [batch_size * qo_len, num_qo_heads] f32, NULL = none */
+    /* The page ids when the plan was given kv_indices = NULL: 1-D I32, contiguous, at least
+     * kv_indptr[batch_size] entries, laid out by the plan's kv_indptr; read by the kernels when
+     * they run (a captured graph reads whatever it holds at replay). An id outside [0, pages
+     * of the caches) is not followed: its keys read as zeros (that request's rows are wrong,
+     * nothing outside the caches is read). NULL when the plan holds the page ids. */
+    const flp_tensor *kv_indices;
 } flp_decode_run_args;
 
 /* Launches the decode (and, for split requests, the merge) on the context's stream/queue.
- * Allocates nothing, synchronises nothing. Page ids of the plan must be < pages of the caches.
+ * Allocates nothing, synchronises nothing. Page ids the plan holds must be < pages of the
+ * caches.
  * out and lse must not overlap q, the caches, each other or the plan's memory. */
 FLP_API flp_status flp_decode_run(flp_context *ctx, const flp_plan *plan,
                                   const flp_decode_run_args *args);
@@ -369,8 +380,10 @@ typedef struct flp_prefill_plan_args {
     const int32_t *qo_indptr; /* [batch_size + 1], qo_indptr[0] = 0, non-decreasing */
     flp_kv_storage kv_storage;
     /* FLP_KV_PAGED: page indptr, like flp_decode_plan_args; FLP_KV_RAGGED: token indptr. */
-    const int32_t *kv_indptr;        /* [batch_size + 1], kv_indptr[0] = 0, non-decreasing */
-    const int32_t *kv_indices;       /* paged: [kv_indptr[batch_size]] page ids; ragged: NULL */
+    const int32_t *kv_indptr; /* [batch_size + 1], kv_indptr[0] = 0, non-decreasing */
+    /* paged: [kv_indptr[batch_size]] host page ids, or NULL: the runs pass them
+     * (flp_prefill_run_args.kv_indices), as for decode; ragged: NULL */
+    const int32_t *kv_indices;
     const int32_t *kv_last_page_len; /* paged: [batch_size]; ragged: NULL */
     int32_t page_size;               /* paged: 1..FLP_MAX_PAGE_SIZE; ragged: ignored */
     flp_kv_layout kv_layout;         /* paged: NHD or HND; ragged: ignored */
@@ -400,6 +413,9 @@ typedef struct flp_prefill_run_args {
     flp_tensor out;                /* same shape as q, q_dtype */
     const flp_tensor *lse;         /* optional [rows, num_qo_heads] f32, NULL = none */
     const flp_tensor *custom_mask; /* FLP_MASK_CUSTOM: 1-D U8 bytes; else NULL */
+    /* paged KV planned with kv_indices = NULL: the page ids, as flp_decode_run_args.kv_indices
+     * (1-D I32, contiguous, >= kv_indptr[batch_size] entries); else NULL */
+    const flp_tensor *kv_indices;
 } flp_prefill_run_args;
 
 /* Launches the prefill (and the merge of split requests). Allocates nothing, synchronises
