@@ -130,9 +130,7 @@ flp_status flp_check_run_kv_indices(flp_context *ctx, const char *fn, bool plan_
     flp_status status = flp_tensor_check(ctx, fn, kv_indices, &e);
     if (status != FLP_OK)
         return status;
-    if (kv_indices->stride[0] != 1)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: kv_indices stride = %lld must be 1",
-                        fn, (long long)kv_indices->stride[0]);
+    /* (flp_tensor_check already refused a stride other than 1: the last dimension) */
     if (kv_indices->shape[0] < total_pages)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
                         "%s: kv_indices has %lld entries, the plan's kv_indptr needs %d", fn,

@@ -70,8 +70,9 @@ typedef struct flp_decode_params {
     /* i32 page ids of the batch, indexed by kv_indptr: the plan's copy above, or the run's
      * kv_indices tensor when the plan was given none (docs/design.md 5.4). */
     uint64_t kv_indices;
-    /* Pages of k/v: an id outside [0, num_pages) is not followed (its keys read as zeros), so
-     * a bad run-time page table cannot make a kernel read outside the caches. */
+    /* Pages of k/v: an id outside [0, num_pages) is not followed (CUDA reads zeros for its
+     * keys, Vulkan page 0), so a bad run-time page table cannot make a kernel read outside the
+     * caches. */
     int64_t num_pages;
 } flp_decode_params;
 

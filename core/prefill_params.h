@@ -69,7 +69,7 @@ typedef struct flp_prefill_params {
     int64_t v_stride_page, v_stride_slot, v_stride_head;
     int64_t lse_stride_row; /* lse head stride is 1 */
     /* paged: i32 page ids, the plan's copy or the run's kv_indices tensor, and the pages of
-     * k/v (ids outside [0, num_pages) read as zeros), like flp_decode_params; ragged: 0 */
+     * k/v (ids outside [0, num_pages) are not followed), like flp_decode_params; ragged: 0 */
     uint64_t kv_indices;
     int64_t num_pages;
 } flp_prefill_params;

@@ -9,6 +9,8 @@
 
 #include <cmocka.h>
 
+#include "core/assign.h"
+#include "core/decode_chunk.h"
 #include "core/decode_schedule.h"
 #include "tests/test_util.h"
 
@@ -255,6 +257,156 @@ static void test_empty_requests_get_an_item(void **state) {
     free_case(&c);
 }
 
+/* Longest-first written plainly, the oracle of the assignment: items by decreasing cost (ties:
+ * lower index), each to the least loaded workgroup found by a scan (ties: lower index), each
+ * workgroup's list in that order. */
+typedef struct ranked_item {
+    int64_t cost;
+    int32_t index;
+} ranked_item;
+
+static int by_cost_desc_then_index(const void *a, const void *b) {
+    const ranked_item *x = a, *y = b;
+    if (x->cost != y->cost)
+        return x->cost > y->cost ? -1 : 1;
+    return x->index < y->index ? -1 : x->index > y->index;
+}
+
+static void reference_longest_first(const int32_t *items, int item_ints, const int64_t *cost,
+                                    int32_t n, int32_t ctas, int32_t *work_indptr,
+                                    int32_t *work_items) {
+    ranked_item *order = malloc(sizeof(ranked_item) * ((size_t)n + 1));
+    int32_t *owner = malloc(sizeof(int32_t) * ((size_t)n + 1));
+    int64_t *load = calloc((size_t)ctas, sizeof(int64_t));
+    int32_t *fill = calloc((size_t)ctas, sizeof(int32_t));
+    for (int32_t i = 0; i < n; i++)
+        order[i] = (ranked_item){cost[i], i};
+    qsort(order, (size_t)n, sizeof *order, by_cost_desc_then_index);
+    for (int32_t k = 0; k < n; k++) {
+        int32_t least = 0;
+        for (int32_t c = 1; c < ctas; c++)
+            if (load[c] < load[least])
+                least = c;
+        owner[k] = least;
+        load[least] += order[k].cost;
+    }
+    memset(work_indptr, 0, sizeof(int32_t) * ((size_t)ctas + 1));
+    for (int32_t k = 0; k < n; k++)
+        work_indptr[owner[k] + 1]++;
+    for (int32_t c = 0; c < ctas; c++)
+        work_indptr[c + 1] += work_indptr[c];
+    for (int32_t k = 0; k < n; k++) {
+        int32_t dst = work_indptr[owner[k]] + fill[owner[k]]++;
+        memcpy(work_items + (size_t)item_ints * (size_t)dst,
+               items + (size_t)item_ints * (size_t)order[k].index,
+               sizeof(int32_t) * (size_t)item_ints);
+    }
+    free(order);
+    free(owner);
+    free(load);
+    free(fill);
+}
+
+/* Random costs of several shapes: runs of equal costs (KV heads), many ties and zeros, a wide
+ * spread with small costs after large ones, one cost for all. */
+static void random_costs(test_rng *rng, int64_t *cost, int32_t n, int shape) {
+    int32_t heads = test_rng_int(rng, 1, 8);
+    for (int32_t i = 0; i < n; i++) {
+        switch (shape) {
+        case 0:
+            cost[i] = i % heads == 0 ? test_rng_int(rng, 16, 40000) : cost[i - 1];
+            break;
+        case 1:
+            cost[i] = test_rng_int(rng, 0, 20);
+            break;
+        case 2:
+            cost[i] = i < 200 ? (int64_t)test_rng_int(rng, 1000, 100000) : test_rng_int(rng, 1, 40);
+            break;
+        default:
+            cost[i] = 4112;
+            break;
+        }
+    }
+}
+
+static void test_assignment_matches_reference(void **state) {
+    (void)state;
+    test_rng rng;
+    test_rng_init(&rng, 0x1a57);
+    static const int32_t grids[] = {1, 2, 3, 7, 132, 264, 528, 1000};
+    for (int iter = 0; iter < 400; iter++) {
+        int32_t n = test_rng_int(&rng, 0, iter % 10 == 0 ? 3000 : 400);
+        int32_t ctas = iter % 2 ? grids[iter / 2 % 8] : test_rng_int(&rng, 1, 1100);
+        int item_ints = test_rng_int(&rng, 1, 7);
+        int64_t *cost = malloc(sizeof(int64_t) * ((size_t)n + 1));
+        int32_t *items = malloc(sizeof(int32_t) * ((size_t)n * (size_t)item_ints + 1));
+        random_costs(&rng, cost, n, iter % 4);
+        for (int32_t i = 0; i < n * item_ints; i++)
+            items[i] = i;
+        int32_t *got_indptr = calloc((size_t)ctas + 1, sizeof(int32_t));
+        int32_t *want_indptr = calloc((size_t)ctas + 1, sizeof(int32_t));
+        int32_t *got = calloc((size_t)n * (size_t)item_ints + 1, sizeof(int32_t));
+        int32_t *want = calloc((size_t)n * (size_t)item_ints + 1, sizeof(int32_t));
+        void *scratch = malloc(flp_assign_scratch_bytes(n, ctas));
+        flp_assign_longest_first(items, item_ints, cost, n, ctas, got_indptr, got, scratch);
+        reference_longest_first(items, item_ints, cost, n, ctas, want_indptr, want);
+        assert_memory_equal(got_indptr, want_indptr, sizeof(int32_t) * ((size_t)ctas + 1));
+        assert_memory_equal(got, want, sizeof(int32_t) * (size_t)n * (size_t)item_ints);
+        free(cost);
+        free(items);
+        free(got_indptr);
+        free(want_indptr);
+        free(got);
+        free(want);
+        free(scratch);
+    }
+}
+
+/* Item a comes before item b in the order the scheduler makes them: request, KV head, chunk. */
+static int by_natural_order(const void *a, const void *b) {
+    const int32_t *x = a, *y = b;
+    static const int fields[] = {FLP_WORK_REQUEST, FLP_WORK_KV_HEAD, FLP_WORK_KV_BEGIN};
+    for (size_t f = 0; f < sizeof fields / sizeof *fields; f++)
+        if (x[fields[f]] != y[fields[f]])
+            return x[fields[f]] < y[fields[f]] ? -1 : 1;
+    return 0;
+}
+
+/* The decode schedule's assignment of its own items, put back in natural order, is the
+ * reference longest-first assignment of them. */
+static void test_schedule_matches_reference(void **state) {
+    (void)state;
+    test_rng rng;
+    test_rng_init(&rng, 0x5ced);
+    static const int32_t grids[] = {1, 5, 132, 264, 528, 1000};
+    for (int iter = 0; iter < 120; iter++) {
+        schedule_case c;
+        int32_t batch = test_rng_int(&rng, 1, iter % 4 == 0 ? 300 : 64);
+        random_case(&rng, &c, batch, test_rng_int(&rng, 1, 16), grids[iter % 6],
+                    iter % 3 == 0 ? 200000 : 20000);
+        run_schedule(&c, FLP_DECODE_MIN_CHUNK, 16);
+        const int32_t n = c.out.num_items;
+        int32_t *items = malloc(sizeof(int32_t) * FLP_WORK_ITEM_INTS * ((size_t)n + 1));
+        int64_t *cost = malloc(sizeof(int64_t) * ((size_t)n + 1));
+        memcpy(items, c.work_items, sizeof(int32_t) * FLP_WORK_ITEM_INTS * (size_t)n);
+        qsort(items, (size_t)n, sizeof(int32_t) * FLP_WORK_ITEM_INTS, by_natural_order);
+        for (int32_t i = 0; i < n; i++) {
+            const int32_t *it = items + FLP_WORK_ITEM_INTS * i;
+            cost[i] = it[FLP_WORK_KV_END] - it[FLP_WORK_KV_BEGIN] + FLP_DECODE_ITEM_OVERHEAD;
+        }
+        int32_t *want_indptr = calloc((size_t)c.ctas + 1, sizeof(int32_t));
+        int32_t *want = calloc((size_t)n * FLP_WORK_ITEM_INTS + 1, sizeof(int32_t));
+        reference_longest_first(items, FLP_WORK_ITEM_INTS, cost, n, c.ctas, want_indptr, want);
+        assert_memory_equal(c.work_indptr, want_indptr, sizeof(int32_t) * ((size_t)c.ctas + 1));
+        assert_memory_equal(c.work_items, want, sizeof(int32_t) * FLP_WORK_ITEM_INTS * (size_t)n);
+        free(items);
+        free(cost);
+        free(want_indptr);
+        free(want);
+        free_case(&c);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_random_batches),
@@ -263,6 +415,8 @@ int main(void) {
         cmocka_unit_test(test_long_request_is_split),
         cmocka_unit_test(test_deterministic),
         cmocka_unit_test(test_empty_requests_get_an_item),
+        cmocka_unit_test(test_assignment_matches_reference),
+        cmocka_unit_test(test_schedule_matches_reference),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -351,15 +351,15 @@ typedef struct flp_decode_run_args {
     /* The page ids when the plan was given kv_indices = NULL: 1-D I32, contiguous, at least
      * kv_indptr[batch_size] entries, laid out by the plan's kv_indptr; read by the kernels when
      * they run (a captured graph reads whatever it holds at replay). An id outside [0, pages
-     * of the caches) is not followed: its keys read as zeros (that request's rows are wrong,
-     * nothing outside the caches is read). NULL when the plan holds the page ids. */
+     * of the caches) is not followed: nothing outside the caches is read, and the rows of the
+     * request that holds it come out wrong (finite). NULL when the plan holds the page ids. */
     const flp_tensor *kv_indices;
 } flp_decode_run_args;
 
 /* Launches the decode (and, for split requests, the merge) on the context's stream/queue.
  * Allocates nothing, synchronises nothing. Page ids the plan holds must be < pages of the
  * caches.
- * out and lse must not overlap q, the caches, each other or the plan's memory. */
+ * out and lse must not overlap q, the caches, kv_indices, each other or the plan's memory. */
 FLP_API flp_status flp_decode_run(flp_context *ctx, const flp_plan *plan,
                                   const flp_decode_run_args *args);
 

@@ -5,22 +5,28 @@
  * The input is a plan with random capacities (max_batch_size, max_qo_len 1..8, max_pages, KV
  * heads, GQA group 1..8, head dim 64/128/256, sometimes a prefill region), then a series of paged
  * batches (page sizes 1..128, NHD/HND, empty, short and long requests, qo_len 1..8, causal,
- * windows, RoPE/ALiBi options, caller offsets and slopes). Each batch is valid, or broken in
- * exactly one way chosen before it is drawn, so the documented outcome is unambiguous:
+ * windows, RoPE/ALiBi options, caller offsets and slopes; a quarter of the page tables with
+ * pages and half of the empty ones planned with kv_indices = NULL: the runs pass the page ids).
+ * Each batch is valid, or broken in exactly one way chosen before it is drawn, so the
+ * documented outcome is unambiguous:
  * - a broken batch is refused with the documented status (FLP_ERROR_CAPACITY for a capacity,
  *   FLP_ERROR_UNSUPPORTED for what decode lacks, FLP_ERROR_INVALID_ARGUMENT otherwise) and a
  *   message naming flp_decode_plan, the argument and the value; the plan is unchanged (host
  *   mirror, device memory, summary) and its previous partition still runs;
  * - a valid batch is accepted, and the plan memory read back from the fake device (plain host
- *   memory) holds the info struct, the page table, every kv_len, the offsets and slopes, and a
- *   schedule in which every key any row can keep, of every (request, KV head), is in exactly one
- *   work item (keys below pos(0) - window_left are never scheduled), split requests are chunks
- *   in key order with the partial slots merge_info names, the chunk is one 5.5 allows and every
- *   request longer than it (and no other) is split (which allowed chunk is fastest is
- *   test_decode_schedule.c's to check), the longest-first assignment of 5.7 holds, within the
- *   plan's item and scratch capacities;
- * - flp_decode_run then refuses caches with too few pages for the largest page id, and hands
- *   the backend a launch whose schedule view is the uploaded schedule.
+ *   memory) holds the info struct, the page table (its ids only when given: a plan given none
+ *   uploads none), every kv_len, the offsets and slopes, and a schedule in which every key any
+ *   row can keep, of every (request, KV head), is in exactly one work item (keys below pos(0) -
+ *   window_left are never scheduled), split requests are chunks in key order with the partial
+ *   slots merge_info names, the chunk is one 5.5 allows and every request longer than it (and
+ *   no other) is split (which allowed chunk is fastest is test_decode_schedule.c's to check),
+ *   the longest-first assignment of 5.7 holds, within the plan's item and scratch capacities;
+ * - flp_decode_run then refuses caches with too few pages for the largest page id the plan
+ *   holds and any kv_indices tensor; for a plan given no page ids it takes caches of any size
+ *   and refuses a missing (when there are pages), mistyped, short or overlapping kv_indices
+ *   (fuzz_plan_check.h, check_run_page_ids); and hands the backend a launch whose schedule view
+ *   is the uploaded schedule, whose page ids are the plan's copy or the run's tensor and whose
+ *   num_pages is the caches'.
  * Now and then the input is instead a set of capacities up to the limits plan creation accepts,
  * asked of flp_plan_workspace_size only (check_edge_caps).
  * Plans use the vector decode kernel (FLP_DECODE_KERNEL_VECTOR), whose schedule this models; the
@@ -81,7 +87,7 @@ typedef enum defect {
     OVER_PAGES,
     NULL_LAST,
     BAD_LAST,
-    NULL_INDICES,
+    IDS_AT_RUN, /* no defect (once NULL_INDICES): planned without its page ids, with pages */
     NEGATIVE_PAGE,
     SHORT_REQUEST,
     CUSTOM_MASK,
@@ -154,7 +160,7 @@ static void pick_batch(fuzz_input *in, const caps *c, defect *d, batch *b, outco
     /* the request a per-request defect hits: one with pages */
     int32_t target = pick(in, b->batch_size);
     const bool needs_pages =
-        *d == BAD_LAST || *d == NULL_INDICES || *d == NEGATIVE_PAGE || *d == SHORT_REQUEST;
+        *d == BAD_LAST || *d == IDS_AT_RUN || *d == NEGATIVE_PAGE || *d == SHORT_REQUEST;
     if (needs_pages) {
         int32_t r = 0;
         while (r < b->batch_size && pages[(target + r) % b->batch_size] == 0)
@@ -177,12 +183,16 @@ static void pick_batch(fuzz_input *in, const caps *c, defect *d, batch *b, outco
     const int32_t total = b->indptr[b->batch_size];
     for (int32_t i = 0; i < total; i++)
         b->indices[i] = pick_page_id(in, c->max_pages);
-    b->null_indices = total == 0 && fuzz_u8(in) % 2; /* allowed: no page to read */
+    b->null_indices = total == 0 && fuzz_u8(in) % 2; /* no page to read */
     pick_variant(in, c->head_dim, &decode_variants, &b->variant);
     const uint8_t extras = fuzz_u8(in);
     b->with_q_off = extras & 1;
     b->with_k_off = extras & 2;
     b->with_slopes = extras & 4;
+    /* a quarter of the page tables with pages come without their ids (the runs pass them), but
+     * not when the defect is in an id (extras' bits 3-4: the input reads as it did before) */
+    if (total > 0 && *d != NEGATIVE_PAGE && (extras >> 3) % 4 == 1)
+        b->null_indices = true;
     for (int32_t r = 0; r < b->batch_size; r++) {
         b->q_off[r] = (int32_t)fuzz_i64(in);
         b->k_off[r] = b->q_off[r] ^ 5;
@@ -248,9 +258,9 @@ static void pick_batch(fuzz_input *in, const caps *c, defect *d, batch *b, outco
     case BAD_LAST:
         break_last_page_len(in, ps, b->last, target, o);
         break;
-    case NULL_INDICES:
+    case IDS_AT_RUN: /* flashport.h: kv_indices = NULL, each run passes the page ids */
         b->null_indices = true;
-        mention(o, "kv_indices is NULL");
+        o->status = FLP_OK;
         break;
     case NEGATIVE_PAGE:
         break_page_id(in, b->indices, total, o);
@@ -298,7 +308,11 @@ static flp_decode_plan_args args_of(const batch *b) {
 
 /* The decode partition docs/design.md 5.5 describes, per request. */
 typedef struct model {
-    int32_t batch_size, qo_len, page_size, max_page_id;
+    int32_t batch_size, qo_len, page_size;
+    int32_t max_page_id; /* the largest page id the plan holds, -1: none (or given none) */
+    bool pages_at_run;   /* planned with kv_indices = NULL: each run passes the page ids */
+    int32_t total_pages; /* kv_indptr[batch_size] */
+    int32_t ids_max;     /* the largest page id of the batch, given or not, -1: none */
     int32_t kv_len[ARR_BATCH], begin[ARR_BATCH], chunks[ARR_BATCH];
     int64_t chunk; /* keys per chunk; INT64_MAX: nothing split */
     int32_t num_items;
@@ -314,9 +328,12 @@ static void model_batch(const batch *b, model *m) {
     m->page_size = b->page_size;
     m->layout = (flp_kv_layout)b->layout;
     m->variant = model_variant(v);
-    m->max_page_id = -1;
-    for (int32_t i = 0; i < b->indptr[b->batch_size]; i++)
-        m->max_page_id = b->indices[i] > m->max_page_id ? b->indices[i] : m->max_page_id;
+    m->pages_at_run = b->null_indices;
+    m->total_pages = b->indptr[b->batch_size];
+    m->ids_max = -1;
+    for (int32_t i = 0; i < m->total_pages; i++)
+        m->ids_max = b->indices[i] > m->ids_max ? b->indices[i] : m->ids_max;
+    m->max_page_id = m->pages_at_run ? -1 : m->ids_max;
     for (int32_t r = 0; r < b->batch_size; r++) {
         const int32_t pages = b->indptr[r + 1] - b->indptr[r];
         m->kv_len[r] = pages ? (pages - 1) * b->page_size + b->last[r] : 0;
@@ -465,7 +482,7 @@ static void check_info(const flp_plan *plan, const caps *c, const batch *b, cons
                        k_off[r] == (b->with_k_off ? b->k_off[r] : 0),
                    "rope offsets of request %d: %d/%d", r, q_off[r], k_off[r]);
     }
-    for (int32_t i = 0; i < b->indptr[b->batch_size]; i++)
+    for (int32_t i = 0; !m->pages_at_run && i < m->total_pages; i++)
         FUZZ_CHECK(indices[i] == b->indices[i], "kv_indices[%d] uploaded %d, given %d", i,
                    indices[i], b->indices[i]);
     check_uploaded_slopes(slopes, c->hq, b->with_slopes ? b->slopes : NULL);
@@ -573,14 +590,26 @@ static void check_schedule(const flp_plan *plan, const caps *c, const model *acc
 
 /* ---- runs ------------------------------------------------------------------------------- */
 
-/* Runs the plan's current partition (the last accepted batch, m) and checks the launch. */
+/* A run with ids as its kv_indices (check_run_page_ids). */
+static flp_status run_with_ids(flp_context *ctx, const flp_plan *plan, const void *args,
+                               const flp_tensor *ids) {
+    flp_decode_run_args ra = *(const flp_decode_run_args *)args;
+    ra.kv_indices = ids;
+    return flp_decode_run(ctx, plan, &ra);
+}
+
+/* Runs the plan's current partition (the last accepted batch, m) and checks the launch. draw:
+ * lse or not (bit 0), the caches' pages (bits 1-2 and 7, run_cache_pages), the page ids (bits
+ * 3-7, check_run_page_ids). */
 static void check_run(flp_context *ctx, const flp_plan *plan, const caps *c, const model *m,
-                      const run_buffers *rb, bool with_lse) {
+                      const run_buffers *rb, uint8_t draw) {
+    const bool with_lse = draw & 1;
+    const int64_t pages = run_cache_pages(m->pages_at_run, m->max_page_id, m->ids_max, draw);
     const int64_t rows = (int64_t)m->batch_size * m->qo_len;
     const int64_t q_shape[3] = {rows, c->hq, c->head_dim}, lse_shape[2] = {rows, c->hq};
     const bool nhd = m->layout == FLP_KV_LAYOUT_NHD;
-    int64_t kv_shape[4] = {(int64_t)m->max_page_id + 1, nhd ? m->page_size : c->hkv,
-                           nhd ? c->hkv : m->page_size, c->head_dim};
+    int64_t kv_shape[4] = {pages, nhd ? m->page_size : c->hkv, nhd ? c->hkv : m->page_size,
+                           c->head_dim};
     flp_tensor lse = broadcast(rb->lse, FLP_DTYPE_F32, 2, lse_shape);
     flp_decode_run_args ra = {
         .q = broadcast(rb->q, m->variant.q_dtype, 3, q_shape),
@@ -590,15 +619,18 @@ static void check_run(flp_context *ctx, const flp_plan *plan, const caps *c, con
     };
     ra.v_cache = ra.k_cache;
     const int queued = fake_runs_queued;
-    if (m->max_page_id >= 0) { /* 3 "Paged KV": the run checks the largest id */
+    if (m->max_page_id >= 0) { /* 3 "Paged KV": the run checks the largest id the plan holds */
         kv_shape[0] = m->max_page_id;
         ra.k_cache.shape[0] = ra.v_cache.shape[0] = kv_shape[0];
         const flp_status st = flp_decode_run(ctx, plan, &ra);
         char page[32];
         snprintf(page, sizeof page, "page %d", m->max_page_id);
         check_refused_run(ctx, st, queued, page);
-        ra.k_cache.shape[0] = ra.v_cache.shape[0] = (int64_t)m->max_page_id + 1;
+        ra.k_cache.shape[0] = ra.v_cache.shape[0] = pages;
     }
+    flp_tensor ids;
+    ra.kv_indices = check_run_page_ids(ctx, plan, run_with_ids, &ra, &ra.out, rb, m->pages_at_run,
+                                       m->total_pages, (uint8_t)(draw >> 3), &ids);
     check_run_queued(ctx, flp_decode_run(ctx, plan, &ra), queued);
     const flp_decode_launch *l = &fake_last_decode;
     const flp_plan_layout *lay = &plan->layout;
@@ -608,6 +640,15 @@ static void check_run(flp_context *ctx, const flp_plan *plan, const caps *c, con
                    l->params.k == rb->kv->device_address &&
                    l->params.lse == (with_lse ? rb->lse->device_address : 0),
                "launch addresses");
+    /* the page ids: the run's tensor, else the plan's copy; ids beyond the caches' pages are
+     * not followed */
+    const uint64_t plan_ids = plan->buffer->device_address + plan->base + lay->kv_indices;
+    const uint64_t want_ids = ra.kv_indices ? rb->ids->device_address + ids.offset : plan_ids;
+    FUZZ_CHECK(l->params.kv_indices == want_ids && l->params.num_pages == pages,
+               "launch page ids at %#llx of %lld pages, want %#llx (%s) of %lld",
+               (unsigned long long)l->params.kv_indices, (long long)l->params.num_pages,
+               (unsigned long long)want_ids, ra.kv_indices ? "the run's" : "the plan's",
+               (long long)pages);
     check_params_slot(plan, &l->slot, lay->params_slot);
     FUZZ_CHECK(l->num_ctas == GRID && l->merge_grid == c->max_batch * c->hq,
                "grids %d / %d, want %d / %d", l->num_ctas, l->merge_grid, GRID,
@@ -700,7 +741,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static flp_context *ctx;
     static run_buffers rb;
     if (!ctx) /* for the whole run */
-        ctx = open_run_context(&rb, 0);
+        ctx = open_run_context(&rb, 0, ARR_PAGES);
     fuzz_input in = {data, size};
     if (fuzz_u8(&in) < 12) { /* now and then, capacities at the edge (nothing allocated) */
         check_edge_caps(ctx, &in);
@@ -747,6 +788,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         check_message(ctx, FN, st, &o);
         FUZZ_CHECK(fake_runs_queued == queued, "a plan call queued a run");
         check_unchanged(plan, &before, st != FLP_OK);
+        if (st == FLP_OK && b.null_indices)
+            check_ids_not_uploaded(before.device, plan_device_region(plan), plan->layout.kv_indices,
+                                   c.max_pages);
         free_snapshot(&before);
         if (st == FLP_OK) {
             model_batch(&b, &accepted);
@@ -755,7 +799,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             planned = true;
         }
         if (planned) /* the current partition runs, whether this call was accepted or not */
-            check_run(ctx, plan, &c, &accepted, &rb, fuzz_u8(&in) % 2);
+            check_run(ctx, plan, &c, &accepted, &rb, fuzz_u8(&in));
     }
     flp_plan_destroy(plan);
     return 0;

@@ -199,7 +199,11 @@ void check_assignment(const model_item *want, int32_t n, int item_ints, int32_t 
 
 /* ---- runs --------------------------------------------------------------------------------- */
 
-flp_context *open_run_context(run_buffers *rb, size_t mask_bytes) {
+/* Entries of rb->ids beyond max_ids: run_page_ids starts a view up to an entry in and gives it
+ * up to 3 entries to spare. */
+#define IDS_SLACK 4
+
+flp_context *open_run_context(run_buffers *rb, size_t mask_bytes, int32_t max_ids) {
     flp_context *ctx = fake_context();
     FUZZ_CHECK(ctx, "fake_context");
     flp_buffer_desc bd = {1024};
@@ -208,6 +212,8 @@ flp_context *open_run_context(run_buffers *rb, size_t mask_bytes) {
                    flp_buffer_create(ctx, &bd, &rb->kv) == FLP_OK &&
                    flp_buffer_create(ctx, &bd, &rb->lse) == FLP_OK,
                "run buffers");
+    bd.size = sizeof(int32_t) * ((size_t)max_ids + IDS_SLACK);
+    FUZZ_CHECK(flp_buffer_create(ctx, &bd, &rb->ids) == FLP_OK, "page ids buffer");
     rb->mask = NULL;
     if (mask_bytes > 0) {
         bd.size = mask_bytes;
@@ -244,6 +250,110 @@ void check_params_slot(const flp_plan *plan, const flp_params_slot *slot, size_t
     FUZZ_CHECK(slot->buffer == plan->buffer && slot->offset == plan->base + params_slot &&
                    slot->offset % 256 == 0,
                "params slot at %llu", (unsigned long long)slot->offset);
+}
+
+/* ---- page ids at run time ----------------------------------------------------------------- */
+
+int64_t run_cache_pages(bool pages_at_run, int32_t max_page_id, int32_t ids_max, uint8_t draw) {
+    if (!pages_at_run)
+        return (int64_t)max_page_id + 1;
+    const int64_t fit = (int64_t)ids_max + 1;
+    switch ((draw >> 1) % 4) {
+    case 0:
+        return fit;
+    case 1:
+        return fit / 2;
+    case 2:
+        return 0;
+    default:
+        return fit + (draw & 128 ? 1000 : 1);
+    }
+}
+
+flp_tensor run_page_ids(const run_buffers *rb, int32_t total_pages, uint8_t draw) {
+    const int64_t shape[1] = {(int64_t)total_pages + (draw & 2 ? 3 : 0)};
+    const size_t first = draw & 1;
+    FUZZ_CHECK((size_t)shape[0] + first <= rb->ids->size / sizeof(int32_t),
+               "%d page ids do not fit the run buffers", total_pages);
+    return flp_tensor_contiguous(rb->ids, sizeof(int32_t) * first, FLP_DTYPE_I32, 1, shape);
+}
+
+/* A run with ids refused, naming them (and what, when not NULL). */
+static void refused_ids(flp_context *ctx, const flp_plan *plan, run_with_ids_fn run,
+                        const void *args, const flp_tensor *ids, const char *mentions,
+                        const char *what) {
+    const int queued = fake_runs_queued;
+    check_refused_run(ctx, run(ctx, plan, args, ids), queued, mentions);
+    FUZZ_CHECK(!what || strstr(flp_context_last_error(ctx), what),
+               "the refusal of kv_indices (%s) does not mention \"%s\"",
+               flp_context_last_error(ctx), what);
+}
+
+const flp_tensor *check_run_page_ids(flp_context *ctx, const flp_plan *plan, run_with_ids_fn run,
+                                     const void *args, const flp_tensor *out, const run_buffers *rb,
+                                     bool pages_at_run, int32_t total_pages, uint8_t draw,
+                                     flp_tensor *ids) {
+    *ids = run_page_ids(rb, total_pages, draw);
+    if (!pages_at_run) {
+        refused_ids(ctx, plan, run, args, ids,
+                    "kv_indices is given but the plan holds the page ids", NULL);
+        return NULL;
+    }
+    char text[128];
+    if (total_pages > 0) {
+        snprintf(text, sizeof text,
+                 "kv_indices is NULL but the plan was given no page ids (%d pages to look up)",
+                 total_pages);
+        refused_ids(ctx, plan, run, args, NULL, text, NULL);
+    }
+    /* one bad view a run: another dtype (same bytes or fewer), rank, a stride, no buffer */
+    flp_tensor bad = *ids;
+    switch ((draw >> 2) % 4) {
+    case 0:
+        bad.dtype = draw & 2 ? FLP_DTYPE_U8 : FLP_DTYPE_F32;
+        refused_ids(ctx, plan, run, args, &bad, "kv_indices", "dtype");
+        break;
+    case 1:
+        bad.ndim = 2;
+        bad.shape[1] = 1;
+        bad.stride[0] = bad.stride[1] = 1;
+        refused_ids(ctx, plan, run, args, &bad, "kv_indices", "ndim");
+        break;
+    case 2:
+        bad.shape[0] = total_pages / 2; /* within the buffer */
+        bad.stride[0] = 2;
+        refused_ids(ctx, plan, run, args, &bad, "kv_indices", "stride");
+        break;
+    default:
+        bad.buf = NULL;
+        refused_ids(ctx, plan, run, args, &bad, "kv_indices.buf is NULL", NULL);
+        break;
+    }
+    if (total_pages > 0) {
+        bad = *ids;
+        bad.shape[0] = total_pages - 1;
+        snprintf(text, sizeof text, "kv_indices has %d entries, the plan's kv_indptr needs %d",
+                 total_pages - 1, total_pages);
+        refused_ids(ctx, plan, run, args, &bad, text, NULL);
+        bool out_empty = false;
+        for (int i = 0; i < out->ndim; i++)
+            out_empty = out_empty || out->shape[i] == 0;
+        if (!out_empty && out->offset + sizeof(int32_t) * (size_t)total_pages <= out->buf->size) {
+            /* ids under out: the kernels would read ids they overwrite */
+            const int64_t shape[1] = {total_pages};
+            bad = flp_tensor_contiguous(out->buf, out->offset, FLP_DTYPE_I32, 1, shape);
+            refused_ids(ctx, plan, run, args, &bad, "kv_indices", "overlaps");
+        }
+    } else if (draw & 16) {
+        return NULL; /* nothing to look up: no ids needed */
+    }
+    return ids;
+}
+
+void check_ids_not_uploaded(const uint8_t *before, const uint8_t *now, size_t at,
+                            int32_t max_pages) {
+    FUZZ_CHECK(memcmp(before + at, now + at, sizeof(int32_t) * (size_t)max_pages) == 0,
+               "a plan given no page ids changed the uploaded kv_indices");
 }
 
 /* ---- capacities at the edge --------------------------------------------------------------- */

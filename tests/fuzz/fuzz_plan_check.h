@@ -1,8 +1,9 @@
 /* Reading a plan back from the fake device, and the checks the decode_plan and prefill_plan
  * targets make alike: messages, snapshots a refusal must leave unchanged, the layout's parts,
  * the variant's fields of an info struct, work_indptr, the longest-first assignment of
- * docs/design.md 5.7, runs and their params slot, refused edge capacities. What differs between
- * the partitions (their info structs, schedules and launches) stays in each target. */
+ * docs/design.md 5.7, runs and their params slot, the page ids a run passes (or may not),
+ * refused edge capacities. What differs between the partitions (their info structs, schedules
+ * and launches) stays in each target. */
 #ifndef FLP_TESTS_FUZZ_PLAN_CHECK_H
 #define FLP_TESTS_FUZZ_PLAN_CHECK_H
 
@@ -108,14 +109,14 @@ void check_assignment(const model_item *want, int32_t n, int item_ints, int32_t 
 /* ---- runs --------------------------------------------------------------------------------- */
 
 /* Buffers for runs: a few bytes serve views of any shape (broadcast), the custom mask (prefill
- * only) is real bytes. */
+ * only) and the page ids a run passes to a plan given none (ids) are real bytes. */
 typedef struct run_buffers {
-    flp_buffer *q, *out, *kv, *lse, *mask;
+    flp_buffer *q, *out, *kv, *lse, *mask, *ids;
 } run_buffers;
 
 /* The fake context of a whole fuzzing run and its run buffers, mask_bytes of mask (none when
- * 0). */
-flp_context *open_run_context(run_buffers *rb, size_t mask_bytes);
+ * 0), ids for views of up to max_ids page ids (run_page_ids). */
+flp_context *open_run_context(run_buffers *rb, size_t mask_bytes, int32_t max_ids);
 
 /* A view of buf whose outer strides are all 0: any shape fits a few bytes (the fake backend
  * computes nothing; the core checks shapes, dtypes and alignment). */
@@ -130,6 +131,44 @@ void check_run_queued(flp_context *ctx, flp_status st, int queued);
 
 /* The launch's params slot: in the plan's buffer, at params_slot of its region, 256-aligned. */
 void check_params_slot(const flp_plan *plan, const flp_params_slot *slot, size_t params_slot);
+
+/* ---- page ids at run time ----------------------------------------------------------------- */
+
+/* The pages of the caches for a run: the largest page id the plan holds (max_page_id) + 1; for a
+ * plan given none (pages_at_run), anything (flashport.h: the kernels do not follow an id beyond
+ * the caches), by draw's bits 1-2 and 7: as many as the batch's ids (ids_max the largest, -1:
+ * none) need, half as many, none, or more. */
+int64_t run_cache_pages(bool pages_at_run, int32_t max_page_id, int32_t ids_max, uint8_t draw);
+
+/* A good kv_indices view for a run (1-D I32, contiguous) in rb->ids, with total_pages (<=
+ * max_ids) entries or 3 more (draw's bit 1), from entry 0 or 1 (bit 0). The fake backend reads
+ * no page id: the view's contents do not matter. */
+flp_tensor run_page_ids(const run_buffers *rb, int32_t total_pages, uint8_t draw);
+
+/* A run of a target's current partition: args, the target's run arguments (all valid), with
+ * ids (NULL: none) as their kv_indices. */
+typedef flp_status (*run_with_ids_fn)(flp_context *ctx, const flp_plan *plan, const void *args,
+                                      const flp_tensor *ids);
+
+/* A paged run's kv_indices against its plan (flashport.h, flp_decode_run_args.kv_indices):
+ * - a plan that holds the page ids refuses any tensor;
+ * - a plan given none (pages_at_run) refuses NULL when its kv_indptr has pages to look up
+ *   (total_pages > 0), a view of another dtype (U8 or F32 by draw's bit 1) or rank, a strided
+ *   one or one without its buffer (one of the four, by draw's bits 2-3), and one an entry short
+ *   and one overlapping out (the run's out, when it is not empty);
+ * each refusal with FLP_ERROR_INVALID_ARGUMENT, a message naming kv_indices, nothing queued.
+ * Returns the kv_indices an accepted run passes: NULL for a plan that holds the ids (or, when
+ * draw's bit 4 says so, one given none without pages), else ids, set to run_page_ids(rb,
+ * total_pages, draw). */
+const flp_tensor *check_run_page_ids(flp_context *ctx, const flp_plan *plan, run_with_ids_fn run,
+                                     const void *args, const flp_tensor *out, const run_buffers *rb,
+                                     bool pages_at_run, int32_t total_pages, uint8_t draw,
+                                     flp_tensor *ids);
+
+/* A plan given no page ids uploads none: bytes [at, at + 4 * max_pages) of a region's device
+ * copy, its kv_indices, are now (after the plan call) as they were before it (a snapshot). */
+void check_ids_not_uploaded(const uint8_t *before, const uint8_t *now, size_t at,
+                            int32_t max_pages);
 
 /* ---- capacities at the edge --------------------------------------------------------------- */
 

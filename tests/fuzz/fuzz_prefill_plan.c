@@ -6,24 +6,31 @@
  * The input is a plan with random capacities (max_batch_size, max_qo_rows, max_pages, KV heads,
  * GQA group 1..8, head dim; now and then a decode-only plan), which first gets a decode plan,
  * then a series of batches over ragged or paged KV (ragged queries with qo_len <= kv_len, empty
- * requests, prompts and appends, page sizes 1..128, NHD/HND, no/causal/custom masks, windows,
- * mask offsets up to the int32 edge). Each batch is valid, or broken in exactly one way chosen
- * before it is drawn, so the documented outcome is unambiguous:
+ * requests, prompts and appends, page sizes 1..128, NHD/HND, a quarter of the page tables with
+ * pages and half of the empty ones given with kv_indices = NULL (the runs pass the page ids),
+ * no/causal/custom masks, windows, mask offsets up to the int32 edge). Each batch is valid, or
+ * broken in exactly one way chosen before it is drawn, so the documented outcome is
+ * unambiguous:
  * - a broken batch is refused with the documented status (FLP_ERROR_CAPACITY for a capacity,
  *   FLP_ERROR_INVALID_ARGUMENT otherwise) and a message naming flp_prefill_plan, the argument
  *   and the value; the plan is unchanged (mirrors, device memory, summary) and still runs;
  * - a valid batch is accepted; the prefill region read back from the fake device holds the
- *   info struct and the batch's arrays, and a schedule where, for every (request, KV head), the
- *   items' packed-row ranges partition the request's rows into query tiles, and the items of a
- *   tile tile exactly the keys its rows can keep (the union over its rows of the keys the causal
- *   mask and the window allow, a custom mask clipping nothing): so every keepable (request,
- *   query token, query head, key) is covered exactly once and no key no row can keep is
- *   scheduled. Split tiles are chunks in key order writing consecutive partial slots, merged
- *   once by one merge item; the tile, split decision and bounds of 5.6 and the longest-first
- *   assignment of 5.7 hold;
+ *   info struct and the batch's arrays (the page ids only when given: a plan given none uploads
+ *   none), and a schedule where, for every (request, KV head), the items' packed-row ranges
+ *   partition the request's rows into query tiles, and the items of a tile tile exactly the
+ *   keys its rows can keep (the union over its rows of the keys the causal mask and the window
+ *   allow, a custom mask clipping nothing): so every keepable (request, query token, query
+ *   head, key) is covered exactly once and no key no row can keep is scheduled. Split tiles are
+ *   chunks in key order writing consecutive partial slots, merged once by one merge item; the
+ *   tile, split decision and bounds of 5.6 and the longest-first assignment of 5.7 hold;
  * - no prefill call touches the decode partition (5: each plan call replaces only its own);
- * - flp_prefill_run refuses K/V too small for the plan and a custom mask one byte short, and
- *   hands the backend a launch whose schedule view is the uploaded schedule.
+ * - flp_prefill_run refuses K/V too small for the plan (for paged KV, the largest page id the
+ *   plan holds; a plan given none takes caches of any size), a custom mask one byte short, a
+ *   kv_indices tensor with ragged KV or a plan that holds the ids, and for a plan given none a
+ *   missing (when there are pages), mistyped, short or overlapping one (fuzz_plan_check.h,
+ *   check_run_page_ids); and hands the backend a launch whose schedule view is the uploaded
+ *   schedule, whose page ids are the plan's copy or the run's tensor and whose num_pages is the
+ *   caches' (both 0 with ragged KV).
  * Now and then the input is instead a set of capacities up to the limits plan creation accepts,
  * asked of flp_plan_workspace_size only (check_edge_caps).
  * Nothing of the library's own schedule code is reused: the model recomputes everything. */
@@ -94,7 +101,7 @@ typedef enum defect {
     OVER_PAGES,
     NULL_LAST,
     BAD_LAST,
-    NULL_INDICES,
+    IDS_AT_RUN, /* no defect (once NULL_INDICES): paged, planned without its page ids, with pages */
     NEGATIVE_PAGE,
     QO_OVER_KV,
     CUSTOM_WITHOUT_OFFSETS,
@@ -203,7 +210,7 @@ static void pick_batch(fuzz_input *in, const caps *c, defect *d, batch *b, outco
         *d = VALID;
         target = start;
     }
-    if (*d == NEGATIVE_PAGE || *d == NULL_INDICES) { /* these need a page somewhere */
+    if (*d == NEGATIVE_PAGE || *d == IDS_AT_RUN) { /* these need a page somewhere */
         int32_t keys = 0;
         for (int32_t r = 0; r < b->batch_size; r++)
             keys += kv[r];
@@ -241,7 +248,7 @@ static void pick_batch(fuzz_input *in, const caps *c, defect *d, batch *b, outco
     b->with_last = paged;
     for (int32_t i = 0; i < total_pages; i++)
         b->indices[i] = pick_page_id(in, c->max_pages);
-    b->null_indices = paged && total_pages == 0 && fuzz_u8(in) % 2; /* allowed: nothing to read */
+    b->null_indices = paged && total_pages == 0 && fuzz_u8(in) % 2; /* nothing to read */
     b->with_mask_indptr = b->variant.mask == FLP_MASK_CUSTOM;
     /* mask offsets: packed one after another, anywhere, overlapping, or ending exactly at the
      * int32 edge (still valid: 3 "custom mask") */
@@ -260,6 +267,10 @@ static void pick_batch(fuzz_input *in, const caps *c, defect *d, batch *b, outco
     b->with_q_off = extras & 1;
     b->with_k_off = extras & 2;
     b->with_slopes = extras & 4;
+    /* a quarter of the page tables with pages come without their ids (the runs pass them), but
+     * not when the defect is in an id (extras' bits 3-4: the input reads as it did before) */
+    if (paged && total_pages > 0 && *d != NEGATIVE_PAGE && (extras >> 3) % 4 == 1)
+        b->null_indices = true;
     for (int32_t r = 0; r < b->batch_size; r++) {
         b->q_off[r] = (int32_t)fuzz_i64(in);
         b->k_off[r] = b->q_off[r] ^ 3;
@@ -339,9 +350,9 @@ static void pick_batch(fuzz_input *in, const caps *c, defect *d, batch *b, outco
     case BAD_LAST:
         break_last_page_len(in, ps, b->last, target, o);
         break;
-    case NULL_INDICES:
+    case IDS_AT_RUN: /* flashport.h: kv_indices = NULL, each run passes the page ids */
         b->null_indices = true;
-        mention(o, "kv_indices is NULL");
+        o->status = FLP_OK;
         break;
     case NEGATIVE_PAGE:
         break_page_id(in, b->indices, total_pages, o);
@@ -413,8 +424,12 @@ static flp_prefill_plan_args args_of(const batch *b) {
 /* ---- what a valid batch means (the model) ------------------------------------------------- */
 
 typedef struct model {
-    int32_t batch_size, total_rows, total_kv_rows, max_page_id;
+    int32_t batch_size, total_rows, total_kv_rows;
+    int32_t max_page_id; /* paged: the largest page id the plan holds, -1: none (or given none) */
     bool paged;
+    bool pages_at_run;   /* paged, planned with kv_indices = NULL: each run passes the page ids */
+    int32_t total_pages; /* paged: kv_indptr[batch_size]; ragged: 0 */
+    int32_t ids_max;     /* paged: the largest page id of the batch, given or not, -1: none */
     int32_t qo[ARR_BATCH], kv[ARR_BATCH];
     int64_t mask_bytes; /* bytes the custom mask must hold */
     bool causal;
@@ -437,7 +452,6 @@ static void model_batch(const caps *c, const batch *b, model *m) {
     m->variant = model_variant(v);
     m->variant.flags |=
         (v->mask == FLP_MASK_CUSTOM ? FLP_FLAG_CUSTOM_MASK : 0u) | (m->paged ? FLP_FLAG_PAGED : 0u);
-    m->max_page_id = -1;
     m->total_rows = b->qo_indptr[b->batch_size];
     m->total_kv_rows = m->paged ? 0 : b->kv_indptr[b->batch_size];
     for (int32_t r = 0; r < b->batch_size; r++) {
@@ -449,8 +463,12 @@ static void model_batch(const caps *c, const batch *b, model *m) {
         if (b->with_mask_indptr && m->qo[r] > 0 && end > m->mask_bytes)
             m->mask_bytes = end;
     }
-    for (int32_t i = 0; m->paged && i < b->kv_indptr[b->batch_size]; i++)
-        m->max_page_id = b->indices[i] > m->max_page_id ? b->indices[i] : m->max_page_id;
+    m->pages_at_run = m->paged && b->null_indices;
+    m->total_pages = m->paged ? b->kv_indptr[b->batch_size] : 0;
+    m->ids_max = -1;
+    for (int32_t i = 0; i < m->total_pages; i++)
+        m->ids_max = b->indices[i] > m->ids_max ? b->indices[i] : m->ids_max;
+    m->max_page_id = m->pages_at_run ? -1 : m->ids_max;
 }
 
 /* The keys packed rows [p0, p1) of request r can keep, [*lo, *hi): 3 "Positions" (query token
@@ -587,7 +605,7 @@ static void check_info(const flp_plan *plan, const caps *c, const batch *b, cons
                        mask[r] == (b->with_mask_indptr ? b->mask_indptr[r] : 0),
                    "offsets of request %d: rope %d/%d mask %d", r, q_off[r], k_off[r], mask[r]);
     }
-    for (int32_t i = 0; m->paged && i < b->kv_indptr[b->batch_size]; i++)
+    for (int32_t i = 0; !m->pages_at_run && i < m->total_pages; i++)
         FUZZ_CHECK(indices[i] == b->indices[i], "kv_indices[%d] uploaded %d, given %d", i,
                    indices[i], b->indices[i]);
     check_uploaded_slopes(slopes, c->hq, b->with_slopes ? b->slopes : NULL);
@@ -796,17 +814,28 @@ static void expect_refused_run(flp_context *ctx, const flp_plan *plan,
     check_refused_run(ctx, flp_prefill_run(ctx, plan, ra), queued, mentions);
 }
 
+/* A run with ids as its kv_indices (check_run_page_ids). */
+static flp_status run_with_ids(flp_context *ctx, const flp_plan *plan, const void *args,
+                               const flp_tensor *ids) {
+    flp_prefill_run_args ra = *(const flp_prefill_run_args *)args;
+    ra.kv_indices = ids;
+    return flp_prefill_run(ctx, plan, &ra);
+}
+
 /* Runs the plan's current prefill partition (the last accepted batch, m) and checks the
- * launch. */
+ * launch. draw: lse or not (bit 0), the caches' pages (bits 1-2 and 7, run_cache_pages), the
+ * page ids (bits 3-7, check_run_page_ids). */
 static void check_run(flp_context *ctx, const flp_plan *plan, const caps *c, const model *m,
-                      const run_buffers *rb, bool with_lse) {
+                      const run_buffers *rb, uint8_t draw) {
     if (m->mask_bytes > MASK_BYTES)
         return; /* a mask that large would need a real buffer of its size (contiguous bytes) */
+    const bool with_lse = draw & 1;
+    const int64_t pages = run_cache_pages(m->pages_at_run, m->max_page_id, m->ids_max, draw);
     const int64_t q_shape[3] = {m->total_rows, c->hq, c->head_dim};
     const int64_t lse_shape[2] = {m->total_rows, c->hq}, mask_shape[1] = {m->mask_bytes};
     const bool nhd = m->layout == FLP_KV_LAYOUT_NHD;
-    const int64_t paged_shape[4] = {(int64_t)m->max_page_id + 1, nhd ? m->page_size : c->hkv,
-                                    nhd ? c->hkv : m->page_size, c->head_dim};
+    const int64_t paged_shape[4] = {pages, nhd ? m->page_size : c->hkv, nhd ? c->hkv : m->page_size,
+                                    c->head_dim};
     const int64_t ragged_shape[3] = {m->total_kv_rows, c->hkv, c->head_dim};
     flp_tensor lse = broadcast(rb->lse, FLP_DTYPE_F32, 2, lse_shape);
     flp_tensor mask = flp_tensor_contiguous(rb->mask, 0, FLP_DTYPE_U8, 1, mask_shape);
@@ -820,12 +849,15 @@ static void check_run(flp_context *ctx, const flp_plan *plan, const caps *c, con
         .custom_mask = custom ? &mask : NULL,
     };
     ra.v = ra.k;
+    /* the page ids a plan given none needs, for the refusals of other arguments */
+    flp_tensor ids = run_page_ids(rb, m->total_pages, (uint8_t)(draw >> 3));
+    ra.kv_indices = m->pages_at_run ? &ids : NULL;
     char text[64];
-    if (m->paged && m->max_page_id >= 0) { /* 3 "Paged KV": ids below the cache's pages */
+    if (m->paged && m->max_page_id >= 0) { /* 3 "Paged KV": the plan's ids below the pages */
         ra.k.shape[0] = ra.v.shape[0] = m->max_page_id;
         snprintf(text, sizeof text, "page %d", m->max_page_id);
         expect_refused_run(ctx, plan, &ra, text);
-        ra.k.shape[0] = ra.v.shape[0] = (int64_t)m->max_page_id + 1;
+        ra.k.shape[0] = ra.v.shape[0] = pages;
     }
     if (!m->paged && m->total_kv_rows > 0) { /* 4: ragged k/v [>= kv_indptr[B], Hkv, D] */
         ra.k.shape[0] = ra.v.shape[0] = m->total_kv_rows - 1;
@@ -839,6 +871,15 @@ static void check_run(flp_context *ctx, const flp_plan *plan, const caps *c, con
         expect_refused_run(ctx, plan, &ra, text);
         mask.shape[0] = m->mask_bytes;
     }
+    if (m->paged) {
+        ra.kv_indices =
+            check_run_page_ids(ctx, plan, run_with_ids, &ra, &ra.out, rb, m->pages_at_run,
+                               m->total_pages, (uint8_t)(draw >> 3), &ids);
+    } else { /* page ids mean nothing to ragged KV */
+        ra.kv_indices = &ids;
+        expect_refused_run(ctx, plan, &ra, "kv_indices is given but the plan's KV is ragged");
+        ra.kv_indices = NULL;
+    }
     const int queued = fake_runs_queued;
     check_run_queued(ctx, flp_prefill_run(ctx, plan, &ra), queued);
     const flp_prefill_launch *l = &fake_last_prefill;
@@ -851,6 +892,17 @@ static void check_run(flp_context *ctx, const flp_plan *plan, const caps *c, con
                    l->params.lse == (with_lse ? rb->lse->device_address : 0) &&
                    l->params.mask == (custom ? rb->mask->device_address : 0),
                "launch addresses");
+    /* paged: the page ids are the run's tensor, else the plan's copy, ids beyond the caches'
+     * pages not followed; ragged: neither */
+    const uint64_t plan_ids = plan->buffer->device_address + plan->base + pl->kv_indices;
+    const uint64_t want_ids = !m->paged       ? 0
+                              : ra.kv_indices ? rb->ids->device_address + ids.offset
+                                              : plan_ids;
+    const int64_t want_pages = m->paged ? pages : 0;
+    FUZZ_CHECK(l->params.kv_indices == want_ids && l->params.num_pages == want_pages,
+               "launch page ids at %#llx of %lld pages, want %#llx of %lld",
+               (unsigned long long)l->params.kv_indices, (long long)l->params.num_pages,
+               (unsigned long long)want_ids, (long long)want_pages);
     check_params_slot(plan, &l->slot, pl->params_slot);
     FUZZ_CHECK(l->num_ctas == GRID && l->merge_grid == MAX_MERGES && l->q_tile == p->q_tile &&
                    l->q_dtype == (int32_t)m->variant.q_dtype &&
@@ -954,7 +1006,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static flp_context *ctx;
     static run_buffers rb;
     if (!ctx) /* for the whole run */
-        ctx = open_run_context(&rb, MASK_BYTES);
+        ctx = open_run_context(&rb, MASK_BYTES, ARR_PAGES);
     fuzz_input in = {data, size};
     if (fuzz_u8(&in) < 12) { /* now and then, capacities at the edge (nothing allocated) */
         check_edge_caps(ctx, &in);
@@ -1008,6 +1060,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         check_message(ctx, FN, st, &o);
         FUZZ_CHECK(fake_runs_queued == queued, "a plan call queued a run");
         check_unchanged(plan, &before, st != FLP_OK);
+        if (st == FLP_OK && b.storage == FLP_KV_PAGED && b.null_indices)
+            check_ids_not_uploaded(before.pf_device, prefill_region(plan),
+                                   plan->prefill.layout.kv_indices - plan->prefill.layout.info,
+                                   c.max_pages);
         free_snapshot(&before);
         if (st == FLP_OK) {
             model_batch(&c, &b, &accepted);
@@ -1016,7 +1072,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             planned = true;
         }
         if (planned)
-            check_run(ctx, plan, &c, &accepted, &rb, fuzz_u8(&in) % 2);
+            check_run(ctx, plan, &c, &accepted, &rb, fuzz_u8(&in));
     }
     flp_plan_destroy(plan);
     return 0;
