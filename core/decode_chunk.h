@@ -1,5 +1,5 @@
 /* The decode scheduler's split decision (docs/design.md 5.5): which KV chunk size, if any, makes
- * the slowest workgroup finish first. */
+ * the slowest workgroup finish first, and the longest-first assignment of the chosen split. */
 #ifndef FLP_CORE_DECODE_CHUNK_H
 #define FLP_CORE_DECODE_CHUNK_H
 
@@ -31,7 +31,39 @@ size_t flp_decode_chunk_scratch_bytes(int32_t batch_size, int32_t num_ctas);
  * longer than it is cut into, or INT32_MAX for no split: the candidate with the shortest
  * simulated slowest workgroup (ties to the larger chunk) if that beats no split by
  * FLP_DECODE_SPLIT_MIN_GAIN_PERCENT. scratch: 8-byte aligned,
- * flp_decode_chunk_scratch_bytes bytes. */
+ * flp_decode_chunk_scratch_bytes bytes. The pieces' costs sum below 2^60 and num_ctas is below
+ * 2^28 (the item capacities of flp_decode_max_items and flp_prefill_max_items keep them so). */
 int32_t flp_decode_choose_chunk(const flp_decode_schedule_input *in, void *scratch);
+
+/* The chunk choice and the longest-first assignment of its items (docs/design.md 5.7), for
+ * flp_decode_schedule_build_in to write out. The items of one cost go in natural order
+ * (request, KV head, chunk), and a piece is group_size consecutive items of that order, which go
+ * to the group_size workgroups [group * group_size, (group + 1) * group_size) in turn.
+ *
+ * Longest first, the items are: full_pieces pieces of chunk keys (every full chunk of a split
+ * request, and every request of exactly chunk keys), piece i to group i % num_groups; then, for
+ * each rest[i] in turn, the KV heads' last (or only) item of request FLP_DECODE_REST_REQUEST(
+ * rest[i]), heads / group_size pieces, to groups picks[...] in turn. */
+typedef struct flp_decode_choice {
+    int32_t chunk; /* INT32_MAX when nothing is split */
+    int32_t group_size;
+    int32_t num_groups; /* num_ctas / group_size */
+    int64_t full_pieces;
+    int32_t num_rest;
+    const int64_t *rest;   /* [num_rest] */
+    const int32_t *picks;  /* [num_rest * heads / group_size] */
+    const int32_t *chunks; /* [batch_size] each request's items per KV head */
+} flp_decode_choice;
+
+/* A rest entry's request. */
+#define FLP_DECODE_REST_REQUEST(entry) ((int32_t)(0x7fffffff - ((entry)&0xffffffff)))
+
+/* Host scratch bytes flp_decode_choose_and_assign needs (a multiple of 8). */
+size_t flp_decode_choice_scratch_bytes(const flp_decode_schedule_input *in);
+
+/* Fills out, whose arrays lie in scratch (8-byte aligned, flp_decode_choice_scratch_bytes(in)
+ * bytes). */
+void flp_decode_choose_and_assign(const flp_decode_schedule_input *in, void *scratch,
+                                  flp_decode_choice *out);
 
 #endif /* FLP_CORE_DECODE_CHUNK_H */

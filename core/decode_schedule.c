@@ -1,8 +1,7 @@
-/* Decode work partition: KV splitting (core/decode_chunk.c chooses the chunk) and longest-first
- * assignment. */
+/* Decode work partition: KV splitting and longest-first assignment (core/decode_chunk.c chooses
+ * the chunk and each piece's workgroups), written out here as work lists. */
 #include "core/decode_schedule.h"
 #include "core/alloc.h"
-#include "core/assign.h"
 #include "core/decode_chunk.h"
 
 #include <limits.h>
@@ -18,64 +17,118 @@ int32_t flp_decode_max_items(int32_t max_batch_size, int32_t num_kv_heads, int32
     return n > INT32_MAX / FLP_WORK_ITEM_INTS ? -1 : (int32_t)n;
 }
 
-static void build(const flp_decode_schedule_input *in, int32_t chunk, int32_t *items, int64_t *cost,
-                  flp_decode_schedule *out) {
-    int32_t n = 0, slots = 0;
-    for (int32_t b = 0; b < in->batch_size; b++) {
-        int32_t begin = in->kv_begin[b], end = in->kv_end[b];
-        int32_t len = end - begin;
-        int32_t chunks = len <= chunk ? 1 : (int32_t)(((int64_t)len + chunk - 1) / chunk);
-        out->merge_info[2 * b] = chunks > 1 ? slots : 0;
-        out->merge_info[2 * b + 1] = chunks;
-        for (int32_t g = 0; g < in->num_kv_heads; g++) {
-            for (int32_t c = 0; c < chunks; c++) {
-                int32_t *it = items + FLP_WORK_ITEM_INTS * n;
-                int32_t lo = chunks > 1 ? begin + c * chunk : begin;
-                int32_t hi = chunks > 1 && c + 1 < chunks ? lo + chunk : end;
-                it[FLP_WORK_REQUEST] = b;
-                it[FLP_WORK_KV_HEAD] = g;
-                it[FLP_WORK_KV_BEGIN] = lo;
-                it[FLP_WORK_KV_END] = hi;
-                it[FLP_WORK_PARTIAL_SLOT] = chunks > 1 ? slots + g * chunks + c : -1;
-                cost[n] = (int64_t)(hi - lo) + FLP_DECODE_ITEM_OVERHEAD;
-                n++;
-            }
-        }
-        if (chunks > 1)
-            slots += in->num_kv_heads * chunks;
-    }
-    out->num_items = n;
-    out->num_partial_slots = slots;
+size_t flp_decode_schedule_scratch_bytes(const flp_decode_schedule_input *in) {
+    if (flp_decode_max_items(in->batch_size, in->num_kv_heads, in->num_ctas) < 0)
+        return SIZE_MAX;
+    /* the chunk choice and assignment, then per group of workgroups: its first item's index and
+     * its pieces (8-byte multiples) */
+    return flp_decode_choice_scratch_bytes(in) +
+           (2 * sizeof(int32_t) * (size_t)in->num_ctas + 7) / 8 * 8;
 }
 
-size_t flp_decode_schedule_scratch_bytes(const flp_decode_schedule_input *in) {
-    int32_t bound = flp_decode_max_items(in->batch_size, in->num_kv_heads, in->num_ctas);
-    if (bound < 0)
-        return SIZE_MAX;
-    size_t max_items = (size_t)bound;
-    /* cost [max_items] int64, the assignment's scratch, items [max_items], the chunk choice's
-     * scratch (8-byte multiples) */
-    size_t items = sizeof(int32_t) * FLP_WORK_ITEM_INTS * max_items;
-    return sizeof(int64_t) * max_items +
-           flp_assign_scratch_bytes((int32_t)max_items, in->num_ctas) + (items + 7) / 8 * 8 +
-           flp_decode_chunk_scratch_bytes(in->batch_size, in->num_ctas);
+/* Writes item (b, head, [lo, hi), slot) at work_items[at]. */
+static inline void put_item(int32_t *work_items, int32_t at, int32_t b, int32_t head, int32_t lo,
+                            int32_t hi, int32_t slot) {
+    int32_t *it = work_items + (size_t)FLP_WORK_ITEM_INTS * (size_t)at;
+    it[FLP_WORK_REQUEST] = b;
+    it[FLP_WORK_KV_HEAD] = head;
+    it[FLP_WORK_KV_BEGIN] = lo;
+    it[FLP_WORK_KV_END] = hi;
+    it[FLP_WORK_PARTIAL_SLOT] = slot;
 }
 
 void flp_decode_schedule_build_in(const flp_decode_schedule_input *in, flp_decode_schedule *out,
                                   void *scratch) {
-    int32_t max_items = flp_decode_max_items(in->batch_size, in->num_kv_heads, in->num_ctas);
-    int64_t *cost = scratch;
-    char *assign_scratch = (char *)(cost + max_items);
-    int32_t *items =
-        (int32_t *)(assign_scratch + flp_assign_scratch_bytes(max_items, in->num_ctas));
-    size_t items_bytes = sizeof(int32_t) * FLP_WORK_ITEM_INTS * (size_t)max_items;
-    void *chunk_scratch = (char *)items + (items_bytes + 7) / 8 * 8;
-    int32_t chunk = flp_decode_choose_chunk(in, chunk_scratch);
+    flp_decode_choice ch;
+    flp_decode_choose_and_assign(in, scratch, &ch);
+    const int32_t heads = in->num_kv_heads, group_size = ch.group_size, groups = ch.num_groups;
+    const int32_t chunk = ch.chunk, per = heads / group_size;
+    /* next[g]: where group g's next piece puts its first workgroup's item; pieces[g]: its
+     * pieces, each workgroup's item count */
+    int32_t *next = (int32_t *)((char *)scratch + flp_decode_choice_scratch_bytes(in));
+    int32_t *pieces = next + in->num_ctas;
     out->chunk_size = chunk;
-    /* Items in natural order (request, head, chunk) into the scratch list, then assigned. */
-    build(in, chunk, items, cost, out);
-    flp_assign_longest_first(items, FLP_WORK_ITEM_INTS, cost, out->num_items, in->num_ctas,
-                             out->work_indptr, out->work_items, assign_scratch);
+
+    /* Partial slots: request b's head g, chunk c at merge_info[2b] + g * chunks + c. */
+    int32_t slots = 0;
+    for (int32_t b = 0; b < in->batch_size; b++) {
+        const int32_t chunks = ch.chunks[b];
+        out->merge_info[2 * b] = chunks > 1 ? slots : 0;
+        out->merge_info[2 * b + 1] = chunks;
+        if (chunks > 1)
+            slots += heads * chunks;
+    }
+    out->num_partial_slots = slots;
+
+    /* Each workgroup's items: the pieces of its group, in longest-first order. */
+    const int64_t full_rounds = ch.full_pieces / groups, full_extra = ch.full_pieces % groups;
+    for (int32_t g = 0; g < groups; g++)
+        pieces[g] = (int32_t)(full_rounds + (g < full_extra));
+    const int64_t rest_pieces = (int64_t)ch.num_rest * per;
+    for (int64_t p = 0; p < rest_pieces; p++)
+        pieces[ch.picks[p]]++;
+    int32_t items = 0;
+    for (int32_t g = 0; g < groups; g++) {
+        next[g] = items;
+        for (int32_t k = 0; k < group_size; k++) {
+            out->work_indptr[g * group_size + k] = items;
+            items += pieces[g];
+        }
+    }
+    out->work_indptr[in->num_ctas] = items;
+    out->num_items = items;
+
+    /* The full chunks (and requests of chunk keys), natural order, round-robin over the
+     * groups: piece i to group i % groups. A request's full chunks are whole pieces (the group
+     * size divides the head count). */
+    int32_t *work_items = out->work_items;
+    if (ch.full_pieces > 0) {
+        int32_t group = 0;
+        for (int32_t b = 0; b < in->batch_size; b++) {
+            const int32_t begin = in->kv_begin[b], len = in->kv_end[b] - begin;
+            const int32_t chunks = ch.chunks[b];
+            const int32_t full =
+                chunks > 1 ? chunks - (len < (int64_t)chunks * chunk) : (len == chunk);
+            /* partial slot: first + head * chunks + c, or -1 unsplit; running values, reset at
+             * each head without branches (full differs between requests) */
+            const int32_t head_step = chunks > 1 ? chunks : 0, c_step = chunks > 1;
+            int32_t head = 0, c = 0, lo = begin;
+            int32_t head_slot = chunks > 1 ? out->merge_info[2 * b] : -1, slot = head_slot;
+            for (int32_t piece = full * per; piece > 0; piece--) {
+                int32_t at = next[group];
+                const int32_t stride = pieces[group];
+                next[group] = at + 1;
+                group = group + 1 == groups ? 0 : group + 1;
+                for (int32_t k = 0; k < group_size; k++, at += stride) {
+                    put_item(work_items, at, b, head, lo, lo + chunk, slot);
+                    const bool next_head = c + 1 == full;
+                    c = next_head ? 0 : c + 1;
+                    head += next_head;
+                    lo = next_head ? begin : lo + chunk;
+                    head_slot += next_head ? head_step : 0;
+                    slot = next_head ? head_slot : slot + c_step;
+                }
+            }
+        }
+    }
+    /* Then each request's last (or only) item of every head, longest first: a piece is
+     * group_size heads, to the group's workgroups in turn (their lists stride items apart). */
+    const int32_t *picks = ch.picks;
+    for (int32_t i = 0; i < ch.num_rest; i++) {
+        const int32_t b = FLP_DECODE_REST_REQUEST(ch.rest[i]);
+        const int32_t end = in->kv_end[b], chunks = ch.chunks[b];
+        const int32_t lo = in->kv_begin[b] + (chunks - 1) * chunk;
+        /* partial slot: first + head * chunks + chunks - 1, or -1 unsplit */
+        const int32_t slot_step = chunks > 1 ? chunks : 0;
+        int32_t slot = chunks > 1 ? out->merge_info[2 * b] + chunks - 1 : -1;
+        for (int32_t head = 0; head < heads;) {
+            const int32_t group = *picks++, stride = pieces[group];
+            int32_t at = next[group];
+            next[group] = at + 1;
+            for (int32_t k = 0; k < group_size; k++, head++, at += stride, slot += slot_step)
+                put_item(work_items, at, b, head, lo, end, slot);
+        }
+    }
 }
 
 bool flp_decode_schedule_build(const flp_decode_schedule_input *in, flp_decode_schedule *out) {

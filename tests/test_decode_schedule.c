@@ -407,6 +407,132 @@ static void test_schedule_matches_reference(void **state) {
     }
 }
 
+/* The chunk choice written plainly (docs/design.md 5.5), the oracle of flp_decode_choose_chunk:
+ * every candidate's pieces (a request's keys cut into chunks, each piece keys +
+ * FLP_DECODE_ITEM_OVERHEAD, + FLP_DECODE_SPLIT_OVERHEAD when split, once per KV head) given
+ * longest first, each to the least loaded workgroup found by a scan; the candidate of the
+ * shortest slowest workgroup (ties: the larger chunk), if it beats no split by the required
+ * share. Which of equal pieces or equal loads comes first does not change the slowest. */
+static int by_cost_desc(const void *a, const void *b) {
+    const int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x > y ? -1 : x < y;
+}
+
+static int64_t reference_makespan(const flp_decode_schedule_input *in, int64_t chunk,
+                                  int64_t *pieces, int64_t *load) {
+    int32_t n = 0;
+    for (int32_t b = 0; b < in->batch_size; b++) {
+        const int64_t len = in->kv_end[b] - in->kv_begin[b];
+        for (int32_t g = 0; g < in->num_kv_heads; g++) {
+            if (len <= chunk) {
+                pieces[n++] = len + FLP_DECODE_ITEM_OVERHEAD;
+                continue;
+            }
+            for (int64_t at = 0; at < len; at += chunk)
+                pieces[n++] = (len - at < chunk ? len - at : chunk) + FLP_DECODE_ITEM_OVERHEAD +
+                              FLP_DECODE_SPLIT_OVERHEAD;
+        }
+    }
+    qsort(pieces, (size_t)n, sizeof *pieces, by_cost_desc);
+    for (int32_t c = 0; c < in->num_ctas; c++)
+        load[c] = 0;
+    int64_t slowest = 0;
+    for (int32_t i = 0; i < n; i++) {
+        int32_t least = 0;
+        for (int32_t c = 1; c < in->num_ctas; c++)
+            if (load[c] < load[least])
+                least = c;
+        load[least] += pieces[i];
+        slowest = load[least] > slowest ? load[least] : slowest;
+    }
+    return slowest;
+}
+
+static int32_t reference_chunk(const flp_decode_schedule_input *in) {
+    int64_t total = 0, longest = 0, max_pieces = 0;
+    for (int32_t b = 0; b < in->batch_size; b++) {
+        const int64_t len = in->kv_end[b] - in->kv_begin[b];
+        total += (len + FLP_DECODE_ITEM_OVERHEAD) * in->num_kv_heads;
+        longest = len > longest ? len : longest;
+    }
+    const int64_t fair = (total + in->num_ctas - 1) / in->num_ctas;
+    const int64_t smallest =
+        (fair + FLP_DECODE_MAX_SPLIT_DIVISOR - 1) / FLP_DECODE_MAX_SPLIT_DIVISOR;
+    const int64_t align = in->chunk_align > 0 ? in->chunk_align : 1;
+    int64_t chunks[8];
+    for (int i = 0; i < 8; i++) {
+        const int64_t whole = i < 4 ? fair : longest, k = i % 4 + 1;
+        int64_t chunk = (whole + k - 1) / k;
+        chunk = chunk < smallest ? smallest : chunk;
+        chunk = chunk < in->min_chunk ? in->min_chunk : chunk;
+        chunks[i] = (chunk + align - 1) / align * align;
+        if (chunks[i] < longest)
+            max_pieces += total / chunks[i] + (int64_t)in->batch_size * in->num_kv_heads;
+    }
+    max_pieces += (int64_t)in->batch_size * in->num_kv_heads + 1;
+    int64_t *pieces = malloc(sizeof(int64_t) * (size_t)max_pieces);
+    int64_t *load = malloc(sizeof(int64_t) * (size_t)in->num_ctas);
+    const int64_t unsplit = reference_makespan(in, INT64_MAX, pieces, load);
+    const int64_t most = unsplit / 100 * (100 - FLP_DECODE_SPLIT_MIN_GAIN_PERCENT) +
+                         unsplit % 100 * (100 - FLP_DECODE_SPLIT_MIN_GAIN_PERCENT) / 100;
+    int64_t best = INT32_MAX, best_time = INT64_MAX;
+    for (int i = 0; i < 8; i++) {
+        if (chunks[i] >= longest)
+            continue;
+        const int64_t time = reference_makespan(in, chunks[i], pieces, load);
+        if (time <= most && (time < best_time || (time == best_time && chunks[i] > best))) {
+            best = chunks[i];
+            best_time = time;
+        }
+    }
+    free(pieces);
+    free(load);
+    return (int32_t)best;
+}
+
+/* Batches of many shapes (lengths spread, skewed, equal, near equal; windows; 1 to 16 KV
+ * heads; grids that share no factor with the heads and grids that do). */
+static void test_chunk_choice_matches_reference(void **state) {
+    (void)state;
+    test_rng rng;
+    test_rng_init(&rng, 0xc4c3);
+    static const int32_t grids[] = {1, 3, 7, 33, 132, 264, 300, 528};
+    for (int iter = 0; iter < 240; iter++) {
+        const int32_t batch = test_rng_int(&rng, 1, iter % 8 == 0 ? 256 : 64);
+        const int32_t heads = iter % 3 == 0 ? 8 : test_rng_int(&rng, 1, 16);
+        const int32_t ctas = grids[iter % 8];
+        const int32_t max_len = test_rng_int(&rng, 1, iter % 5 == 0 ? 200000 : 33000);
+        int32_t *begin = calloc((size_t)batch, sizeof(int32_t));
+        int32_t *end = calloc((size_t)batch, sizeof(int32_t));
+        for (int32_t b = 0; b < batch; b++) {
+            switch (iter % 4) {
+            case 0: /* spread */
+                end[b] = test_rng_int(&rng, 0, max_len);
+                break;
+            case 1: /* a few long among many short */
+                end[b] = test_rng_int(&rng, 0, 15) == 0 ? test_rng_int(&rng, max_len / 2, max_len)
+                                                        : test_rng_int(&rng, 0, 1024);
+                break;
+            case 2: /* few distinct lengths */
+                end[b] = test_rng_int(&rng, 0, 4) * (max_len / 4);
+                break;
+            default: /* near equal */
+                end[b] = max_len > 16 ? max_len - test_rng_int(&rng, 0, 16) : max_len;
+                break;
+            }
+            begin[b] = test_rng_int(&rng, 0, 5) == 0 ? test_rng_int(&rng, 0, end[b]) : 0;
+        }
+        const int32_t min_chunk = iter % 7 == 0 ? test_rng_int(&rng, 1, 512) : FLP_DECODE_MIN_CHUNK;
+        const int32_t align = iter % 5 == 0 ? test_rng_int(&rng, 1, 64) : 16;
+        const flp_decode_schedule_input in = {batch, heads, ctas, begin, end, min_chunk, align};
+        void *scratch = malloc(flp_decode_chunk_scratch_bytes(batch, ctas));
+        assert_int_equal(flp_decode_choose_chunk(&in, scratch), reference_chunk(&in));
+        free(scratch);
+        free(begin);
+        free(end);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_random_batches),
@@ -417,6 +543,7 @@ int main(void) {
         cmocka_unit_test(test_empty_requests_get_an_item),
         cmocka_unit_test(test_assignment_matches_reference),
         cmocka_unit_test(test_schedule_matches_reference),
+        cmocka_unit_test(test_chunk_choice_matches_reference),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
