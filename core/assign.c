@@ -6,10 +6,6 @@
 #include <stdbool.h>
 #include <string.h>
 
-/* Arrays this short are sorted by insertion: a radix pass costs its 256 counters whatever the
- * length. */
-#define INSERTION_SORT_MAX 24
-#define RADIX_BITS 8
 /* When at least 1 / this of the runs have the largest cost, they are set apart before the sort. */
 #define LARGEST_SHARE 4
 
@@ -34,12 +30,13 @@ static void radix_sort_by_cost_desc(flp_cost_run *runs, flp_cost_run *tmp, int32
         lo = runs[i].cost < lo ? runs[i].cost : lo;
         hi = runs[i].cost > hi ? runs[i].cost : hi;
     }
-    const uint64_t range = (uint64_t)hi - (uint64_t)lo, digit_mask = (1u << RADIX_BITS) - 1;
+    const uint64_t range = (uint64_t)hi - (uint64_t)lo,
+                   digit_mask = (1u << FLP_SORT_RADIX_BITS) - 1;
     flp_cost_run *from = runs, *to = tmp;
-    for (int shift = 0; shift < 64 && (range >> shift) != 0; shift += RADIX_BITS) {
+    for (int shift = 0; shift < 64 && (range >> shift) != 0; shift += FLP_SORT_RADIX_BITS) {
         /* key hi - cost, in [0, range]: the largest cost first */
         const uint64_t top = (range >> shift) < digit_mask ? range >> shift : digit_mask;
-        int32_t start[1u << RADIX_BITS];
+        int32_t start[1u << FLP_SORT_RADIX_BITS];
         for (uint64_t d = 0; d <= top; d++)
             start[d] = 0;
         for (int32_t i = 0; i < n; i++)
@@ -79,7 +76,7 @@ static int32_t partition_largest(flp_cost_run *runs, flp_cost_run *tmp, int32_t 
 }
 
 void flp_sort_by_cost_desc(flp_cost_run *runs, flp_cost_run *tmp, int32_t n) {
-    if (n <= INSERTION_SORT_MAX) {
+    if (n <= FLP_SORT_INSERTION_MAX) {
         insertion_sort_by_cost_desc(runs, n);
         return;
     }

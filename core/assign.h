@@ -5,6 +5,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The host sorts of the schedulers (core/assign.c, core/decode_chunk.c): arrays this short are
+ * sorted by insertion (a radix pass costs its counters whatever the length), longer ones by a
+ * stable radix sort of this many bits a digit. */
+#define FLP_SORT_INSERTION_MAX 24
+#define FLP_SORT_RADIX_BITS 8
+
 /* count pieces of work of one cost: items index .. index + count - 1 (the assignment), or the
  * pieces of request index (the chunk choice). */
 typedef struct flp_cost_run {

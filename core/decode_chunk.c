@@ -34,13 +34,9 @@ static int64_t add_cost(int64_t entry, int64_t delta) {
     return (int64_t)((uint64_t)entry + ((uint64_t)delta << COST_SHIFT));
 }
 
-/* Arrays this short are sorted by insertion: a radix pass costs its 256 counters whatever the
- * length. */
-#define INSERTION_SORT_MAX 24
 /* The keys given a piece in a round of the simulation (few, or nearly sorted after water filling)
  * are sorted by insertion up to this many. */
 #define LOW_INSERTION_SORT_MAX 96
-#define RADIX_BITS 8
 
 /* Sorts a[0..n) by increasing a >> shift, ties in the order they come in (stable); tmp: n
  * words. By insertion up to insertion_max words (few out of place: the cheapest), else a radix
@@ -63,11 +59,11 @@ static void sort_ascending(uint64_t *a, uint64_t *tmp, int32_t n, int shift,
         lo = k < lo ? k : lo;
         hi = k > hi ? k : hi;
     }
-    const uint64_t range = hi - lo, digit_mask = (1u << RADIX_BITS) - 1;
+    const uint64_t range = hi - lo, digit_mask = (1u << FLP_SORT_RADIX_BITS) - 1;
     uint64_t *from = a, *to = tmp;
-    for (int s = 0; s < 64 && (range >> s) != 0; s += RADIX_BITS) {
+    for (int s = 0; s < 64 && (range >> s) != 0; s += FLP_SORT_RADIX_BITS) {
         const uint64_t top = (range >> s) < digit_mask ? range >> s : digit_mask;
-        int32_t start[1u << RADIX_BITS];
+        int32_t start[1u << FLP_SORT_RADIX_BITS];
         for (uint64_t d = 0; d <= top; d++)
             start[d] = 0;
         for (int32_t i = 0; i < n; i++)
@@ -243,7 +239,7 @@ static void keys_from_tree(groups *t) {
     for (int32_t g = 0; g < t->count; g++)
         t->key[g] = t->tree[leaves + (size_t)g];
     sort_ascending((uint64_t *)t->key, (uint64_t *)t->tmp, t->count, t->order_bits,
-                   INSERTION_SORT_MAX);
+                   FLP_SORT_INSERTION_MAX);
 }
 
 /* count pieces of cost c, each to the least key (the root), its path played again; picks
@@ -644,12 +640,12 @@ static const int64_t *sorted_tails(chooser *c, const cut_result *cut, bool ties_
         return c->tails_tmp;
     }
     /* many bands: sorted by cost (a radix sort), unless ties between tails matter */
-    if (!ties_matter && cut->num_bands > 2 && cut->num_tails > INSERTION_SORT_MAX) {
+    if (!ties_matter && cut->num_bands > 2 && cut->num_tails > FLP_SORT_INSERTION_MAX) {
         uint64_t *tails = (uint64_t *)c->tails;
         for (int32_t i = 0; i < cut->num_tails; i++)
             tails[i] = ~tails[i];
         sort_ascending(tails, (uint64_t *)c->tails_tmp, cut->num_tails, COST_SHIFT,
-                       INSERTION_SORT_MAX);
+                       FLP_SORT_INSERTION_MAX);
         for (int32_t i = 0; i < cut->num_tails; i++)
             tails[i] = ~tails[i];
         return c->tails;
@@ -705,7 +701,7 @@ static int32_t choose(chooser *c, int32_t *unsplit_picks) {
     }
     const int64_t total = unsplit_cost * in->num_kv_heads;
     sort_ascending((uint64_t *)c->order, (uint64_t *)c->tails, batch, COST_SHIFT,
-                   INSERTION_SORT_MAX);
+                   FLP_SORT_INSERTION_MAX);
     for (int32_t i = 0; i < batch; i++) {
         c->order[i] = (int64_t) ~(uint64_t)c->order[i];
         c->unsplit[i] = add_cost(c->order[i], FLP_DECODE_ITEM_OVERHEAD);
