@@ -6,6 +6,55 @@
 #include <stdbool.h>
 #include <string.h>
 
+/* count pieces of work of one cost: items index .. index + count - 1 (the assignment), or the
+ * pieces of request index (the chunk choice). */
+typedef struct flp_cost_run {
+    int64_t cost;
+    int32_t index;
+    int32_t count;
+} flp_cost_run;
+
+/* Sorts runs[0..n) by decreasing cost, ties in the order they come in (stable). tmp: n
+ * records. */
+static void flp_sort_by_cost_desc(flp_cost_run *runs, flp_cost_run *tmp, int32_t n);
+
+/* The loads of num_ctas workgroups, all 0 at first, that take pieces of work (longest first, for
+ * the callers), each piece to the least loaded workgroup (ties: the lowest index). A tournament
+ * tree over groups of workgroups (see flp_least_loaded_init): node i holds the least loaded
+ * group below it, so a piece is the root's, and then the root's path is played again. */
+typedef struct flp_least_loaded {
+    int32_t group_size; /* workgroups that always have equal loads: see _init */
+    int32_t num_groups; /* num_ctas / group_size */
+    int32_t leaves;     /* a power of two >= num_groups: group g is node leaves + g */
+    int64_t heaviest;   /* the largest load */
+    int64_t *load;      /* [2 * leaves]: the load of node i's group */
+    int32_t *group;     /* [2 * leaves]: node i's group */
+} flp_least_loaded;
+
+/* Scratch bytes of a flp_least_loaded over num_ctas (>= 1) workgroups (a multiple of 8). */
+static size_t flp_least_loaded_bytes(int32_t num_ctas);
+
+/* All loads 0. group_size divides num_ctas and every count given (see _add_runs), and with
+ * group_size > 1 every cost is > 0. Then workgroups [g * group_size, (g + 1) * group_size) keep
+ * equal loads: the least loaded such group takes group_size pieces of one cost, in workgroup
+ * order, before any other workgroup takes one (a piece lifts its workgroup above the group's
+ * others, ties go to the lowest index). So the tree holds groups and takes group_size pieces a
+ * step: a request's pieces come one per KV head, which makes the head count's common divisor
+ * with num_ctas a group size. scratch: flp_least_loaded_bytes(num_ctas) bytes, 8-byte
+ * aligned. */
+static void flp_least_loaded_init(flp_least_loaded *t, int32_t num_ctas, int32_t group_size,
+                                  void *scratch);
+
+/* Gives count pieces of this cost one at a time, each to the least loaded workgroup (ties: the
+ * lowest index), and writes the workgroups chosen to picks [count] unless it is NULL. */
+static void flp_least_loaded_add(flp_least_loaded *t, int64_t cost, int64_t count, int32_t *picks);
+
+/* The same for the pieces of runs[0..n) in turn (runs of equal cost next to each other make one
+ * count), picks [their total count] unless NULL; stops early, picks partly written, once the
+ * heaviest load exceeds stop_above. */
+static void flp_least_loaded_add_runs(flp_least_loaded *t, const flp_cost_run *runs, int32_t n,
+                                      int64_t stop_above, int32_t *picks);
+
 /* When at least 1 / this of the runs have the largest cost, they are set apart before the sort. */
 #define LARGEST_SHARE 4
 
@@ -75,7 +124,7 @@ static int32_t partition_largest(flp_cost_run *runs, flp_cost_run *tmp, int32_t 
     return largest;
 }
 
-void flp_sort_by_cost_desc(flp_cost_run *runs, flp_cost_run *tmp, int32_t n) {
+static void flp_sort_by_cost_desc(flp_cost_run *runs, flp_cost_run *tmp, int32_t n) {
     if (n <= FLP_SORT_INSERTION_MAX) {
         insertion_sort_by_cost_desc(runs, n);
         return;
@@ -116,7 +165,7 @@ static int32_t leaf_count(int32_t num_groups) {
     return leaves;
 }
 
-size_t flp_least_loaded_bytes(int32_t num_ctas) {
+static size_t flp_least_loaded_bytes(int32_t num_ctas) {
     /* loads, then groups, of 2 * leaves nodes: a multiple of 8 bytes, as leaves is even or 1 */
     return (sizeof(int64_t) + sizeof(int32_t)) * 2 * (size_t)leaf_count(num_ctas);
 }
@@ -136,8 +185,8 @@ static void replay_all(flp_least_loaded *t) {
         play_match(t, i);
 }
 
-void flp_least_loaded_init(flp_least_loaded *t, int32_t num_ctas, int32_t group_size,
-                           void *scratch) {
+static void flp_least_loaded_init(flp_least_loaded *t, int32_t num_ctas, int32_t group_size,
+                                  void *scratch) {
     const int32_t num_groups = num_ctas / group_size, leaves = leaf_count(num_groups);
     int64_t *load = scratch;
     *t = (flp_least_loaded){.group_size = group_size,
@@ -250,7 +299,7 @@ static int64_t pieces_of(const flp_least_loaded *t, int64_t count) {
     return count == t->group_size ? 1 : count / t->group_size;
 }
 
-void flp_least_loaded_add(flp_least_loaded *t, int64_t cost, int64_t count, int32_t *picks) {
+static void flp_least_loaded_add(flp_least_loaded *t, int64_t cost, int64_t count, int32_t *picks) {
     const int64_t pieces = pieces_of(t, count), spread = t->heaviest - t->load[1];
     int64_t done = 0;
     /* many pieces of one cost go in whole rounds where they can */
@@ -274,8 +323,8 @@ static int64_t equal_cost_count(const flp_cost_run *runs, int32_t n, int32_t *r)
     return count;
 }
 
-void flp_least_loaded_add_runs(flp_least_loaded *t, const flp_cost_run *runs, int32_t n,
-                               int64_t stop_above, int32_t *picks) {
+static void flp_least_loaded_add_runs(flp_least_loaded *t, const flp_cost_run *runs, int32_t n,
+                                      int64_t stop_above, int32_t *picks) {
     for (int32_t r = 0; r < n && t->heaviest <= stop_above;) {
         const int64_t cost = runs[r].cost, count = equal_cost_count(runs, n, &r);
         flp_least_loaded_add(t, cost, count, picks);
