@@ -4,6 +4,7 @@
 
 #include "backend-cuda/cu_driver.h"
 #include "backend-cuda/cu_launch.h"
+#include "backend-cuda/kernels/prefill_sm90_config.h"
 #include "backend-cuda/kernels/prefill_config.h"
 #include "core/backend.h"
 
@@ -22,6 +23,12 @@ typedef struct flp_cu_config {
     int prefill_max_blocks; /* resident tile-128 prefill blocks per SM */
     CUfunction prefill_merge;
     CUfunction kv_append;
+    /* The sm_90a prefill kernel (kernels/prefill_sm90.cuh): NULL where the module has no image
+     * of it, the device is not sm_90, the driver makes no tensor maps, the pair is not 16-bit of
+     * one dtype, or FLP_CUDA_PREFILL_KERNEL=sm80 (cu_prefill_sm90.c). */
+    CUfunction prefill90;
+    unsigned int prefill90_smem;
+    bool prefill90_every_tile; /* FLP_CUDA_PREFILL_KERNEL=sm90: for every query tile */
 } flp_cu_config;
 
 typedef struct flp_cu_state {
@@ -100,6 +107,18 @@ flp_status flp_cu_decode_run(flp_context *ctx, const flp_decode_launch *launch);
 /* cu_prefill.c */
 int32_t flp_cu_prefill_grid_size(flp_context *ctx, int32_t head_dim);
 flp_status flp_cu_prefill_run(flp_context *ctx, const flp_prefill_launch *launch);
+
+/* cu_prefill_sm90.c */
+/* Why the sm_90a prefill kernel may not serve the (q, kv) dtype pair on this device, or NULL
+ * when it may. */
+const char *flp_cu_prefill90_unwanted(const flp_cu_state *st, int32_t q_dtype, int32_t kv_dtype);
+void flp_cu_prefill90_kernel_name(int32_t q_dtype, int32_t head_dim, char *buf, size_t size);
+bool flp_cu_prefill90_every_tile(void);
+/* The sm_90a kernel's parameter block for launch into *out; false when the kernel does not
+ * apply to it (no such kernel, another query tile, pages TMA cannot box, caches TMA cannot
+ * address): the sm_80 kernel runs it instead. */
+bool flp_cu_prefill90_params(flp_context *ctx, const flp_cu_driver *cu, const flp_cu_config *cfg,
+                             const flp_prefill_launch *launch, flp_prefill90_params *out);
 
 /* cu_kv_append.c */
 flp_status flp_cu_kv_append_run(flp_context *ctx, const flp_kv_append_params *params);

@@ -31,23 +31,29 @@ static void load_driver(void) {
                  first_error);
         return;
     }
-    /* dlsym returns void *; a union converts to a function pointer without ISO C warnings. */
-#define FLP_CU_LOAD(fn)                                                                            \
+    /* dlsym returns void *; a union converts to a function pointer without ISO C warnings.
+     * Required functions fail the load when missing, optional ones stay NULL. */
+#define FLP_CU_LOAD(fn, required)                                                                  \
     {                                                                                              \
         union {                                                                                    \
             void *p;                                                                               \
             __typeof__(fn) *f;                                                                     \
         } sym;                                                                                     \
         sym.p = dlsym(lib, FLP_CU_STR(fn));                                                        \
-        if (!sym.p) {                                                                              \
+        if (!sym.p && (required)) {                                                                \
             snprintf(driver_why, sizeof driver_why,                                                \
                      "libcuda.so.1 has no %s: the NVIDIA driver is too old", FLP_CU_STR(fn));      \
             dlclose(lib);                                                                          \
             return;                                                                                \
         }                                                                                          \
-        driver.fn = sym.f;                                                                         \
+        driver.fn = sym.p ? sym.f : NULL;                                                          \
     }
-    FLP_CU_DRIVER_FUNCTIONS(FLP_CU_LOAD)
+#define FLP_CU_LOAD_REQUIRED(fn) FLP_CU_LOAD(fn, true)
+#define FLP_CU_LOAD_OPTIONAL(fn) FLP_CU_LOAD(fn, false)
+    FLP_CU_DRIVER_FUNCTIONS(FLP_CU_LOAD_REQUIRED)
+    FLP_CU_DRIVER_OPTIONAL_FUNCTIONS(FLP_CU_LOAD_OPTIONAL)
+#undef FLP_CU_LOAD_OPTIONAL
+#undef FLP_CU_LOAD_REQUIRED
 #undef FLP_CU_LOAD
     driver_ok = &driver; /* the library stays loaded for the life of the process */
 }

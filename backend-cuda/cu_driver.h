@@ -39,16 +39,22 @@
     X(cuModuleLoadData)                                                                            \
     X(cuModuleUnload)                                                                              \
     X(cuModuleGetFunction)                                                                         \
+    X(cuModuleGetGlobal)                                                                           \
     X(cuFuncGetAttribute)                                                                          \
     X(cuFuncSetAttribute)                                                                          \
     X(cuOccupancyMaxActiveBlocksPerMultiprocessor)                                                 \
     X(cuLaunchKernel)
+
+/* Driver functions the backend can do without (NULL when the driver lacks them): tensor maps
+ * (CUDA 12 drivers) for the sm_90a prefill kernel. */
+#define FLP_CU_DRIVER_OPTIONAL_FUNCTIONS(X) X(cuTensorMapEncodeTiled)
 
 /* Fields are named as cuda.h spells the function after its macros (cuMemAlloc_v2), so
  * `cu->cuMemAlloc(...)` reads like the API and calls the versioned entry point. */
 typedef struct flp_cu_driver {
 #define FLP_CU_FIELD(fn) __typeof__(fn) *fn;
     FLP_CU_DRIVER_FUNCTIONS(FLP_CU_FIELD)
+    FLP_CU_DRIVER_OPTIONAL_FUNCTIONS(FLP_CU_FIELD)
 #undef FLP_CU_FIELD
 } flp_cu_driver;
 

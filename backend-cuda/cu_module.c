@@ -8,6 +8,7 @@
 #include "backend-cuda/cu_nvrtc.h"
 #include "backend-cuda/kernels/decode_config.h"
 #include "backend-cuda/kernels/prefill_config.h"
+#include "backend-cuda/kernels/prefill_sm90_config.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -182,6 +183,50 @@ static flp_status configure_kernel(flp_context *ctx, const flp_cu_driver *cu, CU
     return FLP_OK;
 }
 
+/* The sm_90a prefill kernel of a configuration, when it applies (flp_cu_config.prefill90):
+ * the module says whether its image holds the kernel's body by a global it has only then. */
+static flp_status setup_prefill90(flp_context *ctx, flp_cu_state *st, int32_t q, int32_t kv,
+                                  int32_t d, CUmodule module, flp_cu_config *cfg) {
+    cfg->prefill90 = NULL;
+    const char *why_not = flp_cu_prefill90_unwanted(st, q, kv);
+    if (why_not) {
+        flp_log(ctx, FLP_LOG_DEBUG, "CUDA: %s/%s head_dim %d prefill on the sm_80 kernels: %s",
+                flp_dtype_name((flp_dtype)q), flp_dtype_name((flp_dtype)kv), (int)d, why_not);
+        return FLP_OK;
+    }
+    char name[64];
+    snprintf(name, sizeof name, "flp_prefill90_present_d%d", (int)d);
+    CUdeviceptr present = 0;
+    size_t present_size = 0;
+    CUresult r = st->cu->cuModuleGetGlobal(&present, &present_size, module, name);
+    if (r != CUDA_SUCCESS) { /* an image for another architecture: the sm_80 kernels serve */
+        char text[128];
+        flp_log(ctx, FLP_LOG_INFO,
+                "CUDA: head_dim %d prefill on the sm_80 kernels: the loaded image has no "
+                "sm_90a kernel (%s)",
+                (int)d, flp_cu_result_text(st->cu, r, text, sizeof text));
+        return FLP_OK;
+    }
+    flp_cu_prefill90_kernel_name(q, d, name, sizeof name);
+    flp_status status = get_function(ctx, st, module, name, &cfg->prefill90);
+    if (status != FLP_OK)
+        return status;
+    const unsigned smem = (unsigned)FLP_CU_PREFILL90_SMEM_BYTES((int)d);
+    int blocks = 0;
+    status = configure_kernel(ctx, st->cu, cfg->prefill90, name, FLP_CU_PREFILL90_THREADS, smem,
+                              &blocks);
+    if (status != FLP_OK) {
+        cfg->prefill90 = NULL;
+        return status;
+    }
+    cfg->prefill90_smem = smem;
+    cfg->prefill90_every_tile = flp_cu_prefill90_every_tile();
+    flp_log(ctx, FLP_LOG_INFO, "CUDA: %s head_dim %d prefill on the sm_90a kernel (%s)",
+            flp_dtype_name((flp_dtype)q), (int)d,
+            cfg->prefill90_every_tile ? "every query tile" : "128-row query tiles");
+    return FLP_OK;
+}
+
 /* Fetches the functions of a configuration from its modules, raises their shared-memory limit
  * and measures their occupancy. */
 static flp_status setup_config(flp_context *ctx, flp_cu_state *st, int index,
@@ -235,7 +280,7 @@ static flp_status setup_config(flp_context *ctx, flp_cu_state *st, int index,
         if (tile == 128)
             cfg->prefill_max_blocks = blocks;
     }
-    return FLP_OK;
+    return setup_prefill90(ctx, st, q, kv, d, modules->of[FLP_CU_UNIT_PREFILL], cfg);
 }
 
 flp_status flp_cu_config_get(flp_context *ctx, int index, const flp_cu_config **out) {

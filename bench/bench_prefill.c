@@ -30,6 +30,7 @@
  * per row is max|out - ref| / max|ref| over the row's heads, tolerance 1.6e-2 (bf16) / 2e-3
  * (f16). A mismatch prints FAIL, skips that case's timing and makes the exit status 1.
  *
+ * FLP_BENCH_LOG=1 prints the library's log on stderr (the kernels each configuration runs on).
  * --peer FILE: lines "peer_prefill case=NAME sdpa=flash|cudnn ... tflops=X ... status=ok" from
  * peer_torch_prefill.py run in the same job; each case then reports its ratio to the best mode
  * of each SDPA backend (specdec:* is compared with spec:*).
@@ -143,6 +144,12 @@ static void parallel_for(int64_t tasks, void (*fn)(void *, int64_t), void *arg) 
 }
 
 /* ---- options and cases ---------------------------------------------------------------- */
+
+/* FLP_BENCH_LOG=1: the library's log, every level, on stderr (which kernels ran, and why). */
+static void log_to_stderr(void *user, flp_log_level level, const char *message) {
+    (void)user;
+    fprintf(stderr, "log[%d]: %s\n", (int)level, message);
+}
 
 static void usage_error(const char *what, const char *value) {
     fprintf(stderr,
@@ -849,6 +856,11 @@ int main(int argc, char **argv) {
 
     flp_context *ctx = NULL;
     flp_context_desc cd = {.backend = o.backend};
+    const char *log_env = getenv("FLP_BENCH_LOG");
+    if (log_env && strcmp(log_env, "1") == 0) {
+        cd.log = log_to_stderr;
+        cd.log_level = FLP_LOG_DEBUG;
+    }
     flp_status st = flp_context_create(&cd, &ctx);
     if (st != FLP_OK) {
         fprintf(stderr, "no device for this backend: %s\n", flp_status_string(st));

@@ -68,6 +68,10 @@ typedef struct flp_prefill_launch {
     /* Kernel choice. q_tile is a performance hint only (every kernel handles any item), so a
      * recorded run stays right after re-plans that pick another tile. */
     int32_t q_tile, q_dtype, kv_dtype, head_dim;
+    /* What a backend needs to describe the caches beyond params (CUDA's tensor maps): pages
+     * (paged) or rows (ragged) of k and v, and the page size (0 when ragged). */
+    int64_t k_extent, v_extent;
+    int32_t page_size, num_kv_heads;
     flp_prefill_schedule_view schedule;
 } flp_prefill_launch;
 

@@ -131,6 +131,7 @@ void flp_prefill_region_launch(const flp_plan *plan, const flp_prefill_region *r
         p->kv_indices = a->kv_indices ? flp_tensor_address(a->kv_indices)
                                       : plan->buffer->device_address + plan->base + l->kv_indices;
         p->num_pages = a->k.shape[0];
+        launch->page_size = st->page_size;
     } else {
         p->k_stride_slot = a->k.stride[0];
         p->k_stride_head = a->k.stride[1];
@@ -151,6 +152,9 @@ void flp_prefill_region_launch(const flp_plan *plan, const flp_prefill_region *r
     launch->q_dtype = (int32_t)st->variant.q_dtype;
     launch->kv_dtype = (int32_t)st->variant.kv_dtype;
     launch->head_dim = plan->desc.head_dim;
+    launch->num_kv_heads = plan->desc.num_kv_heads;
+    launch->k_extent = a->k.shape[0];
+    launch->v_extent = a->v.shape[0];
     flp_prefill_schedule_view *view = &launch->schedule;
     view->work_indptr = mirror(r, l->work_indptr);
     view->work_items = mirror(r, l->work_items);

@@ -9,6 +9,9 @@
  *                                  not take, FLP_CU_DECODE_MMA_DTYPES)
  *   flp_decode_merge_<q>
  *   flp_prefill_<q>_<kv>_d<D>_t<T>  T (packed query rows per pass) in {16, 64, 128}
+ *   flp_prefill90_<q>_d<D>         the sm_90a kernel (K/V of the q dtype); its body is empty
+ *                                  in images for other architectures, whose modules lack the
+ *                                  global flp_prefill90_present_d<D>
  *   flp_prefill_merge_<q>
  *   flp_kv_append
  * Decode kernels take the flp_decode_params block by value, prefill kernels
@@ -28,6 +31,7 @@
 #include "backend-cuda/kernels/decode_merge.cuh"
 #include "backend-cuda/kernels/prefill.cuh"
 #include "backend-cuda/kernels/prefill_merge.cuh"
+#include "backend-cuda/kernels/prefill_sm90.cuh"
 #include "backend-cuda/kernels/kv_append.cuh"
 
 /* Minimum resident blocks per SM the register allocation must allow. */
@@ -72,6 +76,19 @@ template <int QDT, int KVDT, int D, int T, bool WANT> struct prefill_entry {
 };
 template <int QDT, int KVDT, int D, int T> struct prefill_entry<QDT, KVDT, D, T, false> {
     FLP_DEV static void run(const flp_prefill_params &) {}
+};
+/* The sm_90a kernel exists only where the compiler targets sm_90a. */
+template <int QDT, int D, bool WANT> struct prefill90_entry {
+    FLP_DEV static void run(const flp_prefill90_params &p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+        prefill90_body<QDT, D>(p);
+#else
+        (void)p;
+#endif
+    }
+};
+template <int QDT, int D> struct prefill90_entry<QDT, D, false> {
+    FLP_DEV static void run(const flp_prefill90_params &) {}
 };
 template <int QDT, bool WANT> struct prefill_merge_entry {
     FLP_DEV static void run(const flp_prefill_params &p) {
@@ -130,8 +147,23 @@ template <int QDT> struct merge_entry<QDT, false> {
     FLP_PREFILL_KERNEL(QN, QDT, KVN, KVDT, D, 16)                                                  \
     FLP_PREFILL_KERNEL(QN, QDT, KVN, KVDT, D, 64)                                                  \
     FLP_PREFILL_KERNEL(QN, QDT, KVN, KVDT, D, 128)
-/* The prefill kernels of head dim D: every dtype pair, T = 16, 64 and 128. */
-#define FLP_PREFILL_KERNELS(D) FLP_FOR_DTYPE_PAIRS(FLP_PREFILL_KERNELS_QKV, D)
+#define FLP_PREFILL90_KERNEL(QN, QDT, D)                                                           \
+    extern "C" __global__ void __launch_bounds__(FLP_CU_PREFILL90_THREADS, 1)                      \
+        flp_prefill90_##QN##_d##D(const __grid_constant__ flp_prefill90_params p) {                \
+        flp::prefill90_entry<QDT, D, FLP_WANT_CONFIG(QDT, QDT, D)>::run(p);                        \
+    }
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+/* Tells the host that this image holds the sm_90a kernels' bodies. */
+#define FLP_PREFILL90_PRESENT(D) extern "C" __device__ int flp_prefill90_present_d##D = 1;
+#else
+#define FLP_PREFILL90_PRESENT(D)
+#endif
+/* The prefill kernels of head dim D: every dtype pair, T = 16, 64 and 128; the sm_90a kernels. */
+#define FLP_PREFILL_KERNELS(D)                                                                     \
+    FLP_FOR_DTYPE_PAIRS(FLP_PREFILL_KERNELS_QKV, D)                                                \
+    FLP_PREFILL90_KERNEL(f16, FLP_DT_F16, D)                                                       \
+    FLP_PREFILL90_KERNEL(bf16, FLP_DT_BF16, D)                                                     \
+    FLP_PREFILL90_PRESENT(D)
 
 #define FLP_MERGE_KERNELS_Q(QN, QDT)                                                               \
     extern "C" __global__ void __launch_bounds__(FLP_CU_MERGE_THREADS)                             \

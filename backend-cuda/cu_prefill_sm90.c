@@ -1,0 +1,143 @@
+/* The sm_90a prefill kernel's host side: whether it applies, and its parameter block (the
+ * prefill parameters and the K/V tensor maps, made for each run from its tensors: a captured
+ * graph keeps the maps with the launch). */
+#include "backend-cuda/cu_backend.h"
+#include "backend-cuda/kernels/prefill_sm90_config.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+_Static_assert(sizeof(flp_tensor_map) == sizeof(CUtensorMap), "flp_tensor_map is a CUtensorMap");
+
+/* FLP_CUDA_PREFILL_KERNEL: "auto", the sm_90a kernel for the 128-row query tile; "sm90", for
+ * every tile where it can run (tests); "sm80" or unset, the sm_80 kernels everywhere. Unset is
+ * "sm80" until the sm_90a kernel has been measured faster (docs/kernels/prefill.md). */
+static const char *forced_kernel(void) {
+    const char *e = getenv("FLP_CUDA_PREFILL_KERNEL");
+    return e && (strcmp(e, "auto") == 0 || strcmp(e, "sm90") == 0) ? e : "sm80";
+}
+
+const char *flp_cu_prefill90_unwanted(const flp_cu_state *st, int32_t q_dtype, int32_t kv_dtype) {
+    if (st->cc != 90)
+        return "not an sm_90 device";
+    if (!st->cu->cuTensorMapEncodeTiled)
+        return "the driver makes no tensor maps";
+    if (q_dtype != kv_dtype || (q_dtype != FLP_DTYPE_F16 && q_dtype != FLP_DTYPE_BF16))
+        return "K/V not 16-bit of the q dtype";
+    if (strcmp(forced_kernel(), "sm80") == 0)
+        return "FLP_CUDA_PREFILL_KERNEL is not auto or sm90";
+    return NULL;
+}
+
+bool flp_cu_prefill90_every_tile(void) {
+    return strcmp(forced_kernel(), "sm90") == 0;
+}
+
+void flp_cu_prefill90_kernel_name(int32_t q_dtype, int32_t head_dim, char *buf, size_t size) {
+    snprintf(buf, size, "flp_prefill90_%s_d%d", q_dtype == FLP_DTYPE_F16 ? "f16" : "bf16",
+             (int)head_dim);
+}
+
+/* One cache (k or v) as TMA sees it: base address, extents innermost first (head_dim, heads,
+ * rows or page slots, pages) and the element strides of all but the innermost. */
+typedef struct cache_view {
+    uint64_t address;
+    int rank; /* 3 ragged, 4 paged */
+    uint64_t dims[4];
+    int64_t strides[3];
+} cache_view;
+
+static cache_view view_of(const flp_prefill_launch *launch, bool is_v) {
+    const flp_prefill_params *p = &launch->params;
+    cache_view c;
+    memset(&c, 0, sizeof c);
+    c.address = is_v ? p->v : p->k;
+    c.dims[0] = (uint64_t)launch->head_dim;
+    c.dims[1] = (uint64_t)launch->num_kv_heads;
+    c.strides[0] = is_v ? p->v_stride_head : p->k_stride_head;
+    c.strides[1] = is_v ? p->v_stride_slot : p->k_stride_slot;
+    if (launch->page_size > 0) {
+        c.rank = 4;
+        c.dims[2] = (uint64_t)launch->page_size;
+        c.dims[3] = (uint64_t)p->num_pages;
+        c.strides[2] = is_v ? p->v_stride_page : p->k_stride_page;
+    } else {
+        c.rank = 3;
+        c.dims[2] = (uint64_t)(is_v ? launch->v_extent : launch->k_extent);
+    }
+    return c;
+}
+
+/* Whether TMA can address c: the base 16-byte aligned, every stride a positive multiple of 16
+ * bytes below 2^40, every extent at least 1 and below 2^31 (coordinates are signed 32-bit). */
+static bool tma_addressable(const cache_view *c) {
+    if (c->address % 16 != 0)
+        return false;
+    for (int i = 0; i < c->rank; i++)
+        if (c->dims[i] < 1 || c->dims[i] >= (UINT64_C(1) << 31))
+            return false;
+    for (int i = 0; i < c->rank - 1; i++)
+        if (c->strides[i] <= 0 || (c->strides[i] * 2) % 16 != 0 ||
+            c->strides[i] * 2 >= (INT64_C(1) << 40))
+            return false;
+    return true;
+}
+
+/* The map of a 16-bit cache: boxes of 64 elements x 1 head x box_rows (x 1 page), 128-byte
+ * swizzle, zeros outside the tensor. */
+static CUresult encode_map(const flp_cu_driver *cu, int32_t dtype, const cache_view *c,
+                           int box_rows, flp_tensor_map *map) {
+    cuuint64_t dims[4];
+    cuuint64_t strides[3];
+    cuuint32_t box[4] = {64, 1, (cuuint32_t)box_rows, 1};
+    cuuint32_t element_strides[4] = {1, 1, 1, 1};
+    for (int i = 0; i < c->rank; i++)
+        dims[i] = c->dims[i];
+    for (int i = 0; i < c->rank - 1; i++)
+        strides[i] = (cuuint64_t)c->strides[i] * 2;
+    return cu->cuTensorMapEncodeTiled(
+        (CUtensorMap *)map,
+        dtype == FLP_DTYPE_F16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+        (cuuint32_t)c->rank, (void *)(uintptr_t)c->address, dims, strides, box, element_strides,
+        CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+        CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+}
+
+bool flp_cu_prefill90_params(flp_context *ctx, const flp_cu_driver *cu, const flp_cu_config *cfg,
+                             const flp_prefill_launch *launch, flp_prefill90_params *out) {
+    if (!cfg->prefill90 || (launch->q_tile != FLP_CU_PREFILL90_ROWS && !cfg->prefill90_every_tile))
+        return false;
+    const int kn = FLP_CU_PREFILL90_KN((int)launch->head_dim);
+    int box_rows = kn;
+    if (launch->page_size > 0) {
+        /* a box never crosses a page; boxes under 8 rows would break the 1024-byte swizzle
+         * alignment of their destinations */
+        const int32_t ps = launch->page_size;
+        if (ps < 8 || (ps & (ps - 1)) != 0) {
+            flp_log(ctx, FLP_LOG_DEBUG, "CUDA prefill: page size %d on the sm_80 kernel", (int)ps);
+            return false;
+        }
+        box_rows = ps < kn ? ps : kn;
+    }
+    const cache_view k = view_of(launch, false), v = view_of(launch, true);
+    if (!tma_addressable(&k) || !tma_addressable(&v)) {
+        flp_log(ctx, FLP_LOG_DEBUG,
+                "CUDA prefill: K/V strides or addresses TMA cannot take, on the sm_80 kernel");
+        return false;
+    }
+    memset(out, 0, sizeof *out);
+    out->base = launch->params;
+    out->kv_map_kind = launch->page_size > 0 ? FLP_CU_KV_MAP_PAGED : FLP_CU_KV_MAP_RAGGED;
+    out->box_rows = box_rows;
+    CUresult r = encode_map(cu, launch->q_dtype, &k, box_rows, &out->k_map);
+    if (r == CUDA_SUCCESS)
+        r = encode_map(cu, launch->q_dtype, &v, box_rows, &out->v_map);
+    if (r != CUDA_SUCCESS) {
+        char text[128];
+        flp_log(ctx, FLP_LOG_DEBUG, "CUDA prefill: cuTensorMapEncodeTiled: %s, on the sm_80 kernel",
+                flp_cu_result_text(cu, r, text, sizeof text));
+        return false;
+    }
+    return true;
+}

@@ -1,0 +1,649 @@
+/* Batch prefill / append attention for Hopper (sm_90a), FlashAttention-3 style (spec:
+ * core/prefill_params.h; shapes and shared memory: prefill_sm90_config.h):
+ *
+ * - warp specialisation: warpgroup 0 produces, warpgroups 1 and 2 consume; the producer gives
+ *   its registers to the consumers (setmaxnreg);
+ * - the producer's first warp walks the same work items and passes as the consumers and copies
+ *   each K and V block of KN keys with the tensor memory accelerator into a ring of STAGES
+ *   stages, each completing on its own "full" mbarrier (K and V apart, so S = Q K^T starts
+ *   before V lands); consumers release a stage on its "empty" mbarrier;
+ * - a pass is 128 packed query rows (GQA: the query heads of one KV head share every K/V block);
+ *   each consumer warpgroup loads its 64 rows of Q itself (16-byte loads, swizzled into shared
+ *   memory) and runs S = Q K^T (wgmma, both operands in shared memory) and O += P V (wgmma, P
+ *   from registers, V transposed from shared memory), with the online softmax in registers;
+ * - paged K/V: the producer copies each page's rows of a block with its own TMA box (page ids
+ *   read when the kernel runs), so pages never need to be contiguous; the key range of a pass is
+ *   widened down to a box boundary and the extra keys masked; ids outside the caches and rows
+ *   past the page list read as zeros (TMA fills out-of-range boxes with zeros);
+ * - V rows past the request's keys (the next request's rows, unused cache slots) are zeroed in
+ *   shared memory before P V: their probability is 0, but 0 * NaN is not;
+ * - persistent blocks: block c walks the plan's work lists c, c + gridDim.x, ... (the plan
+ *   balances its lists longest first; the grid is at most one block per SM).
+ *
+ * Variants: masks (causal, window, custom), soft cap, ALiBi, fused RoPE (Q rotated on its way
+ * into shared memory, each K block rotated in place by both consumer warpgroups), sm_scale, LSE,
+ * split items (partial states), 16-bit K/V of the q dtype. fp8 and mixed-type K/V run on the
+ * sm_80 kernel (the host does not select this one for them).
+ *
+ * Stages (prefill90_kernel): produce_tile (producer); load_q, load_row_data, rotate_k_tile,
+ * compute_scores, mask_scores, softmax_update, zero_v_tail, accumulate_pv, store_output
+ * (consumers). */
+#ifndef FLP_CUDA_PREFILL_SM90_CUH
+#define FLP_CUDA_PREFILL_SM90_CUH
+
+#include "backend-cuda/kernels/merge_state.cuh"
+#include "backend-cuda/kernels/prefill.cuh"
+#include "backend-cuda/kernels/prefill_sm90_config.h"
+#include "backend-cuda/kernels/ptx_sm90.cuh"
+
+static_assert(sizeof(flp_prefill90_params) == FLP_PREFILL90_PARAMS_BYTES, "flp_prefill90_params");
+
+namespace flp {
+
+/* Registers per thread after the producer warpgroup hands its registers to the consumers
+ * (128 * 40 + 256 * 232 = 64512, 128 * 32 + 256 * 240 = 65536 of the 65536): head_dim 256's
+ * consumers hold a 64 x 256 output tile. */
+template <int D> struct prefill90_regs {
+    static constexpr int producer = D == 256 ? 32 : 40;
+    static constexpr int consumer = D == 256 ? 240 : 232;
+};
+
+/* Named barrier ids (0 is __syncthreads): one per consumer warpgroup, one for both. */
+constexpr unsigned kBarConsumerWg0 = 1;
+constexpr unsigned kBarConsumers = 3;
+
+/* One pass of an item: 128 packed rows [r0, r1) against keys [kb, ke); blocks of KN keys start
+ * at kb_load (kb widened down to a box boundary for paged K/V). Producer and consumers compute
+ * it the same way from plan memory. */
+struct pass90 {
+    int b, kvh, row_begin, r0, r1, slot;
+    int q_start, kv_len, pos0, kv_first, num_pages_b;
+    int kb, ke, kb_load, nblk;
+};
+
+template <int QDT, int D> struct prefill90_kernel {
+    static constexpr int KN = FLP_CU_PREFILL90_KN(D);
+    static constexpr int STAGES = FLP_CU_PREFILL90_STAGES(D);
+    static constexpr int ATOMS = D / 64; /* 64-element column blocks of a row */
+    static constexpr int WG_ROWS = 64;
+    static constexpr int Q_WG_BYTES = WG_ROWS * D * 2;
+    static constexpr int TILE_BYTES = FLP_CU_PREFILL90_TILE_BYTES(D);
+    static constexpr int ATOM_BYTES = KN * 128; /* one column block of a K/V tile */
+    static constexpr int CPR = D / 8;           /* 16-byte chunks of a row */
+    static_assert(D == 64 || D == 128 || D == 256, "head_dim 64, 128 or 256");
+    static_assert(FLP_CU_PREFILL90_ROWS == 2 * WG_ROWS, "two consumer warpgroups per pass");
+
+    using state_acc = float[D / 2]; /* O of the thread's 2 rows, wgmma layout */
+    using scores = float[KN / 2];   /* S of the thread's 2 rows */
+
+    const flp_prefill90_params &P;
+    const flp_prefill_params &p;
+    const flp_prefill_plan_info *info;
+    unsigned smem_base; /* shared address, 1024-aligned */
+    unsigned char *smem;
+
+    bool causal, window, softcap, alibi, custom, rope, paged;
+    float s_factor, cap_log2;
+
+    FLP_DEV explicit prefill90_kernel(const flp_prefill90_params &params)
+        : P(params), p(params.base) {
+        const unsigned raw = smem_addr(dynamic_smem);
+        const unsigned pad = (1024u - (raw & 1023u)) & 1023u;
+        smem_base = raw + pad;
+        smem = reinterpret_cast<unsigned char *>(dynamic_smem) + pad;
+        info = reinterpret_cast<const flp_prefill_plan_info *>(p.plan);
+        const unsigned flags = info->flags;
+        causal = (flags & FLP_FLAG_CAUSAL) != 0;
+        window = (flags & FLP_FLAG_WINDOW) != 0;
+        softcap = (flags & FLP_FLAG_SOFTCAP) != 0;
+        alibi = (flags & FLP_FLAG_ALIBI) != 0;
+        custom = (flags & FLP_FLAG_CUSTOM_MASK) != 0;
+        rope = (flags & FLP_FLAG_ROPE) != 0;
+        paged = P.kv_map_kind == FLP_CU_KV_MAP_PAGED;
+        const float soft_cap = info->soft_cap;
+        s_factor = logit_factor(info->sm_scale, 1.0f, softcap, soft_cap);
+        cap_log2 = soft_cap * kLog2e;
+    }
+
+    /* ---- shared memory ----------------------------------------------------------------- */
+    FLP_DEV unsigned q_addr(int wg) const {
+        return smem_base + static_cast<unsigned>(wg * Q_WG_BYTES);
+    }
+    FLP_DEV unsigned k_addr(int s) const {
+        return smem_base + static_cast<unsigned>(2 * Q_WG_BYTES + s * TILE_BYTES);
+    }
+    FLP_DEV unsigned v_addr(int s) const {
+        return k_addr(STAGES) + static_cast<unsigned>(s * TILE_BYTES);
+    }
+    FLP_DEV unsigned bar_full_k(int s) const {
+        return v_addr(STAGES) + static_cast<unsigned>(8 * s);
+    }
+    FLP_DEV unsigned bar_full_v(int s) const {
+        return bar_full_k(STAGES) + static_cast<unsigned>(8 * s);
+    }
+    FLP_DEV unsigned bar_empty(int s) const {
+        return bar_full_v(STAGES) + static_cast<unsigned>(8 * s);
+    }
+    FLP_DEV float *freq() const {
+        return reinterpret_cast<float *>(at(bar_empty(STAGES)));
+    }
+    /* Generic pointer of a shared address. */
+    FLP_DEV unsigned char *at(unsigned addr) const {
+        return smem + (addr - smem_base);
+    }
+
+    /* The RoPE frequencies into shared memory (all threads; visible after the caller's block
+     * barrier). */
+    FLP_DEV void load_freq() const {
+        if (rope) {
+            const float *rope_freq = plan_f(info->off_rope_freq);
+            for (int i = threadIdx.x; i < D / 2; i += FLP_CU_PREFILL90_THREADS)
+                freq()[i] = rope_freq[i];
+        }
+    }
+
+    /* Thread 0: the barriers; the caller syncs the block afterwards. */
+    FLP_DEV void init_barriers() const {
+        for (int s = 0; s < STAGES; s++) {
+            mbar_init(bar_full_k(s), 1);
+            mbar_init(bar_full_v(s), 1);
+            mbar_init(bar_empty(s), 8); /* lane 0 of each consumer warp */
+        }
+        mbar_init_fence();
+    }
+
+    /* ---- the plan ------------------------------------------------------------------------ */
+    FLP_DEV const int *plan_i(unsigned off) const {
+        return reinterpret_cast<const int *>(p.plan) + off;
+    }
+    FLP_DEV const float *plan_f(unsigned off) const {
+        return reinterpret_cast<const float *>(p.plan) + off;
+    }
+
+    /* The pass of rows [r0, r0 + 128) of work item wi. */
+    FLP_DEV pass90 make_pass(const int *wi, int r0) const {
+        pass90 ps;
+        const int group = info->group_size;
+        ps.b = wi[FLP_PITEM_REQUEST];
+        ps.kvh = wi[FLP_PITEM_KV_HEAD];
+        ps.row_begin = wi[FLP_PITEM_ROW_BEGIN];
+        ps.r0 = r0;
+        ps.r1 = min(r0 + FLP_CU_PREFILL90_ROWS, wi[FLP_PITEM_ROW_END]);
+        ps.slot = wi[FLP_PITEM_PARTIAL_SLOT];
+        const int *qo_indptr = plan_i(info->off_qo_indptr);
+        ps.q_start = qo_indptr[ps.b];
+        const int qo_len = qo_indptr[ps.b + 1] - ps.q_start;
+        ps.kv_len = plan_i(info->off_kv_len)[ps.b];
+        ps.pos0 = ps.kv_len - qo_len;
+        const int *kv_indptr = plan_i(info->off_kv_indptr);
+        ps.kv_first = kv_indptr[ps.b];
+        ps.num_pages_b = kv_indptr[ps.b + 1] - ps.kv_first;
+        int kb = wi[FLP_PITEM_KV_BEGIN], ke = wi[FLP_PITEM_KV_END];
+        if (causal)
+            ke = min(ke, ps.pos0 + (ps.r1 - 1) / group + 1);
+        if (window)
+            kb = max(kb, ps.pos0 + r0 / group - info->window_left);
+        ps.kb = kb;
+        ps.ke = ke;
+        /* paged boxes start at multiples of box_rows (a power of two) */
+        ps.kb_load = paged ? (kb & ~(P.box_rows - 1)) : kb;
+        ps.nblk = ke > kb ? (ke - ps.kb_load + KN - 1) / KN : 0;
+        return ps;
+    }
+
+    /* Calls fn(wi, r0) for every pass of the block's work lists, in order: work item wi, first
+     * row r0 (make_pass gives the pass; the consumers make it again for the output, rather
+     * than hold its fields in registers through the key loop). */
+    template <class F> FLP_DEV void for_each_pass(F &&fn) const {
+        const int *work_indptr = plan_i(info->off_work_indptr);
+        const int *items = plan_i(info->off_work_items);
+        for (int list = blockIdx.x; list < info->num_ctas; list += gridDim.x) {
+            const int item_end = work_indptr[list + 1];
+            for (int item = work_indptr[list]; item < item_end; ++item) {
+                const int *wi = items + item * FLP_PREFILL_ITEM_INTS;
+                const int row_end = wi[FLP_PITEM_ROW_END];
+                for (int r0 = wi[FLP_PITEM_ROW_BEGIN]; r0 < row_end; r0 += FLP_CU_PREFILL90_ROWS)
+                    fn(wi, r0);
+            }
+        }
+    }
+
+    /* ---- producer ------------------------------------------------------------------------ */
+
+    /* produce_block: one tile (K or V) of key block starting at t0 into stage tile dst through
+     * map, completing on bar. Lane 0 arms the barrier with the tile's bytes first; every box,
+     * zero-filled or not, completes its full size. */
+    FLP_DEV void produce_tile(const pass90 &ps, int t0, unsigned dst, const flp_tensor_map &map,
+                              unsigned bar, int lane) const {
+        if (lane == 0)
+            mbar_arrive_expect_tx(bar, TILE_BYTES);
+        __syncwarp();
+        if (!paged) {
+            if (lane < ATOMS)
+                tma_load_3d(dst + lane * ATOM_BYTES, &map, bar, lane * 64, ps.kvh,
+                            ps.kv_first + t0);
+            return;
+        }
+        const int rows = P.box_rows;
+        const int pieces = KN / rows;
+        const int page_size = info->page_size;
+        const int *pages = reinterpret_cast<const int *>(p.kv_indices) + ps.kv_first;
+        for (int i = lane; i < pieces * ATOMS; i += 32) {
+            const int piece = i / ATOMS, a = i - piece * ATOMS;
+            const int t = t0 + piece * rows;
+            const int pi = t / page_size;
+            /* past the request's pages: a page id outside the caches, read as zeros */
+            const int id = pi < ps.num_pages_b ? pages[pi] : -1;
+            tma_load_4d(dst + a * ATOM_BYTES + piece * rows * 128, &map, bar, a * 64, ps.kvh,
+                        t - pi * page_size, id);
+        }
+    }
+
+    /* The producer warp: every key block of every pass, K then V, into the ring. */
+    FLP_DEV void produce(int lane) const {
+        int it = 0;
+        for_each_pass([&](const int *wi, int r0) {
+            const pass90 ps = make_pass(wi, r0);
+            for (int j = 0; j < ps.nblk; ++j, ++it) {
+                const int s = it % STAGES;
+                const unsigned phase = static_cast<unsigned>(it / STAGES) & 1u;
+                mbar_wait(bar_empty(s), phase ^ 1u);
+                const int t0 = ps.kb_load + j * KN;
+                produce_tile(ps, t0, k_addr(s), P.k_map, bar_full_k(s), lane);
+                produce_tile(ps, t0, v_addr(s), P.v_map, bar_full_v(s), lane);
+            }
+        });
+    }
+
+    /* ---- consumers ----------------------------------------------------------------------- */
+
+    /* Offset of 16-byte chunk c of row `row` in a swizzled [rows][D] tile of `rows` rows. */
+    FLP_DEV static unsigned chunk_offset(int rows, int row, int c) {
+        return static_cast<unsigned>((c >> 3) * (rows * 128) + row * 128 +
+                                     (((c & 7) ^ (row & 7)) << 4));
+    }
+
+    /* load_q: rows [r0 + 64 wg, + 64) of the pass into warpgroup wg's Q tile (zeros past r1;
+     * RoPE applied), made visible to wgmma (the async proxy). t: thread in the warpgroup. */
+    FLP_DEV void load_q(const pass90 &ps, int wg, int t) const {
+        const int group = info->group_size;
+        const int q_pos0 = ps.pos0 + (rope ? plan_i(info->off_q_rope_offset)[ps.b] : 0);
+        unsigned char *q_tile = at(q_addr(wg));
+        for (int u = t; u < WG_ROWS * (CPR / 2); u += 128) {
+            const int row = u / (CPR / 2);
+            const int c = u - row * (CPR / 2);
+            const int pr = ps.r0 + wg * WG_ROWS + row;
+            u32x4 lo = {0u, 0u, 0u, 0u}, hi = {0u, 0u, 0u, 0u};
+            if (pr < ps.r1) {
+                const packed_row q = unpack_row(pr, group, ps.kvh);
+                const unsigned char *qp =
+                    reinterpret_cast<const unsigned char *>(p.q) +
+                    (static_cast<long long>(ps.q_start + q.token) * p.q_stride_row +
+                     static_cast<long long>(q.head) * p.q_stride_head + c * 8) *
+                        2;
+                lo = *reinterpret_cast<const u32x4 *>(qp);
+                hi = *reinterpret_cast<const u32x4 *>(qp + D);
+                if (rope)
+                    rope_chunks(lo, hi, q_pos0 + q.token, c);
+            }
+            *reinterpret_cast<u32x4 *>(q_tile + chunk_offset(WG_ROWS, row, c)) = lo;
+            *reinterpret_cast<u32x4 *>(q_tile + chunk_offset(WG_ROWS, row, c + CPR / 2)) = hi;
+        }
+        fence_proxy_async();
+    }
+
+    /* Rotate-half RoPE of chunk c (elements 8c..8c+7) and its partner c + D/16 of a row at
+     * position pos. */
+    FLP_DEV void rope_chunks(u32x4 &lo, u32x4 &hi, int pos, int c) const {
+        float a[8], bb[8];
+        unpack8_16bit<QDT>(lo, a);
+        unpack8_16bit<QDT>(hi, bb);
+        rope_pair8(a, bb, static_cast<float>(pos), freq() + c * 8);
+        lo = pack8_16bit<QDT>(a);
+        hi = pack8_16bit<QDT>(bb);
+    }
+
+    /* rotate_k_tile: RoPE of the K block in stage s in place, by both consumer warpgroups (ct:
+     * thread among the 256), visible to wgmma before either uses it. */
+    FLP_DEV void rotate_k_tile(const pass90 &ps, int s, int t0, int ct) const {
+        const int k_off = plan_i(info->off_k_rope_offset)[ps.b];
+        unsigned char *kt = at(k_addr(s));
+        for (int u = ct; u < KN * (CPR / 2); u += 256) {
+            const int row = u / (CPR / 2);
+            const int c = u - row * (CPR / 2);
+            u32x4 *plo = reinterpret_cast<u32x4 *>(kt + chunk_offset(KN, row, c));
+            u32x4 *phi = reinterpret_cast<u32x4 *>(kt + chunk_offset(KN, row, c + CPR / 2));
+            u32x4 lo = *plo, hi = *phi;
+            rope_chunks(lo, hi, t0 + row + k_off, c);
+            *plo = lo;
+            *phi = hi;
+        }
+        fence_proxy_async();
+        named_barrier_sync(kBarConsumers, 256);
+    }
+
+    /* Position and ALiBi slope (log2 units) of the thread's rows hf = 0, 1 (rows past r1
+     * repeat the last one). */
+    FLP_DEV void load_row_data(const pass90 &ps, int row0, int (&pos)[2], float (&slope)[2]) const {
+        const int group = info->group_size;
+        const float *slopes = plan_f(info->off_alibi_slopes);
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++) {
+            int pr = ps.r0 + row0 + 8 * hf;
+            pr = pr < ps.r1 ? pr : ps.r1 - 1;
+            const packed_row q = unpack_row(pr, group, ps.kvh);
+            pos[hf] = ps.pos0 + q.token;
+            slope[hf] = alibi ? slopes[q.head] * kLog2e : 0.0f;
+        }
+    }
+
+    /* compute_scores: S = Q K^T of the warpgroup's 64 rows and the block in stage s. */
+    FLP_DEV void compute_scores(int wg, int s, scores &sc) const {
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < D / 16; ks++) {
+            const unsigned off =
+                static_cast<unsigned>((ks & 3) << 5); /* 16 elements in a 128-byte row */
+            const uint64_t a =
+                smem_desc_sw128(q_addr(wg) + (ks >> 2) * (WG_ROWS * 128) + off, 16, 1024);
+            const uint64_t b = smem_desc_sw128(k_addr(s) + (ks >> 2) * ATOM_BYTES + off, 16, 1024);
+            wgmma_op<QDT, KN>::ss(sc, a, b, ks > 0 ? 1 : 0);
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+        wgmma_fence_regs(sc);
+    }
+
+    /* Bit (row position pos, key t) of the request's custom mask. */
+    FLP_DEV bool custom_mask_bit(const pass90 &ps, long long mask_base, int pos, int t) const {
+        const long long bit = mask_base + static_cast<long long>(pos - ps.pos0) * ps.kv_len + t;
+        return (reinterpret_cast<const unsigned char *>(p.mask)[bit >> 3] >> (bit & 7)) & 1;
+    }
+
+    /* mask_scores: logits in log2 units (scale, soft cap, ALiBi), then the key range, causal,
+     * window and custom masks, per element only where the block crosses a boundary of the
+     * warpgroup's rows. One unrolled loop per option, each behind its own flag test: a branch
+     * per element would cost more than the matrix products. */
+    FLP_DEV void mask_scores(const pass90 &ps, int t0, int lc, const int (&pos)[2],
+                             const float (&slope)[2], int wg_pos_first, int wg_pos_last,
+                             long long mask_base, scores &sc) const {
+        const int window_left = info->window_left;
+        bool interior = !custom && t0 >= ps.kb && t0 + KN <= ps.ke;
+        if (causal)
+            interior = interior && t0 + KN - 1 <= wg_pos_first;
+        if (window)
+            interior = interior && t0 >= wg_pos_last - window_left;
+        /* key of element i of n8 tile nt: t0 + nt * 8 + 2 lc + (i & 1); row hf = i >> 1 */
+        const int tl = t0 + lc * 2;
+#pragma unroll
+        for (int e = 0; e < KN / 2; e++)
+            sc[e] *= s_factor;
+        if (softcap) {
+#pragma unroll
+            for (int e = 0; e < KN / 2; e++)
+                sc[e] = soft_cap_log2(sc[e], cap_log2);
+        }
+        if (alibi) {
+#pragma unroll
+            for (int e = 0; e < KN / 2; e++)
+                sc[e] = alibi_bias(sc[e], slope[(e >> 1) & 1], tl + (e >> 2) * 8 + (e & 1),
+                                   pos[(e >> 1) & 1]);
+        }
+        if (interior)
+            return;
+#pragma unroll
+        for (int e = 0; e < KN / 2; e++) {
+            const int hf = (e >> 1) & 1;
+            const int t = tl + (e >> 2) * 8 + (e & 1);
+            bool keep = t >= ps.kb && t < ps.ke;
+            if (causal)
+                keep = keep && t <= pos[hf];
+            if (window)
+                keep = keep && t >= pos[hf] - window_left;
+            sc[e] = keep ? sc[e] : neg_inf();
+        }
+        if (custom) {
+#pragma unroll
+            for (int e = 0; e < KN / 2; e++) {
+                const int hf = (e >> 1) & 1;
+                const int t = tl + (e >> 2) * 8 + (e & 1);
+                if (sc[e] != neg_inf() && !custom_mask_bit(ps, mask_base, pos[hf], t))
+                    sc[e] = neg_inf();
+            }
+        }
+    }
+
+    /* softmax_update: new row maxima (over the 4 lanes of a row), l and O rescaled, scores
+     * turned into probabilities 2^(s - m) packed as P's A fragments. */
+    FLP_DEV static void softmax_update(scores &sc, state_acc &o, float (&m)[2], float (&l)[2],
+                                       unsigned (&pa)[KN / 16][4]) {
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++) {
+            float mx = m[hf];
+#pragma unroll
+            for (int nt = 0; nt < KN / 8; nt++)
+                mx = fmaxf(mx, fmaxf(sc[nt * 4 + 2 * hf], sc[nt * 4 + 2 * hf + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(kFullMask, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(kFullMask, mx, 2));
+            const float mu = softmax_base(mx);
+            const float alpha = exp2_approx(m[hf] - mu);
+            m[hf] = mx;
+            float sum = 0.0f;
+#pragma unroll
+            for (int nt = 0; nt < KN / 8; nt++) {
+#pragma unroll
+                for (int i = 2 * hf; i < 2 * hf + 2; i++) {
+                    const float e = exp2_approx(sc[nt * 4 + i] - mu);
+                    sc[nt * 4 + i] = e;
+                    sum += e;
+                }
+            }
+            l[hf] = fmaf(l[hf], alpha, sum);
+#pragma unroll
+            for (int nt = 0; nt < D / 8; nt++) {
+                o[nt * 4 + 2 * hf] *= alpha;
+                o[nt * 4 + 2 * hf + 1] *= alpha;
+            }
+        }
+#pragma unroll
+        for (int kp = 0; kp < KN / 16; kp++) {
+            pa[kp][0] = pack2_16bit<QDT>(sc[8 * kp + 0], sc[8 * kp + 1]);
+            pa[kp][1] = pack2_16bit<QDT>(sc[8 * kp + 2], sc[8 * kp + 3]);
+            pa[kp][2] = pack2_16bit<QDT>(sc[8 * kp + 4], sc[8 * kp + 5]);
+            pa[kp][3] = pack2_16bit<QDT>(sc[8 * kp + 6], sc[8 * kp + 7]);
+        }
+    }
+
+    /* zero_v_tail: V rows of stage s past the request's keys set to zero by both consumer
+     * warpgroups (ct: thread index among the 256 consumers), visible to wgmma before either
+     * uses the stage. */
+    FLP_DEV void zero_v_tail(const pass90 &ps, int s, int t0, int ct) const {
+        const int first = max(ps.kv_len - t0, 0); /* first row to clear */
+        unsigned char *vt = at(v_addr(s));
+        for (int u = first * CPR + ct; u < KN * CPR; u += 256) {
+            const int row = u / CPR;
+            const int c = u - row * CPR;
+            *reinterpret_cast<u32x4 *>(vt + chunk_offset(KN, row, c)) = u32x4{0u, 0u, 0u, 0u};
+        }
+        fence_proxy_async();
+        named_barrier_sync(kBarConsumers, 256);
+    }
+
+    /* accumulate_pv: O += P V with the block in stage s (V read N-major: column blocks of 64
+     * elements ATOM_BYTES apart, groups of 8 keys 1024 bytes apart). */
+    FLP_DEV void accumulate_pv(int s, const unsigned (&pa)[KN / 16][4], state_acc &o) const {
+        wgmma_fence();
+#pragma unroll
+        for (int kp = 0; kp < KN / 16; kp++) {
+            const uint64_t b = smem_desc_sw128(v_addr(s) + kp * 16 * 128, ATOM_BYTES, 1024);
+            wgmma_op<QDT, D>::rs(o, pa[kp], b, 1);
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+        wgmma_fence_regs(o);
+    }
+
+    FLP_DEV prefill_output<QDT, D> output(const pass90 &ps) const {
+        return prefill_output<QDT, D>{p,
+                                      ps.slot,
+                                      ps.row_begin,
+                                      info->group_size,
+                                      ps.kvh,
+                                      ps.q_start,
+                                      const_cast<float *>(plan_f(info->off_partial_o)),
+                                      const_cast<float *>(plan_f(info->off_partial_lse)),
+                                      reinterpret_cast<float *>(p.lse)};
+    }
+
+    /* store_output: the warpgroup's rows normalised into out and lse (through its Q tile, so
+     * that out gets 16-byte stores of whole rows), or the item's f32 partial slot. t: thread in
+     * the warpgroup; row0: its first row in the pass. */
+    FLP_DEV void store_output(const pass90 &ps, int wg, int t, int row0, int lc, const state_acc &o,
+                              const float (&m)[2], float (&l)[2]) const {
+        /* The thread's indices pass an empty asm, so that the compiler cannot hoist this
+         * stage's addresses above the key loop (and keep them there in spilled registers). */
+        asm volatile("" : "+r"(t), "+r"(row0), "+r"(lc));
+        const prefill_output<QDT, D> out = output(ps);
+        float scale[2];
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++) {
+            l[hf] += __shfl_xor_sync(kFullMask, l[hf], 1);
+            l[hf] += __shfl_xor_sync(kFullMask, l[hf], 2);
+            scale[hf] = output_scale(l[hf], 1.0f);
+            const int pr = ps.r0 + row0 + 8 * hf;
+            if (lc == 0 && pr < ps.r1)
+                out.store_lse(pr, state_lse(m[hf], l[hf]));
+        }
+        if (ps.slot >= 0) {
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) {
+                const int pr = ps.r0 + row0 + 8 * hf;
+                if (pr >= ps.r1)
+                    continue;
+#pragma unroll
+                for (int nt = 0; nt < D / 8; nt++)
+                    out.store_pair(pr, nt * 8 + lc * 2, o[nt * 4 + 2 * hf] * scale[hf],
+                                   o[nt * 4 + 2 * hf + 1] * scale[hf]);
+            }
+            return;
+        }
+        /* the Q tile is free: every product of the pass has completed */
+        unsigned char *tile = at(q_addr(wg));
+        const int local = row0 - wg * WG_ROWS;
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++) {
+#pragma unroll
+            for (int nt = 0; nt < D / 8; nt++)
+                *reinterpret_cast<unsigned *>(tile + chunk_offset(WG_ROWS, local + 8 * hf, nt) +
+                                              lc * 4) =
+                    pack2_16bit<QDT>(o[nt * 4 + 2 * hf] * scale[hf],
+                                     o[nt * 4 + 2 * hf + 1] * scale[hf]);
+        }
+        named_barrier_sync(kBarConsumerWg0 + wg, 128);
+        const int group = info->group_size;
+        for (int u = t; u < WG_ROWS * CPR; u += 128) {
+            const int row = u / CPR;
+            const int c = u - row * CPR;
+            const int pr = ps.r0 + wg * WG_ROWS + row;
+            if (pr >= ps.r1)
+                continue;
+            const packed_row q = unpack_row(pr, group, ps.kvh);
+            unsigned char *op = reinterpret_cast<unsigned char *>(p.o) +
+                                (static_cast<long long>(ps.q_start + q.token) * p.o_stride_row +
+                                 static_cast<long long>(q.head) * p.o_stride_head + c * 8) *
+                                    2;
+            *reinterpret_cast<u32x4 *>(op) =
+                *reinterpret_cast<const u32x4 *>(tile + chunk_offset(WG_ROWS, row, c));
+        }
+    }
+
+    /* A consumer warpgroup (wg 0 or 1 of the consumers): every pass, its 64 rows. */
+    FLP_DEV void consume(int wg) const {
+        const int t = threadIdx.x - 128 * (wg + 1); /* thread in the warpgroup */
+        const int warp = t >> 5, lane = t & 31;
+        const int lg = lane >> 2, lc = lane & 3;
+        const int row0 = wg * WG_ROWS + warp * 16 + lg; /* the thread's first row in the pass */
+        const int group = info->group_size;
+        int it = 0;
+        for_each_pass([&](const int *wi, int r0) {
+            const pass90 ps = make_pass(wi, r0);
+            named_barrier_sync(kBarConsumerWg0 + wg, 128); /* last pass done with the Q tile */
+            load_q(ps, wg, t);
+            named_barrier_sync(kBarConsumerWg0 + wg, 128); /* Q tile complete */
+            int pos[2];
+            float slope[2];
+            load_row_data(ps, row0, pos, slope);
+            /* the keys this warpgroup's rows can keep */
+            const int wr0 = ps.r0 + wg * WG_ROWS;
+            const int wr1 = min(wr0 + WG_ROWS, ps.r1);
+            const bool has_rows = wr0 < wr1;
+            const int wg_pos_first = ps.pos0 + wr0 / group;
+            const int wg_pos_last = ps.pos0 + (max(wr1, wr0 + 1) - 1) / group;
+            int wkb = ps.kb, wke = ps.ke;
+            if (causal)
+                wke = min(wke, wg_pos_last + 1);
+            if (window)
+                wkb = max(wkb, wg_pos_first - info->window_left);
+            const long long mask_base =
+                custom ? static_cast<long long>(plan_i(info->off_mask_indptr)[ps.b]) * 8 : 0;
+
+            state_acc o;
+#pragma unroll
+            for (int i = 0; i < D / 2; i++)
+                o[i] = 0.0f;
+            float m[2] = {neg_inf(), neg_inf()}, l[2] = {0.0f, 0.0f};
+
+            for (int j = 0; j < ps.nblk; ++j, ++it) {
+                const int s = it % STAGES;
+                const unsigned phase = static_cast<unsigned>(it / STAGES) & 1u;
+                const int t0 = ps.kb_load + j * KN;
+                const bool active = has_rows && t0 < wke && t0 + KN > wkb;
+                unsigned pa[KN / 16][4];
+                mbar_wait(bar_full_k(s), phase);
+                if (rope) /* the same decision in both warpgroups */
+                    rotate_k_tile(ps, s, t0, t + 128 * wg);
+                if (active) {
+                    scores sc;
+                    compute_scores(wg, s, sc);
+                    mask_scores(ps, t0, lc, pos, slope, wg_pos_first, wg_pos_last, mask_base, sc);
+                    softmax_update(sc, o, m, l, pa);
+                }
+                mbar_wait(bar_full_v(s), phase);
+                if (t0 + KN > ps.kv_len) /* the same decision in both warpgroups */
+                    zero_v_tail(ps, s, t0, t + 128 * wg);
+                if (active)
+                    accumulate_pv(s, pa, o);
+                __syncwarp();
+                if (lane == 0)
+                    mbar_arrive(bar_empty(s));
+            }
+            store_output(make_pass(wi, r0), wg, t, row0, lc, o, m, l);
+        });
+    }
+};
+
+/* The sm_90a prefill kernel's body: roles by warpgroup. */
+template <int QDT, int D> FLP_DEV void prefill90_body(const flp_prefill90_params &params) {
+    using K = prefill90_kernel<QDT, D>;
+    const K kern(params);
+    const int wg = threadIdx.x >> 7;
+    if (threadIdx.x == 0) {
+        kern.init_barriers();
+        tma_prefetch_map(&params.k_map);
+        tma_prefetch_map(&params.v_map);
+    }
+    kern.load_freq();
+    __syncthreads();
+    if (wg == 0) {
+        regs_release<prefill90_regs<D>::producer>();
+        if (threadIdx.x < 32)
+            kern.produce(threadIdx.x);
+    } else {
+        regs_acquire<prefill90_regs<D>::consumer>();
+        kern.consume(wg - 1);
+    }
+}
+
+} // namespace flp
+
+#endif /* FLP_CUDA_PREFILL_SM90_CUH */

@@ -1,0 +1,64 @@
+/* Launch shapes and parameters of the sm_90a prefill kernel (prefill_sm90.cuh), shared by the
+ * kernel (nvcc and NVRTC) and the host code that launches it (cu_prefill_sm90.c). Plain C.
+ *
+ * A block is three warpgroups: warpgroup 0 produces (one warp issues the TMA copies of K/V
+ * blocks into a ring of FLP_CU_PREFILL90_STAGES stages), warpgroups 1 and 2 consume (64 packed
+ * query rows each of a pass of 128, both matrix products on wgmma). Shared memory, from a
+ * 1024-byte aligned base (the 128-byte swizzle repeats every 1024 bytes):
+ *   q       [2][D / 64][64][64]   compute type, one [64 rows] tile per consumer warpgroup
+ *   k       [STAGES][D / 64][KN][64]
+ *   v       [STAGES][D / 64][KN][64]
+ *   barriers u64 [3][STAGES]      K full, V full, stage empty
+ *   freq    f32 [D / 2]           RoPE frequencies
+ * Every [rows][64] block is 128-byte rows with 16-byte chunk c of row r at c ^ (r % 8). */
+#ifndef FLP_CUDA_PREFILL_SM90_CONFIG_H
+#define FLP_CUDA_PREFILL_SM90_CONFIG_H
+
+#include "core/prefill_params.h"
+
+#define FLP_CU_PREFILL90_THREADS 384
+#define FLP_CU_PREFILL90_ROWS 128 /* packed query rows per pass */
+#define FLP_CU_PREFILL90_KN(D) ((D) == 256 ? 64 : 128)
+#define FLP_CU_PREFILL90_STAGES(D) ((D) == 64 ? 4 : 2)
+#define FLP_CU_PREFILL90_Q_BYTES(D) (FLP_CU_PREFILL90_ROWS * (D)*2)
+#define FLP_CU_PREFILL90_TILE_BYTES(D) (FLP_CU_PREFILL90_KN(D) * (D)*2)
+#define FLP_CU_PREFILL90_BARRIER_BYTES(D) (3 * 8 * FLP_CU_PREFILL90_STAGES(D))
+/* The 1024 bytes of slack let the kernel align its base. */
+#define FLP_CU_PREFILL90_SMEM_BYTES(D)                                                             \
+    (1024 + FLP_CU_PREFILL90_Q_BYTES(D) +                                                          \
+     2 * FLP_CU_PREFILL90_STAGES(D) * FLP_CU_PREFILL90_TILE_BYTES(D) +                             \
+     FLP_CU_PREFILL90_BARRIER_BYTES(D) + (D)*2)
+
+/* A CUtensorMap (cuda.h), opaque here: 128 bytes, 64-byte aligned. */
+#ifdef __cplusplus
+typedef struct alignas(64) flp_tensor_map {
+    uint64_t words[16];
+} flp_tensor_map;
+#else
+typedef struct flp_tensor_map {
+    _Alignas(64) uint64_t words[16];
+} flp_tensor_map;
+#endif
+
+/* How the kernel's producer addresses K/V rows. */
+#define FLP_CU_KV_MAP_RAGGED 0 /* 3-D maps (D, Hkv, rows): one box of KN rows */
+#define FLP_CU_KV_MAP_PAGED 1  /* 4-D maps (D, Hkv, page_size, pages): boxes of box_rows */
+
+/* The kernel's parameter block: the prefill parameters and the K/V tensor maps made for the run
+ * (boxes of 64 elements x 1 head x box_rows rows, 128-byte swizzle). */
+typedef struct flp_prefill90_params {
+    flp_prefill_params base;
+    int32_t kv_map_kind;  /* FLP_CU_KV_MAP_* */
+    int32_t box_rows;     /* rows of a box: KN (ragged), min(page_size, KN) (paged) */
+    int32_t reserved[22]; /* pads to the maps' 64-byte alignment */
+    flp_tensor_map k_map, v_map;
+} flp_prefill90_params;
+
+#define FLP_PREFILL90_PARAMS_BYTES 512
+
+#ifndef __cplusplus
+_Static_assert(sizeof(flp_prefill90_params) == FLP_PREFILL90_PARAMS_BYTES,
+               "flp_prefill90_params layout changed: update the kernel");
+#endif
+
+#endif /* FLP_CUDA_PREFILL_SM90_CONFIG_H */
