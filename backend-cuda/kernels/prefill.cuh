@@ -122,10 +122,32 @@ template <int QDT, int D> struct prefill_output {
     }
 };
 
+/* The variant options of a prefill plan (FLP_FLAG_*), read once by each prefill kernel (this
+ * file's and prefill_sm90.cuh's). */
+struct prefill_flags {
+    bool causal, window, softcap, alibi, rope, custom;
+
+    FLP_DEV void read_flags(unsigned flags) {
+        causal = (flags & FLP_FLAG_CAUSAL) != 0;
+        window = (flags & FLP_FLAG_WINDOW) != 0;
+        softcap = (flags & FLP_FLAG_SOFTCAP) != 0;
+        alibi = (flags & FLP_FLAG_ALIBI) != 0;
+        rope = (flags & FLP_FLAG_ROPE) != 0;
+        custom = (flags & FLP_FLAG_CUSTOM_MASK) != 0;
+    }
+};
+
+/* Bit (query token i of the request, key t) of a custom mask (the address of its bytes): the
+ * request's bits start at bit mask_base, rows of kv_len bits (little-endian within bytes). */
+FLP_DEV bool mask_bit(uint64_t mask, long long mask_base, int i, int kv_len, int t) {
+    const long long bit = mask_base + static_cast<long long>(i) * kv_len + t;
+    return (reinterpret_cast<const unsigned char *>(mask)[bit >> 3] >> (bit & 7)) & 1;
+}
+
 /* The prefill kernel: its shape and shared-memory layout, the flags read once, and its stages.
  * Per-pass values are read from shared memory (ps) and plan arrays addressed from p.plan at
  * each use: the key loop needs every register for the accumulators. */
-template <int QDT, int KVDT, int D, int T> struct prefill_kernel {
+template <int QDT, int KVDT, int D, int T> struct prefill_kernel : prefill_flags {
     using KV = kv_traits<KVDT>;
     static constexpr bool STAGED = FLP_CU_PREFILL_STAGED(QDT, KVDT);
     using SH = prefill_shape<D, T, STAGED>;
@@ -160,7 +182,6 @@ template <int QDT, int KVDT, int D, int T> struct prefill_kernel {
     int wm, wn; /* this warp's rows and keys in the WM x WN warp grid */
     int lg, lc; /* row within 8 and column pair of the mma fragments */
 
-    bool causal, window, softcap, alibi, rope, custom;
     float s_factor, cap_log2;
 
     /* Reads the flags and scales once and the RoPE frequencies into shared memory (visible
@@ -184,13 +205,7 @@ template <int QDT, int KVDT, int D, int T> struct prefill_kernel {
         info = reinterpret_cast<const flp_prefill_plan_info *>(p.plan);
         ps = reinterpret_cast<prefill_pass *>(s_freq + D / 2);
 
-        const unsigned flags = info->flags;
-        causal = (flags & FLP_FLAG_CAUSAL) != 0;
-        window = (flags & FLP_FLAG_WINDOW) != 0;
-        softcap = (flags & FLP_FLAG_SOFTCAP) != 0;
-        alibi = (flags & FLP_FLAG_ALIBI) != 0;
-        rope = (flags & FLP_FLAG_ROPE) != 0;
-        custom = (flags & FLP_FLAG_CUSTOM_MASK) != 0;
+        read_flags(info->flags);
 
         /* Scores in log2 units; the fp8 key factor goes into the logit scale. */
         const float soft_cap = info->soft_cap;
@@ -500,13 +515,6 @@ template <int QDT, int KVDT, int D, int T> struct prefill_kernel {
         }
     }
 
-    /* Bit (row position pos, key t) of the request's custom mask. */
-    FLP_DEV bool custom_mask_bit(int pos, int t) const {
-        const long long bit =
-            ps->mask_base + static_cast<long long>(pos - ps->pos0) * ps->kv_len + t;
-        return (reinterpret_cast<const unsigned char *>(p.mask)[bit >> 3] >> (bit & 7)) & 1;
-    }
-
     /* mask_scores: logits in log2 units (scale, soft cap, ALiBi), then the key range, causal,
      * window and custom masks, per element only where the block crosses a boundary. */
     FLP_DEV void mask_scores(int t0, const rows &rw, scores &sc) const {
@@ -540,7 +548,7 @@ template <int QDT, int KVDT, int D, int T> struct prefill_kernel {
                         if (window)
                             keep = keep && t >= pos - window_left;
                         if (custom && keep)
-                            keep = custom_mask_bit(pos, t);
+                            keep = mask_bit(p.mask, ps->mask_base, pos - ps->pos0, ps->kv_len, t);
                         x = keep ? x : neg_inf();
                     }
                     sc[mt][nt][i] = x;

@@ -61,7 +61,7 @@ struct pass90 {
     int kb, ke, kb_load, nblk;
 };
 
-template <int QDT, int D> struct prefill90_kernel {
+template <int QDT, int D> struct prefill90_kernel : prefill_flags {
     static constexpr int KN = FLP_CU_PREFILL90_KN(D);
     static constexpr int STAGES = FLP_CU_PREFILL90_STAGES(D);
     static constexpr int ATOMS = D / 64; /* 64-element column blocks of a row */
@@ -82,7 +82,7 @@ template <int QDT, int D> struct prefill90_kernel {
     unsigned smem_base; /* shared address, 1024-aligned */
     unsigned char *smem;
 
-    bool causal, window, softcap, alibi, custom, rope, paged;
+    bool paged;
     float s_factor, cap_log2;
 
     FLP_DEV explicit prefill90_kernel(const flp_prefill90_params &params)
@@ -92,13 +92,7 @@ template <int QDT, int D> struct prefill90_kernel {
         smem_base = raw + pad;
         smem = reinterpret_cast<unsigned char *>(dynamic_smem) + pad;
         info = reinterpret_cast<const flp_prefill_plan_info *>(p.plan);
-        const unsigned flags = info->flags;
-        causal = (flags & FLP_FLAG_CAUSAL) != 0;
-        window = (flags & FLP_FLAG_WINDOW) != 0;
-        softcap = (flags & FLP_FLAG_SOFTCAP) != 0;
-        alibi = (flags & FLP_FLAG_ALIBI) != 0;
-        custom = (flags & FLP_FLAG_CUSTOM_MASK) != 0;
-        rope = (flags & FLP_FLAG_ROPE) != 0;
+        read_flags(info->flags);
         paged = P.kv_map_kind == FLP_CU_KV_MAP_PAGED;
         const float soft_cap = info->soft_cap;
         s_factor = logit_factor(info->sm_scale, 1.0f, softcap, soft_cap);
@@ -156,8 +150,8 @@ template <int QDT, int D> struct prefill90_kernel {
     FLP_DEV const int *plan_i(unsigned off) const {
         return reinterpret_cast<const int *>(p.plan) + off;
     }
-    FLP_DEV const float *plan_f(unsigned off) const {
-        return reinterpret_cast<const float *>(p.plan) + off;
+    FLP_DEV float *plan_f(unsigned off) const {
+        return reinterpret_cast<float *>(p.plan) + off;
     }
 
     /* The pass of rows [r0, r0 + 128) of work item wi. */
@@ -354,12 +348,6 @@ template <int QDT, int D> struct prefill90_kernel {
         wgmma_fence_regs(sc);
     }
 
-    /* Bit (row position pos, key t) of the request's custom mask. */
-    FLP_DEV bool custom_mask_bit(const pass90 &ps, long long mask_base, int pos, int t) const {
-        const long long bit = mask_base + static_cast<long long>(pos - ps.pos0) * ps.kv_len + t;
-        return (reinterpret_cast<const unsigned char *>(p.mask)[bit >> 3] >> (bit & 7)) & 1;
-    }
-
     /* mask_scores: logits in log2 units (scale, soft cap, ALiBi), then the key range, causal,
      * window and custom masks, per element only where the block crosses a boundary of the
      * warpgroup's rows. One unrolled loop per option, each behind its own flag test: a branch
@@ -407,7 +395,8 @@ template <int QDT, int D> struct prefill90_kernel {
             for (int e = 0; e < KN / 2; e++) {
                 const int hf = (e >> 1) & 1;
                 const int t = tl + (e >> 2) * 8 + (e & 1);
-                if (sc[e] != neg_inf() && !custom_mask_bit(ps, mask_base, pos[hf], t))
+                if (sc[e] != neg_inf() &&
+                    !mask_bit(p.mask, mask_base, pos[hf] - ps.pos0, ps.kv_len, t))
                     sc[e] = neg_inf();
             }
         }
@@ -490,8 +479,8 @@ template <int QDT, int D> struct prefill90_kernel {
                                       info->group_size,
                                       ps.kvh,
                                       ps.q_start,
-                                      const_cast<float *>(plan_f(info->off_partial_o)),
-                                      const_cast<float *>(plan_f(info->off_partial_lse)),
+                                      plan_f(info->off_partial_o),
+                                      plan_f(info->off_partial_lse),
                                       reinterpret_cast<float *>(p.lse)};
     }
 
