@@ -90,14 +90,7 @@ static void radix_sort_by_cost_desc(flp_cost_run *runs, flp_cost_run *tmp, int32
             start[d] = 0;
         for (int32_t i = 0; i < n; i++)
             start[((uint64_t)hi - (uint64_t)from[i].cost) >> shift & digit_mask]++;
-        /* counts to starts; the sum stays in a register (a chain through memory would cost a
-         * store forwarding per digit) */
-        int32_t sum = 0;
-        for (uint64_t d = 0; d <= top; d++) {
-            const int32_t count = start[d];
-            start[d] = sum;
-            sum += count;
-        }
+        flp_radix_digit_starts(start, top);
         for (int32_t i = 0; i < n; i++)
             to[start[((uint64_t)hi - (uint64_t)from[i].cost) >> shift & digit_mask]++] = from[i];
         flp_cost_run *t = from;

@@ -11,6 +11,18 @@
 #define FLP_SORT_INSERTION_MAX 24
 #define FLP_SORT_RADIX_BITS 8
 
+/* One radix pass of those sorts: turns the counts of digits 0..top in start[] into each digit's
+ * first output index. The running sum stays in a register (a chain through memory would cost a
+ * store forwarding per digit). */
+static inline void flp_radix_digit_starts(int32_t *start, uint64_t top) {
+    int32_t sum = 0;
+    for (uint64_t d = 0; d <= top; d++) {
+        const int32_t count = start[d];
+        start[d] = sum;
+        sum += count;
+    }
+}
+
 /* The greatest common divisor of a and b (>= 0, not both 0). */
 int64_t flp_gcd(int64_t a, int64_t b);
 

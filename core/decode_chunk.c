@@ -68,13 +68,7 @@ static void sort_ascending(uint64_t *a, uint64_t *tmp, int32_t n, int shift,
             start[d] = 0;
         for (int32_t i = 0; i < n; i++)
             start[((from[i] >> shift) - lo) >> s & digit_mask]++;
-        /* counts to starts; the sum stays in a register */
-        int32_t sum = 0;
-        for (uint64_t d = 0; d <= top; d++) {
-            const int32_t count = start[d];
-            start[d] = sum;
-            sum += count;
-        }
+        flp_radix_digit_starts(start, top);
         for (int32_t i = 0; i < n; i++)
             to[start[((from[i] >> shift) - lo) >> s & digit_mask]++] = from[i];
         uint64_t *t = from;
