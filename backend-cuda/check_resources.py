@@ -16,7 +16,7 @@ import sys
 
 # Known spills, with the bytes allowed: the sm_90a head_dim 256 prefill kernels, whose consumer
 # warpgroups hold a 64 x 256 f32 output tile in 240 registers (setmaxnreg; the producer warp is
-# left 32) and keep a few per-pass values in local memory: two L1-resident loads per key block of
+# left 24) and keep a few per-pass values in local memory: two L1-resident loads per key block of
 # 64 keys and the producer's outer loop bounds (seen in the SASS, 2026-12-06). To remove.
 SPILL_ALLOWED = {("flp_prefill90_bf16_d256", "sm_90a"): 32, ("flp_prefill90_f16_d256", "sm_90a"): 32}
 

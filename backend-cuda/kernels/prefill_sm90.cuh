@@ -40,12 +40,19 @@ static_assert(sizeof(flp_prefill90_params) == FLP_PREFILL90_PARAMS_BYTES, "flp_p
 
 namespace flp {
 
-/* Registers per thread after the producer warpgroup hands its registers to the consumers
- * (128 * 40 + 256 * 232 = 64512, 128 * 32 + 256 * 240 = 65536 of the 65536): head_dim 256's
- * consumers hold a 64 x 256 output tile. */
+/* Registers per thread after the producer warpgroup hands its registers to the consumers.
+ * setmaxnreg moves registers within the block's own allocation, 384 x 168 = 64512 (the
+ * launch bound's count): 128 * 40 + 256 * 232 = 64512 and 128 * 24 + 256 * 240 = 64512.
+ * Asking for more (128 * 32 + 256 * 240 = 65536) leaves the consumers' setmaxnreg.inc waiting
+ * for registers that never come: the block hangs. head_dim 256's consumers hold a 64 x 256
+ * output tile. */
 template <int D> struct prefill90_regs {
-    static constexpr int producer = D == 256 ? 32 : 40;
+    static constexpr int producer = D == 256 ? 24 : 40;
     static constexpr int consumer = D == 256 ? 240 : 232;
+    /* the launch bound's per-thread count, rounded down to setmaxnreg's multiple of 8 */
+    static constexpr int launched = 65536 / FLP_CU_PREFILL90_THREADS / 8 * 8;
+    static_assert(128 * producer + 256 * consumer <= FLP_CU_PREFILL90_THREADS * launched,
+                  "setmaxnreg counts exceed the block's registers");
 };
 
 /* Named barrier ids (0 is __syncthreads): one per consumer warpgroup, one for both. */
