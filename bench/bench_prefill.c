@@ -1,11 +1,13 @@
-/* flashport-bench-prefill: causal prefill / append throughput (TFLOP/s).
+/* flashport-bench-prefill: prefill / append throughput (TFLOP/s), causal or without a mask.
  *
  * usage: flashport-bench-prefill [--backend cuda|vulkan|auto] [--cases LIST|default|quick]
  *            [--quick] [--qo-heads H] [--kv-heads H] [--head-dim D] [--page P] [--dtype bf16|f16]
  *            [--budget-ms MS] [--max-iters N] [--check-rows N] [--seed S] [--copy-gbps X]
- *            [--peer FILE] [--dry-run] [--decode-kernel auto|vector|matrix]
+ *            [--mask causal|none] [--gemm-tflops X] [--peer FILE] [--dry-run]
+ *            [--decode-kernel auto|vector|matrix]
  *
- * Cases (comma-separated; every one causal, positions as in docs/design.md section 3):
+ * Cases (comma-separated; causal by default, --mask none for none; positions as in
+ * docs/design.md section 3):
  *   single:N[:paged]        one prompt, qo_len = kv_len = N, ragged (contiguous) KV by default
  *   ragged:B:LO:HI[:ragged] B prompts, lengths drawn uniformly in [LO, HI] with --seed (the same
  *                           draw as peer_torch_prefill.py), paged KV by default
@@ -14,11 +16,13 @@
  *   specdec:B:Q:L           the same shape through flp_decode_* (qo_len = Q <= 8, paged; the
  *                           plan's decode kernel as --decode-kernel asks, default auto; the
  *                           line names the kernel it ran on)
- * "default" is single:1024,single:4096,single:8192,single:16384,ragged:16:256:4096,
+ * "default" is single:1024,single:4096,single:8192,single:16384,single:8192:paged,
+ * ragged:16:256:4096,spec:64:512:4608 (chunked prefill: 512 new tokens over 4096 cached),
  * spec:64:4:4096,specdec:64:4:4096; "quick" (also --quick: small budget) is a lavapipe-sized set.
  *
  * FLOPs = 4 * D * Hq * (kept keys summed over query rows); causal keeps kv_len - qo_len + i + 1
- * keys for row i, so a prompt counts half the square plus the diagonal. GB/s count every K, V,
+ * keys for row i, so a prompt counts half the square plus the diagonal; --mask none keeps all
+ * kv_len keys. GB/s count every K, V,
  * Q and O byte once. Time: each run is queued back to back on the library's stream/queue and the
  * batch is closed by flp_context_synchronize (as flashport-bench-decode); the median of 5 batches
  * whose size fits --budget-ms (default 300) and --max-iters (default 100); 3 batches of one run
@@ -31,9 +35,12 @@
  * (f16). A mismatch prints FAIL, skips that case's timing and makes the exit status 1.
  *
  * FLP_BENCH_LOG=1 prints the library's log on stderr (the kernels each configuration runs on).
- * --peer FILE: lines "peer_prefill case=NAME sdpa=flash|cudnn ... tflops=X ... status=ok" from
- * peer_torch_prefill.py run in the same job; each case then reports its ratio to the best mode
- * of each SDPA backend (specdec:* is compared with spec:*).
+ * --peer FILE: lines "peer_prefill case=NAME mask=M sdpa=flash|cudnn ... tflops=X ... status=ok"
+ * from peer_torch_prefill.py run in the same job; each case then reports its ratio to the best
+ * mode of each SDPA backend with the same mask (specdec:* is compared with spec:*). A line
+ * "peer_ceiling gemm_tflops=X" (the peer's --gemm) gives the CUDA matrix ceiling measured in the
+ * same job, as --gemm-tflops X does (which wins); without either the ceiling is the nominal
+ * CUDA_BF16_GEMM_TFLOPS and the line says gemm_source=nominal.
  * Output: one "flp_prefill key=value ..." line per case, then the rows of a markdown table. */
 #include "bench/bench_check.h"
 #include "tools/host_timing.h"
@@ -55,8 +62,8 @@
 #define VULKAN_FMA_TFLOPS 45.0
 
 #define DEFAULT_CASES                                                                              \
-    "single:1024,single:4096,single:8192,single:16384,ragged:16:256:4096,spec:64:4:4096,"          \
-    "specdec:64:4:4096"
+    "single:1024,single:4096,single:8192,single:16384,single:8192:paged,ragged:16:256:4096,"       \
+    "spec:64:512:4608,spec:64:4:4096,specdec:64:4:4096"
 #define QUICK_CASES "single:64,single:96:paged,ragged:3:8:64,spec:4:4:80,specdec:4:4:80"
 
 typedef struct bench_opts {
@@ -68,6 +75,8 @@ typedef struct bench_opts {
     int max_iters, check_rows;
     uint64_t seed;
     double copy_gbps;
+    double gemm_tflops; /* CUDA matrix ceiling measured in the same job; 0: nominal */
+    bool causal;        /* --mask causal (default) or none */
     const char *peer_file;
     bool dry_run;
     flp_decode_kernel decode_kernel; /* specdec cases */
@@ -170,7 +179,8 @@ static bench_opts parse_args(int argc, char **argv) {
                     .budget_ms = 300,
                     .max_iters = 100,
                     .check_rows = 32,
-                    .seed = 1234};
+                    .seed = 1234,
+                    .causal = true};
     bool budget_set = false, iters_set = false, cases_set = false;
     for (int i = 1; i < argc; i++) {
         const char *k = argv[i];
@@ -231,6 +241,17 @@ static bench_opts parse_args(int argc, char **argv) {
             o.seed = strtoull(v, NULL, 0);
         } else if (!strcmp(k, "--copy-gbps")) {
             o.copy_gbps = atof(v);
+        } else if (!strcmp(k, "--gemm-tflops")) {
+            o.gemm_tflops = atof(v);
+            if (!(o.gemm_tflops > 0))
+                usage_error("--gemm-tflops must be positive, not", v);
+        } else if (!strcmp(k, "--mask")) {
+            if (!strcmp(v, "causal"))
+                o.causal = true;
+            else if (!strcmp(v, "none"))
+                o.causal = false;
+            else
+                usage_error("unknown mask (causal or none)", v);
         } else if (!strcmp(k, "--peer")) {
             o.peer_file = v;
         } else {
@@ -245,6 +266,11 @@ static bench_opts parse_args(int argc, char **argv) {
     if (o.budget_ms <= 0 || o.max_iters < 1 || o.check_rows < 1)
         usage_error("budget, iterations and check rows must be positive", "");
     return o;
+}
+
+/* Keys that row i of a request of qo_len q and kv_len l keeps. */
+static int64_t row_keys(const bench_opts *o, int32_t q, int32_t l, int64_t i) {
+    return o->causal ? (int64_t)l - q + i + 1 : l;
 }
 
 /* Fills the derived layout of c. Paged pages are spread through the pool in a scattered order
@@ -264,7 +290,7 @@ static void layout_case(bench_case *c, const bench_opts *o) {
         c->rows += q;
         c->kv_tokens += l;
         for (int32_t i = 0; i < q; i++)
-            c->kept_keys += (int64_t)l - q + i + 1;
+            c->kept_keys += row_keys(o, q, l, i);
     }
     size_t row_elems = (size_t)o->hkv * (size_t)o->head_dim;
     if (c->paged) {
@@ -383,15 +409,25 @@ static bool line_field(const char *line, const char *key, char *out, size_t size
     return false;
 }
 
-static void load_peers(const char *path) {
+/* The peer lines of path with this run's mask, and the same job's matrix ceiling unless
+ * --gemm-tflops gave it. */
+static void load_peers(const char *path, bench_opts *o) {
     FILE *f = fopen(path, "r");
     if (!f) {
         fprintf(stderr, "warning: cannot read peer file %s: no peer ratios\n", path);
         return;
     }
-    char line[1024], status[32], tf[32];
+    char line[1024], status[32], tf[32], mask[16];
     while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, "peer_ceiling ", 13) == 0 && o->gemm_tflops == 0 &&
+            line_field(line, "gemm_tflops", tf, sizeof tf) && atof(tf) > 0)
+            o->gemm_tflops = atof(tf);
         if (strncmp(line, "peer_prefill ", 13) != 0)
+            continue;
+        /* lines without mask= come from the causal-only peer */
+        if (!line_field(line, "mask", mask, sizeof mask))
+            strcpy(mask, "causal");
+        if (strcmp(mask, o->causal ? "causal" : "none") != 0)
             continue;
         peer_entry e = {0};
         if (!line_field(line, "case", e.case_name, sizeof e.case_name) ||
@@ -509,7 +545,7 @@ static void check_row(void *arg, int64_t task) {
     while (c->qo_indptr[b + 1] <= r)
         b++;
     int64_t i = r - c->qo_indptr[b];
-    int64_t keys = (int64_t)c->kv_len[b] - c->qo_len[b] + i + 1; /* causal: j <= position */
+    int64_t keys = row_keys(o, c->qo_len[b], c->kv_len[b], i);
     int32_t d_n = o->head_dim, group = o->hq / o->hkv;
     double scale = 1.0 / sqrt((double)d_n);
     double *logits = malloc(sizeof(double) * (size_t)(keys * group));
@@ -667,7 +703,7 @@ static void plan_case(const bench_case *c, const bench_opts *o, case_run *r, flp
     flp_variant var = {.head_dim = o->head_dim,
                        .q_dtype = o->dtype,
                        .kv_dtype = o->dtype,
-                       .mask = FLP_MASK_CAUSAL};
+                       .mask = o->causal ? FLP_MASK_CAUSAL : FLP_MASK_NONE};
     flp_plan_desc pd = {.max_batch_size = c->batch,
                         .max_pages = c->paged ? c->num_pages : 1,
                         .num_qo_heads = o->hq,
@@ -805,8 +841,9 @@ static const char *case_api_name(const bench_case *c) {
     return c->use_decode_api ? "decode" : "prefill";
 }
 
-static void describe_case(const bench_case *c, char *out, size_t size) {
-    const char *kv = c->paged ? "paged" : "ragged KV";
+static void describe_case(const bench_case *c, const bench_opts *o, char *out, size_t size) {
+    const char *kv = c->paged ? (o->causal ? "paged" : "paged, no mask")
+                              : (o->causal ? "ragged KV" : "ragged KV, no mask");
     if (c->kind == CASE_SINGLE)
         snprintf(out, size, "single prompt %d (%s)", c->qo_len[0], kv);
     else if (c->kind == CASE_RAGGED)
@@ -852,7 +889,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (o.peer_file)
-        load_peers(o.peer_file);
+        load_peers(o.peer_file, &o);
 
     flp_context *ctx = NULL;
     flp_context_desc cd = {.backend = o.backend};
@@ -869,10 +906,13 @@ int main(int argc, char **argv) {
     flp_device_info info;
     CHECK(flp_context_get_info(ctx, &info));
     bool is_cuda = info.backend == FLP_BACKEND_CUDA;
+    const char *mask_name = o.causal ? "causal" : "none";
+    const double gemm_ceiling = o.gemm_tflops > 0 ? o.gemm_tflops : CUDA_BF16_GEMM_TFLOPS;
+    const char *gemm_source = o.gemm_tflops > 0 ? "same_job" : "nominal";
     printf("prefill bench: backend=%s device=\"%s\" driver=\"%s\" Hq=%d Hkv=%d D=%d page=%d "
-           "dtype=%s budget_ms=%.0f max_iters=%d check_rows=%d seed=%llu\n",
+           "dtype=%s mask=%s budget_ms=%.0f max_iters=%d check_rows=%d seed=%llu\n",
            info.backend_name, info.device_name, info.driver_info, o.hq, o.hkv, o.head_dim, o.page,
-           flp_dtype_name(o.dtype), o.budget_ms, o.max_iters, o.check_rows,
+           flp_dtype_name(o.dtype), mask_name, o.budget_ms, o.max_iters, o.check_rows,
            (unsigned long long)o.seed);
 
     /* One pool per tensor, sized for the largest case and filled once; cases use a prefix. */
@@ -899,13 +939,13 @@ int main(int argc, char **argv) {
         double t_case = timing_now_seconds();
         case_result res = run_case(ctx, c, &o, q_buf, k_buf, v_buf, o_buf, q, k, v);
         double flop = case_flop(c, &o), bytes = case_bytes(c, &o);
-        printf("flp_prefill case=%s api=%s decode_kernel=%s backend=%s kv=%s B=%d rows=%lld "
-               "kept_keys=%lld Hq=%d Hkv=%d D=%d dtype=%s gflop=%.3f",
-               c->name, case_api_name(c), res.decode_kernel, info.backend_name,
+        printf("flp_prefill case=%s mask=%s api=%s decode_kernel=%s backend=%s kv=%s B=%d "
+               "rows=%lld kept_keys=%lld Hq=%d Hkv=%d D=%d dtype=%s gflop=%.3f",
+               c->name, mask_name, case_api_name(c), res.decode_kernel, info.backend_name,
                c->paged ? "paged" : "ragged", c->batch, (long long)c->rows, (long long)c->kept_keys,
                o.hq, o.hkv, o.head_dim, flp_dtype_name(o.dtype), flop * 1e-9);
         char desc[128], ceil_text[64] = "", peer_text[64] = "";
-        describe_case(c, desc, sizeof desc);
+        describe_case(c, &o, desc, sizeof desc);
         if (strcmp(res.status, "ok") == 0) {
             double tflops = flop / res.time_s * 1e-12, gbps = bytes / res.time_s * 1e-9;
             printf(" iters=%dx%d time_us=%.1f tflops=%.4g gbps=%.4g", res.samples, res.iters,
@@ -913,9 +953,10 @@ int main(int argc, char **argv) {
             if (o.copy_gbps > 0)
                 printf(" of_copy=%.3f", gbps / o.copy_gbps);
             if (is_cuda) {
-                printf(" of_bf16_gemm=%.3f", tflops / CUDA_BF16_GEMM_TFLOPS);
-                snprintf(ceil_text, sizeof ceil_text, "%.3f of %.0f",
-                         tflops / CUDA_BF16_GEMM_TFLOPS, CUDA_BF16_GEMM_TFLOPS);
+                printf(" of_bf16_gemm=%.3f gemm_tflops=%.0f gemm_source=%s", tflops / gemm_ceiling,
+                       gemm_ceiling, gemm_source);
+                snprintf(ceil_text, sizeof ceil_text, "%.3f of %.0f%s", tflops / gemm_ceiling,
+                         gemm_ceiling, o.gemm_tflops > 0 ? "" : " (nominal)");
             } else {
                 printf(" of_coopmat=%.3f of_fp32_fma=%.3f", tflops / VULKAN_COOPMAT_TFLOPS,
                        tflops / VULKAN_FMA_TFLOPS);

@@ -125,8 +125,8 @@ if [ $run_prefill = 1 ]; then
     cases=${FLP_PREFILL_CASES:-default}
     copy_arg=""
     [ -z "$copy" ] && copy_arg="--copy"
-    timeout 300 python3 bench/peer_torch_prefill.py --cases "$cases" --budget-ms 300 $copy_arg \
-        2>&1 | tee "$out/peer_prefill.log"
+    timeout 300 python3 bench/peer_torch_prefill.py --cases "$cases" --budget-ms 300 --gemm \
+        $copy_arg 2>&1 | tee "$out/peer_prefill.log"
     echo "peer_torch_prefill.py: exit ${PIPESTATUS[0]}"
     [ -z "$copy" ] && copy=$(sed -n 's/^peer copy GB\/s=\([0-9]*\).*/\1/p' "$out/peer_prefill.log")
     for be in cuda vulkan; do
@@ -135,7 +135,7 @@ if [ $run_prefill = 1 ]; then
             limits="--budget-ms 600 --max-iters 10"
             # the slowest (longest) prompts last, so a timeout loses the fewest cases
             [ "$cases" = default ] && be_cases="single:1024,single:4096,ragged:16:256:4096,\
-spec:64:4:4096,specdec:64:4:4096,single:8192,single:16384"
+spec:64:4:4096,specdec:64:4:4096,spec:64:512:4608,single:8192,single:8192:paged,single:16384"
         fi
         timeout 300 $build/bench/flashport-bench-prefill --backend $be --cases "$be_cases" $limits \
             --peer "$out/peer_prefill.log" --copy-gbps "${copy:-0}" 2>&1 |

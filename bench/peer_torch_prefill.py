@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Peer measurements for flashport-bench-prefill, run on the same GPU in the same job.
 
-torch.nn.functional.scaled_dot_product_attention, bf16, causal, under
+torch.nn.functional.scaled_dot_product_attention, bf16, causal (--mask none: no mask), under
 sdpa_kernel(SDPBackend.FLASH_ATTENTION) and sdpa_kernel(SDPBackend.CUDNN_ATTENTION), on the
 cases of bench/bench_prefill.c (same names, same ragged lengths: the same splitmix64 draw from
 --seed, same FLOP and byte counting):
@@ -11,20 +11,23 @@ cases of bench/bench_prefill.c (same names, same ragged lengths: the same splitm
   ragged:B:LO:HI  B prompts: mode=loop is one SDPA call per request (is_causal=True), the B
                   calls timed together; mode=padded is one call on [B, max_len, H, D] with
                   zero-padded tails at the end (causal rows of real tokens never see a padded
-                  key, so the real rows are exact). Both count only the real FLOPs, so padding's
-                  wasted work counts against it. flashport-bench-prefill compares with the
-                  better of the two.
+                  key, so the real rows are exact; not run with --mask none). Both count only
+                  the real FLOPs, so padding's wasted work counts against it.
+                  flashport-bench-prefill compares with the better of the two.
   spec:B:Q:L      B requests, Q query rows at positions L-Q .. L-1 against L keys (bottom-right
                   causal). mode=lower_right: attn_mask=causal_lower_right(Q, L) (CausalBias);
                   mode=bool_mask: an explicit [Q, L] boolean mask. Not is_causal=True: torch
                   aligns that mask top-left when Q != L.
+                  --mask none: mode=nomask, no attn_mask. spec:64:512:4608 is the chunked-prefill
+                  case (64 requests, 512 new tokens over 4096 cached).
   specdec:*       skipped (the C bench compares it with spec:*). A :paged / :ragged suffix is
                   ignored (torch reads contiguous K/V).
 
 GQA: enable_gqa=True where the installed torch and the backend accept it (gqa=native), else
 K/V expanded with repeat_interleave before timing (gqa=repeat; the expansion is not timed).
 FLOPs = 4 * D * Hq * sum over query rows of kept keys (row i of a request keeps
-kv_len - qo_len + i + 1 keys). GB/s count K, V, Q and O bytes once (the unexpanded K/V).
+kv_len - qo_len + i + 1 keys; every kv_len with --mask none). GB/s count K, V, Q and O bytes
+once (the unexpanded K/V).
 Every timed configuration is first checked against a float64 computation of --check-rows
 sampled query rows x all heads (error per row max|out - ref| / max|ref|, tolerance 1.6e-2);
 a wrong result is reported with status=WRONG and not timed.
@@ -32,11 +35,13 @@ Timing: CUDA events around batches of back-to-back calls; median of 5 batches si
 --budget-ms and --max-iters, after a warm-up (as bench_prefill.c: 3 batches of one call when a
 call takes over a fifth of the budget, 1 when it takes over the whole budget).
 
-Output: "peer_prefill case=NAME sdpa=flash|cudnn mode=... gqa=... ... tflops=X ... status=ok"
-per configuration (status=unavailable reason="..." when a backend refuses the shape).
+Output: "peer_prefill case=NAME mask=causal|none sdpa=flash|cudnn mode=... gqa=... ... tflops=X
+... status=ok" per configuration (status=unavailable reason="..." when a backend refuses the
+shape); with --gemm first "peer_ceiling gemm_tflops=X dtype=bf16 n=8192": torch.matmul of two
+bf16 8192 x 8192 matrices (2 n^3 FLOPs), the matrix ceiling flashport-bench-prefill divides by.
 usage: peer_torch_prefill.py [--cases LIST|default] [--seed S] [--budget-ms MS] [--max-iters N]
                              [--check-rows N] [--qo-heads H] [--kv-heads H] [--head-dim D]
-                             [--copy] [--dry-run] [--device cpu]
+                             [--mask causal|none] [--copy] [--gemm] [--dry-run] [--device cpu]
 --device cpu only tests this script on a machine without a GPU (tiny cases; times mean nothing).
 """
 import argparse
@@ -62,7 +67,7 @@ def splitmix64(state):
 class Case:
     """A case of bench_prefill.c: per request qo_len and kv_len."""
 
-    def __init__(self, spec, seed):
+    def __init__(self, spec, seed, causal):
         fields = spec.split(":")
         if len(fields) > 1 and fields[-1] in ("paged", "ragged"):
             fields = fields[:-1]
@@ -91,7 +96,12 @@ class Case:
         self.batch = len(self.qo)
         self.rows = sum(self.qo)
         self.kv_tokens = sum(self.kv)
-        self.kept_keys = sum(l - q + i + 1 for q, l in zip(self.qo, self.kv) for i in range(q))
+        self.causal = causal
+        self.kept_keys = sum(self.keys(b, i) for b, q in enumerate(self.qo) for i in range(q))
+
+    def keys(self, b, i):
+        """Keys that row i of request b keeps (causal: positions up to its own)."""
+        return self.kv[b] - self.qo[b] + i + 1 if self.causal else self.kv[b]
 
     def flop(self, hq, d):
         return 4.0 * d * hq * self.kept_keys
@@ -110,7 +120,12 @@ def parse_args():
     p.add_argument("--qo-heads", type=int, default=32)
     p.add_argument("--kv-heads", type=int, default=8)
     p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--mask", default="causal", choices=("causal", "none"),
+                   help="none: every row keeps every key of its request")
     p.add_argument("--copy", action="store_true", help="also measure the device copy GB/s")
+    p.add_argument("--gemm", action="store_true",
+                   help="also measure the bf16 matmul ceiling (8192^3), for the C bench's "
+                        "fraction of the ceiling")
     p.add_argument("--dry-run", action="store_true", help="print the cases; needs no torch")
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
                    help="cpu: test the script itself without a GPU")
@@ -153,7 +168,8 @@ def import_torch(need_cuda):
 
 def main():
     a = parse_args()
-    cases = [Case(s, a.seed) for s in a.cases.split(",") if s]
+    causal = a.mask == "causal"
+    cases = [Case(s, a.seed, causal) for s in a.cases.split(",") if s]
     if a.dry_run:
         for c in cases:
             print_dry_run(c, a)
@@ -211,6 +227,14 @@ def main():
         print(f"peer copy GB/s={2 * src.numel() * 2 / t / 1e9:.0f}")
         del src, dst
 
+    if a.gemm:
+        n = 8192 if dev == "cuda" else 256
+        x = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
+        y = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
+        t, _, _ = time_fn(lambda: x @ y)
+        print(f"peer_ceiling gemm_tflops={2.0 * n ** 3 / t * 1e-12:.1f} dtype=bf16 n={n}")
+        del x, y
+
     native_gqa = True
     try:  # enable_gqa arrived in torch 2.5
         x = torch.zeros(1, 2, 1, 8, device=dev, dtype=torch.bfloat16)
@@ -254,7 +278,7 @@ def main():
         refs = []
         for b, i in sampled:
             q, k, v = reqs[b]
-            keys = c.kv[b] - c.qo[b] + i + 1
+            keys = c.keys(b, i)
             qg = q[0, :, i].double().view(hkv, group, d)  # query head h reads KV head h // group
             logits = torch.einsum("gjd,gkd->gjk", qg, k[0, :, :keys].double()) / d ** 0.5
             refs.append(torch.einsum("gjk,gkd->gjd", logits.softmax(-1),
@@ -280,11 +304,13 @@ def main():
             out = []
             if c.kind == "single":
                 q1, k1, v1 = rep[0]
-                out.append(("batched", lambda: sdpa(q1, k1, v1, gqa, is_causal=True),
+                out.append(("batched", lambda: sdpa(q1, k1, v1, gqa, is_causal=causal),
                             lambda o: [o]))
             elif c.kind == "ragged":
-                out.append(("loop", lambda: [sdpa(q, k, v, gqa, is_causal=True)
+                out.append(("loop", lambda: [sdpa(q, k, v, gqa, is_causal=causal)
                                              for q, k, v in rep], lambda o: o))
+                if not causal:  # padded keys would be attended to: no padded mode
+                    return out
                 lmax = max(c.qo)
 
                 def pad(t):  # [1, H, L, D] -> [1, lmax, H, D], zeros after the real tokens
@@ -300,6 +326,10 @@ def main():
                 sk = torch.cat([k for _, k, _ in rep])
                 sv = torch.cat([v for _, _, v in rep])
                 qo, kv = c.qo[0], c.kv[0]
+                if not causal:
+                    out.append(("nomask", lambda: sdpa(sq, sk, sv, gqa),
+                                lambda o: list(o.split(1, 0))))
+                    return out
                 if causal_lower_right is not None:
                     bias = causal_lower_right(qo, kv)
                     out.append(("lower_right", lambda: sdpa(sq, sk, sv, gqa, attn_mask=bias),
@@ -318,7 +348,8 @@ def main():
                 for mode, fn, to_list in configs(gqa):
                     if modes.get(mode, (None,))[0] == "ok":
                         continue  # already measured with native GQA
-                    head = (f"peer_prefill case={c.name} sdpa={sdpa_name} mode={mode} gqa={gqa} "
+                    head = (f"peer_prefill case={c.name} mask={a.mask} sdpa={sdpa_name} "
+                            f"mode={mode} gqa={gqa} "
                             f"B={c.batch} rows={c.rows} Hq={hq} Hkv={hkv} D={d} "
                             f"gflop={flop * 1e-9:.3f}")
                     try:
