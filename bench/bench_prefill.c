@@ -2,6 +2,7 @@
  *
  * usage: flashport-bench-prefill [--backend cuda|vulkan|auto] [--cases LIST|default|quick]
  *            [--quick] [--qo-heads H] [--kv-heads H] [--head-dim D] [--page P] [--dtype bf16|f16]
+ *            [--kv-dtype bf16|f16|e4m3|e5m2]
  *            [--budget-ms MS] [--max-iters N] [--check-rows N] [--seed S] [--copy-gbps X]
  *            [--mask causal|none] [--gemm-tflops X] [--peer FILE] [--dry-run]
  *            [--decode-kernel auto|vector|matrix]
@@ -19,6 +20,9 @@
  * "default" is single:1024,single:4096,single:8192,single:16384,single:8192:paged,
  * ragged:16:256:4096,spec:64:512:4608 (chunked prefill: 512 new tokens over 4096 cached),
  * spec:64:4:4096,specdec:64:4:4096; "quick" (also --quick: small budget) is a lavapipe-sized set.
+ *
+ * --kv-dtype: the K/V cache's dtype (default: --dtype); fp8 caches hold the values as stored
+ * (scales 1), the float64 check reads the same stored values. GB/s count K/V bytes at its size.
  *
  * FLOPs = 4 * D * Hq * (kept keys summed over query rows); causal keeps kv_len - qo_len + i + 1
  * keys for row i, so a prompt counts half the square plus the diagonal; --mask none keeps all
@@ -70,7 +74,7 @@ typedef struct bench_opts {
     flp_backend_kind backend;
     const char *cases;
     int32_t hq, hkv, head_dim, page;
-    flp_dtype dtype;
+    flp_dtype dtype, kv_dtype; /* kv_dtype: FLP_DTYPE_DEFAULT until parsed: dtype */
     double budget_ms;
     int max_iters, check_rows;
     uint64_t seed;
@@ -220,6 +224,17 @@ static bench_opts parse_args(int argc, char **argv) {
             o.head_dim = atoi(v);
         } else if (!strcmp(k, "--page")) {
             o.page = atoi(v);
+        } else if (!strcmp(k, "--kv-dtype")) {
+            if (!strcmp(v, "bf16"))
+                o.kv_dtype = FLP_DTYPE_BF16;
+            else if (!strcmp(v, "f16"))
+                o.kv_dtype = FLP_DTYPE_F16;
+            else if (!strcmp(v, "e4m3"))
+                o.kv_dtype = FLP_DTYPE_E4M3;
+            else if (!strcmp(v, "e5m2"))
+                o.kv_dtype = FLP_DTYPE_E5M2;
+            else
+                usage_error("unknown kv dtype (bf16, f16, e4m3 or e5m2)", v);
         } else if (!strcmp(k, "--dtype")) {
             if (!strcmp(v, "bf16"))
                 o.dtype = FLP_DTYPE_BF16;
@@ -263,6 +278,8 @@ static bench_opts parse_args(int argc, char **argv) {
     if (o.head_dim <= 0 || o.head_dim > FLP_MAX_HEAD_DIM || o.page <= 0 ||
         o.page > FLP_MAX_PAGE_SIZE)
         usage_error("bad head dim or page size", "");
+    if (o.kv_dtype == FLP_DTYPE_DEFAULT)
+        o.kv_dtype = o.dtype;
     if (o.budget_ms <= 0 || o.max_iters < 1 || o.check_rows < 1)
         usage_error("budget, iterations and check rows must be positive", "");
     return o;
@@ -462,7 +479,12 @@ static double peer_best(const bench_case *c, const char *sdpa) {
 
 /* ---- device data ---------------------------------------------------------------------- */
 
+/* Host copies keep every dtype's bits in 16-bit elements (fp8 in the low byte). */
 static inline float bits_to_f32(flp_dtype dtype, uint16_t h) {
+    if (dtype == FLP_DTYPE_E4M3)
+        return flp_e4m3_to_f32((uint8_t)h);
+    if (dtype == FLP_DTYPE_E5M2)
+        return flp_e5m2_to_f32((uint8_t)h);
     if (dtype == FLP_DTYPE_BF16) {
         uint32_t u = (uint32_t)h << 16;
         float f;
@@ -473,6 +495,10 @@ static inline float bits_to_f32(flp_dtype dtype, uint16_t h) {
 }
 
 static inline uint16_t f32_to_bits(flp_dtype dtype, float f) {
+    if (dtype == FLP_DTYPE_E4M3)
+        return flp_f32_to_e4m3(f);
+    if (dtype == FLP_DTYPE_E5M2)
+        return flp_f32_to_e5m2(f);
     if (dtype == FLP_DTYPE_BF16) { /* finite inputs only: round to nearest even */
         uint32_t u;
         memcpy(&u, &f, sizeof u);
@@ -501,7 +527,8 @@ static void fill_chunk(void *arg, int64_t chunk) {
         j->dst[i] = f32_to_bits(j->dtype, uniform_pm1(&state));
 }
 
-/* n random 16-bit values in [-1, 1), uploaded to a new buffer; returns the host copy. */
+/* n random values in [-1, 1) stored as dtype, uploaded to a new buffer; returns the host copy
+ * (16-bit elements, see bits_to_f32). */
 static uint16_t *random_buffer(flp_context *ctx, flp_dtype dtype, size_t n, uint64_t seed,
                                flp_buffer **out) {
     uint16_t *h = malloc(n * sizeof *h);
@@ -511,9 +538,22 @@ static uint16_t *random_buffer(flp_context *ctx, flp_dtype dtype, size_t n, uint
     }
     fill_job job = {h, n, dtype, seed};
     parallel_for((int64_t)((n + FILL_CHUNK - 1) / FILL_CHUNK), fill_chunk, &job);
-    flp_buffer_desc bd = {n * sizeof *h};
+    size_t esize = flp_dtype_size(dtype);
+    flp_buffer_desc bd = {n * esize};
     CHECK(flp_buffer_create(ctx, &bd, out));
-    CHECK(flp_buffer_write(ctx, *out, 0, h, n * sizeof *h));
+    if (esize == sizeof *h) {
+        CHECK(flp_buffer_write(ctx, *out, 0, h, n * esize));
+        return h;
+    }
+    uint8_t *bytes = malloc(n); /* fp8: the low bytes */
+    if (!bytes) {
+        fprintf(stderr, "out of host memory (%zu elements)\n", n);
+        exit(1);
+    }
+    for (size_t i = 0; i < n; i++)
+        bytes[i] = (uint8_t)h[i];
+    CHECK(flp_buffer_write(ctx, *out, 0, bytes, n));
+    free(bytes);
     return h;
 }
 
@@ -560,7 +600,7 @@ static void check_row(void *arg, int64_t task) {
         for (int64_t t = 0; t < keys; t++) {
             const uint16_t *kr = j->k + kv_offset(c, o, b, t) + (size_t)g * d_n;
             for (int32_t d = 0; d < d_n; d++)
-                row[d] = bits_to_f32(o->dtype, kr[d]);
+                row[d] = bits_to_f32(o->kv_dtype, kr[d]);
             for (int32_t h = 0; h < group; h++) {
                 double s = 0;
                 for (int32_t d = 0; d < d_n; d++)
@@ -584,7 +624,7 @@ static void check_row(void *arg, int64_t task) {
         for (int64_t t = 0; t < keys; t++) {
             const uint16_t *vr = j->v + kv_offset(c, o, b, t) + (size_t)g * d_n;
             for (int32_t d = 0; d < d_n; d++)
-                row[d] = bits_to_f32(o->dtype, vr[d]);
+                row[d] = bits_to_f32(o->kv_dtype, vr[d]);
             for (int32_t h = 0; h < group; h++) {
                 double p = logits[t * group + h], *oh = out + (size_t)(g * group + h) * d_n;
                 for (int32_t d = 0; d < d_n; d++)
@@ -702,7 +742,7 @@ static void plan_case(const bench_case *c, const bench_opts *o, case_run *r, flp
     flp_context *ctx = r->ctx;
     flp_variant var = {.head_dim = o->head_dim,
                        .q_dtype = o->dtype,
-                       .kv_dtype = o->dtype,
+                       .kv_dtype = o->kv_dtype,
                        .mask = o->causal ? FLP_MASK_CAUSAL : FLP_MASK_NONE};
     flp_plan_desc pd = {.max_batch_size = c->batch,
                         .max_pages = c->paged ? c->num_pages : 1,
@@ -755,10 +795,10 @@ static case_result run_case(flp_context *ctx, const bench_case *c, const bench_o
         int64_t kv_ragged[3] = {c->kv_tokens, o->hkv, o->head_dim};
         flp_tensor qt = flp_tensor_contiguous(q_buf, 0, o->dtype, 3, q_shape);
         flp_tensor ot = flp_tensor_contiguous(o_buf, 0, o->dtype, 3, q_shape);
-        flp_tensor kt = c->paged ? flp_tensor_contiguous(k_buf, 0, o->dtype, 4, kv_shape)
-                                 : flp_tensor_contiguous(k_buf, 0, o->dtype, 3, kv_ragged);
-        flp_tensor vt = c->paged ? flp_tensor_contiguous(v_buf, 0, o->dtype, 4, kv_shape)
-                                 : flp_tensor_contiguous(v_buf, 0, o->dtype, 3, kv_ragged);
+        flp_tensor kt = c->paged ? flp_tensor_contiguous(k_buf, 0, o->kv_dtype, 4, kv_shape)
+                                 : flp_tensor_contiguous(k_buf, 0, o->kv_dtype, 3, kv_ragged);
+        flp_tensor vt = c->paged ? flp_tensor_contiguous(v_buf, 0, o->kv_dtype, 4, kv_shape)
+                                 : flp_tensor_contiguous(v_buf, 0, o->kv_dtype, 3, kv_ragged);
         r.prefill = (flp_prefill_run_args){.q = qt, .k = kt, .v = vt, .out = ot};
         r.dec = (flp_decode_run_args){.q = qt, .k_cache = kt, .v_cache = vt, .out = ot};
 
@@ -832,8 +872,8 @@ static double case_flop(const bench_case *c, const bench_opts *o) {
 }
 
 static double case_bytes(const bench_case *c, const bench_opts *o) {
-    double e = 2.0; /* bf16 / f16 */
-    return (double)c->kv_tokens * o->hkv * o->head_dim * 2.0 * e +
+    double e = (double)flp_dtype_size(o->dtype), kv_e = (double)flp_dtype_size(o->kv_dtype);
+    return (double)c->kv_tokens * o->hkv * o->head_dim * 2.0 * kv_e +
            2.0 * (double)c->rows * o->hq * o->head_dim * e;
 }
 
@@ -910,10 +950,10 @@ int main(int argc, char **argv) {
     const double gemm_ceiling = o.gemm_tflops > 0 ? o.gemm_tflops : CUDA_BF16_GEMM_TFLOPS;
     const char *gemm_source = o.gemm_tflops > 0 ? "same_job" : "nominal";
     printf("prefill bench: backend=%s device=\"%s\" driver=\"%s\" Hq=%d Hkv=%d D=%d page=%d "
-           "dtype=%s mask=%s budget_ms=%.0f max_iters=%d check_rows=%d seed=%llu\n",
+           "dtype=%s kv_dtype=%s mask=%s budget_ms=%.0f max_iters=%d check_rows=%d seed=%llu\n",
            info.backend_name, info.device_name, info.driver_info, o.hq, o.hkv, o.head_dim, o.page,
-           flp_dtype_name(o.dtype), mask_name, o.budget_ms, o.max_iters, o.check_rows,
-           (unsigned long long)o.seed);
+           flp_dtype_name(o.dtype), flp_dtype_name(o.kv_dtype), mask_name, o.budget_ms, o.max_iters,
+           o.check_rows, (unsigned long long)o.seed);
 
     /* One pool per tensor, sized for the largest case and filled once; cases use a prefix. */
     size_t max_q = 1, max_kv = 1;
@@ -925,11 +965,12 @@ int main(int argc, char **argv) {
     double t0 = timing_now_seconds();
     flp_buffer *q_buf, *k_buf, *v_buf, *o_buf;
     uint16_t *q = random_buffer(ctx, o.dtype, max_q, o.seed * 3 + 1, &q_buf);
-    uint16_t *k = random_buffer(ctx, o.dtype, max_kv, o.seed * 3 + 2, &k_buf);
-    uint16_t *v = random_buffer(ctx, o.dtype, max_kv, o.seed * 3 + 3, &v_buf);
+    uint16_t *k = random_buffer(ctx, o.kv_dtype, max_kv, o.seed * 3 + 2, &k_buf);
+    uint16_t *v = random_buffer(ctx, o.kv_dtype, max_kv, o.seed * 3 + 3, &v_buf);
     flp_buffer_desc bd = {max_q * 2};
     CHECK(flp_buffer_create(ctx, &bd, &o_buf));
-    printf("inputs: %.2f GB on the device, %.1f s to fill\n", (max_q * 2 + max_kv * 2) * 2e-9,
+    printf("inputs: %.2f GB on the device, %.1f s to fill\n",
+           (max_q * 2 * 2 + max_kv * 2 * flp_dtype_size(o.kv_dtype)) * 1e-9,
            timing_now_seconds() - t0);
 
     table_row *table = calloc((size_t)num_cases, sizeof *table);
@@ -940,10 +981,11 @@ int main(int argc, char **argv) {
         case_result res = run_case(ctx, c, &o, q_buf, k_buf, v_buf, o_buf, q, k, v);
         double flop = case_flop(c, &o), bytes = case_bytes(c, &o);
         printf("flp_prefill case=%s mask=%s api=%s decode_kernel=%s backend=%s kv=%s B=%d "
-               "rows=%lld kept_keys=%lld Hq=%d Hkv=%d D=%d dtype=%s gflop=%.3f",
+               "rows=%lld kept_keys=%lld Hq=%d Hkv=%d D=%d dtype=%s kv_dtype=%s gflop=%.3f",
                c->name, mask_name, case_api_name(c), res.decode_kernel, info.backend_name,
                c->paged ? "paged" : "ragged", c->batch, (long long)c->rows, (long long)c->kept_keys,
-               o.hq, o.hkv, o.head_dim, flp_dtype_name(o.dtype), flop * 1e-9);
+               o.hq, o.hkv, o.head_dim, flp_dtype_name(o.dtype), flp_dtype_name(o.kv_dtype),
+               flop * 1e-9);
         char desc[128], ceil_text[64] = "", peer_text[64] = "";
         describe_case(c, &o, desc, sizeof desc);
         if (strcmp(res.status, "ok") == 0) {
