@@ -172,6 +172,24 @@ static void usage_error(const char *what, const char *value) {
     exit(2);
 }
 
+/* A --dtype (16-bit only) or --kv-dtype (fp8 too) value. */
+static flp_dtype parse_dtype(const char *v, bool fp8) {
+    static const struct {
+        const char *name;
+        flp_dtype dtype;
+        bool fp8;
+    } names[] = {{"bf16", FLP_DTYPE_BF16, false},
+                 {"f16", FLP_DTYPE_F16, false},
+                 {"e4m3", FLP_DTYPE_E4M3, true},
+                 {"e5m2", FLP_DTYPE_E5M2, true}};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (!strcmp(v, names[i].name) && (fp8 || !names[i].fp8))
+            return names[i].dtype;
+    usage_error(fp8 ? "unknown kv dtype (bf16, f16, e4m3 or e5m2)" : "unknown dtype (bf16 or f16)",
+                v);
+    return FLP_DTYPE_DEFAULT;
+}
+
 static bench_opts parse_args(int argc, char **argv) {
     bench_opts o = {.backend = FLP_BACKEND_AUTO,
                     .cases = DEFAULT_CASES,
@@ -225,23 +243,9 @@ static bench_opts parse_args(int argc, char **argv) {
         } else if (!strcmp(k, "--page")) {
             o.page = atoi(v);
         } else if (!strcmp(k, "--kv-dtype")) {
-            if (!strcmp(v, "bf16"))
-                o.kv_dtype = FLP_DTYPE_BF16;
-            else if (!strcmp(v, "f16"))
-                o.kv_dtype = FLP_DTYPE_F16;
-            else if (!strcmp(v, "e4m3"))
-                o.kv_dtype = FLP_DTYPE_E4M3;
-            else if (!strcmp(v, "e5m2"))
-                o.kv_dtype = FLP_DTYPE_E5M2;
-            else
-                usage_error("unknown kv dtype (bf16, f16, e4m3 or e5m2)", v);
+            o.kv_dtype = parse_dtype(v, true);
         } else if (!strcmp(k, "--dtype")) {
-            if (!strcmp(v, "bf16"))
-                o.dtype = FLP_DTYPE_BF16;
-            else if (!strcmp(v, "f16"))
-                o.dtype = FLP_DTYPE_F16;
-            else
-                usage_error("unknown dtype (bf16 or f16)", v);
+            o.dtype = parse_dtype(v, false);
         } else if (!strcmp(k, "--decode-kernel")) {
             o.decode_kernel = bench_parse_decode_kernel(v);
         } else if (!strcmp(k, "--budget-ms")) {
