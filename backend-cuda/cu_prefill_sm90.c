@@ -84,6 +84,17 @@ static bool tma_addressable(const cache_view *c) {
     return true;
 }
 
+/* Whether cp.async's 16-byte copies can gather c's rows: the base and every stride 16-byte
+ * aligned. */
+static bool rows_16_byte_aligned(const cache_view *c) {
+    if (c->address % 16 != 0)
+        return false;
+    for (int i = 0; i < c->rank - 1; i++)
+        if ((c->strides[i] * 2) % 16 != 0)
+            return false;
+    return true;
+}
+
 /* The map of a 16-bit cache: boxes of 64 elements x 1 head x box_rows (x 1 page), 128-byte
  * swizzle, zeros outside the tensor. */
 static CUresult encode_map(const flp_cu_driver *cu, int32_t dtype, const cache_view *c,
@@ -110,17 +121,25 @@ bool flp_cu_prefill90_params(flp_context *ctx, const flp_cu_driver *cu, const fl
         return false;
     const int kn = FLP_CU_PREFILL90_KN((int)launch->head_dim);
     int box_rows = kn;
+    const cache_view k = view_of(launch, false), v = view_of(launch, true);
     if (launch->page_size > 0) {
         /* a box never crosses a page; boxes under 8 rows would break the 1024-byte swizzle
-         * alignment of their destinations */
+         * alignment of their destinations: such pages are gathered with cp.async */
         const int32_t ps = launch->page_size;
         if (ps < 8 || (ps & (ps - 1)) != 0) {
-            flp_log(ctx, FLP_LOG_DEBUG, "CUDA prefill: page size %d on the sm_80 kernel", (int)ps);
-            return false;
+            if (!rows_16_byte_aligned(&k) || !rows_16_byte_aligned(&v)) {
+                flp_log(ctx, FLP_LOG_DEBUG,
+                        "CUDA prefill: K/V rows not 16-byte aligned, on the sm_80 kernel");
+                return false;
+            }
+            memset(out, 0, sizeof *out);
+            out->base = launch->params;
+            out->kv_map_kind = FLP_CU_KV_MAP_GATHER;
+            out->box_rows = 1;
+            return true;
         }
         box_rows = ps < kn ? ps : kn;
     }
-    const cache_view k = view_of(launch, false), v = view_of(launch, true);
     if (!tma_addressable(&k) || !tma_addressable(&v)) {
         flp_log(ctx, FLP_LOG_DEBUG,
                 "CUDA prefill: K/V strides or addresses TMA cannot take, on the sm_80 kernel");

@@ -6,15 +6,22 @@
  * - the producer's first warp walks the same work items and passes as the consumers and copies
  *   each K and V block of KN keys with the tensor memory accelerator into a ring of STAGES
  *   stages, each completing on its own "full" mbarrier (K and V apart, so S = Q K^T starts
- *   before V lands); consumers release a stage on its "empty" mbarrier;
+ *   before V lands); consumers release K and V of a stage apart on their "empty" mbarriers (K
+ *   once S is computed, V once P V is);
  * - a pass is 128 packed query rows (GQA: the query heads of one KV head share every K/V block);
  *   each consumer warpgroup loads its 64 rows of Q itself (16-byte loads, swizzled into shared
  *   memory) and runs S = Q K^T (wgmma, both operands in shared memory) and O += P V (wgmma, P
  *   from registers, V transposed from shared memory), with the online softmax in registers;
+ * - overlap (FlashAttention-3's two schedules): a consumer warpgroup issues S_j = Q K_j^T and
+ *   O += P_{j-1} V_{j-1} together and runs block j's softmax while the second product runs;
+ *   the two consumer warpgroups take turns issuing their products (two named barriers passed
+ *   back and forth), so that one's softmax runs under the other's products;
  * - paged K/V: the producer copies each page's rows of a block with its own TMA box (page ids
  *   read when the kernel runs), so pages never need to be contiguous; the key range of a pass is
  *   widened down to a box boundary and the extra keys masked; ids outside the caches and rows
- *   past the page list read as zeros (TMA fills out-of-range boxes with zeros);
+ *   past the page list read as zeros (TMA fills out-of-range boxes with zeros). Page sizes
+ *   TMA cannot box (below 8 or not a power of two): the whole producer warpgroup gathers the
+ *   block's rows with 16-byte cp.async instead (produce_gather);
  * - V rows past the request's keys (the next request's rows, unused cache slots) are zeroed in
  *   shared memory before P V: their probability is 0, but 0 * NaN is not;
  * - persistent blocks: block c walks the plan's work lists c, c + gridDim.x, ... (the plan
@@ -26,8 +33,8 @@
  * sm_80 kernel (the host does not select this one for them).
  *
  * Stages (prefill90_kernel): produce_tile (producer); load_q, load_row_data, rotate_k_tile,
- * compute_scores, mask_scores, softmax_update, zero_v_tail, accumulate_pv, store_output
- * (consumers). */
+ * issue_scores, zero_v_tail, issue_pv, mask_scores, softmax_scores, rescale_and_pack,
+ * store_output (consumers; first_block and the key loop of consume run them in order). */
 #ifndef FLP_CUDA_PREFILL_SM90_CUH
 #define FLP_CUDA_PREFILL_SM90_CUH
 
@@ -55,9 +62,12 @@ template <int D> struct prefill90_regs {
                   "setmaxnreg counts exceed the block's registers");
 };
 
-/* Named barrier ids (0 is __syncthreads): one per consumer warpgroup, one for both. */
+/* Named barrier ids (0 is __syncthreads): one per consumer warpgroup, one for both, and the
+ * two turns of the ping-pong (warpgroup wg waits on kBarTurnWg0 + wg, the other arrives). */
 constexpr unsigned kBarConsumerWg0 = 1;
 constexpr unsigned kBarConsumers = 3;
+constexpr unsigned kBarTurnWg0 = 4;
+constexpr unsigned kBarProducers = 6; /* the producer warpgroup, gathering */
 
 /* One pass of an item: 128 packed rows [r0, r1) against keys [kb, ke); blocks of KN keys start
  * at kb_load (kb widened down to a box boundary for paged K/V). Producer and consumers compute
@@ -89,8 +99,12 @@ template <int QDT, int D> struct prefill90_kernel : prefill_flags {
     unsigned smem_base; /* shared address, 1024-aligned */
     unsigned char *smem;
 
-    bool paged;
-    float s_factor, cap_log2;
+    bool paged;  /* paged K/V through 4-D tensor maps */
+    bool gather; /* paged K/V gathered with cp.async */
+    /* Plain logits are scaled inside the exponent (one FFMA per score): exp_scale = s_factor
+     * then, 1 where mask_scores has scaled them already. */
+    bool scale_in_exponent;
+    float s_factor, cap_log2, exp_scale;
 
     FLP_DEV explicit prefill90_kernel(const flp_prefill90_params &params)
         : P(params), p(params.base) {
@@ -101,9 +115,14 @@ template <int QDT, int D> struct prefill90_kernel : prefill_flags {
         info = reinterpret_cast<const flp_prefill_plan_info *>(p.plan);
         read_flags(info->flags);
         paged = P.kv_map_kind == FLP_CU_KV_MAP_PAGED;
+        gather = P.kv_map_kind == FLP_CU_KV_MAP_GATHER;
         const float soft_cap = info->soft_cap;
         s_factor = logit_factor(info->sm_scale, 1.0f, softcap, soft_cap);
         cap_log2 = soft_cap * kLog2e;
+        scale_in_exponent = !softcap && !alibi;
+        /* at least the smallest normal: a zero scale (never after validation) would make
+         * -inf * 0 = NaN of a masked score */
+        exp_scale = scale_in_exponent ? fmaxf(s_factor, 1.17549435e-38f) : 1.0f;
     }
 
     /* ---- shared memory ----------------------------------------------------------------- */
@@ -122,11 +141,17 @@ template <int QDT, int D> struct prefill90_kernel : prefill_flags {
     FLP_DEV unsigned bar_full_v(int s) const {
         return bar_full_k(STAGES) + static_cast<unsigned>(8 * s);
     }
-    FLP_DEV unsigned bar_empty(int s) const {
+    FLP_DEV unsigned bar_empty_k(int s) const {
         return bar_full_v(STAGES) + static_cast<unsigned>(8 * s);
     }
+    FLP_DEV unsigned bar_empty_v(int s) const {
+        return bar_empty_k(STAGES) + static_cast<unsigned>(8 * s);
+    }
     FLP_DEV float *freq() const {
-        return reinterpret_cast<float *>(at(bar_empty(STAGES)));
+        return reinterpret_cast<float *>(at(bar_empty_v(STAGES)));
+    }
+    FLP_DEV long long *gather_rows() const { /* 8-byte aligned: freq has D / 2 floats */
+        return reinterpret_cast<long long *>(freq() + D / 2);
     }
     /* Generic pointer of a shared address. */
     FLP_DEV unsigned char *at(unsigned addr) const {
@@ -145,10 +170,14 @@ template <int QDT, int D> struct prefill90_kernel : prefill_flags {
 
     /* Thread 0: the barriers; the caller syncs the block afterwards. */
     FLP_DEV void init_barriers() const {
+        /* full: the producer warp's one arrival with the tile's bytes, or, gathering, one
+         * arrival per producer thread once its copies land */
+        const unsigned producers = gather ? 128u : 1u;
         for (int s = 0; s < STAGES; s++) {
-            mbar_init(bar_full_k(s), 1);
-            mbar_init(bar_full_v(s), 1);
-            mbar_init(bar_empty(s), 8); /* lane 0 of each consumer warp */
+            mbar_init(bar_full_k(s), producers);
+            mbar_init(bar_full_v(s), producers);
+            mbar_init(bar_empty_k(s), 8); /* lane 0 of each consumer warp */
+            mbar_init(bar_empty_v(s), 8);
         }
         mbar_init_fence();
     }
@@ -240,18 +269,60 @@ template <int QDT, int D> struct prefill90_kernel : prefill_flags {
         }
     }
 
-    /* The producer warp: every key block of every pass, K then V, into the ring. */
-    FLP_DEV void produce(int lane) const {
+    /* produce_gather: the K or V tile of key block t0 gathered by the producer warpgroup (tid:
+     * 0-127) with 16-byte cp.async: first each row's element offset (page and slot; -1 past
+     * the request's pages or for an id outside the caches: zeros), then consecutive threads on
+     * consecutive chunks of a row. Each thread arrives on bar once its copies have landed. */
+    FLP_DEV void produce_gather(const pass90 &ps, int t0, unsigned dst, bool is_v, unsigned bar,
+                                int tid) const {
+        const int page_size = info->page_size;
+        const int *pages = reinterpret_cast<const int *>(p.kv_indices) + ps.kv_first;
+        const long long stride_page = is_v ? p.v_stride_page : p.k_stride_page;
+        const long long stride_slot = is_v ? p.v_stride_slot : p.k_stride_slot;
+        const long long stride_head = is_v ? p.v_stride_head : p.k_stride_head;
+        long long *rows = gather_rows();
+        named_barrier_sync(kBarProducers, 128); /* the last tile's offsets are read */
+        for (int r = tid; r < KN; r += 128) {
+            const int t = t0 + r;
+            const int pi = t / page_size;
+            const int id = pi < ps.num_pages_b ? pages[pi] : -1;
+            rows[r] = id >= 0 && id < p.num_pages
+                          ? id * stride_page + (t - pi * page_size) * stride_slot
+                          : -1;
+        }
+        named_barrier_sync(kBarProducers, 128);
+        const unsigned char *base =
+            reinterpret_cast<const unsigned char *>(is_v ? p.v : p.k) + stride_head * ps.kvh * 2;
+        for (int u = tid; u < KN * CPR; u += 128) {
+            const int row = u / CPR, c = u - row * CPR;
+            const long long off = rows[row];
+            const unsigned char *src = off >= 0 ? base + (off + c * 8) * 2 : base;
+            cp_async<16>(dst + chunk_offset(KN, row, c), src, off >= 0);
+        }
+        mbar_arrive_cp_async(bar);
+    }
+
+    /* The producer: every key block of every pass, K then V, into the ring (TMA: the first
+     * warp, tid = lane; gathering: the whole warpgroup). */
+    FLP_DEV void produce(int tid) const {
+        const int lane = tid & 31;
         int it = 0;
         for_each_pass([&](const int *wi, int r0) {
             const pass90 ps = make_pass(wi, r0);
             for (int j = 0; j < ps.nblk; ++j, ++it) {
                 const int s = it % STAGES;
                 const unsigned phase = static_cast<unsigned>(it / STAGES) & 1u;
-                mbar_wait(bar_empty(s), phase ^ 1u);
                 const int t0 = ps.kb_load + j * KN;
-                produce_tile(ps, t0, k_addr(s), P.k_map, bar_full_k(s), lane);
-                produce_tile(ps, t0, v_addr(s), P.v_map, bar_full_v(s), lane);
+                mbar_wait(bar_empty_k(s), phase ^ 1u);
+                if (gather)
+                    produce_gather(ps, t0, k_addr(s), false, bar_full_k(s), tid);
+                else
+                    produce_tile(ps, t0, k_addr(s), P.k_map, bar_full_k(s), lane);
+                mbar_wait(bar_empty_v(s), phase ^ 1u);
+                if (gather)
+                    produce_gather(ps, t0, v_addr(s), true, bar_full_v(s), tid);
+                else
+                    produce_tile(ps, t0, v_addr(s), P.v_map, bar_full_v(s), lane);
             }
         });
     }
@@ -338,27 +409,31 @@ template <int QDT, int D> struct prefill90_kernel : prefill_flags {
         }
     }
 
-    /* compute_scores: S = Q K^T of the warpgroup's 64 rows and the block in stage s. */
-    FLP_DEV void compute_scores(int wg, int s, scores &sc) const {
+    /* issue_scores: S = Q K^T of the warpgroup's 64 rows and the block in stage s, issued as
+     * one group (the caller waits for it). */
+    FLP_DEV void issue_scores(int wg, int s, scores &sc) const {
+        /* opaque: 2 descriptors per call instead of 2 per k step held through the loop */
+        uint64_t a0 = smem_desc_sw128(q_addr(wg), 16, 1024);
+        uint64_t b0 = smem_desc_sw128(k_addr(s), 16, 1024);
+        opaque(a0);
+        opaque(b0);
         wgmma_fence();
 #pragma unroll
         for (int ks = 0; ks < D / 16; ks++) {
             const unsigned off =
                 static_cast<unsigned>((ks & 3) << 5); /* 16 elements in a 128-byte row */
-            const uint64_t a =
-                smem_desc_sw128(q_addr(wg) + (ks >> 2) * (WG_ROWS * 128) + off, 16, 1024);
-            const uint64_t b = smem_desc_sw128(k_addr(s) + (ks >> 2) * ATOM_BYTES + off, 16, 1024);
+            const uint64_t a = smem_desc_advance(a0, (ks >> 2) * (WG_ROWS * 128) + off);
+            const uint64_t b = smem_desc_advance(b0, (ks >> 2) * ATOM_BYTES + off);
             wgmma_op<QDT, KN>::ss(sc, a, b, ks > 0 ? 1 : 0);
         }
         wgmma_commit();
-        wgmma_wait<0>();
-        wgmma_fence_regs(sc);
     }
 
-    /* mask_scores: logits in log2 units (scale, soft cap, ALiBi), then the key range, causal,
-     * window and custom masks, per element only where the block crosses a boundary of the
-     * warpgroup's rows. One unrolled loop per option, each behind its own flag test: a branch
-     * per element would cost more than the matrix products. */
+    /* mask_scores: logits in log2 units where soft cap or ALiBi need them (otherwise the scale
+     * is left to softmax_scores' exponent), then the key range, causal, window and custom
+     * masks, per element only where the block crosses a boundary of the warpgroup's rows. One
+     * unrolled loop per option, each behind its own flag test: a branch per element would cost
+     * more than the matrix products. */
     FLP_DEV void mask_scores(const pass90 &ps, int t0, int lc, const int (&pos)[2],
                              const float (&slope)[2], int wg_pos_first, int wg_pos_last,
                              long long mask_base, scores &sc) const {
@@ -370,9 +445,11 @@ template <int QDT, int D> struct prefill90_kernel : prefill_flags {
             interior = interior && t0 >= wg_pos_last - window_left;
         /* key of element i of n8 tile nt: t0 + nt * 8 + 2 lc + (i & 1); row hf = i >> 1 */
         const int tl = t0 + lc * 2;
+        if (!scale_in_exponent) {
 #pragma unroll
-        for (int e = 0; e < KN / 2; e++)
-            sc[e] *= s_factor;
+            for (int e = 0; e < KN / 2; e++)
+                sc[e] *= s_factor;
+        }
         if (softcap) {
 #pragma unroll
             for (int e = 0; e < KN / 2; e++)
@@ -409,37 +486,46 @@ template <int QDT, int D> struct prefill90_kernel : prefill_flags {
         }
     }
 
-    /* softmax_update: new row maxima (over the 4 lanes of a row), l and O rescaled, scores
-     * turned into probabilities 2^(s - m) packed as P's A fragments. */
-    FLP_DEV static void softmax_update(scores &sc, state_acc &o, float (&m)[2], float (&l)[2],
-                                       unsigned (&pa)[KN / 16][4]) {
+    /* softmax_scores: new row maxima (over the 4 lanes of a row, in log2 units: raw maxima
+     * times exp_scale, which is positive), scores turned into probabilities
+     * 2^(s exp_scale - m) in place, l updated; alpha: the factor of the old state. */
+    FLP_DEV void softmax_scores(scores &sc, float (&m)[2], float (&l)[2], float (&alpha)[2]) const {
 #pragma unroll
         for (int hf = 0; hf < 2; hf++) {
-            float mx = m[hf];
+            float mx = neg_inf();
 #pragma unroll
             for (int nt = 0; nt < KN / 8; nt++)
                 mx = fmaxf(mx, fmaxf(sc[nt * 4 + 2 * hf], sc[nt * 4 + 2 * hf + 1]));
             mx = fmaxf(mx, __shfl_xor_sync(kFullMask, mx, 1));
             mx = fmaxf(mx, __shfl_xor_sync(kFullMask, mx, 2));
+            mx = fmaxf(m[hf], mx * exp_scale);
             const float mu = softmax_base(mx);
-            const float alpha = exp2_approx(m[hf] - mu);
+            alpha[hf] = exp2_approx(m[hf] - mu);
             m[hf] = mx;
             float sum = 0.0f;
 #pragma unroll
             for (int nt = 0; nt < KN / 8; nt++) {
 #pragma unroll
                 for (int i = 2 * hf; i < 2 * hf + 2; i++) {
-                    const float e = exp2_approx(sc[nt * 4 + i] - mu);
+                    const float e = exp2_approx(fmaf(sc[nt * 4 + i], exp_scale, -mu));
                     sc[nt * 4 + i] = e;
                     sum += e;
                 }
             }
-            l[hf] = fmaf(l[hf], alpha, sum);
+            l[hf] = fmaf(l[hf], alpha[hf], sum);
+        }
+    }
+
+    /* rescale_and_pack: O scaled by alpha (once the previous P V has landed in it) and the
+     * probabilities packed as P's A fragments. */
+    FLP_DEV static void rescale_and_pack(const scores &sc, const float (&alpha)[2], state_acc &o,
+                                         unsigned (&pa)[KN / 16][4]) {
 #pragma unroll
-            for (int nt = 0; nt < D / 8; nt++) {
-                o[nt * 4 + 2 * hf] *= alpha;
-                o[nt * 4 + 2 * hf + 1] *= alpha;
-            }
+        for (int nt = 0; nt < D / 8; nt++) {
+            o[nt * 4 + 0] *= alpha[0];
+            o[nt * 4 + 1] *= alpha[0];
+            o[nt * 4 + 2] *= alpha[1];
+            o[nt * 4 + 3] *= alpha[1];
         }
 #pragma unroll
         for (int kp = 0; kp < KN / 16; kp++) {
@@ -465,18 +551,18 @@ template <int QDT, int D> struct prefill90_kernel : prefill_flags {
         named_barrier_sync(kBarConsumers, 256);
     }
 
-    /* accumulate_pv: O += P V with the block in stage s (V read N-major: column blocks of 64
-     * elements ATOM_BYTES apart, groups of 8 keys 1024 bytes apart). */
-    FLP_DEV void accumulate_pv(int s, const unsigned (&pa)[KN / 16][4], state_acc &o) const {
+    /* issue_pv: O += P V with the block in stage s (V read N-major: column blocks of 64
+     * elements ATOM_BYTES apart, groups of 8 keys 1024 bytes apart), issued as one group. */
+    FLP_DEV void issue_pv(int s, const unsigned (&pa)[KN / 16][4], state_acc &o) const {
+        uint64_t b0 = smem_desc_sw128(v_addr(s), ATOM_BYTES, 1024);
+        opaque(b0);
         wgmma_fence();
 #pragma unroll
         for (int kp = 0; kp < KN / 16; kp++) {
-            const uint64_t b = smem_desc_sw128(v_addr(s) + kp * 16 * 128, ATOM_BYTES, 1024);
+            const uint64_t b = smem_desc_advance(b0, kp * 16 * 128);
             wgmma_op<QDT, D>::rs(o, pa[kp], b, 1);
         }
         wgmma_commit();
-        wgmma_wait<0>();
-        wgmma_fence_regs(o);
     }
 
     FLP_DEV prefill_output<QDT, D> output(const pass90 &ps) const {
@@ -553,6 +639,68 @@ template <int QDT, int D> struct prefill90_kernel : prefill_flags {
         }
     }
 
+    /* The ping-pong: warpgroup wg issues its products only in its turn and then hands the
+     * turn to the other (each waits on its own barrier, which the other arrives on). */
+    FLP_DEV static void turn_begin(int wg) {
+        named_barrier_sync(kBarTurnWg0 + static_cast<unsigned>(wg), 256);
+    }
+    FLP_DEV static void turn_end(int wg) {
+        named_barrier_arrive(kBarTurnWg0 + static_cast<unsigned>(wg ^ 1), 256);
+    }
+
+    /* One arrival per consumer warp on an empty barrier (its count is the 8 warps). */
+    FLP_DEV static void release(unsigned bar, int lane) {
+        __syncwarp();
+        if (lane == 0)
+            mbar_arrive(bar);
+    }
+
+    /* wait_k: K of block t0 (ring position it, stage s) landed, rotated (RoPE) where asked. */
+    FLP_DEV void wait_k(const pass90 &ps, int s, int it, int t0, int ct) const {
+        mbar_wait(bar_full_k(s), static_cast<unsigned>(it / STAGES) & 1u);
+        if (gather) /* cp.async wrote through the generic proxy; wgmma reads the async one */
+            fence_proxy_async();
+        if (rope) /* the same decision in both warpgroups */
+            rotate_k_tile(ps, s, t0, ct);
+    }
+
+    /* first_block: S of the pass's first block (ring position it) alone, its softmax and P. */
+    FLP_DEV void first_block(const pass90 &ps, int wg, int it, int lc, const int (&pos)[2],
+                             const float (&slope)[2], int wg_pos_first, int wg_pos_last,
+                             long long mask_base, int ct, float (&m)[2], float (&l)[2],
+                             state_acc &o, unsigned (&pa)[KN / 16][4]) const {
+        const int s = it % STAGES;
+        wait_k(ps, s, it, ps.kb_load, ct);
+        scores sc;
+        turn_begin(wg);
+        issue_scores(wg, s, sc);
+        turn_end(wg);
+        wgmma_wait<0>();
+        wgmma_fence_regs(sc);
+        release(bar_empty_k(s), ct & 31);
+        float alpha[2];
+        mask_scores(ps, ps.kb_load, lc, pos, slope, wg_pos_first, wg_pos_last, mask_base, sc);
+        softmax_scores(sc, m, l, alpha);
+        rescale_and_pack(sc, alpha, o, pa);
+    }
+
+    /* wait_v: V of block t0 (ring position it, stage s) landed; rows past the request
+     * zeroed (the same decision in both warpgroups). */
+    FLP_DEV void wait_v(const pass90 &ps, int s, int it, int t0, int ct) const {
+        mbar_wait(bar_full_v(s), static_cast<unsigned>(it / STAGES) & 1u);
+        if (gather)
+            fence_proxy_async();
+        if (t0 + KN > ps.kv_len)
+            zero_v_tail(ps, s, t0, ct);
+    }
+
+    /* wait_pv: the issued P V has landed in O; P's registers are free again. */
+    FLP_DEV static void wait_pv(unsigned (&pa)[KN / 16][4], state_acc &o) {
+        wgmma_wait<0>();
+        wgmma_fence_regs(o);
+        wgmma_fence_regs(pa);
+    }
+
     /* A consumer warpgroup (wg 0 or 1 of the consumers): every pass, its 64 rows. */
     FLP_DEV void consume(int wg) const {
         const int t = threadIdx.x - 128 * (wg + 1); /* thread in the warpgroup */
@@ -560,6 +708,9 @@ template <int QDT, int D> struct prefill90_kernel : prefill_flags {
         const int lg = lane >> 2, lc = lane & 3;
         const int row0 = wg * WG_ROWS + warp * 16 + lg; /* the thread's first row in the pass */
         const int group = info->group_size;
+        const int ct = t + 128 * wg; /* thread among the 256 consumers */
+        if (wg == 1)
+            turn_end(wg); /* warpgroup 0 issues first */
         int it = 0;
         for_each_pass([&](const int *wi, int r0) {
             const pass90 ps = make_pass(wi, r0);
@@ -569,17 +720,12 @@ template <int QDT, int D> struct prefill90_kernel : prefill_flags {
             int pos[2];
             float slope[2];
             load_row_data(ps, row0, pos, slope);
-            /* the keys this warpgroup's rows can keep */
+            /* the positions of this warpgroup's first and last rows (mask_scores' test for a
+             * block inside every row's keys) */
             const int wr0 = ps.r0 + wg * WG_ROWS;
             const int wr1 = min(wr0 + WG_ROWS, ps.r1);
-            const bool has_rows = wr0 < wr1;
             const int wg_pos_first = ps.pos0 + wr0 / group;
             const int wg_pos_last = ps.pos0 + (max(wr1, wr0 + 1) - 1) / group;
-            int wkb = ps.kb, wke = ps.ke;
-            if (causal)
-                wke = min(wke, wg_pos_last + 1);
-            if (window)
-                wkb = max(wkb, wg_pos_first - info->window_left);
             const long long mask_base =
                 custom ? static_cast<long long>(plan_i(info->off_mask_indptr)[ps.b]) * 8 : 0;
 
@@ -589,32 +735,48 @@ template <int QDT, int D> struct prefill90_kernel : prefill_flags {
                 o[i] = 0.0f;
             float m[2] = {neg_inf(), neg_inf()}, l[2] = {0.0f, 0.0f};
 
-            for (int j = 0; j < ps.nblk; ++j, ++it) {
-                const int s = it % STAGES;
-                const unsigned phase = static_cast<unsigned>(it / STAGES) & 1u;
-                const int t0 = ps.kb_load + j * KN;
-                const bool active = has_rows && t0 < wke && t0 + KN > wkb;
+            /* Block j: S_j issued with P_{j-1} V_{j-1}, the softmax of S_j while the latter
+             * runs. Both warpgroups run every block of the pass, including one past the keys
+             * of this warpgroup's rows (masked whole, P = 0): no branch around the products,
+             * which ptxas would otherwise serialise, and the shared barriers and the turns
+             * stay matched. */
+            if (ps.nblk > 0) {
                 unsigned pa[KN / 16][4];
-                mbar_wait(bar_full_k(s), phase);
-                if (rope) /* the same decision in both warpgroups */
-                    rotate_k_tile(ps, s, t0, t + 128 * wg);
-                if (active) {
+                first_block(ps, wg, it, lc, pos, slope, wg_pos_first, wg_pos_last, mask_base, ct, m,
+                            l, o, pa);
+                ++it;
+                for (int j = 1; j < ps.nblk; ++j, ++it) {
+                    const int s = it % STAGES, sp = (it - 1) % STAGES;
+                    const int t0 = ps.kb_load + j * KN;
+                    wait_k(ps, s, it, t0, ct);
+                    wait_v(ps, sp, it - 1, t0 - KN, ct);
                     scores sc;
-                    compute_scores(wg, s, sc);
+                    turn_begin(wg);
+                    issue_scores(wg, s, sc);
+                    issue_pv(sp, pa, o);
+                    turn_end(wg);
+                    wgmma_wait<1>();
+                    wgmma_fence_regs(sc);
+                    release(bar_empty_k(s), lane);
+                    float alpha[2];
                     mask_scores(ps, t0, lc, pos, slope, wg_pos_first, wg_pos_last, mask_base, sc);
-                    softmax_update(sc, o, m, l, pa);
+                    softmax_scores(sc, m, l, alpha);
+                    wait_pv(pa, o);
+                    release(bar_empty_v(sp), lane);
+                    rescale_and_pack(sc, alpha, o, pa);
                 }
-                mbar_wait(bar_full_v(s), phase);
-                if (t0 + KN > ps.kv_len) /* the same decision in both warpgroups */
-                    zero_v_tail(ps, s, t0, t + 128 * wg);
-                if (active)
-                    accumulate_pv(s, pa, o);
-                __syncwarp();
-                if (lane == 0)
-                    mbar_arrive(bar_empty(s));
+                const int sl = (it - 1) % STAGES; /* the last block's P V */
+                wait_v(ps, sl, it - 1, ps.kb_load + (ps.nblk - 1) * KN, ct);
+                turn_begin(wg);
+                issue_pv(sl, pa, o);
+                turn_end(wg);
+                wait_pv(pa, o);
+                release(bar_empty_v(sl), lane);
             }
             store_output(make_pass(wi, r0), wg, t, row0, lc, o, m, l);
         });
+        if (wg == 0)
+            turn_begin(wg); /* takes warpgroup 1's last hand-over: no arrival left pending */
     }
 };
 
@@ -625,14 +787,16 @@ template <int QDT, int D> FLP_DEV void prefill90_body(const flp_prefill90_params
     const int wg = threadIdx.x >> 7;
     if (threadIdx.x == 0) {
         kern.init_barriers();
-        tma_prefetch_map(&params.k_map);
-        tma_prefetch_map(&params.v_map);
+        if (!kern.gather) { /* gathering, the maps are not made (zeros) */
+            tma_prefetch_map(&params.k_map);
+            tma_prefetch_map(&params.v_map);
+        }
     }
     kern.load_freq();
     __syncthreads();
     if (wg == 0) {
         regs_release<prefill90_regs<D>::producer>();
-        if (threadIdx.x < 32)
+        if (kern.gather || threadIdx.x < 32)
             kern.produce(threadIdx.x);
     } else {
         regs_acquire<prefill90_regs<D>::consumer>();

@@ -8,8 +8,10 @@
  *   q       [2][D / 64][64][64]   compute type, one [64 rows] tile per consumer warpgroup
  *   k       [STAGES][D / 64][KN][64]
  *   v       [STAGES][D / 64][KN][64]
- *   barriers u64 [3][STAGES]      K full, V full, stage empty
+ *   barriers u64 [4][STAGES]      K full, V full, K empty, V empty
  *   freq    f32 [D / 2]           RoPE frequencies
+ *   rows    i64 [KN]              element offsets of the rows being gathered
+ *                                 (FLP_CU_KV_MAP_GATHER; -1: zeros)
  * Every [rows][64] block is 128-byte rows with 16-byte chunk c of row r at c ^ (r % 8). */
 #ifndef FLP_CUDA_PREFILL_SM90_CONFIG_H
 #define FLP_CUDA_PREFILL_SM90_CONFIG_H
@@ -22,12 +24,12 @@
 #define FLP_CU_PREFILL90_STAGES(D) ((D) == 64 ? 4 : 2)
 #define FLP_CU_PREFILL90_Q_BYTES(D) (FLP_CU_PREFILL90_ROWS * (D)*2)
 #define FLP_CU_PREFILL90_TILE_BYTES(D) (FLP_CU_PREFILL90_KN(D) * (D)*2)
-#define FLP_CU_PREFILL90_BARRIER_BYTES(D) (3 * 8 * FLP_CU_PREFILL90_STAGES(D))
+#define FLP_CU_PREFILL90_BARRIER_BYTES(D) (4 * 8 * FLP_CU_PREFILL90_STAGES(D))
 /* The 1024 bytes of slack let the kernel align its base. */
 #define FLP_CU_PREFILL90_SMEM_BYTES(D)                                                             \
     (1024 + FLP_CU_PREFILL90_Q_BYTES(D) +                                                          \
      2 * FLP_CU_PREFILL90_STAGES(D) * FLP_CU_PREFILL90_TILE_BYTES(D) +                             \
-     FLP_CU_PREFILL90_BARRIER_BYTES(D) + (D)*2)
+     FLP_CU_PREFILL90_BARRIER_BYTES(D) + (D)*2 + 8 * FLP_CU_PREFILL90_KN(D))
 
 /* A CUtensorMap (cuda.h), opaque here: 128 bytes, 64-byte aligned. */
 #ifdef __cplusplus
@@ -43,6 +45,9 @@ typedef struct flp_tensor_map {
 /* How the kernel's producer addresses K/V rows. */
 #define FLP_CU_KV_MAP_RAGGED 0 /* 3-D maps (D, Hkv, rows): one box of KN rows */
 #define FLP_CU_KV_MAP_PAGED 1  /* 4-D maps (D, Hkv, page_size, pages): boxes of box_rows */
+#define FLP_CU_KV_MAP_GATHER                                                                       \
+    2 /* paged, any page size: no maps, the producer warpgroup gathers                             \
+         rows with cp.async */
 
 /* The kernel's parameter block: the prefill parameters and the K/V tensor maps made for the run
  * (boxes of 64 elements x 1 head x box_rows rows, 128-byte swizzle). */

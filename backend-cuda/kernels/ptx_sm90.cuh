@@ -28,6 +28,12 @@ FLP_DEV void mbar_arrive_expect_tx(unsigned bar, unsigned bytes) {
                  : "memory");
 }
 
+/* An arrival on bar once every cp.async this thread issued before has completed (noinc: the
+ * barrier's count includes these arrivals). */
+FLP_DEV void mbar_arrive_cp_async(unsigned bar) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+
 FLP_DEV void mbar_arrive(unsigned bar) {
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
@@ -80,6 +86,12 @@ FLP_DEV void named_barrier_sync(unsigned id, unsigned threads) {
     asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
+/* Arrives on named barrier id without waiting (the waiting side calls named_barrier_sync with
+ * the same thread count, which includes the arriving threads). */
+FLP_DEV void named_barrier_arrive(unsigned id, unsigned threads) {
+    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
 template <int REGS> FLP_DEV void regs_release() {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(REGS));
 }
@@ -100,6 +112,18 @@ FLP_DEV uint64_t smem_desc_sw128(unsigned addr, unsigned lead_bytes, unsigned st
            (static_cast<uint64_t>(stride_bytes >> 4) << 32) | (1ull << 62);
 }
 
+/* The descriptor of the tile `bytes` further on (the start address field, bits 0-13 in 16-byte
+ * units, never carries: shared addresses stay below 256 KiB). */
+FLP_DEV uint64_t smem_desc_advance(uint64_t desc, unsigned bytes) {
+    return desc + (bytes >> 4);
+}
+
+/* Hides a value's origin from the compiler, so that what is derived from it is computed where
+ * it is used instead of hoisted out of a loop and kept in (spilled) registers. */
+FLP_DEV void opaque(uint64_t &x) {
+    asm volatile("" : "+l"(x));
+}
+
 FLP_DEV void wgmma_fence() {
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 }
@@ -116,6 +140,13 @@ template <int R> FLP_DEV void wgmma_fence_regs(float (&d)[R]) {
 #pragma unroll
     for (int i = 0; i < R; i++)
         asm volatile("" : "+f"(d[i])::"memory");
+}
+
+/* The same for registers that an asynchronous product reads (P's A fragments). */
+template <int R> FLP_DEV void wgmma_fence_regs(unsigned (&a)[R][4]) {
+#pragma unroll
+    for (int i = 0; i < R; i++)
+        asm volatile("" : "+r"(a[i][0]), "+r"(a[i][1]), "+r"(a[i][2]), "+r"(a[i][3])::"memory");
 }
 
 /* Operand lists of m64nNk16 (N/2 f32 accumulators per thread), each built on the one of half
