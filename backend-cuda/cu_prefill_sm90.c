@@ -10,12 +10,12 @@
 
 _Static_assert(sizeof(flp_tensor_map) == sizeof(CUtensorMap), "flp_tensor_map is a CUtensorMap");
 
-/* FLP_CUDA_PREFILL_KERNEL: "auto", the sm_90a kernel for the 128-row query tile; "sm90", for
- * every tile where it can run (tests); "sm80" or unset, the sm_80 kernels everywhere. Unset is
- * "sm80" until the sm_90a kernel has been measured faster (docs/kernels/prefill.md). */
+/* FLP_CUDA_PREFILL_KERNEL: "auto" or unset, the sm_90a kernel for the 128-row query tile;
+ * "sm90", for every tile where it can run (tests); "sm80", the sm_80 kernels everywhere (for
+ * measuring them on a Hopper GPU). Any other value counts as unset. */
 static const char *forced_kernel(void) {
     const char *e = getenv("FLP_CUDA_PREFILL_KERNEL");
-    return e && (strcmp(e, "auto") == 0 || strcmp(e, "sm90") == 0) ? e : "sm80";
+    return e && (strcmp(e, "sm80") == 0 || strcmp(e, "sm90") == 0) ? e : "auto";
 }
 
 const char *flp_cu_prefill90_unwanted(const flp_cu_state *st, int32_t q_dtype, int32_t kv_dtype) {
@@ -26,7 +26,7 @@ const char *flp_cu_prefill90_unwanted(const flp_cu_state *st, int32_t q_dtype, i
     if (q_dtype != kv_dtype || (q_dtype != FLP_DTYPE_F16 && q_dtype != FLP_DTYPE_BF16))
         return "K/V not 16-bit of the q dtype";
     if (strcmp(forced_kernel(), "sm80") == 0)
-        return "FLP_CUDA_PREFILL_KERNEL is not auto or sm90";
+        return "FLP_CUDA_PREFILL_KERNEL=sm80";
     return NULL;
 }
 
