@@ -23,6 +23,7 @@ typedef struct flp_cu_config {
     int prefill_max_blocks; /* resident tile-128 prefill blocks per SM */
     CUfunction prefill_merge;
     CUfunction kv_append;
+    CUfunction state_merge; /* the public state merges (flp_merge_*) */
     /* The sm_90a prefill kernel (kernels/prefill_sm90.cuh): NULL where the module has no image
      * of it, the device is not sm_90, the driver makes no tensor maps, the pair is not 16-bit of
      * one dtype, or FLP_CUDA_PREFILL_KERNEL=sm80 (cu_prefill_sm90.c). */
@@ -122,5 +123,8 @@ bool flp_cu_prefill90_params(flp_context *ctx, const flp_cu_driver *cu, const fl
 
 /* cu_kv_append.c */
 flp_status flp_cu_kv_append_run(flp_context *ctx, const flp_kv_append_params *params);
+
+/* cu_merge.c */
+flp_status flp_cu_merge_run(flp_context *ctx, const flp_merge_params *params);
 
 #endif /* FLP_CUDA_CU_BACKEND_H */

@@ -94,6 +94,7 @@ const flp_backend_ops flp_cuda_ops = {
     .decode_matrix_min_rows = FLP_DECODE_MATRIX_MIN_ROWS,
     .prefill_run = flp_cu_prefill_run,
     .kv_append_run = flp_cu_kv_append_run,
+    .merge_run = flp_cu_merge_run,
 };
 
 static CUresult attribute(const flp_cu_driver *cu, CUdevice dev, CUdevice_attribute a, int *v) {

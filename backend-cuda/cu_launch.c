@@ -142,6 +142,15 @@ unsigned flp_cu_prefill_smem_bytes(int32_t q_dtype, int32_t kv_dtype, int32_t he
     return (unsigned)FLP_CU_PREFILL_SMEM_BYTES((int)head_dim, tile, kvb, staged);
 }
 
+unsigned flp_cu_state_merge_grid(const flp_merge_params *params) {
+    const int64_t units = (int64_t)params->rows * params->num_heads;
+    const int64_t per_block = FLP_CU_STATE_MERGE_THREADS / 32;
+    int64_t blocks = (units + per_block - 1) / per_block;
+    if (blocks > 4096) /* grid-stride beyond */
+        blocks = 4096;
+    return blocks < 1 ? 1u : (unsigned)blocks;
+}
+
 unsigned flp_cu_kv_append_grid(const flp_kv_append_params *params) {
     const int64_t total = (int64_t)params->nnz * params->num_kv_heads * params->head_dim;
     int64_t blocks = (total + FLP_CU_KV_APPEND_THREADS - 1) / FLP_CU_KV_APPEND_THREADS;

@@ -54,5 +54,7 @@ bool flp_cu_prefill_kernel_name(int32_t q_dtype, int32_t kv_dtype, int32_t head_
 unsigned flp_cu_prefill_smem_bytes(int32_t q_dtype, int32_t kv_dtype, int32_t head_dim, int tile);
 /* Blocks of a KV append launch (grid-stride kernel), >= 1. */
 unsigned flp_cu_kv_append_grid(const flp_kv_append_params *params);
+/* Blocks of a state-merge launch (a warp per row and head, grid-stride), >= 1. */
+unsigned flp_cu_state_merge_grid(const flp_merge_params *params);
 
 #endif /* FLP_CUDA_CU_LAUNCH_H */

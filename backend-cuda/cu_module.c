@@ -262,6 +262,9 @@ static flp_status setup_config(flp_context *ctx, flp_cu_state *st, int index,
     if (status == FLP_OK)
         status = get_function(ctx, st, modules->of[FLP_CU_UNIT_SHARED], "flp_kv_append",
                               &cfg->kv_append);
+    if (status == FLP_OK)
+        status = get_function(ctx, st, modules->of[FLP_CU_UNIT_SHARED], "flp_merge_states",
+                              &cfg->state_merge);
     if (status != FLP_OK)
         return status;
     for (int i = 0; i < FLP_CU_PREFILL_NUM_TILES; i++) {

@@ -9,6 +9,7 @@ static void release(flp_vk *vk) {
         (void)flp_vk_wait_submitted(vk);
         if (vk->owns_device)
             (void)vk->vk.vkDeviceWaitIdle(vk->device);
+        flp_vk_merge_destroy(vk);
         flp_vk_kv_append_destroy(vk);
         flp_vk_pipelines_destroy(vk);
         flp_vk_texel_destroy(vk);
@@ -42,6 +43,7 @@ const flp_backend_ops flp_vk_ops = {
     .decode_matrix_min_rows = 0,
     .prefill_run = flp_vk_prefill_run,
     .kv_append_run = flp_vk_kv_append_run,
+    .merge_run = flp_vk_merge_run,
     .records_for_caller = flp_vk_records_for_caller,
 };
 
@@ -68,6 +70,8 @@ flp_status flp_vulkan_backend_open(flp_context *ctx, int device_index, bool pref
         st = flp_vk_texel_init(vk);
     if (st == FLP_OK)
         st = flp_vk_kv_append_init(vk);
+    if (st == FLP_OK)
+        st = flp_vk_merge_init(vk);
     if (st != FLP_OK) {
         release(vk);
         return st;

@@ -57,7 +57,8 @@ typedef enum flp_vk_shader {
     FLP_VK_SHADER_PREFILL = 4,
     FLP_VK_SHADER_PREFILL_MERGE = 5,
     FLP_VK_SHADER_KV_APPEND = 6,
-    FLP_VK_SHADER_COUNT = 7,
+    FLP_VK_SHADER_MERGE_STATES = 7, /* the public state merges */
+    FLP_VK_SHADER_COUNT = 8,
 } flp_vk_shader;
 
 typedef struct flp_vk_pipeline_key {
@@ -150,6 +151,11 @@ typedef struct flp_vk {
     VkBuffer append_params;
     VkDeviceMemory append_params_memory;
     uint64_t append_params_address;
+
+    /* flp_merge_params of the state merge being run (vk_merge.c) */
+    VkBuffer merge_params;
+    VkDeviceMemory merge_params_memory;
+    uint64_t merge_params_address;
 } flp_vk;
 
 /* The private part of an flp_buffer (buf->native). */
@@ -197,6 +203,8 @@ void flp_vk_staging_destroy(flp_vk *vk);
 /* A device-local buffer of the backend's own (storage, transfer destination, by address). */
 flp_status flp_vk_small_buffer_create(flp_vk *vk, size_t size, VkBuffer *buffer,
                                       VkDeviceMemory *memory, uint64_t *address);
+/* Frees what flp_vk_small_buffer_create made (either may be VK_NULL_HANDLE) and clears both. */
+void flp_vk_small_buffer_destroy(flp_vk *vk, VkBuffer *buffer, VkDeviceMemory *memory);
 
 /* vk_submit.c */
 flp_status flp_vk_submit_init(flp_vk *vk);
@@ -297,6 +305,11 @@ bool flp_vk_records_for_caller(const flp_context *ctx);
 flp_status flp_vk_kv_append_init(flp_vk *vk);
 void flp_vk_kv_append_destroy(flp_vk *vk);
 flp_status flp_vk_kv_append_run(flp_context *ctx, const flp_kv_append_params *params);
+
+/* vk_merge.c */
+flp_status flp_vk_merge_init(flp_vk *vk);
+void flp_vk_merge_destroy(flp_vk *vk);
+flp_status flp_vk_merge_run(flp_context *ctx, const flp_merge_params *params);
 
 /* Powers of two around x (x >= 1): the largest <= x and the smallest >= x. */
 static inline uint32_t pow2_floor(uint32_t x) {

@@ -26,12 +26,7 @@ flp_status flp_vk_kv_append_init(flp_vk *vk) {
 }
 
 void flp_vk_kv_append_destroy(flp_vk *vk) {
-    if (vk->append_params)
-        vk->vk.vkDestroyBuffer(vk->device, vk->append_params, NULL);
-    if (vk->append_params_memory)
-        vk->vk.vkFreeMemory(vk->device, vk->append_params_memory, NULL);
-    vk->append_params = VK_NULL_HANDLE;
-    vk->append_params_memory = VK_NULL_HANDLE;
+    flp_vk_small_buffer_destroy(vk, &vk->append_params, &vk->append_params_memory);
 }
 
 flp_status flp_vk_kv_append_run(flp_context *ctx, const flp_kv_append_params *p) {

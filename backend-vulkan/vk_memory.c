@@ -100,6 +100,15 @@ flp_status flp_vk_small_buffer_create(flp_vk *vk, size_t size, VkBuffer *buffer,
     return st;
 }
 
+void flp_vk_small_buffer_destroy(flp_vk *vk, VkBuffer *buffer, VkDeviceMemory *memory) {
+    if (*buffer)
+        vk->vk.vkDestroyBuffer(vk->device, *buffer, NULL);
+    if (*memory)
+        vk->vk.vkFreeMemory(vk->device, *memory, NULL);
+    *buffer = VK_NULL_HANDLE;
+    *memory = VK_NULL_HANDLE;
+}
+
 flp_status flp_vk_buffer_create(flp_context *ctx, flp_buffer *buf) {
     flp_vk *vk = ctx->backend;
     if (buf->size > ctx->info.max_buffer_bytes)

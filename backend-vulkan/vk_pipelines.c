@@ -59,6 +59,7 @@ static flp_status get_module(flp_vk *vk, flp_vk_shader shader, VkShaderModule *o
         [FLP_VK_SHADER_PREFILL] = {flp_spv_prefill, &flp_spv_prefill_size},
         [FLP_VK_SHADER_PREFILL_MERGE] = {flp_spv_prefill_merge, &flp_spv_prefill_merge_size},
         [FLP_VK_SHADER_KV_APPEND] = {flp_spv_kv_append, &flp_spv_kv_append_size},
+        [FLP_VK_SHADER_MERGE_STATES] = {flp_spv_merge_states, &flp_spv_merge_states_size},
     };
     if (!vk->modules[shader]) {
         VkShaderModuleCreateInfo mi = {

@@ -17,5 +17,7 @@ extern const unsigned char flp_spv_prefill_merge[];
 extern const unsigned long flp_spv_prefill_merge_size;
 extern const unsigned char flp_spv_kv_append[];
 extern const unsigned long flp_spv_kv_append_size;
+extern const unsigned char flp_spv_merge_states[];
+extern const unsigned long flp_spv_merge_states_size;
 
 #endif /* FLP_VK_SHADERS_H */

@@ -6,6 +6,7 @@
 
 #include "core/internal.h"
 #include "core/launch.h"
+#include "core/merge_params.h"
 
 typedef struct flp_backend_ops {
     const char *name;
@@ -39,6 +40,8 @@ typedef struct flp_backend_ops {
     flp_status (*prefill_run)(flp_context *ctx, const flp_prefill_launch *launch);
     /* Queues the KV append (every argument validated by the core). */
     flp_status (*kv_append_run)(flp_context *ctx, const flp_kv_append_params *params);
+    /* Queues a public state merge (core/merge_params.h; validated by the core, rows > 0). */
+    flp_status (*merge_run)(flp_context *ctx, const flp_merge_params *params);
     /* Copies a plan's host mirror into its device memory in stream order: after the work
      * already queued on the context's stream/queue and before any queued later, without
      * waiting for the device; src may be reused on return. NULL = buffer_write (which waits

@@ -101,5 +101,12 @@
 /* kv_append.comp */
 #define FLP_SPEC_APPEND_THREADS 0
 #define FLP_SPEC_APPEND_COUNT 1
+/* merge_states.comp */
+#define FLP_SPEC_STATE_MERGE_THREADS 0
+#define FLP_SPEC_STATE_MERGE_COUNT 1
+
+/* ---- the public state merges (core/merge_params.h) ------------------------------------------ */
+#define FLP_MERGE_MODE_PAIR 0
+#define FLP_MERGE_MODE_RAGGED 1
 
 #endif /* FLP_CORE_KERNEL_CONSTANTS_H */

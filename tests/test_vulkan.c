@@ -1,7 +1,8 @@
 /* The Vulkan backend on its own (suite vulkan): context and device info, the decode parameter
  * block's GLSL layout, buffers (round trips at odd offsets, a buffer larger than lavapipe's
  * 128 MiB storage-binding limit, range errors), interop with a caller's device (buffer wrap,
- * recording into a caller's command buffer and replaying it after re-plans).
+ * recording into a caller's command buffer and replaying it after re-plans), llvmpipe's loop
+ * budget (the decode, the ragged state merge).
  *
  * Exits 77 (skipped) when no Vulkan device can be opened. The Khronos validation layer is on
  * (FLP_VULKAN_VALIDATION=1 unless the environment says otherwise; FLP_VULKAN_VALIDATION=0 turns it
@@ -21,6 +22,7 @@
 #include <string.h>
 
 #include "core/decode_params.h"
+#include "core/merge_params.h"
 #include "core/prefill_params.h"
 #include "core/plan.h" /* flp_plan_summarize: to confirm which plan splits its request */
 #include "core/reference.h"
@@ -282,6 +284,35 @@ static const c_field kv_append_fields[] = {
     FIELD(flp_kv_append_params, v_inv_scale),
     FIELD(flp_kv_append_params, reserved),
 };
+static const c_field merge_fields[] = {
+    FIELD(flp_merge_params, o_a),
+    FIELD(flp_merge_params, lse_a),
+    FIELD(flp_merge_params, o_b),
+    FIELD(flp_merge_params, lse_b),
+    FIELD(flp_merge_params, o_out),
+    FIELD(flp_merge_params, lse_out),
+    FIELD(flp_merge_params, mask),
+    FIELD(flp_merge_params, indptr),
+    FIELD(flp_merge_params, o_a_stride_row),
+    FIELD(flp_merge_params, o_a_stride_head),
+    FIELD(flp_merge_params, o_b_stride_row),
+    FIELD(flp_merge_params, o_b_stride_head),
+    FIELD(flp_merge_params, out_stride_row),
+    FIELD(flp_merge_params, out_stride_head),
+    FIELD(flp_merge_params, lse_a_stride_row),
+    FIELD(flp_merge_params, lse_b_stride_row),
+    FIELD(flp_merge_params, lse_out_stride_row),
+    FIELD(flp_merge_params, rows),
+    FIELD(flp_merge_params, num_heads),
+    FIELD(flp_merge_params, head_dim),
+    FIELD(flp_merge_params, mode),
+    FIELD(flp_merge_params, num_states),
+    FIELD(flp_merge_params, states_per_row),
+    FIELD(flp_merge_params, a_dtype),
+    FIELD(flp_merge_params, b_dtype),
+    FIELD(flp_merge_params, out_dtype),
+    FIELD(flp_merge_params, reserved),
+};
 #undef FIELD
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 #define MAX_MEMBERS 64
@@ -390,6 +421,10 @@ static void test_prefill_params_layout(void **state) {
                      sizeof(flp_prefill_params));
     assert_int_equal(offsetof(flp_kv_append_params, reserved) + sizeof(int32_t),
                      sizeof(flp_kv_append_params));
+    check_spirv_layout(flp_spv_merge_states, flp_spv_merge_states_size, "merge_states.comp",
+                       "MergeParams", merge_fields, COUNT(merge_fields));
+    assert_int_equal(offsetof(flp_merge_params, reserved) + sizeof(int32_t),
+                     sizeof(flp_merge_params));
 }
 
 /* A specialisation constant the host sets by id (core/kernel_constants.h FLP_SPEC_*). */
@@ -461,6 +496,7 @@ static void test_spec_constant_ids(void **state) {
                                  {"Q_DTYPE", FLP_SPEC_Q_DTYPE},
                                  {"WG", FLP_SPEC_MERGE_THREADS}};
     const spec_expect append[] = {{"WG", FLP_SPEC_APPEND_THREADS}};
+    const spec_expect state_merge[] = {{"WG", FLP_SPEC_STATE_MERGE_THREADS}};
     const struct {
         const unsigned char *spv;
         unsigned long size;
@@ -484,6 +520,8 @@ static void test_spec_constant_ids(void **state) {
          COUNT(merge), false, FLP_SPEC_MERGE_THREADS},
         {flp_spv_kv_append, flp_spv_kv_append_size, "kv_append.comp", append, COUNT(append), false,
          FLP_SPEC_APPEND_THREADS},
+        {flp_spv_merge_states, flp_spv_merge_states_size, "merge_states.comp", state_merge,
+         COUNT(state_merge), false, FLP_SPEC_STATE_MERGE_THREADS},
     };
     for (size_t i = 0; i < COUNT(shaders); i++) {
         spec_expect all[MAX_SPECS];
@@ -1431,6 +1469,102 @@ static void test_loop_budget(void **state) {
     free(got);
 }
 
+/* llvmpipe's loop budget and the ragged state merge (vk_merge.c): a row of states_per_row
+ * states over head_dim = 129 (3 passes of 64 invocations) runs at most 60000 state steps, and
+ * the last state of such a row is still folded in (it dominates the row: were the loop cut
+ * short, o would come out near the other states' 100); one state more is refused before
+ * anything is queued, and so is any indptr merge of more than 60000 / passes states, whatever
+ * its rows hold (indptr lives on the device). */
+static void test_merge_loop_budget(void **state) {
+    (void)state;
+    flp_device_info info;
+    assert_ok(g_ctx, flp_context_get_info(g_ctx, &info));
+    if (!strstr(info.device_name, "llvmpipe")) {
+        print_message("not llvmpipe: no loop budget to test\n");
+        return;
+    }
+    enum { D = 129, MAX_STATES = 20000 };
+    const int32_t n = MAX_STATES + 1;
+    float *o = xmalloc(sizeof(float) * (size_t)n * D), *lse = xmalloc(sizeof(float) * (size_t)n);
+    float got_o[D], got_lse;
+    flp_buffer *in = create_buffer(g_ctx, sizeof(float) * (size_t)n * (D + 1));
+    flp_buffer *out = create_buffer(g_ctx, sizeof(float) * (D + 1));
+    flp_buffer *indptr = create_buffer(g_ctx, sizeof(int32_t) * (size_t)(n + 1));
+    int32_t *ip = xmalloc(sizeof(int32_t) * (size_t)(n + 1));
+    for (int32_t i = 0; i <= n; i++)
+        ip[i] = i; /* rows of one state each */
+    assert_ok(g_ctx, flp_buffer_write(g_ctx, indptr, 0, ip, sizeof(int32_t) * (size_t)(n + 1)));
+    for (int round = 0; round < 2; round++) {
+        const int32_t states = MAX_STATES + round;
+        for (int32_t s = 0; s < states; s++) {
+            lse[s] = s == states - 1 ? 30.0f : 0.0f;
+            for (int d = 0; d < D; d++)
+                o[(size_t)s * D + d] = s == states - 1 ? (float)d - 64.0f : 100.0f;
+        }
+        const size_t lse_offset = sizeof(float) * (size_t)states * D;
+        assert_ok(g_ctx, flp_buffer_write(g_ctx, in, 0, o, lse_offset));
+        assert_ok(g_ctx,
+                  flp_buffer_write(g_ctx, in, lse_offset, lse, sizeof(float) * (size_t)states));
+        poison(g_ctx, out);
+        int64_t o_shape[3] = {states, 1, D}, lse_shape[2] = {states, 1};
+        int64_t out_shape[3] = {1, 1, D}, out_lse_shape[2] = {1, 1};
+        flp_merge_states_args args = {
+            .states = {flp_tensor_contiguous(in, 0, FLP_DTYPE_F32, 3, o_shape),
+                       flp_tensor_contiguous(in, lse_offset, FLP_DTYPE_F32, 2, lse_shape)},
+            .states_per_row = states,
+            .out = {flp_tensor_contiguous(out, 0, FLP_DTYPE_F32, 3, out_shape),
+                    flp_tensor_contiguous(out, sizeof(float) * D, FLP_DTYPE_F32, 2, out_lse_shape)},
+        };
+        flp_status st = flp_merge_states(g_ctx, &args);
+        if (round == 0) {
+            assert_ok(g_ctx, st);
+            assert_ok(g_ctx, flp_buffer_read(g_ctx, out, 0, got_o, sizeof got_o));
+            assert_ok(g_ctx, flp_buffer_read(g_ctx, out, sizeof got_o, &got_lse, sizeof got_lse));
+            /* the others weigh (states - 1) e^-30 < 2e-9 of the last */
+            for (int d = 0; d < D; d++)
+                assert_near(got_o[d], (double)d - 64.0, 1e-5);
+            assert_near(got_lse, 30.0, 1e-5);
+            continue;
+        }
+        assert_int_equal(st, FLP_ERROR_UNSUPPORTED);
+        const char *want = test_str("ragged merge of up to %d states per row (states_per_row) "
+                                    "with head_dim = %d: one invocation would run 3 passes x %d "
+                                    "states = %d state steps",
+                                    states, D, states, 3 * states);
+        if (!strstr(flp_context_last_error(g_ctx), want))
+            fail_msg("the message \"%s\" does not mention \"%s\"", flp_context_last_error(g_ctx),
+                     want);
+        /* the same states in rows of one through indptr: refused just the same */
+        int64_t rows_shape[1] = {states + 1};
+        flp_tensor ip_tensor = flp_tensor_contiguous(indptr, 0, FLP_DTYPE_I32, 1, rows_shape);
+        int64_t many_shape[3] = {states, 1, D}, many_lse_shape[2] = {states, 1};
+        flp_buffer *many = create_buffer(g_ctx, sizeof(float) * (size_t)states * (D + 1));
+        args.indptr = &ip_tensor;
+        args.states_per_row = 0;
+        args.out.o = flp_tensor_contiguous(many, 0, FLP_DTYPE_F32, 3, many_shape);
+        args.out.lse = flp_tensor_contiguous(many, sizeof(float) * (size_t)states * D,
+                                             FLP_DTYPE_F32, 2, many_lse_shape);
+        assert_int_equal(flp_merge_states(g_ctx, &args), FLP_ERROR_UNSUPPORTED);
+        want =
+            test_str("ragged merge of up to %d states per row (num_states, with indptr)", states);
+        if (!strstr(flp_context_last_error(g_ctx), want))
+            fail_msg("the message \"%s\" does not mention \"%s\"", flp_context_last_error(g_ctx),
+                     want);
+        flp_buffer_destroy(many);
+        /* nothing was queued */
+        uint32_t words[D + 1];
+        assert_ok(g_ctx, flp_buffer_read(g_ctx, out, 0, words, sizeof words));
+        for (int i = 0; i <= D; i++)
+            assert_int_equal(words[i], 0xFFFFFFFFu);
+    }
+    flp_buffer_destroy(in);
+    flp_buffer_destroy(out);
+    flp_buffer_destroy(indptr);
+    free(o);
+    free(lse);
+    free(ip);
+}
+
 /* ---- main ------------------------------------------------------------------------------- */
 
 int main(void) {
@@ -1471,6 +1605,7 @@ int main(void) {
         cmocka_unit_test_teardown(test_caller_command_buffer_replans_gpu_kernel,
                                   teardown_check_validation),
         cmocka_unit_test_teardown(test_loop_budget, teardown_check_validation),
+        cmocka_unit_test_teardown(test_merge_loop_budget, teardown_check_validation),
     };
     int failed = cmocka_run_group_tests_name("vulkan", tests, NULL, NULL);
     flp_context_destroy(g_ctx);

@@ -128,6 +128,12 @@ static flp_status emu_kv_append(flp_context *ctx, const flp_kv_append_params *pa
     return FLP_OK;
 }
 
+static flp_status emu_merge(flp_context *ctx, const flp_merge_params *params) {
+    (void)ctx;
+    flp_emu_merge(params);
+    return FLP_OK;
+}
+
 static const flp_backend_ops emu_ops = {
     .name = "cuda",
     .destroy = emu_destroy,
@@ -142,6 +148,7 @@ static const flp_backend_ops emu_ops = {
     .decode_matrix_min_rows = FLP_DECODE_MATRIX_MIN_ROWS,
     .prefill_run = emu_prefill_run,
     .kv_append_run = emu_kv_append,
+    .merge_run = emu_merge,
 };
 
 flp_status flp_cuda_backend_open(flp_context *ctx, int device_index, void *cu_context) {

@@ -7,6 +7,7 @@
 #include "backend-cuda/kernels/kv_append.cuh"
 #include "backend-cuda/kernels/prefill.cuh"
 #include "backend-cuda/kernels/prefill_merge.cuh"
+#include "backend-cuda/kernels/state_merge.cuh"
 
 extern "C" {
 #include "backend-cuda/cu_launch.h"
@@ -106,6 +107,10 @@ void kv_append_entry(const void *arg) {
     flp::kv_append_body(*static_cast<const flp_kv_append_params *>(arg));
 }
 
+void state_merge_entry(const void *arg) {
+    flp::state_merge_body(*static_cast<const flp_merge_params *>(arg));
+}
+
 entry_fn prefill_table[FLP_CU_NUM_CONFIGS][FLP_CU_PREFILL_NUM_TILES];
 
 void add_prefill(int q, int kv, int d, entry_fn t16, entry_fn t64, entry_fn t128) {
@@ -160,4 +165,11 @@ extern "C" void flp_emu_kv_append(const flp_kv_append_params *params) {
     /* A small grid: the kernel is grid-stride (one fiber per element is slow). */
     flp_emu::launch(kv_append_entry, params, 2, FLP_CU_KV_APPEND_THREADS, smem_base, 0,
                     sizeof flp::dynamic_smem, 1);
+}
+
+extern "C" void flp_emu_merge(const flp_merge_params *params) {
+    unsigned char *smem_base = reinterpret_cast<unsigned char *>(flp::dynamic_smem);
+    /* The grid the CUDA backend launches (grid-stride beyond 4096 blocks). */
+    flp_emu::launch(state_merge_entry, params, flp_cu_state_merge_grid(params),
+                    FLP_CU_STATE_MERGE_THREADS, smem_base, 0, sizeof flp::dynamic_smem, 1);
 }

@@ -12,5 +12,7 @@ void flp_emu_decode(const flp_decode_launch *launch, uint64_t seed);
 void flp_emu_prefill(const flp_prefill_launch *launch, uint64_t seed);
 /* A KV append. */
 void flp_emu_kv_append(const flp_kv_append_params *params);
+/* A public state merge. */
+void flp_emu_merge(const flp_merge_params *params);
 
 #endif /* FLP_CUDA_EMU_LAUNCH_H */

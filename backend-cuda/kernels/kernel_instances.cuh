@@ -14,8 +14,9 @@
  *                                  global flp_prefill90_present_d<D>
  *   flp_prefill_merge_<q>
  *   flp_kv_append
+ *   flp_merge_states               the public state merges (any dtype, run-time codes)
  * Decode kernels take the flp_decode_params block by value, prefill kernels
- * flp_prefill_params, the append flp_kv_append_params.
+ * flp_prefill_params, the append flp_kv_append_params, the state merge flp_merge_params.
  *
  * NVRTC compiles one configuration at a time to keep just-in-time compiles short: with
  * FLP_ONLY_Q, FLP_ONLY_KV (FLP_DT_* codes) and FLP_ONLY_HEAD_DIM defined, every other kernel
@@ -33,6 +34,7 @@
 #include "backend-cuda/kernels/prefill_merge.cuh"
 #include "backend-cuda/kernels/prefill_sm90.cuh"
 #include "backend-cuda/kernels/kv_append.cuh"
+#include "backend-cuda/kernels/state_merge.cuh"
 
 /* Minimum resident blocks per SM the register allocation must allow. */
 #define FLP_DECODE_MIN_BLOCKS_4 3
@@ -174,14 +176,18 @@ template <int QDT> struct merge_entry<QDT, false> {
         flp_prefill_merge_##QN(const __grid_constant__ flp_prefill_params p) {                     \
         flp::prefill_merge_entry<QDT, FLP_WANT_Q(QDT)>::run(p);                                    \
     }
-/* The kernels every configuration shares: the decode and prefill merges of both q dtypes, and
- * the KV append (it converts at run time, any source and cache dtype: one small kernel). */
+/* The kernels every configuration shares: the decode and prefill merges of both q dtypes, the
+ * KV append and the state merge (they convert at run time, any dtype: one small kernel each). */
 #define FLP_SHARED_KERNELS                                                                         \
     FLP_MERGE_KERNELS_Q(f16, FLP_DT_F16)                                                           \
     FLP_MERGE_KERNELS_Q(bf16, FLP_DT_BF16)                                                         \
     extern "C" __global__ void __launch_bounds__(FLP_CU_KV_APPEND_THREADS)                         \
         flp_kv_append(const __grid_constant__ flp_kv_append_params p) {                            \
         flp::kv_append_body(p);                                                                    \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(FLP_CU_STATE_MERGE_THREADS)                       \
+        flp_merge_states(const __grid_constant__ flp_merge_params p) {                             \
+        flp::state_merge_body(p);                                                                  \
     }
 
 #endif /* FLP_CUDA_KERNEL_INSTANCES_CUH */

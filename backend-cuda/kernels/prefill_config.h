@@ -48,8 +48,10 @@
      FLP_CU_PREFILL_PASS_BYTES)
 #define FLP_CU_PREFILL_PASS_BYTES 128
 
-/* Merge of split prefill items, and the KV append. */
+/* Merge of split prefill items, the KV append, and the public state merges (a warp per row and
+ * head: kernels/state_merge.cuh). */
 #define FLP_CU_PREFILL_MERGE_THREADS 128
 #define FLP_CU_KV_APPEND_THREADS 256
+#define FLP_CU_STATE_MERGE_THREADS 128
 
 #endif /* FLP_CUDA_PREFILL_CONFIG_H */

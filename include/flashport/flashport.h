@@ -437,6 +437,52 @@ typedef struct flp_single_prefill_args {
 
 FLP_API flp_status flp_single_prefill(flp_context *ctx, const flp_single_prefill_args *args);
 
+/* ---- merging attention states ---------------------------------------------------------- */
+
+/* The attention of `rows` query rows and num_heads heads over one set of keys, as flp_*_run
+ * writes it: the normalised output and the natural-log LSE of the kept logits (-inf: no key).
+ * Attention over the union of disjoint key sets is the merge of their states (docs/api.md,
+ * "Merging states"): m = max(s_a, s_b), w = exp(s - m), o = (w_a o_a + w_b o_b) / (w_a + w_b),
+ * s = m + log(w_a + w_b). A state with lse = -inf contributes nothing; only empty states give
+ * o = 0 and lse = -inf. lse must be finite or -inf (a NaN lse makes its row NaN). */
+typedef struct flp_state {
+    flp_tensor o;   /* [rows, num_heads, head_dim] F16, BF16 or F32 */
+    flp_tensor lse; /* [rows, num_heads] F32 */
+} flp_state;
+
+/* out = merge(a, b). a, b and out may each have their own o dtype. out.lse.buf NULL: no lse is
+ * written. out may be a or b exactly (the same views: an in-place merge); otherwise outputs
+ * overlap no input and no other output. */
+typedef struct flp_merge_state_args {
+    flp_state a, b, out;
+} flp_merge_state_args;
+
+FLP_API flp_status flp_merge_state(flp_context *ctx, const flp_merge_state_args *args);
+
+/* state = merge(state, other) on the rows whose mask byte is non-zero (mask NULL: every row);
+ * the other rows are left as they are. */
+typedef struct flp_merge_state_in_place_args {
+    flp_state state;        /* read and written */
+    flp_state other;        /* same shape; must not overlap state */
+    const flp_tensor *mask; /* optional [rows] U8 */
+} flp_merge_state_in_place_args;
+
+FLP_API flp_status flp_merge_state_in_place(flp_context *ctx,
+                                            const flp_merge_state_in_place_args *args);
+
+/* Row r of out = the merge of states begin .. end - 1 of `states`, folded in that order:
+ * [begin, end) = [indptr[r], indptr[r + 1]), or [r n, (r + 1) n) for n = states_per_row when
+ * indptr is NULL. Device-side indptr entries cannot be checked before the launch: they are
+ * clamped to [0, num_states], and a row with end <= begin comes out empty (o = 0, lse = -inf). */
+typedef struct flp_merge_states_args {
+    flp_state states;         /* o [num_states, num_heads, head_dim], lse [num_states, num_heads] */
+    const flp_tensor *indptr; /* [rows + 1] I32, contiguous; or NULL */
+    int32_t states_per_row;   /* indptr NULL: > 0, num_states = rows x states_per_row; else 0 */
+    flp_state out;            /* o [rows, num_heads, head_dim]; lse [rows, num_heads] or buf NULL */
+} flp_merge_states_args;
+
+FLP_API flp_status flp_merge_states(flp_context *ctx, const flp_merge_states_args *args);
+
 /* ---- appending new K/V rows to a paged cache ------------------------------------------- */
 
 /* Writes row r of k/v (new tokens) into the paged caches at the slot of token positions[r] of
