@@ -12,8 +12,8 @@
  * failed call leaves the table as it was. Failures write a message to last_error, which const
  * calls (locate, export, ...) update too: the message is bookkeeping, not table state.
  */
+#include "core/page_table.h"
 #include "core/alloc.h"
-#include "flashport/flashport.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -49,10 +49,8 @@ struct flp_page_table {
 
 /* ---- errors --------------------------------------------------------------------------- */
 
-static flp_status pt_fail(const flp_page_table *table, flp_status status, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static flp_status pt_fail(const flp_page_table *table, flp_status status, const char *fmt, ...) {
+flp_status flp_page_table_fail(const flp_page_table *table, flp_status status, const char *fmt,
+                               ...) {
     /* The table itself is never const (it comes from malloc); only its error text changes. */
     char *buf = ((flp_page_table *)table)->last_error;
     va_list ap;
@@ -62,7 +60,7 @@ static flp_status pt_fail(const flp_page_table *table, flp_status status, const 
     return status;
 }
 
-static void pt_clear_error(const flp_page_table *table) {
+void flp_page_table_clear_error(const flp_page_table *table) {
     ((flp_page_table *)table)->last_error[0] = '\0';
 }
 
@@ -109,11 +107,26 @@ static int32_t pages_for_tokens(int32_t num_tokens, int32_t page_size) {
 /* Fails unless seq_id names a live sequence. */
 static flp_status check_sequence(const flp_page_table *table, const char *what, int32_t seq_id) {
     if (seq_id < 0 || seq_id >= table->max_sequences)
-        return pt_fail(table, FLP_ERROR_INVALID_ARGUMENT, "%s: sequence id %d out of range [0, %d)",
-                       what, seq_id, table->max_sequences);
+        return flp_page_table_fail(table, FLP_ERROR_INVALID_ARGUMENT,
+                                   "%s: sequence id %d out of range [0, %d)", what, seq_id,
+                                   table->max_sequences);
     if (!table->sequences[seq_id].live)
-        return pt_fail(table, FLP_ERROR_INVALID_ARGUMENT,
-                       "%s: sequence id %d is not live (freed or never created)", what, seq_id);
+        return flp_page_table_fail(table, FLP_ERROR_INVALID_ARGUMENT,
+                                   "%s: sequence id %d is not live (freed or never created)", what,
+                                   seq_id);
+    return FLP_OK;
+}
+
+flp_status flp_page_table_view(const flp_page_table *table, const char *what, int32_t seq_id,
+                               flp_sequence_view *out) {
+    flp_status status = check_sequence(table, what, seq_id);
+    if (status != FLP_OK)
+        return status;
+    const pt_sequence *seq = &table->sequences[seq_id];
+    *out = (flp_sequence_view){.pages = seq->pages,
+                               .num_pages = seq->num_pages,
+                               .num_tokens = seq->num_tokens,
+                               .page_size = table->page_size};
     return FLP_OK;
 }
 
@@ -127,8 +140,8 @@ static flp_status reserve_pages(flp_page_table *table, pt_sequence *seq, int32_t
         capacity = capacity > table->num_pages / 2 ? table->num_pages : capacity * 2;
     int32_t *pages = flp_realloc(seq->pages, (size_t)capacity * sizeof *pages);
     if (!pages)
-        return pt_fail(table, FLP_ERROR_OUT_OF_MEMORY, "%s: out of host memory for %d page ids",
-                       what, capacity);
+        return flp_page_table_fail(table, FLP_ERROR_OUT_OF_MEMORY,
+                                   "%s: out of host memory for %d page ids", what, capacity);
     seq->pages = pages;
     seq->capacity = capacity;
     return FLP_OK;
@@ -210,14 +223,15 @@ const char *flp_page_table_last_error(const flp_page_table *table) {
 flp_status flp_page_table_create_sequence(flp_page_table *table, int32_t *seq_id) {
     if (!table)
         return FLP_ERROR_INVALID_ARGUMENT;
-    pt_clear_error(table);
+    flp_page_table_clear_error(table);
     if (!seq_id)
-        return pt_fail(table, FLP_ERROR_INVALID_ARGUMENT,
-                       "flp_page_table_create_sequence: seq_id is NULL");
+        return flp_page_table_fail(table, FLP_ERROR_INVALID_ARGUMENT,
+                                   "flp_page_table_create_sequence: seq_id is NULL");
     if (table->free_seq_ids.count == 0)
-        return pt_fail(table, FLP_ERROR_CAPACITY,
-                       "flp_page_table_create_sequence: all %d sequences (max_sequences) are live",
-                       table->max_sequences);
+        return flp_page_table_fail(
+            table, FLP_ERROR_CAPACITY,
+            "flp_page_table_create_sequence: all %d sequences (max_sequences) are live",
+            table->max_sequences);
     int32_t id = heap_pop(&table->free_seq_ids);
     pt_sequence *seq = &table->sequences[id];
     seq->live = true;
@@ -232,18 +246,19 @@ flp_status flp_page_table_append(flp_page_table *table, int32_t seq_id, int32_t 
     static const char what[] = "flp_page_table_append";
     if (!table)
         return FLP_ERROR_INVALID_ARGUMENT;
-    pt_clear_error(table);
+    flp_page_table_clear_error(table);
     flp_status st = check_sequence(table, what, seq_id);
     if (st != FLP_OK)
         return st;
     pt_sequence *seq = &table->sequences[seq_id];
     if (num_tokens < 0)
-        return pt_fail(table, FLP_ERROR_INVALID_ARGUMENT, "%s: num_tokens %d is negative", what,
-                       num_tokens);
+        return flp_page_table_fail(table, FLP_ERROR_INVALID_ARGUMENT,
+                                   "%s: num_tokens %d is negative", what, num_tokens);
     if (num_tokens > INT32_MAX - seq->num_tokens)
-        return pt_fail(table, FLP_ERROR_CAPACITY,
-                       "%s: sequence %d with %d tokens cannot take %d more (int32 token count)",
-                       what, seq_id, seq->num_tokens, num_tokens);
+        return flp_page_table_fail(
+            table, FLP_ERROR_CAPACITY,
+            "%s: sequence %d with %d tokens cannot take %d more (int32 token count)", what, seq_id,
+            seq->num_tokens, num_tokens);
 
     int32_t room = seq->num_pages * table->page_size - seq->num_tokens; /* slots in last page */
     int32_t last = seq->num_pages > 0 ? seq->pages[seq->num_pages - 1] : -1;
@@ -254,12 +269,13 @@ flp_status flp_page_table_append(flp_page_table *table, int32_t seq_id, int32_t 
         pages_for_tokens(seq->num_tokens + num_tokens, table->page_size) - seq->num_pages;
     int32_t needed = new_tail_pages + (copy_on_write ? 1 : 0);
     if (needed > table->free_pages.count)
-        return pt_fail(table, FLP_ERROR_CAPACITY,
-                       "%s: %d tokens for sequence %d need %d free pages (page_size %d%s), only "
-                       "%d of %d are free",
-                       what, num_tokens, seq_id, needed, table->page_size,
-                       copy_on_write ? ", one for copy-on-write" : "", table->free_pages.count,
-                       table->num_pages);
+        return flp_page_table_fail(
+            table, FLP_ERROR_CAPACITY,
+            "%s: %d tokens for sequence %d need %d free pages (page_size %d%s), only "
+            "%d of %d are free",
+            what, num_tokens, seq_id, needed, table->page_size,
+            copy_on_write ? ", one for copy-on-write" : "", table->free_pages.count,
+            table->num_pages);
     st = reserve_pages(table, seq, seq->num_pages + new_tail_pages, what);
     if (st != FLP_OK)
         return st;
@@ -287,16 +303,18 @@ flp_status flp_page_table_fork(flp_page_table *table, int32_t parent_seq_id,
     static const char what[] = "flp_page_table_fork";
     if (!table)
         return FLP_ERROR_INVALID_ARGUMENT;
-    pt_clear_error(table);
+    flp_page_table_clear_error(table);
     flp_status st = check_sequence(table, what, parent_seq_id);
     if (st != FLP_OK)
         return st;
     if (!child_seq_id)
-        return pt_fail(table, FLP_ERROR_INVALID_ARGUMENT, "%s: child_seq_id is NULL", what);
+        return flp_page_table_fail(table, FLP_ERROR_INVALID_ARGUMENT, "%s: child_seq_id is NULL",
+                                   what);
     if (table->free_seq_ids.count == 0)
-        return pt_fail(table, FLP_ERROR_CAPACITY,
-                       "%s: all %d sequences (max_sequences) are live, cannot fork sequence %d",
-                       what, table->max_sequences, parent_seq_id);
+        return flp_page_table_fail(
+            table, FLP_ERROR_CAPACITY,
+            "%s: all %d sequences (max_sequences) are live, cannot fork sequence %d", what,
+            table->max_sequences, parent_seq_id);
     /* The child's id is the heap top; reserve its page list before taking the id. */
     int32_t id = table->free_seq_ids.items[0];
     const pt_sequence *parent = &table->sequences[parent_seq_id];
@@ -320,7 +338,7 @@ flp_status flp_page_table_fork(flp_page_table *table, int32_t parent_seq_id,
 flp_status flp_page_table_free_sequence(flp_page_table *table, int32_t seq_id) {
     if (!table)
         return FLP_ERROR_INVALID_ARGUMENT;
-    pt_clear_error(table);
+    flp_page_table_clear_error(table);
     flp_status st = check_sequence(table, "flp_page_table_free_sequence", seq_id);
     if (st != FLP_OK)
         return st;
@@ -340,12 +358,13 @@ flp_status flp_page_table_sequence_length(const flp_page_table *table, int32_t s
     static const char what[] = "flp_page_table_sequence_length";
     if (!table)
         return FLP_ERROR_INVALID_ARGUMENT;
-    pt_clear_error(table);
+    flp_page_table_clear_error(table);
     flp_status st = check_sequence(table, what, seq_id);
     if (st != FLP_OK)
         return st;
     if (!num_tokens)
-        return pt_fail(table, FLP_ERROR_INVALID_ARGUMENT, "%s: num_tokens is NULL", what);
+        return flp_page_table_fail(table, FLP_ERROR_INVALID_ARGUMENT, "%s: num_tokens is NULL",
+                                   what);
     *num_tokens = table->sequences[seq_id].num_tokens;
     return FLP_OK;
 }
@@ -361,18 +380,18 @@ flp_status flp_page_table_locate(const flp_page_table *table, int32_t seq_id, in
     static const char what[] = "flp_page_table_locate";
     if (!table)
         return FLP_ERROR_INVALID_ARGUMENT;
-    pt_clear_error(table);
+    flp_page_table_clear_error(table);
     flp_status st = check_sequence(table, what, seq_id);
     if (st != FLP_OK)
         return st;
     const pt_sequence *seq = &table->sequences[seq_id];
     if (token < 0 || token >= seq->num_tokens)
-        return pt_fail(table, FLP_ERROR_INVALID_ARGUMENT,
-                       "%s: token %d out of range [0, %d) of sequence %d", what, token,
-                       seq->num_tokens, seq_id);
+        return flp_page_table_fail(table, FLP_ERROR_INVALID_ARGUMENT,
+                                   "%s: token %d out of range [0, %d) of sequence %d", what, token,
+                                   seq->num_tokens, seq_id);
     if (!page || !slot)
-        return pt_fail(table, FLP_ERROR_INVALID_ARGUMENT, "%s: %s is NULL", what,
-                       !page ? "page" : "slot");
+        return flp_page_table_fail(table, FLP_ERROR_INVALID_ARGUMENT, "%s: %s is NULL", what,
+                                   !page ? "page" : "slot");
     *page = seq->pages[token / table->page_size];
     *slot = token % table->page_size;
     return FLP_OK;
@@ -384,34 +403,39 @@ flp_status flp_page_table_export(const flp_page_table *table, const int32_t *seq
     static const char what[] = "flp_page_table_export";
     if (!table)
         return FLP_ERROR_INVALID_ARGUMENT;
-    pt_clear_error(table);
+    flp_page_table_clear_error(table);
     if (num_seqs < 0)
-        return pt_fail(table, FLP_ERROR_INVALID_ARGUMENT, "%s: num_seqs %d is negative", what,
-                       num_seqs);
+        return flp_page_table_fail(table, FLP_ERROR_INVALID_ARGUMENT, "%s: num_seqs %d is negative",
+                                   what, num_seqs);
     if (indices_capacity < 0)
-        return pt_fail(table, FLP_ERROR_INVALID_ARGUMENT, "%s: indices_capacity %d is negative",
-                       what, indices_capacity);
+        return flp_page_table_fail(table, FLP_ERROR_INVALID_ARGUMENT,
+                                   "%s: indices_capacity %d is negative", what, indices_capacity);
     if (!kv_indptr)
-        return pt_fail(table, FLP_ERROR_INVALID_ARGUMENT, "%s: kv_indptr is NULL", what);
+        return flp_page_table_fail(table, FLP_ERROR_INVALID_ARGUMENT, "%s: kv_indptr is NULL",
+                                   what);
     if (num_seqs > 0 && (!seq_ids || !kv_last_page_len))
-        return pt_fail(table, FLP_ERROR_INVALID_ARGUMENT, "%s: %s is NULL with num_seqs %d", what,
-                       !seq_ids ? "seq_ids" : "kv_last_page_len", num_seqs);
+        return flp_page_table_fail(table, FLP_ERROR_INVALID_ARGUMENT,
+                                   "%s: %s is NULL with num_seqs %d", what,
+                                   !seq_ids ? "seq_ids" : "kv_last_page_len", num_seqs);
     /* Validate every id and count the pages before writing anything. A sequence may be listed
      * more than once; its pages are then exported more than once. */
     int64_t total = 0;
     for (int32_t b = 0; b < num_seqs; b++) {
         if (seq_ids[b] < 0 || seq_ids[b] >= table->max_sequences ||
             !table->sequences[seq_ids[b]].live)
-            return pt_fail(table, FLP_ERROR_INVALID_ARGUMENT,
-                           "%s: seq_ids[%d] = %d is not a live sequence", what, b, seq_ids[b]);
+            return flp_page_table_fail(table, FLP_ERROR_INVALID_ARGUMENT,
+                                       "%s: seq_ids[%d] = %d is not a live sequence", what, b,
+                                       seq_ids[b]);
         total += table->sequences[seq_ids[b]].num_pages;
     }
     if (total > indices_capacity)
-        return pt_fail(table, FLP_ERROR_CAPACITY, "%s: %lld pages exceed indices_capacity %d", what,
-                       (long long)total, indices_capacity);
+        return flp_page_table_fail(table, FLP_ERROR_CAPACITY,
+                                   "%s: %lld pages exceed indices_capacity %d", what,
+                                   (long long)total, indices_capacity);
     if (total > 0 && !kv_indices)
-        return pt_fail(table, FLP_ERROR_INVALID_ARGUMENT, "%s: kv_indices is NULL with %lld pages",
-                       what, (long long)total);
+        return flp_page_table_fail(table, FLP_ERROR_INVALID_ARGUMENT,
+                                   "%s: kv_indices is NULL with %lld pages", what,
+                                   (long long)total);
 
     int32_t at = 0;
     kv_indptr[0] = 0;

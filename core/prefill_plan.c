@@ -71,10 +71,11 @@ static flp_status check_kv(flp_context *ctx, const flp_plan *plan, const flp_pre
 
 /* Query lengths against keys, and the custom-mask extent. */
 static flp_status check_rows(flp_context *ctx, const flp_prefill_plan_args *a,
-                             const int32_t *qo_len, const int32_t *kv_len, int64_t *mask_bytes) {
+                             const int32_t *qo_len, const int32_t *kv_len, bool rows_beyond_keys,
+                             int64_t *mask_bytes) {
     *mask_bytes = 0;
     for (int32_t b = 0; b < a->batch_size; b++) {
-        if (qo_len[b] > kv_len[b])
+        if (qo_len[b] > kv_len[b] && !rows_beyond_keys)
             return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
                             "%s: request %d has qo_len = %d > kv_len = %d (queries are the last "
                             "qo_len keys of their request)",
@@ -96,7 +97,8 @@ static flp_status check_rows(flp_context *ctx, const flp_prefill_plan_args *a,
 }
 
 static flp_status check_args(flp_context *ctx, const flp_plan *plan, const flp_prefill_plan_args *a,
-                             flp_prefill_batch *batch, int32_t *qo_len, int32_t *kv_len) {
+                             bool rows_beyond_keys, flp_prefill_batch *batch, int32_t *qo_len,
+                             int32_t *kv_len) {
     batch->args = a;
     batch->qo_len = qo_len;
     batch->kv_len = kv_len;
@@ -112,7 +114,7 @@ static flp_status check_args(flp_context *ctx, const flp_plan *plan, const flp_p
     status = check_kv(ctx, plan, a, kv_len, &batch->max_page_id);
     if (status != FLP_OK)
         return status;
-    return check_rows(ctx, a, qo_len, kv_len, &batch->mask_bytes);
+    return check_rows(ctx, a, qo_len, kv_len, rows_beyond_keys, &batch->mask_bytes);
 }
 
 #define PF_I32(region, field)                                                                      \
@@ -273,10 +275,10 @@ flp_status flp_prefill_region_plan(flp_context *ctx, const char *fn, flp_plan *p
     return FLP_OK;
 }
 
-flp_status flp_prefill_plan(flp_context *ctx, flp_plan *plan, const flp_prefill_plan_args *args) {
-    flp_status status = flp_plan_check_call(ctx, FN, plan, args);
-    if (status != FLP_OK)
-        return status;
+/* flp_prefill_plan after the handle checks. */
+static flp_status plan_batch(flp_context *ctx, flp_plan *plan, const flp_prefill_plan_args *args,
+                             bool rows_beyond_keys) {
+    flp_status status;
     if (plan->prefill.max_qo_rows == 0)
         return flp_fail(ctx, FLP_ERROR_CAPACITY,
                         "%s: the plan was created with max_qo_rows = 0 (decode only)", FN);
@@ -297,9 +299,21 @@ flp_status flp_prefill_plan(flp_context *ctx, flp_plan *plan, const flp_prefill_
                         "%s: out of host memory for %zu bytes of scratch", FN, bytes);
     int32_t *qo_len = (int32_t *)scratch, *kv_len = qo_len + batch;
     flp_prefill_batch pb;
-    status = check_args(ctx, plan, args, &pb, qo_len, kv_len);
+    status = check_args(ctx, plan, args, rows_beyond_keys, &pb, qo_len, kv_len);
     if (status == FLP_OK)
         status = flp_prefill_region_plan(ctx, FN, plan, &plan->prefill, &pb, scratch + lens);
     flp_free(scratch);
     return status;
+}
+
+flp_status flp_prefill_plan_internal(flp_context *ctx, flp_plan *plan,
+                                     const flp_prefill_plan_args *args, bool rows_beyond_keys) {
+    return plan_batch(ctx, plan, args, rows_beyond_keys);
+}
+
+flp_status flp_prefill_plan(flp_context *ctx, flp_plan *plan, const flp_prefill_plan_args *args) {
+    flp_status status = flp_plan_check_call(ctx, FN, plan, args);
+    if (status != FLP_OK)
+        return status;
+    return plan_batch(ctx, plan, args, false);
 }

@@ -32,4 +32,11 @@ flp_status flp_prefill_region_plan(flp_context *ctx, const char *fn, flp_plan *p
 void flp_prefill_region_launch(const flp_plan *plan, const flp_prefill_region *r,
                                const flp_prefill_run_args *args, flp_prefill_launch *launch);
 
+/* flp_prefill_plan for a caller inside the library that has checked the handles (cascade levels,
+ * block-sparse rows). rows_beyond_keys: a request may have more query rows than keys, for a
+ * caller whose variant gives rows no position (mask NONE or a custom mask it built, no window,
+ * RoPE or ALiBi): every row sees its request's keys, as the mask allows. */
+flp_status flp_prefill_plan_internal(flp_context *ctx, flp_plan *plan,
+                                     const flp_prefill_plan_args *args, bool rows_beyond_keys);
+
 #endif /* FLP_CORE_PREFILL_REGION_H */

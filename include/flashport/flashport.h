@@ -483,6 +483,95 @@ typedef struct flp_merge_states_args {
 
 FLP_API flp_status flp_merge_states(flp_context *ctx, const flp_merge_states_args *args);
 
+/* ---- cascade (shared-prefix) attention ------------------------------------------------- */
+
+/* Attention over KV split into levels (docs/api.md, "Cascade"): level l holds num_groups KV
+ * sets, each a paged KV of its own pages, and gives each group a contiguous range of query rows
+ * (every row belongs to one group of every level). Row r attends the concatenation of its groups'
+ * keys, level 0 first: e.g. level 0, one system prompt shared by every request; level 1, a prefix
+ * per group of requests; level 2, each request's own tokens. Each level runs as one batch over its
+ * groups (a shared prefix is read once for all the rows that share it) and the levels' states are
+ * merged by their LSE, in level order. Positions matter only in the last level: FLP_MASK_CAUSAL
+ * applies there, row i of a group sitting at kv_len - qo_len + i of that group's keys, and every
+ * earlier level is seen whole. */
+#define FLP_CASCADE_MAX_LEVELS 8
+
+typedef struct flp_cascade_level_desc {
+    int32_t max_groups; /* groups (KV sets) of the level, > 0 */
+    int32_t max_pages;  /* capacity of the level's kv_indices, > 0 */
+    /* true: every group of the level has exactly one query row (a decode step over each
+     * request's own tokens), and the level runs on the decode kernel (flp_decode_*); false:
+     * any rows per group, on the prefill kernel. Fixed at creation, so that re-plans launch the
+     * same kernels (CUDA graphs). */
+    bool one_row_per_group;
+} flp_cascade_level_desc;
+
+typedef struct flp_cascade_desc {
+    int32_t num_levels;  /* 1..FLP_CASCADE_MAX_LEVELS; every plan gives this many */
+    int32_t max_qo_rows; /* query rows of a batch, > 0 */
+    int32_t num_qo_heads, num_kv_heads, head_dim;          /* as flp_plan_desc */
+    flp_cascade_level_desc levels[FLP_CASCADE_MAX_LEVELS]; /* [num_levels] */
+    /* Optional caller workspace, as flp_plan_desc: bytes [workspace_offset, workspace_offset +
+     * flp_cascade_workspace_size) (the levels' plans and the per-level states). */
+    flp_buffer *workspace;
+    size_t workspace_offset; /* multiple of 256 */
+} flp_cascade_desc;
+
+/* Not thread-safe; like a plan, re-planning within the capacities keeps every launch and
+ * address, so a captured CUDA graph or a recorded Vulkan command buffer stays valid. */
+typedef struct flp_cascade flp_cascade;
+
+FLP_API flp_status flp_cascade_workspace_size(flp_context *ctx, const flp_cascade_desc *desc,
+                                              size_t *bytes);
+FLP_API flp_status flp_cascade_create(flp_context *ctx, const flp_cascade_desc *desc,
+                                      flp_cascade **out);
+/* Accepts NULL. Does not wait, as flp_plan_destroy. */
+FLP_API void flp_cascade_destroy(flp_cascade *cascade);
+
+/* One level of a batch: its groups' query rows and page table (host arrays). */
+typedef struct flp_cascade_level {
+    int32_t num_groups;       /* 1..max_groups */
+    const int32_t *qo_indptr; /* [num_groups + 1]: 0 .. num_rows, non-decreasing */
+    const int32_t *kv_indptr; /* [num_groups + 1] page indptr, as flp_decode_plan_args */
+    /* [kv_indptr[num_groups]] host page ids, or NULL: each run passes them
+     * (flp_cascade_run_args.kv_indices[level]) */
+    const int32_t *kv_indices;
+    const int32_t *kv_last_page_len; /* [num_groups], 1..page_size for groups with pages */
+} flp_cascade_level;
+
+typedef struct flp_cascade_plan_args {
+    int32_t num_rows; /* query rows of the batch, 1..max_qo_rows */
+    int32_t page_size;
+    flp_kv_layout kv_layout;                          /* one K/V pool for every level */
+    flp_cascade_level levels[FLP_CASCADE_MAX_LEVELS]; /* [num_levels] */
+    /* mask NONE or CAUSAL; RoPE, ALiBi, the sliding window and custom masks depend on absolute
+     * positions, which a shared level's rows do not share: FLP_ERROR_UNSUPPORTED (rotate q and k
+     * before, as serving engines do). */
+    flp_variant variant;
+} flp_cascade_plan_args;
+
+/* Validates everything (as flp_prefill_plan and flp_decode_plan do, per level) and plans every
+ * level; uploads as they do (CUDA: stream-ordered, refused during a capture). On failure the
+ * cascade holds no plan. */
+FLP_API flp_status flp_cascade_plan(flp_context *ctx, flp_cascade *cascade,
+                                    const flp_cascade_plan_args *args);
+
+typedef struct flp_cascade_run_args {
+    flp_tensor q;          /* [num_rows, num_qo_heads, head_dim], q_dtype */
+    flp_tensor k_cache;    /* NHD [pages, page_size, num_kv_heads, head_dim] or HND, kv_dtype */
+    flp_tensor v_cache;    /* same shape and dtype as k_cache */
+    flp_tensor out;        /* same shape as q, q_dtype */
+    const flp_tensor *lse; /* optional [num_rows, num_qo_heads] f32 */
+    /* per level planned with kv_indices = NULL: its page ids (1-D I32); else NULL */
+    const flp_tensor *kv_indices[FLP_CASCADE_MAX_LEVELS];
+} flp_cascade_run_args;
+
+/* Queues every level's attention and the merge of their states. Allocates nothing,
+ * synchronises nothing. out and lse must not overlap an input, each other or the cascade's
+ * memory. */
+FLP_API flp_status flp_cascade_run(flp_context *ctx, const flp_cascade *cascade,
+                                   const flp_cascade_run_args *args);
+
 /* ---- appending new K/V rows to a paged cache ------------------------------------------- */
 
 /* Writes row r of k/v (new tokens) into the paged caches at the slot of token positions[r] of
@@ -549,6 +638,29 @@ FLP_API flp_status flp_page_table_locate(const flp_page_table *table, int32_t se
 FLP_API flp_status flp_page_table_export(const flp_page_table *table, const int32_t *seq_ids,
                                          int32_t num_seqs, int32_t *kv_indptr, int32_t *kv_indices,
                                          int32_t indices_capacity, int32_t *kv_last_page_len);
+
+/* Caller-owned arrays for one level of flp_page_table_export_cascade. */
+typedef struct flp_cascade_export_level {
+    int32_t *qo_indptr;        /* [num_seqs + 1] */
+    int32_t *kv_indptr;        /* [num_seqs + 1] */
+    int32_t *kv_indices;       /* [indices_capacity] */
+    int32_t indices_capacity;  /* >= 0 */
+    int32_t *kv_last_page_len; /* [num_seqs] */
+} flp_cascade_export_level;
+
+/* The num_levels levels of a cascade over seq_ids[num_seqs], from the pages they share by
+ * id, as flp_page_table_fork leaves them (docs/api.md, "Cascade from a page table"). Sequence i
+ * has qo_lens[i] query rows (NULL: 1 each), its last qo_lens[i] tokens; rows follow the
+ * sequences' order. Consecutive sequences that share whole pages before their first query token
+ * share them in levels 0 .. num_levels - 2, the widest sharing first; the last level has one
+ * group per sequence with the rest of its pages (a decode batch: one row per group). levels
+ * [num_levels] gets the result, pointing into storage[num_levels]; page_size of the plan args
+ * is the table's. FLP_ERROR_CAPACITY when a level's pages exceed its indices_capacity. */
+FLP_API flp_status flp_page_table_export_cascade(const flp_page_table *table,
+                                                 const int32_t *seq_ids, int32_t num_seqs,
+                                                 const int32_t *qo_lens, int32_t num_levels,
+                                                 const flp_cascade_export_level *storage,
+                                                 flp_cascade_level *levels);
 
 #ifdef __cplusplus
 }
