@@ -416,14 +416,19 @@ flp_status flp_plan_check_upload(flp_context *ctx, const char *fn) {
     return status;
 }
 
-flp_status flp_plan_upload(flp_context *ctx, const char *fn, const flp_plan *plan, size_t offset,
-                           const void *src, size_t size) {
+flp_status flp_buffer_upload(flp_context *ctx, const char *fn, flp_buffer *buffer, size_t offset,
+                             const void *src, size_t size) {
     flp_status status = FLP_OK;
     if (!ctx->ops->plan_upload)
-        status = flp_buffer_write(ctx, plan->buffer, offset, src, size);
+        status = flp_buffer_write(ctx, buffer, offset, src, size);
     else if (size > 0)
-        status = ctx->ops->plan_upload(ctx, plan->buffer, offset, src, size);
+        status = ctx->ops->plan_upload(ctx, buffer, offset, src, size);
     if (status != FLP_OK)
         flp_error_prefix(ctx, fn);
     return status;
+}
+
+flp_status flp_plan_upload(flp_context *ctx, const char *fn, const flp_plan *plan, size_t offset,
+                           const void *src, size_t size) {
+    return flp_buffer_upload(ctx, fn, plan->buffer, offset, src, size);
 }

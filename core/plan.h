@@ -118,6 +118,10 @@ flp_status flp_plan_check_upload(flp_context *ctx, const char *fn);
 flp_status flp_plan_upload(flp_context *ctx, const char *fn, const flp_plan *plan, size_t offset,
                            const void *src, size_t size);
 
+/* The same into any buffer of the context (memory a plan-like object owns). */
+flp_status flp_buffer_upload(flp_context *ctx, const char *fn, flp_buffer *buffer, size_t offset,
+                             const void *src, size_t size);
+
 /* The prologue of every plan/run entry point: clears the last error, checks the handles. */
 flp_status flp_plan_check_call(flp_context *ctx, const char *fn, const flp_plan *plan,
                                const void *args);

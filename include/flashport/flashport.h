@@ -572,6 +572,68 @@ typedef struct flp_cascade_run_args {
 FLP_API flp_status flp_cascade_run(flp_context *ctx, const flp_cascade *cascade,
                                    const flp_cascade_run_args *args);
 
+/* ---- block-sparse attention ------------------------------------------------------------ */
+
+/* Attention of M query rows over N keys where only some R x C blocks of the [M, N] score matrix
+ * are computed (docs/api.md, "Block-sparse attention"): a BSR matrix whose row block i (rows
+ * [i R, (i + 1) R)) keeps the column blocks indices[indptr[i] .. indptr[i + 1]) (keys [j C,
+ * (j + 1) C)), each optionally masked further by R x C bits. Runs on the paged prefill path with
+ * the column blocks as pages, so K/V are read once per row block that keeps them. */
+typedef struct flp_block_sparse_desc {
+    int32_t max_rows;                             /* query rows M, > 0 */
+    int32_t max_blocks;                           /* nonzero blocks, > 0 */
+    int32_t block_rows;                           /* R, 1..max_rows */
+    int32_t block_cols;                           /* C, 1..FLP_MAX_PAGE_SIZE */
+    int32_t num_qo_heads, num_kv_heads, head_dim; /* as flp_plan_desc */
+    /* optional caller workspace, as flp_plan_desc (flp_block_sparse_workspace_size bytes) */
+    flp_buffer *workspace;
+    size_t workspace_offset; /* multiple of 256 */
+} flp_block_sparse_desc;
+
+typedef struct flp_block_sparse flp_block_sparse;
+
+FLP_API flp_status flp_block_sparse_workspace_size(flp_context *ctx,
+                                                   const flp_block_sparse_desc *desc,
+                                                   size_t *bytes);
+FLP_API flp_status flp_block_sparse_create(flp_context *ctx, const flp_block_sparse_desc *desc,
+                                           flp_block_sparse **out);
+/* Accepts NULL. Does not wait, as flp_plan_destroy. */
+FLP_API void flp_block_sparse_destroy(flp_block_sparse *bsr);
+
+typedef struct flp_block_sparse_plan_args {
+    int32_t num_rows; /* M: 1..max_rows, a multiple of block_rows */
+    int32_t num_cols; /* N: keys, a multiple of block_cols */
+    /* [M / R + 1]: indptr[0] = 0, non-decreasing, indptr[M / R] <= max_blocks */
+    const int32_t *indptr;
+    /* [indptr[M / R]] column blocks, increasing within a row block, each < N / C */
+    const int32_t *indices;
+    /* optional [indptr[M / R] x R x C] bits, little-endian bit order: bit (b R + r) C + c keeps
+     * key c of block b for its row r; NULL keeps every key of the blocks */
+    const uint8_t *block_mask;
+    /* mask NONE or CAUSAL (key j kept for row i iff j <= N - M + i), the sliding window on the
+     * same positions, soft cap, sm_scale, fp8 KV; RoPE and ALiBi are refused
+     * (FLP_ERROR_UNSUPPORTED: rotate q and k before), as are custom masks (use block_mask). */
+    flp_variant variant;
+} flp_block_sparse_plan_args;
+
+/* Validates everything and uploads the partition and the expanded mask, as flp_prefill_plan
+ * (CUDA: stream-ordered, refused during a capture). On failure no plan is held. */
+FLP_API flp_status flp_block_sparse_plan(flp_context *ctx, flp_block_sparse *bsr,
+                                         const flp_block_sparse_plan_args *args);
+
+typedef struct flp_block_sparse_run_args {
+    flp_tensor q;          /* [M, num_qo_heads, head_dim], q_dtype */
+    flp_tensor k;          /* [N, num_kv_heads, head_dim], kv_dtype, last dimension contiguous */
+    flp_tensor v;          /* same shape and dtype as k */
+    flp_tensor out;        /* same shape as q */
+    const flp_tensor *lse; /* optional [M, num_qo_heads] f32 */
+} flp_block_sparse_run_args;
+
+/* Queues the attention. A row that keeps no key gets o = 0 and lse = -inf. Allocates nothing,
+ * synchronises nothing. */
+FLP_API flp_status flp_block_sparse_run(flp_context *ctx, const flp_block_sparse *bsr,
+                                        const flp_block_sparse_run_args *args);
+
 /* ---- appending new K/V rows to a paged cache ------------------------------------------- */
 
 /* Writes row r of k/v (new tokens) into the paged caches at the slot of token positions[r] of
