@@ -20,9 +20,15 @@ flp_status flp_check_batch_size(flp_context *ctx, const char *fn, int32_t batch_
 flp_status flp_check_indptr(flp_context *ctx, const char *fn, const char *name,
                             const int32_t *indptr, int32_t batch, int64_t limit,
                             const char *limit_name) {
+    return flp_check_indptr_from(ctx, fn, name, indptr, batch, limit, limit_name, false);
+}
+
+flp_status flp_check_indptr_from(flp_context *ctx, const char *fn, const char *name,
+                                 const int32_t *indptr, int32_t batch, int64_t limit,
+                                 const char *limit_name, bool any_start) {
     if (!indptr)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: %s is NULL", fn, name);
-    if (indptr[0] != 0)
+    if (any_start ? indptr[0] < 0 : indptr[0] != 0)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: %s[0] = %d must be 0", fn, name,
                         indptr[0]);
     for (int32_t b = 0; b < batch; b++)
@@ -68,8 +74,8 @@ flp_status flp_check_paged_kv(flp_context *ctx, const char *fn, const flp_paged_
     if (kv->layout != FLP_KV_LAYOUT_NHD && kv->layout != FLP_KV_LAYOUT_HND)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: kv_layout = %d is not NHD or HND", fn,
                         (int)kv->layout);
-    flp_status status = flp_check_indptr(ctx, fn, "kv_indptr", kv->kv_indptr, kv->batch_size,
-                                         kv->max_pages, "max_pages");
+    flp_status status = flp_check_indptr_from(ctx, fn, "kv_indptr", kv->kv_indptr, kv->batch_size,
+                                              kv->max_pages, "max_pages", kv->tail);
     if (status != FLP_OK)
         return status;
     if (!kv->kv_last_page_len)

@@ -23,6 +23,12 @@ flp_status flp_check_indptr(flp_context *ctx, const char *fn, const char *name,
                             const int32_t *indptr, int32_t batch, int64_t limit,
                             const char *limit_name);
 
+/* The same where any_start lets indptr[0] be any value >= 0 (the tail of a caller's batch,
+ * indexing its arrays in place). */
+flp_status flp_check_indptr_from(flp_context *ctx, const char *fn, const char *name,
+                                 const int32_t *indptr, int32_t batch, int64_t limit,
+                                 const char *limit_name, bool any_start);
+
 /* A paged KV cache as a plan call receives it (docs/design.md, "Paged KV"). */
 typedef struct flp_paged_kv_args {
     int32_t batch_size;
@@ -32,6 +38,9 @@ typedef struct flp_paged_kv_args {
     const int32_t *kv_indices;       /* [kv_indptr[batch_size]] page ids, >= 0; NULL: at run */
     const int32_t *kv_last_page_len; /* [batch_size] 1..page_size for requests with pages */
     int32_t max_pages;               /* the plan's capacity of kv_indices */
+    /* kv_indptr may start above 0: the tail of a larger batch, whose kv_indices (from entry 0)
+     * it indexes in place */
+    bool tail;
 } flp_paged_kv_args;
 
 /* Checks a paged KV (every field, with messages naming the argument, request or entry) and

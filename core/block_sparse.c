@@ -323,7 +323,8 @@ static flp_status plan_rows(flp_context *ctx, const char *fn, flp_block_sparse *
         .variant = v,
     };
     /* the positions are in the mask: a row block may have more rows than keys, or none */
-    flp_status status = flp_prefill_plan_internal(ctx, b->plan, &p, true);
+    const flp_prefill_plan_options o = {.rows_beyond_keys = true};
+    flp_status status = flp_prefill_plan_internal(ctx, b->plan, &p, &o);
     if (status != FLP_OK) {
         flp_error_prefix(ctx, fn);
         return status;

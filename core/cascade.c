@@ -315,7 +315,8 @@ static flp_status plan_level(flp_context *ctx, flp_cascade *c, int32_t l,
         .variant = v,
     };
     /* positions exist in the last level only, where a causal mask needs them */
-    return flp_prefill_plan_internal(ctx, plan, &p, v.mask == FLP_MASK_NONE);
+    const flp_prefill_plan_options o = {.rows_beyond_keys = v.mask == FLP_MASK_NONE};
+    return flp_prefill_plan_internal(ctx, plan, &p, &o);
 }
 
 flp_status flp_cascade_plan(flp_context *ctx, flp_cascade *c, const flp_cascade_plan_args *args) {

@@ -245,6 +245,7 @@ flp_status flp_decode_plan(flp_context *ctx, flp_plan *plan, const flp_decode_pl
     flp_status status = flp_plan_check_call(ctx, FN, plan, args);
     if (status != FLP_OK)
         return status;
+    plan->mixed_planned = false;
     status = flp_check_batch_size(ctx, FN, args->batch_size, plan->desc.max_batch_size);
     if (status != FLP_OK)
         return status;

@@ -89,6 +89,10 @@ struct flp_plan {
     flp_decode_kernel decode_kernel; /* resolved at creation: VECTOR or MATRIX */
     flp_prefill_region prefill;      /* flp_prefill_*; empty when max_qo_rows = 0 */
     flp_prefill_region decode_rows;  /* MATRIX decode: the decode batch as a prefill batch */
+    /* flp_mixed_plan: both partitions hold one mixed batch, whose first decode_rows rows are the
+     * decode partition's (1 when it holds a stand-in request, overwritten by the prefill) */
+    bool mixed_planned;
+    int32_t mixed_decode_rows;
 };
 
 /* A run's outputs must not overlap its inputs, each other, or the plan's own memory (a caller's

@@ -33,7 +33,7 @@ static flp_status check_variant(flp_context *ctx, const flp_plan *plan,
 
 /* Keys of each request into kv_len[batch] and, paged, the largest page id into *max_page_id. */
 static flp_status check_kv(flp_context *ctx, const flp_plan *plan, const flp_prefill_plan_args *a,
-                           int32_t *kv_len, int32_t *max_page_id) {
+                           bool tail, int32_t *kv_len, int32_t *max_page_id) {
     int32_t batch = a->batch_size;
     *max_page_id = -1;
     if (a->kv_storage == FLP_KV_RAGGED) {
@@ -65,6 +65,7 @@ static flp_status check_kv(flp_context *ctx, const flp_plan *plan, const flp_pre
         .kv_indices = a->kv_indices,
         .kv_last_page_len = a->kv_last_page_len,
         .max_pages = plan->desc.max_pages,
+        .tail = tail,
     };
     return flp_check_paged_kv(ctx, FN, &kv, kv_len, max_page_id);
 }
@@ -97,24 +98,24 @@ static flp_status check_rows(flp_context *ctx, const flp_prefill_plan_args *a,
 }
 
 static flp_status check_args(flp_context *ctx, const flp_plan *plan, const flp_prefill_plan_args *a,
-                             bool rows_beyond_keys, flp_prefill_batch *batch, int32_t *qo_len,
-                             int32_t *kv_len) {
+                             const flp_prefill_plan_options *o, flp_prefill_batch *batch,
+                             int32_t *qo_len, int32_t *kv_len) {
     batch->args = a;
     batch->qo_len = qo_len;
     batch->kv_len = kv_len;
     flp_status status = check_variant(ctx, plan, a, &batch->variant);
     if (status != FLP_OK)
         return status;
-    status = flp_check_indptr(ctx, FN, "qo_indptr", a->qo_indptr, a->batch_size,
-                              plan->prefill.max_qo_rows, "max_qo_rows");
+    status = flp_check_indptr_from(ctx, FN, "qo_indptr", a->qo_indptr, a->batch_size,
+                                   plan->prefill.max_qo_rows, "max_qo_rows", o->tail);
     if (status != FLP_OK)
         return status;
     for (int32_t b = 0; b < a->batch_size; b++)
         qo_len[b] = a->qo_indptr[b + 1] - a->qo_indptr[b];
-    status = check_kv(ctx, plan, a, kv_len, &batch->max_page_id);
+    status = check_kv(ctx, plan, a, o->tail, kv_len, &batch->max_page_id);
     if (status != FLP_OK)
         return status;
-    return check_rows(ctx, a, qo_len, kv_len, rows_beyond_keys, &batch->mask_bytes);
+    return check_rows(ctx, a, qo_len, kv_len, o->rows_beyond_keys, &batch->mask_bytes);
 }
 
 #define PF_I32(region, field)                                                                      \
@@ -277,7 +278,7 @@ flp_status flp_prefill_region_plan(flp_context *ctx, const char *fn, flp_plan *p
 
 /* flp_prefill_plan after the handle checks. */
 static flp_status plan_batch(flp_context *ctx, flp_plan *plan, const flp_prefill_plan_args *args,
-                             bool rows_beyond_keys) {
+                             const flp_prefill_plan_options *options) {
     flp_status status;
     if (plan->prefill.max_qo_rows == 0)
         return flp_fail(ctx, FLP_ERROR_CAPACITY,
@@ -299,7 +300,7 @@ static flp_status plan_batch(flp_context *ctx, flp_plan *plan, const flp_prefill
                         "%s: out of host memory for %zu bytes of scratch", FN, bytes);
     int32_t *qo_len = (int32_t *)scratch, *kv_len = qo_len + batch;
     flp_prefill_batch pb;
-    status = check_args(ctx, plan, args, rows_beyond_keys, &pb, qo_len, kv_len);
+    status = check_args(ctx, plan, args, options, &pb, qo_len, kv_len);
     if (status == FLP_OK)
         status = flp_prefill_region_plan(ctx, FN, plan, &plan->prefill, &pb, scratch + lens);
     flp_free(scratch);
@@ -307,13 +308,16 @@ static flp_status plan_batch(flp_context *ctx, flp_plan *plan, const flp_prefill
 }
 
 flp_status flp_prefill_plan_internal(flp_context *ctx, flp_plan *plan,
-                                     const flp_prefill_plan_args *args, bool rows_beyond_keys) {
-    return plan_batch(ctx, plan, args, rows_beyond_keys);
+                                     const flp_prefill_plan_args *args,
+                                     const flp_prefill_plan_options *options) {
+    return plan_batch(ctx, plan, args, options);
 }
 
 flp_status flp_prefill_plan(flp_context *ctx, flp_plan *plan, const flp_prefill_plan_args *args) {
     flp_status status = flp_plan_check_call(ctx, FN, plan, args);
     if (status != FLP_OK)
         return status;
-    return plan_batch(ctx, plan, args, false);
+    plan->mixed_planned = false;
+    const flp_prefill_plan_options plain = {0};
+    return plan_batch(ctx, plan, args, &plain);
 }

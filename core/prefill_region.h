@@ -32,11 +32,24 @@ flp_status flp_prefill_region_plan(flp_context *ctx, const char *fn, flp_plan *p
 void flp_prefill_region_launch(const flp_plan *plan, const flp_prefill_region *r,
                                const flp_prefill_run_args *args, flp_prefill_launch *launch);
 
-/* flp_prefill_plan for a caller inside the library that has checked the handles (cascade levels,
- * block-sparse rows). rows_beyond_keys: a request may have more query rows than keys, for a
- * caller whose variant gives rows no position (mask NONE or a custom mask it built, no window,
- * RoPE or ALiBi): every row sees its request's keys, as the mask allows. */
+/* flp_prefill_run's checks of args against the plan's prefill partition (fn names the call). */
+flp_status flp_prefill_check_run(flp_context *ctx, const char *fn, const flp_plan *plan,
+                                 const flp_prefill_run_args *args);
+
+/* What a caller inside the library may ask of a prefill plan beyond flp_prefill_plan. */
+typedef struct flp_prefill_plan_options {
+    /* a request may have more query rows than keys, for a caller whose variant gives rows no
+     * position (mask NONE or a custom mask it built, no window, RoPE or ALiBi): every row sees
+     * its request's keys, as the mask allows (cascade levels, block-sparse rows) */
+    bool rows_beyond_keys;
+    /* the batch is the tail of the caller's: qo_indptr and kv_indptr may start above 0 and index
+     * the caller's rows and page ids in place (mixed batches) */
+    bool tail;
+} flp_prefill_plan_options;
+
+/* flp_prefill_plan for a caller inside the library that has checked the handles. */
 flp_status flp_prefill_plan_internal(flp_context *ctx, flp_plan *plan,
-                                     const flp_prefill_plan_args *args, bool rows_beyond_keys);
+                                     const flp_prefill_plan_args *args,
+                                     const flp_prefill_plan_options *options);
 
 #endif /* FLP_CORE_PREFILL_REGION_H */

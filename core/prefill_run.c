@@ -69,8 +69,8 @@ static flp_status check_mask(flp_context *ctx, const char *fn, const flp_plan *p
     return FLP_OK;
 }
 
-static flp_status check_run_tensors(flp_context *ctx, const char *fn, const flp_plan *plan,
-                                    const flp_prefill_run_args *a) {
+flp_status flp_prefill_check_run(flp_context *ctx, const char *fn, const flp_plan *plan,
+                                 const flp_prefill_run_args *a) {
     const flp_prefill_state *st = &plan->prefill.state;
     const flp_plan_desc *d = &plan->desc;
     flp_tensor_expect q = {
@@ -174,7 +174,7 @@ flp_status flp_prefill_run(flp_context *ctx, const flp_plan *plan,
     if (!plan->prefill.state.planned)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
                         "%s: the plan holds no prefill plan (call flp_prefill_plan first)", fn);
-    status = check_run_tensors(ctx, fn, plan, args);
+    status = flp_prefill_check_run(ctx, fn, plan, args);
     if (status != FLP_OK)
         return status;
     flp_prefill_launch launch;

@@ -437,6 +437,22 @@ typedef struct flp_single_prefill_args {
 
 FLP_API flp_status flp_single_prefill(flp_context *ctx, const flp_single_prefill_args *args);
 
+/* ---- mixed batches ---------------------------------------------------------------------- */
+
+/* One serving step that mixes decode requests (one query row) with prefill chunks (append over
+ * the cache), planned and run with one call each on one plan, which holds a decode and a prefill
+ * partition (docs/api.md, "Mixed batches"). The arguments are flp_prefill_plan's and
+ * flp_prefill_run's, over a paged cache. The leading requests of one query row run on the decode
+ * kernel, the others on the prefill kernel: put the decode requests first. With a custom mask
+ * every request runs on the prefill kernel. The plan needs max_qo_rows > 0; flp_decode_plan or
+ * flp_prefill_plan on it afterwards replaces the mixed plan. Every re-plan keeps the launches and
+ * addresses (both kernels always run), so a captured CUDA graph stays valid. */
+FLP_API flp_status flp_mixed_plan(flp_context *ctx, flp_plan *plan,
+                                  const flp_prefill_plan_args *args);
+/* Queues both kernels (decode first). Allocates nothing, synchronises nothing. */
+FLP_API flp_status flp_mixed_run(flp_context *ctx, const flp_plan *plan,
+                                 const flp_prefill_run_args *args);
+
 /* ---- merging attention states ---------------------------------------------------------- */
 
 /* The attention of `rows` query rows and num_heads heads over one set of keys, as flp_*_run
