@@ -4,6 +4,7 @@
  * built on the host at plan time (docs/api.md, "Block-sparse attention"). */
 #include "core/alloc.h"
 #include "core/batch_args.h"
+#include "core/object_memory.h"
 #include "core/plan.h"
 #include "core/prefill_region.h"
 #include "core/tensor.h"
@@ -11,18 +12,17 @@
 
 #include <string.h>
 
-#define BSR_ALIGN 256
+/* The mask starts on this, after the plan's region. */
+#define BSR_ALIGN FLP_WORKSPACE_ALIGN
 
 struct flp_block_sparse {
     flp_context *ctx;
     flp_block_sparse_desc desc;
-    flp_buffer *buffer; /* the object's own or the caller's workspace */
-    bool owns_buffer;
-    size_t base;          /* byte offset of the object's region in buffer */
-    size_t mask_offset;   /* from base: the expanded mask */
-    size_t mask_capacity; /* bytes */
-    size_t total;         /* bytes of the region */
-    flp_plan *plan;       /* its region at base */
+    flp_object_memory mem; /* the object's region: its own buffer or the caller's workspace */
+    size_t mask_offset;    /* from base: the expanded mask */
+    size_t mask_capacity;  /* bytes */
+    size_t total;          /* bytes of the region */
+    flp_plan *plan;        /* its region at base */
     /* what the last plan decided */
     bool planned;
     int32_t num_rows, num_cols;
@@ -46,14 +46,7 @@ static flp_status check_desc(flp_context *ctx, const char *fn, const flp_block_s
     if (d->block_cols < 1 || d->block_cols > FLP_MAX_PAGE_SIZE)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: block_cols = %d must be in 1..%d", fn,
                         d->block_cols, FLP_MAX_PAGE_SIZE);
-    if (d->workspace && d->workspace->ctx != ctx)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: workspace belongs to another context",
-                        fn);
-    if (d->workspace && d->workspace_offset % BSR_ALIGN != 0)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                        "%s: workspace_offset = %zu is not a multiple of %d", fn,
-                        d->workspace_offset, BSR_ALIGN);
-    return FLP_OK;
+    return flp_check_workspace(ctx, fn, d->workspace, d->workspace_offset);
 }
 
 static int32_t max_row_blocks(const flp_block_sparse_desc *d) {
@@ -110,26 +103,6 @@ flp_status flp_block_sparse_workspace_size(flp_context *ctx, const flp_block_spa
     return status;
 }
 
-static flp_status attach_memory(flp_context *ctx, const char *fn, flp_block_sparse *b) {
-    flp_buffer *ws = b->desc.workspace;
-    if (!ws) {
-        flp_buffer_desc bd = {.size = b->total};
-        flp_status status = flp_buffer_create(ctx, &bd, &b->buffer);
-        b->owns_buffer = status == FLP_OK;
-        return status;
-    }
-    size_t offset = b->desc.workspace_offset;
-    size_t available = ws->size > offset ? ws->size - offset : 0;
-    if (available < b->total)
-        return flp_fail(ctx, FLP_ERROR_CAPACITY,
-                        "%s: workspace has %zu bytes after offset %zu, the block-sparse plan "
-                        "needs %zu (flp_block_sparse_workspace_size)",
-                        fn, available, offset, b->total);
-    b->buffer = ws;
-    b->base = offset;
-    return FLP_OK;
-}
-
 flp_status flp_block_sparse_create(flp_context *ctx, const flp_block_sparse_desc *desc,
                                    flp_block_sparse **out) {
     static const char *fn = "flp_block_sparse_create";
@@ -149,11 +122,13 @@ flp_status flp_block_sparse_create(flp_context *ctx, const flp_block_sparse_desc
     b->desc = *desc;
     status = compute_layout(ctx, fn, b);
     if (status == FLP_OK)
-        status = attach_memory(ctx, fn, b);
+        status = flp_object_memory_attach(ctx, fn, desc->workspace, desc->workspace_offset,
+                                          b->total, "the block-sparse plan",
+                                          "flp_block_sparse_workspace_size", &b->mem);
     if (status == FLP_OK) {
         flp_plan_desc p = plan_desc(desc);
-        p.workspace = b->buffer;
-        p.workspace_offset = b->base;
+        p.workspace = b->mem.buffer;
+        p.workspace_offset = b->mem.base;
         if ((status = flp_plan_create(ctx, &p, &b->plan)) != FLP_OK)
             flp_error_prefix(ctx, fn);
     }
@@ -169,8 +144,7 @@ void flp_block_sparse_destroy(flp_block_sparse *b) {
     if (!b)
         return;
     flp_plan_destroy(b->plan);
-    if (b->owns_buffer)
-        flp_buffer_destroy(b->buffer);
+    flp_object_memory_release(&b->mem);
     flp_free(b);
 }
 
@@ -178,15 +152,7 @@ void flp_block_sparse_destroy(flp_block_sparse *b) {
 
 static flp_status check_call(flp_context *ctx, const char *fn, const flp_block_sparse *b,
                              const void *args) {
-    if (!ctx)
-        return FLP_ERROR_INVALID_ARGUMENT;
-    flp_clear_error(ctx);
-    if (!b || !args)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: %s is NULL", fn, !b ? "bsr" : "args");
-    if (b->ctx != ctx)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                        "%s: the block-sparse plan belongs to another context", fn);
-    return FLP_OK;
+    return flp_check_object_call(ctx, fn, "bsr", b, b ? b->ctx : NULL, args);
 }
 
 static flp_status check_variant(flp_context *ctx, const char *fn, const flp_variant *v) {
@@ -330,8 +296,8 @@ static flp_status plan_rows(flp_context *ctx, const char *fn, flp_block_sparse *
         return status;
     }
     if (bytes > 0)
-        status =
-            flp_buffer_upload(ctx, fn, b->buffer, b->base + b->mask_offset, s->bits, (size_t)bytes);
+        status = flp_buffer_upload(ctx, fn, b->mem.buffer, b->mem.base + b->mask_offset, s->bits,
+                                   (size_t)bytes);
     return status;
 }
 
@@ -411,8 +377,8 @@ flp_status flp_block_sparse_run(flp_context *ctx, const flp_block_sparse *b,
     if ((status = flp_tensor_check(ctx, fn, &args->v, &kv)) != FLP_OK)
         return status;
     const flp_tensor k = as_pages(&args->k, d->block_cols), v = as_pages(&args->v, d->block_cols);
-    flp_tensor mask = flp_tensor_contiguous(b->buffer, b->base + b->mask_offset, FLP_DTYPE_U8, 1,
-                                            (const int64_t[]){b->mask_bytes});
+    flp_tensor mask = flp_tensor_contiguous(b->mem.buffer, b->mem.base + b->mask_offset,
+                                            FLP_DTYPE_U8, 1, (const int64_t[]){b->mask_bytes});
     flp_prefill_run_args p = {
         .q = args->q,
         .k = k,

@@ -4,6 +4,7 @@
  * decode partition of its own flp_plan, the merge is flp_merge_states. */
 #include "core/alloc.h"
 #include "core/batch_args.h"
+#include "core/object_memory.h"
 #include "core/plan.h"
 #include "core/prefill_region.h"
 #include "core/tensor.h"
@@ -12,7 +13,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#define CASCADE_ALIGN 256
+/* Each level's plan region starts on this (flp_plan_desc.workspace_offset's rule). */
+#define CASCADE_ALIGN FLP_WORKSPACE_ALIGN
 
 /* The levels' states, row-major [rows, level, head, dim]: flp_merge_states with states_per_row =
  * num_levels folds each row's levels in level order. Queries and outputs are 16-bit. */
@@ -21,9 +23,7 @@
 struct flp_cascade {
     flp_context *ctx;
     flp_cascade_desc desc;
-    flp_buffer *buffer; /* the cascade's own or the caller's workspace */
-    bool owns_buffer;
-    size_t base;                                /* byte offset of the cascade's region */
+    flp_object_memory mem; /* the cascade's region: its own buffer or the caller's workspace */
     size_t plan_offset[FLP_CASCADE_MAX_LEVELS]; /* [num_levels] from base */
     size_t states_o, states_lse;                /* from base */
     size_t total;                               /* bytes of the region */
@@ -57,14 +57,7 @@ static flp_status check_desc(flp_context *ctx, const char *fn, const flp_cascade
                             "max_qo_rows = %d",
                             fn, l, level->max_groups, d->max_qo_rows);
     }
-    if (d->workspace && d->workspace->ctx != ctx)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: workspace belongs to another context",
-                        fn);
-    if (d->workspace && d->workspace_offset % CASCADE_ALIGN != 0)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                        "%s: workspace_offset = %zu is not a multiple of %d", fn,
-                        d->workspace_offset, CASCADE_ALIGN);
-    return FLP_OK;
+    return flp_check_workspace(ctx, fn, d->workspace, d->workspace_offset);
 }
 
 /* Level l's plan capacities (workspace set by the caller). */
@@ -128,31 +121,11 @@ flp_status flp_cascade_workspace_size(flp_context *ctx, const flp_cascade_desc *
     return status;
 }
 
-static flp_status attach_memory(flp_context *ctx, const char *fn, flp_cascade *c) {
-    flp_buffer *ws = c->desc.workspace;
-    if (!ws) {
-        flp_buffer_desc bd = {.size = c->total};
-        flp_status status = flp_buffer_create(ctx, &bd, &c->buffer);
-        c->owns_buffer = status == FLP_OK;
-        return status;
-    }
-    size_t offset = c->desc.workspace_offset;
-    size_t available = ws->size > offset ? ws->size - offset : 0;
-    if (available < c->total)
-        return flp_fail(ctx, FLP_ERROR_CAPACITY,
-                        "%s: workspace has %zu bytes after offset %zu, the cascade needs %zu "
-                        "(flp_cascade_workspace_size)",
-                        fn, available, offset, c->total);
-    c->buffer = ws;
-    c->base = offset;
-    return FLP_OK;
-}
-
 static flp_status create_levels(flp_context *ctx, const char *fn, flp_cascade *c) {
     for (int32_t l = 0; l < c->desc.num_levels; l++) {
         flp_plan_desc p = level_plan_desc(&c->desc, l);
-        p.workspace = c->buffer;
-        p.workspace_offset = c->base + c->plan_offset[l];
+        p.workspace = c->mem.buffer;
+        p.workspace_offset = c->mem.base + c->plan_offset[l];
         flp_status status = flp_plan_create(ctx, &p, &c->levels[l]);
         if (status != FLP_OK) {
             char what[64];
@@ -182,7 +155,9 @@ flp_status flp_cascade_create(flp_context *ctx, const flp_cascade_desc *desc, fl
     c->desc = *desc;
     status = compute_layout(ctx, fn, c);
     if (status == FLP_OK)
-        status = attach_memory(ctx, fn, c);
+        status =
+            flp_object_memory_attach(ctx, fn, desc->workspace, desc->workspace_offset, c->total,
+                                     "the cascade", "flp_cascade_workspace_size", &c->mem);
     if (status == FLP_OK)
         status = create_levels(ctx, fn, c);
     if (status != FLP_OK) {
@@ -198,8 +173,7 @@ void flp_cascade_destroy(flp_cascade *c) {
         return;
     for (int32_t l = 0; l < FLP_CASCADE_MAX_LEVELS; l++)
         flp_plan_destroy(c->levels[l]);
-    if (c->owns_buffer)
-        flp_buffer_destroy(c->buffer);
+    flp_object_memory_release(&c->mem);
     flp_free(c);
 }
 
@@ -207,16 +181,7 @@ void flp_cascade_destroy(flp_cascade *c) {
 
 static flp_status check_call(flp_context *ctx, const char *fn, const flp_cascade *c,
                              const void *args) {
-    if (!ctx)
-        return FLP_ERROR_INVALID_ARGUMENT;
-    flp_clear_error(ctx);
-    if (!c || !args)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: %s is NULL", fn,
-                        !c ? "cascade" : "args");
-    if (c->ctx != ctx)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: cascade belongs to another context",
-                        fn);
-    return FLP_OK;
+    return flp_check_object_call(ctx, fn, "cascade", c, c ? c->ctx : NULL, args);
 }
 
 /* What a shared level cannot give: positions (docs/api.md, "Cascade"). */
@@ -353,14 +318,14 @@ static flp_state level_state(const flp_cascade *c, int32_t l) {
     const flp_cascade_desc *d = &c->desc;
     const int64_t heads = d->num_qo_heads, dim = d->head_dim, levels = d->num_levels;
     flp_state s = {
-        .o = {.buf = c->buffer,
-              .offset = c->base + c->states_o + (size_t)(l * heads * dim) * STATE_ELEMENT_BYTES,
+        .o = {.buf = c->mem.buffer,
+              .offset = c->mem.base + c->states_o + (size_t)(l * heads * dim) * STATE_ELEMENT_BYTES,
               .dtype = c->q_dtype,
               .ndim = 3,
               .shape = {c->num_rows, heads, dim},
               .stride = {levels * heads * dim, dim, 1}},
-        .lse = {.buf = c->buffer,
-                .offset = c->base + c->states_lse + (size_t)(l * heads) * sizeof(float),
+        .lse = {.buf = c->mem.buffer,
+                .offset = c->mem.base + c->states_lse + (size_t)(l * heads) * sizeof(float),
                 .dtype = FLP_DTYPE_F32,
                 .ndim = 2,
                 .shape = {c->num_rows, heads},
@@ -400,8 +365,8 @@ static flp_status check_run_tensors(flp_context *ctx, const char *fn, const flp_
     const flp_named_tensor outputs[] = {{"out", &a->out}, {"lse", a->lse}};
     status = flp_tensor_check_disjoint(ctx, fn, outputs, 2, inputs, 3 + d->num_levels);
     for (int o = 0; o < 2 && status == FLP_OK; o++)
-        status = flp_tensor_check_outside(ctx, fn, &outputs[o], c->buffer, c->base,
-                                          c->base + c->total, "the cascade's memory");
+        status = flp_tensor_check_outside(ctx, fn, &outputs[o], c->mem.buffer, c->mem.base,
+                                          c->mem.base + c->total, "the cascade's memory");
     return status;
 }
 
@@ -462,10 +427,11 @@ flp_status flp_cascade_run(flp_context *ctx, const flp_cascade *c,
     const int64_t states = (int64_t)c->num_rows * levels;
     flp_merge_states_args m = {
         .states = {.o = flp_tensor_contiguous(
-                       c->buffer, c->base + c->states_o, c->q_dtype, 3,
+                       c->mem.buffer, c->mem.base + c->states_o, c->q_dtype, 3,
                        (const int64_t[]){states, d->num_qo_heads, d->head_dim}),
-                   .lse = flp_tensor_contiguous(c->buffer, c->base + c->states_lse, FLP_DTYPE_F32,
-                                                2, (const int64_t[]){states, d->num_qo_heads})},
+                   .lse = flp_tensor_contiguous(c->mem.buffer, c->mem.base + c->states_lse,
+                                                FLP_DTYPE_F32, 2,
+                                                (const int64_t[]){states, d->num_qo_heads})},
         .states_per_row = levels,
         .out = {.o = args->out},
     };

@@ -3,6 +3,7 @@
 #include "core/alloc.h"
 #include "core/backend.h"
 #include "core/batch_args.h"
+#include "core/object_memory.h"
 #include "core/prefill_schedule.h"
 #include "core/decode_schedule.h"
 #include "core/variant.h"
@@ -111,16 +112,7 @@ static flp_status check_desc(flp_context *ctx, const char *fn, const flp_plan_de
                         "%s: capacities too large (max_batch_size %d, num_qo_heads %d, "
                         "max_pages %d)",
                         fn, d->max_batch_size, d->num_qo_heads, d->max_pages);
-    if (d->workspace) {
-        if (d->workspace->ctx != ctx)
-            return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                            "%s: workspace belongs to another context", fn);
-        if (d->workspace_offset % PLAN_ALIGN != 0)
-            return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                            "%s: workspace_offset = %zu is not a multiple of %d", fn,
-                            d->workspace_offset, PLAN_ALIGN);
-    }
-    return FLP_OK;
+    return flp_check_workspace(ctx, fn, d->workspace, d->workspace_offset);
 }
 
 /* The grid and capacities of a prefill region of max_qo_rows rows (what = which partition, for
@@ -292,29 +284,14 @@ static flp_status alloc_mirrors(flp_context *ctx, const char *fn, flp_plan *plan
 
 /* Points the plan at the caller's workspace or allocates its own buffer. */
 static flp_status attach_memory(flp_context *ctx, const char *fn, flp_plan *plan) {
-    flp_buffer *ws = plan->desc.workspace;
-    if (!ws) {
-        flp_buffer_desc bd = {.size = plan->layout.total};
-        flp_status status = flp_buffer_create(ctx, &bd, &plan->buffer);
-        plan->owns_buffer = status == FLP_OK;
-        return status;
-    }
-    size_t offset = plan->desc.workspace_offset;
-    size_t available = ws->size > offset ? ws->size - offset : 0;
-    if (available < plan->layout.total)
-        return flp_fail(ctx, FLP_ERROR_CAPACITY,
-                        "%s: workspace has %zu bytes after offset %zu, the plan needs %zu "
-                        "(flp_plan_workspace_size)",
-                        fn, available, offset, plan->layout.total);
-    /* the kernels read plan memory 16 bytes at a time (a wrapped buffer may start anywhere) */
-    if ((ws->device_address + offset) % 16 != 0)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                        "%s: workspace + workspace_offset is device address 0x%llx, not a "
-                        "multiple of 16 bytes",
-                        fn, (unsigned long long)(ws->device_address + offset));
-    plan->buffer = ws;
-    plan->base = offset;
-    return FLP_OK;
+    flp_object_memory m;
+    flp_status status =
+        flp_object_memory_attach(ctx, fn, plan->desc.workspace, plan->desc.workspace_offset,
+                                 plan->layout.total, "the plan", "flp_plan_workspace_size", &m);
+    plan->buffer = m.buffer;
+    plan->owns_buffer = m.owns_buffer;
+    plan->base = m.base;
+    return status;
 }
 
 flp_status flp_plan_create(flp_context *ctx, const flp_plan_desc *desc, flp_plan **out) {
@@ -369,15 +346,7 @@ flp_decode_kernel flp_plan_decode_kernel(const flp_plan *plan) {
 
 flp_status flp_plan_check_call(flp_context *ctx, const char *fn, const flp_plan *plan,
                                const void *args) {
-    if (!ctx)
-        return FLP_ERROR_INVALID_ARGUMENT;
-    flp_clear_error(ctx);
-    if (!plan || !args)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: %s is NULL", fn,
-                        !plan ? "plan" : "args");
-    if (plan->ctx != ctx)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: plan belongs to another context", fn);
-    return FLP_OK;
+    return flp_check_object_call(ctx, fn, "plan", plan, plan ? plan->ctx : NULL, args);
 }
 
 void flp_plan_summarize(const flp_plan *plan, flp_plan_summary *out) {

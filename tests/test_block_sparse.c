@@ -505,18 +505,6 @@ static void test_bad_plan_and_run(void **state) {
     problem_free(&p);
 }
 
-static int group_setup(void **state) {
-    (void)state;
-    return test_backend_report();
-}
-
-static int group_teardown(void **state) {
-    (void)state;
-    flp_context_destroy(g_ctx);
-    g_ctx = NULL;
-    return 0;
-}
-
 int main(int argc, char **argv) {
     const int rc = test_backend_open(argc, argv, flp_vulkan_validation_message_count, &g_ctx);
     if (rc != 0)
@@ -527,5 +515,6 @@ int main(int argc, char **argv) {
     test_list_add(&l, "", "replan_and_determinism", test_replan_and_determinism, false, NULL);
     test_list_add(&l, "", "bad_desc", test_bad_desc, true, NULL);
     test_list_add(&l, "", "bad_plan_and_run", test_bad_plan_and_run, true, NULL);
-    return test_list_run(&l, "block_sparse", argc, argv, group_setup, group_teardown);
+    return test_list_run(&l, "block_sparse", argc, argv, test_backend_group_setup,
+                         test_backend_group_teardown);
 }

@@ -923,18 +923,6 @@ static void test_bad_run(void **state) {
     bad_env_free(&e);
 }
 
-static int group_setup(void **state) {
-    (void)state;
-    return test_backend_report();
-}
-
-static int group_teardown(void **state) {
-    (void)state;
-    flp_context_destroy(g_ctx);
-    g_ctx = NULL;
-    return 0;
-}
-
 int main(int argc, char **argv) {
     const int rc = test_backend_open(argc, argv, flp_vulkan_validation_message_count, &g_ctx);
     if (rc != 0)
@@ -947,5 +935,6 @@ int main(int argc, char **argv) {
     test_list_add(&l, "", "bad_desc", test_bad_desc, true, NULL);
     test_list_add(&l, "", "bad_plan", test_bad_plan, true, NULL);
     test_list_add(&l, "", "bad_run", test_bad_run, true, NULL);
-    return test_list_run(&l, "cascade", argc, argv, group_setup, group_teardown);
+    return test_list_run(&l, "cascade", argc, argv, test_backend_group_setup,
+                         test_backend_group_teardown);
 }

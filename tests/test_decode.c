@@ -1482,18 +1482,6 @@ static void test_bad_workspace(void **state) {
 
 /* ---- main ------------------------------------------------------------------------------------ */
 
-static int group_setup(void **state) {
-    (void)state;
-    return test_backend_report();
-}
-
-static int group_teardown(void **state) {
-    (void)state;
-    flp_context_destroy(g_ctx);
-    g_ctx = NULL;
-    return 0;
-}
-
 #define GOOD(f) test_list_add(&l, "", #f, f, false, NULL)
 #define BAD(f) test_list_add(&l, "", #f, f, true, NULL)
 
@@ -1539,5 +1527,6 @@ int main(int argc, char **argv) {
     BAD(test_bad_page_size);
     BAD(test_bad_tensor_layout);
     BAD(test_bad_workspace);
-    return test_list_run(&l, "decode", argc, argv, group_setup, group_teardown);
+    return test_list_run(&l, "decode", argc, argv, test_backend_group_setup,
+                         test_backend_group_teardown);
 }

@@ -1780,18 +1780,6 @@ static void test_bad_other_context(void **state) {
 
 /* ---- main ------------------------------------------------------------------------------------ */
 
-static int group_setup(void **state) {
-    (void)state;
-    return test_backend_report();
-}
-
-static int group_teardown(void **state) {
-    (void)state;
-    flp_context_destroy(g_ctx);
-    g_ctx = NULL;
-    return 0;
-}
-
 int main(int argc, char **argv) {
     const int rc = test_backend_open(argc, argv, flp_vulkan_validation_message_count, &g_ctx);
     if (rc != 0)
@@ -1828,5 +1816,6 @@ int main(int argc, char **argv) {
                   NULL);
     test_list_add(&l, "", "bad_merge_states", test_bad_merge_states, true, NULL);
     test_list_add(&l, "", "bad_other_context", test_bad_other_context, true, NULL);
-    return test_list_run(&l, "merge", argc, argv, group_setup, group_teardown);
+    return test_list_run(&l, "merge", argc, argv, test_backend_group_setup,
+                         test_backend_group_teardown);
 }

@@ -536,18 +536,6 @@ static void test_bad(void **state) {
     problem_free(&p);
 }
 
-static int group_setup(void **state) {
-    (void)state;
-    return test_backend_report();
-}
-
-static int group_teardown(void **state) {
-    (void)state;
-    flp_context_destroy(g_ctx);
-    g_ctx = NULL;
-    return 0;
-}
-
 int main(int argc, char **argv) {
     const int rc = test_backend_open(argc, argv, flp_vulkan_validation_message_count, &g_ctx);
     if (rc != 0)
@@ -557,5 +545,6 @@ int main(int argc, char **argv) {
         test_list_add(&l, "case_", cases[i].name, test_case, false, (void *)&cases[i]);
     test_list_add(&l, "", "replan_and_determinism", test_replan_and_determinism, false, NULL);
     test_list_add(&l, "", "bad", test_bad, true, NULL);
-    return test_list_run(&l, "mixed", argc, argv, group_setup, group_teardown);
+    return test_list_run(&l, "mixed", argc, argv, test_backend_group_setup,
+                         test_backend_group_teardown);
 }

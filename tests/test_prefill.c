@@ -1781,18 +1781,6 @@ static void test_bad_append(void **state) {
 
 /* ---- main ------------------------------------------------------------------------------------ */
 
-static int group_setup(void **state) {
-    (void)state;
-    return test_backend_report();
-}
-
-static int group_teardown(void **state) {
-    (void)state;
-    flp_context_destroy(g_ctx);
-    g_ctx = NULL;
-    return 0;
-}
-
 /* FLP_PREFILL_CASES_SUBSET = "N" or "N:K": table cases with index % N == K. */
 static bool case_selected(size_t index) {
     const char *env = getenv("FLP_PREFILL_CASES_SUBSET");
@@ -1851,5 +1839,6 @@ int main(int argc, char **argv) {
     test_list_add(&l, "", "bad_calls", test_bad_calls, true, NULL);
     test_list_add(&l, "", "bad_plan_desc", test_bad_plan_desc, true, NULL);
     test_list_add(&l, "", "bad_append", test_bad_append, true, NULL);
-    return test_list_run(&l, "prefill", argc, argv, group_setup, group_teardown);
+    return test_list_run(&l, "prefill", argc, argv, test_backend_group_setup,
+                         test_backend_group_teardown);
 }

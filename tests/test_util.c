@@ -335,6 +335,18 @@ const char *test_backend_name(void) {
     return g_backend.name ? g_backend.name : "";
 }
 
+int test_backend_group_setup(void **state) {
+    (void)state;
+    return test_backend_report();
+}
+
+int test_backend_group_teardown(void **state) {
+    (void)state;
+    flp_context_destroy(g_backend.ctx);
+    g_backend.ctx = NULL;
+    return 0;
+}
+
 int test_backend_report(void) {
     flp_device_info *info = &g_backend.info;
     if (flp_context_get_info(g_backend.ctx, info) != FLP_OK) {

@@ -120,6 +120,10 @@ flp_backend_kind test_backend_kind(void);
 const char *test_backend_name(void);
 /* Prints the device and fails (-1) when validation messages appeared while opening. */
 int test_backend_report(void);
+/* cmocka group setup / teardown of a backend suite: test_backend_report, then at the end the
+ * context test_backend_open made is destroyed. */
+int test_backend_group_setup(void **state);
+int test_backend_group_teardown(void **state);
 /* The device info that test_backend_report read. */
 const flp_device_info *test_backend_info(void);
 
