@@ -33,172 +33,63 @@
  *      flashport-bench-cascade --backend vulkan --batch 8 --shared 512 --groups 2 --group-len 256
  *                              --unique 32 --iters 3 */
 #include "bench/bench_check.h"
-#include "bench/cuda_graph.h"
-#include "core/reference.h"
+#include "bench/bench_util.h"
 #include "flashport/flashport.h"
-#include "tools/host_timing.h"
 
-#include <limits.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
-/* The fixed shape. */
-#define NUM_QO_HEADS 32
-#define NUM_KV_HEADS 8
-#define HEAD_DIM 128
-#define PAGE_SIZE 16
-#define GQA_GROUP (NUM_QO_HEADS / NUM_KV_HEADS)
-#define Q_ROW_ELEMS ((size_t)NUM_QO_HEADS * HEAD_DIM)
-#define KV_ROW_ELEMS ((size_t)NUM_KV_HEADS * HEAD_DIM)
-#define PAGE_ELEMS ((size_t)PAGE_SIZE * KV_ROW_ELEMS)
-
-/* The pool holds this many random elements repeated (odd, so that pages differ). */
-#define BLOCK_ELEMS ((size_t)(1u << 22) + 1u)
+/* The seed of the pool's page order and of the random data. */
+#define SEED 0x243f6a8885a308d3ull
 /* Requests checked against float64 at most: the first, a middle one, the last. */
 #define MAX_CHECKED 3
-#define PLAN_SAMPLES 21
-#define TIME_SAMPLES 5
 /* Most levels this benchmark builds: shared, group, unique. */
 #define MAX_LEVELS 3
 
 typedef struct bench_config {
-    flp_backend_kind backend;
-    int32_t batch;     /* B requests, one query row each */
-    int32_t shared;    /* S tokens every request shares (level 0) */
-    int32_t groups;    /* G groups of the middle level; 0 = no middle level */
-    int32_t group_len; /* T tokens of each group */
-    int32_t unique;    /* U tokens of each request's own (the last level) */
-    int iters;
-    flp_dtype dtype; /* of Q, K, V and O */
-    bool page_ids_at_run;
+    bench_paged_options opt; /* --backend, --dtype (of Q, K, V and O), --page-ids */
+    int32_t batch;           /* B requests, one query row each */
+    int32_t shared;          /* S tokens every request shares (level 0) */
+    int32_t groups;          /* G groups of the middle level; 0 = no middle level */
+    int32_t group_len;       /* T tokens of each group */
+    int32_t unique;          /* U tokens of each request's own (the last level) */
+    int32_t iters;
 } bench_config;
 
 /* ---- options --------------------------------------------------------------------------- */
 
-/* Prints the message (printf format) and exits 2. */
-static _Noreturn void usage_error(const char *format, ...) {
-    va_list ap;
-    va_start(ap, format);
-    vfprintf(stderr, format, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    exit(2);
-}
-
-static flp_dtype parse_dtype(const char *s) {
-    if (!strcmp(s, "bf16"))
-        return FLP_DTYPE_BF16;
-    if (!strcmp(s, "f16"))
-        return FLP_DTYPE_F16;
-    usage_error("--dtype %s: expected bf16 or f16", s);
-}
-
-static flp_backend_kind parse_backend(const char *s) {
-    if (!strcmp(s, "cuda"))
-        return FLP_BACKEND_CUDA;
-    if (!strcmp(s, "vulkan"))
-        return FLP_BACKEND_VULKAN;
-    if (!strcmp(s, "auto"))
-        return FLP_BACKEND_AUTO;
-    usage_error("--backend %s: expected cuda, vulkan or auto", s);
-}
-
-static int32_t parse_count(const char *option, const char *s) {
-    char *end;
-    long v = strtol(s, &end, 10);
-    if (end == s || *end || v < 0 || v > INT32_MAX)
-        usage_error("%s %s: expected a count", option, s);
-    return (int32_t)v;
-}
-
 static void check_config(const bench_config *c) {
     if (c->batch < 1 || c->iters < 1 || c->unique < 1)
-        usage_error("--batch, --iters and --unique must be at least 1");
-    if (c->shared < PAGE_SIZE || c->shared % PAGE_SIZE)
-        usage_error("--shared must be a positive multiple of the page size (16): plain decode "
-                    "concatenates whole pages");
-    if (c->groups > 0 && (c->group_len < PAGE_SIZE || c->group_len % PAGE_SIZE))
-        usage_error("--group-len must be a positive multiple of the page size (16)");
+        bench_usage_error("--batch, --iters and --unique must be at least 1");
+    if (c->shared < BENCH_PAGE_SIZE || c->shared % BENCH_PAGE_SIZE)
+        bench_usage_error("--shared must be a positive multiple of the page size (16): plain "
+                          "decode concatenates whole pages");
+    if (c->groups > 0 && (c->group_len < BENCH_PAGE_SIZE || c->group_len % BENCH_PAGE_SIZE))
+        bench_usage_error("--group-len must be a positive multiple of the page size (16)");
     if (c->groups > 0 && c->batch % c->groups)
-        usage_error("--batch must be a multiple of --groups");
+        bench_usage_error("--batch must be a multiple of --groups");
     int64_t keys = (int64_t)c->shared + (c->groups ? c->group_len : 0) + c->unique;
-    int64_t pages = (int64_t)c->batch * ((keys + PAGE_SIZE - 1) / PAGE_SIZE);
+    int64_t pages = (int64_t)c->batch * ((keys + BENCH_PAGE_SIZE - 1) / BENCH_PAGE_SIZE);
     if (pages > INT32_MAX)
-        usage_error("the plain decode batch would hold more than 2^31 - 1 pages");
+        bench_usage_error("the plain decode batch would hold more than 2^31 - 1 pages");
 }
 
 static bench_config parse_args(int argc, char **argv) {
-    bench_config c = {.backend = FLP_BACKEND_AUTO,
-                      .batch = 64,
-                      .shared = 16384,
-                      .group_len = 0,
-                      .unique = 256,
-                      .iters = 50,
-                      .dtype = FLP_DTYPE_BF16,
-                      .page_ids_at_run = true};
-    if (argc % 2 == 0)
-        usage_error("%s: every option takes a value", argv[argc - 1]);
-    for (int i = 1; i + 1 < argc; i += 2) {
-        const char *k = argv[i], *v = argv[i + 1];
-        if (!strcmp(k, "--backend"))
-            c.backend = parse_backend(v);
-        else if (!strcmp(k, "--batch"))
-            c.batch = parse_count(k, v);
-        else if (!strcmp(k, "--shared"))
-            c.shared = parse_count(k, v);
-        else if (!strcmp(k, "--groups"))
-            c.groups = parse_count(k, v);
-        else if (!strcmp(k, "--group-len"))
-            c.group_len = parse_count(k, v);
-        else if (!strcmp(k, "--unique"))
-            c.unique = parse_count(k, v);
-        else if (!strcmp(k, "--iters"))
-            c.iters = parse_count(k, v);
-        else if (!strcmp(k, "--dtype"))
-            c.dtype = parse_dtype(v);
-        else if (!strcmp(k, "--page-ids") && (!strcmp(v, "run") || !strcmp(v, "plan")))
-            c.page_ids_at_run = !strcmp(v, "run");
-        else
-            usage_error("unknown option or value: %s %s", k, v);
-    }
+    bench_config c = {.batch = 64, .shared = 16384, .group_len = 0, .unique = 256, .iters = 50};
+    const bench_count_option counts[] = {{"--batch", &c.batch},   {"--shared", &c.shared},
+                                         {"--groups", &c.groups}, {"--group-len", &c.group_len},
+                                         {"--unique", &c.unique}, {"--iters", &c.iters}};
+    c.opt = bench_parse_paged_options(argc, argv, counts, sizeof counts / sizeof counts[0]);
     check_config(&c);
     return c;
-}
-
-/* ---- host memory and random data -------------------------------------------------------- */
-
-static void *xmalloc(size_t bytes) {
-    void *p = malloc(bytes ? bytes : 1);
-    if (!p) {
-        fprintf(stderr, "out of host memory (%zu bytes)\n", bytes);
-        exit(1);
-    }
-    return p;
-}
-
-static uint64_t rng = 0x243f6a8885a308d3ull;
-
-static uint64_t next_u64(void) {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return rng;
-}
-
-/* Uniform in [-1, 1), never zero (a zeroed page would hide a wrong page id). */
-static float nonzero_uniform(void) {
-    float x = (float)((double)(next_u64() >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-    return x != 0.0f ? x : 0.5f;
 }
 
 /* ---- the pool and the page tables ------------------------------------------------------- */
 
 static int32_t pages_for(int32_t tokens) {
-    return (tokens + PAGE_SIZE - 1) / PAGE_SIZE;
+    return (tokens + BENCH_PAGE_SIZE - 1) / BENCH_PAGE_SIZE;
 }
 
 /* The pool's pages in logical order: the shared pages, each group's, each request's own.
@@ -217,45 +108,24 @@ static int32_t unique_first_page(const pool_layout *p, int32_t groups, int32_t b
     return p->shared_pages + groups * p->group_pages + b * p->unique_pages;
 }
 
-static pool_layout make_pool_layout(const bench_config *c) {
+static pool_layout make_pool_layout(const bench_config *c, uint64_t *rng) {
     pool_layout p = {.shared_pages = pages_for(c->shared),
                      .group_pages = c->groups ? pages_for(c->group_len) : 0,
                      .unique_pages = pages_for(c->unique)};
     int64_t pages = (int64_t)p.shared_pages + (int64_t)c->groups * p.group_pages +
                     (int64_t)c->batch * p.unique_pages;
     if (pages > INT32_MAX)
-        usage_error("the pool is too large");
+        bench_usage_error("the pool is too large");
     p.num_pages = (int32_t)pages;
-    p.physical = xmalloc(sizeof(int32_t) * (size_t)p.num_pages);
-    for (int32_t i = 0; i < p.num_pages; i++)
-        p.physical[i] = i;
-    for (int32_t i = p.num_pages - 1; i > 0; i--) { /* Fisher-Yates */
-        int32_t j = (int32_t)(next_u64() % (uint64_t)(i + 1)), t = p.physical[i];
-        p.physical[i] = p.physical[j];
-        p.physical[j] = t;
-    }
+    p.physical = bench_shuffled_ids(p.num_pages, rng);
     return p;
 }
 
-/* One CSR page table over groups of consecutive query rows: a cascade level, or the plain
- * decode batch (one group per request). The page ids are pool ids. */
-typedef struct page_csr {
-    int32_t groups;
-    int32_t *qo_indptr;  /* [groups + 1] */
-    int32_t *kv_indptr;  /* [groups + 1] */
-    int32_t *kv_indices; /* [kv_indptr[groups]] */
-    int32_t *last;       /* [groups] tokens on each group's last page */
-    /* the page ids on the device (--page-ids run) */
-    flp_buffer *ids_buf;
-    flp_tensor ids;
-} page_csr;
-
-static page_csr alloc_csr(int32_t groups, int32_t rows_per_group, int32_t pages_per_group) {
-    page_csr t = {.groups = groups};
-    t.qo_indptr = xmalloc(sizeof(int32_t) * (size_t)(groups + 1));
-    t.kv_indptr = xmalloc(sizeof(int32_t) * (size_t)(groups + 1));
-    t.kv_indices = xmalloc(sizeof(int32_t) * (size_t)groups * (size_t)pages_per_group);
-    t.last = xmalloc(sizeof(int32_t) * (size_t)groups);
+/* A table of `groups` groups of rows_per_group rows and pages_per_group pages each, its page ids
+ * and last-page lengths not filled. */
+static bench_page_table alloc_table(int32_t groups, int32_t rows_per_group,
+                                    int32_t pages_per_group) {
+    bench_page_table t = bench_alloc_page_table(groups, groups * pages_per_group);
     for (int32_t g = 0; g <= groups; g++) {
         t.qo_indptr[g] = g * rows_per_group;
         t.kv_indptr[g] = g * pages_per_group;
@@ -272,19 +142,19 @@ static void append_pages(const pool_layout *p, int32_t first, int32_t pages, int
 
 /* A cascade level of `groups` groups of rows_per_group rows; group i owns `tokens` tokens on
  * the `pages` logical pages from first + i * pages on. */
-static page_csr make_level(const pool_layout *p, int32_t groups, int32_t rows_per_group,
-                           int32_t first, int32_t pages, int32_t tokens) {
-    page_csr t = alloc_csr(groups, rows_per_group, pages);
+static bench_page_table make_level(const pool_layout *p, int32_t groups, int32_t rows_per_group,
+                                   int32_t first, int32_t pages, int32_t tokens) {
+    bench_page_table t = alloc_table(groups, rows_per_group, pages);
     int32_t at = 0;
     for (int32_t g = 0; g < groups; g++) {
         append_pages(p, first + g * pages, pages, t.kv_indices, &at);
-        t.last[g] = tokens - (pages - 1) * PAGE_SIZE;
+        t.last[g] = tokens - (pages - 1) * BENCH_PAGE_SIZE;
     }
     return t;
 }
 
 /* The cascade's levels into levels[]; returns how many (2, or 3 with groups). */
-static int32_t make_levels(const bench_config *c, const pool_layout *p, page_csr *levels) {
+static int32_t make_levels(const bench_config *c, const pool_layout *p, bench_page_table *levels) {
     int32_t n = 0;
     levels[n++] = make_level(p, 1, c->batch, 0, p->shared_pages, c->shared);
     if (c->groups > 0)
@@ -296,9 +166,9 @@ static int32_t make_levels(const bench_config *c, const pool_layout *p, page_csr
 }
 
 /* The plain decode batch: request b's pages are the shared ones, its group's, then its own. */
-static page_csr make_decode_table(const bench_config *c, const pool_layout *p) {
+static bench_page_table make_decode_table(const bench_config *c, const pool_layout *p) {
     int32_t per_request = p->shared_pages + p->group_pages + p->unique_pages;
-    page_csr t = alloc_csr(c->batch, 1, per_request);
+    bench_page_table t = alloc_table(c->batch, 1, per_request);
     int32_t at = 0;
     for (int32_t b = 0; b < c->batch; b++) {
         append_pages(p, 0, p->shared_pages, t.kv_indices, &at);
@@ -306,104 +176,40 @@ static page_csr make_decode_table(const bench_config *c, const pool_layout *p) {
             append_pages(p, group_first_page(p, b / (c->batch / c->groups)), p->group_pages,
                          t.kv_indices, &at);
         append_pages(p, unique_first_page(p, c->groups, b), p->unique_pages, t.kv_indices, &at);
-        t.last[b] = c->unique - (p->unique_pages - 1) * PAGE_SIZE;
+        t.last[b] = c->unique - (p->unique_pages - 1) * BENCH_PAGE_SIZE;
     }
     return t;
 }
 
-static void upload_ids(flp_context *ctx, page_csr *t) {
-    const int32_t n = t->kv_indptr[t->groups];
-    const int64_t shape[1] = {n};
-    flp_buffer_desc bd = {sizeof(int32_t) * (size_t)n};
-    CHECK(flp_buffer_create(ctx, &bd, &t->ids_buf));
-    CHECK(flp_buffer_write(ctx, t->ids_buf, 0, t->kv_indices, bd.size));
-    t->ids = flp_tensor_contiguous(t->ids_buf, 0, FLP_DTYPE_I32, 1, shape);
-}
-
-static void free_csr(page_csr *t) {
-    flp_buffer_destroy(t->ids_buf);
-    free(t->qo_indptr);
-    free(t->kv_indptr);
-    free(t->kv_indices);
-    free(t->last);
-}
-
 /* ---- device data ------------------------------------------------------------------------ */
 
-/* Q, the K/V pool and the two outputs on the device; Q and the pool's random block as stored
- * (dequantised) on the host. */
+/* Q and the K/V pool, and the two outputs, on the device. */
 typedef struct device_data {
-    flp_buffer *q_buf, *k_buf, *v_buf, *cascade_out_buf, *decode_out_buf;
-    flp_tensor q, k_cache, v_cache, cascade_out, decode_out;
-    float *q_host;            /* [batch, NUM_QO_HEADS, HEAD_DIM] */
-    float *k_block, *v_block; /* [min(pool elements, BLOCK_ELEMS)] */
-    size_t q_bytes, pool_elems;
+    bench_pool_data in;
+    flp_buffer *cascade_out_buf, *decode_out_buf;
+    flp_tensor cascade_out, decode_out; /* [batch, BENCH_QO_HEADS, BENCH_HEAD_DIM] */
 } device_data;
 
-static flp_buffer *create_buffer(flp_context *ctx, size_t bytes) {
-    flp_buffer *buf;
-    flp_buffer_desc bd = {bytes};
-    CHECK(flp_buffer_create(ctx, &bd, &buf));
-    return buf;
-}
-
-/* min(n, block_elems) random non-zero values rounded to dtype, repeated into the n elements of
- * buf (element i holds block[i % block_elems]); returns the block as stored. */
-static float *upload_random(flp_context *ctx, flp_buffer *buf, flp_dtype dtype, size_t n,
-                            size_t block_elems) {
-    const size_t esize = flp_dtype_size(dtype), count = n < block_elems ? n : block_elems;
-    float *block = xmalloc(count * sizeof *block);
-    void *raw = xmalloc(count * esize);
-    for (size_t i = 0; i < count; i++)
-        block[i] = nonzero_uniform();
-    CHECK(flp_convert_from_f32(dtype, block, raw, count));
-    CHECK(flp_convert_to_f32(dtype, raw, block, count));
-    for (size_t at = 0; at < n; at += count) {
-        size_t len = n - at < count ? n - at : count;
-        CHECK(flp_buffer_write(ctx, buf, at * esize, raw, len * esize));
-    }
-    free(raw);
-    return block;
-}
-
-static device_data make_device_data(flp_context *ctx, const bench_config *c, const pool_layout *p) {
-    device_data d = {0};
-    const size_t esize = flp_dtype_size(c->dtype), q_elems = (size_t)c->batch * Q_ROW_ELEMS;
-    d.q_bytes = q_elems * esize;
-    d.pool_elems = (size_t)p->num_pages * PAGE_ELEMS;
-    d.q_buf = create_buffer(ctx, d.q_bytes);
-    d.cascade_out_buf = create_buffer(ctx, d.q_bytes);
-    d.decode_out_buf = create_buffer(ctx, d.q_bytes);
-    d.k_buf = create_buffer(ctx, d.pool_elems * esize);
-    d.v_buf = create_buffer(ctx, d.pool_elems * esize);
-    d.q_host = upload_random(ctx, d.q_buf, c->dtype, q_elems, q_elems);
-    d.k_block = upload_random(ctx, d.k_buf, c->dtype, d.pool_elems, BLOCK_ELEMS);
-    d.v_block = upload_random(ctx, d.v_buf, c->dtype, d.pool_elems, BLOCK_ELEMS);
-    const int64_t q_shape[3] = {c->batch, NUM_QO_HEADS, HEAD_DIM};
-    const int64_t pool_shape[4] = {p->num_pages, PAGE_SIZE, NUM_KV_HEADS, HEAD_DIM};
-    d.q = flp_tensor_contiguous(d.q_buf, 0, c->dtype, 3, q_shape);
-    d.cascade_out = flp_tensor_contiguous(d.cascade_out_buf, 0, c->dtype, 3, q_shape);
-    d.decode_out = flp_tensor_contiguous(d.decode_out_buf, 0, c->dtype, 3, q_shape);
-    d.k_cache = flp_tensor_contiguous(d.k_buf, 0, c->dtype, 4, pool_shape);
-    d.v_cache = flp_tensor_contiguous(d.v_buf, 0, c->dtype, 4, pool_shape);
+static device_data make_device_data(flp_context *ctx, const bench_config *c, const pool_layout *p,
+                                    uint64_t *rng) {
+    device_data d = {.in = bench_make_pool_data(ctx, c->opt.dtype, c->batch, p->num_pages, rng)};
+    d.cascade_out_buf = bench_create_buffer(ctx, d.in.q_bytes);
+    d.decode_out_buf = bench_create_buffer(ctx, d.in.q_bytes);
+    d.cascade_out = bench_row_view(d.cascade_out_buf, c->opt.dtype, 0, c->batch);
+    d.decode_out = bench_row_view(d.decode_out_buf, c->opt.dtype, 0, c->batch);
     return d;
 }
 
 static void free_device_data(device_data *d) {
-    flp_buffer_destroy(d->q_buf);
-    flp_buffer_destroy(d->k_buf);
-    flp_buffer_destroy(d->v_buf);
+    bench_free_pool_data(&d->in);
     flp_buffer_destroy(d->cascade_out_buf);
     flp_buffer_destroy(d->decode_out_buf);
-    free(d->q_host);
-    free(d->k_block);
-    free(d->v_block);
 }
 
 /* ---- the two implementations ------------------------------------------------------------- */
 
 static flp_variant make_variant(const bench_config *c) {
-    flp_variant v = {.head_dim = HEAD_DIM, .q_dtype = c->dtype, .kv_dtype = c->dtype};
+    flp_variant v = {.head_dim = BENCH_HEAD_DIM, .q_dtype = c->opt.dtype, .kv_dtype = c->opt.dtype};
     return v;
 }
 
@@ -415,32 +221,32 @@ typedef struct cascade_impl {
     flp_cascade_run_args run;
 } cascade_impl;
 
-static void make_cascade(flp_context *ctx, const bench_config *c, const page_csr *levels,
+static void make_cascade(flp_context *ctx, const bench_config *c, const bench_page_table *levels,
                          int32_t num_levels, const device_data *d, cascade_impl *out) {
+    const bool ids_at_run = c->opt.page_ids_at_run;
     flp_cascade_desc desc = {.num_levels = num_levels,
                              .max_qo_rows = c->batch,
-                             .num_qo_heads = NUM_QO_HEADS,
-                             .num_kv_heads = NUM_KV_HEADS,
-                             .head_dim = HEAD_DIM};
+                             .num_qo_heads = BENCH_QO_HEADS,
+                             .num_kv_heads = BENCH_KV_HEADS,
+                             .head_dim = BENCH_HEAD_DIM};
     cascade_impl impl = {.ctx = ctx};
     impl.plan = (flp_cascade_plan_args){.num_rows = c->batch,
-                                        .page_size = PAGE_SIZE,
+                                        .page_size = BENCH_PAGE_SIZE,
                                         .kv_layout = FLP_KV_LAYOUT_NHD,
                                         .variant = make_variant(c)};
     impl.run = (flp_cascade_run_args){
-        .q = d->q, .k_cache = d->k_cache, .v_cache = d->v_cache, .out = d->cascade_out};
+        .q = d->in.q, .k_cache = d->in.k_cache, .v_cache = d->in.v_cache, .out = d->cascade_out};
     for (int32_t l = 0; l < num_levels; l++) {
-        const page_csr *t = &levels[l];
-        desc.levels[l] = (flp_cascade_level_desc){.max_groups = t->groups,
-                                                  .max_pages = t->kv_indptr[t->groups],
+        const bench_page_table *t = &levels[l];
+        desc.levels[l] = (flp_cascade_level_desc){.max_groups = t->count,
+                                                  .max_pages = t->kv_indptr[t->count],
                                                   .one_row_per_group = l == num_levels - 1};
-        impl.plan.levels[l] =
-            (flp_cascade_level){.num_groups = t->groups,
-                                .qo_indptr = t->qo_indptr,
-                                .kv_indptr = t->kv_indptr,
-                                .kv_indices = c->page_ids_at_run ? NULL : t->kv_indices,
-                                .kv_last_page_len = t->last};
-        impl.run.kv_indices[l] = c->page_ids_at_run ? &t->ids : NULL;
+        impl.plan.levels[l] = (flp_cascade_level){.num_groups = t->count,
+                                                  .qo_indptr = t->qo_indptr,
+                                                  .kv_indptr = t->kv_indptr,
+                                                  .kv_indices = ids_at_run ? NULL : t->kv_indices,
+                                                  .kv_last_page_len = t->last};
+        impl.run.kv_indices[l] = ids_at_run ? &t->ids : NULL;
     }
     CHECK(flp_cascade_create(ctx, &desc, &impl.cascade));
     *out = impl;
@@ -464,26 +270,27 @@ typedef struct decode_impl {
     flp_decode_run_args run;
 } decode_impl;
 
-static void make_decode(flp_context *ctx, const bench_config *c, const page_csr *t,
+static void make_decode(flp_context *ctx, const bench_config *c, const bench_page_table *t,
                         const device_data *d, decode_impl *out) {
-    flp_plan_desc pd = {.max_batch_size = t->groups,
-                        .max_pages = t->kv_indptr[t->groups],
-                        .num_qo_heads = NUM_QO_HEADS,
-                        .num_kv_heads = NUM_KV_HEADS,
-                        .head_dim = HEAD_DIM};
+    const bool ids_at_run = c->opt.page_ids_at_run;
+    flp_plan_desc pd = {.max_batch_size = t->count,
+                        .max_pages = t->kv_indptr[t->count],
+                        .num_qo_heads = BENCH_QO_HEADS,
+                        .num_kv_heads = BENCH_KV_HEADS,
+                        .head_dim = BENCH_HEAD_DIM};
     decode_impl impl = {.ctx = ctx};
-    impl.plan_args = (flp_decode_plan_args){.batch_size = t->groups,
-                                            .page_size = PAGE_SIZE,
+    impl.plan_args = (flp_decode_plan_args){.batch_size = t->count,
+                                            .page_size = BENCH_PAGE_SIZE,
                                             .kv_layout = FLP_KV_LAYOUT_NHD,
                                             .kv_indptr = t->kv_indptr,
-                                            .kv_indices = c->page_ids_at_run ? NULL : t->kv_indices,
+                                            .kv_indices = ids_at_run ? NULL : t->kv_indices,
                                             .kv_last_page_len = t->last,
                                             .variant = make_variant(c)};
-    impl.run = (flp_decode_run_args){.q = d->q,
-                                     .k_cache = d->k_cache,
-                                     .v_cache = d->v_cache,
+    impl.run = (flp_decode_run_args){.q = d->in.q,
+                                     .k_cache = d->in.k_cache,
+                                     .v_cache = d->in.v_cache,
                                      .out = d->decode_out,
-                                     .kv_indices = c->page_ids_at_run ? &t->ids : NULL};
+                                     .kv_indices = ids_at_run ? &t->ids : NULL};
     CHECK(flp_plan_create(ctx, &pd, &impl.plan));
     *out = impl;
 }
@@ -498,143 +305,31 @@ static flp_status run_decode(void *arg) {
     return flp_decode_run(impl->ctx, impl->plan, &impl->run);
 }
 
-/* ---- timing ----------------------------------------------------------------------------- */
-
-typedef flp_status (*bench_call)(void *arg);
-
-/* Host seconds of one plan call: the median of PLAN_SAMPLES calls. */
-static double plan_seconds(flp_context *ctx, bench_call plan, void *arg) {
-    double samples[PLAN_SAMPLES];
-    for (int s = 0; s < PLAN_SAMPLES; s++) {
-        double t0 = timing_now_seconds();
-        CHECK(plan(arg));
-        samples[s] = timing_now_seconds() - t0;
-    }
-    CHECK(flp_context_synchronize(ctx));
-    return timing_median(samples, PLAN_SAMPLES);
-}
-
-/* Seconds per run: the median of TIME_SAMPLES batches of `iters` runs queued back to back,
- * after one warm-up run. */
-static double queued_seconds(flp_context *ctx, int iters, bench_call run, void *arg) {
-    CHECK(run(arg));
-    CHECK(flp_context_synchronize(ctx));
-    double samples[TIME_SAMPLES];
-    for (int s = 0; s < TIME_SAMPLES; s++) {
-        double t0 = timing_now_seconds();
-        for (int i = 0; i < iters; i++)
-            CHECK(run(arg));
-        CHECK(flp_context_synchronize(ctx));
-        samples[s] = (timing_now_seconds() - t0) / iters;
-    }
-    return timing_median(samples, TIME_SAMPLES);
-}
-
-/* Seconds per run of `iters` runs replayed from a CUDA graph; negative when ctx is not CUDA or
- * the capture fails. */
-static double graph_seconds(flp_context *ctx, int iters, bench_call run, void *arg) {
-    bench_graph *graph = bench_graph_capture(ctx, iters, run, arg);
-    double s = graph ? bench_graph_seconds_per_run(graph, TIME_SAMPLES) : -1.0;
-    bench_graph_destroy(graph);
-    return s;
-}
-
 /* ---- correctness ------------------------------------------------------------------------ */
 
-/* The requests checked: the first, a middle one and the last (without repeats). */
-static int32_t sample_requests(int32_t batch, int32_t *picked) {
-    const int32_t candidates[MAX_CHECKED] = {0, batch / 2, batch - 1};
-    int32_t n = 0;
-    for (int32_t i = 0; i < MAX_CHECKED; i++) {
-        bool seen = false;
-        for (int32_t j = 0; j < n; j++)
-            seen |= picked[j] == candidates[i];
-        if (!seen)
-            picked[n++] = candidates[i];
-    }
-    return n;
-}
-
-/* Pool element `at` of one KV head's rows as stored: the block repeated. */
-static double pool_value(const float *block, size_t block_elems, size_t at) {
-    return block[at % block_elems];
-}
-
-/* Keys and values of KV head h for request b's `len` tokens, gathered through its page list in
- * the plain decode table: kd, vd [len, HEAD_DIM]. */
-static void gather_head(const device_data *d, const page_csr *full, int32_t b, int32_t h,
-                        int32_t len, double *kd, double *vd) {
-    const size_t block_elems = d->pool_elems < BLOCK_ELEMS ? d->pool_elems : BLOCK_ELEMS;
-    for (int32_t t = 0; t < len; t++) {
-        size_t page = (size_t)full->kv_indices[full->kv_indptr[b] + t / PAGE_SIZE];
-        size_t base =
-            page * PAGE_ELEMS + (size_t)(t % PAGE_SIZE) * KV_ROW_ELEMS + (size_t)h * HEAD_DIM;
-        for (size_t e = 0; e < HEAD_DIM; e++) {
-            kd[(size_t)t * HEAD_DIM + e] = pool_value(d->k_block, block_elems, base + e);
-            vd[(size_t)t * HEAD_DIM + e] = pool_value(d->v_block, block_elems, base + e);
-        }
-    }
-}
-
-/* The float64 attention of request b's query row over its whole key list: ref [Q_ROW_ELEMS].
- * One KV head (and its GQA_GROUP query heads) at a time, so the host holds one head's keys. */
-static void reference_row(flp_context *ctx, const device_data *d, const page_csr *full, int32_t b,
-                          int32_t len, double *ref) {
-    double *kd = xmalloc((size_t)len * HEAD_DIM * sizeof(double));
-    double *vd = xmalloc((size_t)len * HEAD_DIM * sizeof(double));
-    double qd[GQA_GROUP * HEAD_DIM];
-    const int32_t qo[2] = {0, 1}, kv[2] = {0, len};
-    for (int32_t h = 0; h < NUM_KV_HEADS; h++) {
-        const size_t head_at = (size_t)h * GQA_GROUP * HEAD_DIM;
-        for (size_t i = 0; i < GQA_GROUP * HEAD_DIM; i++)
-            qd[i] = d->q_host[(size_t)b * Q_ROW_ELEMS + head_at + i];
-        gather_head(d, full, b, h, len, kd, vd);
-        flp_ref_attention ra = {.batch_size = 1,
-                                .num_qo_heads = GQA_GROUP,
-                                .num_kv_heads = 1,
-                                .head_dim = HEAD_DIM,
-                                .qo_indptr = qo,
-                                .kv_indptr = kv,
-                                .q = qd,
-                                .k = kd,
-                                .v = vd};
-        CHECK(flp_ref_attention_run(&ra, ref + head_at, NULL));
-    }
-    free(kd);
-    free(vd);
-}
-
-/* Request b's row of an output read back (o_bits, dtype) against ref; the relative error. */
-static double row_error(flp_context *ctx, flp_dtype dtype, const uint16_t *o_bits, int32_t b,
-                        const double *ref) {
-    float got_f[Q_ROW_ELEMS];
-    double got[Q_ROW_ELEMS];
-    CHECK(flp_convert_to_f32(dtype, o_bits + (size_t)b * Q_ROW_ELEMS, got_f, Q_ROW_ELEMS));
-    for (size_t i = 0; i < Q_ROW_ELEMS; i++)
-        got[i] = got_f[i];
-    return flp_ref_relative_error(got, ref, Q_ROW_ELEMS);
-}
-
 static uint16_t *read_output(flp_context *ctx, const device_data *d, flp_buffer *out) {
-    uint16_t *bits = xmalloc(d->q_bytes);
-    CHECK(flp_buffer_read(ctx, out, 0, bits, d->q_bytes));
+    uint16_t *bits = bench_xmalloc(d->in.q_bytes);
+    CHECK(flp_buffer_read(ctx, out, 0, bits, d->in.q_bytes));
     return bits;
 }
 
 /* The largest relative errors of the cascade's and plain decode's outputs (already run) on the
- * sampled requests; returns how many requests were checked. */
+ * sampled requests (the first, a middle one and the last); returns how many were checked. */
 static int32_t check_outputs(flp_context *ctx, const bench_config *c, const device_data *d,
-                             const page_csr *full, double *cascade_err, double *decode_err) {
+                             const bench_page_table *full, double *cascade_err,
+                             double *decode_err) {
     uint16_t *cascade_bits = read_output(ctx, d, d->cascade_out_buf);
     uint16_t *decode_bits = read_output(ctx, d, d->decode_out_buf);
     const int32_t len = c->shared + (c->groups ? c->group_len : 0) + c->unique;
-    double *ref = xmalloc(Q_ROW_ELEMS * sizeof(double));
-    int32_t picked[MAX_CHECKED], checked = sample_requests(c->batch, picked);
+    double *ref = bench_xmalloc(BENCH_Q_ROW_ELEMS * sizeof(double));
+    const int32_t candidates[MAX_CHECKED] = {0, c->batch / 2, c->batch - 1};
+    int32_t picked[MAX_CHECKED], checked = bench_distinct(candidates, MAX_CHECKED, picked);
     *cascade_err = *decode_err = 0.0;
     for (int32_t i = 0; i < checked; i++) {
-        reference_row(ctx, d, full, picked[i], len, ref);
-        double ce = row_error(ctx, c->dtype, cascade_bits, picked[i], ref);
-        double de = row_error(ctx, c->dtype, decode_bits, picked[i], ref);
+        const size_t at = (size_t)picked[i] * BENCH_Q_ROW_ELEMS;
+        bench_reference_row(ctx, &d->in, full, picked[i], picked[i], len, ref);
+        double ce = bench_row_error(ctx, c->opt.dtype, cascade_bits + at, ref);
+        double de = bench_row_error(ctx, c->opt.dtype, decode_bits + at, ref);
         *cascade_err = ce > *cascade_err ? ce : *cascade_err;
         *decode_err = de > *decode_err ? de : *decode_err;
     }
@@ -659,9 +354,9 @@ static void print_header(const bench_config *c, const flp_device_info *info, con
            "levels=%d Hq=%d Hkv=%d D=%d page=%d layout=NHD dtype=%s page_ids=%s pool_pages=%d "
            "iters=%d\n",
            info->backend_name, info->device_name, c->batch, c->shared, c->groups,
-           c->groups ? c->group_len : 0, c->unique, num_levels, NUM_QO_HEADS, NUM_KV_HEADS,
-           HEAD_DIM, PAGE_SIZE, flp_dtype_name(c->dtype), c->page_ids_at_run ? "run" : "plan",
-           p->num_pages, c->iters);
+           c->groups ? c->group_len : 0, c->unique, num_levels, BENCH_QO_HEADS, BENCH_KV_HEADS,
+           BENCH_HEAD_DIM, BENCH_PAGE_SIZE, flp_dtype_name(c->opt.dtype),
+           c->opt.page_ids_at_run ? "run" : "plan", p->num_pages, c->iters);
 }
 
 static void print_result(const impl_result *r, double tol) {
@@ -681,48 +376,42 @@ static void print_ratio(const impl_result *cascade, const impl_result *decode) {
 
 /* Bytes of K and V one token of the pool holds. */
 static double kv_token_bytes(const bench_config *c) {
-    return 2.0 * (double)KV_ROW_ELEMS * (double)flp_dtype_size(c->dtype);
+    return 2.0 * (double)BENCH_KV_ROW_ELEMS * (double)flp_dtype_size(c->opt.dtype);
 }
 
 /* Each K/V byte the cascade reads once: the shared tokens, the groups', every request's own. */
 static double cascade_bytes(const bench_config *c, const device_data *d) {
     double tokens =
         (double)c->shared + (double)c->groups * c->group_len + (double)c->batch * c->unique;
-    return tokens * kv_token_bytes(c) + 2.0 * (double)d->q_bytes;
+    return tokens * kv_token_bytes(c) + 2.0 * (double)d->in.q_bytes;
 }
 
 /* Plain decode reads every request's whole key list. */
 static double decode_bytes(const bench_config *c, const device_data *d) {
     double per_request = (double)c->shared + (c->groups ? c->group_len : 0) + c->unique;
-    return (double)c->batch * per_request * kv_token_bytes(c) + 2.0 * (double)d->q_bytes;
+    return (double)c->batch * per_request * kv_token_bytes(c) + 2.0 * (double)d->in.q_bytes;
 }
 
 /* ---- main ------------------------------------------------------------------------------- */
 
 int main(int argc, char **argv) {
     const bench_config c = parse_args(argc, argv);
-    flp_context *ctx = NULL;
-    flp_context_desc cd = {.backend = c.backend};
-    flp_status st = flp_context_create(&cd, &ctx);
-    if (st != FLP_OK) {
-        fprintf(stderr, "no device for this backend: %s\n", flp_status_string(st));
-        return 77;
-    }
     flp_device_info info;
-    CHECK(flp_context_get_info(ctx, &info));
+    flp_context *ctx = bench_open_context(&(flp_context_desc){.backend = c.opt.backend}, &info);
 
-    pool_layout pool = make_pool_layout(&c);
-    page_csr levels[MAX_LEVELS];
+    uint64_t rng = SEED;
+    pool_layout pool = make_pool_layout(&c, &rng);
+    bench_page_table levels[MAX_LEVELS];
     const int32_t num_levels = make_levels(&c, &pool, levels);
-    page_csr full = make_decode_table(&c, &pool);
+    bench_page_table full = make_decode_table(&c, &pool);
     print_header(&c, &info, &pool, num_levels);
     fflush(stdout);
-    if (c.page_ids_at_run) {
+    if (c.opt.page_ids_at_run) {
         for (int32_t l = 0; l < num_levels; l++)
-            upload_ids(ctx, &levels[l]);
-        upload_ids(ctx, &full);
+            bench_upload_page_ids(ctx, &levels[l]);
+        bench_upload_page_ids(ctx, &full);
     }
-    device_data d = make_device_data(ctx, &c, &pool);
+    device_data d = make_device_data(ctx, &c, &pool, &rng);
 
     cascade_impl cascade;
     decode_impl decode;
@@ -730,21 +419,21 @@ int main(int argc, char **argv) {
     make_decode(ctx, &c, &full, &d, &decode);
     impl_result cascade_result = {.name = "cascade", .bytes = cascade_bytes(&c, &d)};
     impl_result decode_result = {.name = "decode", .bytes = decode_bytes(&c, &d)};
-    cascade_result.plan_s = plan_seconds(ctx, plan_cascade, &cascade);
-    decode_result.plan_s = plan_seconds(ctx, plan_decode, &decode);
+    cascade_result.plan_s = bench_plan_seconds(ctx, plan_cascade, &cascade);
+    decode_result.plan_s = bench_plan_seconds(ctx, plan_decode, &decode);
 
     CHECK(run_cascade(&cascade));
     CHECK(run_decode(&decode));
     CHECK(flp_context_synchronize(ctx));
     const int32_t checked =
         check_outputs(ctx, &c, &d, &full, &cascade_result.err, &decode_result.err);
-    const double tol = c.dtype == FLP_DTYPE_BF16 ? 1.6e-2 : 2e-3;
+    const double tol = bench_tolerance(c.opt.dtype);
     printf("  checked=%d requests against float64 (tolerance %.1e)\n", checked, tol);
 
-    cascade_result.queued_s = queued_seconds(ctx, c.iters, run_cascade, &cascade);
-    cascade_result.graph_s = graph_seconds(ctx, c.iters, run_cascade, &cascade);
-    decode_result.queued_s = queued_seconds(ctx, c.iters, run_decode, &decode);
-    decode_result.graph_s = graph_seconds(ctx, c.iters, run_decode, &decode);
+    cascade_result.queued_s = bench_queued_seconds(ctx, c.iters, run_cascade, &cascade);
+    cascade_result.graph_s = bench_graph_seconds(ctx, c.iters, run_cascade, &cascade);
+    decode_result.queued_s = bench_queued_seconds(ctx, c.iters, run_decode, &decode);
+    decode_result.graph_s = bench_graph_seconds(ctx, c.iters, run_decode, &decode);
     print_result(&cascade_result, tol);
     print_result(&decode_result, tol);
     print_ratio(&cascade_result, &decode_result);
@@ -753,8 +442,8 @@ int main(int argc, char **argv) {
     flp_plan_destroy(decode.plan);
     free_device_data(&d);
     for (int32_t l = 0; l < num_levels; l++)
-        free_csr(&levels[l]);
-    free_csr(&full);
+        bench_free_page_table(&levels[l]);
+    bench_free_page_table(&full);
     free(pool.physical);
     flp_context_destroy(ctx);
     return cascade_result.err <= tol && decode_result.err <= tol ? 0 : 1;

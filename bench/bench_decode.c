@@ -8,10 +8,10 @@
  * --lens gives the request lengths as runs, e.g. 32768x1,512x63 (one request of 32768 keys,
  * then 63 of 512); without it, --batch requests of --kv-len keys. Prints one line per run: the
  * host time of flp_decode_plan (median of 21), the time per run (median of 5 timed batches of
- * --iters runs queued back to back), achieved GB/s counting each K/V/Q/O byte once, and the
- * fraction of --copy-gbps (the device's measured copy bandwidth, read + write) when given, and
- * on CUDA the time per run of the same runs replayed from a CUDA graph (graph_us), and the kernel
- * the plan chose (kernel=vector|matrix; --decode-kernel forces one, default auto).
+ * --iters runs queued back to back, after one warm-up run), achieved GB/s counting each K/V/Q/O
+ * byte once, and the fraction of --copy-gbps (the device's measured copy bandwidth, read + write)
+ * when given, and on CUDA the time per run of the same runs replayed from a CUDA graph (graph_us),
+ * and the kernel the plan chose (kernel=vector|matrix; --decode-kernel forces one, default auto).
  * --page-ids run (the default) plans with kv_indices = NULL and passes the page table to each
  * run as a device tensor (the serving path: the plan's host time does not grow with the
  * lengths); plan gives the plan the host page ids, which it checks and copies.
@@ -19,21 +19,18 @@
  * longest, the shortest and some between): the cache holds a random block repeated, so the
  * host keeps only that block, and 256 x 16384 fits in host memory. */
 #include "bench/bench_check.h"
-#include "bench/cuda_graph.h"
-#include "tools/host_timing.h"
+#include "bench/bench_util.h"
 #include "core/reference.h"
 #include "flashport/flashport.h"
 
-#include <limits.h>
-#include <math.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-/* The cache holds this many random elements repeated (odd, so that rows differ). */
-#define BLOCK_ELEMS ((size_t)(1u << 22) + 1u)
+/* The seed of the random data (the cache holds BENCH_BLOCK_ELEMS of them repeated). */
+#define SEED 0x9e3779b97f4a7c15ull
 /* Requests checked against float64 at most. */
 #define MAX_CHECKED 6
 
@@ -48,41 +45,25 @@ typedef struct bench_config {
     bool page_ids_at_run; /* --page-ids run */
 } bench_config;
 
-static uint64_t rng = 0x9e3779b97f4a7c15ull;
-static float uniform(void) {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (float)((double)(rng >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-}
-
+/* --dtype or --kv-dtype: bf16, f16, e4m3 or e5m2 (--dtype: bf16 or f16, checked later). */
 static flp_dtype parse_dtype(const char *s) {
-    if (!strcmp(s, "bf16"))
-        return FLP_DTYPE_BF16;
-    if (!strcmp(s, "f16"))
-        return FLP_DTYPE_F16;
-    if (!strcmp(s, "e4m3"))
-        return FLP_DTYPE_E4M3;
-    if (!strcmp(s, "e5m2"))
-        return FLP_DTYPE_E5M2;
-    fprintf(stderr, "unknown dtype %s\n", s);
-    exit(2);
+    static const flp_dtype names[] = {FLP_DTYPE_BF16, FLP_DTYPE_F16, FLP_DTYPE_E4M3,
+                                      FLP_DTYPE_E5M2};
+    flp_dtype dtype = bench_dtype_by_name(s, names, sizeof names / sizeof names[0]);
+    if (dtype == FLP_DTYPE_DEFAULT)
+        bench_usage_error("unknown dtype %s", s);
+    return dtype;
 }
 
 static bench_config parse_args(int argc, char **argv) {
     bench_config c = {
         FLP_BACKEND_AUTO,       64,  4096, 32, 8, 128, 16, NULL, FLP_DTYPE_BF16, 0, 50, 0,
         FLP_DECODE_KERNEL_AUTO, true};
-    if (argc % 2 == 0) {
-        fprintf(stderr, "%s: every option takes a value\n", argv[argc - 1]);
-        exit(2);
-    }
+    bench_require_values(argc, argv);
     for (int i = 1; i + 1 < argc; i += 2) {
         const char *k = argv[i], *v = argv[i + 1];
         if (!strcmp(k, "--backend"))
-            c.backend = !strcmp(v, "cuda")     ? FLP_BACKEND_CUDA
-                        : !strcmp(v, "vulkan") ? FLP_BACKEND_VULKAN
-                                               : FLP_BACKEND_AUTO;
+            c.backend = bench_backend_or_auto(v);
         else if (!strcmp(k, "--batch"))
             c.batch = atoi(v);
         else if (!strcmp(k, "--kv-len"))
@@ -107,23 +88,17 @@ static bench_config parse_args(int argc, char **argv) {
             c.copy_gbps = atof(v);
         else if (!strcmp(k, "--decode-kernel"))
             c.kernel = bench_parse_decode_kernel(v);
-        else if (!strcmp(k, "--page-ids") && (!strcmp(v, "run") || !strcmp(v, "plan")))
-            c.page_ids_at_run = !strcmp(v, "run");
-        else {
-            fprintf(stderr, "unknown option %s\n", k);
-            exit(2);
-        }
+        else if (!strcmp(k, "--page-ids") && bench_page_ids_by_name(v, &c.page_ids_at_run))
+            continue;
+        else
+            bench_usage_error("unknown option %s", k);
     }
     if (c.kv_dtype == FLP_DTYPE_DEFAULT)
         c.kv_dtype = c.dtype;
-    if (c.dtype != FLP_DTYPE_BF16 && c.dtype != FLP_DTYPE_F16) {
-        fprintf(stderr, "--dtype: queries and outputs are bf16 or f16\n");
-        exit(2);
-    }
-    if (c.iters < 1 || c.batch < 1 || c.page < 1) {
-        fprintf(stderr, "--iters, --batch and --page must be at least 1\n");
-        exit(2);
-    }
+    if (c.dtype != FLP_DTYPE_BF16 && c.dtype != FLP_DTYPE_F16)
+        bench_usage_error("--dtype: queries and outputs are bf16 or f16");
+    if (c.iters < 1 || c.batch < 1 || c.page < 1)
+        bench_usage_error("--iters, --batch and --page must be at least 1");
     return c;
 }
 
@@ -139,23 +114,17 @@ static int32_t *request_lengths(bench_config *c) {
     for (const char *at = c->lens_text; *at;) {
         char *end;
         long len = strtol(at, &end, 10), count = 1;
-        if (end == at || len < 0 || len > 1L << 30) { /* the library's FLP_MAX_KV_LEN */
-            fprintf(stderr, "--lens %s: expected LENxCOUNT,...\n", c->lens_text);
-            exit(2);
-        }
+        if (end == at || len < 0 || len > 1L << 30) /* the library's FLP_MAX_KV_LEN */
+            bench_usage_error("--lens %s: expected LENxCOUNT,...", c->lens_text);
         at = end;
         if (*at == 'x') {
             count = strtol(at + 1, &end, 10);
-            if (end == at + 1 || count < 1 || count > 1 << 20) {
-                fprintf(stderr, "--lens %s: bad count\n", c->lens_text);
-                exit(2);
-            }
+            if (end == at + 1 || count < 1 || count > 1 << 20)
+                bench_usage_error("--lens %s: bad count", c->lens_text);
             at = end;
         }
-        if (batch + count > 1 << 20) {
-            fprintf(stderr, "--lens %s: more than %d requests\n", c->lens_text, 1 << 20);
-            exit(2);
-        }
+        if (batch + count > 1 << 20)
+            bench_usage_error("--lens %s: more than %d requests", c->lens_text, 1 << 20);
         int32_t *grown = realloc(lens, sizeof(int32_t) * (size_t)(batch + count));
         if (!grown) {
             fprintf(stderr, "--lens: out of host memory\n");
@@ -166,67 +135,42 @@ static int32_t *request_lengths(bench_config *c) {
             lens[batch++] = (int32_t)len;
         if (*at == ',')
             at++;
-        else if (*at) {
-            fprintf(stderr, "--lens %s: unexpected '%c'\n", c->lens_text, *at);
-            exit(2);
-        }
+        else if (*at)
+            bench_usage_error("--lens %s: unexpected '%c'", c->lens_text, *at);
     }
-    if (batch == 0) {
-        fprintf(stderr, "--lens %s: no requests\n", c->lens_text);
-        exit(2);
-    }
+    if (batch == 0)
+        bench_usage_error("--lens %s: no requests", c->lens_text);
     c->batch = batch;
     return lens;
 }
 
-/* min(n, block_elems) random values as stored in dtype (host floats, dequantised), repeated
- * into the n elements of buf: element i holds block[i % block_elems] (block_elems >= n: all n
- * values random, none repeated). */
-static float *upload_random(flp_context *ctx, flp_buffer *buf, flp_dtype dtype, size_t n,
-                            size_t block_elems) {
-    size_t esize = flp_dtype_size(dtype), count = n < block_elems ? n : block_elems;
-    float *block = malloc(count * sizeof *block);
-    void *raw = malloc(count * esize);
-    for (size_t i = 0; i < count; i++)
-        block[i] = uniform();
-    CHECK(flp_convert_from_f32(dtype, block, raw, count));
-    CHECK(flp_convert_to_f32(dtype, raw, block, count));
-    for (size_t at = 0; at < n; at += count) {
-        size_t len = n - at < count ? n - at : count;
-        CHECK(flp_buffer_write(ctx, buf, at * esize, raw, len * esize));
-    }
-    free(raw);
-    return block;
-}
-
-/* One decode run, the call a CUDA graph captures. */
+/* The plan with its plan and run arguments, as the timed calls (and a CUDA graph) take them. */
 typedef struct decode_call {
     flp_context *ctx;
-    const flp_plan *plan;
-    const flp_decode_run_args *args;
+    flp_plan *plan;
+    const flp_decode_plan_args *plan_args;
+    const flp_decode_run_args *run_args;
 } decode_call;
+
+static flp_status plan_decode(void *arg) {
+    const decode_call *call = arg;
+    return flp_decode_plan(call->ctx, call->plan, call->plan_args);
+}
 
 static flp_status run_decode(void *arg) {
     const decode_call *call = arg;
-    return flp_decode_run(call->ctx, call->plan, call->args);
+    return flp_decode_run(call->ctx, call->plan, call->run_args);
 }
 
 /* The sample checked against float64: the longest and shortest requests and some between. */
 static int32_t sample_requests(const int32_t *lens, int32_t batch, int32_t *picked) {
-    int32_t n = 0, longest = 0, shortest = 0;
+    int32_t longest = 0, shortest = 0;
     for (int32_t b = 1; b < batch; b++) {
         longest = lens[b] > lens[longest] ? b : longest;
         shortest = lens[b] < lens[shortest] ? b : shortest;
     }
-    int32_t candidates[MAX_CHECKED] = {longest, shortest, 0, batch - 1, batch / 2, batch / 3};
-    for (int32_t i = 0; i < MAX_CHECKED; i++) {
-        bool seen = false;
-        for (int32_t j = 0; j < n; j++)
-            seen |= picked[j] == candidates[i];
-        if (!seen)
-            picked[n++] = candidates[i];
-    }
-    return n;
+    const int32_t candidates[MAX_CHECKED] = {longest, shortest, 0, batch - 1, batch / 2, batch / 3};
+    return bench_distinct(candidates, MAX_CHECKED, picked);
 }
 
 /* One request's output against the float64 reference; returns the relative error. */
@@ -242,8 +186,8 @@ static double check_request(flp_context *ctx, const bench_config *c, int32_t b,
         size_t page = (size_t)indices[kv_indptr[b] + (int32_t)(t / (size_t)c->page)];
         size_t base = page * page_elems + (t % (size_t)c->page) * kv_row;
         for (size_t e = 0; e < kv_row; e++) {
-            kd[t * kv_row + e] = k_block[(base + e) % BLOCK_ELEMS];
-            vd[t * kv_row + e] = v_block[(base + e) % BLOCK_ELEMS];
+            kd[t * kv_row + e] = k_block[(base + e) % BENCH_BLOCK_ELEMS];
+            vd[t * kv_row + e] = v_block[(base + e) % BENCH_BLOCK_ELEMS];
         }
     }
     double *qd = malloc(row * sizeof(double)), *ref = malloc(row * sizeof(double));
@@ -278,15 +222,8 @@ static double check_request(flp_context *ctx, const bench_config *c, int32_t b,
 int main(int argc, char **argv) {
     bench_config c = parse_args(argc, argv);
     int32_t *lens = request_lengths(&c);
-    flp_context *ctx = NULL;
-    flp_context_desc cd = {.backend = c.backend};
-    flp_status st = flp_context_create(&cd, &ctx);
-    if (st != FLP_OK) {
-        fprintf(stderr, "no device for this backend: %s\n", flp_status_string(st));
-        return 77;
-    }
     flp_device_info info;
-    CHECK(flp_context_get_info(ctx, &info));
+    flp_context *ctx = bench_open_context(&(flp_context_desc){.backend = c.backend}, &info);
 
     int32_t *kv_indptr = malloc(sizeof(int32_t) * (size_t)(c.batch + 1));
     int32_t *last = malloc(sizeof(int32_t) * (size_t)c.batch);
@@ -294,10 +231,8 @@ int main(int argc, char **argv) {
     kv_indptr[0] = 0;
     for (int32_t b = 0; b < c.batch; b++) {
         int32_t pages = (int32_t)(((int64_t)lens[b] + c.page - 1) / c.page);
-        if ((int64_t)kv_indptr[b] + pages > INT32_MAX) {
-            fprintf(stderr, "more than %d pages in the batch\n", INT32_MAX);
-            return 2;
-        }
+        if ((int64_t)kv_indptr[b] + pages > INT32_MAX)
+            bench_usage_error("more than %d pages in the batch", INT32_MAX);
         kv_indptr[b + 1] = kv_indptr[b] + pages;
         last[b] = pages ? lens[b] - (pages - 1) * c.page : 0;
         keys += lens[b];
@@ -326,9 +261,12 @@ int main(int argc, char **argv) {
     CHECK(flp_buffer_write(ctx, idx_buf, 0, indices, bd.size));
     const int64_t idx_shape[1] = {num_pages};
     const flp_tensor idx_tensor = flp_tensor_contiguous(idx_buf, 0, FLP_DTYPE_I32, 1, idx_shape);
-    float *q = upload_random(ctx, q_buf, c.dtype, q_elems, q_elems);
-    float *k_block = upload_random(ctx, k_buf, c.kv_dtype, cache_elems, BLOCK_ELEMS);
-    float *v_block = upload_random(ctx, v_buf, c.kv_dtype, cache_elems, BLOCK_ELEMS);
+    uint64_t rng = SEED;
+    float *q = bench_upload_random(ctx, q_buf, c.dtype, q_elems, q_elems, &rng);
+    float *k_block =
+        bench_upload_random(ctx, k_buf, c.kv_dtype, cache_elems, BENCH_BLOCK_ELEMS, &rng);
+    float *v_block =
+        bench_upload_random(ctx, v_buf, c.kv_dtype, cache_elems, BENCH_BLOCK_ELEMS, &rng);
 
     flp_plan *plan;
     flp_plan_desc pd = {.max_batch_size = c.batch,
@@ -345,13 +283,6 @@ int main(int argc, char **argv) {
         .kv_indices = c.page_ids_at_run ? NULL : indices,
         .kv_last_page_len = last,
         .variant = {.head_dim = c.head_dim, .q_dtype = c.dtype, .kv_dtype = c.kv_dtype}};
-    double plan_samples[21];
-    for (int s = 0; s < 21; s++) {
-        double t0 = timing_now_seconds();
-        CHECK(flp_decode_plan(ctx, plan, &pa));
-        plan_samples[s] = timing_now_seconds() - t0;
-    }
-    double plan_s = timing_median(plan_samples, 21);
     int64_t q_shape[3] = {c.batch, c.hq, c.head_dim};
     int64_t cache_shape[4] = {num_pages, c.page, c.hkv, c.head_dim};
     flp_decode_run_args ra = {
@@ -361,6 +292,8 @@ int main(int argc, char **argv) {
         .out = flp_tensor_contiguous(o_buf, 0, c.dtype, 3, q_shape),
         .kv_indices = c.page_ids_at_run ? &idx_tensor : NULL,
     };
+    decode_call call = {ctx, plan, &pa, &ra};
+    double plan_s = bench_plan_seconds(ctx, plan_decode, &call);
     CHECK(flp_decode_run(ctx, plan, &ra));
     CHECK(flp_context_synchronize(ctx));
 
@@ -374,24 +307,13 @@ int main(int argc, char **argv) {
                                  indices, lens[picked[i]]);
         err = e > err ? e : err;
     }
-    double tol = c.dtype == FLP_DTYPE_BF16 ? 1.6e-2 : 2e-3;
+    double tol = bench_tolerance(c.dtype);
     if (c.kv_dtype == FLP_DTYPE_E4M3 || c.kv_dtype == FLP_DTYPE_E5M2)
         tol = 6e-2;
 
-    double samples[5];
-    for (int s = 0; s < 5; s++) {
-        double t0 = timing_now_seconds();
-        for (int i = 0; i < c.iters; i++)
-            CHECK(flp_decode_run(ctx, plan, &ra));
-        CHECK(flp_context_synchronize(ctx));
-        samples[s] = (timing_now_seconds() - t0) / c.iters;
-    }
-    double t = timing_median(samples, 5);
+    double t = bench_queued_seconds(ctx, c.iters, run_decode, &call);
     /* CUDA only: the same runs replayed from a graph (no launch overhead on the host) */
-    decode_call call = {ctx, plan, &ra};
-    bench_graph *graph = bench_graph_capture(ctx, c.iters, run_decode, &call);
-    double graph_s = graph ? bench_graph_seconds_per_run(graph, 5) : -1.0;
-    bench_graph_destroy(graph);
+    double graph_s = bench_graph_seconds(ctx, c.iters, run_decode, &call);
     double bytes = (double)keys * c.hkv * c.head_dim * 2.0 * (double)flp_dtype_size(c.kv_dtype) +
                    2.0 * (double)q_bytes;
     double gbps = bytes / t * 1e-9;

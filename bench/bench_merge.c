@@ -8,8 +8,8 @@
  * Prints one line per operation: merge_state (two states into a third tensor) and merge_states
  * (--states states per row, default 4). Defaults: 8192 rows, 32 heads, D = 128, bf16. */
 #include "bench/bench_check.h"
+#include "bench/bench_util.h"
 #include "core/reference.h"
-#include "tools/host_timing.h"
 
 #include <math.h>
 
@@ -20,29 +20,22 @@ typedef struct merge_config {
 } merge_config;
 
 static flp_dtype parse_dtype(const char *s) {
-    if (!strcmp(s, "f16"))
-        return FLP_DTYPE_F16;
-    if (!strcmp(s, "bf16"))
-        return FLP_DTYPE_BF16;
-    if (!strcmp(s, "f32"))
-        return FLP_DTYPE_F32;
-    fprintf(stderr, "--dtype %s: expected f16, bf16 or f32\n", s);
-    exit(2);
+    static const flp_dtype names[] = {FLP_DTYPE_F16, FLP_DTYPE_BF16, FLP_DTYPE_F32};
+    flp_dtype dtype = bench_dtype_by_name(s, names, sizeof names / sizeof names[0]);
+    if (dtype == FLP_DTYPE_DEFAULT)
+        bench_usage_error("--dtype %s: expected f16, bf16 or f32", s);
+    return dtype;
 }
 
 static merge_config parse_args(int argc, char **argv) {
     merge_config c = {FLP_BACKEND_AUTO, 8192, 32, 128, 4, 20, FLP_DTYPE_BF16};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!v) {
-            fprintf(stderr, "%s needs a value\n", a);
-            exit(2);
-        }
+        if (!v)
+            bench_usage_error("%s needs a value", a);
         i++;
         if (!strcmp(a, "--backend"))
-            c.backend = !strcmp(v, "cuda")     ? FLP_BACKEND_CUDA
-                        : !strcmp(v, "vulkan") ? FLP_BACKEND_VULKAN
-                                               : FLP_BACKEND_AUTO;
+            c.backend = bench_backend_or_auto(v);
         else if (!strcmp(a, "--rows"))
             c.rows = atoi(v);
         else if (!strcmp(a, "--heads"))
@@ -55,15 +48,11 @@ static merge_config parse_args(int argc, char **argv) {
             c.iters = atoi(v);
         else if (!strcmp(a, "--dtype"))
             c.dtype = parse_dtype(v);
-        else {
-            fprintf(stderr, "unknown option %s\n", a);
-            exit(2);
-        }
+        else
+            bench_usage_error("unknown option %s", a);
     }
-    if (c.rows < 1 || c.heads < 1 || c.dim < 1 || c.states < 1 || c.iters < 1) {
-        fprintf(stderr, "--rows, --heads, --head-dim, --states and --iters must be >= 1\n");
-        exit(2);
-    }
+    if (c.rows < 1 || c.heads < 1 || c.dim < 1 || c.states < 1 || c.iters < 1)
+        bench_usage_error("--rows, --heads, --head-dim, --states and --iters must be >= 1");
     return c;
 }
 
@@ -77,12 +66,9 @@ typedef struct states {
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 
+/* Uniform in [0, 1). */
 static double next_uniform(void) {
-    rng_state += 0x9e3779b97f4a7c15ull;
-    uint64_t z = rng_state;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return (double)((z ^ (z >> 31)) >> 11) / 9007199254740992.0;
+    return (double)(bench_splitmix64(&rng_state) >> 11) / 9007199254740992.0;
 }
 
 static states make_states(flp_context *ctx, const merge_config *c, int64_t n) {
@@ -164,34 +150,29 @@ static double check_out(flp_context *ctx, const merge_config *c, const states *o
     return worst;
 }
 
-typedef void (*merge_call)(flp_context *ctx, const void *args);
+/* One merge call's context and arguments, as the timed calls take them. */
+typedef struct merge_call {
+    flp_context *ctx;
+    const void *args; /* flp_merge_state_args or flp_merge_states_args */
+} merge_call;
 
-static void call_pair(flp_context *ctx, const void *args) {
-    CHECK(flp_merge_state(ctx, args));
+static flp_status call_pair(void *arg) {
+    const merge_call *m = arg;
+    flp_context *ctx = m->ctx;
+    CHECK(flp_merge_state(ctx, m->args));
+    return FLP_OK;
 }
 
-static void call_ragged(flp_context *ctx, const void *args) {
-    CHECK(flp_merge_states(ctx, args));
-}
-
-/* Seconds per call of fn over c->iters calls queued back to back (median of 5). */
-static double time_calls(flp_context *ctx, const merge_config *c, merge_call fn, const void *args) {
-    fn(ctx, args);
-    CHECK(flp_context_synchronize(ctx));
-    double samples[5];
-    for (int s = 0; s < 5; s++) {
-        const double t0 = timing_now_seconds();
-        for (int i = 0; i < c->iters; i++)
-            fn(ctx, args);
-        CHECK(flp_context_synchronize(ctx));
-        samples[s] = (timing_now_seconds() - t0) / c->iters;
-    }
-    return timing_median(samples, 5);
+static flp_status call_ragged(void *arg) {
+    const merge_call *m = arg;
+    flp_context *ctx = m->ctx;
+    CHECK(flp_merge_states(ctx, m->args));
+    return FLP_OK;
 }
 
 static void report(const char *op, const flp_device_info *info, const merge_config *c,
                    int states_per_row, double seconds, double bytes, double err) {
-    const double tol = c->dtype == FLP_DTYPE_F32 ? 1e-5 : c->dtype == FLP_DTYPE_F16 ? 2e-3 : 1.6e-2;
+    const double tol = bench_tolerance(c->dtype);
     printf("merge op=%s backend=%s device=\"%s\" rows=%d heads=%d D=%d dtype=%s states=%d "
            "time_us=%.1f GB/s=%.0f max_rel_err=%.1e %s\n",
            op, info->backend_name, info->device_name, c->rows, c->heads, c->dim,
@@ -214,7 +195,7 @@ int main(int argc, char **argv) {
     states a = make_states(ctx, &c, c.rows), b = make_states(ctx, &c, c.rows);
     states out = make_states(ctx, &c, c.rows);
     flp_merge_state_args pair = {a.view, b.view, out.view};
-    const double t_pair = time_calls(ctx, &c, call_pair, &pair);
+    const double t_pair = bench_queued_seconds(ctx, c.iters, call_pair, &(merge_call){ctx, &pair});
     const states *pair_in[2] = {&a, &b};
     report("merge_state", &info, &c, 2, t_pair, 3.0 * c.rows * unit_bytes,
            check_out(ctx, &c, &out, pair_in, 2, false));
@@ -224,7 +205,8 @@ int main(int argc, char **argv) {
     states many = make_states(ctx, &c, (int64_t)c.rows * c.states);
     flp_merge_states_args ragged = {
         .states = many.view, .states_per_row = c.states, .out = out.view};
-    const double t_ragged = time_calls(ctx, &c, call_ragged, &ragged);
+    const double t_ragged =
+        bench_queued_seconds(ctx, c.iters, call_ragged, &(merge_call){ctx, &ragged});
     const states *ragged_in[1] = {&many};
     report("merge_states", &info, &c, c.states, t_ragged, (c.states + 1.0) * c.rows * unit_bytes,
            check_out(ctx, &c, &out, ragged_in, c.states, true));

@@ -36,166 +36,59 @@
  *      flashport-bench-mixed --backend vulkan --decode 4 --decode-len 256 --prefill 2 --chunk 32
  *                            --cached 64 --iters 2 */
 #include "bench/bench_check.h"
-#include "bench/cuda_graph.h"
-#include "core/reference.h"
+#include "bench/bench_util.h"
 #include "flashport/flashport.h"
-#include "tools/host_timing.h"
 
-#include <limits.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* The fixed shape. */
-#define NUM_QO_HEADS 32
-#define NUM_KV_HEADS 8
-#define HEAD_DIM 128
-#define PAGE_SIZE 16
-#define GQA_GROUP (NUM_QO_HEADS / NUM_KV_HEADS)
-#define Q_ROW_ELEMS ((size_t)NUM_QO_HEADS * HEAD_DIM)
-#define KV_ROW_ELEMS ((size_t)NUM_KV_HEADS * HEAD_DIM)
-#define PAGE_ELEMS ((size_t)PAGE_SIZE * KV_ROW_ELEMS)
-
-/* The pool holds this many random elements repeated (odd, so that pages differ). */
-#define BLOCK_ELEMS ((size_t)(1u << 22) + 1u)
+/* The seed of the pool's page order and of the random data. */
+#define SEED 0x13198a2e03707344ull
 /* Query rows checked against float64 at most: two decode requests of one row, two prefill
  * chunks of three rows. */
 #define MAX_CHECKED 8
-#define PLAN_SAMPLES 21
-#define TIME_SAMPLES 5
 
 typedef struct bench_config {
-    flp_backend_kind backend;
-    int32_t decode;     /* D decode requests, one query row each */
-    int32_t decode_len; /* L keys of each decode request */
-    int32_t prefill;    /* P prefill chunks */
-    int32_t chunk;      /* C new query rows of each chunk */
-    int32_t cached;     /* K cached keys before each chunk's rows */
-    int iters;
-    flp_dtype dtype; /* of Q, K, V and O */
-    bool page_ids_at_run;
+    bench_paged_options opt; /* --backend, --dtype (of Q, K, V and O), --page-ids */
+    int32_t decode;          /* D decode requests, one query row each */
+    int32_t decode_len;      /* L keys of each decode request */
+    int32_t prefill;         /* P prefill chunks */
+    int32_t chunk;           /* C new query rows of each chunk */
+    int32_t cached;          /* K cached keys before each chunk's rows */
+    int32_t iters;
 } bench_config;
 
 /* ---- options --------------------------------------------------------------------------- */
 
-/* Prints the message (printf format) and exits 2. */
-static _Noreturn void usage_error(const char *format, ...) {
-    va_list ap;
-    va_start(ap, format);
-    vfprintf(stderr, format, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    exit(2);
-}
-
-static flp_dtype parse_dtype(const char *s) {
-    if (!strcmp(s, "bf16"))
-        return FLP_DTYPE_BF16;
-    if (!strcmp(s, "f16"))
-        return FLP_DTYPE_F16;
-    usage_error("--dtype %s: expected bf16 or f16", s);
-}
-
-static flp_backend_kind parse_backend(const char *s) {
-    if (!strcmp(s, "cuda"))
-        return FLP_BACKEND_CUDA;
-    if (!strcmp(s, "vulkan"))
-        return FLP_BACKEND_VULKAN;
-    if (!strcmp(s, "auto"))
-        return FLP_BACKEND_AUTO;
-    usage_error("--backend %s: expected cuda, vulkan or auto", s);
-}
-
-static int32_t parse_count(const char *option, const char *s) {
-    char *end;
-    long v = strtol(s, &end, 10);
-    if (end == s || *end || v < 0 || v > INT32_MAX)
-        usage_error("%s %s: expected a count", option, s);
-    return (int32_t)v;
-}
-
 static int64_t pages_for(int64_t tokens) {
-    return (tokens + PAGE_SIZE - 1) / PAGE_SIZE;
+    return (tokens + BENCH_PAGE_SIZE - 1) / BENCH_PAGE_SIZE;
 }
 
 static void check_config(const bench_config *c) {
     if (c->decode < 1 || c->decode_len < 1 || c->prefill < 1 || c->chunk < 1 || c->iters < 1)
-        usage_error("--decode, --decode-len, --prefill, --chunk and --iters must be at least 1");
+        bench_usage_error(
+            "--decode, --decode-len, --prefill, --chunk and --iters must be at least 1");
     const int64_t kv_len = (int64_t)c->cached + c->chunk;
     const int64_t rows = (int64_t)c->decode + (int64_t)c->prefill * c->chunk;
     const int64_t pages =
         (int64_t)c->decode * pages_for(c->decode_len) + (int64_t)c->prefill * pages_for(kv_len);
     if (kv_len > INT32_MAX || rows > INT32_MAX || pages > INT32_MAX ||
         (int64_t)c->decode + c->prefill > INT32_MAX)
-        usage_error("the batch would hold more than 2^31 - 1 keys, rows, pages or requests");
+        bench_usage_error("the batch would hold more than 2^31 - 1 keys, rows, pages or requests");
 }
 
 static bench_config parse_args(int argc, char **argv) {
-    bench_config c = {.backend = FLP_BACKEND_AUTO,
-                      .decode = 32,
-                      .decode_len = 4096,
-                      .prefill = 4,
-                      .chunk = 512,
-                      .cached = 4096,
-                      .iters = 50,
-                      .dtype = FLP_DTYPE_BF16,
-                      .page_ids_at_run = true};
-    if (argc % 2 == 0)
-        usage_error("%s: every option takes a value", argv[argc - 1]);
-    for (int i = 1; i + 1 < argc; i += 2) {
-        const char *k = argv[i], *v = argv[i + 1];
-        if (!strcmp(k, "--backend"))
-            c.backend = parse_backend(v);
-        else if (!strcmp(k, "--decode"))
-            c.decode = parse_count(k, v);
-        else if (!strcmp(k, "--decode-len"))
-            c.decode_len = parse_count(k, v);
-        else if (!strcmp(k, "--prefill"))
-            c.prefill = parse_count(k, v);
-        else if (!strcmp(k, "--chunk"))
-            c.chunk = parse_count(k, v);
-        else if (!strcmp(k, "--cached"))
-            c.cached = parse_count(k, v);
-        else if (!strcmp(k, "--iters"))
-            c.iters = parse_count(k, v);
-        else if (!strcmp(k, "--dtype"))
-            c.dtype = parse_dtype(v);
-        else if (!strcmp(k, "--page-ids") && (!strcmp(v, "run") || !strcmp(v, "plan")))
-            c.page_ids_at_run = !strcmp(v, "run");
-        else
-            usage_error("unknown option or value: %s %s", k, v);
-    }
+    bench_config c = {
+        .decode = 32, .decode_len = 4096, .prefill = 4, .chunk = 512, .cached = 4096, .iters = 50};
+    const bench_count_option counts[] = {{"--decode", &c.decode},   {"--decode-len", &c.decode_len},
+                                         {"--prefill", &c.prefill}, {"--chunk", &c.chunk},
+                                         {"--cached", &c.cached},   {"--iters", &c.iters}};
+    c.opt = bench_parse_paged_options(argc, argv, counts, sizeof counts / sizeof counts[0]);
     check_config(&c);
     return c;
-}
-
-/* ---- host memory and random data -------------------------------------------------------- */
-
-static void *xmalloc(size_t bytes) {
-    void *p = malloc(bytes ? bytes : 1);
-    if (!p) {
-        fprintf(stderr, "out of host memory (%zu bytes)\n", bytes);
-        exit(1);
-    }
-    return p;
-}
-
-static uint64_t rng = 0x13198a2e03707344ull;
-
-static uint64_t next_u64(void) {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return rng;
-}
-
-/* Uniform in [-1, 1), never zero (a zeroed page would hide a wrong page id). */
-static float nonzero_uniform(void) {
-    float x = (float)((double)(next_u64() >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-    return x != 0.0f ? x : 0.5f;
 }
 
 /* ---- the batch and its page tables ------------------------------------------------------ */
@@ -210,11 +103,11 @@ typedef struct batch_layout {
     int32_t *physical;   /* [num_pages] the pool page of each logical page (seeded permutation) */
 } batch_layout;
 
-static batch_layout make_batch_layout(const bench_config *c) {
+static batch_layout make_batch_layout(const bench_config *c, uint64_t *rng) {
     batch_layout b = {.requests = c->decode + c->prefill};
-    b.qo_indptr = xmalloc(sizeof(int32_t) * (size_t)(b.requests + 1));
-    b.kv_len = xmalloc(sizeof(int32_t) * (size_t)b.requests);
-    b.first_page = xmalloc(sizeof(int32_t) * (size_t)(b.requests + 1));
+    b.qo_indptr = bench_xmalloc(sizeof(int32_t) * (size_t)(b.requests + 1));
+    b.kv_len = bench_xmalloc(sizeof(int32_t) * (size_t)b.requests);
+    b.first_page = bench_xmalloc(sizeof(int32_t) * (size_t)(b.requests + 1));
     b.qo_indptr[0] = b.first_page[0] = 0;
     for (int32_t r = 0; r < b.requests; r++) {
         const bool is_decode = r < c->decode;
@@ -224,14 +117,7 @@ static batch_layout make_batch_layout(const bench_config *c) {
     }
     b.rows = b.qo_indptr[b.requests];
     b.num_pages = b.first_page[b.requests];
-    b.physical = xmalloc(sizeof(int32_t) * (size_t)b.num_pages);
-    for (int32_t i = 0; i < b.num_pages; i++)
-        b.physical[i] = i;
-    for (int32_t i = b.num_pages - 1; i > 0; i--) { /* Fisher-Yates */
-        int32_t j = (int32_t)(next_u64() % (uint64_t)(i + 1)), t = b.physical[i];
-        b.physical[i] = b.physical[j];
-        b.physical[j] = t;
-    }
+    b.physical = bench_shuffled_ids(b.num_pages, rng);
     return b;
 }
 
@@ -242,149 +128,65 @@ static void free_batch_layout(batch_layout *b) {
     free(b->physical);
 }
 
-/* The CSR page table of `count` consecutive requests from `first` on, as the plans take it
- * (indptrs from 0, page ids of the pool). */
-typedef struct page_table {
-    int32_t batch;
-    int32_t *qo_indptr;  /* [batch + 1] */
-    int32_t *kv_indptr;  /* [batch + 1] */
-    int32_t *kv_indices; /* [kv_indptr[batch]] */
-    int32_t *last;       /* [batch] tokens on each request's last page */
-    /* the page ids on the device (--page-ids run) */
-    flp_buffer *ids_buf;
-    flp_tensor ids;
-} page_table;
-
-static page_table make_table(const batch_layout *b, int32_t first, int32_t count) {
-    page_table t = {.batch = count};
+/* The page table of `count` consecutive requests from `first` on, as the plans take it (indptrs
+ * from 0, page ids of the pool). */
+static bench_page_table make_table(const batch_layout *b, int32_t first, int32_t count) {
     const int32_t row0 = b->qo_indptr[first], page0 = b->first_page[first];
     const int32_t pages = b->first_page[first + count] - page0;
-    t.qo_indptr = xmalloc(sizeof(int32_t) * (size_t)(count + 1));
-    t.kv_indptr = xmalloc(sizeof(int32_t) * (size_t)(count + 1));
-    t.kv_indices = xmalloc(sizeof(int32_t) * (size_t)pages);
-    t.last = xmalloc(sizeof(int32_t) * (size_t)count);
+    bench_page_table t = bench_alloc_page_table(count, pages);
     for (int32_t r = 0; r <= count; r++) {
         t.qo_indptr[r] = b->qo_indptr[first + r] - row0;
         t.kv_indptr[r] = b->first_page[first + r] - page0;
     }
     for (int32_t r = 0; r < count; r++) {
         const int32_t len = b->kv_len[first + r];
-        t.last[r] = len - (int32_t)(pages_for(len) - 1) * PAGE_SIZE;
+        t.last[r] = len - (int32_t)(pages_for(len) - 1) * BENCH_PAGE_SIZE;
     }
     for (int32_t i = 0; i < pages; i++)
         t.kv_indices[i] = b->physical[page0 + i];
     return t;
 }
 
-static void upload_ids(flp_context *ctx, page_table *t) {
-    const int32_t n = t->kv_indptr[t->batch];
-    const int64_t shape[1] = {n};
-    flp_buffer_desc bd = {sizeof(int32_t) * (size_t)n};
-    CHECK(flp_buffer_create(ctx, &bd, &t->ids_buf));
-    CHECK(flp_buffer_write(ctx, t->ids_buf, 0, t->kv_indices, bd.size));
-    t->ids = flp_tensor_contiguous(t->ids_buf, 0, FLP_DTYPE_I32, 1, shape);
-}
-
-static void free_table(page_table *t) {
-    flp_buffer_destroy(t->ids_buf);
-    free(t->qo_indptr);
-    free(t->kv_indptr);
-    free(t->kv_indices);
-    free(t->last);
-}
-
 /* ---- device data ------------------------------------------------------------------------ */
 
-/* Q, the K/V pool and the two outputs (mixed, separate) on the device, with views of the decode
- * rows and of the prefill rows; Q and the pool's random block as stored (dequantised) on the
- * host. */
+/* Q and the K/V pool, the two outputs (mixed, separate) on the device, and the separate runs'
+ * views of the decode rows and of the prefill rows. */
 typedef struct device_data {
-    flp_buffer *q_buf, *k_buf, *v_buf, *mixed_out_buf, *separate_out_buf;
-    flp_tensor q, k_cache, v_cache, mixed_out;
+    bench_pool_data in;
+    flp_buffer *mixed_out_buf, *separate_out_buf;
+    flp_tensor mixed_out;                                    /* [rows, Hq, D] */
     flp_tensor decode_q, decode_out, prefill_q, prefill_out; /* the separate runs' views */
-    float *q_host;                                           /* [rows, NUM_QO_HEADS, HEAD_DIM] */
-    float *k_block, *v_block;                                /* [min(pool elements, BLOCK_ELEMS)] */
-    size_t q_bytes, pool_elems;
 } device_data;
 
-static flp_buffer *create_buffer(flp_context *ctx, size_t bytes) {
-    flp_buffer *buf;
-    flp_buffer_desc bd = {bytes};
-    CHECK(flp_buffer_create(ctx, &bd, &buf));
-    return buf;
-}
-
-/* min(n, block_elems) random non-zero values rounded to dtype, repeated into the n elements of
- * buf (element i holds block[i % block_elems]); returns the block as stored. */
-static float *upload_random(flp_context *ctx, flp_buffer *buf, flp_dtype dtype, size_t n,
-                            size_t block_elems) {
-    const size_t esize = flp_dtype_size(dtype), count = n < block_elems ? n : block_elems;
-    float *block = xmalloc(count * sizeof *block);
-    void *raw = xmalloc(count * esize);
-    for (size_t i = 0; i < count; i++)
-        block[i] = nonzero_uniform();
-    CHECK(flp_convert_from_f32(dtype, block, raw, count));
-    CHECK(flp_convert_to_f32(dtype, raw, block, count));
-    for (size_t at = 0; at < n; at += count) {
-        size_t len = n - at < count ? n - at : count;
-        CHECK(flp_buffer_write(ctx, buf, at * esize, raw, len * esize));
-    }
-    free(raw);
-    return block;
-}
-
-/* Rows [first, first + rows) of a [rows, NUM_QO_HEADS, HEAD_DIM] buffer. */
-static flp_tensor row_view(flp_buffer *buf, flp_dtype dtype, int32_t first, int32_t rows) {
-    const int64_t shape[3] = {rows, NUM_QO_HEADS, HEAD_DIM};
-    const size_t offset = (size_t)first * Q_ROW_ELEMS * flp_dtype_size(dtype);
-    return flp_tensor_contiguous(buf, offset, dtype, 3, shape);
-}
-
-static device_data make_device_data(flp_context *ctx, const bench_config *c,
-                                    const batch_layout *b) {
-    device_data d = {0};
-    const size_t esize = flp_dtype_size(c->dtype), q_elems = (size_t)b->rows * Q_ROW_ELEMS;
-    d.q_bytes = q_elems * esize;
-    d.pool_elems = (size_t)b->num_pages * PAGE_ELEMS;
-    d.q_buf = create_buffer(ctx, d.q_bytes);
-    d.mixed_out_buf = create_buffer(ctx, d.q_bytes);
-    d.separate_out_buf = create_buffer(ctx, d.q_bytes);
-    d.k_buf = create_buffer(ctx, d.pool_elems * esize);
-    d.v_buf = create_buffer(ctx, d.pool_elems * esize);
-    d.q_host = upload_random(ctx, d.q_buf, c->dtype, q_elems, q_elems);
-    d.k_block = upload_random(ctx, d.k_buf, c->dtype, d.pool_elems, BLOCK_ELEMS);
-    d.v_block = upload_random(ctx, d.v_buf, c->dtype, d.pool_elems, BLOCK_ELEMS);
-    const int64_t pool_shape[4] = {b->num_pages, PAGE_SIZE, NUM_KV_HEADS, HEAD_DIM};
-    d.q = row_view(d.q_buf, c->dtype, 0, b->rows);
-    d.mixed_out = row_view(d.mixed_out_buf, c->dtype, 0, b->rows);
-    d.decode_q = row_view(d.q_buf, c->dtype, 0, c->decode);
-    d.decode_out = row_view(d.separate_out_buf, c->dtype, 0, c->decode);
-    d.prefill_q = row_view(d.q_buf, c->dtype, c->decode, b->rows - c->decode);
-    d.prefill_out = row_view(d.separate_out_buf, c->dtype, c->decode, b->rows - c->decode);
-    d.k_cache = flp_tensor_contiguous(d.k_buf, 0, c->dtype, 4, pool_shape);
-    d.v_cache = flp_tensor_contiguous(d.v_buf, 0, c->dtype, 4, pool_shape);
+static device_data make_device_data(flp_context *ctx, const bench_config *c, const batch_layout *b,
+                                    uint64_t *rng) {
+    const flp_dtype dtype = c->opt.dtype;
+    const int32_t prefill_rows = b->rows - c->decode;
+    device_data d = {.in = bench_make_pool_data(ctx, dtype, b->rows, b->num_pages, rng)};
+    d.mixed_out_buf = bench_create_buffer(ctx, d.in.q_bytes);
+    d.separate_out_buf = bench_create_buffer(ctx, d.in.q_bytes);
+    d.mixed_out = bench_row_view(d.mixed_out_buf, dtype, 0, b->rows);
+    d.decode_q = bench_row_view(d.in.q_buf, dtype, 0, c->decode);
+    d.decode_out = bench_row_view(d.separate_out_buf, dtype, 0, c->decode);
+    d.prefill_q = bench_row_view(d.in.q_buf, dtype, c->decode, prefill_rows);
+    d.prefill_out = bench_row_view(d.separate_out_buf, dtype, c->decode, prefill_rows);
     return d;
 }
 
 /* Fills both outputs with all-ones bits (NaN in f16 and bf16), so that a row left unwritten
  * fails the check. */
 static void poison_outputs(flp_context *ctx, const device_data *d) {
-    void *bits = xmalloc(d->q_bytes);
-    memset(bits, 0xff, d->q_bytes);
-    CHECK(flp_buffer_write(ctx, d->mixed_out_buf, 0, bits, d->q_bytes));
-    CHECK(flp_buffer_write(ctx, d->separate_out_buf, 0, bits, d->q_bytes));
+    void *bits = bench_xmalloc(d->in.q_bytes);
+    memset(bits, 0xff, d->in.q_bytes);
+    CHECK(flp_buffer_write(ctx, d->mixed_out_buf, 0, bits, d->in.q_bytes));
+    CHECK(flp_buffer_write(ctx, d->separate_out_buf, 0, bits, d->in.q_bytes));
     free(bits);
 }
 
 static void free_device_data(device_data *d) {
-    flp_buffer_destroy(d->q_buf);
-    flp_buffer_destroy(d->k_buf);
-    flp_buffer_destroy(d->v_buf);
+    bench_free_pool_data(&d->in);
     flp_buffer_destroy(d->mixed_out_buf);
     flp_buffer_destroy(d->separate_out_buf);
-    free(d->q_host);
-    free(d->k_block);
-    free(d->v_block);
 }
 
 /* ---- the implementations ---------------------------------------------------------------- */
@@ -392,8 +194,10 @@ static void free_device_data(device_data *d) {
 /* Causal for every request: a decode request's one row sees all its keys either way, and the
  * mixed plan hands its decode requests the same variant. */
 static flp_variant make_variant(const bench_config *c) {
-    flp_variant v = {
-        .head_dim = HEAD_DIM, .q_dtype = c->dtype, .kv_dtype = c->dtype, .mask = FLP_MASK_CAUSAL};
+    flp_variant v = {.head_dim = BENCH_HEAD_DIM,
+                     .q_dtype = c->opt.dtype,
+                     .kv_dtype = c->opt.dtype,
+                     .mask = FLP_MASK_CAUSAL};
     return v;
 }
 
@@ -402,36 +206,49 @@ static flp_plan *create_plan(flp_context *ctx, int32_t max_batch, int32_t max_ro
     flp_plan_desc pd = {.max_batch_size = max_batch,
                         .max_pages = max_pages,
                         .max_qo_rows = max_rows,
-                        .num_qo_heads = NUM_QO_HEADS,
-                        .num_kv_heads = NUM_KV_HEADS,
-                        .head_dim = HEAD_DIM};
+                        .num_qo_heads = BENCH_QO_HEADS,
+                        .num_kv_heads = BENCH_KV_HEADS,
+                        .head_dim = BENCH_HEAD_DIM};
     flp_plan *plan;
     CHECK(flp_plan_create(ctx, &pd, &plan));
     return plan;
 }
 
 /* A paged prefill (or mixed) batch over table t. */
-static flp_prefill_plan_args prefill_plan_args(const bench_config *c, const page_table *t) {
-    flp_prefill_plan_args a = {.batch_size = t->batch,
+static flp_prefill_plan_args prefill_plan_args(const bench_config *c, const bench_page_table *t) {
+    flp_prefill_plan_args a = {.batch_size = t->count,
                                .qo_indptr = t->qo_indptr,
                                .kv_storage = FLP_KV_PAGED,
                                .kv_indptr = t->kv_indptr,
-                               .kv_indices = c->page_ids_at_run ? NULL : t->kv_indices,
+                               .kv_indices = c->opt.page_ids_at_run ? NULL : t->kv_indices,
                                .kv_last_page_len = t->last,
-                               .page_size = PAGE_SIZE,
+                               .page_size = BENCH_PAGE_SIZE,
                                .kv_layout = FLP_KV_LAYOUT_NHD,
                                .variant = make_variant(c)};
     return a;
 }
 
 static flp_prefill_run_args prefill_run_args(const bench_config *c, const device_data *d,
-                                             const page_table *t, flp_tensor q, flp_tensor out) {
+                                             const bench_page_table *t, flp_tensor q,
+                                             flp_tensor out) {
     flp_prefill_run_args r = {.q = q,
-                              .k = d->k_cache,
-                              .v = d->v_cache,
+                              .k = d->in.k_cache,
+                              .v = d->in.v_cache,
                               .out = out,
-                              .kv_indices = c->page_ids_at_run ? &t->ids : NULL};
+                              .kv_indices = c->opt.page_ids_at_run ? &t->ids : NULL};
     return r;
+}
+
+static flp_decode_plan_args decode_plan_args(const bench_config *c, const bench_page_table *t) {
+    flp_decode_plan_args a = {.batch_size = t->count,
+                              .qo_len = 1,
+                              .page_size = BENCH_PAGE_SIZE,
+                              .kv_layout = FLP_KV_LAYOUT_NHD,
+                              .kv_indptr = t->kv_indptr,
+                              .kv_indices = c->opt.page_ids_at_run ? NULL : t->kv_indices,
+                              .kv_last_page_len = t->last,
+                              .variant = make_variant(c)};
+    return a;
 }
 
 /* The three plans with their plan and run arguments, as the timed calls take them. */
@@ -444,32 +261,24 @@ typedef struct step_impl {
     flp_decode_run_args decode_run;
 } step_impl;
 
-static void make_step(flp_context *ctx, const bench_config *c, const page_table *all,
-                      const page_table *dec, const page_table *pre, const device_data *d,
-                      step_impl *out) {
+static void make_step(flp_context *ctx, const bench_config *c, const bench_page_table *all,
+                      const bench_page_table *dec, const bench_page_table *pre,
+                      const device_data *d, step_impl *out) {
     step_impl s = {.ctx = ctx};
-    s.mixed = create_plan(ctx, all->batch, all->qo_indptr[all->batch], all->kv_indptr[all->batch]);
-    s.decode = create_plan(ctx, dec->batch, 0, dec->kv_indptr[dec->batch]);
+    s.mixed = create_plan(ctx, all->count, all->qo_indptr[all->count], all->kv_indptr[all->count]);
+    s.decode = create_plan(ctx, dec->count, 0, dec->kv_indptr[dec->count]);
     s.prefill =
-        create_plan(ctx, pre->batch, pre->qo_indptr[pre->batch], pre->kv_indptr[pre->batch]);
+        create_plan(ctx, pre->count, pre->qo_indptr[pre->count], pre->kv_indptr[pre->count]);
     s.mixed_plan = prefill_plan_args(c, all);
-    s.mixed_run = prefill_run_args(c, d, all, d->q, d->mixed_out);
+    s.mixed_run = prefill_run_args(c, d, all, d->in.q, d->mixed_out);
     s.prefill_plan = prefill_plan_args(c, pre);
     s.prefill_run = prefill_run_args(c, d, pre, d->prefill_q, d->prefill_out);
-    s.decode_plan =
-        (flp_decode_plan_args){.batch_size = dec->batch,
-                               .qo_len = 1,
-                               .page_size = PAGE_SIZE,
-                               .kv_layout = FLP_KV_LAYOUT_NHD,
-                               .kv_indptr = dec->kv_indptr,
-                               .kv_indices = c->page_ids_at_run ? NULL : dec->kv_indices,
-                               .kv_last_page_len = dec->last,
-                               .variant = make_variant(c)};
+    s.decode_plan = decode_plan_args(c, dec);
     s.decode_run = (flp_decode_run_args){.q = d->decode_q,
-                                         .k_cache = d->k_cache,
-                                         .v_cache = d->v_cache,
+                                         .k_cache = d->in.k_cache,
+                                         .v_cache = d->in.v_cache,
                                          .out = d->decode_out,
-                                         .kv_indices = c->page_ids_at_run ? &dec->ids : NULL};
+                                         .kv_indices = c->opt.page_ids_at_run ? &dec->ids : NULL};
     *out = s;
 }
 
@@ -519,47 +328,6 @@ static flp_status run_separate(void *arg) {
     return st != FLP_OK ? st : run_prefill(arg);
 }
 
-/* ---- timing ----------------------------------------------------------------------------- */
-
-typedef flp_status (*bench_call)(void *arg);
-
-/* Host seconds of one plan call: the median of PLAN_SAMPLES calls. */
-static double plan_seconds(flp_context *ctx, bench_call plan, void *arg) {
-    double samples[PLAN_SAMPLES];
-    for (int s = 0; s < PLAN_SAMPLES; s++) {
-        double t0 = timing_now_seconds();
-        CHECK(plan(arg));
-        samples[s] = timing_now_seconds() - t0;
-    }
-    CHECK(flp_context_synchronize(ctx));
-    return timing_median(samples, PLAN_SAMPLES);
-}
-
-/* Seconds per run: the median of TIME_SAMPLES batches of `iters` runs queued back to back,
- * after one warm-up run. */
-static double queued_seconds(flp_context *ctx, int iters, bench_call run, void *arg) {
-    CHECK(run(arg));
-    CHECK(flp_context_synchronize(ctx));
-    double samples[TIME_SAMPLES];
-    for (int s = 0; s < TIME_SAMPLES; s++) {
-        double t0 = timing_now_seconds();
-        for (int i = 0; i < iters; i++)
-            CHECK(run(arg));
-        CHECK(flp_context_synchronize(ctx));
-        samples[s] = (timing_now_seconds() - t0) / iters;
-    }
-    return timing_median(samples, TIME_SAMPLES);
-}
-
-/* Seconds per run of `iters` runs replayed from a CUDA graph; negative when ctx is not CUDA or
- * the capture fails. */
-static double graph_seconds(flp_context *ctx, int iters, bench_call run, void *arg) {
-    bench_graph *graph = bench_graph_capture(ctx, iters, run, arg);
-    double s = graph ? bench_graph_seconds_per_run(graph, TIME_SAMPLES) : -1.0;
-    bench_graph_destroy(graph);
-    return s;
-}
-
 /* ---- correctness ------------------------------------------------------------------------ */
 
 /* One query row checked: row `row` of request `request` (0-based within the request). */
@@ -589,62 +357,12 @@ static int32_t sample_rows(const bench_config *c, checked_row *picked) {
     return n;
 }
 
-/* Keys and values of KV head h for request r's first `len` tokens, gathered through its page
- * list in the whole batch's table: kd, vd [len, HEAD_DIM]. */
-static void gather_head(const device_data *d, const page_table *all, int32_t r, int32_t h,
-                        int32_t len, double *kd, double *vd) {
-    const size_t block_elems = d->pool_elems < BLOCK_ELEMS ? d->pool_elems : BLOCK_ELEMS;
-    for (int32_t t = 0; t < len; t++) {
-        size_t page = (size_t)all->kv_indices[all->kv_indptr[r] + t / PAGE_SIZE];
-        size_t base =
-            page * PAGE_ELEMS + (size_t)(t % PAGE_SIZE) * KV_ROW_ELEMS + (size_t)h * HEAD_DIM;
-        for (size_t e = 0; e < HEAD_DIM; e++) {
-            kd[(size_t)t * HEAD_DIM + e] = d->k_block[(base + e) % block_elems];
-            vd[(size_t)t * HEAD_DIM + e] = d->v_block[(base + e) % block_elems];
-        }
-    }
-}
-
-/* The float64 attention of query row `q_row` (of the whole batch) over the first `len` keys of
- * request r, the keys the causal mask keeps for it: ref [Q_ROW_ELEMS]. One KV head (and its
- * GQA_GROUP query heads) at a time, so the host holds one head's keys. */
-static void reference_row(flp_context *ctx, const device_data *d, const page_table *all, int32_t r,
-                          int32_t q_row, int32_t len, double *ref) {
-    double *kd = xmalloc((size_t)len * HEAD_DIM * sizeof(double));
-    double *vd = xmalloc((size_t)len * HEAD_DIM * sizeof(double));
-    double qd[GQA_GROUP * HEAD_DIM];
-    const int32_t qo[2] = {0, 1}, kv[2] = {0, len};
-    for (int32_t h = 0; h < NUM_KV_HEADS; h++) {
-        const size_t head_at = (size_t)h * GQA_GROUP * HEAD_DIM;
-        for (size_t i = 0; i < GQA_GROUP * HEAD_DIM; i++)
-            qd[i] = d->q_host[(size_t)q_row * Q_ROW_ELEMS + head_at + i];
-        gather_head(d, all, r, h, len, kd, vd);
-        flp_ref_attention ra = {.batch_size = 1,
-                                .num_qo_heads = GQA_GROUP,
-                                .num_kv_heads = 1,
-                                .head_dim = HEAD_DIM,
-                                .qo_indptr = qo,
-                                .kv_indptr = kv,
-                                .q = qd,
-                                .k = kd,
-                                .v = vd};
-        CHECK(flp_ref_attention_run(&ra, ref + head_at, NULL));
-    }
-    free(kd);
-    free(vd);
-}
-
 /* Row q_row of an output buffer read back against ref; the relative error. */
 static double row_error(flp_context *ctx, flp_dtype dtype, const flp_buffer *out, int32_t q_row,
                         const double *ref) {
-    uint16_t bits[Q_ROW_ELEMS];
-    float got_f[Q_ROW_ELEMS];
-    double got[Q_ROW_ELEMS];
+    uint16_t bits[BENCH_Q_ROW_ELEMS];
     CHECK(flp_buffer_read(ctx, out, (size_t)q_row * sizeof bits, bits, sizeof bits));
-    CHECK(flp_convert_to_f32(dtype, bits, got_f, Q_ROW_ELEMS));
-    for (size_t i = 0; i < Q_ROW_ELEMS; i++)
-        got[i] = got_f[i];
-    return flp_ref_relative_error(got, ref, Q_ROW_ELEMS);
+    return bench_row_error(ctx, dtype, bits, ref);
 }
 
 static double max_double(double a, double b) {
@@ -654,9 +372,9 @@ static double max_double(double a, double b) {
 /* The largest relative errors (already run) of the mixed output and of the separate output's
  * decode and prefill rows on the sampled rows; returns how many rows were checked. */
 static int32_t check_outputs(flp_context *ctx, const bench_config *c, const device_data *d,
-                             const page_table *all, double *mixed_err, double *decode_err,
+                             const bench_page_table *all, double *mixed_err, double *decode_err,
                              double *prefill_err) {
-    double *ref = xmalloc(Q_ROW_ELEMS * sizeof(double));
+    double *ref = bench_xmalloc(BENCH_Q_ROW_ELEMS * sizeof(double));
     checked_row picked[MAX_CHECKED];
     const int32_t checked = sample_rows(c, picked);
     *mixed_err = *decode_err = *prefill_err = 0.0;
@@ -665,11 +383,11 @@ static int32_t check_outputs(flp_context *ctx, const bench_config *c, const devi
         const int32_t q_row = all->qo_indptr[r] + picked[i].row;
         const int32_t qo_len = all->qo_indptr[r + 1] - all->qo_indptr[r];
         const int32_t kv_len =
-            (all->kv_indptr[r + 1] - all->kv_indptr[r] - 1) * PAGE_SIZE + all->last[r];
+            (all->kv_indptr[r + 1] - all->kv_indptr[r] - 1) * BENCH_PAGE_SIZE + all->last[r];
         /* causal: row i sits at kv_len - qo_len + i and keeps the keys up to it */
-        reference_row(ctx, d, all, r, q_row, kv_len - qo_len + picked[i].row + 1, ref);
-        const double me = row_error(ctx, c->dtype, d->mixed_out_buf, q_row, ref);
-        const double se = row_error(ctx, c->dtype, d->separate_out_buf, q_row, ref);
+        bench_reference_row(ctx, &d->in, all, r, q_row, kv_len - qo_len + picked[i].row + 1, ref);
+        const double me = row_error(ctx, c->opt.dtype, d->mixed_out_buf, q_row, ref);
+        const double se = row_error(ctx, c->opt.dtype, d->separate_out_buf, q_row, ref);
         *mixed_err = max_double(*mixed_err, me);
         if (r < c->decode)
             *decode_err = max_double(*decode_err, se);
@@ -695,9 +413,9 @@ static void print_header(const bench_config *c, const flp_device_info *info,
            "causal requests=%d rows=%d Hq=%d Hkv=%d D=%d page=%d layout=NHD dtype=%s "
            "page_ids=%s pool_pages=%d iters=%d\n",
            info->backend_name, info->device_name, c->decode, c->decode_len, c->prefill, c->chunk,
-           c->cached, c->cached + c->chunk, b->requests, b->rows, NUM_QO_HEADS, NUM_KV_HEADS,
-           HEAD_DIM, PAGE_SIZE, flp_dtype_name(c->dtype), c->page_ids_at_run ? "run" : "plan",
-           b->num_pages, c->iters);
+           c->cached, c->cached + c->chunk, b->requests, b->rows, BENCH_QO_HEADS, BENCH_KV_HEADS,
+           BENCH_HEAD_DIM, BENCH_PAGE_SIZE, flp_dtype_name(c->opt.dtype),
+           c->opt.page_ids_at_run ? "run" : "plan", b->num_pages, c->iters);
 }
 
 static void print_result(const impl_result *r, double tol) {
@@ -721,37 +439,31 @@ static void print_ratio(const impl_result *mixed, const impl_result *both) {
 
 int main(int argc, char **argv) {
     const bench_config c = parse_args(argc, argv);
-    flp_context *ctx = NULL;
-    flp_context_desc cd = {.backend = c.backend};
-    flp_status st = flp_context_create(&cd, &ctx);
-    if (st != FLP_OK) {
-        fprintf(stderr, "no device for this backend: %s\n", flp_status_string(st));
-        return 77;
-    }
     flp_device_info info;
-    CHECK(flp_context_get_info(ctx, &info));
+    flp_context *ctx = bench_open_context(&(flp_context_desc){.backend = c.opt.backend}, &info);
 
-    batch_layout batch = make_batch_layout(&c);
-    page_table all = make_table(&batch, 0, batch.requests);
-    page_table dec = make_table(&batch, 0, c.decode);
-    page_table pre = make_table(&batch, c.decode, c.prefill);
+    uint64_t rng = SEED;
+    batch_layout batch = make_batch_layout(&c, &rng);
+    bench_page_table all = make_table(&batch, 0, batch.requests);
+    bench_page_table dec = make_table(&batch, 0, c.decode);
+    bench_page_table pre = make_table(&batch, c.decode, c.prefill);
     print_header(&c, &info, &batch);
     fflush(stdout);
-    if (c.page_ids_at_run) {
-        upload_ids(ctx, &all);
-        upload_ids(ctx, &dec);
-        upload_ids(ctx, &pre);
+    if (c.opt.page_ids_at_run) {
+        bench_upload_page_ids(ctx, &all);
+        bench_upload_page_ids(ctx, &dec);
+        bench_upload_page_ids(ctx, &pre);
     }
-    device_data d = make_device_data(ctx, &c, &batch);
+    device_data d = make_device_data(ctx, &c, &batch, &rng);
 
     step_impl step;
     make_step(ctx, &c, &all, &dec, &pre, &d, &step);
     impl_result mixed = {.name = "mixed"}, decode = {.name = "decode"};
     impl_result prefill = {.name = "prefill"}, both = {.name = "decode+prefill"};
-    mixed.plan_s = plan_seconds(ctx, plan_mixed, &step);
-    decode.plan_s = plan_seconds(ctx, plan_decode, &step);
-    prefill.plan_s = plan_seconds(ctx, plan_prefill, &step);
-    both.plan_s = plan_seconds(ctx, plan_separate, &step);
+    mixed.plan_s = bench_plan_seconds(ctx, plan_mixed, &step);
+    decode.plan_s = bench_plan_seconds(ctx, plan_decode, &step);
+    prefill.plan_s = bench_plan_seconds(ctx, plan_prefill, &step);
+    both.plan_s = bench_plan_seconds(ctx, plan_separate, &step);
     mixed.kernel = bench_decode_kernel_name(step.mixed);
     decode.kernel = bench_decode_kernel_name(step.decode);
 
@@ -761,7 +473,7 @@ int main(int argc, char **argv) {
     CHECK(flp_context_synchronize(ctx));
     const int32_t checked = check_outputs(ctx, &c, &d, &all, &mixed.err, &decode.err, &prefill.err);
     both.err = max_double(decode.err, prefill.err);
-    const double tol = c.dtype == FLP_DTYPE_BF16 ? 1.6e-2 : 2e-3;
+    const double tol = bench_tolerance(c.opt.dtype);
     printf("  checked=%d query rows of the first and last decode request and prefill chunk "
            "against float64 (tolerance %.1e)\n",
            checked, tol);
@@ -772,8 +484,8 @@ int main(int argc, char **argv) {
     } timed[4] = {
         {&mixed, run_mixed}, {&decode, run_decode}, {&prefill, run_prefill}, {&both, run_separate}};
     for (int i = 0; i < 4; i++) {
-        timed[i].result->queued_s = queued_seconds(ctx, c.iters, timed[i].run, &step);
-        timed[i].result->graph_s = graph_seconds(ctx, c.iters, timed[i].run, &step);
+        timed[i].result->queued_s = bench_queued_seconds(ctx, c.iters, timed[i].run, &step);
+        timed[i].result->graph_s = bench_graph_seconds(ctx, c.iters, timed[i].run, &step);
         print_result(timed[i].result, tol);
         fflush(stdout);
     }
@@ -781,9 +493,9 @@ int main(int argc, char **argv) {
 
     free_step(&step);
     free_device_data(&d);
-    free_table(&all);
-    free_table(&dec);
-    free_table(&pre);
+    bench_free_page_table(&all);
+    bench_free_page_table(&dec);
+    bench_free_page_table(&pre);
     free_batch_layout(&batch);
     flp_context_destroy(ctx);
     return mixed.err <= tol && both.err <= tol ? 0 : 1;

@@ -47,6 +47,7 @@
  * CUDA_BF16_GEMM_TFLOPS and the line says gemm_source=nominal.
  * Output: one "flp_prefill key=value ..." line per case, then the rows of a markdown table. */
 #include "bench/bench_check.h"
+#include "bench/bench_util.h"
 #include "tools/host_timing.h"
 #include "core/reference.h"
 #include "flashport/flashport.h"
@@ -108,16 +109,9 @@ typedef struct bench_case {
 
 /* ---- random numbers ------------------------------------------------------------------- */
 
-/* splitmix64: peer_torch_prefill.py draws the ragged lengths with the same generator. */
-static uint64_t splitmix64(uint64_t *state) {
-    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
+/* bench_splitmix64: peer_torch_prefill.py draws the ragged lengths with the same generator. */
 static float uniform_pm1(uint64_t *state) { /* [-1, 1) */
-    return (float)((double)(splitmix64(state) >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+    return (float)((double)(bench_splitmix64(state) >> 11) / 9007199254740992.0 * 2.0 - 1.0);
 }
 
 /* ---- a tiny thread pool: fn(arg, task) for task = 0..tasks-1 -------------------------- */
@@ -164,30 +158,22 @@ static void log_to_stderr(void *user, flp_log_level level, const char *message) 
     fprintf(stderr, "log[%d]: %s\n", (int)level, message);
 }
 
-static void usage_error(const char *what, const char *value) {
-    fprintf(stderr,
-            "flashport-bench-prefill: %s '%s' (see the comment at the top of "
-            "bench/bench_prefill.c)\n",
-            what, value);
-    exit(2);
+static _Noreturn void usage_error(const char *what, const char *value) {
+    bench_usage_error("flashport-bench-prefill: %s '%s' (see the comment at the top of "
+                      "bench/bench_prefill.c)",
+                      what, value);
 }
 
 /* A --dtype (16-bit only) or --kv-dtype (fp8 too) value. */
 static flp_dtype parse_dtype(const char *v, bool fp8) {
-    static const struct {
-        const char *name;
-        flp_dtype dtype;
-        bool fp8;
-    } names[] = {{"bf16", FLP_DTYPE_BF16, false},
-                 {"f16", FLP_DTYPE_F16, false},
-                 {"e4m3", FLP_DTYPE_E4M3, true},
-                 {"e5m2", FLP_DTYPE_E5M2, true}};
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-        if (!strcmp(v, names[i].name) && (fp8 || !names[i].fp8))
-            return names[i].dtype;
-    usage_error(fp8 ? "unknown kv dtype (bf16, f16, e4m3 or e5m2)" : "unknown dtype (bf16 or f16)",
-                v);
-    return FLP_DTYPE_DEFAULT;
+    static const flp_dtype names[] = {FLP_DTYPE_BF16, FLP_DTYPE_F16, /* the 16-bit ones first */
+                                      FLP_DTYPE_E4M3, FLP_DTYPE_E5M2};
+    const size_t count = fp8 ? sizeof names / sizeof names[0] : 2;
+    flp_dtype dtype = bench_dtype_by_name(v, names, count);
+    if (dtype == FLP_DTYPE_DEFAULT)
+        usage_error(
+            fp8 ? "unknown kv dtype (bf16, f16, e4m3 or e5m2)" : "unknown dtype (bf16 or f16)", v);
+    return dtype;
 }
 
 static bench_opts parse_args(int argc, char **argv) {
@@ -223,13 +209,7 @@ static bench_opts parse_args(int argc, char **argv) {
             usage_error("missing value after", k);
         const char *v = argv[++i];
         if (!strcmp(k, "--backend")) {
-            if (!strcmp(v, "cuda"))
-                o.backend = FLP_BACKEND_CUDA;
-            else if (!strcmp(v, "vulkan"))
-                o.backend = FLP_BACKEND_VULKAN;
-            else if (!strcmp(v, "auto"))
-                o.backend = FLP_BACKEND_AUTO;
-            else
+            if (!bench_backend_by_name(v, &o.backend))
                 usage_error("unknown backend", v);
         } else if (!strcmp(k, "--cases")) {
             o.cases = !strcmp(v, "default") ? DEFAULT_CASES : !strcmp(v, "quick") ? QUICK_CASES : v;
@@ -383,7 +363,7 @@ static bool parse_case(const char *spec, const bench_opts *o, bench_case *c) {
             c->qo_len[b] = c->kv_len[b] = (int32_t)v[0];
         } else if (c->kind == CASE_RAGGED) {
             uint64_t span = (uint64_t)(v[2] - v[1] + 1);
-            c->qo_len[b] = c->kv_len[b] = (int32_t)(v[1] + (long)(splitmix64(&state) % span));
+            c->qo_len[b] = c->kv_len[b] = (int32_t)(v[1] + (long)(bench_splitmix64(&state) % span));
         } else {
             c->qo_len[b] = (int32_t)v[1];
             c->kv_len[b] = (int32_t)v[2];
@@ -658,7 +638,7 @@ static int64_t sample_rows(const bench_case *c, int want, uint64_t seed, int64_t
     int64_t fixed[3] = {0, c->rows - 1, c->qo_indptr[1] - 1};
     uint64_t state = seed ^ 0x5851f42d4c957f2dull;
     for (int64_t k = 0; n < want; k++) {
-        int64_t r = k < 3 ? fixed[k] : (int64_t)(splitmix64(&state) % (uint64_t)c->rows);
+        int64_t r = k < 3 ? fixed[k] : (int64_t)(bench_splitmix64(&state) % (uint64_t)c->rows);
         bool seen = false;
         for (int64_t i = 0; i < n && !seen; i++)
             seen = rows[i] == r;
@@ -824,7 +804,7 @@ static case_result run_case(flp_context *ctx, const bench_case *c, const bench_o
         return res;
     }
     res.check = check_case(ctx, c, o, o_buf, q, k, v);
-    double tol = o->dtype == FLP_DTYPE_BF16 ? 1.6e-2 : 2e-3;
+    double tol = bench_tolerance(o->dtype);
     if (!res.check.all_finite || !(res.check.max_row_err <= tol)) {
         res.status = "FAIL";
         snprintf(res.message, sizeof res.message,
@@ -935,20 +915,14 @@ int main(int argc, char **argv) {
     if (o.peer_file)
         load_peers(o.peer_file, &o);
 
-    flp_context *ctx = NULL;
     flp_context_desc cd = {.backend = o.backend};
     const char *log_env = getenv("FLP_BENCH_LOG");
     if (log_env && strcmp(log_env, "1") == 0) {
         cd.log = log_to_stderr;
         cd.log_level = FLP_LOG_DEBUG;
     }
-    flp_status st = flp_context_create(&cd, &ctx);
-    if (st != FLP_OK) {
-        fprintf(stderr, "no device for this backend: %s\n", flp_status_string(st));
-        return 77;
-    }
     flp_device_info info;
-    CHECK(flp_context_get_info(ctx, &info));
+    flp_context *ctx = bench_open_context(&cd, &info);
     bool is_cuda = info.backend == FLP_BACKEND_CUDA;
     const char *mask_name = o.causal ? "causal" : "none";
     const double gemm_ceiling = o.gemm_tflops > 0 ? o.gemm_tflops : CUDA_BF16_GEMM_TFLOPS;
