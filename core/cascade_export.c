@@ -60,6 +60,11 @@ static flp_status check_args(const flp_page_table *table, const int32_t *seq_ids
         if (status != FLP_OK)
             return status;
         const int32_t qo_len = qo_lens ? qo_lens[i] : 1;
+        if (!qo_lens && s.num_tokens == 0)
+            return flp_page_table_fail(table, FLP_ERROR_INVALID_ARGUMENT,
+                                       "%s: seq_ids[%d] = %d has no tokens for its query row "
+                                       "(qo_lens NULL: one row per sequence)",
+                                       WHAT, i, seq_ids[i]);
         if (qo_len < 0 || qo_len > s.num_tokens)
             return flp_page_table_fail(table, FLP_ERROR_INVALID_ARGUMENT,
                                        "%s: qo_lens[%d] = %d must be in 0..%d (the tokens of "
