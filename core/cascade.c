@@ -106,12 +106,9 @@ static flp_status compute_layout(flp_context *ctx, const char *fn, flp_cascade *
 flp_status flp_cascade_workspace_size(flp_context *ctx, const flp_cascade_desc *desc,
                                       size_t *bytes) {
     static const char *fn = "flp_cascade_workspace_size";
-    if (!ctx)
-        return FLP_ERROR_INVALID_ARGUMENT;
-    flp_clear_error(ctx);
-    if (!bytes)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: bytes is NULL", fn);
-    flp_status status = check_desc(ctx, fn, desc);
+    flp_status status = flp_check_out_call(ctx, fn, "bytes", bytes);
+    if (status == FLP_OK)
+        status = check_desc(ctx, fn, desc);
     if (status != FLP_OK)
         return status;
     flp_cascade shape = {.desc = *desc};
@@ -139,14 +136,11 @@ static flp_status create_levels(flp_context *ctx, const char *fn, flp_cascade *c
 
 flp_status flp_cascade_create(flp_context *ctx, const flp_cascade_desc *desc, flp_cascade **out) {
     static const char *fn = "flp_cascade_create";
-    if (!ctx)
-        return FLP_ERROR_INVALID_ARGUMENT;
-    flp_clear_error(ctx);
-    if (!out)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: out is NULL", fn);
-    *out = NULL;
-    flp_status status = check_desc(ctx, fn, desc);
+    flp_status status = flp_check_out_call(ctx, fn, "out", out);
     if (status != FLP_OK)
+        return status;
+    *out = NULL;
+    if ((status = check_desc(ctx, fn, desc)) != FLP_OK)
         return status;
     flp_cascade *c = flp_calloc(1, sizeof *c);
     if (!c)

@@ -60,3 +60,12 @@ flp_status flp_check_object_call(flp_context *ctx, const char *fn, const char *n
                         name);
     return FLP_OK;
 }
+
+flp_status flp_check_out_call(flp_context *ctx, const char *fn, const char *name, const void *out) {
+    if (!ctx)
+        return FLP_ERROR_INVALID_ARGUMENT;
+    flp_clear_error(ctx);
+    if (!out)
+        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: %s is NULL", fn, name);
+    return FLP_OK;
+}

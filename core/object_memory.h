@@ -37,4 +37,8 @@ flp_status flp_check_object_call(flp_context *ctx, const char *fn, const char *n
                                  const void *object, const flp_context *object_ctx,
                                  const void *args);
 
+/* The prologue of an object's create and workspace-size calls: clears the last error; a NULL
+ * result pointer (called `name` in the message: "out", "bytes") is FLP_ERROR_INVALID_ARGUMENT. */
+flp_status flp_check_out_call(flp_context *ctx, const char *fn, const char *name, const void *out);
+
 #endif /* FLP_CORE_OBJECT_MEMORY_H */

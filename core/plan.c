@@ -252,13 +252,12 @@ static flp_status prepare(flp_context *ctx, const char *fn, const flp_plan_desc 
 }
 
 flp_status flp_plan_workspace_size(flp_context *ctx, const flp_plan_desc *desc, size_t *bytes) {
-    if (!ctx)
-        return FLP_ERROR_INVALID_ARGUMENT;
-    flp_clear_error(ctx);
-    if (!bytes)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "flp_plan_workspace_size: bytes is NULL");
+    static const char *fn = "flp_plan_workspace_size";
+    flp_status status = flp_check_out_call(ctx, fn, "bytes", bytes);
+    if (status != FLP_OK)
+        return status;
     plan_shape shape;
-    flp_status status = prepare(ctx, "flp_plan_workspace_size", desc, &shape);
+    status = prepare(ctx, fn, desc, &shape);
     if (status == FLP_OK)
         *bytes = shape.layout.total;
     return status;
@@ -296,18 +295,16 @@ static flp_status attach_memory(flp_context *ctx, const char *fn, flp_plan *plan
 
 flp_status flp_plan_create(flp_context *ctx, const flp_plan_desc *desc, flp_plan **out) {
     static const char *fn = "flp_plan_create";
-    if (!ctx)
-        return FLP_ERROR_INVALID_ARGUMENT;
-    flp_clear_error(ctx);
-    if (!out)
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: out is NULL", fn);
+    flp_status status = flp_check_out_call(ctx, fn, "out", out);
+    if (status != FLP_OK)
+        return status;
     *out = NULL;
     flp_plan *plan = flp_calloc(1, sizeof *plan);
     if (!plan)
         return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "%s: out of host memory for the plan", fn);
     plan->ctx = ctx;
     plan_shape shape;
-    flp_status status = prepare(ctx, fn, desc, &shape);
+    status = prepare(ctx, fn, desc, &shape);
     if (status == FLP_OK) {
         plan->desc = shape.desc;
         plan->num_ctas = shape.num_ctas;
