@@ -169,20 +169,24 @@ static uint64_t cta_loop_iterations(const flp_prefill_launch *launch, const pref
     return n;
 }
 
-/* Loop iterations of the merge's workgroup w (stride: workgroups dispatched): the item loop;
- * per item the loop over (row, 8-element chunk) units, each with the loop over chunks. */
+/* Row slices per merge item in prefill_merge.comp: an invocation per 8 columns of a row. */
+static uint64_t merge_slices(int32_t head_dim) {
+    uint64_t rows_per_slice = FLP_VK_PREFILL_MERGE_THREADS / ((uint64_t)head_dim / 8);
+    return (FLP_PREFILL_MAX_TILE + rows_per_slice - 1) / rows_per_slice;
+}
+
+/* Loop iterations of the merge's workgroup w (stride: workgroups dispatched): the loop over
+ * (merge item, row slice) units; per unit the loop over the item's chunks. */
 static uint64_t merge_loop_iterations(const flp_prefill_launch *launch, uint32_t w,
                                       uint32_t stride) {
     const flp_prefill_schedule_view *v = &launch->schedule;
-    uint64_t units_per_row = (uint64_t)launch->head_dim / 8;
+    const uint64_t slices = merge_slices(launch->head_dim);
+    const uint64_t units = (uint64_t)v->num_merge_items * slices;
     uint64_t n = 1;
-    for (uint64_t i = w; i < (uint64_t)v->num_merge_items; i += stride) {
-        const int32_t *item = v->merge_items + i * FLP_MERGE_ITEM_INTS;
-        uint64_t rows = (uint64_t)(item[FLP_MITEM_ROW_END] - item[FLP_MITEM_ROW_BEGIN]);
-        uint64_t per_thread = (rows * units_per_row + FLP_VK_PREFILL_MERGE_THREADS - 1) /
-                              FLP_VK_PREFILL_MERGE_THREADS;
+    for (uint64_t u = w; u < units; u += stride) {
+        const int32_t *item = v->merge_items + u / slices * FLP_MERGE_ITEM_INTS;
         uint64_t chunks = item[FLP_MITEM_CHUNKS] > 0 ? (uint64_t)item[FLP_MITEM_CHUNKS] : 0;
-        n += 1 + per_thread * (chunks + 2) + 1;
+        n += 1 + chunks + 1;
     }
     return n;
 }
@@ -204,7 +208,9 @@ static flp_status check_budget(flp_vk *vk, const flp_prefill_launch *launch,
     uint32_t grid = launch->merge_grid > 0 ? (uint32_t)launch->merge_grid : 1;
     uint32_t x = grid < max_x ? grid : max_x;
     uint32_t stride = x * ((grid + x - 1) / x);
-    for (uint32_t w = 0; w < grid && w < (uint32_t)launch->schedule.num_merge_items; w++) {
+    const uint64_t units =
+        (uint64_t)launch->schedule.num_merge_items * merge_slices(launch->head_dim);
+    for (uint32_t w = 0; w < grid && w < units; w++) {
         uint64_t n = merge_loop_iterations(launch, w, stride);
         if (n > budget)
             return flp_fail(vk->ctx, FLP_ERROR_UNSUPPORTED,

@@ -1,10 +1,12 @@
 #version 460
-// Merge of the split-KV partial states of prefill items (docs/kernels/merge.md): workgroup w
-// handles merge items w, w + N, ... (N = workgroups dispatched, at least the launch's
-// merge_grid) below num_merge_items, read from the plan. Each merge item {b, g, row_begin,
-// row_end, first_slot, chunks} combines, for every packed row and 8-element chunk of the head
-// dim, the chunks' states in chunk order with the merge operator (an empty state, lse -inf,
-// is its identity) and writes out / lse as the prefill kernel does for unsplit rows.
+// Merge of the split-KV partial states of prefill items (docs/kernels/merge.md). The work is cut
+// into units of one merge item {b, g, row_begin, row_end, first_slot, chunks} and one slice of
+// its rows (WG / (HEAD_DIM / 8) rows: an invocation per 8 columns of a row); workgroup w takes
+// units w, w + N, ... (N = workgroups dispatched, at least the launch's merge_grid) below
+// num_merge_items x SLICES, so that few merge items (one shared prompt split over the whole
+// grid) still spread over every workgroup. For every packed row and 8-element chunk of the head
+// dim it combines the chunks' states in chunk order with the merge operator (an empty state, lse
+// -inf, is its identity) and writes out / lse as the prefill kernel does for unsplit rows.
 #extension GL_GOOGLE_include_directive : require
 #extension GL_EXT_buffer_reference : require
 #extension GL_EXT_buffer_reference2 : require
@@ -21,6 +23,8 @@ layout(local_size_x_id = FLP_SPEC_MERGE_THREADS) in;
 layout(constant_id = FLP_SPEC_MERGE_THREADS) const uint WG = 64;
 
 const uint CHUNKS = HEAD_DIM / 8u;
+const uint ROWS_PER_SLICE = WG / CHUNKS; // WG >= HEAD_DIM / 8 (vk_prefill.c)
+const uint SLICES = (uint(FLP_PREFILL_MAX_TILE) + ROWS_PER_SLICE - 1u) / ROWS_PER_SLICE;
 
 void main() {
     PrefillParams P = PrefillParams(push.params);
@@ -35,7 +39,12 @@ void main() {
     int stride = int(gl_NumWorkGroups.x * gl_NumWorkGroups.y);
     int w = int(gl_WorkGroupID.y * gl_NumWorkGroups.x + gl_WorkGroupID.x);
 
-    for (int item = w; item < n_items; item += stride) {
+    uint units = uint(n_items) * SLICES; // merge items <= the grid's capacity: far below 2^32
+    uint pr_in_slice = gl_LocalInvocationIndex / CHUNKS;
+    uint d0 = (gl_LocalInvocationIndex % CHUNKS) * 8u;
+    for (uint unit = uint(w); unit < units; unit += uint(stride)) {
+        int item = int(unit / SLICES);
+        int pr = int((unit % SLICES) * ROWS_PER_SLICE + pr_in_slice);
         I32Ref mi = I32Ref(uint64_t(plan_ints(plan, I.off_merge_items)) +
                            4ul * uint64_t(item * FLP_MERGE_ITEM_INTS));
         int b = mi.v[FLP_MITEM_REQUEST];
@@ -45,10 +54,8 @@ void main() {
         int first = mi.v[FLP_MITEM_FIRST_SLOT];
         int chunks = mi.v[FLP_MITEM_CHUNKS];
         int qo_begin = qo_indptr.v[b];
-        uint units = uint(row_end - row_begin) * CHUNKS;
-        for (uint u = gl_LocalInvocationIndex; u < units; u += WG) {
-            int pr = int(u / CHUNKS); // row within the item (and within every slot)
-            uint d0 = (u % CHUNKS) * 8u;
+        // pr: the row within the item (and within every slot)
+        if (pr_in_slice < ROWS_PER_SLICE && pr < row_end - row_begin) {
             bool any = false; // an empty state (lse -inf) is the merge's identity
             float s = 0.0;
             vec4 o[2] = vec4[2](vec4(0.0), vec4(0.0)); // the chunk's 8 columns
