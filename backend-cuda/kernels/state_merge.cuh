@@ -83,38 +83,62 @@ FLP_DEV void ragged_range(const flp_merge_params &p, int row, int &begin, int &e
     end = static_cast<int>(e);
 }
 
+/* Elements of a head each lane folds at once: a block of 32 x this many elements per pass, so
+ * that a state's loads of the block are in flight together. */
+#define FLP_CU_RAGGED_MERGE_ELEMENTS 8
+
 /* The ragged merge of unit (row, head): its states folded in order, each element with a running
- * maximum m, weight sum and weighted sum (rescaled when a larger lse comes). */
+ * maximum m, weight sum and weighted sum (rescaled when a larger lse comes). Lane l takes
+ * elements l, l + 32, ... of each block of 32 x FLP_CU_RAGGED_MERGE_ELEMENTS; m and the sum are
+ * the same for every element (they depend on the lse values alone). */
 FLP_DEV void merge_ragged_unit(const flp_merge_params &p, int row, int head, int lane) {
+    constexpr int E = FLP_CU_RAGGED_MERGE_ELEMENTS;
     int begin, end;
     ragged_range(p, row, begin, end);
     const long long o0 = row * p.out_stride_row + head * p.out_stride_head;
     float m = neg_inf(), sum = 0.0f;
-    for (int d = lane; d < p.head_dim; d += 32) {
-        float acc = 0.0f;
+    for (int d0 = 0; d0 < p.head_dim; d0 += 32 * E) {
+        float acc[E];
+#pragma unroll
+        for (int k = 0; k < E; k++)
+            acc[k] = 0.0f;
         m = neg_inf();
         sum = 0.0f;
         for (int s = begin; s < end; ++s) {
             const float l = load_lse(p.lse_a, s * p.lse_a_stride_row + head);
             if (l == neg_inf())
                 continue;
-            const float o = load_state_element(
-                p.o_a, s * p.o_a_stride_row + head * p.o_a_stride_head + d, p.a_dtype);
+            const long long s0 = s * p.o_a_stride_row + head * p.o_a_stride_head;
+            float o[E];
+#pragma unroll
+            for (int k = 0; k < E; k++) {
+                const int d = d0 + lane + 32 * k;
+                o[k] = d < p.head_dim ? load_state_element(p.o_a, s0 + d, p.a_dtype) : 0.0f;
+            }
             if (l > m) {
                 const float c = m == neg_inf() ? 0.0f : expf(m - l);
                 sum = fmaf(sum, c, 1.0f);
-                acc = fmaf(acc, c, o);
+#pragma unroll
+                for (int k = 0; k < E; k++)
+                    acc[k] = fmaf(acc[k], c, o[k]);
                 m = l;
             } else {
                 const float w = expf(l - m);
                 sum += w;
-                acc = fmaf(w, o, acc);
+#pragma unroll
+                for (int k = 0; k < E; k++)
+                    acc[k] = fmaf(w, o[k], acc[k]);
             }
         }
-        store_state_element(p.o_out, o0 + d, p.out_dtype, sum != 0.0f ? acc / sum : 0.0f);
+#pragma unroll
+        for (int k = 0; k < E; k++) {
+            const int d = d0 + lane + 32 * k;
+            if (d < p.head_dim)
+                store_state_element(p.o_out, o0 + d, p.out_dtype,
+                                    sum != 0.0f ? acc[k] / sum : 0.0f);
+        }
     }
-    /* m and sum do not depend on the element: lane 0 (element 0 is always its) has them. sum
-     * is 0 only for a row of empty states (NaN, from a NaN lse, is carried through) */
+    /* sum is 0 only for a row of empty states (NaN, from a NaN lse, is carried through) */
     if (lane == 0 && p.lse_out)
         reinterpret_cast<float *>(p.lse_out)[row * p.lse_out_stride_row + head] =
             sum != 0.0f ? m + logf(sum) : neg_inf();
