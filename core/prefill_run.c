@@ -3,6 +3,7 @@
 #include "core/batch_args.h"
 #include "core/plan.h"
 #include "core/prefill_region.h"
+#include "core/prefill_schedule.h"
 #include "core/tensor.h"
 
 #include <string.h>
@@ -147,7 +148,7 @@ void flp_prefill_region_launch(const flp_plan *plan, const flp_prefill_region *r
     launch->slot.buffer = plan->buffer;
     launch->slot.offset = plan->base + l->params_slot;
     launch->num_ctas = r->ctas;
-    launch->merge_grid = r->max_merges;
+    launch->merge_grid = r->max_merges * FLP_PREFILL_MERGE_GRID_PER_ITEM;
     launch->q_tile = st->q_tile;
     launch->q_dtype = (int32_t)st->variant.q_dtype;
     launch->kv_dtype = (int32_t)st->variant.kv_dtype;

@@ -61,6 +61,11 @@ int32_t flp_prefill_max_items(int32_t max_batch_size, int32_t max_qo_rows, int32
                               int32_t group_size, int32_t num_ctas);
 int32_t flp_prefill_max_slots(int32_t num_ctas);
 int32_t flp_prefill_max_merge_items(int32_t num_ctas);
+/* Merge workgroups launched per merge item of capacity. The merge's units are (item, slice of
+ * 4 rows at D = 128), 32 per item: a grid of the capacity alone ran two units per workgroup of
+ * 4 warps, one after the other; four times it runs them at once (13.2 -> 11.6 us for a
+ * cascade's 16 items of 8 chunks under ncu on an H100). Fixed per plan, so graph-safe. */
+#define FLP_PREFILL_MERGE_GRID_PER_ITEM 4
 
 /* Host scratch bytes flp_prefill_schedule_build needs for in (a multiple of 8; it depends on
  * in's capacities and grid only). */

@@ -35,6 +35,7 @@
  * asked of flp_plan_workspace_size only (check_edge_caps).
  * Nothing of the library's own schedule code is reused: the model recomputes everything. */
 #include "core/plan.h"
+#include "core/prefill_schedule.h"
 #include "tests/fake_backend.h"
 #include "tests/fuzz/fuzz_input.h"
 #include "tests/fuzz/fuzz_plan_check.h"
@@ -904,8 +905,9 @@ static void check_run(flp_context *ctx, const flp_plan *plan, const caps *c, con
                (unsigned long long)l->params.kv_indices, (long long)l->params.num_pages,
                (unsigned long long)want_ids, (long long)want_pages);
     check_params_slot(plan, &l->slot, pl->params_slot);
-    FUZZ_CHECK(l->num_ctas == GRID && l->merge_grid == MAX_MERGES && l->q_tile == p->q_tile &&
-                   l->q_dtype == (int32_t)m->variant.q_dtype &&
+    FUZZ_CHECK(l->num_ctas == GRID &&
+                   l->merge_grid == MAX_MERGES * FLP_PREFILL_MERGE_GRID_PER_ITEM &&
+                   l->q_tile == p->q_tile && l->q_dtype == (int32_t)m->variant.q_dtype &&
                    l->kv_dtype == (int32_t)m->variant.kv_dtype && l->head_dim == c->head_dim,
                "launch: grids %d/%d tile %d dtypes %d/%d dim %d", l->num_ctas, l->merge_grid,
                l->q_tile, l->q_dtype, l->kv_dtype, l->head_dim);
