@@ -223,7 +223,7 @@ static flp_status setup_prefill90(flp_context *ctx, flp_cu_state *st, int32_t q,
     cfg->prefill90_every_tile = flp_cu_prefill90_every_tile();
     flp_log(ctx, FLP_LOG_INFO, "CUDA: %s head_dim %d prefill on the sm_90a kernel (%s)",
             flp_dtype_name((flp_dtype)q), (int)d,
-            cfg->prefill90_every_tile ? "every query tile" : "128-row query tiles");
+            cfg->prefill90_every_tile ? "every query tile" : "64- and 128-row query tiles");
     return FLP_OK;
 }
 

@@ -10,7 +10,7 @@
 
 _Static_assert(sizeof(flp_tensor_map) == sizeof(CUtensorMap), "flp_tensor_map is a CUtensorMap");
 
-/* FLP_CUDA_PREFILL_KERNEL: "auto" or unset, the sm_90a kernel for the 128-row query tile;
+/* FLP_CUDA_PREFILL_KERNEL: "auto" or unset, the sm_90a kernel for 64- and 128-row query tiles;
  * "sm90", for every tile where it can run (tests); "sm80", the sm_80 kernels everywhere (for
  * measuring them on a Hopper GPU). Any other value counts as unset. */
 static const char *forced_kernel(void) {
@@ -117,7 +117,8 @@ static CUresult encode_map(const flp_cu_driver *cu, int32_t dtype, const cache_v
 
 bool flp_cu_prefill90_params(flp_context *ctx, const flp_cu_driver *cu, const flp_cu_config *cfg,
                              const flp_prefill_launch *launch, flp_prefill90_params *out) {
-    if (!cfg->prefill90 || (launch->q_tile != FLP_CU_PREFILL90_ROWS && !cfg->prefill90_every_tile))
+    if (!cfg->prefill90 ||
+        (launch->q_tile < FLP_CU_PREFILL90_MIN_AUTO_TILE && !cfg->prefill90_every_tile))
         return false;
     const int kn = FLP_CU_PREFILL90_KN((int)launch->head_dim);
     int box_rows = kn;
