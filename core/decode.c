@@ -202,14 +202,13 @@ static flp_status plan_vector_batch(flp_context *ctx, flp_plan *plan, const flp_
                                     flp_decode_state *st) {
     fill_plan_data(plan, a, qo_len, v, s, st);
     fill_plan_info(plan, a, qo_len, v);
-    /* The work items, then the page ids, come last: a plan without page ids (they come with
-     * each run) uploads up to its last work item, so its upload does not grow with the
-     * capacities either. */
+    /* The work items, then the page ids, come last: the upload covers the batch up to its last
+     * work item and, given page ids, those, so it does not grow with the capacities. */
     const flp_plan_layout *l = &plan->layout;
-    size_t end = a->kv_indices
-                     ? l->kv_indices + sizeof(int32_t) * (size_t)a->kv_indptr[a->batch_size]
-                     : l->work_items + sizeof(int32_t) * FLP_WORK_ITEM_INTS * (size_t)st->num_items;
-    return flp_plan_upload(ctx, FN, plan, plan->base, plan->host, end);
+    size_t items_end = l->work_items + sizeof(int32_t) * FLP_WORK_ITEM_INTS * (size_t)st->num_items;
+    size_t pages = a->kv_indices ? sizeof(int32_t) * (size_t)a->kv_indptr[a->batch_size] : 0;
+    return flp_plan_upload_parts(ctx, FN, plan, plan->base, plan->host, items_end, l->kv_indices,
+                                 l->kv_indices + pages);
 }
 
 static flp_status plan_batch(flp_context *ctx, flp_plan *plan, const flp_decode_plan_args *args,

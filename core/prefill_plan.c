@@ -245,12 +245,16 @@ flp_status flp_prefill_region_plan(flp_context *ctx, const char *fn, flp_plan *p
     fill_info(plan, r, pb, &sched);
     const flp_prefill_layout *l = &r->layout;
     bool paged = a->kv_storage == FLP_KV_PAGED;
-    /* page ids last: a plan without them (they come with each run) uploads none */
+    /* The work items, then the page ids, come last: the upload covers the batch up to its last
+     * work item and, given page ids, those (a plan without them uploads none), so it does not
+     * grow with the capacities. */
     bool copied_pages = paged && a->kv_indices;
-    size_t end =
-        l->kv_indices + (copied_pages ? sizeof(int32_t) * (size_t)a->kv_indptr[a->batch_size] : 0);
+    size_t items_end =
+        l->work_items + sizeof(int32_t) * FLP_PREFILL_ITEM_INTS * (size_t)sched.num_items;
+    size_t pages = copied_pages ? sizeof(int32_t) * (size_t)a->kv_indptr[a->batch_size] : 0;
     flp_status status =
-        flp_plan_upload(ctx, fn, plan, plan->base + l->info, r->host, end - l->info);
+        flp_plan_upload_parts(ctx, fn, plan, plan->base + l->info, r->host, items_end - l->info,
+                              l->kv_indices - l->info, l->kv_indices + pages - l->info);
     if (status != FLP_OK)
         return status;
     flp_prefill_state st;
