@@ -613,6 +613,54 @@ static void test_kv_append_params(void **state) {
     flp_context_destroy(ctx);
 }
 
+/* A plan uploads its batch up to the last work item it made, and the page ids it was given in
+ * a second copy when the unused room between them exceeds 16 KiB: room it does not use stays as
+ * it was on the device (poisoned here), and what it uses reads back right. */
+static void test_upload_stops_at_last_item(void **state) {
+    (void)state;
+    flp_context *ctx = fake_context();
+    enum { HQ = 8, HKV = 2, PAGE = 16, ROWS = 5 };
+    flp_plan_desc pd = {.max_batch_size = 64,
+                        .max_pages = 4096,
+                        .max_qo_rows = 4096,
+                        .num_qo_heads = HQ,
+                        .num_kv_heads = HKV,
+                        .head_dim = D};
+    flp_plan *plan = NULL;
+    assert_int_equal(flp_plan_create(ctx, &pd, &plan), FLP_OK);
+    const flp_prefill_layout *l = &plan->prefill.layout;
+    uint8_t *dev = (uint8_t *)plan->buffer->native + plan->base;
+    memset(dev + l->info, 0xab, l->metadata_end - l->info);
+
+    int32_t qo[2] = {0, ROWS}, kv[2] = {0, 3}, idx[3] = {4000, 7, 123}, last[1] = {9};
+    flp_prefill_plan_args pa = {.batch_size = 1,
+                                .qo_indptr = qo,
+                                .kv_storage = FLP_KV_PAGED,
+                                .kv_indptr = kv,
+                                .kv_indices = idx,
+                                .kv_last_page_len = last,
+                                .page_size = PAGE,
+                                .variant = {.head_dim = D, .mask = FLP_MASK_CAUSAL}};
+    assert_int_equal(flp_prefill_plan(ctx, plan, &pa), FLP_OK);
+    const flp_prefill_plan_info *info = (const flp_prefill_plan_info *)(dev + l->info);
+    const int32_t *words = (const int32_t *)info;
+    const int32_t items = plan->prefill.state.num_items;
+    assert_true(items >= HKV);
+    const size_t items_end = l->work_items + sizeof(int32_t) * FLP_PREFILL_ITEM_INTS * items;
+    assert_true(l->kv_indices - items_end > (size_t)16 << 10); /* the two-copy path */
+    /* the used items and the page ids as the mirror holds them */
+    const uint8_t *mirror = plan->prefill.host;
+    assert_memory_equal(dev + l->info, mirror, items_end - l->info);
+    for (int32_t i = 0; i < 3; i++)
+        assert_int_equal(words[info->off_kv_indices + i], idx[i]);
+    /* the room between untouched */
+    for (size_t at = items_end; at < l->kv_indices; at++)
+        if (dev[at] != 0xab)
+            fail_msg("byte %zu of the unused work-item room was uploaded", at - l->info);
+    flp_plan_destroy(plan);
+    flp_context_destroy(ctx);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_partition_random_batches),
@@ -623,6 +671,7 @@ int main(void) {
         cmocka_unit_test(test_matrix_decode_partition),
         cmocka_unit_test(test_matrix_decode_skewed_split),
         cmocka_unit_test(test_kv_append_params),
+        cmocka_unit_test(test_upload_stops_at_last_item),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
