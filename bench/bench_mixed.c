@@ -3,10 +3,12 @@
  *
  * usage: flashport-bench-mixed [--backend cuda|vulkan|auto] [--decode D] [--decode-len L]
  *                              [--prefill P] [--chunk C] [--cached K] [--iters N]
- *                              [--dtype bf16|f16] [--page-ids run|plan]
+ *                              [--dtype bf16|f16] [--page-ids run|plan] [--headroom H]
  * Defaults: D = 32, L = 4096, P = 4, C = 512, K = 4096, 50 iters, bf16, page ids at run time
  * (--page-ids run: every plan gets kv_indices = NULL and each run a device tensor of them; plan:
- * the plans get the host page ids).
+ * the plans get the host page ids), H = 1 (every plan's capacities, requests, rows and pages,
+ * are H times what its part of the step needs: a serving engine sizes its plans for its largest
+ * step, so a plan's host time must not grow with room the batch leaves unused).
  *
  * The step: D decode requests (one query row each over L keys), then P prefill chunks (C new
  * query rows each over K cached keys and the C new ones: kv_len = K + C, causal). bf16 or f16
@@ -59,6 +61,7 @@ typedef struct bench_config {
     int32_t chunk;           /* C new query rows of each chunk */
     int32_t cached;          /* K cached keys before each chunk's rows */
     int32_t iters;
+    int32_t headroom; /* H: plan capacities over what the step needs */
 } bench_config;
 
 /* ---- options --------------------------------------------------------------------------- */
@@ -68,24 +71,32 @@ static int64_t pages_for(int64_t tokens) {
 }
 
 static void check_config(const bench_config *c) {
-    if (c->decode < 1 || c->decode_len < 1 || c->prefill < 1 || c->chunk < 1 || c->iters < 1)
-        bench_usage_error(
-            "--decode, --decode-len, --prefill, --chunk and --iters must be at least 1");
+    if (c->decode < 1 || c->decode_len < 1 || c->prefill < 1 || c->chunk < 1 || c->iters < 1 ||
+        c->headroom < 1)
+        bench_usage_error("--decode, --decode-len, --prefill, --chunk, --iters and --headroom must "
+                          "be at least 1");
     const int64_t kv_len = (int64_t)c->cached + c->chunk;
     const int64_t rows = (int64_t)c->decode + (int64_t)c->prefill * c->chunk;
     const int64_t pages =
         (int64_t)c->decode * pages_for(c->decode_len) + (int64_t)c->prefill * pages_for(kv_len);
-    if (kv_len > INT32_MAX || rows > INT32_MAX || pages > INT32_MAX ||
-        (int64_t)c->decode + c->prefill > INT32_MAX)
-        bench_usage_error("the batch would hold more than 2^31 - 1 keys, rows, pages or requests");
+    if (kv_len > INT32_MAX || rows * c->headroom > INT32_MAX || pages * c->headroom > INT32_MAX ||
+        ((int64_t)c->decode + c->prefill) * c->headroom > INT32_MAX)
+        bench_usage_error("the batch (times --headroom) would hold more than 2^31 - 1 keys, rows, "
+                          "pages or requests");
 }
 
 static bench_config parse_args(int argc, char **argv) {
-    bench_config c = {
-        .decode = 32, .decode_len = 4096, .prefill = 4, .chunk = 512, .cached = 4096, .iters = 50};
-    const bench_count_option counts[] = {{"--decode", &c.decode},   {"--decode-len", &c.decode_len},
-                                         {"--prefill", &c.prefill}, {"--chunk", &c.chunk},
-                                         {"--cached", &c.cached},   {"--iters", &c.iters}};
+    bench_config c = {.decode = 32,
+                      .decode_len = 4096,
+                      .prefill = 4,
+                      .chunk = 512,
+                      .cached = 4096,
+                      .iters = 50,
+                      .headroom = 1};
+    const bench_count_option counts[] = {
+        {"--decode", &c.decode},    {"--decode-len", &c.decode_len}, {"--prefill", &c.prefill},
+        {"--chunk", &c.chunk},      {"--cached", &c.cached},         {"--iters", &c.iters},
+        {"--headroom", &c.headroom}};
     c.opt = bench_parse_paged_options(argc, argv, counts, sizeof counts / sizeof counts[0]);
     check_config(&c);
     return c;
@@ -201,11 +212,12 @@ static flp_variant make_variant(const bench_config *c) {
     return v;
 }
 
-static flp_plan *create_plan(flp_context *ctx, int32_t max_batch, int32_t max_rows,
-                             int32_t max_pages) {
-    flp_plan_desc pd = {.max_batch_size = max_batch,
-                        .max_pages = max_pages,
-                        .max_qo_rows = max_rows,
+/* A plan for max_batch requests, max_rows query rows and max_pages pages, times headroom. */
+static flp_plan *create_plan(flp_context *ctx, int32_t headroom, int32_t max_batch,
+                             int32_t max_rows, int32_t max_pages) {
+    flp_plan_desc pd = {.max_batch_size = max_batch * headroom,
+                        .max_pages = max_pages * headroom,
+                        .max_qo_rows = max_rows * headroom,
                         .num_qo_heads = BENCH_QO_HEADS,
                         .num_kv_heads = BENCH_KV_HEADS,
                         .head_dim = BENCH_HEAD_DIM};
@@ -265,10 +277,12 @@ static void make_step(flp_context *ctx, const bench_config *c, const bench_page_
                       const bench_page_table *dec, const bench_page_table *pre,
                       const device_data *d, step_impl *out) {
     step_impl s = {.ctx = ctx};
-    s.mixed = create_plan(ctx, all->count, all->qo_indptr[all->count], all->kv_indptr[all->count]);
-    s.decode = create_plan(ctx, dec->count, 0, dec->kv_indptr[dec->count]);
+    const int32_t h = c->headroom;
+    s.mixed =
+        create_plan(ctx, h, all->count, all->qo_indptr[all->count], all->kv_indptr[all->count]);
+    s.decode = create_plan(ctx, h, dec->count, 0, dec->kv_indptr[dec->count]);
     s.prefill =
-        create_plan(ctx, pre->count, pre->qo_indptr[pre->count], pre->kv_indptr[pre->count]);
+        create_plan(ctx, h, pre->count, pre->qo_indptr[pre->count], pre->kv_indptr[pre->count]);
     s.mixed_plan = prefill_plan_args(c, all);
     s.mixed_run = prefill_run_args(c, d, all, d->in.q, d->mixed_out);
     s.prefill_plan = prefill_plan_args(c, pre);
@@ -411,11 +425,11 @@ static void print_header(const bench_config *c, const flp_device_info *info,
                          const batch_layout *b) {
     printf("mixed backend=%s device=\"%s\" decode=%dx%d prefill=%dx%d cached=%d kv_len=%d "
            "causal requests=%d rows=%d Hq=%d Hkv=%d D=%d page=%d layout=NHD dtype=%s "
-           "page_ids=%s pool_pages=%d iters=%d\n",
+           "page_ids=%s pool_pages=%d iters=%d headroom=%d\n",
            info->backend_name, info->device_name, c->decode, c->decode_len, c->prefill, c->chunk,
            c->cached, c->cached + c->chunk, b->requests, b->rows, BENCH_QO_HEADS, BENCH_KV_HEADS,
            BENCH_HEAD_DIM, BENCH_PAGE_SIZE, flp_dtype_name(c->opt.dtype),
-           c->opt.page_ids_at_run ? "run" : "plan", b->num_pages, c->iters);
+           c->opt.page_ids_at_run ? "run" : "plan", b->num_pages, c->iters, c->headroom);
 }
 
 static void print_result(const impl_result *r, double tol) {
