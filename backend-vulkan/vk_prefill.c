@@ -24,6 +24,8 @@
 #define FLP_VK_PREFILL_CTAS_PER_UNIT 2
 #define FLP_VK_PREFILL_CPU_CTAS_PER_UNIT 8
 #define FLP_VK_PREFILL_MERGE_THREADS 64u
+/* prefill_merge.comp: an invocation per 8 columns of a row, at least one row per slice */
+_Static_assert(FLP_VK_PREFILL_MERGE_THREADS >= FLP_MAX_HEAD_DIM / 8, "prefill merge slices");
 
 /* The specialisation of prefill.comp for one device and head dim. */
 typedef struct prefill_shape {

@@ -63,7 +63,8 @@ typedef struct flp_prefill_launch {
     flp_prefill_params params; /* by value to the kernels */
     flp_params_slot slot;
     /* Grids, fixed by the plan's capacities: the persistent prefill grid, and the merge grid
-     * (workgroup w takes merge items w, w + merge_grid, ...; 0 when the plan cannot split). */
+     * (FLP_PREFILL_MERGE_GRID_PER_ITEM per merge item of capacity; workgroup w takes the
+     * (merge item, row slice) units w, w + merge_grid, ...; 0 when the plan cannot split). */
     int32_t num_ctas, merge_grid;
     /* Kernel choice. q_tile is a performance hint only (every kernel handles any item), so a
      * recorded run stays right after re-plans that pick another tile. */

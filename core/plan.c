@@ -408,7 +408,8 @@ flp_status flp_plan_upload(flp_context *ctx, const char *fn, const flp_plan *pla
 flp_status flp_plan_upload_parts(flp_context *ctx, const char *fn, const flp_plan *plan,
                                  size_t offset, const void *src, size_t head_end, size_t tail_begin,
                                  size_t tail_end) {
-    if (tail_end <= tail_begin || tail_begin - head_end <= FLP_PLAN_UPLOAD_MAX_GAP)
+    if (tail_end <= tail_begin || tail_begin <= head_end ||
+        tail_begin - head_end <= FLP_PLAN_UPLOAD_MAX_GAP)
         return flp_plan_upload(ctx, fn, plan, offset, src,
                                tail_end > tail_begin ? tail_end : head_end);
     flp_status status = flp_plan_upload(ctx, fn, plan, offset, src, head_end);

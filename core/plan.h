@@ -125,7 +125,7 @@ flp_status flp_plan_upload(flp_context *ctx, const char *fn, const flp_plan *pla
 /* A mirror's parts [0, head_end) (the batch and its schedule) and [tail_begin, tail_end) (page
  * ids given to the plan; none when equal) to plan memory at buffer offset `offset`, as
  * flp_plan_upload: in one copy when the gap between them is at most FLP_PLAN_UPLOAD_MAX_GAP
- * bytes, else in two, so that a plan never copies its capacities' unused room. */
+ * bytes, else in two, so that a plan never copies its unused work-item room. */
 flp_status flp_plan_upload_parts(flp_context *ctx, const char *fn, const flp_plan *plan,
                                  size_t offset, const void *src, size_t head_end, size_t tail_begin,
                                  size_t tail_end);

@@ -83,19 +83,16 @@ FLP_DEV void ragged_range(const flp_merge_params &p, int row, int &begin, int &e
     end = static_cast<int>(e);
 }
 
-/* Elements of a head each lane folds at once: a block of 32 x this many elements per pass. */
+/* Elements of a head each lane folds at once: a block of 32 x this many elements per pass, so
+ * that a state's loads of the block are in flight together. */
 #define FLP_CU_RAGGED_MERGE_ELEMENTS 8
-/* States of a row whose lse and elements are loaded before any is folded. */
-#define FLP_CU_RAGGED_MERGE_STATES 4
 
 /* The ragged merge of unit (row, head): its states folded in order, each element with a running
  * maximum m, weight sum and weighted sum (rescaled when a larger lse comes). Lane l takes
  * elements l, l + 32, ... of each block of 32 x FLP_CU_RAGGED_MERGE_ELEMENTS; m and the sum are
- * the same for every element (they depend on the lse values alone). The loads of
- * FLP_CU_RAGGED_MERGE_STATES states are issued together (one memory round trip for the batch,
- * not four per state pair); the fold then takes them in order, so the bits do not change. */
+ * the same for every element (they depend on the lse values alone). */
 FLP_DEV void merge_ragged_unit(const flp_merge_params &p, int row, int head, int lane) {
-    constexpr int E = FLP_CU_RAGGED_MERGE_ELEMENTS, S = FLP_CU_RAGGED_MERGE_STATES;
+    constexpr int E = FLP_CU_RAGGED_MERGE_ELEMENTS;
     int begin, end;
     ragged_range(p, row, begin, end);
     const long long o0 = row * p.out_stride_row + head * p.out_stride_head;
@@ -107,40 +104,30 @@ FLP_DEV void merge_ragged_unit(const flp_merge_params &p, int row, int head, int
             acc[k] = 0.0f;
         m = neg_inf();
         sum = 0.0f;
-        for (int s0 = begin; s0 < end; s0 += S) {
-            float l[S], o[S][E];
+        for (int s = begin; s < end; ++s) {
+            const float l = load_lse(p.lse_a, s * p.lse_a_stride_row + head);
+            if (l == neg_inf())
+                continue;
+            const long long s0 = s * p.o_a_stride_row + head * p.o_a_stride_head;
+            float o[E];
 #pragma unroll
-            for (int i = 0; i < S; i++) {
-                const int s = s0 + i;
-                /* past the row's states: an empty state, nothing loaded */
-                l[i] = s < end ? load_lse(p.lse_a, s * p.lse_a_stride_row + head) : neg_inf();
-                const long long s_base = s * p.o_a_stride_row + head * p.o_a_stride_head;
-#pragma unroll
-                for (int k = 0; k < E; k++) {
-                    const int d = d0 + lane + 32 * k;
-                    o[i][k] = s < end && d < p.head_dim
-                                  ? load_state_element(p.o_a, s_base + d, p.a_dtype)
-                                  : 0.0f;
-                }
+            for (int k = 0; k < E; k++) {
+                const int d = d0 + lane + 32 * k;
+                o[k] = d < p.head_dim ? load_state_element(p.o_a, s0 + d, p.a_dtype) : 0.0f;
             }
+            if (l > m) {
+                const float c = m == neg_inf() ? 0.0f : expf(m - l);
+                sum = fmaf(sum, c, 1.0f);
 #pragma unroll
-            for (int i = 0; i < S; i++) {
-                if (l[i] == neg_inf())
-                    continue;
-                if (l[i] > m) {
-                    const float c = m == neg_inf() ? 0.0f : expf(m - l[i]);
-                    sum = fmaf(sum, c, 1.0f);
+                for (int k = 0; k < E; k++)
+                    acc[k] = fmaf(acc[k], c, o[k]);
+                m = l;
+            } else {
+                const float w = expf(l - m);
+                sum += w;
 #pragma unroll
-                    for (int k = 0; k < E; k++)
-                        acc[k] = fmaf(acc[k], c, o[i][k]);
-                    m = l[i];
-                } else {
-                    const float w = expf(l[i] - m);
-                    sum += w;
-#pragma unroll
-                    for (int k = 0; k < E; k++)
-                        acc[k] = fmaf(w, o[i][k], acc[k]);
-                }
+                for (int k = 0; k < E; k++)
+                    acc[k] = fmaf(w, o[k], acc[k]);
             }
         }
 #pragma unroll
