@@ -115,14 +115,14 @@ static void fill_plan_data(flp_plan *plan, const flp_decode_plan_args *a, int32_
         q_off[b] = a->q_rope_offset ? a->q_rope_offset[b] : 0;
         k_off[b] = a->k_rope_offset ? a->k_rope_offset[b] : 0;
     }
-    /* Only with RoPE on (the kernels read them under its flag): they cost a pow() each, a few
-     * microseconds of a plan. */
+    /* Only with RoPE / ALiBi on (the kernels read them under its flag): they cost a pow() or an
+     * exp2() each, a few microseconds of a plan. */
     if (v->pos_encoding == FLP_POS_ROPE_LLAMA)
         flp_rope_frequencies(&v->rope, d->head_dim, HOST_F32(plan, rope_freq));
-    if (a->alibi_slopes)
+    if (v->pos_encoding == FLP_POS_ALIBI && a->alibi_slopes)
         memcpy(HOST_F32(plan, alibi_slopes), a->alibi_slopes,
                sizeof(float) * (size_t)d->num_qo_heads);
-    else
+    else if (v->pos_encoding == FLP_POS_ALIBI)
         flp_alibi_standard_slopes(d->num_qo_heads, HOST_F32(plan, alibi_slopes));
 }
 

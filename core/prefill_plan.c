@@ -139,12 +139,13 @@ static void fill_arrays(const flp_plan *plan, flp_prefill_region *r, const flp_p
     }
     if (paged && a->kv_indices && a->kv_indptr[batch] > 0)
         memcpy(PF_I32(r, kv_indices), a->kv_indices, sizeof(int32_t) * (size_t)a->kv_indptr[batch]);
-    if (pb->variant.pos_encoding == FLP_POS_ROPE_LLAMA) /* read under the RoPE flag only */
+    /* read under the RoPE / ALiBi flag only */
+    if (pb->variant.pos_encoding == FLP_POS_ROPE_LLAMA)
         flp_rope_frequencies(&pb->variant.rope, plan->desc.head_dim, PF_F32(r, rope_freq));
-    if (a->alibi_slopes)
+    if (pb->variant.pos_encoding == FLP_POS_ALIBI && a->alibi_slopes)
         memcpy(PF_F32(r, alibi_slopes), a->alibi_slopes,
                sizeof(float) * (size_t)plan->desc.num_qo_heads);
-    else
+    else if (pb->variant.pos_encoding == FLP_POS_ALIBI)
         flp_alibi_standard_slopes(plan->desc.num_qo_heads, PF_F32(r, alibi_slopes));
 }
 

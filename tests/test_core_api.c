@@ -203,8 +203,17 @@ static void test_plan_uploads_page_table_and_schedule(void **state) {
     const int32_t *indptr = plan_words(f, l->work_indptr);
     assert_int_equal(indptr[0], 0);
     assert_int_equal(indptr[f->plan->num_ctas], B * HKV); /* nothing split: short requests */
+    /* ALiBi slopes, made only with ALiBi on: the standard ones, then the caller's */
+    flp_decode_plan_args alibi = f->pa;
+    alibi.variant.pos_encoding = FLP_POS_ALIBI;
+    assert_int_equal(flp_decode_plan(f->ctx, f->plan, &alibi), FLP_OK);
     float slopes[HQ];
     flp_alibi_standard_slopes(HQ, slopes);
+    assert_memory_equal(plan_words(f, l->alibi_slopes), slopes, sizeof slopes);
+    for (int32_t h = 0; h < HQ; h++)
+        slopes[h] = 0.25f * (float)(h + 1);
+    alibi.alibi_slopes = slopes;
+    assert_int_equal(flp_decode_plan(f->ctx, f->plan, &alibi), FLP_OK);
     assert_memory_equal(plan_words(f, l->alibi_slopes), slopes, sizeof slopes);
 }
 
