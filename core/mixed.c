@@ -8,58 +8,30 @@
 #include "core/batch_args.h"
 #include "core/plan.h"
 #include "core/prefill_region.h"
-#include "core/variant.h"
 
 #include <string.h>
 
 static const char *const FN = "flp_mixed_plan";
 
-/* The whole batch, checked as one (messages number the caller's requests); kv_len [batch]. */
+/* The whole batch, checked as one as flp_prefill_plan would (messages number the caller's
+ * requests), over a paged cache and with query rows; qo_len and kv_len [batch]. */
 static flp_status check_batch(flp_context *ctx, const flp_plan *plan,
-                              const flp_prefill_plan_args *a, int32_t *kv_len) {
-    flp_variant resolved;
-    flp_status status =
-        flp_variant_check_for_plan(ctx, FN, &a->variant, plan->desc.head_dim, &resolved);
-    if (status != FLP_OK)
-        return status;
+                              const flp_prefill_plan_args *a, int32_t *qo_len, int32_t *kv_len) {
     if (a->kv_storage != FLP_KV_PAGED)
         return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
                         "%s: kv_storage = %d: a mixed batch is over a paged cache (FLP_KV_PAGED)",
                         FN, (int)a->kv_storage);
-    if ((a->variant.mask == FLP_MASK_CUSTOM) != (a->mask_indptr != NULL))
-        return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                        "%s: mask_indptr must be given exactly when variant.mask is "
-                        "FLP_MASK_CUSTOM",
-                        FN);
-    if ((status = flp_check_batch_size(ctx, FN, a->batch_size, plan->desc.max_batch_size)) !=
-            FLP_OK ||
-        (status = flp_check_indptr(ctx, FN, "qo_indptr", a->qo_indptr, a->batch_size,
-                                   plan->prefill.max_qo_rows, "max_qo_rows")) != FLP_OK)
+    flp_status status = flp_check_batch_size(ctx, FN, a->batch_size, plan->desc.max_batch_size);
+    if (status != FLP_OK)
+        return status;
+    const flp_prefill_plan_options whole = {0};
+    flp_prefill_batch pb;
+    if ((status = flp_prefill_check_batch(ctx, FN, plan, a, &whole, &pb, qo_len, kv_len)) != FLP_OK)
         return status;
     if (a->qo_indptr[a->batch_size] == 0)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
                         "%s: the batch has no query rows (qo_indptr[%d] = 0)", FN, a->batch_size);
-    flp_paged_kv_args kv = {
-        .batch_size = a->batch_size,
-        .page_size = a->page_size,
-        .layout = a->kv_layout,
-        .kv_indptr = a->kv_indptr,
-        .kv_indices = a->kv_indices,
-        .kv_last_page_len = a->kv_last_page_len,
-        .max_pages = plan->desc.max_pages,
-    };
-    int32_t max_page_id = -1;
-    if ((status = flp_check_paged_kv(ctx, FN, &kv, kv_len, &max_page_id)) != FLP_OK)
-        return status;
-    for (int32_t b = 0; b < a->batch_size; b++) {
-        const int32_t qo_len = a->qo_indptr[b + 1] - a->qo_indptr[b];
-        if (qo_len > kv_len[b])
-            return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                            "%s: request %d has qo_len = %d > kv_len = %d (queries are the last "
-                            "qo_len keys of their request)",
-                            FN, b, qo_len, kv_len[b]);
-    }
-    return flp_check_alibi_slopes(ctx, FN, a->alibi_slopes, plan->desc.num_qo_heads);
+    return FLP_OK;
 }
 
 /* The leading requests of one query row (none with a custom mask: decode takes none). */
@@ -128,11 +100,11 @@ flp_status flp_mixed_plan(flp_context *ctx, flp_plan *plan, const flp_prefill_pl
     if (args->batch_size < 1)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: batch_size = %d must be > 0", FN,
                         args->batch_size);
-    int32_t *kv_len = flp_malloc(sizeof(int32_t) * (size_t)args->batch_size);
-    if (!kv_len)
+    int32_t *lens = flp_malloc(2 * sizeof(int32_t) * (size_t)args->batch_size);
+    if (!lens)
         return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "%s: out of host memory", FN);
-    status = check_batch(ctx, plan, args, kv_len);
-    flp_free(kv_len);
+    status = check_batch(ctx, plan, args, lens, lens + args->batch_size);
+    flp_free(lens);
     if (status != FLP_OK)
         return status;
     const int32_t d = decode_requests(args);

@@ -15,47 +15,48 @@
 
 static const char *const FN = "flp_prefill_plan";
 
-static flp_status check_variant(flp_context *ctx, const flp_plan *plan,
+static flp_status check_variant(flp_context *ctx, const char *fn, const flp_plan *plan,
                                 const flp_prefill_plan_args *a, flp_variant *resolved) {
     flp_status status =
-        flp_variant_check_for_plan(ctx, FN, &a->variant, plan->desc.head_dim, resolved);
+        flp_variant_check_for_plan(ctx, fn, &a->variant, plan->desc.head_dim, resolved);
     if (status != FLP_OK)
         return status;
     bool custom = a->variant.mask == FLP_MASK_CUSTOM;
     if (custom && !a->mask_indptr)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                        "%s: variant.mask is FLP_MASK_CUSTOM but mask_indptr is NULL", FN);
+                        "%s: variant.mask is FLP_MASK_CUSTOM but mask_indptr is NULL", fn);
     if (!custom && a->mask_indptr)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                        "%s: mask_indptr is given but variant.mask is not FLP_MASK_CUSTOM", FN);
-    return flp_check_alibi_slopes(ctx, FN, a->alibi_slopes, plan->desc.num_qo_heads);
+                        "%s: mask_indptr is given but variant.mask is not FLP_MASK_CUSTOM", fn);
+    return flp_check_alibi_slopes(ctx, fn, a->alibi_slopes, plan->desc.num_qo_heads);
 }
 
 /* Keys of each request into kv_len[batch] and, paged, the largest page id into *max_page_id. */
-static flp_status check_kv(flp_context *ctx, const flp_plan *plan, const flp_prefill_plan_args *a,
-                           bool tail, int32_t *kv_len, int32_t *max_page_id) {
+static flp_status check_kv(flp_context *ctx, const char *fn, const flp_plan *plan,
+                           const flp_prefill_plan_args *a, bool tail, int32_t *kv_len,
+                           int32_t *max_page_id) {
     int32_t batch = a->batch_size;
     *max_page_id = -1;
     if (a->kv_storage == FLP_KV_RAGGED) {
-        flp_status status = flp_check_indptr(ctx, FN, "kv_indptr", a->kv_indptr, batch, -1, "");
+        flp_status status = flp_check_indptr(ctx, fn, "kv_indptr", a->kv_indptr, batch, -1, "");
         if (status != FLP_OK)
             return status;
         if (a->kv_indices || a->kv_last_page_len)
             return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                            "%s: ragged KV takes no %s (must be NULL)", FN,
+                            "%s: ragged KV takes no %s (must be NULL)", fn,
                             a->kv_indices ? "kv_indices" : "kv_last_page_len");
         for (int32_t b = 0; b < batch; b++) {
             kv_len[b] = a->kv_indptr[b + 1] - a->kv_indptr[b];
             if (kv_len[b] > FLP_MAX_KV_LEN)
                 return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                                "%s: request %d has %d keys, more than %d", FN, b, kv_len[b],
+                                "%s: request %d has %d keys, more than %d", fn, b, kv_len[b],
                                 FLP_MAX_KV_LEN);
         }
         return FLP_OK;
     }
     if (a->kv_storage != FLP_KV_PAGED)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                        "%s: kv_storage = %d is not FLP_KV_PAGED or FLP_KV_RAGGED", FN,
+                        "%s: kv_storage = %d is not FLP_KV_PAGED or FLP_KV_RAGGED", fn,
                         (int)a->kv_storage);
     flp_paged_kv_args kv = {
         .batch_size = batch,
@@ -67,11 +68,11 @@ static flp_status check_kv(flp_context *ctx, const flp_plan *plan, const flp_pre
         .max_pages = plan->desc.max_pages,
         .tail = tail,
     };
-    return flp_check_paged_kv(ctx, FN, &kv, kv_len, max_page_id);
+    return flp_check_paged_kv(ctx, fn, &kv, kv_len, max_page_id);
 }
 
 /* Query lengths against keys, and the custom-mask extent. */
-static flp_status check_rows(flp_context *ctx, const flp_prefill_plan_args *a,
+static flp_status check_rows(flp_context *ctx, const char *fn, const flp_prefill_plan_args *a,
                              const int32_t *qo_len, const int32_t *kv_len, bool rows_beyond_keys,
                              int64_t *mask_bytes) {
     *mask_bytes = 0;
@@ -80,16 +81,16 @@ static flp_status check_rows(flp_context *ctx, const flp_prefill_plan_args *a,
             return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
                             "%s: request %d has qo_len = %d > kv_len = %d (queries are the last "
                             "qo_len keys of their request)",
-                            FN, b, qo_len[b], kv_len[b]);
+                            fn, b, qo_len[b], kv_len[b]);
         if (!a->mask_indptr)
             continue;
         if (a->mask_indptr[b] < 0)
             return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: mask_indptr[%d] = %d is negative",
-                            FN, b, a->mask_indptr[b]);
+                            fn, b, a->mask_indptr[b]);
         int64_t end = a->mask_indptr[b] + ((int64_t)qo_len[b] * kv_len[b] + 7) / 8;
         if (end > INT32_MAX)
             return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
-                            "%s: request %d's mask bits end at byte %lld, beyond 2^31 - 1", FN, b,
+                            "%s: request %d's mask bits end at byte %lld, beyond 2^31 - 1", fn, b,
                             (long long)end);
         if (qo_len[b] > 0 && end > *mask_bytes)
             *mask_bytes = end;
@@ -97,25 +98,26 @@ static flp_status check_rows(flp_context *ctx, const flp_prefill_plan_args *a,
     return FLP_OK;
 }
 
-static flp_status check_args(flp_context *ctx, const flp_plan *plan, const flp_prefill_plan_args *a,
-                             const flp_prefill_plan_options *o, flp_prefill_batch *batch,
-                             int32_t *qo_len, int32_t *kv_len) {
+flp_status flp_prefill_check_batch(flp_context *ctx, const char *fn, const flp_plan *plan,
+                                   const flp_prefill_plan_args *a,
+                                   const flp_prefill_plan_options *o, flp_prefill_batch *batch,
+                                   int32_t *qo_len, int32_t *kv_len) {
     batch->args = a;
     batch->qo_len = qo_len;
     batch->kv_len = kv_len;
-    flp_status status = check_variant(ctx, plan, a, &batch->variant);
+    flp_status status = check_variant(ctx, fn, plan, a, &batch->variant);
     if (status != FLP_OK)
         return status;
-    status = flp_check_indptr_from(ctx, FN, "qo_indptr", a->qo_indptr, a->batch_size,
+    status = flp_check_indptr_from(ctx, fn, "qo_indptr", a->qo_indptr, a->batch_size,
                                    plan->prefill.max_qo_rows, "max_qo_rows", o->tail);
     if (status != FLP_OK)
         return status;
     for (int32_t b = 0; b < a->batch_size; b++)
         qo_len[b] = a->qo_indptr[b + 1] - a->qo_indptr[b];
-    status = check_kv(ctx, plan, a, o->tail, kv_len, &batch->max_page_id);
+    status = check_kv(ctx, fn, plan, a, o->tail, kv_len, &batch->max_page_id);
     if (status != FLP_OK)
         return status;
-    return check_rows(ctx, a, qo_len, kv_len, o->rows_beyond_keys, &batch->mask_bytes);
+    return check_rows(ctx, fn, a, qo_len, kv_len, o->rows_beyond_keys, &batch->mask_bytes);
 }
 
 #define PF_I32(region, field)                                                                      \
@@ -281,9 +283,9 @@ flp_status flp_prefill_region_plan(flp_context *ctx, const char *fn, flp_plan *p
     return FLP_OK;
 }
 
-/* flp_prefill_plan after the handle checks. */
-static flp_status plan_batch(flp_context *ctx, flp_plan *plan, const flp_prefill_plan_args *args,
-                             const flp_prefill_plan_options *options) {
+flp_status flp_prefill_plan_internal(flp_context *ctx, flp_plan *plan,
+                                     const flp_prefill_plan_args *args,
+                                     const flp_prefill_plan_options *options) {
     flp_status status;
     if (plan->prefill.max_qo_rows == 0)
         return flp_fail(ctx, FLP_ERROR_CAPACITY,
@@ -305,17 +307,11 @@ static flp_status plan_batch(flp_context *ctx, flp_plan *plan, const flp_prefill
                         "%s: out of host memory for %zu bytes of scratch", FN, bytes);
     int32_t *qo_len = (int32_t *)scratch, *kv_len = qo_len + batch;
     flp_prefill_batch pb;
-    status = check_args(ctx, plan, args, options, &pb, qo_len, kv_len);
+    status = flp_prefill_check_batch(ctx, FN, plan, args, options, &pb, qo_len, kv_len);
     if (status == FLP_OK)
         status = flp_prefill_region_plan(ctx, FN, plan, &plan->prefill, &pb, scratch + lens);
     flp_free(scratch);
     return status;
-}
-
-flp_status flp_prefill_plan_internal(flp_context *ctx, flp_plan *plan,
-                                     const flp_prefill_plan_args *args,
-                                     const flp_prefill_plan_options *options) {
-    return plan_batch(ctx, plan, args, options);
 }
 
 flp_status flp_prefill_plan(flp_context *ctx, flp_plan *plan, const flp_prefill_plan_args *args) {
@@ -324,5 +320,5 @@ flp_status flp_prefill_plan(flp_context *ctx, flp_plan *plan, const flp_prefill_
         return status;
     plan->mixed_planned = false;
     const flp_prefill_plan_options plain = {0};
-    return plan_batch(ctx, plan, args, &plain);
+    return flp_prefill_plan_internal(ctx, plan, args, &plain);
 }

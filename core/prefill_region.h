@@ -47,6 +47,14 @@ typedef struct flp_prefill_plan_options {
     bool tail;
 } flp_prefill_plan_options;
 
+/* flp_prefill_plan's checks of a batch (variant, mask_indptr, ALiBi slopes, qo_indptr, the KV,
+ * rows against keys and the custom mask's extent), messages naming fn; fills batch with the
+ * resolved variant, qo_len [batch_size] and kv_len [batch_size]. */
+flp_status flp_prefill_check_batch(flp_context *ctx, const char *fn, const flp_plan *plan,
+                                   const flp_prefill_plan_args *args,
+                                   const flp_prefill_plan_options *options,
+                                   flp_prefill_batch *batch, int32_t *qo_len, int32_t *kv_len);
+
 /* flp_prefill_plan for a caller inside the library that has checked the handles. */
 flp_status flp_prefill_plan_internal(flp_context *ctx, flp_plan *plan,
                                      const flp_prefill_plan_args *args,
