@@ -115,15 +115,8 @@ static void fill_plan_data(flp_plan *plan, const flp_decode_plan_args *a, int32_
         q_off[b] = a->q_rope_offset ? a->q_rope_offset[b] : 0;
         k_off[b] = a->k_rope_offset ? a->k_rope_offset[b] : 0;
     }
-    /* Only with RoPE / ALiBi on (the kernels read them under its flag): they cost a pow() or an
-     * exp2() each, a few microseconds of a plan. */
-    if (v->pos_encoding == FLP_POS_ROPE_LLAMA)
-        flp_rope_frequencies(&v->rope, d->head_dim, HOST_F32(plan, rope_freq));
-    if (v->pos_encoding == FLP_POS_ALIBI && a->alibi_slopes)
-        memcpy(HOST_F32(plan, alibi_slopes), a->alibi_slopes,
-               sizeof(float) * (size_t)d->num_qo_heads);
-    else if (v->pos_encoding == FLP_POS_ALIBI)
-        flp_alibi_standard_slopes(d->num_qo_heads, HOST_F32(plan, alibi_slopes));
+    flp_posenc_tables(v, a->alibi_slopes, d->head_dim, d->num_qo_heads, HOST_F32(plan, rope_freq),
+                      HOST_F32(plan, alibi_slopes));
 }
 
 /* The plan information the kernels read from the plan memory (docs/design.md 5.2-5.4: everything

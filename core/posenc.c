@@ -2,6 +2,7 @@
 #include "core/posenc.h"
 
 #include <math.h>
+#include <string.h>
 
 #define POSENC_DEFAULT_THETA 10000.0
 #define POSENC_PI 3.14159265358979323846
@@ -44,4 +45,16 @@ flp_status flp_alibi_standard_slopes(int32_t num_heads, float *slopes) {
         slopes[head] = (float)exp2(exponent);
     }
     return FLP_OK;
+}
+
+void flp_posenc_tables(const flp_variant *v, const float *alibi_slopes, int32_t head_dim,
+                       int32_t num_qo_heads, float *freq, float *slopes) {
+    if (v->pos_encoding == FLP_POS_ROPE_LLAMA)
+        flp_rope_frequencies(&v->rope, head_dim, freq);
+    if (v->pos_encoding != FLP_POS_ALIBI)
+        return;
+    if (alibi_slopes)
+        memcpy(slopes, alibi_slopes, sizeof(float) * (size_t)num_qo_heads);
+    else
+        flp_alibi_standard_slopes(num_qo_heads, slopes);
 }

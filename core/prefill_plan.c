@@ -141,14 +141,8 @@ static void fill_arrays(const flp_plan *plan, flp_prefill_region *r, const flp_p
     }
     if (paged && a->kv_indices && a->kv_indptr[batch] > 0)
         memcpy(PF_I32(r, kv_indices), a->kv_indices, sizeof(int32_t) * (size_t)a->kv_indptr[batch]);
-    /* read under the RoPE / ALiBi flag only */
-    if (pb->variant.pos_encoding == FLP_POS_ROPE_LLAMA)
-        flp_rope_frequencies(&pb->variant.rope, plan->desc.head_dim, PF_F32(r, rope_freq));
-    if (pb->variant.pos_encoding == FLP_POS_ALIBI && a->alibi_slopes)
-        memcpy(PF_F32(r, alibi_slopes), a->alibi_slopes,
-               sizeof(float) * (size_t)plan->desc.num_qo_heads);
-    else if (pb->variant.pos_encoding == FLP_POS_ALIBI)
-        flp_alibi_standard_slopes(plan->desc.num_qo_heads, PF_F32(r, alibi_slopes));
+    flp_posenc_tables(&pb->variant, a->alibi_slopes, plan->desc.head_dim, plan->desc.num_qo_heads,
+                      PF_F32(r, rope_freq), PF_F32(r, alibi_slopes));
 }
 
 /* The keys each row can keep at most, by the variant's causal mask and window. */
