@@ -132,17 +132,11 @@ static void problem_free(problem *p) {
 }
 
 static flp_variant problem_variant(const problem *p) {
-    flp_variant v;
-    memset(&v, 0, sizeof v);
-    v.head_dim = p->c->d;
-    v.q_dtype = p->c->q_dtype;
-    v.kv_dtype = p->c->kv_dtype;
-    v.mask = p->c->mask;
-    v.use_window = p->c->window_left >= 0;
-    v.window_left = v.use_window ? p->c->window_left : 0;
-    v.logits_soft_cap = p->c->soft_cap;
-    v.k_scale = test_is_fp8(p->c->kv_dtype) ? p->k_scale : 0.0f;
-    v.v_scale = test_is_fp8(p->c->kv_dtype) ? p->v_scale : 0.0f;
+    const bsr_case *c = p->c;
+    flp_variant v = test_variant_make(c->d, c->q_dtype, c->kv_dtype, c->mask, c->soft_cap,
+                                      p->k_scale, p->v_scale);
+    v.use_window = c->window_left >= 0;
+    v.window_left = v.use_window ? c->window_left : 0;
     return v;
 }
 

@@ -366,16 +366,9 @@ static void problem_free(problem *p) {
 }
 
 static flp_variant problem_variant(const problem *p) {
-    flp_variant v;
-    memset(&v, 0, sizeof v);
-    v.head_dim = p->c->d;
-    v.q_dtype = p->c->q_dtype;
-    v.kv_dtype = p->c->kv_dtype;
-    v.mask = p->c->mask;
-    v.logits_soft_cap = p->c->soft_cap;
-    v.k_scale = test_is_fp8(p->c->kv_dtype) ? p->k_scale : 0.0f;
-    v.v_scale = test_is_fp8(p->c->kv_dtype) ? p->v_scale : 0.0f;
-    return v;
+    const cascade_case *c = p->c;
+    return test_variant_make(c->d, c->q_dtype, c->kv_dtype, c->mask, c->soft_cap, p->k_scale,
+                             p->v_scale);
 }
 
 /* ---- the float64 reference ------------------------------------------------------------------- */
@@ -465,14 +458,6 @@ static flp_buffer *pool_upload(const problem *p, const float *raw) {
     return buf;
 }
 
-static flp_tensor i32_tensor(flp_buffer **buf, const int32_t *values, int32_t n) {
-    *buf = test_buffer_new(g_ctx, sizeof(int32_t) * (size_t)(n > 0 ? n : 1));
-    if (n > 0)
-        assert_ok(flp_buffer_write(g_ctx, *buf, 0, values, sizeof(int32_t) * (size_t)n));
-    const int64_t shape[1] = {n};
-    return flp_tensor_contiguous(*buf, 0, FLP_DTYPE_I32, 1, shape);
-}
-
 static void dev_create(const problem *p, int32_t rows_capacity, dev_problem *dv) {
     const cascade_case *c = p->c;
     memset(dv, 0, sizeof *dv);
@@ -486,7 +471,10 @@ static void dev_create(const problem *p, int32_t rows_capacity, dev_problem *dv)
     dv->v = pool_tensor(p, dv->v_buf);
     for (int32_t l = 0; l < c->num_levels && c->pages_at_run; l++) {
         const host_level *h = &p->levels[l];
-        dv->idx[l] = i32_tensor(&dv->idx_buf[l], h->kv_indices, h->kv_indptr[h->num_groups]);
+        const int32_t pages = h->kv_indptr[h->num_groups];
+        const int64_t shape[1] = {pages};
+        dv->idx[l] = test_tensor_upload(g_ctx, h->kv_indices, FLP_DTYPE_I32, 1, shape,
+                                        (size_t)pages, &dv->idx_buf[l]);
     }
 }
 

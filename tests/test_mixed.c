@@ -287,23 +287,6 @@ typedef struct dev_problem {
     flp_tensor k, v, idx, mask;
 } dev_problem;
 
-static flp_tensor upload(const problem *p, const void *values, flp_dtype dt, int ndim,
-                         const int64_t *shape, size_t count, flp_buffer **buf) {
-    const size_t es = flp_dtype_size(dt), bytes = count * es;
-    *buf = test_buffer_new(g_ctx, bytes > 0 ? bytes : 16);
-    if (dt == FLP_DTYPE_I32 || dt == FLP_DTYPE_U8) {
-        if (bytes > 0)
-            assert_ok(flp_buffer_write(g_ctx, *buf, 0, values, bytes));
-    } else {
-        uint8_t *img = test_xcalloc(bytes, 1);
-        assert_int_equal(flp_convert_from_f32(dt, values, img, count), FLP_OK);
-        assert_ok(flp_buffer_write(g_ctx, *buf, 0, img, bytes));
-        free(img);
-    }
-    (void)p;
-    return flp_tensor_contiguous(*buf, 0, dt, ndim, shape);
-}
-
 static void dev_create(const problem *p, int32_t rows_capacity, dev_problem *dv) {
     const mixed_case *c = p->c;
     memset(dv, 0, sizeof *dv);
@@ -315,15 +298,15 @@ static void dev_create(const problem *p, int32_t rows_capacity, dev_problem *dv)
     const int64_t kv_shape[4] = {p->num_pages, nhd ? c->page_size : c->hkv,
                                  nhd ? c->hkv : c->page_size, c->d};
     const size_t kv_n = (size_t)p->num_pages * c->page_size * c->hkv * c->d;
-    dv->k = upload(p, p->k, c->dtype, 4, kv_shape, kv_n, &dv->k_buf);
-    dv->v = upload(p, p->v, c->dtype, 4, kv_shape, kv_n, &dv->v_buf);
+    dv->k = test_tensor_upload(g_ctx, p->k, c->dtype, 4, kv_shape, kv_n, &dv->k_buf);
+    dv->v = test_tensor_upload(g_ctx, p->v, c->dtype, 4, kv_shape, kv_n, &dv->v_buf);
     const int64_t idx_shape[1] = {p->kv_indptr[p->batch]};
-    dv->idx = upload(p, p->kv_indices, FLP_DTYPE_I32, 1, idx_shape, (size_t)p->kv_indptr[p->batch],
-                     &dv->idx_buf);
+    dv->idx = test_tensor_upload(g_ctx, p->kv_indices, FLP_DTYPE_I32, 1, idx_shape,
+                                 (size_t)p->kv_indptr[p->batch], &dv->idx_buf);
     if (p->mask) {
         const int64_t mask_shape[1] = {p->mask_bytes};
-        dv->mask =
-            upload(p, p->mask, FLP_DTYPE_U8, 1, mask_shape, (size_t)p->mask_bytes, &dv->mask_buf);
+        dv->mask = test_tensor_upload(g_ctx, p->mask, FLP_DTYPE_U8, 1, mask_shape,
+                                      (size_t)p->mask_bytes, &dv->mask_buf);
     }
 }
 

@@ -441,6 +441,20 @@ bool test_is_fp8(flp_dtype dt) {
     return dt == FLP_DTYPE_E4M3 || dt == FLP_DTYPE_E5M2;
 }
 
+flp_variant test_variant_make(int32_t d, flp_dtype q_dtype, flp_dtype kv_dtype, flp_mask_mode mask,
+                              float soft_cap, float k_scale, float v_scale) {
+    flp_variant v;
+    memset(&v, 0, sizeof v);
+    v.head_dim = d;
+    v.q_dtype = q_dtype;
+    v.kv_dtype = kv_dtype;
+    v.mask = mask;
+    v.logits_soft_cap = soft_cap;
+    v.k_scale = test_is_fp8(kv_dtype) ? k_scale : 0.0f;
+    v.v_scale = test_is_fp8(kv_dtype) ? v_scale : 0.0f;
+    return v;
+}
+
 double test_half_to_double(flp_dtype dt, uint16_t bits) {
     return dt == FLP_DTYPE_BF16 ? (double)flp_bf16_to_f32(bits) : (double)flp_f16_to_f32(bits);
 }
@@ -646,6 +660,22 @@ flp_buffer *test_buffer_new(flp_context *ctx, size_t bytes) {
     const flp_buffer_desc bd = {.size = bytes ? bytes : 16};
     test_assert_ok(ctx, flp_buffer_create(ctx, &bd, &buf));
     return buf;
+}
+
+flp_tensor test_tensor_upload(flp_context *ctx, const void *values, flp_dtype dt, int ndim,
+                              const int64_t *shape, size_t count, flp_buffer **buf) {
+    const size_t bytes = count * flp_dtype_size(dt);
+    *buf = test_buffer_new(ctx, bytes);
+    if (dt == FLP_DTYPE_I32 || dt == FLP_DTYPE_U8) {
+        if (bytes > 0)
+            test_assert_ok(ctx, flp_buffer_write(ctx, *buf, 0, values, bytes));
+    } else {
+        uint8_t *img = test_xcalloc(bytes, 1);
+        assert_int_equal(flp_convert_from_f32(dt, values, img, count), FLP_OK);
+        test_assert_ok(ctx, flp_buffer_write(ctx, *buf, 0, img, bytes));
+        free(img);
+    }
+    return flp_tensor_contiguous(*buf, 0, dt, ndim, shape);
 }
 
 void test_buffer_fill(flp_context *ctx, flp_buffer *buf, size_t bytes, uint8_t value) {

@@ -156,6 +156,10 @@ void test_assert_ok_impl(const flp_context *ctx, flp_status st, const char *call
                          int line);
 
 bool test_is_fp8(flp_dtype dt);
+/* A variant of head dim d, q and K/V dtypes, mask and soft cap (0: none); an fp8 K/V dtype takes
+ * k_scale and v_scale, any other the default (0). */
+flp_variant test_variant_make(int32_t d, flp_dtype q_dtype, flp_dtype kv_dtype, flp_mask_mode mask,
+                              float soft_cap, float k_scale, float v_scale);
 /* A 16-bit value (bf16 when dt is BF16, else f16) as a double. */
 double test_half_to_double(flp_dtype dt, uint16_t bits);
 
@@ -187,6 +191,11 @@ double *test_gather_paged_kv(int32_t batch, int32_t num_kv_heads, int32_t head_d
 
 /* A new buffer of bytes (16 when 0); fails the test unless created. */
 flp_buffer *test_buffer_new(flp_context *ctx, size_t bytes);
+/* A new buffer holding count values as a contiguous tensor of dtype dt and shape[ndim]
+ * (*buf: the buffer, to destroy): I32 and U8 values are written as given, float values
+ * (float *) converted to dt. */
+flp_tensor test_tensor_upload(flp_context *ctx, const void *values, flp_dtype dt, int ndim,
+                              const int64_t *shape, size_t count, flp_buffer **buf);
 /* Sets the first bytes of buf to value. */
 void test_buffer_fill(flp_context *ctx, flp_buffer *buf, size_t bytes, uint8_t value);
 /* A new host copy (free it) of the first bytes of buf. */
