@@ -101,10 +101,13 @@ template <int QDT, int D> struct prefill_output {
                                     2;
             *reinterpret_cast<unsigned *>(op) = pack2_16bit<QDT>(o0, o1);
         } else {
+            /* one 8-byte store (col is even, the slots 256-byte aligned): a warp's store then
+             * fills whole 32-byte sectors of 8 rows, where two 4-byte stores half-filled twice
+             * as many */
             const long long prow =
                 static_cast<long long>(slot) * FLP_PREFILL_MAX_TILE + (pr - row_begin);
-            partial_o[prow * D + col] = o0;
-            partial_o[prow * D + col + 1] = o1;
+            *reinterpret_cast<unsigned long long *>(partial_o + prow * D + col) =
+                static_cast<unsigned long long>(__float_as_uint(o1)) << 32 | __float_as_uint(o0);
         }
     }
 

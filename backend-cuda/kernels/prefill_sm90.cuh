@@ -336,30 +336,50 @@ template <int QDT, int D> struct prefill90_kernel : prefill_flags {
     }
 
     /* load_q: rows [r0 + 64 wg, + 64) of the pass into warpgroup wg's Q tile (zeros past r1;
-     * RoPE applied), made visible to wgmma (the async proxy). t: thread in the warpgroup. */
+     * RoPE applied), made visible to wgmma (the async proxy). t: thread in the warpgroup. The
+     * loads of Q_BATCH units go out before any is stored, so that a pass waits for one memory
+     * latency, not one per unit (ncu, H100: the store waiting on its load was 6% of the warp
+     * samples where a block runs one pass of 16 key blocks). */
+    static constexpr int Q_UNITS = WG_ROWS * (CPR / 2) / 128; /* units per thread */
+    static constexpr int Q_BATCH = Q_UNITS < 4 ? Q_UNITS : 4;
+    static_assert(WG_ROWS * (CPR / 2) % 128 == 0 && Q_UNITS % Q_BATCH == 0, "Q tile units");
     FLP_DEV void load_q(const pass90 &ps, int wg, int t) const {
         const int group = info->group_size;
         const int q_pos0 = ps.pos0 + (rope ? plan_i(info->off_q_rope_offset)[ps.b] : 0);
         unsigned char *q_tile = at(q_addr(wg));
-        for (int u = t; u < WG_ROWS * (CPR / 2); u += 128) {
-            const int row = u / (CPR / 2);
-            const int c = u - row * (CPR / 2);
-            const int pr = ps.r0 + wg * WG_ROWS + row;
-            u32x4 lo = {0u, 0u, 0u, 0u}, hi = {0u, 0u, 0u, 0u};
-            if (pr < ps.r1) {
-                const packed_row q = unpack_row(pr, group, ps.kvh);
-                const unsigned char *qp =
-                    reinterpret_cast<const unsigned char *>(p.q) +
-                    (static_cast<long long>(ps.q_start + q.token) * p.q_stride_row +
-                     static_cast<long long>(q.head) * p.q_stride_head + c * 8) *
-                        2;
-                lo = *reinterpret_cast<const u32x4 *>(qp);
-                hi = *reinterpret_cast<const u32x4 *>(qp + D);
-                if (rope)
-                    rope_chunks(lo, hi, q_pos0 + q.token, c);
+#pragma unroll
+        for (int first = 0; first < Q_UNITS; first += Q_BATCH) {
+            u32x4 lo[Q_BATCH], hi[Q_BATCH];
+            int token[Q_BATCH];
+#pragma unroll
+            for (int i = 0; i < Q_BATCH; i++) {
+                const int u = t + (first + i) * 128;
+                const int row = u / (CPR / 2), c = u - row * (CPR / 2);
+                const int pr = ps.r0 + wg * WG_ROWS + row;
+                lo[i] = hi[i] = u32x4{0u, 0u, 0u, 0u};
+                token[i] = -1;
+                if (pr < ps.r1) {
+                    const packed_row q = unpack_row(pr, group, ps.kvh);
+                    const unsigned char *qp =
+                        reinterpret_cast<const unsigned char *>(p.q) +
+                        (static_cast<long long>(ps.q_start + q.token) * p.q_stride_row +
+                         static_cast<long long>(q.head) * p.q_stride_head + c * 8) *
+                            2;
+                    lo[i] = *reinterpret_cast<const u32x4 *>(qp);
+                    hi[i] = *reinterpret_cast<const u32x4 *>(qp + D);
+                    token[i] = q.token;
+                }
             }
-            *reinterpret_cast<u32x4 *>(q_tile + chunk_offset(WG_ROWS, row, c)) = lo;
-            *reinterpret_cast<u32x4 *>(q_tile + chunk_offset(WG_ROWS, row, c + CPR / 2)) = hi;
+#pragma unroll
+            for (int i = 0; i < Q_BATCH; i++) {
+                const int u = t + (first + i) * 128;
+                const int row = u / (CPR / 2), c = u - row * (CPR / 2);
+                if (rope && token[i] >= 0)
+                    rope_chunks(lo[i], hi[i], q_pos0 + token[i], c);
+                *reinterpret_cast<u32x4 *>(q_tile + chunk_offset(WG_ROWS, row, c)) = lo[i];
+                *reinterpret_cast<u32x4 *>(q_tile + chunk_offset(WG_ROWS, row, c + CPR / 2)) =
+                    hi[i];
+            }
         }
         fence_proxy_async();
     }
@@ -577,6 +597,54 @@ template <int QDT, int D> struct prefill90_kernel : prefill_flags {
                                       reinterpret_cast<float *>(p.lse)};
     }
 
+    /* store_partial: the warpgroup's rows of a split item, normalised, into the item's f32
+     * partial slot, through the free Q tile (16-byte stores of whole rows, where the
+     * accumulator layout's own stores are 8 bytes of 8 rows each: ncu, H100, they were a fifth
+     * of the warp samples where a block runs one pass of 16 key blocks). The tile holds half a
+     * row of f32 per row, so two rounds of D / 2 columns; 16-byte chunk c of a row at c ^ (row
+     * % 8), so that the accumulator's 8 rows x 4 lanes and a warp's 16-byte reads of whole rows
+     * both meet every bank once. t: thread in the warpgroup; local: its first row in the tile. */
+    static constexpr int PARTIAL_COLS = D / 2;                 /* f32 columns per round */
+    static constexpr int PARTIAL_CHUNKS = PARTIAL_COLS / 4;    /* 16-byte chunks per row */
+    static constexpr int PARTIAL_ROW_BYTES = PARTIAL_COLS * 4; /* a row of the tile */
+    static_assert(WG_ROWS * PARTIAL_ROW_BYTES == Q_WG_BYTES, "a round fills the Q tile");
+    static_assert(PARTIAL_CHUNKS >= 8 && WG_ROWS * PARTIAL_CHUNKS % 128 == 0, "partial chunks");
+    FLP_DEV void store_partial(const pass90 &ps, int wg, int t, int local, int lc,
+                               const state_acc &o, const float (&scale)[2],
+                               unsigned char *tile) const {
+        float *partial =
+            plan_f(info->off_partial_o) + (static_cast<long long>(ps.slot) * FLP_PREFILL_MAX_TILE +
+                                           (ps.r0 + wg * WG_ROWS - ps.row_begin)) *
+                                              D;
+        const int rows = min(WG_ROWS, ps.r1 - ps.r0 - wg * WG_ROWS); /* rows with a query */
+#pragma unroll
+        for (int round = 0; round < 2; round++) {
+            if (round > 0) /* the last round's reads are done */
+                named_barrier_sync(kBarConsumerWg0 + wg, 128);
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) {
+                const int row = local + 8 * hf;
+#pragma unroll
+                for (int n = 0; n < D / 16; n++) {
+                    const int nt = round * (D / 16) + n;
+                    const int chunk = n * 2 + (lc >> 1);
+                    *reinterpret_cast<f32x2 *>(tile + row * PARTIAL_ROW_BYTES +
+                                               ((chunk ^ (row & 7)) << 4) + (lc & 1) * 8) =
+                        f32x2{o[nt * 4 + 2 * hf] * scale[hf], o[nt * 4 + 2 * hf + 1] * scale[hf]};
+                }
+            }
+            named_barrier_sync(kBarConsumerWg0 + wg, 128);
+#pragma unroll
+            for (int u = t; u < WG_ROWS * PARTIAL_CHUNKS; u += 128) {
+                const int row = u / PARTIAL_CHUNKS, c = u - row * PARTIAL_CHUNKS;
+                if (row < rows)
+                    *reinterpret_cast<u32x4 *>(partial + row * D + round * PARTIAL_COLS + c * 4) =
+                        *reinterpret_cast<const u32x4 *>(tile + row * PARTIAL_ROW_BYTES +
+                                                         ((c ^ (row & 7)) << 4));
+            }
+        }
+    }
+
     /* store_output: the warpgroup's rows normalised into out and lse (through its Q tile, so
      * that out gets 16-byte stores of whole rows), or the item's f32 partial slot. t: thread in
      * the warpgroup; row0: its first row in the pass. */
@@ -596,22 +664,13 @@ template <int QDT, int D> struct prefill90_kernel : prefill_flags {
             if (lc == 0 && pr < ps.r1)
                 out.store_lse(pr, state_lse(m[hf], l[hf]));
         }
-        if (ps.slot >= 0) {
-#pragma unroll
-            for (int hf = 0; hf < 2; hf++) {
-                const int pr = ps.r0 + row0 + 8 * hf;
-                if (pr >= ps.r1)
-                    continue;
-#pragma unroll
-                for (int nt = 0; nt < D / 8; nt++)
-                    out.store_pair(pr, nt * 8 + lc * 2, o[nt * 4 + 2 * hf] * scale[hf],
-                                   o[nt * 4 + 2 * hf + 1] * scale[hf]);
-            }
-            return;
-        }
         /* the Q tile is free: every product of the pass has completed */
         unsigned char *tile = at(q_addr(wg));
         const int local = row0 - wg * WG_ROWS;
+        if (ps.slot >= 0) {
+            store_partial(ps, wg, t, local, lc, o, scale, tile);
+            return;
+        }
 #pragma unroll
         for (int hf = 0; hf < 2; hf++) {
 #pragma unroll
