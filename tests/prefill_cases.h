@@ -147,6 +147,15 @@ static const prefill_case prefill_cases[] = {
      .layout = NHD, .page_size = 16, .num_qo_heads = 8, .num_kv_heads = 1, .head_dim = 64,
      .q_dtype = BF16, .kv_dtype = E4M3, .mask = CAUSAL, .rope = ROPE_DEFAULT,
      .rope_offsets = true, .k_scale = 0.0125f, .v_scale = 0.01f, .split = true},
+    /* 64 and 80 packed rows: 64- and 128-row query tiles, which the Hopper kernel takes (its
+     * split items write their partial rows through the Q tile; the second warpgroup's rows
+     * empty, then partly filled), at the two head dims beside 128 */
+    {.name = "split_tile64_bf16_nhd_d64", .batch = 1, .qo_lens = {16}, .kv_lens = {1600},
+     .layout = NHD, .page_size = 16, .num_qo_heads = 8, .num_kv_heads = 2, .head_dim = 64,
+     .q_dtype = BF16, .mask = CAUSAL, .split = true},
+    {.name = "split_rows80_ragged_f16_d256_nomask", .batch = 1, .qo_lens = {20},
+     .kv_lens = {1400}, .ragged = true, .num_qo_heads = 8, .num_kv_heads = 2, .head_dim = 256,
+     .q_dtype = F16, .split = true},
 
     /* ---- masks: none / causal / custom, each with and without a sliding window ---- */
     {.name = "custom_mask_f16_ragged_g2", .batch = 3, .qo_lens = {6, 3, 9}, .kv_lens = {9, 3, 20},
