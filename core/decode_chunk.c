@@ -38,11 +38,63 @@ static int64_t add_cost(int64_t entry, int64_t delta) {
  * are sorted by insertion up to this many. */
 #define LOW_INSERTION_SORT_MAX 96
 
+/* Ascending runs merged by a scan of their heads: up to this many. */
+#define SORT_MERGE_MAX_RUNS 8
+
+/* The starts of the non-decreasing runs of a[0..n) by a >> shift into start (start[runs] = n);
+ * the run count, or SORT_MERGE_MAX_RUNS + 1 once there are more. */
+static int32_t ascending_runs(const uint64_t *a, int32_t n, int shift, int32_t *start) {
+    int32_t runs = 0;
+    start[runs++] = 0;
+    for (int32_t i = 1; i < n; i++)
+        if ((a[i] >> shift) < (a[i - 1] >> shift)) {
+            if (runs == SORT_MERGE_MAX_RUNS)
+                return SORT_MERGE_MAX_RUNS + 1;
+            start[runs++] = i;
+        }
+    start[runs] = n;
+    return runs;
+}
+
+/* Merges the runs of a (ascending by >> shift, run r at [start[r], start[r + 1])) into out; of
+ * equal keys, the earlier run's first: the merge is stable. */
+static void merge_ascending_runs(const uint64_t *a, const int32_t *start, int32_t runs, int shift,
+                                 uint64_t *out) {
+    int32_t at[SORT_MERGE_MAX_RUNS];
+    for (int32_t r = 0; r < runs; r++)
+        at[r] = start[r];
+    for (int32_t k = 0; k < start[runs]; k++) {
+        int32_t best = -1;
+        uint64_t least = 0;
+        for (int32_t r = 0; r < runs; r++) {
+            if (at[r] == start[r + 1])
+                continue;
+            const uint64_t key = a[at[r]] >> shift;
+            if (best < 0 || key < least) {
+                best = r;
+                least = key;
+            }
+        }
+        out[k] = a[at[best]++];
+    }
+}
+
 /* Sorts a[0..n) by increasing a >> shift, ties in the order they come in (stable); tmp: n
- * words. By insertion up to insertion_max words (few out of place: the cheapest), else a radix
- * sort over the digits in which the keys differ. */
+ * words. By insertion up to insertion_max words (few out of place: the cheapest); a few
+ * ascending runs (a batch of a few lengths, each repeated: the usual serving batch) merged by a
+ * scan; else a radix sort over the digits in which the keys differ. */
 static void sort_ascending(uint64_t *a, uint64_t *tmp, int32_t n, int shift,
                            int32_t insertion_max) {
+    int32_t start[SORT_MERGE_MAX_RUNS + 1];
+    const int32_t runs = n > insertion_max ? ascending_runs(a, n, shift, start) : 0;
+    if (runs == 1)
+        return;
+    if (runs >= 2 && runs <= SORT_MERGE_MAX_RUNS) {
+        merge_ascending_runs(a, start, runs, shift, tmp);
+        for (int32_t i = 0; i < n; i++)
+            a[i] = tmp[i];
+        return;
+    }
     if (n <= insertion_max) {
         for (int32_t i = 1; i < n; i++) {
             const uint64_t v = a[i];
