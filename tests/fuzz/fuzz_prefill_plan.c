@@ -699,8 +699,8 @@ static void check_schedule(const flp_plan *plan, const caps *c, const model *m) 
     memset(first_item, 0, sizeof(int32_t) * (size_t)(num_tiles + 1));
     for (int32_t i = 0; i < n; i++) {
         const int32_t *it = items + FLP_PREFILL_ITEM_INTS * i;
-        const int32_t x = base[it[FLP_PITEM_REQUEST]] +
-                          it[FLP_PITEM_ROW_BEGIN] / tile * c->hkv + it[FLP_PITEM_KV_HEAD];
+        const int32_t x = base[it[FLP_PITEM_REQUEST]] + it[FLP_PITEM_ROW_BEGIN] / tile * c->hkv +
+                          it[FLP_PITEM_KV_HEAD];
         FUZZ_CHECK(it[FLP_PITEM_ROW_BEGIN] % tile == 0 && x < num_tiles &&
                        memcmp(it, tiles[x].w, 4 * sizeof(int32_t)) == 0,
                    "item %d: request %d head %d packed rows [%d, %d) are not a query tile of %d "
