@@ -221,7 +221,14 @@ void flp_prefill_schedule_build(const flp_prefill_schedule_input *in, flp_prefil
     } else {
         chunk = choose_chunk(in, tiles, n);
     }
-    out->num_items = split_items(in, chunk, tiles, n, items, out);
+    if (chunk == INT32_MAX) { /* nothing split: the tiles are the items */
+        items = tiles;
+        out->num_items = n;
+        out->num_partial_slots = 0;
+        out->num_merge_items = 0;
+    } else {
+        out->num_items = split_items(in, chunk, tiles, n, items, out);
+    }
     for (int32_t i = 0; i < out->num_items; i++) {
         const int32_t *it = items + FLP_PREFILL_ITEM_INTS * i;
         /* Key tiles times row passes: a tensor-core tile costs the same for any row count. */
