@@ -101,8 +101,8 @@ template <int QDT, int D> struct prefill_output {
                                     2;
             *reinterpret_cast<unsigned *>(op) = pack2_16bit<QDT>(o0, o1);
         } else {
-            /* one 8-byte store (col is even, the slots 256-byte aligned): a warp's store then
-             * fills whole 32-byte sectors of 8 rows, where two 4-byte stores half-filled twice
+            /* one 8-byte store (col is even, the slots at least 16-byte aligned): a warp's store
+             * then fills whole 32-byte sectors of 8 rows, where two 4-byte stores half-filled twice
              * as many */
             const long long prow =
                 static_cast<long long>(slot) * FLP_PREFILL_MAX_TILE + (pr - row_begin);

@@ -603,12 +603,16 @@ template <int QDT, int D> struct prefill90_kernel : prefill_flags {
      * of the warp samples where a block runs one pass of 16 key blocks). The tile holds half a
      * row of f32 per row, so two rounds of D / 2 columns; 16-byte chunk c of a row at c ^ (row
      * % 8), so that the accumulator's 8 rows x 4 lanes and a warp's 16-byte reads of whole rows
-     * both meet every bank once. t: thread in the warpgroup; local: its first row in the tile. */
+     * both meet every bank once. A warp's rows here are other warps' rows of Q; that is safe:
+     * every warp waited for its share of the pass's last S = Q K^T before the turn barrier of
+     * the last P V, which all four warps of the warpgroup must reach before any passes it.
+     * t: thread in the warpgroup; local: its first row in the tile. */
     static constexpr int PARTIAL_COLS = D / 2;                 /* f32 columns per round */
     static constexpr int PARTIAL_CHUNKS = PARTIAL_COLS / 4;    /* 16-byte chunks per row */
     static constexpr int PARTIAL_ROW_BYTES = PARTIAL_COLS * 4; /* a row of the tile */
     static_assert(WG_ROWS * PARTIAL_ROW_BYTES == Q_WG_BYTES, "a round fills the Q tile");
-    static_assert(PARTIAL_CHUNKS >= 8 && WG_ROWS * PARTIAL_CHUNKS % 128 == 0, "partial chunks");
+    static_assert(PARTIAL_CHUNKS % 8 == 0 && WG_ROWS * PARTIAL_CHUNKS % 128 == 0,
+                  "partial chunks: the swizzle stays within a row");
     FLP_DEV void store_partial(const pass90 &ps, int wg, int t, int local, int lc,
                                const state_acc &o, const float (&scale)[2],
                                unsigned char *tile) const {
