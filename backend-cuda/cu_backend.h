@@ -4,6 +4,7 @@
 
 #include "backend-cuda/cu_driver.h"
 #include "backend-cuda/cu_launch.h"
+#include "backend-cuda/cu_staging.h"
 #include "backend-cuda/kernels/prefill_sm90_config.h"
 #include "backend-cuda/kernels/prefill_config.h"
 #include "core/backend.h"
@@ -32,6 +33,12 @@ typedef struct flp_cu_config {
     bool prefill90_every_tile; /* FLP_CUDA_PREFILL_KERNEL=sm90: for every query tile */
 } flp_cu_config;
 
+typedef struct flp_cu_staging_slot {
+    void *host;     /* [size] pinned; NULL until first used */
+    size_t size;    /* a power of two in [FLP_CU_STAGING_MIN_BYTES, FLP_CU_STAGING_MAX_BYTES] */
+    CUevent copied; /* recorded after the slot's last copy; NULL until first used */
+} flp_cu_staging_slot;
+
 typedef struct flp_cu_state {
     const flp_cu_driver *cu;
     CUdevice device;
@@ -48,6 +55,8 @@ typedef struct flp_cu_state {
     bool use_nvrtc;
     CUmodule *fatbin_modules; /* [flp_cuda_fatbins_count], NULL until the first load */
     flp_cu_config configs[FLP_CU_NUM_CONFIGS];
+    flp_cu_staging_slot staging[FLP_CU_STAGING_SLOTS];
+    int next_staging; /* the slot the next upload tries */
 } flp_cu_state;
 
 /* The backend's function table (cu_context.c); also identifies CUDA contexts. */
@@ -76,6 +85,14 @@ flp_status flp_cu_buffer_write(flp_context *ctx, flp_buffer *buf, size_t offset,
                                size_t size);
 flp_status flp_cu_buffer_read(flp_context *ctx, const flp_buffer *buf, size_t offset, void *dst,
                               size_t size);
+
+/* cu_staging.c */
+/* Queues a copy of src to dst on the stream through a staging slot; *staged false (and
+ * CUDA_SUCCESS) when no slot can take it now, nothing queued. The context must be current. */
+CUresult flp_cu_staged_upload(flp_cu_state *st, CUdeviceptr dst, const void *src, size_t size,
+                              bool *staged);
+/* Waits for the staged copies and frees the slots (the context must be current). */
+void flp_cu_staging_release(flp_cu_state *st);
 
 /* cu_module.c */
 /* The kernels of configuration index, loading (or NVRTC-compiling) them on first use. The

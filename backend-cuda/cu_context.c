@@ -60,6 +60,7 @@ static void cu_destroy(flp_context *ctx) {
                 flp_cu_fail(ctx, st->cu, r, "flp_context_destroy: cuStreamSynchronize");
         }
         flp_cu_modules_release(ctx);
+        flp_cu_staging_release(st);
         flp_cu_leave(ctx);
     }
     release_state(st);

@@ -34,6 +34,13 @@
     X(cuMemAlloc)                                                                                  \
     X(cuMemFree)                                                                                   \
     X(cuMemcpyHtoDAsync)                                                                           \
+    X(cuMemHostAlloc)                                                                              \
+    X(cuMemFreeHost)                                                                               \
+    X(cuEventCreate)                                                                               \
+    X(cuEventDestroy)                                                                              \
+    X(cuEventRecord)                                                                               \
+    X(cuEventQuery)                                                                                \
+    X(cuEventSynchronize)                                                                          \
     X(cuMemcpyDtoHAsync)                                                                           \
     X(cuPointerGetAttribute)                                                                       \
     X(cuModuleLoadData)                                                                            \

@@ -91,14 +91,18 @@ flp_status flp_cu_plan_upload(flp_context *ctx, flp_buffer *buf, size_t offset, 
         flp_cu_leave(ctx);
         return status;
     }
-    /* From pageable memory the driver stages src before it returns and the copy runs in stream
-     * order: runs queued earlier still read the previous plan, runs queued later the new one,
-     * and the host does not wait for either. */
-    CUresult r = st->cu->cuMemcpyHtoDAsync((CUdeviceptr)(buf->device_address + offset), src, size,
-                                           st->stream);
+    /* The copy runs in stream order: runs queued earlier still read the previous plan, runs
+     * queued later the new one, and the host waits for neither. src is copied before this
+     * returns: into a pinned staging slot, or (no slot free) by the driver from pageable
+     * memory. */
+    const CUdeviceptr dst = (CUdeviceptr)(buf->device_address + offset);
+    bool staged = false;
+    CUresult r = flp_cu_staged_upload(st, dst, src, size, &staged);
+    if (r == CUDA_SUCCESS && !staged)
+        r = st->cu->cuMemcpyHtoDAsync(dst, src, size, st->stream);
     flp_cu_leave(ctx);
     if (r != CUDA_SUCCESS)
-        return flp_cu_fail(ctx, st->cu, r, "%s: cuMemcpyHtoDAsync(%zu bytes)", what, size);
+        return flp_cu_fail(ctx, st->cu, r, "%s: queuing the copy of %zu bytes", what, size);
     return FLP_OK;
 }
 

@@ -2,6 +2,7 @@
  * and the count of loop iterations its invocations run, checked against the driver's budget
  * (llvmpipe silently ends every loop of an invocation after 65535 iterations in total). */
 #include "vk_backend.h"
+#include "core/decode_schedule.h"
 
 /* Query rows x elements per lane held in registers per pass (q and the accumulators): more
  * rows read each K/V element for more rows, but make a bigger shader. On lavapipe (AVX2, D=128,
@@ -87,14 +88,15 @@ int flp_vk_cpu_pipelines(const flp_vk *vk, uint32_t flags, uint32_t features[2],
  * 65536 loses its last. */
 static uint64_t cta_loop_iterations(const flp_decode_launch *launch, const flp_vk_cpu_shape *s,
                                     int32_t cta) {
-    const int32_t *work_indptr = launch->schedule.work_indptr;
-    const int32_t *items = launch->schedule.work_items;
+    const flp_decode_schedule_view *sv = &launch->schedule;
+    const int32_t *work_indptr = sv->work_indptr;
     int64_t rows_total = (int64_t)launch->schedule.qo_len * launch->group_size;
     int64_t passes = (rows_total + s->rows - 1) / s->rows;
     uint64_t n = (uint64_t)(work_indptr[cta + 1] - work_indptr[cta]) + 1;
     for (int32_t i = work_indptr[cta]; i < work_indptr[cta + 1]; i++) {
-        const int32_t *item = items + (size_t)i * FLP_WORK_ITEM_INTS;
-        int64_t keys = (int64_t)item[FLP_WORK_KV_END] - item[FLP_WORK_KV_BEGIN];
+        const flp_decode_item item = flp_decode_item_at(sv->work_items, i, sv->merge_info,
+                                                        sv->kv_begin, sv->kv_end, sv->chunk_size);
+        int64_t keys = (int64_t)item.kv_end - item.kv_begin;
         int64_t steps = keys > 0 ? (keys + s->step - 1) / s->step : 0;
         n += (uint64_t)(passes + 1 + passes * (steps + 1));
     }

@@ -57,7 +57,6 @@ static flp_status check_plan_args(flp_context *ctx, const flp_plan *plan,
  * that a failed allocation leaves the plan exactly as it was. */
 typedef struct decode_scratch {
     int32_t *kv_len;    /* [batch] keys of each request, from the checks */
-    int32_t *kv_begin;  /* [batch] vector kernel: first key any row of the request can see */
     int32_t *qo_len;    /* [batch] matrix kernel: query rows of each request */
     int32_t *qo_indptr; /* [batch + 1] matrix kernel */
     void *schedule;     /* the kernel's scheduler scratch */
@@ -92,15 +91,19 @@ static void fill_plan_data(flp_plan *plan, const flp_decode_plan_args *a, int32_
     memcpy(HOST_I32(plan, kv_len), kv_len, sizeof(int32_t) * (size_t)batch);
     if (total_pages > 0 && a->kv_indices)
         memcpy(HOST_I32(plan, kv_indices), a->kv_indices, sizeof(int32_t) * (size_t)total_pages);
-    for (int32_t b = 0; b < batch; b++) {
-        /* The sliding window hides keys below pos(row 0) - window_left from every row: those
-         * are never scheduled, so no tile or page of them is read. */
-        int64_t lowest = v->use_window ? (int64_t)kv_len[b] - qo_len - v->window_left : 0;
-        s->kv_begin[b] = lowest <= 0 ? 0 : (int32_t)lowest;
+    /* The sliding window hides keys below pos(row 0) - window_left from every row: those are
+     * never scheduled, so no tile or page of them is read. */
+    int32_t *kv_begin = HOST_I32(plan, kv_begin);
+    if (v->use_window) {
+        for (int32_t b = 0; b < batch; b++) {
+            const int64_t lowest = (int64_t)kv_len[b] - qo_len - v->window_left;
+            kv_begin[b] = lowest <= 0 ? 0 : (int32_t)lowest;
+        }
+    } else {
+        memset(kv_begin, 0, sizeof(int32_t) * (size_t)batch);
     }
 
-    flp_decode_schedule_input in =
-        schedule_input(plan, batch, a->page_size, s->kv_begin, s->kv_len);
+    flp_decode_schedule_input in = schedule_input(plan, batch, a->page_size, kv_begin, s->kv_len);
     flp_decode_schedule sched = {
         .work_indptr = HOST_I32(plan, work_indptr),
         .work_items = HOST_I32(plan, work_items),
@@ -109,6 +112,7 @@ static void fill_plan_data(flp_plan *plan, const flp_decode_plan_args *a, int32_
     flp_decode_schedule_build_in(&in, &sched, s->schedule);
     st->num_items = sched.num_items;
     st->num_partial_slots = sched.num_partial_slots;
+    st->chunk_size = sched.chunk_size;
 
     int32_t *q_off = HOST_I32(plan, q_rope_offset), *k_off = HOST_I32(plan, k_rope_offset);
     for (int32_t b = 0; b < batch; b++) {
@@ -122,7 +126,7 @@ static void fill_plan_data(flp_plan *plan, const flp_decode_plan_args *a, int32_
 /* The plan information the kernels read from the plan memory (docs/design.md 5.2-5.4: everything
  * a re-plan may change lives in device memory owned by the plan, never in a launch). */
 static void fill_plan_info(flp_plan *plan, const flp_decode_plan_args *a, int32_t qo_len,
-                           const flp_variant *v) {
+                           const flp_variant *v, int32_t chunk_size) {
     const flp_plan_layout *l = &plan->layout;
     flp_decode_plan_info *p = (flp_decode_plan_info *)(plan->host + l->info);
     memset(p, 0, sizeof *p);
@@ -130,6 +134,7 @@ static void fill_plan_info(flp_plan *plan, const flp_decode_plan_args *a, int32_
     p->off_kv_indptr = WORDS(kv_indptr);
     p->off_kv_indices = WORDS(kv_indices);
     p->off_kv_len = WORDS(kv_len);
+    p->off_kv_begin = WORDS(kv_begin);
     p->off_q_rope_offset = WORDS(q_rope_offset);
     p->off_k_rope_offset = WORDS(k_rope_offset);
     p->off_rope_freq = WORDS(rope_freq);
@@ -148,6 +153,7 @@ static void fill_plan_info(flp_plan *plan, const flp_decode_plan_args *a, int32_
     p->head_dim = plan->desc.head_dim;
     p->page_size = a->page_size;
     p->num_ctas = plan->num_ctas;
+    p->chunk_size = chunk_size;
     FLP_SET_KERNEL_VARIANT(p, v);
 }
 
@@ -194,7 +200,7 @@ static flp_status plan_vector_batch(flp_context *ctx, flp_plan *plan, const flp_
                                     int32_t qo_len, const flp_variant *v, const decode_scratch *s,
                                     flp_decode_state *st) {
     fill_plan_data(plan, a, qo_len, v, s, st);
-    fill_plan_info(plan, a, qo_len, v);
+    fill_plan_info(plan, a, qo_len, v, st->chunk_size);
     /* The work items, then the page ids, come last: the upload covers the batch up to its last
      * work item and, given page ids, those, so it does not grow with the capacities. */
     const flp_plan_layout *l = &plan->layout;
@@ -244,7 +250,7 @@ flp_status flp_decode_plan(flp_context *ctx, flp_plan *plan, const flp_decode_pl
     if ((status = flp_plan_check_upload(ctx, FN)) != FLP_OK)
         return status;
     int32_t batch = args->batch_size;
-    size_t arrays = FLP_ALIGN_UP(sizeof(int32_t) * (4 * (size_t)batch + 1), 8);
+    size_t arrays = FLP_ALIGN_UP(sizeof(int32_t) * (3 * (size_t)batch + 1), 8);
     size_t schedule;
     if (plan->decode_kernel == FLP_DECODE_KERNEL_MATRIX) {
         schedule = flp_prefill_region_scratch_bytes(plan, &plan->decode_rows, batch);
@@ -258,7 +264,7 @@ flp_status flp_decode_plan(flp_context *ctx, flp_plan *plan, const flp_decode_pl
         return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY,
                         "%s: out of host memory for %zu bytes of scratch", FN, bytes);
     int32_t *i32 = (int32_t *)scratch;
-    decode_scratch s = {i32, i32 + batch, i32 + 2 * batch, i32 + 3 * batch, scratch + arrays};
+    decode_scratch s = {i32, i32 + batch, i32 + 2 * batch, scratch + arrays};
     status = plan_batch(ctx, plan, args, &s);
     flp_free(scratch);
     return status;
@@ -348,6 +354,10 @@ static void fill_launch(const flp_plan *plan, const flp_decode_run_args *a, flp_
     l->max_qo_len = plan->desc.max_qo_len;
     l->schedule.work_indptr = (const int32_t *)(plan->host + plan->layout.work_indptr);
     l->schedule.work_items = (const int32_t *)(plan->host + plan->layout.work_items);
+    l->schedule.merge_info = (const int32_t *)(plan->host + plan->layout.merge_info);
+    l->schedule.kv_begin = (const int32_t *)(plan->host + plan->layout.kv_begin);
+    l->schedule.kv_end = (const int32_t *)(plan->host + plan->layout.kv_len);
+    l->schedule.chunk_size = st->chunk_size;
     l->schedule.qo_len = st->qo_len;
     l->schedule.flags = flp_variant_kernel_flags(&st->variant);
 }

@@ -28,12 +28,15 @@ typedef long long int64_t;
  *   kv_indices    i32 [kv_indptr[batch]]   page ids when the plan was given them (the kernels
  *                                          read page ids through flp_decode_params.kv_indices)
  *   kv_len        i32 [batch_size]         tokens per request
+ *   kv_begin      i32 [batch_size]         first key any row of the request can see (the
+ *                                          sliding window; 0 without one): chunks start here
  *   q_rope_offset i32 [batch_size]         added to query positions for RoPE
  *   k_rope_offset i32 [batch_size]         added to key positions for RoPE
  *   rope_freq     f32 [head_dim / 2]       frequency of pair d (scaling already applied)
  *   alibi_slopes  f32 [num_qo_heads]
  *   work_indptr   i32 [num_ctas + 1]       items of workgroup c: [work_indptr[c], [c+1])
- *   work_items    i32 [num_items * FLP_WORK_ITEM_INTS]
+ *   work_items    i32 [num_items * FLP_WORK_ITEM_INTS] (kernel_constants.h says how an
+ *                                          item names its keys and partial slot)
  *   merge_info    i32 [batch_size * 2]     {first partial slot, chunks}; chunks <= 1: no merge
  *   partial_o     f32 [slots][qo_len][group_size][head_dim]
  *   partial_lse   f32 [slots][qo_len][group_size]
@@ -52,7 +55,9 @@ typedef struct flp_decode_plan_info {
     int32_t window_left;
     int32_t q_dtype, kv_dtype; /* flp_dtype values; out has q_dtype */
     float sm_scale, soft_cap, k_scale, v_scale;
-    int32_t reserved[4]; /* pads to 128 bytes */
+    uint32_t off_kv_begin;
+    int32_t chunk_size;  /* keys per chunk of a split request; INT32_MAX when none is split */
+    int32_t reserved[2]; /* pads to 128 bytes */
 } flp_decode_plan_info;
 
 /* What one run adds: the tensors. Captured by value (a CUDA kernel argument; Vulkan writes it

@@ -26,15 +26,11 @@ size_t flp_decode_schedule_scratch_bytes(const flp_decode_schedule_input *in) {
            (2 * sizeof(int32_t) * (size_t)in->num_ctas + 7) / 8 * 8;
 }
 
-/* Writes item (b, head, [lo, hi), slot) at work_items[at]. */
-static inline void put_item(int32_t *work_items, int32_t at, int32_t b, int32_t head, int32_t lo,
-                            int32_t hi, int32_t slot) {
+/* Writes item (request b, head_chunk = KV head * chunks + chunk) at work_items[at]. */
+static inline void put_item(int32_t *work_items, int32_t at, int32_t b, int32_t head_chunk) {
     int32_t *it = work_items + (size_t)FLP_WORK_ITEM_INTS * (size_t)at;
     it[FLP_WORK_REQUEST] = b;
-    it[FLP_WORK_KV_HEAD] = head;
-    it[FLP_WORK_KV_BEGIN] = lo;
-    it[FLP_WORK_KV_END] = hi;
-    it[FLP_WORK_PARTIAL_SLOT] = slot;
+    it[FLP_WORK_HEAD_CHUNK] = head_chunk;
 }
 
 void flp_decode_schedule_build_in(const flp_decode_schedule_input *in, flp_decode_schedule *out,
@@ -85,28 +81,23 @@ void flp_decode_schedule_build_in(const flp_decode_schedule_input *in, flp_decod
     if (ch.full_pieces > 0) {
         int32_t group = 0;
         for (int32_t b = 0; b < in->batch_size; b++) {
-            const int32_t begin = in->kv_begin[b], len = in->kv_end[b] - begin;
+            const int32_t len = in->kv_end[b] - in->kv_begin[b];
             const int32_t chunks = ch.chunks[b];
             const int32_t full =
                 chunks > 1 ? chunks - (len < (int64_t)chunks * chunk) : (len == chunk);
-            /* partial slot: first + head * chunks + c, or -1 unsplit; running values, reset at
-             * each head without branches (full differs between requests) */
-            const int32_t head_step = chunks > 1 ? chunks : 0, c_step = chunks > 1;
-            int32_t head = 0, c = 0, lo = begin;
-            int32_t head_slot = chunks > 1 ? out->merge_info[2 * b] : -1, slot = head_slot;
-            for (int32_t piece = full * per; piece > 0; piece--) {
+            /* head * chunks + c over the full chunks c < full of every head */
+            const int32_t skip = chunks - full;
+            int32_t c = 0, head_chunk = 0;
+            for (int32_t left = full * per; left > 0; left--) {
                 int32_t at = next[group];
                 const int32_t stride = pieces[group];
                 next[group] = at + 1;
                 group = group + 1 == groups ? 0 : group + 1;
                 for (int32_t k = 0; k < group_size; k++, at += stride) {
-                    put_item(work_items, at, b, head, lo, lo + chunk, slot);
+                    put_item(work_items, at, b, head_chunk);
                     const bool next_head = c + 1 == full;
                     c = next_head ? 0 : c + 1;
-                    head += next_head;
-                    lo = next_head ? begin : lo + chunk;
-                    head_slot += next_head ? head_step : 0;
-                    slot = next_head ? head_slot : slot + c_step;
+                    head_chunk += next_head ? 1 + skip : 1;
                 }
             }
         }
@@ -116,17 +107,15 @@ void flp_decode_schedule_build_in(const flp_decode_schedule_input *in, flp_decod
     const int32_t *picks = ch.picks;
     for (int32_t i = 0; i < ch.num_rest; i++) {
         const int32_t b = FLP_DECODE_REST_REQUEST(ch.rest[i]);
-        const int32_t end = in->kv_end[b], chunks = ch.chunks[b];
-        const int32_t lo = in->kv_begin[b] + (chunks - 1) * chunk;
-        /* partial slot: first + head * chunks + chunks - 1, or -1 unsplit */
-        const int32_t slot_step = chunks > 1 ? chunks : 0;
-        int32_t slot = chunks > 1 ? out->merge_info[2 * b] + chunks - 1 : -1;
+        const int32_t chunks = ch.chunks[b];
+        /* head * chunks + chunks - 1 */
+        int32_t head_chunk = chunks - 1;
         for (int32_t head = 0; head < heads;) {
             const int32_t group = *picks++, stride = pieces[group];
             int32_t at = next[group];
             next[group] = at + 1;
-            for (int32_t k = 0; k < group_size; k++, head++, at += stride, slot += slot_step)
-                put_item(work_items, at, b, head, lo, end, slot);
+            for (int32_t k = 0; k < group_size; k++, head++, at += stride, head_chunk += chunks)
+                put_item(work_items, at, b, head_chunk);
         }
     }
 }

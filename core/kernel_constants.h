@@ -28,16 +28,17 @@
  * once, so that their loads are in flight together rather than one after another. */
 #define FLP_MERGE_BATCH 8
 
-/* ---- decode work item: 5 int32 in plan memory ---------------------------------------------- */
-/* The keys [kv_begin, kv_end) of one request for one KV head and all query heads of its group
- * (and all qo_len rows). partial_slot < 0: write the final out/lse rows; else write the fp32
- * partial state to that scratch slot for the merge. */
-#define FLP_WORK_ITEM_INTS 5
+/* ---- decode work item: 2 int32 in plan memory ---------------------------------------------- */
+/* Chunk c of KV head g of request b, for all query heads of g's group (and all qo_len rows):
+ * FLP_WORK_HEAD_CHUNK = g * chunks + c, where chunks = merge_info[2b + 1] (the request's chunks per
+ * KV head, 1 unsplit). Its keys are [kv_begin[b] + c * chunk_size, that + chunk_size), the last
+ * chunk ending at kv_len[b] (chunk_size from the plan information; the one chunk of an unsplit
+ * request is [kv_begin[b], kv_len[b])). A split request's item writes its fp32 partial state to
+ * slot merge_info[2b] + FLP_WORK_HEAD_CHUNK for the merge; an unsplit one writes the final out/lse
+ * rows. Two words: a plan writes and uploads thousands of items (host time). */
+#define FLP_WORK_ITEM_INTS 2
 #define FLP_WORK_REQUEST 0
-#define FLP_WORK_KV_HEAD 1
-#define FLP_WORK_KV_BEGIN 2
-#define FLP_WORK_KV_END 3
-#define FLP_WORK_PARTIAL_SLOT 4
+#define FLP_WORK_HEAD_CHUNK 1
 
 /* ---- prefill work item: 7 int32 ------------------------------------------------------------ */
 /* Packed rows [row_begin, row_end) of one request and KV head against keys [kv_begin, kv_end)

@@ -29,6 +29,10 @@ typedef struct flp_params_slot {
 typedef struct flp_decode_schedule_view {
     const int32_t *work_indptr; /* [num_ctas + 1] items of workgroup c: [work_indptr[c], [c+1]) */
     const int32_t *work_items;  /* [work_indptr[num_ctas] * FLP_WORK_ITEM_INTS] */
+    const int32_t *merge_info;  /* [batch * 2] {first partial slot, chunks per KV head} */
+    const int32_t *kv_begin;    /* [batch] the first key of the request's first chunk */
+    const int32_t *kv_end;      /* [batch] kv_len */
+    int32_t chunk_size;         /* flp_decode_plan_info.chunk_size */
     int32_t qo_len;             /* query tokens per request */
     uint32_t flags;             /* FLP_FLAG_* of the plan's variant */
 } flp_decode_schedule_view;

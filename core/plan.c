@@ -59,6 +59,7 @@ static flp_plan_layout compute_layout(const flp_plan_desc *d, int32_t num_ctas, 
     l.info = take(&at, sizeof(flp_decode_plan_info), PLAN_ALIGN);
     l.kv_indptr = take(&at, i32 * ((size_t)d->max_batch_size + 1), PLAN_ALIGN);
     l.kv_len = take(&at, i32 * (size_t)d->max_batch_size, 16);
+    l.kv_begin = take(&at, i32 * (size_t)d->max_batch_size, 16);
     l.q_rope_offset = take(&at, i32 * (size_t)d->max_batch_size, 16);
     l.k_rope_offset = take(&at, i32 * (size_t)d->max_batch_size, 16);
     l.rope_freq = take(&at, sizeof(float) * (size_t)(d->head_dim / 2), 16);

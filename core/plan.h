@@ -25,7 +25,7 @@ typedef struct flp_prefill_layout {
  * plan; the split-KV scratch and the params slot follow. */
 typedef struct flp_plan_layout {
     size_t info; /* flp_decode_plan_info */
-    size_t kv_indptr, kv_len, q_rope_offset, k_rope_offset, rope_freq, alibi_slopes;
+    size_t kv_indptr, kv_len, kv_begin, q_rope_offset, k_rope_offset, rope_freq, alibi_slopes;
     size_t work_indptr, merge_info, work_items, kv_indices;
     size_t metadata_end; /* end of kv_indices capacity */
     size_t partial_o, partial_lse;
@@ -60,6 +60,7 @@ typedef struct flp_decode_state {
     int32_t total_pages;       /* kv_indptr[batch_size] */
     int32_t num_items;         /* work items of the schedule */
     int32_t num_partial_slots; /* > 0: some request is split into KV chunks */
+    int32_t chunk_size;        /* keys per chunk of a split request, INT32_MAX: none split */
 } flp_decode_state;
 
 /* A prefill partition: its part of plan memory, host mirror, grid and capacities, and what its

@@ -147,11 +147,16 @@ Item next_item(DecodeParams P, DecodePlanInfo I, int item, bool rope) {
                          4ul * uint64_t(item * FLP_WORK_ITEM_INTS));
     Item it;
     it.b = work.v[FLP_WORK_REQUEST];
-    it.g = work.v[FLP_WORK_KV_HEAD];
-    it.kv_begin = work.v[FLP_WORK_KV_BEGIN];
-    it.kv_end = work.v[FLP_WORK_KV_END];
-    it.slot = work.v[FLP_WORK_PARTIAL_SLOT];
+    // head_chunk = KV head * chunks + chunk (core/kernel_constants.h)
+    int head_chunk = work.v[FLP_WORK_HEAD_CHUNK];
+    I32Ref merge = plan_ints(P.plan, I.off_merge_info);
+    int chunks = max(merge.v[2 * it.b + 1], 1);
+    it.g = head_chunk / chunks;
+    int c = head_chunk - it.g * chunks;
     it.kv_len = plan_ints(P.plan, I.off_kv_len).v[it.b];
+    it.kv_begin = plan_ints(P.plan, I.off_kv_begin).v[it.b] + (chunks > 1 ? c * I.chunk_size : 0);
+    it.kv_end = c + 1 == chunks ? it.kv_len : it.kv_begin + I.chunk_size;
+    it.slot = chunks > 1 ? merge.v[2 * it.b] + head_chunk : -1;
     g_kv_indices = P.kv_indices + 4ul * uint64_t(plan_ints(P.plan, I.off_kv_indptr).v[it.b]);
     g_kv_end = it.kv_end;
     g_k_head = P.k + uint64_t(int64_t(it.g) * P.k_stride_head) * uint64_t(KV_BYTES);

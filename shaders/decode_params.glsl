@@ -21,7 +21,9 @@ layout(buffer_reference, std430, buffer_reference_align = 16) readonly buffer De
     int window_left;
     int q_dtype, kv_dtype;
     float sm_scale, soft_cap, k_scale, v_scale;
-    int reserved[4];
+    uint off_kv_begin;
+    int chunk_size; // keys per chunk of a split request; 0x7fffffff when none is split
+    int reserved[2];
 };
 
 // flp_decode_params: what one run adds (the tensors), written into the plan's params slot by

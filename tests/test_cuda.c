@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend-cuda/cu_staging.h"
 #include "core/reference.h"
 #include "flashport/flashport.h"
 #include "flashport/flashport_cuda.h"
@@ -585,6 +586,55 @@ static void test_plan_in_stream_order(void **state) {
     problem_free(&b);
 }
 
+/* Re-plans back to back, each followed by runs, never waiting for the device: every upload
+ * copies from a pinned staging slot or, while all slots' copies are still queued, from pageable
+ * memory (cu_staging.c). Batches a and b alternate, more re-plans than there are slots; the runs
+ * after re-plan i write output i, which must be the batch planned i-th. */
+static void test_replans_in_stream_order(void **state) {
+    (void)state;
+    enum { REPLANS = 3 * FLP_CU_STAGING_SLOTS, RUNS_EACH = 20 };
+    test_rng rng;
+    test_rng_init(&rng, 0x57a9);
+    const int32_t lens_a[2] = {2500, 700}, lens_b[4] = {64, 1800, 0, 1300};
+    problem p[2];
+    problem_init(&p[0], &rng, 2, 1, lens_a);
+    problem_init(&p[1], &rng, 4, 1, lens_b);
+    memcpy(p[1].q, p[0].q, sizeof(float) * q_elems());
+    memcpy(p[1].k, p[0].k, sizeof(float) * cache_elems());
+    memcpy(p[1].v, p[0].v, sizeof(float) * cache_elems());
+    device dv;
+    device_create(&dv, g_ctx, 1);
+    device_plan(&dv, &p[0], true); /* the data, and the kernels loaded */
+    assert_ok(g_ctx, flp_context_synchronize(g_ctx));
+    flp_buffer *out[REPLANS];
+    const flp_buffer_desc od = {q_elems() * 2};
+    uint16_t *poison = malloc(q_elems() * 2);
+    assert_non_null(poison);
+    memset(poison, 0xff, q_elems() * 2); /* bf16 NaN */
+    for (int i = 0; i < REPLANS; i++) {
+        assert_ok(g_ctx, flp_buffer_create(g_ctx, &od, &out[i]));
+        assert_ok(g_ctx, flp_buffer_write(g_ctx, out[i], 0, poison, q_elems() * 2));
+    }
+    for (int i = 0; i < REPLANS; i++) {
+        const problem *x = &p[i % 2];
+        const flp_decode_plan_args pa = problem_plan_args(x);
+        assert_ok(g_ctx, flp_decode_plan(g_ctx, dv.plan, &pa));
+        const flp_decode_run_args ra = device_run_args(&dv, x, out[i]);
+        for (int r = 0; r < RUNS_EACH; r++)
+            assert_ok(g_ctx, flp_decode_run(g_ctx, dv.plan, &ra));
+    }
+    char what[64];
+    for (int i = 0; i < REPLANS; i++) {
+        snprintf(what, sizeof what, "the runs after re-plan %d", i);
+        output_check(g_ctx, out[i], &p[i % 2], what);
+        flp_buffer_destroy(out[i]);
+    }
+    free(poison);
+    device_free(&dv);
+    problem_free(&p[0]);
+    problem_free(&p[1]);
+}
+
 /* Both kernel shapes: max_qo_len 1 x group 4 uses 4 rows in registers, max_qo_len 2 uses 8;
  * request 0 is long enough to be split (merge kernel), request 2 is empty. */
 static void decode_all_shapes(flp_context *ctx, const char *label) {
@@ -935,6 +985,7 @@ int main(void) {
         cmocka_unit_test(test_decode_nvrtc),
         cmocka_unit_test(test_graph_replay),
         cmocka_unit_test(test_plan_in_stream_order),
+        cmocka_unit_test(test_replans_in_stream_order),
         cmocka_unit_test(test_prefill_graph_replay),
     };
     int failed = cmocka_run_group_tests_name("cuda", tests, NULL, NULL);

@@ -41,6 +41,11 @@ static void free_case(schedule_case *c) {
     free(c->merge_info);
 }
 
+/* Item i of items (c's schedule or a copy of its items) read as the kernels read it. */
+static flp_decode_item item_of(const schedule_case *c, const int32_t *items, int32_t i) {
+    return flp_decode_item_at(items, i, c->out.merge_info, c->begin, c->end, c->out.chunk_size);
+}
+
 /* Every (request, head) key range is covered exactly once, chunks are consecutive, partial
  * slots match merge_info and are unique, workgroup loads differ by at most one item's cost. */
 static void check_schedule(const schedule_case *c) {
@@ -54,28 +59,33 @@ static void check_schedule(const schedule_case *c) {
         assert_true(s->work_indptr[cta] <= s->work_indptr[cta + 1]);
         int64_t load = 0;
         for (int32_t i = s->work_indptr[cta]; i < s->work_indptr[cta + 1]; i++) {
-            const int32_t *it = s->work_items + FLP_WORK_ITEM_INTS * i;
-            int32_t b = it[FLP_WORK_REQUEST], g = it[FLP_WORK_KV_HEAD];
-            assert_in_range(b, 0, c->batch - 1);
+            const int32_t *raw = s->work_items + FLP_WORK_ITEM_INTS * i;
+            assert_in_range(raw[FLP_WORK_REQUEST], 0, c->batch - 1);
+            int32_t chunks = s->merge_info[2 * raw[FLP_WORK_REQUEST] + 1];
+            assert_true(chunks >= 1);
+            assert_in_range(raw[FLP_WORK_HEAD_CHUNK], 0, c->heads * chunks - 1);
+            const flp_decode_item it = item_of(c, s->work_items, i);
+            int32_t b = it.request, g = it.kv_head;
             assert_in_range(g, 0, c->heads - 1);
-            assert_true(it[FLP_WORK_KV_BEGIN] >= c->begin[b]);
-            assert_true(it[FLP_WORK_KV_END] <= c->end[b]);
-            assert_true(it[FLP_WORK_KV_BEGIN] <= it[FLP_WORK_KV_END]);
-            covered[b * c->heads + g] += it[FLP_WORK_KV_END] - it[FLP_WORK_KV_BEGIN];
-            int32_t chunks = s->merge_info[2 * b + 1];
+            assert_true(it.kv_begin >= c->begin[b]);
+            assert_true(it.kv_end <= c->end[b]);
+            assert_true(it.kv_begin <= it.kv_end);
+            covered[b * c->heads + g] += it.kv_end - it.kv_begin;
             if (chunks > 1) {
-                int32_t slot = it[FLP_WORK_PARTIAL_SLOT];
-                int32_t chunk = (it[FLP_WORK_KV_BEGIN] - c->begin[b]) / s->chunk_size;
-                assert_int_equal(slot, s->merge_info[2 * b] + g * chunks + chunk);
-                assert_in_range(slot, 0, s->num_partial_slots - 1);
-                assert_false(slot_used[slot]);
-                slot_used[slot] = true;
+                /* a whole chunk but the last */
+                int32_t chunk = (it.kv_begin - c->begin[b]) / s->chunk_size;
+                assert_int_equal(it.kv_begin, c->begin[b] + chunk * s->chunk_size);
+                if (chunk + 1 < chunks)
+                    assert_int_equal(it.kv_end - it.kv_begin, s->chunk_size);
+                assert_in_range(it.partial_slot, 0, s->num_partial_slots - 1);
+                assert_false(slot_used[it.partial_slot]);
+                slot_used[it.partial_slot] = true;
             } else {
-                assert_int_equal(it[FLP_WORK_PARTIAL_SLOT], -1);
-                assert_int_equal(it[FLP_WORK_KV_BEGIN], c->begin[b]);
-                assert_int_equal(it[FLP_WORK_KV_END], c->end[b]);
+                assert_int_equal(it.partial_slot, -1);
+                assert_int_equal(it.kv_begin, c->begin[b]);
+                assert_int_equal(it.kv_end, c->end[b]);
             }
-            int64_t cost = it[FLP_WORK_KV_END] - it[FLP_WORK_KV_BEGIN] + 16;
+            int64_t cost = it.kv_end - it.kv_begin + 16;
             load += cost;
             if (cost > max_cost)
                 max_cost = cost;
@@ -131,8 +141,8 @@ static double load_imbalance(const schedule_case *c) {
     for (int32_t cta = 0; cta < c->ctas; cta++) {
         int64_t load = 0;
         for (int32_t i = c->out.work_indptr[cta]; i < c->out.work_indptr[cta + 1]; i++) {
-            const int32_t *it = c->work_items + FLP_WORK_ITEM_INTS * i;
-            load += it[FLP_WORK_KV_END] - it[FLP_WORK_KV_BEGIN] + 16;
+            const flp_decode_item it = item_of(c, c->work_items, i);
+            load += it.kv_end - it.kv_begin + 16;
         }
         sum += load;
         if (load > max_load)
@@ -365,7 +375,7 @@ static void test_assignment_matches_reference(void **state) {
 /* Item a comes before item b in the order the scheduler makes them: request, KV head, chunk. */
 static int by_natural_order(const void *a, const void *b) {
     const int32_t *x = a, *y = b;
-    static const int fields[] = {FLP_WORK_REQUEST, FLP_WORK_KV_HEAD, FLP_WORK_KV_BEGIN};
+    static const int fields[] = {FLP_WORK_REQUEST, FLP_WORK_HEAD_CHUNK};
     for (size_t f = 0; f < sizeof fields / sizeof *fields; f++)
         if (x[fields[f]] != y[fields[f]])
             return x[fields[f]] < y[fields[f]] ? -1 : 1;
@@ -391,8 +401,8 @@ static void test_schedule_matches_reference(void **state) {
         memcpy(items, c.work_items, sizeof(int32_t) * FLP_WORK_ITEM_INTS * (size_t)n);
         qsort(items, (size_t)n, sizeof(int32_t) * FLP_WORK_ITEM_INTS, by_natural_order);
         for (int32_t i = 0; i < n; i++) {
-            const int32_t *it = items + FLP_WORK_ITEM_INTS * i;
-            cost[i] = it[FLP_WORK_KV_END] - it[FLP_WORK_KV_BEGIN] + FLP_DECODE_ITEM_OVERHEAD;
+            const flp_decode_item it = item_of(&c, items, i);
+            cost[i] = it.kv_end - it.kv_begin + FLP_DECODE_ITEM_OVERHEAD;
         }
         int32_t *want_indptr = calloc((size_t)c.ctas + 1, sizeof(int32_t));
         int32_t *want = calloc((size_t)n * FLP_WORK_ITEM_INTS + 1, sizeof(int32_t));

@@ -233,11 +233,21 @@ template <int QDT, int KVDT, int D, int ROWS> struct decode_kernel {
         const int *wi = work_items + item * FLP_WORK_ITEM_INTS;
         decode_item it;
         it.b = wi[FLP_WORK_REQUEST];
-        it.g = wi[FLP_WORK_KV_HEAD];
-        const int kv_begin = wi[FLP_WORK_KV_BEGIN];
-        const int kv_end = wi[FLP_WORK_KV_END];
-        it.partial_slot = wi[FLP_WORK_PARTIAL_SLOT];
+        /* head_chunk = KV head * chunks + chunk (kernel_constants.h). The arrays are found
+         * again per item: held for the whole kernel they would take registers from the key
+         * loop. */
+        const flp_decode_plan_info *info = plan_info();
+        const int *plan_i = reinterpret_cast<const int *>(p.plan);
+        const int *merge_info = plan_i + info->off_merge_info;
+        const int head_chunk = wi[FLP_WORK_HEAD_CHUNK];
+        const int chunks = max(merge_info[2 * it.b + 1], 1);
+        it.g = head_chunk / chunks;
+        const int c = head_chunk - it.g * chunks;
         it.kv_len = kv_len_of[it.b];
+        const int chunk_size = info->chunk_size;
+        const int kv_begin = plan_i[info->off_kv_begin + it.b] + (chunks > 1 ? c * chunk_size : 0);
+        const int kv_end = c + 1 == chunks ? it.kv_len : kv_begin + chunk_size;
+        it.partial_slot = chunks > 1 ? merge_info[2 * it.b] + head_chunk : -1;
         it.pages = kv_indices + kv_indptr[it.b];
         const long long n = kv_end > kv_begin ? kv_end - kv_begin : 0;
         it.wb = kv_begin + static_cast<int>(n * warp / NW);

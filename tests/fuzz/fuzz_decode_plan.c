@@ -344,6 +344,12 @@ static void model_batch(const batch *b, model *m) {
     }
 }
 
+/* An uploaded item read out as the kernels read it (core/kernel_constants.h), written here
+ * from that text rather than with the core's helper: X_INTS words {request, KV head, kv_begin,
+ * kv_end, partial slot}. */
+enum { X_REQUEST, X_KV_HEAD, X_KV_BEGIN, X_KV_END, X_SLOT, X_INTS };
+_Static_assert(X_INTS <= MODEL_ITEM_MAX_INTS, "a read-out item fits a model_item");
+
 /* 5.5 "Split decision": the chunk the plan chose (read off its first split item; INT64_MAX when
  * nothing is split) must be one the rule allows: a multiple of max(page_size, 16), at least 128
  * keys and the fair share of the grid over 4, shorter than the longest request. Which of the
@@ -358,10 +364,9 @@ static void model_split(const caps *c, const int32_t *items, int32_t n, model *m
     }
     m->chunk = INT64_MAX;
     for (int32_t i = 0; i < n; i++) {
-        const int32_t *it = items + FLP_WORK_ITEM_INTS * i, r = it[FLP_WORK_REQUEST];
-        if (it[FLP_WORK_PARTIAL_SLOT] >= 0 && r >= 0 && r < m->batch_size &&
-            it[FLP_WORK_KV_BEGIN] == m->begin[r]) {
-            m->chunk = (int64_t)it[FLP_WORK_KV_END] - it[FLP_WORK_KV_BEGIN];
+        const int32_t *it = items + X_INTS * i, r = it[X_REQUEST];
+        if (it[X_SLOT] >= 0 && r >= 0 && r < m->batch_size && it[X_KV_BEGIN] == m->begin[r]) {
+            m->chunk = (int64_t)it[X_KV_END] - it[X_KV_BEGIN];
             break;
         }
     }
@@ -422,6 +427,7 @@ static void check_layout(const flp_plan *plan, const caps *c) {
         {"info", l->info, sizeof(flp_decode_plan_info), 256},
         {"kv_indptr", l->kv_indptr, i32 * ((size_t)c->max_batch + 1), 16},
         {"kv_len", l->kv_len, i32 * (size_t)c->max_batch, 16},
+        {"kv_begin", l->kv_begin, i32 * (size_t)c->max_batch, 16},
         {"q_rope_offset", l->q_rope_offset, i32 * (size_t)c->max_batch, 16},
         {"k_rope_offset", l->k_rope_offset, i32 * (size_t)c->max_batch, 16},
         {"rope_freq", l->rope_freq, i32 * (size_t)c->head_dim / 2, 16},
@@ -490,6 +496,31 @@ static void check_info(const flp_plan *plan, const caps *c, const batch *b, cons
 }
 
 /* A decode work item for a message: (request, KV head, [keys), slot). */
+static int32_t expanded[MAX_ITEMS][X_INTS];
+
+/* Reads the n uploaded items into expanded, with the uploaded merge_info, kv_begin and chunk
+ * size; checks each item's words are in range first. */
+static void expand_items(const int32_t *items, int32_t n, const int32_t *merge,
+                         const int32_t *kv_begin, const int32_t *kv_len, int32_t chunk_size,
+                         const caps *c, const model *m) {
+    for (int32_t i = 0; i < n; i++) {
+        const int32_t *w = items + FLP_WORK_ITEM_INTS * i;
+        const int32_t r = w[FLP_WORK_REQUEST], head_chunk = w[FLP_WORK_HEAD_CHUNK];
+        FUZZ_CHECK(r >= 0 && r < m->batch_size, "item %d: request %d", i, r);
+        const int32_t chunks = merge[2 * r + 1] > 1 ? merge[2 * r + 1] : 1;
+        FUZZ_CHECK(head_chunk >= 0 && head_chunk < c->hkv * chunks,
+                   "item %d: head-chunk %d, %d KV heads x %d chunks", i, head_chunk, c->hkv,
+                   chunks);
+        const int32_t g = head_chunk / chunks, k = head_chunk % chunks;
+        int32_t *x = expanded[i];
+        x[X_REQUEST] = r;
+        x[X_KV_HEAD] = g;
+        x[X_KV_BEGIN] = kv_begin[r] + (chunks > 1 ? k * chunk_size : 0);
+        x[X_KV_END] = k + 1 == chunks ? kv_len[r] : x[X_KV_BEGIN] + chunk_size;
+        x[X_SLOT] = chunks > 1 ? merge[2 * r] + head_chunk : -1;
+    }
+}
+
 static void describe_item(const int32_t *w, char *text, size_t size) {
     snprintf(text, size, "(%d, %d, [%d, %d), slot %d)", w[0], w[1], w[2], w[3], w[4]);
 }
@@ -498,23 +529,24 @@ static void describe_item(const int32_t *w, char *text, size_t size) {
 static void check_schedule(const flp_plan *plan, const caps *c, const model *accepted) {
     const flp_decode_plan_info *p = (const flp_decode_plan_info *)plan_device_region(plan);
     const int32_t *indptr = device_words(plan, p->off_work_indptr);
-    const int32_t *items = device_words(plan, p->off_work_items);
     const int32_t *merge = device_words(plan, p->off_merge_info);
+    const int32_t *kv_begin = device_words(plan, p->off_kv_begin);
+    const int32_t *kv_len = device_words(plan, p->off_kv_len);
     const int32_t max_items = c->max_batch * c->hkv + SPLIT_DIVISOR * GRID;
     const int32_t n = check_work_indptr(indptr, GRID, max_items);
     static model split;
     split = *accepted;
     model *m = &split;
+    for (int32_t r = 0; r < m->batch_size; r++)
+        FUZZ_CHECK(kv_begin[r] == m->begin[r] && kv_len[r] == m->kv_len[r],
+                   "request %d: uploaded keys [%d, %d), model [%d, %d)", r, kv_begin[r], kv_len[r],
+                   m->begin[r], m->kv_len[r]);
+    expand_items(device_words(plan, p->off_work_items), n, merge, kv_begin, kv_len, p->chunk_size,
+                 c, m);
+    const int32_t *items = &expanded[0][0];
     model_split(c, items, n, m);
     FUZZ_CHECK(n == m->num_items, "%d items, the model splits into %d (chunk %lld)", n,
                m->num_items, (long long)m->chunk);
-    for (int32_t i = 0; i < n; i++) {
-        const int32_t *it = items + FLP_WORK_ITEM_INTS * i;
-        FUZZ_CHECK(it[FLP_WORK_REQUEST] >= 0 && it[FLP_WORK_REQUEST] < m->batch_size &&
-                       it[FLP_WORK_KV_HEAD] >= 0 && it[FLP_WORK_KV_HEAD] < c->hkv,
-                   "item %d: request %d, KV head %d", i, it[FLP_WORK_REQUEST],
-                   it[FLP_WORK_KV_HEAD]);
-    }
 
     /* Per (request, KV head): its items, in key order, tile exactly [begin, kv_len): every key
      * a row can keep is in one item, no key below the window's reach is scheduled. want: the
@@ -535,32 +567,31 @@ static void check_schedule(const flp_plan *plan, const caps *c, const model *acc
             const int32_t *mine[MAX_ITEMS];
             int32_t k = 0;
             for (int32_t i = 0; i < n; i++) {
-                const int32_t *it = items + FLP_WORK_ITEM_INTS * i;
-                if (it[FLP_WORK_REQUEST] == r && it[FLP_WORK_KV_HEAD] == g) {
+                const int32_t *it = items + X_INTS * i;
+                if (it[X_REQUEST] == r && it[X_KV_HEAD] == g) {
                     FUZZ_CHECK(k < chunks, "request %d head %d: more than %d items", r, g, chunks);
                     mine[k++] = it;
                 }
             }
             FUZZ_CHECK(k == chunks, "request %d head %d: %d items, model %d", r, g, k, chunks);
-            sort_by_key_begin(mine, k, FLP_WORK_KV_BEGIN);
+            sort_by_key_begin(mine, k, X_KV_BEGIN);
             int32_t next = m->begin[r];
             for (int32_t i = 0; i < k; i++) {
                 const int32_t *it = mine[i];
-                FUZZ_CHECK(it[FLP_WORK_KV_BEGIN] == next,
+                FUZZ_CHECK(it[X_KV_BEGIN] == next,
                            "request %d head %d (kv_len %d, window from %d): chunk %d starts at "
                            "key %d, keys from %d are uncovered or covered twice",
-                           r, g, m->kv_len[r], m->begin[r], i, it[FLP_WORK_KV_BEGIN], next);
-                next = it[FLP_WORK_KV_END];
-                const int64_t keys = (int64_t)it[FLP_WORK_KV_END] - it[FLP_WORK_KV_BEGIN];
+                           r, g, m->kv_len[r], m->begin[r], i, it[X_KV_BEGIN], next);
+                next = it[X_KV_END];
+                const int64_t keys = (int64_t)it[X_KV_END] - it[X_KV_BEGIN];
                 if (k == 1) {
-                    FUZZ_CHECK(it[FLP_WORK_PARTIAL_SLOT] < 0,
-                               "unsplit request %d head %d writes partial slot %d", r, g,
-                               it[FLP_WORK_PARTIAL_SLOT]);
+                    FUZZ_CHECK(it[X_SLOT] < 0, "unsplit request %d head %d writes partial slot %d",
+                               r, g, it[X_SLOT]);
                 } else {
                     FUZZ_CHECK(keys > 0 && (i + 1 == k ? keys <= m->chunk : keys == m->chunk),
                                "request %d head %d chunk %d has %lld keys, chunk %lld", r, g, i,
                                (long long)keys, (long long)m->chunk);
-                    const int32_t slot = it[FLP_WORK_PARTIAL_SLOT];
+                    const int32_t slot = it[X_SLOT];
                     FUZZ_CHECK(slot == merge[2 * r] + g * k + i,
                                "request %d head %d chunk %d: slot %d, merge_info says %d", r, g, i,
                                slot, merge[2 * r] + g * k + i);
@@ -572,7 +603,7 @@ static void check_schedule(const flp_plan *plan, const caps *c, const model *acc
                     slots_end = slot + 1 > slots_end ? slot + 1 : slots_end;
                 }
                 model_item *w = &want[num_want++];
-                memcpy(w->w, it, sizeof(int32_t) * FLP_WORK_ITEM_INTS);
+                memcpy(w->w, it, sizeof(int32_t) * X_INTS);
                 w->cost = keys + ITEM_COST;
             }
             FUZZ_CHECK(next == m->kv_len[r], "request %d head %d: keys [%d, %d) not covered", r, g,
@@ -586,7 +617,7 @@ static void check_schedule(const flp_plan *plan, const caps *c, const model *acc
     FUZZ_CHECK(s.decode_partial_slots >= slots_end && s.decode_partial_slots <= max_items &&
                    (slots_end > 0 || s.decode_partial_slots == 0),
                "summary: %d partial slots, %d used", s.decode_partial_slots, slots_end);
-    check_assignment(want, num_want, FLP_WORK_ITEM_INTS, GRID, indptr, items, describe_item);
+    check_assignment(want, num_want, X_INTS, GRID, indptr, items, describe_item);
 }
 
 /* ---- runs ------------------------------------------------------------------------------- */
@@ -671,6 +702,15 @@ static void check_run(flp_context *ctx, const flp_plan *plan, const caps *c, con
     FUZZ_CHECK(memcmp(l->schedule.work_items, items,
                       sizeof(int32_t) * FLP_WORK_ITEM_INTS * (size_t)indptr[GRID]) == 0,
                "the launch's work items differ from the uploaded ones");
+    const int32_t batch = m->batch_size;
+    FUZZ_CHECK(memcmp(l->schedule.merge_info, device_words(plan, p->off_merge_info),
+                      sizeof(int32_t) * 2 * (size_t)batch) == 0 &&
+                   memcmp(l->schedule.kv_begin, device_words(plan, p->off_kv_begin),
+                          sizeof(int32_t) * (size_t)batch) == 0 &&
+                   memcmp(l->schedule.kv_end, device_words(plan, p->off_kv_len),
+                          sizeof(int32_t) * (size_t)batch) == 0 &&
+                   l->schedule.chunk_size == p->chunk_size,
+               "the launch's merge_info, key ranges or chunk size differ from the uploaded ones");
 }
 
 /* ---- capacities at the edge ----------------------------------------------------------------- */
@@ -712,7 +752,7 @@ static void check_edge_caps(flp_context *ctx, fuzz_input *in) {
     /* the documented parts, in 64 bits (at most about 2^61 here) */
     const uint64_t b = (uint64_t)batch, items = b * (uint64_t)hkv + GRID;
     const uint64_t rows = (uint64_t)pd.max_qo_len * (uint64_t)group;
-    const uint64_t meta = sizeof(flp_decode_plan_info) + 4 * (b + 1) + 3 * 4 * b +
+    const uint64_t meta = sizeof(flp_decode_plan_info) + 4 * (b + 1) + 4 * 4 * b +
                           2 * (uint64_t)pd.head_dim + 4 * (uint64_t)pd.num_qo_heads +
                           4 * (GRID + 1) + 8 * b + 4 * FLP_WORK_ITEM_INTS * items +
                           4 * (uint64_t)pd.max_pages;
