@@ -788,7 +788,9 @@ static int32_t choose(chooser *c, int32_t *unsplit_picks) {
         chunk = (chunk + align - 1) / align * align;
         bool seen = chunk >= longest; /* splits nothing */
         for (size_t t = 0; t < num_tried; t++)
-            seen |= tried[t] == chunk;
+            seen |= (chunk > tried[t] ? chunk - tried[t] : tried[t] - chunk) *
+                        FLP_DECODE_NEAR_CANDIDATE <=
+                    tried[t];
         if (seen)
             continue;
         tried[num_tried++] = chunk;

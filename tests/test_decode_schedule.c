@@ -469,9 +469,9 @@ static int32_t reference_chunk(const flp_decode_schedule_input *in) {
     const int64_t smallest =
         (fair + FLP_DECODE_MAX_SPLIT_DIVISOR - 1) / FLP_DECODE_MAX_SPLIT_DIVISOR;
     const int64_t align = in->chunk_align > 0 ? in->chunk_align : 1;
-    int64_t chunks[8];
+    int64_t chunks[8]; /* fair share / 4, 3, 2, 1, then the longest request / 4, 3, 2, 1 */
     for (int i = 0; i < 8; i++) {
-        const int64_t whole = i < 4 ? fair : longest, k = i % 4 + 1;
+        const int64_t whole = i < 4 ? fair : longest, k = 4 - i % 4;
         int64_t chunk = (whole + k - 1) / k;
         chunk = chunk < smallest ? smallest : chunk;
         chunk = chunk < in->min_chunk ? in->min_chunk : chunk;
@@ -486,9 +486,18 @@ static int32_t reference_chunk(const flp_decode_schedule_input *in) {
     const int64_t most = unsplit / 100 * (100 - FLP_DECODE_SPLIT_MIN_GAIN_PERCENT) +
                          unsplit % 100 * (100 - FLP_DECODE_SPLIT_MIN_GAIN_PERCENT) / 100;
     int64_t best = INT32_MAX, best_time = INT64_MAX;
+    bool simulated[8] = {false};
     for (int i = 0; i < 8; i++) {
         if (chunks[i] >= longest)
             continue;
+        /* not within 1/8 of an earlier candidate that was simulated */
+        bool near = false;
+        for (int j = 0; j < i; j++)
+            near |= simulated[j] &&
+                    llabs(chunks[i] - chunks[j]) * FLP_DECODE_NEAR_CANDIDATE <= chunks[j];
+        if (near)
+            continue;
+        simulated[i] = true;
         const int64_t time = reference_makespan(in, chunks[i], pieces, load);
         if (time <= most && (time < best_time || (time == best_time && chunks[i] > best))) {
             best = chunks[i];
