@@ -47,28 +47,23 @@ void flp_prefill_key_range(const flp_prefill_key_rule *rule, int32_t qo_len, int
     *lo = (int32_t)(l > 0 ? l : 0);
 }
 
-/* The unsplit items (request, tile, head) in natural order; returns their count. The KV heads
- * of a tile are consecutive: they have the same keys, so the assignment takes them as one run
- * of equal cost (and in groups of workgroups) rather than one item at a time. */
+/* The unsplit items (request, head, tile) in natural order; returns their count. */
 static int32_t tile_items(const flp_prefill_schedule_input *in, int32_t tile, int32_t *items) {
     int32_t n = 0;
     for (int32_t b = 0; b < in->batch_size; b++) {
         int32_t rows = in->qo_len[b] * in->keys.group_size;
-        for (int32_t r = 0; r < rows; r += tile) {
-            const int32_t row_end = rows - r < tile ? rows : r + tile;
-            int32_t lo, hi;
-            flp_prefill_key_range(&in->keys, in->qo_len[b], in->kv_len[b], r, row_end, &lo, &hi);
-            for (int32_t g = 0; g < in->num_kv_heads; g++) {
+        for (int32_t g = 0; g < in->num_kv_heads; g++)
+            for (int32_t r = 0; r < rows; r += tile) {
                 int32_t *it = items + FLP_PREFILL_ITEM_INTS * n++;
                 it[FLP_PITEM_REQUEST] = b;
                 it[FLP_PITEM_KV_HEAD] = g;
                 it[FLP_PITEM_ROW_BEGIN] = r;
-                it[FLP_PITEM_ROW_END] = row_end;
-                it[FLP_PITEM_KV_BEGIN] = lo;
-                it[FLP_PITEM_KV_END] = hi;
+                it[FLP_PITEM_ROW_END] = rows - r < tile ? rows : r + tile;
+                flp_prefill_key_range(&in->keys, in->qo_len[b], in->kv_len[b], r,
+                                      it[FLP_PITEM_ROW_END], &it[FLP_PITEM_KV_BEGIN],
+                                      &it[FLP_PITEM_KV_END]);
                 it[FLP_PITEM_PARTIAL_SLOT] = -1;
             }
-        }
     }
     return n;
 }

@@ -661,14 +661,14 @@ static void check_schedule(const flp_plan *plan, const caps *c, const model *m) 
                    it[FLP_PITEM_ROW_BEGIN], it[FLP_PITEM_ROW_END], r, m->qo[r] * c->group);
     }
 
-    /* The model's tiles in natural order (request, packed rows [t, t + tile), KV head), with
-     * the keys their rows can keep; then 5.6 "Split decision" over them. */
+    /* The model's tiles: per (request, KV head), packed rows [t, t + tile) and the keys their
+     * rows can keep; then 5.6 "Split decision" over them. */
     static model_item tiles[MAX_ITEMS];
     int32_t num_tiles = 0;
     int64_t total = 0, longest = 0;
     for (int32_t r = 0; r < m->batch_size; r++)
-        for (int32_t t = 0; t < m->qo[r] * c->group; t += tile)
-            for (int32_t g = 0; g < c->hkv; g++) {
+        for (int32_t g = 0; g < c->hkv; g++)
+            for (int32_t t = 0; t < m->qo[r] * c->group; t += tile) {
                 FUZZ_CHECK(num_tiles < MAX_ITEMS, "more tiles than any plan holds");
                 model_item *x = &tiles[num_tiles++];
                 const int32_t end = t + tile < m->qo[r] * c->group ? t + tile : m->qo[r] * c->group;
@@ -691,16 +691,17 @@ static void check_schedule(const flp_plan *plan, const caps *c, const model *m) 
     /* Every item belongs to one model tile (same request, head and packed rows): the tiles
      * partition each request's rows, so the items of a tile are the only ones of its rows. */
     static int32_t tile_of[MAX_ITEMS], first_item[MAX_ITEMS + 1], by_tile[MAX_ITEMS];
-    int32_t base[ARR_BATCH]; /* request r's first model tile */
-    for (int32_t r = 0, x = 0; r < m->batch_size; r++) {
-        base[r] = x;
-        x += (m->qo[r] * c->group + tile - 1) / tile * c->hkv;
-    }
+    int32_t base[ARR_BATCH * MAX_HKV];
+    for (int32_t r = 0, x = 0; r < m->batch_size; r++)
+        for (int32_t g = 0; g < c->hkv; g++) {
+            base[r * c->hkv + g] = x;
+            x += (m->qo[r] * c->group + tile - 1) / tile;
+        }
     memset(first_item, 0, sizeof(int32_t) * (size_t)(num_tiles + 1));
     for (int32_t i = 0; i < n; i++) {
         const int32_t *it = items + FLP_PREFILL_ITEM_INTS * i;
-        const int32_t x = base[it[FLP_PITEM_REQUEST]] + it[FLP_PITEM_ROW_BEGIN] / tile * c->hkv +
-                          it[FLP_PITEM_KV_HEAD];
+        const int32_t x = base[it[FLP_PITEM_REQUEST] * c->hkv + it[FLP_PITEM_KV_HEAD]] +
+                          it[FLP_PITEM_ROW_BEGIN] / tile;
         FUZZ_CHECK(it[FLP_PITEM_ROW_BEGIN] % tile == 0 && x < num_tiles &&
                        memcmp(it, tiles[x].w, 4 * sizeof(int32_t)) == 0,
                    "item %d: request %d head %d packed rows [%d, %d) are not a query tile of %d "
