@@ -1,4 +1,4 @@
-/* Plan uploads through pinned host memory (FLP_CU_STAGING_SLOTS in cu_backend.h says why). */
+/* Plan uploads through pinned host memory (cu_staging.h says why). */
 #include "backend-cuda/cu_backend.h"
 
 #include <string.h>
