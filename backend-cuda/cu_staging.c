@@ -1,4 +1,4 @@
-/* Plan uploads through pinned host memory (cu_staging.h says why). */
+/* Plan uploads through pinned host memory (cu_staging.h says why and from what size). */
 #include "backend-cuda/cu_backend.h"
 
 #include <string.h>
@@ -40,7 +40,7 @@ CUresult flp_cu_staged_upload(flp_cu_state *st, CUdeviceptr dst, const void *src
                               bool *staged) {
     const flp_cu_driver *cu = st->cu;
     *staged = false;
-    if (size > FLP_CU_STAGING_MAX_BYTES)
+    if (size < FLP_CU_STAGING_MIN_UPLOAD || size > FLP_CU_STAGING_MAX_BYTES)
         return CUDA_SUCCESS;
     flp_cu_staging_slot *slot = &st->staging[st->next_staging];
     if (slot->copied) {

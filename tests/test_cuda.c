@@ -586,13 +586,16 @@ static void test_plan_in_stream_order(void **state) {
     problem_free(&b);
 }
 
-/* Re-plans back to back, each followed by runs, never waiting for the device: every upload
- * copies from a pinned staging slot or, while all slots' copies are still queued, from pageable
- * memory (cu_staging.c). Batches a and b alternate, more re-plans than there are slots; the runs
- * after re-plan i write output i, which must be the batch planned i-th. */
+/* Re-plans back to back, each followed by runs, never waiting for the device. Two plans over
+ * the same data: the narrow one's uploads (a few KB) are below FLP_CU_STAGING_MIN_UPLOAD and go
+ * from pageable memory; the wide one's per-request arrays are copied at its capacity of
+ * WIDE_BATCH requests (six arrays of 4 or 8 bytes a request: 112 KB), so its uploads go through the
+ * pinned staging slots, more re-plans than there are slots, or (all slots' copies still queued)
+ * from pageable memory (cu_staging.c). Batches a and b alternate; the runs after re-plan i of a
+ * plan write that plan's output i, which must be the batch planned i-th. */
 static void test_replans_in_stream_order(void **state) {
     (void)state;
-    enum { REPLANS = 3 * FLP_CU_STAGING_SLOTS, RUNS_EACH = 20 };
+    enum { REPLANS = 3 * FLP_CU_STAGING_SLOTS, RUNS_EACH = 20, WIDE_BATCH = 4096 };
     test_rng rng;
     test_rng_init(&rng, 0x57a9);
     const int32_t lens_a[2] = {2500, 700}, lens_b[4] = {64, 1800, 0, 1300};
@@ -605,31 +608,45 @@ static void test_replans_in_stream_order(void **state) {
     device dv;
     device_create(&dv, g_ctx, 1);
     device_plan(&dv, &p[0], true); /* the data, and the kernels loaded */
+    flp_plan *wide;
+    const flp_plan_desc wd = {.max_batch_size = WIDE_BATCH,
+                              .max_qo_len = 1,
+                              .max_pages = POOL,
+                              .num_qo_heads = HQ,
+                              .num_kv_heads = HKV,
+                              .head_dim = D};
+    assert_ok(g_ctx, flp_plan_create(g_ctx, &wd, &wide));
+    flp_plan *plans[2] = {dv.plan, wide};
     assert_ok(g_ctx, flp_context_synchronize(g_ctx));
-    flp_buffer *out[REPLANS];
+    flp_buffer *out[2][REPLANS];
     const flp_buffer_desc od = {q_elems() * 2};
     uint16_t *poison = malloc(q_elems() * 2);
     assert_non_null(poison);
     memset(poison, 0xff, q_elems() * 2); /* bf16 NaN */
-    for (int i = 0; i < REPLANS; i++) {
-        assert_ok(g_ctx, flp_buffer_create(g_ctx, &od, &out[i]));
-        assert_ok(g_ctx, flp_buffer_write(g_ctx, out[i], 0, poison, q_elems() * 2));
-    }
-    for (int i = 0; i < REPLANS; i++) {
-        const problem *x = &p[i % 2];
-        const flp_decode_plan_args pa = problem_plan_args(x);
-        assert_ok(g_ctx, flp_decode_plan(g_ctx, dv.plan, &pa));
-        const flp_decode_run_args ra = device_run_args(&dv, x, out[i]);
-        for (int r = 0; r < RUNS_EACH; r++)
-            assert_ok(g_ctx, flp_decode_run(g_ctx, dv.plan, &ra));
-    }
+    for (int w = 0; w < 2; w++)
+        for (int i = 0; i < REPLANS; i++) {
+            assert_ok(g_ctx, flp_buffer_create(g_ctx, &od, &out[w][i]));
+            assert_ok(g_ctx, flp_buffer_write(g_ctx, out[w][i], 0, poison, q_elems() * 2));
+        }
+    for (int i = 0; i < REPLANS; i++)
+        for (int w = 0; w < 2; w++) {
+            const problem *x = &p[(i + w) % 2];
+            const flp_decode_plan_args pa = problem_plan_args(x);
+            assert_ok(g_ctx, flp_decode_plan(g_ctx, plans[w], &pa));
+            const flp_decode_run_args ra = device_run_args(&dv, x, out[w][i]);
+            for (int r = 0; r < RUNS_EACH; r++)
+                assert_ok(g_ctx, flp_decode_run(g_ctx, plans[w], &ra));
+        }
     char what[64];
-    for (int i = 0; i < REPLANS; i++) {
-        snprintf(what, sizeof what, "the runs after re-plan %d", i);
-        output_check(g_ctx, out[i], &p[i % 2], what);
-        flp_buffer_destroy(out[i]);
-    }
+    for (int w = 0; w < 2; w++)
+        for (int i = 0; i < REPLANS; i++) {
+            snprintf(what, sizeof what, "the runs after re-plan %d of the %s plan", i,
+                     w ? "wide" : "narrow");
+            output_check(g_ctx, out[w][i], &p[(i + w) % 2], what);
+            flp_buffer_destroy(out[w][i]);
+        }
     free(poison);
+    flp_plan_destroy(wide);
     device_free(&dv);
     problem_free(&p[0]);
     problem_free(&p[1]);
