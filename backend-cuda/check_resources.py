@@ -27,15 +27,25 @@ import sys
 # (head_dim 256): load_q alone 288/240 and 156/208, store_partial alone 288/232 and 60/108
 # (sm_90a builds of each change alone). Measured together on an H100 (bench/RESULTS.md,
 # 2026-12-07 late morning); the Q loads' share of that gain is not measured apart yet.
+# 2026-12-07 (evening): each prefill kernel holds its passes twice, with the plan's variant
+# options and with them compiled out (kernels/prefill.cuh, kOptionFlags); ptxas reports the
+# kernel's frame over both. In the SASS (cuobjdump, nvcc 13.0) the copy without options has no
+# spill in its key loop (sm_90a head_dim 128: 2 stores and 2 loads per pass, none per key
+# block; sm_80 staged head_dim 128: 11 spill instructions, all in the per-item set-up); the
+# rest are the options copy's. The staged sm_80 kernels at head_dim 128 with 128-row tiles
+# (fp8 or the other 16-bit KV dtype) spill in the combined kernel only, neither copy built alone.
 SPILL_ALLOWED = {
-    ("flp_prefill90_bf16_d64", "sm_90a"): 16,
-    ("flp_prefill90_f16_d64", "sm_90a"): 16,
-    ("flp_prefill90_bf16_d128", "sm_90a"): 328,
-    ("flp_prefill90_f16_d128", "sm_90a"): 328,
-    ("flp_prefill90_bf16_d256", "sm_90a"): 212,
-    ("flp_prefill90_f16_d256", "sm_90a"): 212,
+    ("flp_prefill90_bf16_d64", "sm_90a"): 40,
+    ("flp_prefill90_f16_d64", "sm_90a"): 40,
+    ("flp_prefill90_bf16_d128", "sm_90a"): 340,
+    ("flp_prefill90_f16_d128", "sm_90a"): 340,
+    ("flp_prefill90_bf16_d256", "sm_90a"): 384,
+    ("flp_prefill90_f16_d256", "sm_90a"): 384,
 }
-
+for _q, _kvs in (("bf16", ("f16", "e4m3", "e5m2")), ("f16", ("bf16", "e4m3", "e5m2"))):
+    for _kv in _kvs:
+        SPILL_ALLOWED[(f"flp_prefill_{_q}_{_kv}_d128_t128", "sm_80")] = 100
+        SPILL_ALLOWED[(f"flp_prefill_{_q}_{_kv}_d128_t128", "sm_90a")] = 128
 
 def read_report(path):
     """(kernel, arch, registers, stack bytes, spill store bytes, spill load bytes) per entry."""

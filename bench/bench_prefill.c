@@ -4,7 +4,7 @@
  *            [--quick] [--qo-heads H] [--kv-heads H] [--head-dim D] [--page P] [--dtype bf16|f16]
  *            [--kv-dtype bf16|f16|e4m3|e5m2]
  *            [--budget-ms MS] [--max-iters N] [--check-rows N] [--seed S] [--copy-gbps X]
- *            [--mask causal|none] [--gemm-tflops X] [--peer FILE] [--dry-run]
+ *            [--mask causal|none] [--soft-cap X] [--gemm-tflops X] [--peer FILE] [--dry-run]
  *            [--decode-kernel auto|vector|matrix]
  *
  * Cases (comma-separated; causal by default, --mask none for none; positions as in
@@ -20,6 +20,9 @@
  * "default" is single:1024,single:4096,single:8192,single:16384,single:8192:paged,
  * ragged:16:256:4096,spec:64:512:4608 (chunked prefill: 512 new tokens over 4096 cached),
  * spec:64:4:4096,specdec:64:4:4096; "quick" (also --quick: small budget) is a lavapipe-sized set.
+ *
+ * --soft-cap X: logits = X * tanh(logit / X) (default 0: off); an option the kernels compile out
+ * for plans without any (backend-cuda/kernels/prefill.cuh), so this times their other copy.
  *
  * --kv-dtype: the K/V cache's dtype (default: --dtype); fp8 caches hold the values as stored
  * (scales 1), the float64 check reads the same stored values. GB/s count K/V bytes at its size.
@@ -82,6 +85,7 @@ typedef struct bench_opts {
     double copy_gbps;
     double gemm_tflops; /* CUDA matrix ceiling measured in the same job; 0: nominal */
     bool causal;        /* --mask causal (default) or none */
+    double soft_cap;    /* --soft-cap: > 0 on, 0 off */
     const char *peer_file;
     bool dry_run;
     flp_decode_kernel decode_kernel; /* specdec cases */
@@ -251,6 +255,10 @@ static bench_opts parse_args(int argc, char **argv) {
                 o.causal = false;
             else
                 usage_error("unknown mask (causal or none)", v);
+        } else if (!strcmp(k, "--soft-cap")) {
+            o.soft_cap = atof(v);
+            if (!(o.soft_cap >= 0))
+                usage_error("--soft-cap must be 0 (off) or positive, not", v);
         } else if (!strcmp(k, "--peer")) {
             o.peer_file = v;
         } else {
@@ -589,7 +597,8 @@ static void check_row(void *arg, int64_t task) {
                 double s = 0;
                 for (int32_t d = 0; d < d_n; d++)
                     s += qd[h * d_n + d] * row[d];
-                logits[t * group + h] = s * scale;
+                logits[t * group + h] =
+                    o->soft_cap > 0 ? o->soft_cap * tanh(s * scale / o->soft_cap) : s * scale;
             }
         }
         for (int32_t h = 0; h < group; h++) {
@@ -727,7 +736,8 @@ static void plan_case(const bench_case *c, const bench_opts *o, case_run *r, flp
     flp_variant var = {.head_dim = o->head_dim,
                        .q_dtype = o->dtype,
                        .kv_dtype = o->kv_dtype,
-                       .mask = o->causal ? FLP_MASK_CAUSAL : FLP_MASK_NONE};
+                       .mask = o->causal ? FLP_MASK_CAUSAL : FLP_MASK_NONE,
+                       .logits_soft_cap = (float)o->soft_cap};
     flp_plan_desc pd = {.max_batch_size = c->batch,
                         .max_pages = c->paged ? c->num_pages : 1,
                         .num_qo_heads = o->hq,
@@ -928,10 +938,11 @@ int main(int argc, char **argv) {
     const double gemm_ceiling = o.gemm_tflops > 0 ? o.gemm_tflops : CUDA_BF16_GEMM_TFLOPS;
     const char *gemm_source = o.gemm_tflops > 0 ? "same_job" : "nominal";
     printf("prefill bench: backend=%s device=\"%s\" driver=\"%s\" Hq=%d Hkv=%d D=%d page=%d "
-           "dtype=%s kv_dtype=%s mask=%s budget_ms=%.0f max_iters=%d check_rows=%d seed=%llu\n",
+           "dtype=%s kv_dtype=%s mask=%s soft_cap=%g budget_ms=%.0f max_iters=%d check_rows=%d "
+           "seed=%llu\n",
            info.backend_name, info.device_name, info.driver_info, o.hq, o.hkv, o.head_dim, o.page,
-           flp_dtype_name(o.dtype), flp_dtype_name(o.kv_dtype), mask_name, o.budget_ms, o.max_iters,
-           o.check_rows, (unsigned long long)o.seed);
+           flp_dtype_name(o.dtype), flp_dtype_name(o.kv_dtype), mask_name, o.soft_cap, o.budget_ms,
+           o.max_iters, o.check_rows, (unsigned long long)o.seed);
 
     /* One pool per tensor, sized for the largest case and filled once; cases use a prefix. */
     size_t max_q = 1, max_kv = 1;
@@ -958,12 +969,13 @@ int main(int argc, char **argv) {
         double t_case = timing_now_seconds();
         case_result res = run_case(ctx, c, &o, q_buf, k_buf, v_buf, o_buf, q, k, v);
         double flop = case_flop(c, &o), bytes = case_bytes(c, &o);
-        printf("flp_prefill case=%s mask=%s api=%s decode_kernel=%s backend=%s kv=%s B=%d "
-               "rows=%lld kept_keys=%lld Hq=%d Hkv=%d D=%d dtype=%s kv_dtype=%s gflop=%.3f",
-               c->name, mask_name, case_api_name(c), res.decode_kernel, info.backend_name,
-               c->paged ? "paged" : "ragged", c->batch, (long long)c->rows, (long long)c->kept_keys,
-               o.hq, o.hkv, o.head_dim, flp_dtype_name(o.dtype), flp_dtype_name(o.kv_dtype),
-               flop * 1e-9);
+        printf(
+            "flp_prefill case=%s mask=%s soft_cap=%g api=%s decode_kernel=%s backend=%s kv=%s B=%d "
+            "rows=%lld kept_keys=%lld Hq=%d Hkv=%d D=%d dtype=%s kv_dtype=%s gflop=%.3f",
+            c->name, mask_name, o.soft_cap, case_api_name(c), res.decode_kernel, info.backend_name,
+            c->paged ? "paged" : "ragged", c->batch, (long long)c->rows, (long long)c->kept_keys,
+            o.hq, o.hkv, o.head_dim, flp_dtype_name(o.dtype), flp_dtype_name(o.kv_dtype),
+            flop * 1e-9);
         char desc[128], ceil_text[64] = "", peer_text[64] = "";
         describe_case(c, &o, desc, sizeof desc);
         if (strcmp(res.status, "ok") == 0) {

@@ -848,8 +848,9 @@ static void prefill_problem_init(prefill_problem *p, test_rng *rng, int32_t batc
     round_bf16(p->v, sizeof p->v / sizeof p->v[0]);
 }
 
-/* Uploads p, poisons out and plans it (the run is captured or launched by the caller). */
-static void prefill_upload_and_plan(device *dv, const prefill_problem *p) {
+/* Uploads p, poisons out and plans it with the soft cap (0: off; the run is captured or launched
+ * by the caller). */
+static void prefill_upload_and_plan(device *dv, const prefill_problem *p, float soft_cap) {
     flp_context *ctx = dv->ctx;
     write_bf16(ctx, dv->q, p->q, sizeof p->q / sizeof p->q[0]);
     write_bf16(ctx, dv->k, p->k, sizeof p->k / sizeof p->k[0]);
@@ -857,12 +858,14 @@ static void prefill_upload_and_plan(device *dv, const prefill_problem *p) {
     static uint16_t poison[PF_ROWS * HQ * D];
     memset(poison, 0xff, sizeof poison); /* bf16 NaN */
     assert_ok(ctx, flp_buffer_write(ctx, dv->o, 0, poison, sizeof poison));
-    flp_prefill_plan_args pa = {
-        .batch_size = p->batch,
-        .qo_indptr = p->qo_indptr,
-        .kv_storage = FLP_KV_RAGGED,
-        .kv_indptr = p->kv_indptr,
-        .variant = {.head_dim = D, .q_dtype = FLP_DTYPE_BF16, .mask = FLP_MASK_CAUSAL}};
+    flp_prefill_plan_args pa = {.batch_size = p->batch,
+                                .qo_indptr = p->qo_indptr,
+                                .kv_storage = FLP_KV_RAGGED,
+                                .kv_indptr = p->kv_indptr,
+                                .variant = {.head_dim = D,
+                                            .q_dtype = FLP_DTYPE_BF16,
+                                            .mask = FLP_MASK_CAUSAL,
+                                            .logits_soft_cap = soft_cap}};
     assert_ok(ctx, flp_prefill_plan(ctx, dv->plan, &pa));
 }
 
@@ -876,7 +879,7 @@ static flp_prefill_run_args prefill_run_args(const device *dv, const prefill_pro
     };
 }
 
-static void prefill_check(device *dv, const prefill_problem *p, const char *what) {
+static void prefill_check(device *dv, const prefill_problem *p, float soft_cap, const char *what) {
     size_t rows = (size_t)p->qo_indptr[p->batch], n = rows * HQ * D;
     size_t nq = sizeof p->q / sizeof p->q[0], nk = sizeof p->k / sizeof p->k[0];
     uint16_t *h = malloc(n * 2);
@@ -903,9 +906,19 @@ static void prefill_check(device *dv, const prefill_problem *p, const char *what
                            .q = q,
                            .k = k,
                            .v = v,
-                           .mask = FLP_MASK_CAUSAL};
+                           .mask = FLP_MASK_CAUSAL,
+                           .logits_soft_cap = soft_cap};
     assert_int_equal(flp_ref_attention_run(&a, want, NULL), FLP_OK);
     assert_relative_error(got, want, n, 1.6e-2, what);
+    if (soft_cap > 0) {
+        /* the check can tell a run that ignored the cap: the outputs without it are far off */
+        double *uncapped = malloc(sizeof(double) * n);
+        assert_non_null(uncapped);
+        a.logits_soft_cap = 0;
+        assert_int_equal(flp_ref_attention_run(&a, uncapped, NULL), FLP_OK);
+        assert_true(test_relative_error(uncapped, want, n, NULL) > 10 * 1.6e-2);
+        free(uncapped);
+    }
     free(h);
     free(got);
     free(want);
@@ -916,7 +929,9 @@ static void prefill_check(device *dv, const prefill_problem *p, const char *what
 
 /* A prefill run captured into a graph stays right after a re-plan that changes the batch, picks
  * another query tile (the captured kernel handles any item) and splits a long request (the
- * captured merge launch combines it). */
+ * captured merge launch combines it), and after re-plans that switch a variant option (the soft
+ * cap) on and off again: the kernel picks its copy of the passes with or without the options
+ * from the plan at each launch (kernels/prefill.cuh, kOptionFlags). */
 static void test_prefill_graph_replay(void **state) {
     (void)state;
     CUstream stream = caller_stream_begin();
@@ -944,22 +959,31 @@ static void test_prefill_graph_replay(void **state) {
                         .head_dim = D};
     assert_ok(g_ctx, flp_plan_create(g_ctx, &pd, &dv.plan));
 
-    prefill_upload_and_plan(&dv, &a); /* warm up: loads the kernels outside the capture */
+    prefill_upload_and_plan(&dv, &a, 0); /* warm up: loads the kernels outside the capture */
     flp_prefill_run_args ra = prefill_run_args(&dv, &a);
     assert_ok(g_ctx, flp_prefill_run(g_ctx, dv.plan, &ra));
-    prefill_check(&dv, &a, "prefill: direct run before capture");
+    prefill_check(&dv, &a, 0, "prefill: direct run before capture");
 
-    prefill_upload_and_plan(&dv, &a);
+    prefill_upload_and_plan(&dv, &a, 0);
     assert_cu(cu.begin_capture(stream, CU_STREAM_CAPTURE_MODE_GLOBAL_));
     captured_graph g = capture_end(stream, flp_prefill_run(g_ctx, dv.plan, &ra));
     graph_replay(&g, stream);
-    prefill_check(&dv, &a, "prefill: graph replay, captured plan");
+    prefill_check(&dv, &a, 0, "prefill: graph replay, captured plan");
 
     /* b has fewer rows: the captured run's q/out views are larger than b needs, which is what
      * an engine capturing at capacity does; only b's rows are checked. */
-    prefill_upload_and_plan(&dv, &b);
+    prefill_upload_and_plan(&dv, &b, 0);
     graph_replay(&g, stream);
-    prefill_check(&dv, &b, "prefill: graph replay after a re-plan (other tile, split)");
+    prefill_check(&dv, &b, 0, "prefill: graph replay after a re-plan (other tile, split)");
+
+    /* A soft cap small enough to change every output by far more than the tolerance. */
+    const float cap = 0.1f;
+    prefill_upload_and_plan(&dv, &a, cap);
+    graph_replay(&g, stream);
+    prefill_check(&dv, &a, cap, "prefill: graph replay after a re-plan that sets a soft cap");
+    prefill_upload_and_plan(&dv, &b, 0);
+    graph_replay(&g, stream);
+    prefill_check(&dv, &b, 0, "prefill: graph replay after a re-plan that drops the soft cap");
 
     graph_destroy(&g);
     device_free(&dv);

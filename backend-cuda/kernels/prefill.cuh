@@ -125,20 +125,37 @@ template <int QDT, int D> struct prefill_output {
     }
 };
 
+/* The flags of the variant options that a plan may switch on and off at each re-plan (docs/
+ * design.md 5.3) and that cost the key loop registers even when off: each prefill kernel holds
+ * its passes twice, with these options read from the plan and with them compiled out, and picks
+ * one per launch from the plan's flags (prefill_body, prefill90_body). The copy without them is
+ * 15-25% faster (no spills at head_dim 128 on sm_90a); the choice is made on the device, so a
+ * captured graph stays right after a re-plan that switches an option on. */
+constexpr unsigned kOptionFlags =
+    FLP_FLAG_WINDOW | FLP_FLAG_SOFTCAP | FLP_FLAG_ALIBI | FLP_FLAG_ROPE | FLP_FLAG_CUSTOM_MASK;
+
 /* The variant options of a prefill plan (FLP_FLAG_*), read once by each prefill kernel (this
- * file's and prefill_sm90.cuh's). */
-struct prefill_flags {
+ * file's and prefill_sm90.cuh's); with OPTIONS false those of kOptionFlags are off (the plan
+ * has none of them on). */
+template <bool OPTIONS> struct prefill_flags {
     bool causal, window, softcap, alibi, rope, custom;
 
     FLP_DEV void read_flags(unsigned flags) {
         causal = (flags & FLP_FLAG_CAUSAL) != 0;
-        window = (flags & FLP_FLAG_WINDOW) != 0;
-        softcap = (flags & FLP_FLAG_SOFTCAP) != 0;
-        alibi = (flags & FLP_FLAG_ALIBI) != 0;
-        rope = (flags & FLP_FLAG_ROPE) != 0;
-        custom = (flags & FLP_FLAG_CUSTOM_MASK) != 0;
+        window = OPTIONS && (flags & FLP_FLAG_WINDOW) != 0;
+        softcap = OPTIONS && (flags & FLP_FLAG_SOFTCAP) != 0;
+        alibi = OPTIONS && (flags & FLP_FLAG_ALIBI) != 0;
+        rope = OPTIONS && (flags & FLP_FLAG_ROPE) != 0;
+        custom = OPTIONS && (flags & FLP_FLAG_CUSTOM_MASK) != 0;
     }
 };
+
+/* Whether the plan (its flp_prefill_plan_info at plan_address) has an option of kOptionFlags
+ * on: which copy of the passes a launch runs, the same for every thread. */
+FLP_DEV bool plan_has_options(uint64_t plan_address) {
+    return (reinterpret_cast<const flp_prefill_plan_info *>(plan_address)->flags & kOptionFlags) !=
+           0;
+}
 
 /* Bit (query token i of the request, key t) of a custom mask (the address of its bytes): the
  * request's bits start at bit mask_base, rows of kv_len bits (little-endian within bytes). */
@@ -150,7 +167,11 @@ FLP_DEV bool mask_bit(uint64_t mask, long long mask_base, int i, int kv_len, int
 /* The prefill kernel: its shape and shared-memory layout, the flags read once, and its stages.
  * Per-pass values are read from shared memory (ps) and plan arrays addressed from p.plan at
  * each use: the key loop needs every register for the accumulators. */
-template <int QDT, int KVDT, int D, int T> struct prefill_kernel : prefill_flags {
+template <int QDT, int KVDT, int D, int T, bool OPTIONS>
+struct prefill_kernel : prefill_flags<OPTIONS> {
+    using flags = prefill_flags<OPTIONS>;
+    using flags::alibi, flags::causal, flags::custom, flags::read_flags, flags::rope,
+        flags::softcap, flags::window;
     using KV = kv_traits<KVDT>;
     static constexpr bool STAGED = FLP_CU_PREFILL_STAGED(QDT, KVDT);
     using SH = prefill_shape<D, T, STAGED>;
@@ -731,9 +752,10 @@ template <int QDT, int KVDT, int D, int T> struct prefill_kernel : prefill_flags
     }
 };
 
-/* The prefill kernel's body: the algorithm, stage by stage. */
-template <int QDT, int KVDT, int D, int T> FLP_DEV void prefill_body(const flp_prefill_params &p) {
-    using K = prefill_kernel<QDT, KVDT, D, T>;
+/* The prefill kernel's passes: the algorithm, stage by stage. */
+template <int QDT, int KVDT, int D, int T, bool OPTIONS>
+FLP_DEV void prefill_passes(const flp_prefill_params &p) {
+    using K = prefill_kernel<QDT, KVDT, D, T, OPTIONS>;
     const K kern(p); /* reads the flags, RoPE frequencies into shared memory */
     const int item_end = kern.end_item();
     for (int item = kern.first_item(); item < item_end; ++item) {
@@ -772,6 +794,14 @@ template <int QDT, int KVDT, int D, int T> FLP_DEV void prefill_body(const flp_p
             kern.store_output(st, r0);
         }
     }
+}
+
+/* The prefill kernel's body: the passes with the plan's options, or without any (kOptionFlags). */
+template <int QDT, int KVDT, int D, int T> FLP_DEV void prefill_body(const flp_prefill_params &p) {
+    if (plan_has_options(p.plan))
+        prefill_passes<QDT, KVDT, D, T, true>(p);
+    else
+        prefill_passes<QDT, KVDT, D, T, false>(p);
 }
 
 } // namespace flp

@@ -78,7 +78,10 @@ struct pass90 {
     int kb, ke, kb_load, nblk;
 };
 
-template <int QDT, int D> struct prefill90_kernel : prefill_flags {
+template <int QDT, int D, bool OPTIONS> struct prefill90_kernel : prefill_flags<OPTIONS> {
+    using flags = prefill_flags<OPTIONS>;
+    using flags::alibi, flags::causal, flags::custom, flags::read_flags, flags::rope,
+        flags::softcap, flags::window;
     static constexpr int KN = FLP_CU_PREFILL90_KN(D);
     static constexpr int STAGES = FLP_CU_PREFILL90_STAGES(D);
     static constexpr int ATOMS = D / 64; /* 64-element column blocks of a row */
@@ -843,9 +846,10 @@ template <int QDT, int D> struct prefill90_kernel : prefill_flags {
     }
 };
 
-/* The sm_90a prefill kernel's body: roles by warpgroup. */
-template <int QDT, int D> FLP_DEV void prefill90_body(const flp_prefill90_params &params) {
-    using K = prefill90_kernel<QDT, D>;
+/* The sm_90a prefill kernel's roles by warpgroup. */
+template <int QDT, int D, bool OPTIONS>
+FLP_DEV void prefill90_roles(const flp_prefill90_params &params) {
+    using K = prefill90_kernel<QDT, D, OPTIONS>;
     const K kern(params);
     const int wg = threadIdx.x >> 7;
     if (threadIdx.x == 0) {
@@ -865,6 +869,15 @@ template <int QDT, int D> FLP_DEV void prefill90_body(const flp_prefill90_params
         regs_acquire<prefill90_regs<D>::consumer>();
         kern.consume(wg - 1);
     }
+}
+
+/* The sm_90a prefill kernel's body: the roles with the plan's options, or without any
+ * (kOptionFlags, prefill.cuh). */
+template <int QDT, int D> FLP_DEV void prefill90_body(const flp_prefill90_params &params) {
+    if (plan_has_options(params.base.plan))
+        prefill90_roles<QDT, D, true>(params);
+    else
+        prefill90_roles<QDT, D, false>(params);
 }
 
 } // namespace flp
