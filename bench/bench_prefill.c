@@ -17,7 +17,8 @@
  *   specdec:B:Q:L           the same shape through flp_decode_* (qo_len = Q <= 8, paged; the
  *                           plan's decode kernel as --decode-kernel asks, default auto; the
  *                           line names the kernel it ran on)
- * "default" is single:1024,single:4096,single:8192,single:16384,single:8192:paged,
+ * "default" (also as one item of a list: default,single:32768) is
+ * single:1024,single:4096,single:8192,single:16384,single:8192:paged,
  * ragged:16:256:4096,spec:64:512:4608 (chunked prefill: 512 new tokens over 4096 cached),
  * spec:64:4:4096,specdec:64:4:4096; "quick" (also --quick: small budget) is a lavapipe-sized set.
  *
@@ -216,7 +217,7 @@ static bench_opts parse_args(int argc, char **argv) {
             if (!bench_backend_by_name(v, &o.backend))
                 usage_error("unknown backend", v);
         } else if (!strcmp(k, "--cases")) {
-            o.cases = !strcmp(v, "default") ? DEFAULT_CASES : !strcmp(v, "quick") ? QUICK_CASES : v;
+            o.cases = v;
             cases_set = true;
         } else if (!strcmp(k, "--qo-heads")) {
             o.hq = atoi(v);
@@ -898,13 +899,36 @@ static void print_dry_run(const bench_case *c, const bench_opts *o) {
     printf("%s\n", c->batch > 64 ? ",..." : "");
 }
 
+/* The case list with each item "default" or "quick" replaced by that set's cases (malloc'd). */
+static char *expand_case_sets(const char *cases) {
+    size_t cap = strlen(cases) + 1, len = 0;
+    char *out = malloc(cap), *buf = strdup(cases);
+    out[0] = '\0';
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        const char *item = !strcmp(t, "default") ? DEFAULT_CASES
+                           : !strcmp(t, "quick") ? QUICK_CASES
+                                                 : t;
+        const size_t n = strlen(item);
+        if (len + n + 2 > cap) {
+            cap = 2 * (len + n + 2);
+            out = realloc(out, cap);
+        }
+        if (len > 0)
+            out[len++] = ',';
+        memcpy(out + len, item, n + 1);
+        len += n;
+    }
+    free(buf);
+    return out;
+}
+
 int main(int argc, char **argv) {
     bench_opts o = parse_args(argc, argv);
 
     /* Parse every case first: a typo fails before any device work. */
     bench_case *cases = NULL;
     int num_cases = 0;
-    char *list = strdup(o.cases);
+    char *list = expand_case_sets(o.cases);
     for (char *save = NULL, *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
         cases = realloc(cases, sizeof *cases * (size_t)(num_cases + 1));
         if (!parse_case(t, &o, &cases[num_cases]))

@@ -130,8 +130,8 @@ def parse_args():
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
                    help="cpu: test the script itself without a GPU")
     a = p.parse_args()
-    if a.cases == "default":
-        a.cases = DEFAULT_CASES
+    # "default" may also be one item of a list (default,single:32768)
+    a.cases = ",".join(DEFAULT_CASES if c == "default" else c for c in a.cases.split(","))
     if a.qo_heads <= 0 or a.kv_heads <= 0 or a.qo_heads % a.kv_heads:
         raise SystemExit("peer_torch_prefill.py: --kv-heads must divide --qo-heads")
     return a
