@@ -129,8 +129,9 @@ template <int QDT, int D> struct prefill_output {
  * design.md 5.3) and that cost the key loop registers even when off: each prefill kernel holds
  * its passes twice, with these options read from the plan and with them compiled out, and picks
  * one per launch from the plan's flags (prefill_body, prefill90_body). The copy without them is
- * 15-25% faster (no spills at head_dim 128 on sm_90a); the choice is made on the device, so a
- * captured graph stays right after a re-plan that switches an option on. */
+ * 9-26% faster on the sm_90a kernel and 50-60% on the sm_80 one (H100, bench/RESULTS.md
+ * 2026-12-07 evening; at head_dim 128 on sm_90a its key loop has no spill); the choice is made
+ * on the device, so a captured graph stays right after a re-plan that switches an option on. */
 constexpr unsigned kOptionFlags =
     FLP_FLAG_WINDOW | FLP_FLAG_SOFTCAP | FLP_FLAG_ALIBI | FLP_FLAG_ROPE | FLP_FLAG_CUSTOM_MASK;
 
