@@ -4,6 +4,7 @@
 #include "core/decode_chunk.h"
 
 #include <limits.h>
+#include <string.h>
 
 /* Fixed cost of an item in key-equivalents (loading the query tile, writing the output). */
 #define ITEM_OVERHEAD_KEYS 32
@@ -47,22 +48,29 @@ void flp_prefill_key_range(const flp_prefill_key_rule *rule, int32_t qo_len, int
     *lo = (int32_t)(l > 0 ? l : 0);
 }
 
-/* The unsplit items (request, head, tile) in natural order; returns their count. */
+/* The unsplit items (request, head, tile) in natural order; returns their count. A request's
+ * KV heads have the same tiles and keys: those of head 0 are worked out, the others copied. */
 static int32_t tile_items(const flp_prefill_schedule_input *in, int32_t tile, int32_t *items) {
     int32_t n = 0;
     for (int32_t b = 0; b < in->batch_size; b++) {
-        int32_t rows = in->qo_len[b] * in->keys.group_size;
-        for (int32_t g = 0; g < in->num_kv_heads; g++)
-            for (int32_t r = 0; r < rows; r += tile) {
+        const int32_t rows = in->qo_len[b] * in->keys.group_size, first = n;
+        for (int32_t r = 0; r < rows; r += tile) {
+            int32_t *it = items + FLP_PREFILL_ITEM_INTS * n++;
+            it[FLP_PITEM_REQUEST] = b;
+            it[FLP_PITEM_KV_HEAD] = 0;
+            it[FLP_PITEM_ROW_BEGIN] = r;
+            it[FLP_PITEM_ROW_END] = rows - r < tile ? rows : r + tile;
+            flp_prefill_key_range(&in->keys, in->qo_len[b], in->kv_len[b], r, it[FLP_PITEM_ROW_END],
+                                  &it[FLP_PITEM_KV_BEGIN], &it[FLP_PITEM_KV_END]);
+            it[FLP_PITEM_PARTIAL_SLOT] = -1;
+        }
+        const int32_t tiles = n - first;
+        for (int32_t g = 1; g < in->num_kv_heads; g++)
+            for (int32_t t = 0; t < tiles; t++) {
                 int32_t *it = items + FLP_PREFILL_ITEM_INTS * n++;
-                it[FLP_PITEM_REQUEST] = b;
+                memcpy(it, items + FLP_PREFILL_ITEM_INTS * (first + t),
+                       sizeof(int32_t) * FLP_PREFILL_ITEM_INTS);
                 it[FLP_PITEM_KV_HEAD] = g;
-                it[FLP_PITEM_ROW_BEGIN] = r;
-                it[FLP_PITEM_ROW_END] = rows - r < tile ? rows : r + tile;
-                flp_prefill_key_range(&in->keys, in->qo_len[b], in->kv_len[b], r,
-                                      it[FLP_PITEM_ROW_END], &it[FLP_PITEM_KV_BEGIN],
-                                      &it[FLP_PITEM_KV_END]);
-                it[FLP_PITEM_PARTIAL_SLOT] = -1;
             }
     }
     return n;
