@@ -143,20 +143,14 @@ void load_rope_freq(DecodeParams P, DecodePlanInfo I) {
 
 // next_item: the fields of work item `item` and the KV addressing of its request and head.
 Item next_item(DecodeParams P, DecodePlanInfo I, int item, bool rope) {
-    I32Ref work = I32Ref(uint64_t(plan_ints(P.plan, I.off_work_items)) +
-                         4ul * uint64_t(item * FLP_WORK_ITEM_INTS));
+    WorkItem w = work_item(P.plan, I, item);
     Item it;
-    it.b = work.v[FLP_WORK_REQUEST];
-    // head_chunk = KV head * chunks + chunk (core/kernel_constants.h)
-    int head_chunk = work.v[FLP_WORK_HEAD_CHUNK];
-    I32Ref merge = plan_ints(P.plan, I.off_merge_info);
-    int chunks = max(merge.v[2 * it.b + 1], 1);
-    it.g = head_chunk / chunks;
-    int c = head_chunk - it.g * chunks;
-    it.kv_len = plan_ints(P.plan, I.off_kv_len).v[it.b];
-    it.kv_begin = plan_ints(P.plan, I.off_kv_begin).v[it.b] + (chunks > 1 ? c * I.chunk_size : 0);
-    it.kv_end = c + 1 == chunks ? it.kv_len : it.kv_begin + I.chunk_size;
-    it.slot = chunks > 1 ? merge.v[2 * it.b] + head_chunk : -1;
+    it.b = w.b;
+    it.g = w.g;
+    it.kv_begin = w.kv_begin;
+    it.kv_end = w.kv_end;
+    it.slot = w.slot;
+    it.kv_len = w.kv_len;
     g_kv_indices = P.kv_indices + 4ul * uint64_t(plan_ints(P.plan, I.off_kv_indptr).v[it.b]);
     g_kv_end = it.kv_end;
     g_k_head = P.k + uint64_t(int64_t(it.g) * P.k_stride_head) * uint64_t(KV_BYTES);

@@ -72,4 +72,30 @@ F32Ref plan_floats(uint64_t plan, uint off_words) {
     return F32Ref(plan + 4ul * uint64_t(off_words));
 }
 
+// Decode work item `item` of the plan at `plan`: its request, KV head, keys and partial slot, as
+// its two words name them (core/kernel_constants.h).
+struct WorkItem {
+    int b, g, kv_begin, kv_end;
+    int slot; // < 0: write out/lse; else the partial-state slot for the merge
+    int kv_len;
+};
+
+WorkItem work_item(uint64_t plan, DecodePlanInfo I, int item) {
+    I32Ref work = I32Ref(uint64_t(plan_ints(plan, I.off_work_items)) +
+                         4ul * uint64_t(item * FLP_WORK_ITEM_INTS));
+    WorkItem w;
+    w.b = work.v[FLP_WORK_REQUEST];
+    // head_chunk = KV head * chunks + chunk
+    int head_chunk = work.v[FLP_WORK_HEAD_CHUNK];
+    I32Ref merge = plan_ints(plan, I.off_merge_info);
+    int chunks = max(merge.v[2 * w.b + 1], 1);
+    w.g = head_chunk / chunks;
+    int c = head_chunk - w.g * chunks;
+    w.kv_len = plan_ints(plan, I.off_kv_len).v[w.b];
+    w.kv_begin = plan_ints(plan, I.off_kv_begin).v[w.b] + (chunks > 1 ? c * I.chunk_size : 0);
+    w.kv_end = c + 1 == chunks ? w.kv_len : w.kv_begin + I.chunk_size;
+    w.slot = chunks > 1 ? merge.v[2 * w.b] + head_chunk : -1;
+    return w;
+}
+
 #endif
