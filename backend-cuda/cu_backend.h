@@ -48,6 +48,10 @@ typedef struct flp_cu_state {
     CUstream stream;       /* where work goes: own_stream or the caller's */
     int cc;                /* compute capability, major * 10 + minor */
     int sm_count;
+    /* Kernels go out as programmatic dependent launches (sm_90+, cuLaunchKernelEx present,
+     * FLP_CUDA_PDL not 0): each may be scheduled while the kernel before it in the stream
+     * drains, and waits (griddepcontrol.wait) before touching memory. */
+    bool dependent_launch;
     /* Modules: the embedded fatbins (one per kernel unit, loaded on first use), or
      * per-configuration NVRTC builds when they have no image for this device (or
      * FLP_CUDA_FORCE_NVRTC=1). fatbin_checked: that choice is made. */
@@ -74,6 +78,12 @@ void flp_cu_leave(flp_context *ctx);
 /* Waits for the work queued on the current stream, unless a caller is capturing that stream
  * into a graph (synchronising would invalidate the capture). The context must be current. */
 CUresult flp_cu_sync_stream(flp_cu_state *st);
+
+/* Launches f on the context's stream (as cuLaunchKernel; a programmatic dependent launch where
+ * st->dependent_launch). Every kernel of flashport begins with wait_for_prior_grids (ptx.cuh),
+ * so it reads and writes nothing before the work queued ahead of it has finished. */
+CUresult flp_cu_launch(const flp_cu_state *st, CUfunction f, unsigned grid, unsigned threads,
+                       unsigned smem, void **args);
 
 /* cu_memory.c */
 flp_status flp_cu_buffer_create(flp_context *ctx, flp_buffer *buf);

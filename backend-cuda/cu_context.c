@@ -3,6 +3,7 @@
 #include "backend-cuda/kernels/decode_config.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 flp_status flp_cu_enter(flp_context *ctx, const char *what) {
@@ -17,6 +18,29 @@ void flp_cu_leave(flp_context *ctx) {
     flp_cu_state *st = flp_cu_state_of(ctx);
     CUcontext popped;
     st->cu->cuCtxPopCurrent(&popped); /* cannot fail after a successful push */
+}
+
+CUresult flp_cu_launch(const flp_cu_state *st, CUfunction f, unsigned grid, unsigned threads,
+                       unsigned smem, void **args) {
+    if (!st->dependent_launch)
+        return st->cu->cuLaunchKernel(f, grid, 1, 1, threads, 1, 1, smem, st->stream, args, NULL);
+    CUlaunchAttribute attr;
+    memset(&attr, 0, sizeof attr);
+    attr.id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attr.value.programmaticStreamSerializationAllowed = 1;
+    CUlaunchConfig config;
+    memset(&config, 0, sizeof config);
+    config.gridDimX = grid;
+    config.gridDimY = 1;
+    config.gridDimZ = 1;
+    config.blockDimX = threads;
+    config.blockDimY = 1;
+    config.blockDimZ = 1;
+    config.sharedMemBytes = smem;
+    config.hStream = st->stream;
+    config.attrs = &attr;
+    config.numAttrs = 1;
+    return st->cu->cuLaunchKernelEx(&config, f, args, NULL);
 }
 
 CUresult flp_cu_sync_stream(flp_cu_state *st) {
@@ -138,6 +162,8 @@ static flp_status fill_info(flp_context *ctx, flp_cu_state *st) {
         driver = 0;
     st->cc = major * 10 + minor;
     st->sm_count = sms;
+    const char *pdl = getenv("FLP_CUDA_PDL");
+    st->dependent_launch = st->cc >= 90 && cu->cuLaunchKernelEx && !(pdl && !strcmp(pdl, "0"));
     snprintf(info->driver_info, sizeof info->driver_info, "CUDA driver %d.%d, sm_%d", driver / 1000,
              driver % 1000 / 10, st->cc);
     info->is_software = false;

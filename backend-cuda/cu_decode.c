@@ -18,17 +18,16 @@ flp_status flp_cu_decode_run(flp_context *ctx, const flp_decode_launch *launch) 
     const int kernel = flp_cu_decode_variant(launch);
     /* By value: cuLaunchKernel copies the parameter block (a captured graph keeps the copy). */
     void *args[] = {(void *)&launch->params};
-    CUresult r = st->cu->cuLaunchKernel(cfg->decode[kernel], (unsigned)launch->num_ctas, 1, 1,
-                                        FLP_CU_DECODE_THREADS, 1, 1, cfg->smem_bytes[kernel],
-                                        st->stream, args, NULL);
+    CUresult r = flp_cu_launch(st, cfg->decode[kernel], (unsigned)launch->num_ctas,
+                               FLP_CU_DECODE_THREADS, cfg->smem_bytes[kernel], args);
     if (r != CUDA_SUCCESS) {
         flp_cu_leave(ctx);
         return flp_cu_fail(ctx, st->cu, r, "%s: cuLaunchKernel(decode, %d blocks, %u bytes)", fn,
                            (int)launch->num_ctas, cfg->smem_bytes[kernel]);
     }
     /* Always: the merge returns at once for requests the current plan does not split. */
-    r = st->cu->cuLaunchKernel(cfg->merge, (unsigned)launch->merge_grid, 1, 1, FLP_CU_MERGE_THREADS,
-                               1, 1, FLP_CU_MERGE_SMEM_BYTES, st->stream, args, NULL);
+    r = flp_cu_launch(st, cfg->merge, (unsigned)launch->merge_grid, FLP_CU_MERGE_THREADS,
+                      FLP_CU_MERGE_SMEM_BYTES, args);
     flp_cu_leave(ctx);
     if (r != CUDA_SUCCESS)
         return flp_cu_fail(ctx, st->cu, r, "%s: cuLaunchKernel(merge, %d blocks)", fn,

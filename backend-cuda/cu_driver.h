@@ -53,8 +53,9 @@
     X(cuLaunchKernel)
 
 /* Driver functions the backend can do without (NULL when the driver lacks them): tensor maps
- * (CUDA 12 drivers) for the sm_90a prefill kernel. */
-#define FLP_CU_DRIVER_OPTIONAL_FUNCTIONS(X) X(cuTensorMapEncodeTiled)
+ * (CUDA 12 drivers) for the sm_90a prefill kernel; launches with attributes (programmatic
+ * dependent launch, cu_context.c's flp_cu_launch). */
+#define FLP_CU_DRIVER_OPTIONAL_FUNCTIONS(X) X(cuTensorMapEncodeTiled) X(cuLaunchKernelEx)
 
 /* Fields are named as cuda.h spells the function after its macros (cuMemAlloc_v2), so
  * `cu->cuMemAlloc(...)` reads like the API and calls the versioned entry point. */

@@ -20,8 +20,7 @@ flp_status flp_cu_kv_append_run(flp_context *ctx, const flp_kv_append_params *pa
         return status;
     const unsigned blocks = flp_cu_kv_append_grid(params);
     void *args[] = {(void *)params};
-    CUresult r = st->cu->cuLaunchKernel(cfg->kv_append, blocks, 1, 1, FLP_CU_KV_APPEND_THREADS, 1,
-                                        1, 0, st->stream, args, NULL);
+    CUresult r = flp_cu_launch(st, cfg->kv_append, blocks, FLP_CU_KV_APPEND_THREADS, 0, args);
     flp_cu_leave(ctx);
     if (r != CUDA_SUCCESS)
         return flp_cu_fail(ctx, st->cu, r, "%s: cuLaunchKernel(kv append, %u blocks)", fn, blocks);

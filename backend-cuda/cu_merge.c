@@ -21,8 +21,7 @@ flp_status flp_cu_merge_run(flp_context *ctx, const flp_merge_params *params) {
         return status;
     const unsigned blocks = flp_cu_state_merge_grid(params);
     void *args[] = {(void *)params};
-    CUresult r = st->cu->cuLaunchKernel(cfg->state_merge, blocks, 1, 1, FLP_CU_STATE_MERGE_THREADS,
-                                        1, 1, 0, st->stream, args, NULL);
+    CUresult r = flp_cu_launch(st, cfg->state_merge, blocks, FLP_CU_STATE_MERGE_THREADS, 0, args);
     flp_cu_leave(ctx);
     if (r != CUDA_SUCCESS)
         return flp_cu_fail(ctx, st->cu, r, "cuLaunchKernel(state merge, %u blocks)", blocks);

@@ -22,8 +22,8 @@ flp_status flp_cu_prefill_run(flp_context *ctx, const flp_prefill_launch *launch
         /* persistent: at most one block per SM, each walking lists blockIdx.x + k * grid */
         const int32_t grid = launch->num_ctas < st->sm_count ? launch->num_ctas : st->sm_count;
         void *args90[] = {(void *)&params90};
-        r = st->cu->cuLaunchKernel(cfg->prefill90, (unsigned)grid, 1, 1, FLP_CU_PREFILL90_THREADS,
-                                   1, 1, cfg->prefill90_smem, st->stream, args90, NULL);
+        r = flp_cu_launch(st, cfg->prefill90, (unsigned)grid, FLP_CU_PREFILL90_THREADS,
+                          cfg->prefill90_smem, args90);
         if (r != CUDA_SUCCESS) {
             flp_cu_leave(ctx);
             return flp_cu_fail(ctx, st->cu, r,
@@ -35,8 +35,8 @@ flp_status flp_cu_prefill_run(flp_context *ctx, const flp_prefill_launch *launch
         const unsigned threads =
             (unsigned)FLP_CU_PREFILL_THREADS((int)launch->head_dim, FLP_CU_PREFILL_TILE(ti));
         void *args[] = {(void *)&launch->params};
-        r = st->cu->cuLaunchKernel(cfg->prefill[ti], (unsigned)launch->num_ctas, 1, 1, threads, 1,
-                                   1, cfg->prefill_smem[ti], st->stream, args, NULL);
+        r = flp_cu_launch(st, cfg->prefill[ti], (unsigned)launch->num_ctas, threads,
+                          cfg->prefill_smem[ti], args);
         if (r != CUDA_SUCCESS) {
             flp_cu_leave(ctx);
             return flp_cu_fail(ctx, st->cu, r, "%s: cuLaunchKernel(prefill, %d blocks, %u bytes)",
@@ -47,8 +47,8 @@ flp_status flp_cu_prefill_run(flp_context *ctx, const flp_prefill_launch *launch
      * items. */
     if (launch->merge_grid > 0) {
         void *args[] = {(void *)&launch->params};
-        r = st->cu->cuLaunchKernel(cfg->prefill_merge, (unsigned)launch->merge_grid, 1, 1,
-                                   FLP_CU_PREFILL_MERGE_THREADS, 1, 1, 0, st->stream, args, NULL);
+        r = flp_cu_launch(st, cfg->prefill_merge, (unsigned)launch->merge_grid,
+                          FLP_CU_PREFILL_MERGE_THREADS, 0, args);
         if (r != CUDA_SUCCESS) {
             flp_cu_leave(ctx);
             return flp_cu_fail(ctx, st->cu, r, "%s: cuLaunchKernel(prefill merge, %d blocks)", fn,

@@ -123,11 +123,13 @@ template <int QDT> struct merge_entry<QDT, false> {
 #define FLP_DECODE_KERNEL(QN, QDT, KVN, KVDT, D, R)                                                \
     extern "C" __global__ void __launch_bounds__(FLP_CU_DECODE_THREADS, FLP_DECODE_MIN_BLOCKS_##R) \
         flp_decode_##QN##_##KVN##_d##D##_r##R(const __grid_constant__ flp_decode_params p) {       \
+        flp::wait_for_prior_grids();                                                               \
         flp::decode_entry<QDT, KVDT, D, R, FLP_WANT_CONFIG(QDT, KVDT, D)>::run(p);                 \
     }
 #define FLP_DECODE_MMA_KERNEL(QN, QDT, KVN, KVDT, D)                                               \
     extern "C" __global__ void __launch_bounds__(FLP_CU_DECODE_THREADS, FLP_DECODE_MMA_MIN_BLOCKS) \
         flp_decode_##QN##_##KVN##_d##D##_m8(const __grid_constant__ flp_decode_params p) {         \
+        flp::wait_for_prior_grids();                                                               \
         flp::decode_mma_entry<QDT, KVDT, D,                                                        \
                               FLP_WANT_CONFIG(QDT, KVDT, D) &&                                     \
                                   FLP_CU_DECODE_MMA_DTYPES(QDT, KVDT)>::run(p);                    \
@@ -143,6 +145,7 @@ template <int QDT> struct merge_entry<QDT, false> {
     extern "C" __global__ void __launch_bounds__(FLP_CU_PREFILL_THREADS(D, T),                     \
                                                  FLP_PREFILL_MIN_BLOCKS(D, T))                     \
         flp_prefill_##QN##_##KVN##_d##D##_t##T(const __grid_constant__ flp_prefill_params p) {     \
+        flp::wait_for_prior_grids();                                                               \
         flp::prefill_entry<QDT, KVDT, D, T, FLP_WANT_CONFIG(QDT, KVDT, D)>::run(p);                \
     }
 #define FLP_PREFILL_KERNELS_QKV(QN, QDT, KVN, KVDT, D)                                             \
@@ -152,6 +155,7 @@ template <int QDT> struct merge_entry<QDT, false> {
 #define FLP_PREFILL90_KERNEL(QN, QDT, D)                                                           \
     extern "C" __global__ void __launch_bounds__(FLP_CU_PREFILL90_THREADS, 1)                      \
         flp_prefill90_##QN##_d##D(const __grid_constant__ flp_prefill90_params p) {                \
+        flp::wait_for_prior_grids();                                                               \
         flp::prefill90_entry<QDT, D, FLP_WANT_CONFIG(QDT, QDT, D)>::run(p);                        \
     }
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -170,10 +174,12 @@ template <int QDT> struct merge_entry<QDT, false> {
 #define FLP_MERGE_KERNELS_Q(QN, QDT)                                                               \
     extern "C" __global__ void __launch_bounds__(FLP_CU_MERGE_THREADS)                             \
         flp_decode_merge_##QN(const __grid_constant__ flp_decode_params p) {                       \
+        flp::wait_for_prior_grids();                                                               \
         flp::merge_entry<QDT, FLP_WANT_Q(QDT)>::run(p);                                            \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(FLP_CU_PREFILL_MERGE_THREADS)                     \
         flp_prefill_merge_##QN(const __grid_constant__ flp_prefill_params p) {                     \
+        flp::wait_for_prior_grids();                                                               \
         flp::prefill_merge_entry<QDT, FLP_WANT_Q(QDT)>::run(p);                                    \
     }
 /* The kernels every configuration shares: the decode and prefill merges of both q dtypes, the
@@ -183,10 +189,12 @@ template <int QDT> struct merge_entry<QDT, false> {
     FLP_MERGE_KERNELS_Q(bf16, FLP_DT_BF16)                                                         \
     extern "C" __global__ void __launch_bounds__(FLP_CU_KV_APPEND_THREADS)                         \
         flp_kv_append(const __grid_constant__ flp_kv_append_params p) {                            \
+        flp::wait_for_prior_grids();                                                               \
         flp::kv_append_body(p);                                                                    \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(FLP_CU_STATE_MERGE_THREADS)                       \
         flp_merge_states(const __grid_constant__ flp_merge_params p) {                             \
+        flp::wait_for_prior_grids();                                                               \
         flp::state_merge_body(p);                                                                  \
     }
 

@@ -27,6 +27,16 @@ FLP_DEV float rcp_approx(float x) {
     return y;
 }
 
+/* Waits until the kernels queued before this one on the stream have finished and their memory
+ * is visible: the kernels go out as programmatic dependent launches on sm_90+ (cu_context.c,
+ * flp_cu_launch), which may start a kernel while the one before it drains. Every kernel entry
+ * calls it first (kernel_instances.cuh); without such a launch, and before sm_90, it is a no-op. */
+FLP_DEV void wait_for_prior_grids() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 /* ---- shared memory and asynchronous copies --------------------------------------------- */
 
 FLP_DEV unsigned smem_addr(const void *p) {
