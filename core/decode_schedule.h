@@ -4,6 +4,7 @@
 #ifndef FLP_CORE_DECODE_SCHEDULE_H
 #define FLP_CORE_DECODE_SCHEDULE_H
 
+#include "core/decode_item.h"
 #include "core/decode_params.h"
 
 #include <stdbool.h>
@@ -28,32 +29,6 @@ typedef struct flp_decode_schedule {
     int32_t *work_items;  /* [max_items * FLP_WORK_ITEM_INTS], caller-owned */
     int32_t *merge_info;  /* [batch_size * 2], caller-owned */
 } flp_decode_schedule;
-
-/* A work item's fields as the kernels decode them (kernel_constants.h): the host's reading of
- * a schedule (the tests, the Vulkan loop budget). */
-typedef struct flp_decode_item {
-    int32_t request, kv_head;
-    int32_t kv_begin, kv_end; /* keys [kv_begin, kv_end) */
-    int32_t partial_slot;     /* -1: the item writes the final out/lse rows */
-} flp_decode_item;
-
-/* Item i of work_items, with the schedule's merge_info and chunk_size and the input's key
- * ranges; the item's request must be in range. */
-static inline flp_decode_item flp_decode_item_at(const int32_t *work_items, int32_t i,
-                                                 const int32_t *merge_info, const int32_t *kv_begin,
-                                                 const int32_t *kv_end, int32_t chunk_size) {
-    const int32_t *w = work_items + (size_t)FLP_WORK_ITEM_INTS * (size_t)i;
-    const int32_t b = w[FLP_WORK_REQUEST], head_chunk = w[FLP_WORK_HEAD_CHUNK];
-    const int32_t chunks = merge_info[2 * b + 1] > 1 ? merge_info[2 * b + 1] : 1;
-    const int32_t c = head_chunk % chunks;
-    flp_decode_item it;
-    it.request = b;
-    it.kv_head = head_chunk / chunks;
-    it.kv_begin = chunks > 1 ? kv_begin[b] + c * chunk_size : kv_begin[b];
-    it.kv_end = c + 1 == chunks ? kv_end[b] : it.kv_begin + chunk_size;
-    it.partial_slot = chunks > 1 ? merge_info[2 * b] + head_chunk : -1;
-    return it;
-}
 
 /* Most work items any schedule of up to max_batch_size requests can produce; -1 when that
  * many items' words would not fit int32. */

@@ -29,6 +29,7 @@
 #define FLP_CUDA_DECODE_CUH
 
 #include "backend-cuda/kernels/merge_state.cuh"
+#include "core/decode_item.h"
 #include "core/decode_params.h"
 
 /* The host compiles the same header as C: the layouts must agree byte for byte. */
@@ -230,28 +231,22 @@ template <int QDT, int KVDT, int D, int ROWS> struct decode_kernel {
 
     /* next_item: work item `item` and this warp's share of its keys (contiguous ranges). */
     FLP_DEV decode_item next_item(int item) const {
-        const int *wi = work_items + item * FLP_WORK_ITEM_INTS;
-        decode_item it;
-        it.b = wi[FLP_WORK_REQUEST];
-        /* head_chunk = KV head * chunks + chunk (kernel_constants.h). The arrays are found
-         * again per item: held for the whole kernel they would take registers from the key
-         * loop. */
+        /* The arrays are found again per item: held for the whole kernel they would take
+         * registers from the key loop. */
         const flp_decode_plan_info *info = plan_info();
         const int *plan_i = reinterpret_cast<const int *>(p.plan);
-        const int *merge_info = plan_i + info->off_merge_info;
-        const int head_chunk = wi[FLP_WORK_HEAD_CHUNK];
-        const int chunks = max(merge_info[2 * it.b + 1], 1);
-        it.g = head_chunk / chunks;
-        const int c = head_chunk - it.g * chunks;
+        const flp_decode_item di =
+            flp_decode_item_at(work_items, item, plan_i + info->off_merge_info,
+                               plan_i + info->off_kv_begin, kv_len_of, info->chunk_size);
+        decode_item it;
+        it.b = di.request;
+        it.g = di.kv_head;
         it.kv_len = kv_len_of[it.b];
-        const int chunk_size = info->chunk_size;
-        const int kv_begin = plan_i[info->off_kv_begin + it.b] + (chunks > 1 ? c * chunk_size : 0);
-        const int kv_end = c + 1 == chunks ? it.kv_len : kv_begin + chunk_size;
-        it.partial_slot = chunks > 1 ? merge_info[2 * it.b] + head_chunk : -1;
+        it.partial_slot = di.partial_slot;
         it.pages = kv_indices + kv_indptr[it.b];
-        const long long n = kv_end > kv_begin ? kv_end - kv_begin : 0;
-        it.wb = kv_begin + static_cast<int>(n * warp / NW);
-        it.we = kv_begin + static_cast<int>(n * (warp + 1) / NW);
+        const long long n = di.kv_end > di.kv_begin ? di.kv_end - di.kv_begin : 0;
+        it.wb = di.kv_begin + static_cast<int>(n * warp / NW);
+        it.we = di.kv_begin + static_cast<int>(n * (warp + 1) / NW);
         it.k_base = reinterpret_cast<const unsigned char *>(p.k) +
                     (it.g * p.k_stride_head + d0) * KV::bytes;
         it.v_base = reinterpret_cast<const unsigned char *>(p.v) +
