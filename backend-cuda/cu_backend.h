@@ -139,8 +139,12 @@ flp_status flp_cu_prefill_run(flp_context *ctx, const flp_prefill_launch *launch
 /* cu_prefill_sm90.c */
 /* Why the sm_90a prefill kernel may not serve the (q, kv) dtype pair on this device, or NULL
  * when it may. */
-const char *flp_cu_prefill90_unwanted(const flp_cu_state *st, int32_t q_dtype, int32_t kv_dtype);
-void flp_cu_prefill90_kernel_name(int32_t q_dtype, int32_t head_dim, char *buf, size_t size);
+const char *flp_cu_prefill90_unwanted(const flp_cu_state *st, int32_t q_dtype, int32_t kv_dtype,
+                                      int32_t head_dim);
+void flp_cu_prefill90_kernel_name(int32_t q_dtype, int32_t kv_dtype, int32_t head_dim, char *buf,
+                                  size_t size);
+/* The kernel's dynamic shared memory (fp8 K/V add the raw ring). */
+unsigned flp_cu_prefill90_smem_bytes(int32_t kv_dtype, int32_t head_dim);
 bool flp_cu_prefill90_every_tile(void);
 /* The sm_90a kernel's parameter block for launch into *out; false when the kernel does not
  * apply to it (no such kernel, another query tile, pages TMA cannot box, caches TMA cannot

@@ -188,7 +188,7 @@ static flp_status configure_kernel(flp_context *ctx, const flp_cu_driver *cu, CU
 static flp_status setup_prefill90(flp_context *ctx, flp_cu_state *st, int32_t q, int32_t kv,
                                   int32_t d, CUmodule module, flp_cu_config *cfg) {
     cfg->prefill90 = NULL;
-    const char *why_not = flp_cu_prefill90_unwanted(st, q, kv);
+    const char *why_not = flp_cu_prefill90_unwanted(st, q, kv, d);
     if (why_not) {
         flp_log(ctx, FLP_LOG_DEBUG, "CUDA: %s/%s head_dim %d prefill on the sm_80 kernels: %s",
                 flp_dtype_name((flp_dtype)q), flp_dtype_name((flp_dtype)kv), (int)d, why_not);
@@ -207,11 +207,19 @@ static flp_status setup_prefill90(flp_context *ctx, flp_cu_state *st, int32_t q,
                 (int)d, flp_cu_result_text(st->cu, r, text, sizeof text));
         return FLP_OK;
     }
-    flp_cu_prefill90_kernel_name(q, d, name, sizeof name);
+    flp_cu_prefill90_kernel_name(q, kv, d, name, sizeof name);
     flp_status status = get_function(ctx, st, module, name, &cfg->prefill90);
     if (status != FLP_OK)
         return status;
-    const unsigned smem = (unsigned)FLP_CU_PREFILL90_SMEM_BYTES((int)d);
+    const unsigned smem = flp_cu_prefill90_smem_bytes(kv, d);
+    if (smem > ctx->info.shared_memory_per_group) { /* the sm_80 kernels need less */
+        flp_log(ctx, FLP_LOG_INFO,
+                "CUDA: %s/%s head_dim %d prefill on the sm_80 kernels: the sm_90a kernel needs %u "
+                "bytes of shared memory, the device allows %zu",
+                flp_dtype_name((flp_dtype)q), flp_dtype_name((flp_dtype)kv), (int)d, smem,
+                ctx->info.shared_memory_per_group);
+        return FLP_OK;
+    }
     int blocks = 0;
     status = configure_kernel(ctx, st->cu, cfg->prefill90, name, FLP_CU_PREFILL90_THREADS, smem,
                               &blocks);
@@ -221,8 +229,8 @@ static flp_status setup_prefill90(flp_context *ctx, flp_cu_state *st, int32_t q,
     }
     cfg->prefill90_smem = smem;
     cfg->prefill90_every_tile = flp_cu_prefill90_every_tile();
-    flp_log(ctx, FLP_LOG_INFO, "CUDA: %s head_dim %d prefill on the sm_90a kernel (%s)",
-            flp_dtype_name((flp_dtype)q), (int)d,
+    flp_log(ctx, FLP_LOG_INFO, "CUDA: %s/%s head_dim %d prefill on the sm_90a kernel (%s)",
+            flp_dtype_name((flp_dtype)q), flp_dtype_name((flp_dtype)kv), (int)d,
             cfg->prefill90_every_tile ? "every query tile" : "64- and 128-row query tiles");
     return FLP_OK;
 }

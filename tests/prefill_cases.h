@@ -156,6 +156,29 @@ static const prefill_case prefill_cases[] = {
     {.name = "split_rows80_ragged_f16_d256_nomask", .batch = 1, .qo_lens = {20},
      .kv_lens = {1400}, .ragged = true, .num_qo_heads = 8, .num_kv_heads = 2, .head_dim = 256,
      .q_dtype = F16, .split = true},
+    /* fp8 K/V on the Hopper kernel (its raw ring and widening warps) at every q/fp8 pair, ragged
+     * and paged (pages of 8 rows at head_dim 128: the smallest box it takes); large scales make
+     * many stored values fp8 subnormals, which widen exactly */
+    {.name = "hopper_e4m3_bf16_ragged_d128_split", .batch = 2, .qo_lens = {40, 17},
+     .kv_lens = {1200, 300}, .ragged = true, .num_qo_heads = 8, .num_kv_heads = 2,
+     .head_dim = 128, .q_dtype = BF16, .kv_dtype = E4M3, .mask = CAUSAL, .k_scale = 0.02f,
+     .v_scale = 0.5f, .split = true},
+    {.name = "hopper_e5m2_bf16_p16_d64_window", .batch = 2, .qo_lens = {24, 33},
+     .kv_lens = {333, 90}, .layout = NHD, .page_size = 16, .num_qo_heads = 8, .num_kv_heads = 2,
+     .head_dim = 64, .q_dtype = BF16, .kv_dtype = E5M2, .mask = CAUSAL, .use_window = true,
+     .window_left = 50, .k_scale = 0.25f, .v_scale = 3.0f},
+    {.name = "hopper_e5m2_f16_hnd_p8_d128_rope", .batch = 2, .qo_lens = {20, 37},
+     .kv_lens = {260, 37}, .layout = HND, .page_size = 8, .num_qo_heads = 8, .num_kv_heads = 2,
+     .head_dim = 128, .q_dtype = F16, .kv_dtype = E5M2, .mask = CAUSAL, .rope = ROPE_DEFAULT,
+     .k_scale = 0.5f, .v_scale = 0.125f},
+    {.name = "hopper_e4m3_f16_p16_d64_subnormal_cap_alibi", .batch = 1, .qo_lens = {33},
+     .kv_lens = {200}, .layout = NHD, .page_size = 16, .num_qo_heads = 8, .num_kv_heads = 2,
+     .head_dim = 64, .q_dtype = F16, .kv_dtype = E4M3, .mask = CAUSAL, .soft_cap = 5.0f,
+     .alibi = ALIBI_STANDARD, .k_scale = 4.0f, .v_scale = 2.0f},
+    {.name = "hopper_e4m3_bf16_p16_d128_subnormal", .batch = 1, .qo_lens = {40},
+     .kv_lens = {300}, .layout = NHD, .page_size = 16, .num_qo_heads = 8, .num_kv_heads = 2,
+     .head_dim = 128, .q_dtype = BF16, .kv_dtype = E4M3, .mask = CAUSAL, .k_scale = 4.0f,
+     .v_scale = 4.0f},
 
     /* ---- masks: none / causal / custom, each with and without a sliding window ---- */
     {.name = "custom_mask_f16_ragged_g2", .batch = 3, .qo_lens = {6, 3, 9}, .kv_lens = {9, 3, 20},

@@ -12,6 +12,7 @@
  *   flp_prefill90_<q>_d<D>         the sm_90a kernel (K/V of the q dtype); its body is empty
  *                                  in images for other architectures, whose modules lack the
  *                                  global flp_prefill90_present_d<D>
+ *   flp_prefill90_<q>_<kv>_d<D>    the same with fp8 K/V, kv in {e4m3, e5m2} (empty at D 256)
  *   flp_prefill_merge_<q>
  *   flp_kv_append
  *   flp_merge_states               the public state merges (any dtype, run-time codes)
@@ -80,16 +81,16 @@ template <int QDT, int KVDT, int D, int T> struct prefill_entry<QDT, KVDT, D, T,
     FLP_DEV static void run(const flp_prefill_params &) {}
 };
 /* The sm_90a kernel exists only where the compiler targets sm_90a. */
-template <int QDT, int D, bool WANT> struct prefill90_entry {
+template <int QDT, int KVDT, int D, bool WANT> struct prefill90_entry {
     FLP_DEV static void run(const flp_prefill90_params &p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-        prefill90_body<QDT, D>(p);
+        prefill90_body<QDT, KVDT, D>(p);
 #else
         (void)p;
 #endif
     }
 };
-template <int QDT, int D> struct prefill90_entry<QDT, D, false> {
+template <int QDT, int KVDT, int D> struct prefill90_entry<QDT, KVDT, D, false> {
     FLP_DEV static void run(const flp_prefill90_params &) {}
 };
 template <int QDT, bool WANT> struct prefill_merge_entry {
@@ -156,7 +157,15 @@ template <int QDT> struct merge_entry<QDT, false> {
     extern "C" __global__ void __launch_bounds__(FLP_CU_PREFILL90_THREADS, 1)                      \
         flp_prefill90_##QN##_d##D(const __grid_constant__ flp_prefill90_params p) {                \
         flp::wait_for_prior_grids();                                                               \
-        flp::prefill90_entry<QDT, D, FLP_WANT_CONFIG(QDT, QDT, D)>::run(p);                        \
+        flp::prefill90_entry<QDT, QDT, D, FLP_WANT_CONFIG(QDT, QDT, D)>::run(p);                   \
+    }
+#define FLP_PREFILL90_FP8_KERNEL(QN, QDT, KVN, KVDT, D)                                            \
+    extern "C" __global__ void __launch_bounds__(FLP_CU_PREFILL90_THREADS, 1)                      \
+        flp_prefill90_##QN##_##KVN##_d##D(const __grid_constant__ flp_prefill90_params p) {        \
+        flp::wait_for_prior_grids();                                                               \
+        flp::prefill90_entry<QDT, KVDT, D,                                                         \
+                             FLP_WANT_CONFIG(QDT, KVDT, D) &&                                      \
+                                 FLP_CU_PREFILL90_FP8_HEAD_DIM_OK(D)>::run(p);                     \
     }
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 /* Tells the host that this image holds the sm_90a kernels' bodies. */
@@ -169,6 +178,10 @@ template <int QDT> struct merge_entry<QDT, false> {
     FLP_FOR_DTYPE_PAIRS(FLP_PREFILL_KERNELS_QKV, D)                                                \
     FLP_PREFILL90_KERNEL(f16, FLP_DT_F16, D)                                                       \
     FLP_PREFILL90_KERNEL(bf16, FLP_DT_BF16, D)                                                     \
+    FLP_PREFILL90_FP8_KERNEL(f16, FLP_DT_F16, e4m3, FLP_DT_E4M3, D)                                \
+    FLP_PREFILL90_FP8_KERNEL(f16, FLP_DT_F16, e5m2, FLP_DT_E5M2, D)                                \
+    FLP_PREFILL90_FP8_KERNEL(bf16, FLP_DT_BF16, e4m3, FLP_DT_E4M3, D)                              \
+    FLP_PREFILL90_FP8_KERNEL(bf16, FLP_DT_BF16, e5m2, FLP_DT_E5M2, D)                              \
     FLP_PREFILL90_PRESENT(D)
 
 #define FLP_MERGE_KERNELS_Q(QN, QDT)                                                               \

@@ -27,17 +27,27 @@
  * - persistent blocks: block c walks the plan's work lists c, c + gridDim.x, ... (the plan
  *   balances its lists longest first; the grid is at most one block per SM).
  *
+ * - fp8 K/V (e4m3, e5m2; head_dim 64 and 128, ragged or in pages of at least 1024 bytes of a
+ *   head): TMA lands the raw tiles (K and V in turn) in a ring of their own, and the producer
+ *   warpgroup's three other warps widen each into the 16-bit stage the consumers read
+ *   (fp8_widen.cuh: bit placement, the values over a power of two), then arrive on its full
+ *   barrier; the per-tensor scales and that power of two fold into the logit and output scales.
+ *   The consumers run as for 16-bit K/V.
+ *
  * Variants: masks (causal, window, custom), soft cap, ALiBi, fused RoPE (Q rotated on its way
  * into shared memory, each K block rotated in place by both consumer warpgroups), sm_scale, LSE,
- * split items (partial states), 16-bit K/V of the q dtype. fp8 and mixed-type K/V run on the
- * sm_80 kernel (the host does not select this one for them).
+ * split items (partial states), 16-bit K/V of the q dtype, fp8 K/V with scales. Mixed 16-bit
+ * types, fp8 at head_dim 256 and fp8 pages TMA cannot box run on the sm_80 kernel (the host does
+ * not select this one for them).
  *
- * Stages (prefill90_kernel): produce_tile (producer); load_q, load_row_data, rotate_k_tile,
+ * Stages (prefill90_kernel): produce_tile (producer; fp8: produce_raw, then widen_tiles in the
+ * converter warps); load_q, load_row_data, rotate_k_tile,
  * issue_scores, zero_v_tail, issue_pv, mask_scores, softmax_scores, rescale_and_pack,
  * store_output (consumers; first_block and the key loop of consume run them in order). */
 #ifndef FLP_CUDA_PREFILL_SM90_CUH
 #define FLP_CUDA_PREFILL_SM90_CUH
 
+#include "backend-cuda/kernels/fp8_widen.cuh"
 #include "backend-cuda/kernels/merge_state.cuh"
 #include "backend-cuda/kernels/prefill.cuh"
 #include "backend-cuda/kernels/prefill_sm90_config.h"
@@ -78,7 +88,13 @@ struct pass90 {
     int kb, ke, kb_load, nblk;
 };
 
-template <int QDT, int D, bool OPTIONS> struct prefill90_kernel : prefill_flags<OPTIONS> {
+/* A K/V tile's shape in shared memory as TMA fills it: atoms column blocks of atom_bytes, each
+ * row_bytes a row; boxes of (atom elements x 1 head x box rows). */
+struct tile_shape {
+    int atoms, atom_bytes, atom_elements, row_bytes, tile_bytes;
+};
+
+template <int QDT, int KVDT, int D, bool OPTIONS> struct prefill90_kernel : prefill_flags<OPTIONS> {
     using flags = prefill_flags<OPTIONS>;
     using flags::alibi, flags::causal, flags::custom, flags::read_flags, flags::rope,
         flags::softcap, flags::window;
@@ -91,6 +107,21 @@ template <int QDT, int D, bool OPTIONS> struct prefill90_kernel : prefill_flags<
     static constexpr int ATOM_BYTES = KN * 128; /* one column block of a K/V tile */
     static constexpr int CPR = D / 8;           /* 16-byte chunks of a row */
     static_assert(D == 64 || D == 128 || D == 256, "head_dim 64, 128 or 256");
+    /* fp8 K/V: the raw ring, and the warps that widen it */
+    static constexpr bool FP8 = kv_traits<KVDT>::fp8;
+    static_assert(FP8 || KVDT == QDT, "K/V of the q dtype, or fp8");
+    static_assert(!FP8 || FLP_CU_PREFILL90_FP8_HEAD_DIM_OK(D), "fp8 K/V: head_dim 64 or 128");
+    static constexpr int RAW_STAGES = FLP_CU_PREFILL90_RAW_STAGES;
+    static constexpr int RAW_TILE_BYTES = FLP_CU_PREFILL90_RAW_TILE_BYTES(D);
+    static constexpr int RAW_CHUNKS = RAW_TILE_BYTES / 16; /* 16-byte chunks of a raw tile */
+    static constexpr int WIDEN_WARPS = 3;                  /* warps 1-3 of the producer warpgroup */
+    /* a 16-bit stage: 64-element column blocks of 128-byte rows; a raw fp8 tile: whole rows */
+    FLP_DEV static constexpr tile_shape wide_tile() {
+        return tile_shape{ATOMS, ATOM_BYTES, 64, 128, TILE_BYTES};
+    }
+    FLP_DEV static constexpr tile_shape raw_tile() {
+        return tile_shape{1, RAW_TILE_BYTES, D, D, RAW_TILE_BYTES};
+    }
     static_assert(FLP_CU_PREFILL90_ROWS == 2 * WG_ROWS, "two consumer warpgroups per pass");
 
     using state_acc = float[D / 2]; /* O of the thread's 2 rows, wgmma layout */
@@ -108,6 +139,7 @@ template <int QDT, int D, bool OPTIONS> struct prefill90_kernel : prefill_flags<
      * then, 1 where mask_scores has scaled them already. */
     bool scale_in_exponent;
     float s_factor, cap_log2, exp_scale;
+    float v_factor; /* what P V is multiplied by: fp8's value scale and widening factor */
 
     FLP_DEV explicit prefill90_kernel(const flp_prefill90_params &params)
         : P(params), p(params.base) {
@@ -120,7 +152,8 @@ template <int QDT, int D, bool OPTIONS> struct prefill90_kernel : prefill_flags<
         paged = P.kv_map_kind == FLP_CU_KV_MAP_PAGED;
         gather = P.kv_map_kind == FLP_CU_KV_MAP_GATHER;
         const float soft_cap = info->soft_cap;
-        s_factor = logit_factor(info->sm_scale, 1.0f, softcap, soft_cap);
+        s_factor = logit_factor(info->sm_scale, kv_factor<KVDT>(info->k_scale), softcap, soft_cap);
+        v_factor = kv_factor<KVDT>(info->v_scale);
         cap_log2 = soft_cap * kLog2e;
         scale_in_exponent = !softcap && !alibi;
         /* at least the smallest normal: a zero scale (never after validation) would make
@@ -156,6 +189,18 @@ template <int QDT, int D, bool OPTIONS> struct prefill90_kernel : prefill_flags<
     FLP_DEV long long *gather_rows() const { /* 8-byte aligned: freq has D / 2 floats */
         return reinterpret_cast<long long *>(freq() + D / 2);
     }
+    /* fp8: the raw ring's barriers where gathering keeps its rows (fp8 is never gathered),
+     * and the ring itself. */
+    FLP_DEV unsigned bar_raw_full(int r) const {
+        return smem_addr(gather_rows()) + static_cast<unsigned>(8 * r);
+    }
+    FLP_DEV unsigned bar_raw_empty(int r) const {
+        return bar_raw_full(RAW_STAGES) + static_cast<unsigned>(8 * r);
+    }
+    FLP_DEV unsigned raw_addr(int r) const {
+        return smem_base +
+               static_cast<unsigned>(FLP_CU_PREFILL90_RAW_OFFSET(D) + r * RAW_TILE_BYTES);
+    }
     /* Generic pointer of a shared address. */
     FLP_DEV unsigned char *at(unsigned addr) const {
         return smem + (addr - smem_base);
@@ -174,13 +219,19 @@ template <int QDT, int D, bool OPTIONS> struct prefill90_kernel : prefill_flags<
     /* Thread 0: the barriers; the caller syncs the block afterwards. */
     FLP_DEV void init_barriers() const {
         /* full: the producer warp's one arrival with the tile's bytes, or, gathering, one
-         * arrival per producer thread once its copies land */
-        const unsigned producers = gather ? 128u : 1u;
+         * arrival per producer thread once its copies land, or, fp8, one per widening warp */
+        const unsigned producers = FP8 ? WIDEN_WARPS : gather ? 128u : 1u;
         for (int s = 0; s < STAGES; s++) {
             mbar_init(bar_full_k(s), producers);
             mbar_init(bar_full_v(s), producers);
             mbar_init(bar_empty_k(s), 8); /* lane 0 of each consumer warp */
             mbar_init(bar_empty_v(s), 8);
+        }
+        if (FP8) {
+            for (int r = 0; r < RAW_STAGES; r++) {
+                mbar_init(bar_raw_full(r), 1); /* TMA: the tile's bytes */
+                mbar_init(bar_raw_empty(r), WIDEN_WARPS);
+            }
         }
         mbar_init_fence();
     }
@@ -243,17 +294,18 @@ template <int QDT, int D, bool OPTIONS> struct prefill90_kernel : prefill_flags<
 
     /* ---- producer ------------------------------------------------------------------------ */
 
-    /* produce_block: one tile (K or V) of key block starting at t0 into stage tile dst through
-     * map, completing on bar. Lane 0 arms the barrier with the tile's bytes first; every box,
-     * zero-filled or not, completes its full size. */
+    /* produce_tile: one tile (K or V) of key block starting at t0 into tile dst of shape sh
+     * (a 16-bit stage, or fp8's raw ring) through map, completing on bar. Lane 0 arms the
+     * barrier with the tile's bytes first; every box, zero-filled or not, completes its full
+     * size. */
     FLP_DEV void produce_tile(const pass90 &ps, int t0, unsigned dst, const flp_tensor_map &map,
-                              unsigned bar, int lane) const {
+                              unsigned bar, int lane, const tile_shape sh) const {
         if (lane == 0)
-            mbar_arrive_expect_tx(bar, TILE_BYTES);
+            mbar_arrive_expect_tx(bar, static_cast<unsigned>(sh.tile_bytes));
         __syncwarp();
         if (!paged) {
-            if (lane < ATOMS)
-                tma_load_3d(dst + lane * ATOM_BYTES, &map, bar, lane * 64, ps.kvh,
+            if (lane < sh.atoms)
+                tma_load_3d(dst + lane * sh.atom_bytes, &map, bar, lane * sh.atom_elements, ps.kvh,
                             ps.kv_first + t0);
             return;
         }
@@ -261,14 +313,14 @@ template <int QDT, int D, bool OPTIONS> struct prefill90_kernel : prefill_flags<
         const int pieces = KN / rows;
         const int page_size = info->page_size;
         const int *pages = reinterpret_cast<const int *>(p.kv_indices) + ps.kv_first;
-        for (int i = lane; i < pieces * ATOMS; i += 32) {
-            const int piece = i / ATOMS, a = i - piece * ATOMS;
+        for (int i = lane; i < pieces * sh.atoms; i += 32) {
+            const int piece = i / sh.atoms, a = i - piece * sh.atoms;
             const int t = t0 + piece * rows;
             const int pi = t / page_size;
             /* past the request's pages: a page id outside the caches, read as zeros */
             const int id = pi < ps.num_pages_b ? pages[pi] : -1;
-            tma_load_4d(dst + a * ATOM_BYTES + piece * rows * 128, &map, bar, a * 64, ps.kvh,
-                        t - pi * page_size, id);
+            tma_load_4d(dst + a * sh.atom_bytes + piece * rows * sh.row_bytes, &map, bar,
+                        a * sh.atom_elements, ps.kvh, t - pi * page_size, id);
         }
     }
 
@@ -320,12 +372,83 @@ template <int QDT, int D, bool OPTIONS> struct prefill90_kernel : prefill_flags<
                 if (gather)
                     produce_gather(ps, t0, k_addr(s), false, bar_full_k(s), tid);
                 else
-                    produce_tile(ps, t0, k_addr(s), P.k_map, bar_full_k(s), lane);
+                    produce_tile(ps, t0, k_addr(s), P.k_map, bar_full_k(s), lane, wide_tile());
                 mbar_wait(bar_empty_v(s), phase ^ 1u);
                 if (gather)
                     produce_gather(ps, t0, v_addr(s), true, bar_full_v(s), tid);
                 else
-                    produce_tile(ps, t0, v_addr(s), P.v_map, bar_full_v(s), lane);
+                    produce_tile(ps, t0, v_addr(s), P.v_map, bar_full_v(s), lane, wide_tile());
+            }
+        });
+    }
+
+    /* produce_raw (fp8, the producer's first warp): every key block's K and V tiles, in turn,
+     * into the raw ring, each once the widening warps have freed its slot. */
+    FLP_DEV void produce_raw(int lane) const {
+        int n = 0; /* raw tiles so far: K of block it is 2 it, its V 2 it + 1 */
+        for_each_pass([&](const int *wi, int r0) {
+            const pass90 ps = make_pass(wi, r0);
+            for (int j = 0; j < ps.nblk; ++j) {
+                const int t0 = ps.kb_load + j * KN;
+#pragma unroll
+                for (int is_v = 0; is_v < 2; ++is_v, ++n) {
+                    const int r = n % RAW_STAGES;
+                    mbar_wait(bar_raw_empty(r), (static_cast<unsigned>(n / RAW_STAGES) & 1u) ^ 1u);
+                    produce_tile(ps, t0, raw_addr(r), is_v ? P.v_map : P.k_map, bar_raw_full(r),
+                                 lane, raw_tile());
+                }
+            }
+        });
+    }
+
+    /* widen_tile: raw tile src (fp8, [KN][D] bytes, D-byte swizzle) into the 16-bit stage
+     * tile dst, by the widening warps (u: thread among them). Consecutive threads take the same
+     * 16-byte chunk of consecutive rows, so that eight of them read and write eight different
+     * bank groups in both swizzled layouts. */
+    FLP_DEV void widen_tile(unsigned src, unsigned dst, int u) const {
+        const unsigned char *raw = at(src);
+        unsigned char *wide = at(dst);
+#pragma unroll 2
+        for (int i = u; i < RAW_CHUNKS; i += 32 * WIDEN_WARPS) {
+            const int row = i % KN, c = i / KN; /* raw chunk c: elements 16c..16c+15 */
+            const unsigned a = static_cast<unsigned>(row * D + c * 16);
+            const u32x4 w = *reinterpret_cast<const u32x4 *>(
+                raw + (a ^ ((a >> 3) & FLP_CU_PREFILL90_RAW_SWIZZLE_MASK(D))));
+            u32x4 lo, hi;
+            widen_fp8x4<QDT, KVDT>(w.x, lo.x, lo.y);
+            widen_fp8x4<QDT, KVDT>(w.y, lo.z, lo.w);
+            widen_fp8x4<QDT, KVDT>(w.z, hi.x, hi.y);
+            widen_fp8x4<QDT, KVDT>(w.w, hi.z, hi.w);
+            *reinterpret_cast<u32x4 *>(wide + chunk_offset(KN, row, 2 * c)) = lo;
+            *reinterpret_cast<u32x4 *>(wide + chunk_offset(KN, row, 2 * c + 1)) = hi;
+        }
+    }
+
+    /* widen_tiles (fp8, producer warps 1-3; u: thread among them): every raw tile, once TMA
+     * has landed it and its 16-bit stage is free, widened; the stage's writes made visible to
+     * wgmma (the async proxy) before the warp arrives on its full barrier and frees the raw
+     * slot. */
+    FLP_DEV void widen_tiles(int u) const {
+        const int lane = u & 31;
+        int it = 0;
+        for_each_pass([&](const int *wi, int r0) {
+            const int nblk = make_pass(wi, r0).nblk;
+            for (int j = 0; j < nblk; ++j, ++it) {
+                const int s = it % STAGES;
+                const unsigned phase = static_cast<unsigned>(it / STAGES) & 1u;
+#pragma unroll
+                for (int is_v = 0; is_v < 2; ++is_v) {
+                    const int n = 2 * it + is_v, r = n % RAW_STAGES;
+                    mbar_wait(bar_raw_full(r), static_cast<unsigned>(n / RAW_STAGES) & 1u);
+                    mbar_wait(is_v ? bar_empty_v(s) : bar_empty_k(s), phase ^ 1u);
+                    widen_tile(raw_addr(r), is_v ? v_addr(s) : k_addr(s), u);
+                    fence_proxy_async();
+                    __syncwarp();
+                    if (lane == 0) {
+                        mbar_arrive(is_v ? bar_full_v(s) : bar_full_k(s));
+                        mbar_arrive(bar_raw_empty(r));
+                    }
+                }
             }
         });
     }
@@ -666,7 +789,7 @@ template <int QDT, int D, bool OPTIONS> struct prefill90_kernel : prefill_flags<
         for (int hf = 0; hf < 2; hf++) {
             l[hf] += __shfl_xor_sync(kFullMask, l[hf], 1);
             l[hf] += __shfl_xor_sync(kFullMask, l[hf], 2);
-            scale[hf] = output_scale(l[hf], 1.0f);
+            scale[hf] = output_scale(l[hf], v_factor);
             const int pr = ps.r0 + row0 + 8 * hf;
             if (lc == 0 && pr < ps.r1)
                 out.store_lse(pr, state_lse(m[hf], l[hf]));
@@ -847,9 +970,9 @@ template <int QDT, int D, bool OPTIONS> struct prefill90_kernel : prefill_flags<
 };
 
 /* The sm_90a prefill kernel's roles by warpgroup. */
-template <int QDT, int D, bool OPTIONS>
+template <int QDT, int KVDT, int D, bool OPTIONS>
 FLP_DEV void prefill90_roles(const flp_prefill90_params &params) {
-    using K = prefill90_kernel<QDT, D, OPTIONS>;
+    using K = prefill90_kernel<QDT, KVDT, D, OPTIONS>;
     const K kern(params);
     const int wg = threadIdx.x >> 7;
     if (threadIdx.x == 0) {
@@ -863,8 +986,14 @@ FLP_DEV void prefill90_roles(const flp_prefill90_params &params) {
     __syncthreads();
     if (wg == 0) {
         regs_release<prefill90_regs<D>::producer>();
-        if (kern.gather || threadIdx.x < 32)
+        if constexpr (K::FP8) {
+            if (threadIdx.x < 32)
+                kern.produce_raw(threadIdx.x);
+            else
+                kern.widen_tiles(threadIdx.x - 32);
+        } else if (kern.gather || threadIdx.x < 32) {
             kern.produce(threadIdx.x);
+        }
     } else {
         regs_acquire<prefill90_regs<D>::consumer>();
         kern.consume(wg - 1);
@@ -873,11 +1002,12 @@ FLP_DEV void prefill90_roles(const flp_prefill90_params &params) {
 
 /* The sm_90a prefill kernel's body: the roles with the plan's options, or without any
  * (kOptionFlags, prefill.cuh). */
-template <int QDT, int D> FLP_DEV void prefill90_body(const flp_prefill90_params &params) {
+template <int QDT, int KVDT, int D>
+FLP_DEV void prefill90_body(const flp_prefill90_params &params) {
     if (plan_has_options(params.base.plan))
-        prefill90_roles<QDT, D, true>(params);
+        prefill90_roles<QDT, KVDT, D, true>(params);
     else
-        prefill90_roles<QDT, D, false>(params);
+        prefill90_roles<QDT, KVDT, D, false>(params);
 }
 
 } // namespace flp

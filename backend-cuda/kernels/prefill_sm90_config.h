@@ -11,7 +11,14 @@
  *   barriers u64 [4][STAGES]      K full, V full, K empty, V empty
  *   freq    f32 [D / 2]           RoPE frequencies
  *   rows    i64 [KN]              element offsets of the rows being gathered
- *                                 (FLP_CU_KV_MAP_GATHER; -1: zeros)
+ *                                 (FLP_CU_KV_MAP_GATHER; -1: zeros); with fp8 K/V (never
+ *                                 gathered), the raw ring's barriers: u64 [2][RAW_STAGES] full,
+ *                                 empty
+ * and with fp8 K/V, from the next 1024-byte boundary:
+ *   raw     [RAW_STAGES][KN][D]   fp8 K and V tiles in turn (K0, V0, K1, ...) as TMA lands
+ *                                 them, swizzled over D bytes (a row): 16-byte chunk c of
+ *                                 row r at c ^ (r % 8) at D = 128 (128-byte swizzle), at
+ *                                 (c ^ (r / 2 % 4)) of its 64 bytes at D = 64 (64-byte swizzle)
  * Every [rows][64] block is 128-byte rows with 16-byte chunk c of row r at c ^ (r % 8). */
 #ifndef FLP_CUDA_PREFILL_SM90_CONFIG_H
 #define FLP_CUDA_PREFILL_SM90_CONFIG_H
@@ -30,11 +37,28 @@
 #define FLP_CU_PREFILL90_Q_BYTES(D) (FLP_CU_PREFILL90_ROWS * (D)*2)
 #define FLP_CU_PREFILL90_TILE_BYTES(D) (FLP_CU_PREFILL90_KN(D) * (D)*2)
 #define FLP_CU_PREFILL90_BARRIER_BYTES(D) (4 * 8 * FLP_CU_PREFILL90_STAGES(D))
-/* The 1024 bytes of slack let the kernel align its base. */
-#define FLP_CU_PREFILL90_SMEM_BYTES(D)                                                             \
-    (1024 + FLP_CU_PREFILL90_Q_BYTES(D) +                                                          \
+/* The 16-bit layout from the aligned base, and with the 1024 bytes of slack that let the kernel
+ * align its base. */
+#define FLP_CU_PREFILL90_LAYOUT_BYTES(D)                                                           \
+    (FLP_CU_PREFILL90_Q_BYTES(D) +                                                                 \
      2 * FLP_CU_PREFILL90_STAGES(D) * FLP_CU_PREFILL90_TILE_BYTES(D) +                             \
      FLP_CU_PREFILL90_BARRIER_BYTES(D) + (D)*2 + 8 * FLP_CU_PREFILL90_KN(D))
+#define FLP_CU_PREFILL90_SMEM_BYTES(D) (1024 + FLP_CU_PREFILL90_LAYOUT_BYTES(D))
+
+/* fp8 K/V (head_dim 64 and 128): TMA lands raw tiles in a ring of RAW_STAGES (two key blocks
+ * ahead), which the producer warpgroup's other three warps widen into the 16-bit stages. At
+ * head_dim 128 the whole layout is the H100's 232,448 bytes a block may have. */
+#define FLP_CU_PREFILL90_RAW_STAGES 4
+#define FLP_CU_PREFILL90_FP8_HEAD_DIM_OK(D) ((D) == 64 || (D) == 128)
+#define FLP_CU_PREFILL90_RAW_TILE_BYTES(D) (FLP_CU_PREFILL90_KN(D) * (D))
+/* A raw row is the swizzle's span (TMA's box may not be narrower than the span without padding
+ * each row to it): the address bits XORed into a 16-byte chunk's index, from the 128-byte
+ * line's (bits 7-9) or 64-byte pair's (bits 7-8) index. */
+#define FLP_CU_PREFILL90_RAW_SWIZZLE_MASK(D) ((D) == 128 ? 0x70u : 0x30u)
+#define FLP_CU_PREFILL90_RAW_OFFSET(D) ((FLP_CU_PREFILL90_LAYOUT_BYTES(D) + 1023) / 1024 * 1024)
+#define FLP_CU_PREFILL90_FP8_SMEM_BYTES(D)                                                         \
+    (1024 + FLP_CU_PREFILL90_RAW_OFFSET(D) +                                                       \
+     FLP_CU_PREFILL90_RAW_STAGES * FLP_CU_PREFILL90_RAW_TILE_BYTES(D))
 
 /* A CUtensorMap (cuda.h), opaque here: 128 bytes, 64-byte aligned. */
 #ifdef __cplusplus

@@ -126,6 +126,21 @@ FLP_DEV unsigned mul_f16x2(unsigned a, unsigned b) {
     return r;
 }
 
+/* prmt.b32 with a zero second operand: selector nibbles pick bytes of a, bit 3 of a nibble
+ * replicates the picked byte's sign bit instead. */
+FLP_DEV unsigned byte_spread(unsigned a, unsigned selector) {
+    unsigned r;
+    asm("prmt.b32 %0, %1, 0, %2;" : "=r"(r) : "r"(a), "r"(selector));
+    return r;
+}
+
+/* a * b in both bf16 halves (fma with -0: the product, sign of zero kept). */
+FLP_DEV unsigned mul_bf16x2(unsigned a, unsigned b) {
+    unsigned r;
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(0x80008000u));
+    return r;
+}
+
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
 /* Two e4m3 values (the low 16 bits of w) as an f16x2 of the same values, exact (sm_89 cvt). */
 FLP_DEV unsigned cvt_f16x2_e4m3x2(unsigned w) {
