@@ -28,10 +28,6 @@ typedef struct decode_shape {
     size_t shared_bytes;       /* everything the shader declares shared */
 } decode_shape;
 
-static bool is_fp8(int32_t dtype) {
-    return dtype == FLP_DTYPE_E4M3 || dtype == FLP_DTYPE_E5M2;
-}
-
 /* Shared memory of a shape, mirroring decode.comp's declarations. */
 static void shape_memory(decode_shape *s, uint32_t head_dim) {
     uint32_t chunks = head_dim / 8;
@@ -49,7 +45,7 @@ static flp_status decode_shape_for(flp_vk *vk, uint32_t head_dim, int32_t kv_dty
                                    uint32_t rows_needed, decode_shape *out) {
     const flp_vk_device_facts *f = &vk->facts;
     const size_t limit = f->limits.maxComputeSharedMemorySize;
-    decode_shape s = {.kv_bytes = is_fp8(kv_dtype) ? 1 : 2};
+    decode_shape s = {.kv_bytes = (uint32_t)flp_dtype_size((flp_dtype)kv_dtype)};
     uint32_t chunks = head_dim / 8;
     /* each lane owns >= 2 chunks so rotate-half partners stay in one thread */
     s.lanes = pow2_floor(chunks / 2);

@@ -35,7 +35,7 @@ flp_vk_cpu_shape flp_vk_cpu_shape_for(const flp_vk *vk, uint32_t head_dim, int32
                                       uint32_t rows_needed) {
     const flp_vk_device_facts *f = &vk->facts;
     flp_vk_cpu_shape s;
-    s.kv_bytes = kv_dtype == FLP_DTYPE_E4M3 || kv_dtype == FLP_DTYPE_E5M2 ? 1 : 2;
+    s.kv_bytes = (uint32_t)flp_dtype_size((flp_dtype)kv_dtype);
     /* one subgroup per workgroup: lanes <= the smallest subgroup, and each lane owns whole
      * 8-element chunks (head_dim / 8 of them, a power of two) */
     uint32_t lanes = pow2_floor(f->min_subgroup_size ? f->min_subgroup_size : 1);

@@ -39,10 +39,6 @@ typedef struct prefill_shape {
     size_t shared_bytes;
 } prefill_shape;
 
-static bool is_fp8(int32_t dtype) {
-    return dtype == FLP_DTYPE_E4M3 || dtype == FLP_DTYPE_E5M2;
-}
-
 static size_t shape_shared_bytes(const prefill_shape *s, uint32_t head_dim) {
     /* f32 K and V tiles, the RoPE frequencies */
     return (size_t)s->bk * head_dim * 8 + (size_t)head_dim / 2 * sizeof(float);
@@ -118,7 +114,7 @@ static flp_vk_pipeline_key prefill_key(const flp_vk *vk, const flp_prefill_launc
     key.spec[FLP_SPEC_HEAD_DIM] = (uint32_t)launch->head_dim;
     key.spec[FLP_SPEC_Q_DTYPE] = (uint32_t)launch->q_dtype;
     key.spec[FLP_SPEC_KV_DTYPE] = (uint32_t)launch->kv_dtype;
-    key.spec[FLP_SPEC_KV_BYTES] = is_fp8(launch->kv_dtype) ? 1u : 2u;
+    key.spec[FLP_SPEC_KV_BYTES] = (uint32_t)flp_dtype_size((flp_dtype)launch->kv_dtype);
     key.spec[FLP_SPEC_LANES] = s->lanes;
     key.spec[FLP_SPEC_ROWS] = s->rows;
     key.spec[FLP_SPEC_PREFILL_GROUPS] = s->groups;
