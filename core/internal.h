@@ -53,6 +53,12 @@ void flp_log_raw(flp_log_fn log, void *user, flp_log_level min_level, flp_log_le
 flp_status flp_context_create_on(const flp_context_desc *desc, flp_backend_kind kind,
                                  const void *interop, flp_context **out);
 
+/* Whether dtype is one of the fp8 formats (e4m3, e5m2): the K/V dtypes stored as one byte
+ * with a per-tensor scale. */
+static inline bool flp_dtype_is_fp8(int32_t dtype) {
+    return dtype == FLP_DTYPE_E4M3 || dtype == FLP_DTYPE_E5M2;
+}
+
 #define FLP_ALIGN_UP(x, a) ((((x) + (a)-1) / (a)) * (a))
 
 #endif /* FLP_CORE_INTERNAL_H */

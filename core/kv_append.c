@@ -10,12 +10,8 @@
 
 static const char *const FN = "flp_kv_append";
 
-static bool is_fp8(flp_dtype t) {
-    return t == FLP_DTYPE_E4M3 || t == FLP_DTYPE_E5M2;
-}
-
 static bool is_kv_dtype(flp_dtype t) {
-    return t == FLP_DTYPE_F16 || t == FLP_DTYPE_BF16 || is_fp8(t);
+    return t == FLP_DTYPE_F16 || t == FLP_DTYPE_BF16 || flp_dtype_is_fp8((int32_t)t);
 }
 
 static flp_status check_caches(flp_context *ctx, const flp_kv_append_args *a) {
@@ -102,7 +98,7 @@ static flp_status check_scales(flp_context *ctx, const flp_kv_append_args *a) {
 
 static void fill_params(const flp_kv_append_args *a, flp_kv_append_params *p) {
     bool nhd = a->kv_layout == FLP_KV_LAYOUT_NHD;
-    bool fp8 = is_fp8(a->k_cache.dtype);
+    bool fp8 = flp_dtype_is_fp8((int32_t)a->k_cache.dtype);
     memset(p, 0, sizeof *p);
     p->k = flp_tensor_address(&a->k);
     p->v = flp_tensor_address(&a->v);

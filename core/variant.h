@@ -27,7 +27,7 @@ flp_variant flp_variant_resolved(const flp_variant *v);
  * 16-bit KV). A macro because the two info structs are distinct types with the same fields. */
 #define FLP_SET_KERNEL_VARIANT(info, v)                                                            \
     do {                                                                                           \
-        bool fp8_ = (v)->kv_dtype == FLP_DTYPE_E4M3 || (v)->kv_dtype == FLP_DTYPE_E5M2;            \
+        bool fp8_ = flp_dtype_is_fp8((int32_t)(v)->kv_dtype);                                      \
         (info)->flags = flp_variant_kernel_flags(v);                                               \
         (info)->window_left = (v)->use_window ? (v)->window_left : -1;                             \
         (info)->q_dtype = (int32_t)(v)->q_dtype;                                                   \
