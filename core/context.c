@@ -1,6 +1,7 @@
 /* Context creation (backend choice), info, synchronisation. */
 #include "core/alloc.h"
 #include "core/backend.h"
+#include "core/kernel_cache.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -63,6 +64,12 @@ flp_status flp_context_create_on(const flp_context_desc *desc, flp_backend_kind 
                     "flp_context_create: device_index %d is negative", desc->device_index);
         return FLP_ERROR_INVALID_ARGUMENT;
     }
+    if (desc->cache_dir && strlen(desc->cache_dir) >= FLP_CACHE_DIR_SIZE) {
+        flp_log_raw(desc->log, desc->log_user_data, desc->log_level, FLP_LOG_ERROR,
+                    "flp_context_create: cache_dir is %zu bytes, longer than %d",
+                    strlen(desc->cache_dir), FLP_CACHE_DIR_SIZE - 1);
+        return FLP_ERROR_INVALID_ARGUMENT;
+    }
     flp_context *ctx = flp_calloc(1, sizeof *ctx);
     if (!ctx) {
         /* no context yet to hold the message: the callback still hears it */
@@ -73,6 +80,11 @@ flp_status flp_context_create_on(const flp_context_desc *desc, flp_backend_kind 
     ctx->log = desc->log;
     ctx->log_user_data = desc->log_user_data;
     ctx->log_level = desc->log_level;
+    if (!flp_kernel_cache_dir(desc->cache_dir, ctx->kernel_cache_dir, sizeof ctx->kernel_cache_dir))
+        flp_log(ctx, FLP_LOG_DEBUG,
+                "flashport: the default kernel cache directory is longer than %d bytes: "
+                "compiled kernels are kept in memory only",
+                FLP_CACHE_DIR_SIZE - 1);
 
     flp_status status = kind == FLP_BACKEND_AUTO
                             ? open_auto(ctx, desc->device_index)

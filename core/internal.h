@@ -9,6 +9,8 @@
 struct flp_backend_ops;
 
 #define FLP_ERROR_MESSAGE_SIZE 2048
+/* The longest compiled-kernel cache directory, with its NUL. */
+#define FLP_CACHE_DIR_SIZE 4096
 
 struct flp_context {
     const struct flp_backend_ops *ops;
@@ -19,6 +21,7 @@ struct flp_context {
     flp_log_level log_level;
     char last_error[FLP_ERROR_MESSAGE_SIZE];
     bool probing; /* FLP_BACKEND_AUTO is trying backends: failures log at DEBUG, not ERROR */
+    char kernel_cache_dir[FLP_CACHE_DIR_SIZE]; /* "": no disk cache (core/kernel_cache.h) */
 };
 
 struct flp_buffer {

@@ -114,6 +114,11 @@ typedef struct flp_context_desc {
     flp_log_fn log;           /* optional; NULL = silent */
     void *log_user_data;
     flp_log_level log_level; /* least severe level passed to log; default DEBUG */
+    /* Directory of the compiled-kernel cache (kernels compiled at run time, kept across
+     * processes; docs/design.md 8.3). NULL: the environment's FLP_CACHE_DIR when set, else
+     * $XDG_CACHE_HOME/flashport, else $HOME/.cache/flashport. "" (here or in FLP_CACHE_DIR): no
+     * disk cache, kernels are kept in memory only. At most 4095 bytes. */
+    const char *cache_dir;
 } flp_context_desc;
 
 /* Creates a context on one device. desc may be NULL: all defaults (AUTO backend, device 0, no
