@@ -133,6 +133,7 @@ typedef struct flp_vk {
 
     /* pipelines */
     VkShaderModule modules[FLP_VK_SHADER_COUNT];
+    bool jit_shaders; /* FLP_VULKAN_JIT: modules from run-time compiles (vk_jit.c) */
     VkPipelineLayout pipeline_layout; /* push constants: one 64-bit address */
     flp_vk_pipeline_entry *pipelines; /* [pipeline_count] */
     uint32_t pipeline_count, pipeline_capacity;

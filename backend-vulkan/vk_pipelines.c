@@ -1,11 +1,19 @@
 /* Shader modules from the embedded SPIR-V and compute pipelines specialised by constants
  * (head dim, dtypes, tile shape from the device limits), created on first use and cached. */
 #include "vk_backend.h"
+#include "vk_jit.h"
 #include "vk_shaders.h"
 
 #include <string.h>
 
 flp_status flp_vk_pipelines_init(flp_vk *vk) {
+    vk->jit_shaders = flp_vk_jit_requested();
+    if (vk->jit_shaders && !flp_vk_jit_available())
+        return flp_fail(vk->ctx, FLP_ERROR_UNSUPPORTED,
+                        "Vulkan: FLP_VULKAN_JIT is set but this library was built without "
+                        "glslang (glslang-dev): its shaders cannot be compiled at run time");
+    if (vk->jit_shaders)
+        flp_log(vk->ctx, FLP_LOG_INFO, "Vulkan: FLP_VULKAN_JIT: shaders compiled at run time");
     /* Every pipeline reads one thing from push constants: the 64-bit device address of its
      * parameter block; all tensors are reached through addresses, so there are no sets. */
     VkPushConstantRange range = {
@@ -62,14 +70,23 @@ static flp_status get_module(flp_vk *vk, flp_vk_shader shader, VkShaderModule *o
         [FLP_VK_SHADER_MERGE_STATES] = {flp_spv_merge_states, &flp_spv_merge_states_size},
     };
     if (!vk->modules[shader]) {
+        /* FLP_VULKAN_JIT: the same shader compiled from its GLSL at run time (vk_jit.c) */
+        void *jit_code = NULL;
+        size_t jit_bytes = 0;
+        if (vk->jit_shaders) {
+            const flp_status status = flp_vk_jit_spirv(vk->ctx, shader, &jit_code, &jit_bytes);
+            if (status != FLP_OK)
+                return status;
+        }
         VkShaderModuleCreateInfo mi = {
             .sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO,
-            .codeSize = *spirv[shader].size,
-            .pCode = (const uint32_t *)(const void *)spirv[shader].code,
+            .codeSize = jit_code ? jit_bytes : *spirv[shader].size,
+            .pCode = jit_code ? jit_code : (const uint32_t *)(const void *)spirv[shader].code,
         };
         VkResult r =
             FLP_VK_ALLOC(VK_ERROR_OUT_OF_HOST_MEMORY,
                          vk->vk.vkCreateShaderModule(vk->device, &mi, NULL, &vk->modules[shader]));
+        flp_free(jit_code);
         if (r != VK_SUCCESS) {
             vk->modules[shader] = VK_NULL_HANDLE;
             return flp_vk_fail(vk->ctx, r, "vkCreateShaderModule");

@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""Inline the quoted includes of a CUDA source into one self-contained text for NVRTC.
+"""Inline the quoted includes of a source into one self-contained text: a CUDA source for
+NVRTC, or (--glsl) a GLSL shader for the Vulkan backend's run-time compiles.
 
-usage: inline_includes.py OUT DEPFILE ROOT INPUT
+usage: inline_includes.py [--glsl] OUT DEPFILE ROOT INPUT
 
 `#include "path"` lines are replaced by the file's text (searched next to the including file,
 then under ROOT), each file at most once (all our headers have include guards), with `#line`
-markers so that NVRTC's log names the original files and lines. Angle-bracket includes are
-kept as they are (they only appear in branches NVRTC never takes). DEPFILE lists the inputs
-for ninja.
+markers so that the compiler's log names the original files and lines. Angle-bracket includes
+are kept as they are (they only appear in branches NVRTC never takes). With --glsl the input's
+own first `#line` is left out (`#version` must come first in GLSL; the markers of included files
+follow the shader's #extension GL_GOOGLE_include_directive, which allows file names in them).
+DEPFILE lists the inputs for ninja.
 """
 import os
 import re
@@ -17,10 +20,14 @@ INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"')
 
 
 def main() -> int:
-    if len(sys.argv) != 5:
+    args = sys.argv[1:]
+    glsl = bool(args) and args[0] == "--glsl"
+    if glsl:
+        args = args[1:]
+    if len(args) != 4:
         print(__doc__, file=sys.stderr)
         return 2
-    out_path, dep_path, root, src = sys.argv[1:]
+    out_path, dep_path, root, src = args
     root = os.path.abspath(root)
     seen = []
     lines = []
@@ -34,7 +41,8 @@ def main() -> int:
         if path in seen:
             return
         seen.append(path)
-        lines.append(f'#line 1 "{name_of(path)}"\n')
+        if not (glsl and path == os.path.abspath(src)):
+            lines.append(f'#line 1 "{name_of(path)}"\n')
         with open(path, encoding="utf-8") as f:
             text = f.readlines()
         for number, line in enumerate(text, start=1):

@@ -1,0 +1,173 @@
+/* Vulkan suite: shaders compiled at run time (FLP_VULKAN_JIT=1, backend-vulkan/vk_jit.c) give
+ * bit-identical results to the SPIR-V built ahead of time; the first context compiles them
+ * with glslang and stores them in the compiled-kernel cache; a second "process" (the memory
+ * cache emptied) takes them from disk without compiling; a corrupt entry is compiled again.
+ * Exits 77 without a Vulkan device, and says so (passing) when the library has no glslang. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <cmocka.h>
+
+#include "core/kernel_cache.h"
+#include "tests/test_util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static char g_log[1 << 16]; /* the messages of the context being tested, one per line */
+
+static void on_log(void *user, flp_log_level level, const char *message) {
+    (void)user;
+    (void)level;
+    const size_t used = strlen(g_log);
+    snprintf(g_log + used, sizeof g_log - used, "%s\n", message);
+}
+
+#define assert_ok(ctx, call)                                                                       \
+    do {                                                                                           \
+        const flp_status st_ = (call);                                                             \
+        if (st_ != FLP_OK)                                                                         \
+            fail_msg("%s -> %s: %s", #call, flp_status_string(st_),                                \
+                     ctx ? flp_context_last_error(ctx) : "");                                      \
+    } while (0)
+
+enum { ROWS = 64, PER_ROW = 4, HEADS = 2, D = 128 };
+#define STATES (ROWS * PER_ROW)
+#define IN_FLOATS ((size_t)STATES * HEADS * (D + 1))
+#define OUT_FLOATS ((size_t)ROWS * HEADS * (D + 1))
+
+/* A context with cache_dir; with jit, FLP_VULKAN_JIT=1 while it is created. NULL when the
+ * library cannot compile shaders (the caller skips). */
+static flp_context *open_context(const char *cache_dir, bool jit) {
+    if (jit)
+        setenv("FLP_VULKAN_JIT", "1", 1);
+    g_log[0] = '\0';
+    flp_context_desc desc = {.backend = FLP_BACKEND_VULKAN,
+                             .log = on_log,
+                             .log_level = FLP_LOG_INFO,
+                             .cache_dir = cache_dir};
+    flp_context *ctx = NULL;
+    const flp_status st = flp_context_create(&desc, &ctx);
+    unsetenv("FLP_VULKAN_JIT");
+    if (jit && st == FLP_ERROR_UNSUPPORTED && strstr(g_log, "without glslang"))
+        return NULL;
+    assert_ok(NULL, st);
+    return ctx;
+}
+
+/* flp_merge_states over the random states in on ctx: the merged rows' bytes in out. */
+static void merge_on(flp_context *ctx, const float *in, float *out) {
+    flp_buffer *src = NULL, *dst = NULL;
+    const flp_buffer_desc src_desc = {sizeof(float) * IN_FLOATS},
+                          dst_desc = {sizeof(float) * OUT_FLOATS};
+    assert_ok(ctx, flp_buffer_create(ctx, &src_desc, &src));
+    assert_ok(ctx, flp_buffer_create(ctx, &dst_desc, &dst));
+    assert_ok(ctx, flp_buffer_write(ctx, src, 0, in, sizeof(float) * IN_FLOATS));
+    uint8_t poison[sizeof(float) * OUT_FLOATS];
+    memset(poison, 0xff, sizeof poison);
+    assert_ok(ctx, flp_buffer_write(ctx, dst, 0, poison, sizeof poison));
+    const size_t lse_in = sizeof(float) * STATES * HEADS * D;
+    const size_t lse_out = sizeof(float) * ROWS * HEADS * D;
+    int64_t o_shape[3] = {STATES, HEADS, D}, lse_shape[2] = {STATES, HEADS};
+    int64_t out_shape[3] = {ROWS, HEADS, D}, out_lse_shape[2] = {ROWS, HEADS};
+    flp_merge_states_args args = {
+        .states = {flp_tensor_contiguous(src, 0, FLP_DTYPE_F32, 3, o_shape),
+                   flp_tensor_contiguous(src, lse_in, FLP_DTYPE_F32, 2, lse_shape)},
+        .states_per_row = PER_ROW,
+        .out = {flp_tensor_contiguous(dst, 0, FLP_DTYPE_F32, 3, out_shape),
+                flp_tensor_contiguous(dst, lse_out, FLP_DTYPE_F32, 2, out_lse_shape)},
+    };
+    assert_ok(ctx, flp_merge_states(ctx, &args));
+    assert_ok(ctx, flp_buffer_read(ctx, dst, 0, out, sizeof(float) * OUT_FLOATS));
+    for (size_t i = 0; i < OUT_FLOATS; i++) {
+        uint32_t bits;
+        memcpy(&bits, &out[i], sizeof bits);
+        if (bits == 0xffffffffu)
+            fail_msg("output float %zu was not written", i);
+    }
+    flp_buffer_destroy(src);
+    flp_buffer_destroy(dst);
+}
+
+static void test_jit_shaders(void **state) {
+    (void)state;
+    char dir[] = "/tmp/flp-vulkan-jit-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    test_rng rng;
+    test_rng_init(&rng, 20261207);
+    float *in = malloc(sizeof(float) * IN_FLOATS);
+    float *want = malloc(sizeof(float) * OUT_FLOATS), *got = malloc(sizeof(float) * OUT_FLOATS);
+    assert_non_null(in);
+    assert_non_null(want);
+    assert_non_null(got);
+    for (size_t i = 0; i < IN_FLOATS; i++)
+        in[i] = (float)test_rng_uniform(&rng, -2.0, 2.0);
+    flp_kernel_cache_clear_memory();
+
+    flp_context *ahead = open_context("", false);
+    merge_on(ahead, in, want);
+    flp_context_destroy(ahead);
+
+    /* first JIT context: compiled, stored */
+    flp_context *ctx = open_context(dir, true);
+    if (!ctx) {
+        print_message("this library was built without glslang: nothing to test\n");
+        free(in);
+        free(want);
+        free(got);
+        rmdir(dir);
+        return;
+    }
+    merge_on(ctx, in, got);
+    assert_memory_equal(got, want, sizeof(float) * OUT_FLOATS);
+    if (!strstr(g_log, "merge_states compiled by glslang"))
+        fail_msg("no compile logged:\n%s", g_log);
+    flp_context_destroy(ctx);
+
+    /* a second process: from the disk, no compile */
+    flp_kernel_cache_clear_memory();
+    ctx = open_context(dir, true);
+    merge_on(ctx, in, got);
+    assert_memory_equal(got, want, sizeof(float) * OUT_FLOATS);
+    if (!strstr(g_log, "merge_states from the kernel cache") || strstr(g_log, "compiled by"))
+        fail_msg("expected the entry from disk:\n%s", g_log);
+    flp_context_destroy(ctx);
+
+    /* every entry corrupted: compiled again, and right */
+    char command[256];
+    snprintf(command, sizeof command,
+             "for f in %s/" FLP_KERNEL_CACHE_FORMAT "/*.bin; do printf x >> \"$f\"; done", dir);
+    assert_int_equal(system(command), 0);
+    flp_kernel_cache_clear_memory();
+    ctx = open_context(dir, true);
+    merge_on(ctx, in, got);
+    assert_memory_equal(got, want, sizeof(float) * OUT_FLOATS);
+    if (!strstr(g_log, "merge_states compiled by glslang"))
+        fail_msg("a corrupt entry was not compiled again:\n%s", g_log);
+    flp_context_destroy(ctx);
+
+    snprintf(command, sizeof command, "rm -rf '%s'", dir);
+    assert_int_equal(system(command), 0);
+    flp_kernel_cache_clear_memory();
+    free(in);
+    free(want);
+    free(got);
+}
+
+int main(void) {
+    unsetenv("FLP_VULKAN_JIT");
+    flp_context *probe = NULL;
+    flp_context_desc desc = {.backend = FLP_BACKEND_VULKAN};
+    if (flp_context_create(&desc, &probe) != FLP_OK) {
+        fprintf(stderr, "skipped: no Vulkan device could be opened\n");
+        return 77;
+    }
+    flp_context_destroy(probe);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_jit_shaders),
+    };
+    return cmocka_run_group_tests_name("vulkan_jit", tests, NULL, NULL);
+}
