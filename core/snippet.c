@@ -19,22 +19,21 @@
 /* ---- the language's names ---------------------------------------------------------------- */
 
 #define POSITIONS                                                                                  \
-    {"qo_pos", FLP_SNIPPET_INT}, {"kv_pos", FLP_SNIPPET_INT}, {"request", FLP_SNIPPET_INT},        \
-        {"qo_head", FLP_SNIPPET_INT}, {"kv_head", FLP_SNIPPET_INT}, {"qo_len", FLP_SNIPPET_INT}, { \
-        "kv_len", FLP_SNIPPET_INT                                                                  \
+    {"qo_pos", FLP_PARAM_INT}, {"kv_pos", FLP_PARAM_INT}, {"request", FLP_PARAM_INT},              \
+        {"qo_head", FLP_PARAM_INT}, {"kv_head", FLP_PARAM_INT}, {"qo_len", FLP_PARAM_INT}, {       \
+        "kv_len", FLP_PARAM_INT                                                                    \
     }
 
-static const flp_snippet_input LOGITS_TRANSFORM_INPUTS[] = {{"logit", FLP_SNIPPET_FLOAT},
-                                                            POSITIONS};
+static const flp_snippet_input LOGITS_TRANSFORM_INPUTS[] = {{"logit", FLP_PARAM_FLOAT}, POSITIONS};
 static const flp_snippet_input LOGITS_MASK_INPUTS[] = {POSITIONS};
 static const flp_snippet_input QUERY_TRANSFORM_INPUTS[] = {
-    {"q", FLP_SNIPPET_FLOAT},     {"dim", FLP_SNIPPET_INT},     {"qo_pos", FLP_SNIPPET_INT},
-    {"request", FLP_SNIPPET_INT}, {"qo_head", FLP_SNIPPET_INT}, {"qo_len", FLP_SNIPPET_INT},
-    {"kv_len", FLP_SNIPPET_INT}};
+    {"q", FLP_PARAM_FLOAT},     {"dim", FLP_PARAM_INT},     {"qo_pos", FLP_PARAM_INT},
+    {"request", FLP_PARAM_INT}, {"qo_head", FLP_PARAM_INT}, {"qo_len", FLP_PARAM_INT},
+    {"kv_len", FLP_PARAM_INT}};
 static const flp_snippet_input OUTPUT_TRANSFORM_INPUTS[] = {
-    {"o", FLP_SNIPPET_FLOAT},    {"lse", FLP_SNIPPET_FLOAT},   {"dim", FLP_SNIPPET_INT},
-    {"qo_pos", FLP_SNIPPET_INT}, {"request", FLP_SNIPPET_INT}, {"qo_head", FLP_SNIPPET_INT},
-    {"qo_len", FLP_SNIPPET_INT}, {"kv_len", FLP_SNIPPET_INT}};
+    {"o", FLP_PARAM_FLOAT},    {"lse", FLP_PARAM_FLOAT},   {"dim", FLP_PARAM_INT},
+    {"qo_pos", FLP_PARAM_INT}, {"request", FLP_PARAM_INT}, {"qo_head", FLP_PARAM_INT},
+    {"qo_len", FLP_PARAM_INT}, {"kv_len", FLP_PARAM_INT}};
 
 #define COUNT(a) ((int)(sizeof(a) / sizeof *(a)))
 
@@ -281,7 +280,7 @@ static flp_status fail(char *message, size_t size, const char *fmt, ...) {
     return FLP_ERROR_INVALID_ARGUMENT;
 }
 
-flp_status flp_snippet_check_params(const flp_snippet_param *params, int num_params, char *message,
+flp_status flp_snippet_check_params(const flp_variant_param *params, int num_params, char *message,
                                     size_t message_size) {
     if (num_params < 0 || num_params > FLP_SNIPPET_MAX_PARAMS)
         return fail(message, message_size, "%d user parameters: 0 to %d", num_params,
@@ -293,7 +292,7 @@ flp_status flp_snippet_check_params(const flp_snippet_param *params, int num_par
         if (!flp_snippet_name_ok(params[i].name, &why))
             return fail(message, message_size, "user parameter %d (\"%s\") %s", i,
                         params[i].name ? params[i].name : "", why);
-        if ((unsigned)params[i].type > FLP_SNIPPET_INT_BUFFER)
+        if ((unsigned)params[i].type > FLP_PARAM_INT_BUFFER)
             return fail(message, message_size, "user parameter %d (%s): type %d is unknown", i,
                         params[i].name, (int)params[i].type);
         for (int j = 0; j < i; j++)
@@ -316,7 +315,7 @@ typedef struct translator {
     const char *body;
     const flp_snippet_input *inputs;
     int num_inputs;
-    const flp_snippet_param *params;
+    const flp_variant_param *params;
     int num_params;
     const char *locals[MAX_LOCALS]; /* into body; lengths in local_len */
     size_t local_len[MAX_LOCALS];
@@ -531,8 +530,8 @@ static const char *name(translator *t, const char *p, size_t len) {
     const int param = find_param(t, p, len);
     if (param >= 0) {
         t->result->params_used |= 1u << param;
-        const bool buffer = t->params[param].type == FLP_SNIPPET_FLOAT_BUFFER ||
-                            t->params[param].type == FLP_SNIPPET_INT_BUFFER;
+        const bool buffer = t->params[param].type == FLP_PARAM_FLOAT_BUFFER ||
+                            t->params[param].type == FLP_PARAM_INT_BUFFER;
         if (buffer != (*next == '[')) {
             fail_at(t, p,
                     buffer ? "%.*s is a buffer: read it as %.*s[index]"
@@ -609,7 +608,7 @@ static const char *punctuation(translator *t, const char *p) {
 }
 
 flp_status flp_snippet_translate(flp_snippet_kind kind, const char *body,
-                                 const flp_snippet_param *params, int num_params, flp_snippet *out,
+                                 const flp_variant_param *params, int num_params, flp_snippet *out,
                                  char *message, size_t message_size) {
     if (!out)
         return fail(message, message_size, "out is NULL");
@@ -688,12 +687,12 @@ void flp_snippet_free(flp_snippet *snippet) {
 
 /* ---- the wrapper ------------------------------------------------------------------------- */
 
-static const char *type_name(flp_snippet_type type) {
-    return type == FLP_SNIPPET_INT || type == FLP_SNIPPET_INT_BUFFER ? "int" : "float";
+static const char *type_name(flp_variant_param_type type) {
+    return type == FLP_PARAM_INT || type == FLP_PARAM_INT_BUFFER ? "int" : "float";
 }
 
 flp_status flp_snippet_wrap(flp_snippet_kind kind, const flp_snippet *snippet,
-                            const flp_snippet_param *params, int num_params, char **text) {
+                            const flp_variant_param *params, int num_params, char **text) {
     if (!text)
         return FLP_ERROR_INVALID_ARGUMENT;
     *text = NULL;
@@ -704,14 +703,14 @@ flp_status flp_snippet_wrap(flp_snippet_kind kind, const flp_snippet *snippet,
     /* the readers of the buffers the body reads */
     for (int j = 0; j < num_params; j++) {
         const bool buffer =
-            params[j].type == FLP_SNIPPET_FLOAT_BUFFER || params[j].type == FLP_SNIPPET_INT_BUFFER;
+            params[j].type == FLP_PARAM_FLOAT_BUFFER || params[j].type == FLP_PARAM_INT_BUFFER;
         if (!buffer || !(snippet->params_used >> j & 1u))
             continue;
         char line[160];
         snprintf(line, sizeof line, "FLP_SNIPPET_FN %s flp_read_%s(int i) { return %s(%d, i); }\n",
                  type_name(params[j].type), params[j].name,
-                 params[j].type == FLP_SNIPPET_INT_BUFFER ? "FLP_USER_READ_INT"
-                                                          : "FLP_USER_READ_FLOAT",
+                 params[j].type == FLP_PARAM_INT_BUFFER ? "FLP_USER_READ_INT"
+                                                        : "FLP_USER_READ_FLOAT",
                  j);
         emit_text(&t, line);
     }
@@ -732,13 +731,13 @@ flp_status flp_snippet_wrap(flp_snippet_kind kind, const flp_snippet *snippet,
     emit_text(&t, ") {\n");
     /* the scalar parameters the body reads */
     for (int j = 0; j < num_params; j++) {
-        if ((params[j].type != FLP_SNIPPET_FLOAT && params[j].type != FLP_SNIPPET_INT) ||
+        if ((params[j].type != FLP_PARAM_FLOAT && params[j].type != FLP_PARAM_INT) ||
             !(snippet->params_used >> j & 1u))
             continue;
         char line[160];
         snprintf(line, sizeof line, "    %s %s = %s(%d);\n", type_name(params[j].type),
                  params[j].name,
-                 params[j].type == FLP_SNIPPET_INT ? "FLP_USER_INT" : "FLP_USER_FLOAT", j);
+                 params[j].type == FLP_PARAM_INT ? "FLP_USER_INT" : "FLP_USER_FLOAT", j);
         emit_text(&t, line);
     }
     /* the body, its lines numbered from 1 in the compilers' messages */

@@ -15,27 +15,13 @@ typedef enum flp_snippet_kind {
     FLP_SNIPPET_NUM_KINDS = 4,
 } flp_snippet_kind;
 
-/* A user parameter's type: scalars are bound by value, buffers are read-only arrays read as
- * name[index] (an index outside the bound buffer reads 0). */
-typedef enum flp_snippet_type {
-    FLP_SNIPPET_FLOAT = 0,
-    FLP_SNIPPET_INT = 1,
-    FLP_SNIPPET_FLOAT_BUFFER = 2,
-    FLP_SNIPPET_INT_BUFFER = 3,
-} flp_snippet_type;
-
-typedef struct flp_snippet_param {
-    const char *name;
-    flp_snippet_type type;
-} flp_snippet_param;
-
 /* The most user parameters a variant has, and the longest name of a parameter or local. */
 #define FLP_SNIPPET_MAX_PARAMS 32
 #define FLP_SNIPPET_MAX_NAME 31
 
 typedef struct flp_snippet_input {
     const char *name;
-    flp_snippet_type type; /* FLP_SNIPPET_FLOAT or FLP_SNIPPET_INT */
+    flp_variant_param_type type; /* FLP_PARAM_FLOAT or FLP_PARAM_INT */
 } flp_snippet_input;
 
 /* The inputs of kind, in their order (bit i of flp_snippet.inputs_used is input i); their
@@ -61,7 +47,7 @@ bool flp_snippet_name_ok(const char *name, const char **why);
 /* Checks the parameter list: at most FLP_SNIPPET_MAX_PARAMS, names that flp_snippet_name_ok
  * accepts, no two alike, known types. FLP_OK or FLP_ERROR_INVALID_ARGUMENT with the reason in
  * message (may be NULL). */
-flp_status flp_snippet_check_params(const flp_snippet_param *params, int num_params, char *message,
+flp_status flp_snippet_check_params(const flp_variant_param *params, int num_params, char *message,
                                     size_t message_size);
 
 /* Checks body (statements: declarations, assignments, if/else, blocks, return) of kind against
@@ -71,7 +57,7 @@ flp_status flp_snippet_check_params(const flp_snippet_param *params, int num_par
  * construct outside the language; brackets that do not match; no return), or
  * FLP_ERROR_OUT_OF_MEMORY. params as flp_snippet_check_params accepts them. */
 flp_status flp_snippet_translate(flp_snippet_kind kind, const char *body,
-                                 const flp_snippet_param *params, int num_params, flp_snippet *out,
+                                 const flp_variant_param *params, int num_params, flp_snippet *out,
                                  char *message, size_t message_size);
 
 void flp_snippet_free(flp_snippet *snippet);
@@ -89,6 +75,6 @@ void flp_snippet_free(flp_snippet *snippet);
  * compilers' messages count the body's own lines. FLP_ERROR_INVALID_ARGUMENT for a bad kind,
  * snippet or parameter list, FLP_ERROR_OUT_OF_MEMORY. */
 flp_status flp_snippet_wrap(flp_snippet_kind kind, const flp_snippet *snippet,
-                            const flp_snippet_param *params, int num_params, char **text);
+                            const flp_variant_param *params, int num_params, char **text);
 
 #endif /* FLP_CORE_SNIPPET_H */

@@ -106,6 +106,12 @@ static void test_variant_validation(void **state) {
     char msg[256];
     flp_variant ok = {.head_dim = 128};
     assert_int_equal(flp_variant_validate(&ok, msg, sizeof msg), FLP_OK);
+    /* parameters without snippets: declared, unused, accepted */
+    const flp_variant_param cap[] = {{"cap", FLP_PARAM_FLOAT}};
+    const flp_variant_param bad_name[] = {{"Cap", FLP_PARAM_FLOAT}};
+    ok.params = cap;
+    ok.num_params = 1;
+    assert_int_equal(flp_variant_validate(&ok, msg, sizeof msg), FLP_OK);
     struct {
         flp_variant v;
         flp_status want;
@@ -124,7 +130,39 @@ static void test_variant_validation(void **state) {
          FLP_ERROR_INVALID_ARGUMENT,
          "llama31"},
         {{.head_dim = 64, .k_scale = -1}, FLP_ERROR_INVALID_ARGUMENT, "k_scale"},
-        {{.head_dim = 64, .logits_transform = "return logit;"}, FLP_ERROR_UNSUPPORTED, "JIT"},
+        {{.head_dim = 64, .logits_transform = "return logit;"},
+         FLP_ERROR_UNSUPPORTED,
+         "are checked, but no kernel takes them yet"},
+        {{.head_dim = 64,
+          .logits_mask = "return kv_pos <= qo_pos;",
+          .params = cap,
+          .num_params = 1},
+         FLP_ERROR_UNSUPPORTED,
+         "no kernel takes them yet"},
+        {{.head_dim = 64, .logits_mask = "return logit > 0.0;"},
+         FLP_ERROR_INVALID_ARGUMENT,
+         "variant.logits_mask line 1, column 8: logit is not an input of logits_mask"},
+        {{.head_dim = 64, .query_transform = "while (true) {} return q;"},
+         FLP_ERROR_INVALID_ARGUMENT,
+         "variant.query_transform line 1, column 1: while is outside the snippet language"},
+        {{.head_dim = 64, .output_transform = "float y = o;"},
+         FLP_ERROR_INVALID_ARGUMENT,
+         "variant.output_transform has no return statement"},
+        {{.head_dim = 64,
+          .logits_transform = "return logit * cap[0];",
+          .params = cap,
+          .num_params = 1},
+         FLP_ERROR_INVALID_ARGUMENT,
+         "cap is a scalar"},
+        {{.head_dim = 64, .params = cap, .num_params = -1},
+         FLP_ERROR_INVALID_ARGUMENT,
+         "variant.params: -1 user parameters"},
+        {{.head_dim = 64, .params = NULL, .num_params = 1},
+         FLP_ERROR_INVALID_ARGUMENT,
+         "variant.params: 1 user parameters but params is NULL"},
+        {{.head_dim = 64, .params = bad_name, .num_params = 1},
+         FLP_ERROR_INVALID_ARGUMENT,
+         "variant.params: user parameter 0 (\"Cap\") does not start with a lowercase letter"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         assert_int_equal(flp_variant_validate(&bad[i].v, msg, sizeof msg), bad[i].want);

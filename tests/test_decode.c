@@ -1377,13 +1377,20 @@ static void test_bad_variant(void **state) {
     bad_expect(&e, flp_decode_plan(g_ctx, e.plan, &a), FLP_ERROR_UNSUPPORTED,
                "logits_transform snippet",
                MENTIONS("variant snippets (logits_transform, logits_mask, query_transform, "
-                        "output_transform) need the JIT path"));
+                        "output_transform) are checked, but no kernel takes them yet"));
     a = e.pa;
     a.variant.output_transform = "return x;";
-    bad_expect(&e, flp_decode_plan(g_ctx, e.plan, &a), FLP_ERROR_UNSUPPORTED,
-               "output_transform snippet",
-               MENTIONS("variant snippets (logits_transform, logits_mask, query_transform, "
-                        "output_transform) need the JIT path"));
+    bad_expect(&e, flp_decode_plan(g_ctx, e.plan, &a), FLP_ERROR_INVALID_ARGUMENT,
+               "output_transform snippet reading x",
+               MENTIONS("variant.output_transform line 1, column 8: x is not an input of "
+                        "output_transform"));
+    a = e.pa;
+    const flp_variant_param twice[] = {{"cap", FLP_PARAM_FLOAT}, {"cap", FLP_PARAM_INT}};
+    a.variant.params = twice;
+    a.variant.num_params = 2;
+    bad_expect(&e, flp_decode_plan(g_ctx, e.plan, &a), FLP_ERROR_INVALID_ARGUMENT,
+               "two parameters named cap",
+               MENTIONS("variant.params: user parameters 0 and 1 are both named cap"));
     bad_env_finish(&e);
 }
 

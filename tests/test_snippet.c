@@ -14,10 +14,10 @@
 #include <stdio.h>
 #include <string.h>
 
-static const flp_snippet_param PARAMS[] = {
-    {"cap", FLP_SNIPPET_FLOAT},          {"shift", FLP_SNIPPET_INT},
-    {"sinks", FLP_SNIPPET_FLOAT_BUFFER}, {"bias_table", FLP_SNIPPET_FLOAT_BUFFER},
-    {"buckets", FLP_SNIPPET_INT_BUFFER},
+static const flp_variant_param PARAMS[] = {
+    {"cap", FLP_PARAM_FLOAT},          {"shift", FLP_PARAM_INT},
+    {"sinks", FLP_PARAM_FLOAT_BUFFER}, {"bias_table", FLP_PARAM_FLOAT_BUFFER},
+    {"buckets", FLP_PARAM_INT_BUFFER},
 };
 #define NUM_PARAMS ((int)(sizeof PARAMS / sizeof *PARAMS))
 
@@ -196,7 +196,7 @@ static void test_bad_arguments(void **state) {
     flp_snippet_free(NULL);
 }
 
-static void expect_params_refused(const flp_snippet_param *params, int n, const char *want) {
+static void expect_params_refused(const flp_variant_param *params, int n, const char *want) {
     char message[256] = "";
     assert_int_equal(flp_snippet_check_params(params, n, message, sizeof message),
                      FLP_ERROR_INVALID_ARGUMENT);
@@ -210,29 +210,29 @@ static void test_parameters(void **state) {
     assert_int_equal(flp_snippet_check_params(NULL, 0, NULL, 0), FLP_OK);
     expect_params_refused(NULL, 2, "params is NULL");
     expect_params_refused(PARAMS, -1, "-1 user parameters");
-    flp_snippet_param many[FLP_SNIPPET_MAX_PARAMS + 1];
+    flp_variant_param many[FLP_SNIPPET_MAX_PARAMS + 1];
     char names[FLP_SNIPPET_MAX_PARAMS + 1][8];
     for (int i = 0; i <= FLP_SNIPPET_MAX_PARAMS; i++) {
         snprintf(names[i], sizeof names[i], "p%d", i);
-        many[i] = (flp_snippet_param){names[i], FLP_SNIPPET_INT};
+        many[i] = (flp_variant_param){names[i], FLP_PARAM_INT};
     }
     assert_int_equal(flp_snippet_check_params(many, FLP_SNIPPET_MAX_PARAMS, NULL, 0), FLP_OK);
     expect_params_refused(many, FLP_SNIPPET_MAX_PARAMS + 1, "33 user parameters: 0 to 32");
-    const flp_snippet_param twice[] = {{"a", FLP_SNIPPET_INT}, {"a", FLP_SNIPPET_FLOAT}};
+    const flp_variant_param twice[] = {{"a", FLP_PARAM_INT}, {"a", FLP_PARAM_FLOAT}};
     expect_params_refused(twice, 2, "user parameters 0 and 1 are both named a");
-    const flp_snippet_param typed[] = {{"a", (flp_snippet_type)7}};
+    const flp_variant_param typed[] = {{"a", (flp_variant_param_type)7}};
     expect_params_refused(typed, 1, "type 7 is unknown");
-    const flp_snippet_param unnamed[] = {{NULL, FLP_SNIPPET_INT}};
+    const flp_variant_param unnamed[] = {{NULL, FLP_PARAM_INT}};
     expect_params_refused(unnamed, 1, "is NULL");
-    const flp_snippet_param input[] = {{"logit", FLP_SNIPPET_FLOAT}};
+    const flp_variant_param input[] = {{"logit", FLP_PARAM_FLOAT}};
     expect_params_refused(input, 1, "input of the snippets");
-    const flp_snippet_param reserved[] = {{"uniform", FLP_SNIPPET_FLOAT}};
+    const flp_variant_param reserved[] = {{"uniform", FLP_PARAM_FLOAT}};
     expect_params_refused(reserved, 1, "keyword");
-    const flp_snippet_param long_name[] = {{"a234567890123456789012345678901x", FLP_SNIPPET_INT}};
+    const flp_variant_param long_name[] = {{"a234567890123456789012345678901x", FLP_PARAM_INT}};
     expect_params_refused(long_name, 1, "longer than 31");
-    const flp_snippet_param digit[] = {{"9a", FLP_SNIPPET_INT}};
+    const flp_variant_param digit[] = {{"9a", FLP_PARAM_INT}};
     expect_params_refused(digit, 1, "lowercase letter");
-    const flp_snippet_param dash[] = {{"a-b", FLP_SNIPPET_INT}};
+    const flp_variant_param dash[] = {{"a-b", FLP_PARAM_INT}};
     expect_params_refused(dash, 1, "a-z, 0-9 and _");
     /* the bits of flp_snippet.params_used follow the list */
     flp_snippet s;

@@ -21,11 +21,11 @@
 #include <string.h>
 #include <unistd.h>
 
-static const flp_snippet_param PARAMS[] = {
-    {"cap", FLP_SNIPPET_FLOAT},
-    {"shift", FLP_SNIPPET_INT},
-    {"sinks", FLP_SNIPPET_FLOAT_BUFFER},
-    {"buckets", FLP_SNIPPET_INT_BUFFER},
+static const flp_variant_param PARAMS[] = {
+    {"cap", FLP_PARAM_FLOAT},
+    {"shift", FLP_PARAM_INT},
+    {"sinks", FLP_PARAM_FLOAT_BUFFER},
+    {"buckets", FLP_PARAM_INT_BUFFER},
 };
 #define NUM_PARAMS ((int)(sizeof PARAMS / sizeof *PARAMS))
 

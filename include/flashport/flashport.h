@@ -222,6 +222,21 @@ typedef struct flp_rope_params {
     int32_t llama31_original_max_position; /* e.g. 8192 (> 0) */
 } flp_rope_params;
 
+/* A user parameter of a variant's snippets (docs/variants.md), declared by name: scalars are
+ * bound by value, buffers are read-only arrays a snippet reads as name[index] (an index outside
+ * the bound buffer reads 0). */
+typedef enum flp_variant_param_type {
+    FLP_PARAM_FLOAT = 0,
+    FLP_PARAM_INT = 1,
+    FLP_PARAM_FLOAT_BUFFER = 2,
+    FLP_PARAM_INT_BUFFER = 3,
+} flp_variant_param_type;
+
+typedef struct flp_variant_param {
+    const char *name; /* [a-z][a-z0-9_]*, at most 31 characters (docs/variants.md) */
+    flp_variant_param_type type;
+} flp_variant_param;
+
 /* One attention variant: plain data, validated by flp_variant_validate. Zero-initialise. */
 typedef struct flp_variant {
     int32_t head_dim;      /* 64, 128 or 256 (required) */
@@ -237,11 +252,16 @@ typedef struct flp_variant {
     /* fp8 KV: real value = stored value * scale. 0 = 1. Ignored for 16-bit KV. */
     float k_scale;
     float v_scale;
-    /* JIT snippets (docs/design.md section 1): not implemented yet, must be NULL. */
+    /* User snippets (docs/variants.md): function bodies in the snippet language, NULL = none.
+     * flp_variant_validate checks them (FLP_ERROR_INVALID_ARGUMENT with the snippet's line and
+     * column); no kernel takes them yet, so a variant with one is FLP_ERROR_UNSUPPORTED. */
     const char *logits_transform;
     const char *logits_mask;
     const char *query_transform;
     const char *output_transform;
+    /* The snippets' user parameters: params[num_params], at most 32, names unique. */
+    const flp_variant_param *params;
+    int32_t num_params;
 } flp_variant;
 
 /* FLP_OK, or FLP_ERROR_INVALID_ARGUMENT / FLP_ERROR_UNSUPPORTED with the reason written to
