@@ -24,6 +24,7 @@
 #include <cmocka.h>
 
 #include "core/alloc.h"
+#include "core/kernel_cache.h"
 #include "core/plan.h"
 #include "core/reference.h"
 #include "flashport/flashport.h"
@@ -316,6 +317,9 @@ static void vk_prepare(void *state) {
     vk_walk_state *s = state;
     memset(&s->a, 0, sizeof s->a);
     g_log.validation = 0;
+    /* with FLP_VULKAN_JIT, every attempt compiles its shaders again (the walk reaches every
+     * site of the run-time compile; the tests that set it keep no disk cache either) */
+    flp_kernel_cache_clear_memory();
     s->a.ctx = open_context();
     if (s->w->setup)
         s->w->setup(&s->a);
