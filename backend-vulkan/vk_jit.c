@@ -96,6 +96,12 @@ static char *source_of(const char *text, size_t size, const char *defines) {
     return source;
 }
 
+/* Whether code[bytes] can be a SPIR-V module: whole words, the magic number first. */
+static bool is_spirv(const void *code, size_t bytes) {
+    const uint32_t magic = 0x07230203u;
+    return bytes >= 20 && bytes % 4 == 0 && memcmp(code, &magic, sizeof magic) == 0;
+}
+
 static double seconds(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
@@ -182,9 +188,16 @@ flp_status flp_vk_jit_spirv(flp_context *ctx, flp_vk_shader shader, void **code,
     flp_kernel_key_add_text(&kb, "source", source);
     const flp_kernel_key key = flp_kernel_key_end(&kb);
     if (flp_kernel_cache_find(ctx, ctx->kernel_cache_dir, &key, code, bytes)) {
-        flp_log(ctx, FLP_LOG_INFO, "Vulkan: %s from the kernel cache", name);
-        flp_free(source);
-        return FLP_OK;
+        if (is_spirv(*code, *bytes)) {
+            flp_log(ctx, FLP_LOG_INFO, "Vulkan: %s from the kernel cache", name);
+            flp_free(source);
+            return FLP_OK;
+        }
+        /* a whole, checksummed entry that is no SPIR-V module: compiled again, replaced */
+        flp_log(ctx, FLP_LOG_DEBUG, "Vulkan: the cached %s is not SPIR-V: compiling again", name);
+        flp_free(*code);
+        *code = NULL;
+        *bytes = 0;
     }
     const double t0 = seconds();
     flp_status status = compile(ctx, name, source, code, bytes);
@@ -193,13 +206,9 @@ flp_status flp_vk_jit_spirv(flp_context *ctx, flp_vk_shader shader, void **code,
         return status;
     flp_log(ctx, FLP_LOG_INFO, "Vulkan: %s compiled by %s in %.0f ms", name, version,
             1e3 * (seconds() - t0));
-    status = flp_kernel_cache_store(ctx, ctx->kernel_cache_dir, &key, *code, *bytes);
-    if (status == FLP_ERROR_OUT_OF_MEMORY) {
-        flp_free(*code);
-        *code = NULL;
-        *bytes = 0;
-        return flp_fail(ctx, status, "Vulkan: out of host memory caching %s", name);
-    }
+    /* keeping it is optional: without memory for the copy, the next context compiles again */
+    if (flp_kernel_cache_store(ctx, ctx->kernel_cache_dir, &key, *code, *bytes) != FLP_OK)
+        flp_log(ctx, FLP_LOG_DEBUG, "Vulkan: %s not cached (out of host memory)", name);
     return FLP_OK;
 }
 

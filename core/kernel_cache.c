@@ -70,14 +70,15 @@ static bool copy_text(char *dst, size_t size, const char *a, const char *b) {
 bool flp_kernel_cache_dir(const char *configured, char *dir, size_t size) {
     if (configured)
         return copy_text(dir, size, configured, "");
-    const char *env = getenv("FLP_CACHE_DIR");
+    /* secure_getenv: a set-user-id process takes no cache directory from its caller */
+    const char *env = secure_getenv("FLP_CACHE_DIR");
     if (env)
         return copy_text(dir, size, env, "");
-    const char *xdg = getenv("XDG_CACHE_HOME");
+    const char *xdg = secure_getenv("XDG_CACHE_HOME");
     if (xdg && xdg[0] == '/') /* the XDG rule: a relative path is ignored */
         return copy_text(dir, size, xdg, "/flashport");
-    const char *home = getenv("HOME");
-    if (home && home[0] != '\0')
+    const char *home = secure_getenv("HOME");
+    if (home && home[0] == '/')
         return copy_text(dir, size, home, "/.cache/flashport");
     return copy_text(dir, size, "", "");
 }
@@ -240,67 +241,109 @@ static const char *read_entry(int fd, const flp_kernel_key *key, void **data, si
     return NULL;
 }
 
+/* The reason the entries' directory under dir (FLP_KERNEL_CACHE_FORMAT) may not be trusted,
+ * or NULL: it must be a directory of this user that nobody else may write to (an entry is code
+ * that will run; its checksum finds corruption, not an entry planted by someone else). A
+ * missing directory is "missing". */
+static const char *untrusted_dir(const char *entries) {
+    struct stat st;
+    if (stat(entries, &st) != 0)
+        return "missing";
+    if (!S_ISDIR(st.st_mode))
+        return "not a directory";
+    if (st.st_uid != geteuid())
+        return "owned by another user";
+    if (st.st_mode & (S_IWGRP | S_IWOTH))
+        return "writable by its group or others";
+    return NULL;
+}
+
+/* The directory of key's entry path (its last '/' cut). */
+static void parent_of(const char *path, char parent[4096]) {
+    memcpy(parent, path, strlen(path) + 1);
+    *strrchr(parent, '/') = '\0';
+}
+
 static bool disk_find(const flp_context *ctx, const char *dir, const flp_kernel_key *key,
                       void **data, size_t *size) {
-    char path[4096];
+    char path[4096], parent[4096];
     if (!flp_kernel_cache_entry_path(dir, key, path, sizeof path))
         return false;
-    const int fd = open(path, O_RDONLY | O_CLOEXEC);
+    parent_of(path, parent);
+    const char *distrust = untrusted_dir(parent);
+    if (distrust) {
+        if (strcmp(distrust, "missing") != 0)
+            flp_log(ctx, FLP_LOG_DEBUG, "kernel cache: %s is %s: not read", parent, distrust);
+        return false;
+    }
+    /* not through a link, and never blocking (a FIFO put there would hang the open) */
+    const int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
     if (fd < 0)
         return false; /* not there yet: the usual miss */
-    const char *why = read_entry(fd, key, data, size);
+    struct stat st;
+    const char *why = fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) ? "not a regular file"
+                                                                  : read_entry(fd, key, data, size);
     close(fd);
     if (why)
         flp_log(ctx, FLP_LOG_DEBUG, "kernel cache: %s is %s: compiling again", path, why);
     return why == NULL;
 }
 
-/* Creates dir and its missing parents (mode 0700); true when it exists as a directory. */
-static bool make_dirs(char *dir) {
+/* Creates dir and its missing parents (mode 0700); 0 when it exists as a directory, else an
+ * errno value. */
+static int make_dirs(char *dir) {
     struct stat st;
     if (stat(dir, &st) == 0)
-        return S_ISDIR(st.st_mode);
+        return S_ISDIR(st.st_mode) ? 0 : ENOTDIR;
     for (char *p = dir + 1; *p; p++) {
         if (*p != '/')
             continue;
         *p = '\0';
-        const bool ok = mkdir(dir, 0700) == 0 || errno == EEXIST;
+        const int error = mkdir(dir, 0700) == 0 || errno == EEXIST ? 0 : errno;
         *p = '/';
-        if (!ok)
-            return false;
+        if (error)
+            return error;
     }
-    return (mkdir(dir, 0700) == 0 || errno == EEXIST) && stat(dir, &st) == 0 && S_ISDIR(st.st_mode);
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+        return errno;
+    return stat(dir, &st) == 0 && S_ISDIR(st.st_mode) ? 0 : ENOTDIR;
 }
 
 /* Temporary files of this process are numbered, so that two threads never share one. */
 static atomic_uint temp_counter;
 
-/* Why key's entry could not be written under dir, or NULL. */
+/* Writes key's entry under dir (path: the entry's path, or "" when too long): NULL, or why it
+ * was not written (into why[size] when an errno value says it). */
 static const char *disk_store(const char *dir, const flp_kernel_key *key, const void *data,
-                              size_t size, char path[4096]) {
+                              size_t size, char path[4096], char *why, size_t why_size) {
     path[0] = '\0';
     if (!flp_kernel_cache_entry_path(dir, key, path, 4096))
         return "the path is too long";
     char parent[4096];
-    memcpy(parent, path, strlen(path) + 1);
-    *strrchr(parent, '/') = '\0';
-    if (!make_dirs(parent))
-        return strerror(errno);
+    parent_of(path, parent);
+    const int dir_error = make_dirs(parent);
+    if (dir_error)
+        return strerror_r(dir_error, why, why_size);
+    const char *distrust = untrusted_dir(parent);
+    if (distrust)
+        return distrust;
     char temp[4096 + 64];
     snprintf(temp, sizeof temp, "%s.%ld.%u.tmp", path, (long)getpid(),
              atomic_fetch_add(&temp_counter, 1u));
-    const int fd = open(temp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    const int fd = open(temp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0)
-        return strerror(errno);
+        return strerror_r(errno, why, why_size);
     uint8_t header[HEADER_BYTES];
     header_of(key, data, size, header);
     const bool written = write_all(fd, header, sizeof header) && write_all(fd, data, size);
-    const int saved = errno;
-    const bool closed = close(fd) == 0;
-    if (!written || !closed || rename(temp, path) != 0) {
-        const char *why = !written ? strerror(saved) : strerror(errno);
+    int error = written ? 0 : errno ? errno : EIO; /* a write of 0 bytes sets no errno */
+    if (close(fd) != 0 && !error)
+        error = errno;
+    if (!error && rename(temp, path) != 0)
+        error = errno;
+    if (error) {
         unlink(temp);
-        return why;
+        return strerror_r(error, why, why_size);
     }
     return NULL;
 }
@@ -324,8 +367,8 @@ flp_status flp_kernel_cache_store(const flp_context *ctx, const char *dir,
     if (!memory_store(key, data, size))
         return FLP_ERROR_OUT_OF_MEMORY;
     if (dir && dir[0] != '\0') {
-        char path[4096];
-        const char *why = disk_store(dir, key, data, size, path);
+        char path[4096], buf[128];
+        const char *why = disk_store(dir, key, data, size, path, buf, sizeof buf);
         if (why)
             flp_log(ctx, FLP_LOG_DEBUG, "kernel cache: %s not written (%s): kept in memory only",
                     path[0] ? path : dir, why);

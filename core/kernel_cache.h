@@ -35,10 +35,15 @@ flp_kernel_key flp_kernel_key_end(flp_kernel_key_builder *b);
 
 /* The disk directory of a context whose flp_context_desc.cache_dir is configured (may be NULL):
  * configured when not NULL; else the environment's FLP_CACHE_DIR when set; else
- * $XDG_CACHE_HOME/flashport (an absolute XDG_CACHE_HOME only), else $HOME/.cache/flashport.
+ * $XDG_CACHE_HOME/flashport (an absolute XDG_CACHE_HOME only), else $HOME/.cache/flashport
+ * (an absolute HOME only); the environment as secure_getenv reads it.
  * An empty result (configured "" or FLP_CACHE_DIR="", or no home) means no disk cache. Written to
  * dir[size]; false when it does not fit (no disk cache). */
 bool flp_kernel_cache_dir(const char *configured, char *dir, size_t size);
+
+/* The disk side reads and writes entries only in a FLP_KERNEL_CACHE_FORMAT directory of the
+ * process's user that nobody else may write to (an entry is code that will run), only regular
+ * files, never through a link. */
 
 /* The image of key: from the process's memory, else from the disk directory dir (NULL or "":
  * none), which then fills the memory too. On a hit, a copy in *data (free with flp_free) and its

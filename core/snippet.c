@@ -11,10 +11,23 @@
 #include "core/snippet.h"
 #include "core/alloc.h"
 
-#include <ctype.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+
+/* ASCII classes (the <ctype.h> ones follow the locale: a Latin-1 letter would pass). */
+static bool is_digit(char c) {
+    return c >= '0' && c <= '9';
+}
+static bool is_lower(char c) {
+    return c >= 'a' && c <= 'z';
+}
+static bool is_alpha(char c) {
+    return is_lower(c) || (c >= 'A' && c <= 'Z');
+}
+static bool is_name_char(char c) {
+    return is_alpha(c) || is_digit(c) || c == '_';
+}
 
 /* ---- the language's names ---------------------------------------------------------------- */
 
@@ -215,7 +228,32 @@ static const char *const RESERVED[] = {
     "size_t",
     "ptrdiff_t",
     "main",
+    "active",
+    "interface",
+    "external",
+    "cast",
+    "packed",
+    "and_eq",
+    "not_eq",
+    "or_eq",
+    "xor_eq",
 };
+
+/* Names shaped like C or GLSL type names: any *_t (int16_t, float16_t, wchar_t, ...) and GLSL's
+ * vectors and matrices (bvec2, i16vec4, u64vec3, mat2x3, dmat4, ...), many of which are keywords
+ * only under the extensions the kernels enable. */
+static bool type_like(const char *s, size_t len) {
+    if (len >= 2 && s[len - 2] == '_' && s[len - 1] == 't')
+        return true;
+    size_t end = len;
+    bool digit = false;
+    while (end > 0 && (is_digit(s[end - 1]) || s[end - 1] == 'x')) {
+        digit |= is_digit(s[end - 1]);
+        end--;
+    }
+    return digit && end >= 3 &&
+           (strncmp(s + end - 3, "vec", 3) == 0 || strncmp(s + end - 3, "mat", 3) == 0);
+}
 
 static bool in_list(const char *const *list, int n, const char *s, size_t len) {
     for (int i = 0; i < n; i++)
@@ -241,10 +279,10 @@ static const char *name_problem(const char *s, size_t len) {
         return "is empty";
     if (len > FLP_SNIPPET_MAX_NAME)
         return "is longer than 31 characters";
-    if (!islower((unsigned char)s[0]))
+    if (!is_lower(s[0]))
         return "does not start with a lowercase letter";
     for (size_t i = 0; i < len; i++)
-        if (!islower((unsigned char)s[i]) && !isdigit((unsigned char)s[i]) && s[i] != '_')
+        if (!is_lower(s[i]) && !is_digit(s[i]) && s[i] != '_')
             return "has a character other than a-z, 0-9 and _";
     for (size_t i = 0; i + 1 < len; i++)
         if (s[i] == '_' && s[i + 1] == '_')
@@ -254,6 +292,8 @@ static const char *name_problem(const char *s, size_t len) {
     if (in_list(RESERVED, COUNT(RESERVED), s, len) || in_list(TYPES, COUNT(TYPES), s, len) ||
         in_list(STATEMENT_WORDS, COUNT(STATEMENT_WORDS), s, len))
         return "is a keyword of C, C++ or GLSL";
+    if (type_like(s, len))
+        return "is shaped like a C or GLSL type name (*_t, vecN, matN, matNxM)";
     if (in_list(FUNCTIONS, COUNT(FUNCTIONS), s, len))
         return "is a function of the snippet language";
     if (is_any_input(s, len))
@@ -322,6 +362,13 @@ typedef struct translator {
     int num_locals;
     char stack[MAX_DEPTH]; /* open brackets: ( { [ */
     int depth;
+    int open_questions; /* ? still waiting for their : */
+    enum {
+        LAST_STATEMENT_START, /* nothing yet, ;, {, } or else: a statement or block may start */
+        LAST_CLOSE_PAREN,     /* ): a block may start (after if (...)), or an operator follow */
+        LAST_BUFFER,          /* a buffer parameter's name: [ must follow */
+        LAST_OTHER,
+    } last;
     char *out;
     size_t out_len, out_cap;
     bool out_of_memory;
@@ -387,10 +434,28 @@ static flp_status fail_at(translator *t, const char *p, const char *fmt, ...) {
     return FLP_ERROR_INVALID_ARGUMENT;
 }
 
-static const char *skip_spaces(const char *p) {
-    while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')
-        p++;
-    return p;
+/* The first character at or after p that is neither white space nor in a closed comment. */
+static const char *skip_gap(const char *p) {
+    for (;;) {
+        while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')
+            p++;
+        if (p[0] == '/' && p[1] == '/') {
+            p += strcspn(p, "\n");
+        } else if (p[0] == '/' && p[1] == '*') {
+            const char *end = strstr(p + 2, "*/");
+            if (!end)
+                return p; /* the main loop reports it */
+            p = end + 2;
+        } else {
+            return p;
+        }
+    }
+}
+
+/* Emits [p, end) (white space and comments only) as comment() would: spaces and newlines. */
+static void emit_gap(translator *t, const char *p, const char *end) {
+    for (; p < end; p++)
+        emit(t, *p == '\n' ? "\n" : " ", 1);
 }
 
 /* A comment at p (// to the line's end, or a closed block comment): emitted as spaces and its
@@ -413,31 +478,32 @@ static const char *comment(translator *t, const char *p) {
 static const char *number(translator *t, const char *p) {
     const char *s = p;
     bool is_float = false;
-    while (isdigit((unsigned char)*p))
+    t->last = LAST_OTHER;
+    while (is_digit(*p))
         p++;
     if (*p == '.') {
         is_float = true;
         p++;
-        while (isdigit((unsigned char)*p))
+        while (is_digit(*p))
             p++;
     }
     if (*p == 'e' || *p == 'E') {
         const char *e = p + 1;
         if (*e == '+' || *e == '-')
             e++;
-        if (!isdigit((unsigned char)*e)) {
+        if (!is_digit(*e)) {
             fail_at(t, s, "the exponent of this number has no digits");
             return NULL;
         }
         is_float = true;
         p = e;
-        while (isdigit((unsigned char)*p))
+        while (is_digit(*p))
             p++;
     }
     const bool suffix = is_float && (*p == 'f' || *p == 'F');
     const size_t digits = (size_t)(p - s);
     p += suffix;
-    if (isalnum((unsigned char)*p) || *p == '_' || *p == '.') {
+    if (is_name_char(*p) || *p == '.') {
         fail_at(t, s,
                 "a number may be decimal digits with a fraction, an exponent and an f, "
                 "nothing else (no hex, octal or u/l/d suffixes)");
@@ -482,7 +548,8 @@ static bool is_local(const translator *t, const char *s, size_t len) {
 
 /* A name at p, of len characters. Returns the character after what it consumed, or NULL. */
 static const char *name(translator *t, const char *p, size_t len) {
-    const char *next = skip_spaces(p + len);
+    const char *next = skip_gap(p + len);
+    t->last = LAST_OTHER;
     if (in_list(TYPES, COUNT(TYPES), p, len)) {
         emit(t, p, len);
         if (*next == '(')
@@ -490,7 +557,7 @@ static const char *name(translator *t, const char *p, size_t len) {
         /* a declaration: the type, then a new local's name */
         const char *n = next;
         size_t n_len = 0;
-        while (isalnum((unsigned char)n[n_len]) || n[n_len] == '_')
+        while (is_name_char(n[n_len]))
             n_len++;
         const char *why = n_len == 0 ? "is missing" : name_problem(n, n_len);
         if (!why && (find_param(t, n, n_len) >= 0 || is_local(t, n, n_len)))
@@ -503,12 +570,26 @@ static const char *name(translator *t, const char *p, size_t len) {
             fail_at(t, n, "more than %d locals", MAX_LOCALS);
             return NULL;
         }
+        /* one name, then its value or the end: no arrays, initialiser lists or functions */
+        const char *after = skip_gap(n + n_len);
+        if ((unsigned char)*after >= 0x80) {
+            fail_at(t, after, "a character outside ASCII");
+            return NULL;
+        }
+        if (*after != '=' && *after != ';') {
+            fail_at(t, after, "a declaration is \"%.*s %.*s = value;\" or \"%.*s %.*s;\"", (int)len,
+                    p, (int)n_len, n, (int)len, p, (int)n_len, n);
+            return NULL;
+        }
         t->locals[t->num_locals] = n;
         t->local_len[t->num_locals++] = n_len;
-        emit(t, p + len, (size_t)(n + n_len - (p + len)));
+        emit_gap(t, p + len, n);
+        emit(t, n, n_len);
         return n + n_len;
     }
     if (in_list(STATEMENT_WORDS, COUNT(STATEMENT_WORDS), p, len)) {
+        if (len == 4 && strncmp(p, "else", 4) == 0)
+            t->last = LAST_STATEMENT_START;
         emit(t, p, len);
         return p + len;
     }
@@ -540,6 +621,7 @@ static const char *name(translator *t, const char *p, size_t len) {
             return NULL;
         }
         if (buffer) {
+            t->last = LAST_BUFFER;
             emit_text(t, "flp_read_");
             emit(t, p, len);
         } else {
@@ -569,8 +651,10 @@ static const char *const PUNCTUATION[] = {
 
 /* Punctuation at p, with its brackets matched. Returns the character after it, or NULL. */
 static const char *punctuation(translator *t, const char *p) {
-    /* refused before the table: their first characters are in it */
-    static const char *const refused[] = {"++", "--", "<<", ">>", "%=", "->"};
+    /* refused before the table: their first characters are in it (the digraphs <% %> <: :>
+     * %: are C++'s { } [ ] #, which would slip past the bracket matching) */
+    static const char *const refused[] = {"++", "--", "<<", ">>", "%=", "->",
+                                          "<%", "%>", "<:", ":>", "%:", "*/"};
     for (int i = 0; i < COUNT(refused); i++)
         if (strncmp(p, refused[i], 2) == 0) {
             fail_at(t, p, "%s is outside the snippet language (docs/variants.md)", refused[i]);
@@ -581,6 +665,26 @@ static const char *punctuation(translator *t, const char *p) {
         if (strncmp(p, PUNCTUATION[i], n) != 0)
             continue;
         const char c = p[0];
+        const int last = t->last;
+        t->last = c == ';' || c == '{' || c == '}' ? LAST_STATEMENT_START
+                  : c == ')'                       ? LAST_CLOSE_PAREN
+                                                   : LAST_OTHER;
+        if ((c == '[') != (last == LAST_BUFFER)) {
+            fail_at(t, p,
+                    c == '[' ? "[ only follows a buffer parameter (name[index])"
+                             : "a buffer parameter's name is followed by [index]");
+            return NULL;
+        }
+        if (c == '{' && last != LAST_STATEMENT_START && last != LAST_CLOSE_PAREN) {
+            fail_at(t, p, "{ opens a block, where a statement may start");
+            return NULL;
+        }
+        if (c == '?')
+            t->open_questions++;
+        if (c == ':' && t->open_questions-- == 0) {
+            fail_at(t, p, ": belongs to a ? : expression (no labels)");
+            return NULL;
+        }
         if (n == 1 && (c == '(' || c == '{' || c == '[')) {
             if (t->depth == MAX_DEPTH) {
                 fail_at(t, p, "brackets nested deeper than %d", MAX_DEPTH);
@@ -603,7 +707,10 @@ static const char *punctuation(translator *t, const char *p) {
         emit(t, p, n);
         return p + n;
     }
-    fail_at(t, p, "'%c' is outside the snippet language (docs/variants.md)", *p);
+    if ((unsigned char)*p < 0x20 || *p == 0x7f)
+        fail_at(t, p, "character \\x%02x is outside the snippet language", (unsigned char)*p);
+    else
+        fail_at(t, p, "'%c' is outside the snippet language (docs/variants.md)", *p);
     return NULL;
 }
 
@@ -640,11 +747,11 @@ flp_status flp_snippet_translate(flp_snippet_kind kind, const char *body,
             if (!after)
                 fail_at(&t, p, "a comment that is never closed");
             p = after;
-        } else if (isdigit((unsigned char)c) || (c == '.' && isdigit((unsigned char)p[1]))) {
+        } else if (is_digit(c) || (c == '.' && is_digit(p[1]))) {
             p = number(&t, p);
-        } else if (isalpha((unsigned char)c) || c == '_') {
+        } else if (is_alpha(c) || c == '_') {
             size_t len = 0;
-            while (isalnum((unsigned char)p[len]) || p[len] == '_')
+            while (is_name_char(p[len]))
                 len++;
             has_return |= len == 6 && strncmp(p, "return", 6) == 0;
             p = name(&t, p, len);

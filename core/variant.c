@@ -39,10 +39,9 @@ static bool finite_positive(float x) {
     return isfinite(x) && x > 0.0f;
 }
 
-/* The snippets and their parameters: each body checked by the snippet language's checker
- * (core/snippet.h); any snippet at all is then FLP_ERROR_UNSUPPORTED (no kernel takes them
- * yet). */
-static flp_status check_snippets(const flp_variant *v, char *msg, size_t size) {
+/* The snippets and their parameters, each body checked by the snippet language's checker
+ * (core/snippet.h); *any: whether the variant has a snippet. */
+static flp_status check_snippets(const flp_variant *v, char *msg, size_t size, bool *any) {
     char why[400];
     if (flp_snippet_check_params(v->params, v->num_params, why, sizeof why) != FLP_OK)
         return reject(FLP_ERROR_INVALID_ARGUMENT, msg, size, "variant.params: %s", why);
@@ -52,11 +51,11 @@ static flp_status check_snippets(const flp_variant *v, char *msg, size_t size) {
         [FLP_SNIPPET_QUERY_TRANSFORM] = v->query_transform,
         [FLP_SNIPPET_OUTPUT_TRANSFORM] = v->output_transform,
     };
-    bool any = false;
+    *any = false;
     for (int k = 0; k < FLP_SNIPPET_NUM_KINDS; k++) {
         if (!bodies[k])
             continue;
-        any = true;
+        *any = true;
         flp_snippet snippet;
         const flp_status status = flp_snippet_translate((flp_snippet_kind)k, bodies[k], v->params,
                                                         v->num_params, &snippet, why, sizeof why);
@@ -66,11 +65,6 @@ static flp_status check_snippets(const flp_variant *v, char *msg, size_t size) {
             return reject(status, msg, size, "variant: %s", why);
         flp_snippet_free(&snippet);
     }
-    if (any)
-        return reject(FLP_ERROR_UNSUPPORTED, msg, size,
-                      "variant snippets (logits_transform, logits_mask, query_transform, "
-                      "output_transform) are checked, but no kernel takes them yet "
-                      "(docs/variants.md)");
     return FLP_OK;
 }
 
@@ -79,6 +73,11 @@ flp_status flp_variant_validate(const flp_variant *v, char *msg, size_t size) {
         msg[0] = '\0';
     if (!v)
         return reject(FLP_ERROR_INVALID_ARGUMENT, msg, size, "variant is NULL");
+    /* the snippets first: a bad one is reported even where something else is unsupported */
+    bool has_snippet = false;
+    const flp_status snippets = check_snippets(v, msg, size, &has_snippet);
+    if (snippets != FLP_OK)
+        return snippets;
     flp_status head_dim = flp_head_dim_status(v->head_dim);
     if (head_dim != FLP_OK)
         return reject(head_dim, msg, size,
@@ -139,7 +138,12 @@ flp_status flp_variant_validate(const flp_variant *v, char *msg, size_t size) {
         return reject(FLP_ERROR_INVALID_ARGUMENT, msg, size,
                       "variant.k_scale = %g, v_scale = %g: must be positive (0 = 1)",
                       (double)v->k_scale, (double)v->v_scale);
-    return check_snippets(v, msg, size);
+    if (has_snippet)
+        return reject(FLP_ERROR_UNSUPPORTED, msg, size,
+                      "variant snippets (logits_transform, logits_mask, query_transform, "
+                      "output_transform) are checked, but no kernel takes them yet "
+                      "(docs/variants.md)");
+    return FLP_OK;
 }
 
 flp_status flp_variant_check_for_plan(flp_context *ctx, const char *fn, const flp_variant *variant,

@@ -154,6 +154,9 @@ static void test_variant_validation(void **state) {
           .num_params = 1},
          FLP_ERROR_INVALID_ARGUMENT,
          "cap is a scalar"},
+        {{.head_dim = 96, .logits_mask = "return nope;"},
+         FLP_ERROR_INVALID_ARGUMENT,
+         "nope is not an input"}, /* a bad snippet before an unsupported head_dim */
         {{.head_dim = 64, .params = cap, .num_params = -1},
          FLP_ERROR_INVALID_ARGUMENT,
          "variant.params: -1 user parameters"},

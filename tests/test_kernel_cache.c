@@ -148,7 +148,7 @@ static void test_memory_and_disk(void **state) {
     assert_true(flp_kernel_cache_entry_path(dir, &key, path, sizeof path));
     struct stat st;
     assert_int_equal(stat(path, &st), 0);
-    assert_true(st.st_size > 100003);
+    assert_int_equal(st.st_size, 80 + 100003); /* the header, the image */
     /* a second process: nothing in memory, the entry from disk */
     flp_kernel_cache_clear_memory();
     expect_hit(dir, &key, image, 100003);
@@ -273,6 +273,10 @@ static void test_concurrent_processes(void **state) {
     temp_dir(dir, sizeof dir);
     const flp_kernel_key key = key_of("concurrent", "", "");
     enum { WRITERS = 4, READERS = 2, ROUNDS = 40, SIZE = 300000 };
+    /* an entry before the processes start: every read has a whole file to find */
+    uint8_t *first = random_image(SIZE, 0);
+    assert_int_equal(flp_kernel_cache_store(NULL, dir, &key, first, SIZE), FLP_OK);
+    free(first);
     pid_t pids[WRITERS + READERS];
     for (int p = 0; p < WRITERS + READERS; p++) {
         pids[p] = fork();
@@ -290,11 +294,13 @@ static void test_concurrent_processes(void **state) {
             } else {
                 void *data = NULL;
                 size_t size = 0;
-                if (flp_kernel_cache_find(NULL, dir, &key, &data, &size)) {
-                    bad |= size != SIZE ||
-                           (memcmp(data, mine, SIZE) != 0 && memcmp(data, theirs, SIZE) != 0);
-                    free(data);
+                if (!flp_kernel_cache_find(NULL, dir, &key, &data, &size)) {
+                    bad = 1; /* a whole entry is always there */
+                    continue;
                 }
+                bad |= size != SIZE ||
+                       (memcmp(data, mine, SIZE) != 0 && memcmp(data, theirs, SIZE) != 0);
+                free(data);
             }
         }
         _exit(bad);
@@ -341,8 +347,57 @@ static void test_unwritable_directory(void **state) {
     remove_tree(dir);
 }
 
+/* Entries are read and written only in a directory of this user nobody else may write to, and
+ * only as regular files: a FIFO at an entry's path is a miss (it would block a read), as is a
+ * symbolic link. */
+static void test_untrusted_places(void **state) {
+    (void)state;
+    char dir[512];
+    temp_dir(dir, sizeof dir);
+    const flp_kernel_key key = key_of("untrusted", "", "");
+    uint8_t *image = random_image(2000, 11);
+    char path[4096], entries[700];
+    assert_true(flp_kernel_cache_entry_path(dir, &key, path, sizeof path));
+    snprintf(entries, sizeof entries, "%s/" FLP_KERNEL_CACHE_FORMAT, dir);
+    flp_kernel_cache_clear_memory();
+    assert_int_equal(flp_kernel_cache_store(NULL, dir, &key, image, 2000), FLP_OK);
+    flp_kernel_cache_clear_memory();
+    expect_hit(dir, &key, image, 2000);
+    /* the entries' directory writable by others: neither read nor written */
+    assert_int_equal(chmod(entries, 0777), 0);
+    flp_kernel_cache_clear_memory();
+    expect_miss(dir, &key);
+    assert_int_equal(flp_kernel_cache_store(NULL, dir, &key, image, 2000), FLP_OK); /* memory */
+    assert_int_equal(chmod(entries, 0700), 0);
+    flp_kernel_cache_clear_memory();
+    expect_hit(dir, &key, image, 2000); /* the earlier, trusted write */
+    /* a FIFO at the entry's path: a miss at once, not a hang */
+    assert_int_equal(unlink(path), 0);
+    assert_int_equal(mkfifo(path, 0600), 0);
+    flp_kernel_cache_clear_memory();
+    expect_miss(dir, &key);
+    /* a symbolic link to a valid entry: a miss */
+    assert_int_equal(unlink(path), 0);
+    const flp_kernel_key other = key_of("untrusted other", "", "");
+    char other_path[4096];
+    assert_true(flp_kernel_cache_entry_path(dir, &other, other_path, sizeof other_path));
+    assert_int_equal(flp_kernel_cache_store(NULL, dir, &key, image, 2000), FLP_OK);
+    assert_int_equal(rename(path, other_path), 0);
+    assert_int_equal(symlink(other_path, path), 0);
+    flp_kernel_cache_clear_memory();
+    expect_miss(dir, &key);
+    /* an image over the limit is refused before anything is read or written */
+    assert_int_equal(
+        flp_kernel_cache_store(NULL, dir, &key, image, (size_t)FLP_KERNEL_CACHE_MAX_IMAGE + 1),
+        FLP_ERROR_INVALID_ARGUMENT);
+    free(image);
+    flp_kernel_cache_clear_memory();
+    remove_tree(dir);
+}
+
 static void test_directory_choice(void **state) {
     (void)state;
+    char *saved_home = getenv("HOME") ? strdup(getenv("HOME")) : NULL;
     char dir[FLP_CACHE_DIR_SIZE];
     assert_true(flp_kernel_cache_dir("/some/where", dir, sizeof dir));
     assert_string_equal(dir, "/some/where");
@@ -362,10 +417,16 @@ static void test_directory_choice(void **state) {
     setenv("XDG_CACHE_HOME", "relative", 1); /* ignored, as the XDG rules say */
     assert_true(flp_kernel_cache_dir(NULL, dir, sizeof dir));
     assert_string_equal(dir, "/home/user/.cache/flashport");
+    setenv("HOME", "relative/home", 1); /* a relative HOME is no home */
     unsetenv("XDG_CACHE_HOME");
+    assert_true(flp_kernel_cache_dir(NULL, dir, sizeof dir));
+    assert_string_equal(dir, "");
     unsetenv("HOME");
     assert_true(flp_kernel_cache_dir(NULL, dir, sizeof dir));
     assert_string_equal(dir, "");
+    if (saved_home)
+        setenv("HOME", saved_home, 1);
+    free(saved_home);
     /* too long for the buffer: no disk cache */
     char small[8];
     assert_false(flp_kernel_cache_dir("/a/long/path", small, sizeof small));
@@ -384,6 +445,12 @@ static void test_context_cache_dir(void **state) {
     flp_context *ctx = (flp_context *)1;
     assert_int_equal(flp_context_create(&desc, &ctx), FLP_ERROR_INVALID_ARGUMENT);
     assert_null(ctx);
+    /* at the limit: not refused for its length (the backend may still find no device) */
+    long_dir[FLP_CACHE_DIR_SIZE - 1] = '\0';
+    const flp_status st = flp_context_create(&desc, &ctx);
+    assert_int_not_equal(st, FLP_ERROR_INVALID_ARGUMENT);
+    if (st == FLP_OK)
+        flp_context_destroy(ctx);
     free(long_dir);
 }
 
@@ -392,7 +459,8 @@ int main(void) {
         cmocka_unit_test(test_sha256_vectors),       cmocka_unit_test(test_keys),
         cmocka_unit_test(test_memory_and_disk),      cmocka_unit_test(test_corrupt_entries),
         cmocka_unit_test(test_concurrent_processes), cmocka_unit_test(test_unwritable_directory),
-        cmocka_unit_test(test_directory_choice),     cmocka_unit_test(test_context_cache_dir),
+        cmocka_unit_test(test_untrusted_places),     cmocka_unit_test(test_directory_choice),
+        cmocka_unit_test(test_context_cache_dir),
     };
     return cmocka_run_group_tests_name("kernel_cache", tests, NULL, NULL);
 }

@@ -15,9 +15,13 @@
 #include <string.h>
 
 static const flp_variant_param PARAMS[] = {
-    {"cap", FLP_PARAM_FLOAT},          {"shift", FLP_PARAM_INT},
-    {"sinks", FLP_PARAM_FLOAT_BUFFER}, {"bias_table", FLP_PARAM_FLOAT_BUFFER},
+    {"cap", FLP_PARAM_FLOAT},
+    {"shift", FLP_PARAM_INT},
+    {"sinks", FLP_PARAM_FLOAT_BUFFER},
+    {"bias_table", FLP_PARAM_FLOAT_BUFFER},
     {"buckets", FLP_PARAM_INT_BUFFER},
+    {"matrix2", FLP_PARAM_INT}, /* names that only look like type names are fine */
+    {"box", FLP_PARAM_FLOAT},
 };
 #define NUM_PARAMS ((int)(sizeof PARAMS / sizeof *PARAMS))
 
@@ -84,6 +88,15 @@ static void test_translations(void **state) {
                 input_bit(ot, "qo_head") | input_bit(ot, "lse") | input_bit(ot, "dim") |
                     input_bit(ot, "o"),
                 (1u << 2) | (1u << 4));
+    /* comments between any two tokens; else if; names that only look like types */
+    expect_text(lt,
+                "float /*a*/ t // b\n = sinks /**/ [qo_pos]; if (t > 0.0) return t; else if "
+                "(t < 0.0) return -t; else return exp /**/ (logit) + float(matrix2) * box;",
+                "float       t     \n = flp_read_sinks      (qo_pos); if (t > 0.0f) return t; "
+                "else if (t < 0.0f) return -t; else return flp_exp      (logit) + float(matrix2) "
+                "* box;",
+                input_bit(lt, "qo_pos") | input_bit(lt, "logit"),
+                (1u << 2) | (1u << 5) | (1u << 6));
     /* comments may hold anything, non-ASCII included: a space per byte */
     expect_text(lt, "return logit; // caf\xc3\xa9", "return logit;         ",
                 input_bit(lt, "logit"), 0);
@@ -165,6 +178,33 @@ static void test_refusals(void **state) {
     expect_refused(lt, "float Big = 1.0; return logit;", "lowercase letter", NULL);
     expect_refused(lt, "float = 1.0; return logit;", "is missing", NULL);
     expect_refused(lt, "float exp = 1.0; return logit;", "function of the snippet language", NULL);
+    /* C++ digraphs (<% %> <: :> %: are { } [ ] #): they would close the wrapper on CUDA */
+    expect_refused(lt, "return logit; %> float g(float a) <% return a;", "%> is outside", NULL);
+    expect_refused(lt, "float t<:2:>; return logit;", "a declaration is", NULL);
+    expect_refused(lt, "return bias_table[0] + logit<:0:>;", "<: is outside", NULL);
+    expect_refused(lt, "%:define X\nreturn logit;", "%: is outside", NULL);
+    expect_refused(lt, "return logit; */", "*/ is outside", NULL);
+    expect_refused(lt, "return logit >> 1;", ">> is outside", NULL);
+    expect_refused(lt, "int i = 1; i--; return logit;", "-- is outside", NULL);
+    expect_refused(lt, "return logit;\f", "character \\x0c", NULL);
+    /* what C++ would take and GLSL would not: arrays, initialisers, local functions, labels,
+     * brackets after a non-buffer, blocks in expressions */
+    expect_refused(lt, "float t[2]; return logit;", "a declaration is \"float t = value;\"", NULL);
+    expect_refused(lt, "float t(logit); return t;", "a declaration is", NULL);
+    expect_refused(lt, "float t{logit}; return t;", "a declaration is", NULL);
+    expect_refused(lt, "float g(float a); return logit;", "a declaration is", NULL);
+    expect_refused(lt, "float t = {logit}; return t;", "{ opens a block", NULL);
+    expect_refused(lt, "float here = 1.0; here: return logit;", ": belongs to a ? : expression",
+                   NULL);
+    expect_refused(lt, "return logit[0];", "[ only follows a buffer parameter", NULL);
+    expect_refused(lt, "return (logit > 0.0 ? 1.0 : 2.0) : 3.0;", ": belongs to", NULL);
+    /* names shaped like types, some keywords only under the kernels' extensions */
+    expect_refused(lt, "float bvec2 = 1.0; return logit;", "shaped like a C or GLSL type", NULL);
+    expect_refused(lt, "float mat2x3 = 1.0; return logit;", "shaped like", NULL);
+    expect_refused(lt, "float i16vec4 = 1.0; return logit;", "shaped like", NULL);
+    expect_refused(lt, "int int16_t = 1; return logit;", "shaped like", NULL);
+    expect_refused(lt, "float interface = 1.0; return logit;", "keyword", NULL);
+    expect_refused(lt, "float not_eq = 1.0; return logit;", "keyword", NULL);
     /* no return */
     expect_refused(lt, "float a = logit;", "logits_transform has no return statement", NULL);
     expect_refused(lt, "", "no return statement", NULL);
