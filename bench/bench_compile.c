@@ -24,12 +24,16 @@
 #include "backend-cuda/cu_nvrtc.h"
 #endif
 
+#if defined(FLP_BENCH_VULKAN_JIT) || defined(FLP_BENCH_NVRTC)
 static double now_ms(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return 1e3 * (double)t.tv_sec + 1e-6 * (double)t.tv_nsec;
 }
 
+#endif
+
+#ifdef FLP_BENCH_VULKAN_JIT
 static int compare_doubles(const void *a, const void *b) {
     const double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
@@ -40,7 +44,6 @@ static double median(double *x, int n) {
     return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
 }
 
-#ifdef FLP_BENCH_VULKAN_JIT
 enum { MAX_ROUNDS = 64 };
 
 static const char *const SHADER_NAMES[FLP_VK_SHADER_COUNT] = {
