@@ -206,9 +206,15 @@ flp_status flp_vk_jit_spirv(flp_context *ctx, flp_vk_shader shader, void **code,
         return status;
     flp_log(ctx, FLP_LOG_INFO, "Vulkan: %s compiled by %s in %.0f ms", name, version,
             1e3 * (seconds() - t0));
-    /* keeping it is optional: without memory for the copy, the next context compiles again */
-    if (flp_kernel_cache_store(ctx, ctx->kernel_cache_dir, &key, *code, *bytes) != FLP_OK)
-        flp_log(ctx, FLP_LOG_DEBUG, "Vulkan: %s not cached (out of host memory)", name);
+    /* out of host memory for the cache's copy: the call fails, as every allocation failure of
+     * the library does (the fault-injection walks hold it to that) */
+    status = flp_kernel_cache_store(ctx, ctx->kernel_cache_dir, &key, *code, *bytes);
+    if (status != FLP_OK) {
+        flp_free(*code);
+        *code = NULL;
+        *bytes = 0;
+        return flp_fail(ctx, status, "Vulkan: out of host memory caching %s", name);
+    }
     return FLP_OK;
 }
 
