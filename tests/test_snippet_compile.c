@@ -1,6 +1,7 @@
 /* Vulkan suite (and, with the CUDA backend built, NVRTC): translated and wrapped snippets
  * (core/snippet.h) compile as GLSL with glslangValidator and as CUDA with NVRTC, against the
- * two snippet preludes, so that the text the checker lets through is one both backends take; a
+ * two snippet preludes (the GLSL side under the kernels' extensions), docs/variants.md's worked
+ * examples among them, so that the text the checker lets through is one both backends take; a
  * snippet with an error both compilers see fails on both, their messages naming the snippet's
  * own line. Needs no device. NVRTC's part is skipped (said so) where libnvrtc cannot load. */
 #include <setjmp.h>
@@ -22,10 +23,9 @@
 #include <unistd.h>
 
 static const flp_variant_param PARAMS[] = {
-    {"cap", FLP_PARAM_FLOAT},
-    {"shift", FLP_PARAM_INT},
-    {"sinks", FLP_PARAM_FLOAT_BUFFER},
-    {"buckets", FLP_PARAM_INT_BUFFER},
+    {"cap", FLP_PARAM_FLOAT},          {"shift", FLP_PARAM_INT},
+    {"sinks", FLP_PARAM_FLOAT_BUFFER}, {"buckets", FLP_PARAM_INT_BUFFER},
+    {"bias", FLP_PARAM_FLOAT_BUFFER},  {"sigmoid_bias", FLP_PARAM_FLOAT},
 };
 #define NUM_PARAMS ((int)(sizeof PARAMS / sizeof *PARAMS))
 
@@ -47,6 +47,26 @@ static const case_def GOOD[] = {
      "float s = sinks[qo_head] - lse;\nreturn o * sigmoid(-s) + log(1.0 + sqrt(floor(1.5) + "
      "ceil(0.5))) * sin(0.0) * cos(0.0) + log2(exp(0.0));"},
 };
+
+/* docs/variants.md's worked examples, as the page shows them */
+static const case_def EXAMPLES[] = {
+    {FLP_SNIPPET_OUTPUT_TRANSFORM, "return o * sigmoid(lse - sinks[qo_head]);"},
+    {FLP_SNIPPET_LOGITS_TRANSFORM,
+     "int distance = qo_pos - kv_pos; /* >= 0 under the causal mask */\n"
+     "int bucket = distance;\n"
+     "if (distance >= 16)\n"
+     "    bucket = min(16 + int(log(float(distance) / 16.0) / log(8.0) * 16.0), 31);\n"
+     "return logit + bias[qo_head * 32 + bucket];"},
+    {FLP_SNIPPET_LOGITS_TRANSFORM, "return logit + sigmoid_bias;"},
+};
+
+#define NUM_GOOD (sizeof GOOD / sizeof *GOOD)
+#define NUM_CASES (NUM_GOOD + sizeof EXAMPLES / sizeof *EXAMPLES)
+
+/* Case i of GOOD, then of EXAMPLES. */
+static const case_def *good_case(size_t i) {
+    return i < NUM_GOOD ? &GOOD[i] : &EXAMPLES[i - NUM_GOOD];
+}
 
 /* both compilers refuse this (two arguments to exp), on line 2 of the body */
 static const case_def BAD = {FLP_SNIPPET_LOGITS_TRANSFORM, "float a = logit;\nreturn exp(a, 2.0);"};
@@ -113,7 +133,15 @@ static int glslang(const char *source, char *log, size_t log_size) {
     return status;
 }
 
-static const char GLSL_HEAD[] = "#version 450\nlayout(local_size_x = 1) in;";
+/* with the extensions the kernels enable (under which more words are keywords) */
+static const char GLSL_HEAD[] =
+    "#version 460\n"
+    "#extension GL_EXT_shader_explicit_arithmetic_types_int64 : require\n"
+    "#extension GL_EXT_shader_explicit_arithmetic_types_int16 : require\n"
+    "#extension GL_EXT_shader_explicit_arithmetic_types_float16 : require\n"
+    "#extension GL_EXT_buffer_reference : require\n"
+    "#extension GL_KHR_shader_subgroup_basic : require\n"
+    "layout(local_size_x = 1) in;";
 static const char GLSL_MACROS[] =
     "#define FLP_USER_FLOAT(j) (0.5f * float(j))\n#define FLP_USER_INT(j) (j)\n"
     "#define FLP_USER_READ_FLOAT(j, i) (float(i + j))\n#define FLP_USER_READ_INT(j, i) (i - j)";
@@ -123,8 +151,8 @@ static void test_glsl(void **state) {
     (void)state;
     char *prelude = read_text(FLP_SOURCE_DIR "/shaders/snippet_prelude.glsl");
     char log[8192];
-    for (size_t i = 0; i < sizeof GOOD / sizeof *GOOD; i++) {
-        char *function = wrapped(&GOOD[i]);
+    for (size_t i = 0; i < NUM_CASES; i++) {
+        char *function = wrapped(good_case(i));
         char *source = source_of(GLSL_HEAD, prelude, GLSL_MACROS, function, GLSL_TAIL);
         if (glslang(source, log, sizeof log) != 0)
             fail_msg("case %zu does not compile as GLSL:\n%s\n%s", i, log, source);
@@ -156,8 +184,8 @@ static void test_cuda(void **state) {
     }
     char *prelude = read_text(FLP_SOURCE_DIR "/backend-cuda/kernels/snippet_prelude.cuh");
     static char message[65536];
-    for (size_t i = 0; i < sizeof GOOD / sizeof *GOOD; i++) {
-        char *function = wrapped(&GOOD[i]);
+    for (size_t i = 0; i < NUM_CASES; i++) {
+        char *function = wrapped(good_case(i));
         char *source = source_of("", prelude, CUDA_MACROS, function, CUDA_TAIL);
         flp_cuda_image image = {0};
         if (flp_cuda_nvrtc_compile_source(source, "snippet.cu", 80, NULL, 0, &image, message,
