@@ -6,7 +6,7 @@
 #
 #   tests/fuzz/run.sh [seconds per target (default 60)] [target ...]
 #
-# Targets: page_table, tensor_check, decode_plan, prefill_plan (default: all). FLP_FUZZ_BUILD
+# Targets: page_table, tensor_check, decode_plan, prefill_plan, snippet (default: all). FLP_FUZZ_BUILD
 # names the build directory (default build-fuzz). New inputs found go to a temporary directory:
 # the checked-in corpus only changes by hand (e.g. fuzz_<target> -merge=1
 # tests/fuzz/corpus/<target> <new inputs>).
@@ -15,7 +15,7 @@ set -eu
 root=$(cd "$(dirname "$0")/../.." && pwd)
 seconds=${1:-60}
 [ $# -gt 0 ] && shift
-targets=${*:-page_table tensor_check decode_plan prefill_plan}
+targets=${*:-page_table tensor_check decode_plan prefill_plan snippet}
 build=${FLP_FUZZ_BUILD:-$root/build-fuzz}
 
 if [ ! -f "$build/build.ninja" ]; then
