@@ -11,6 +11,8 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
 
 /* Command buffers the library's own queue keeps in flight before recycling the oldest. */
 #define FLP_VK_SLOTS 8
@@ -311,6 +313,13 @@ flp_status flp_vk_kv_append_run(flp_context *ctx, const flp_kv_append_params *pa
 flp_status flp_vk_merge_init(flp_vk *vk);
 void flp_vk_merge_destroy(flp_vk *vk);
 flp_status flp_vk_merge_run(flp_context *ctx, const flp_merge_params *params);
+
+/* Whether the switch in environment variable name is on: set, not empty and not "0"
+ * (FLP_VULKAN_VALIDATION, FLP_VULKAN_JIT). */
+static inline bool flp_vk_env_on(const char *name) {
+    const char *env = getenv(name);
+    return env && env[0] && strcmp(env, "0") != 0;
+}
 
 /* Powers of two around x (x >= 1): the largest <= x and the smallest >= x. */
 static inline uint32_t pow2_floor(uint32_t x) {

@@ -88,11 +88,6 @@ static VkDebugUtilsMessengerCreateInfoEXT messenger_info(flp_vk *vk) {
     };
 }
 
-static bool validation_requested(void) {
-    const char *env = getenv("FLP_VULKAN_VALIDATION");
-    return env && env[0] && strcmp(env, "0") != 0;
-}
-
 static bool has_layer(const VkLayerProperties *layers, uint32_t n, const char *name) {
     for (uint32_t i = 0; i < n; i++)
         if (strcmp(layers[i].layerName, name) == 0)
@@ -173,7 +168,7 @@ static flp_status create_instance(flp_vk *vk) {
                         "the Vulkan loader supports version %u.%u, flashport needs 1.2",
                         VK_API_VERSION_MAJOR(loader_version), VK_API_VERSION_MINOR(loader_version));
 
-    bool validation = validation_requested();
+    bool validation = flp_vk_env_on("FLP_VULKAN_VALIDATION");
     bool debug_utils_in_layer = false;
     if (validation) {
         flp_status st = check_validation_layer(vk, &debug_utils_in_layer);

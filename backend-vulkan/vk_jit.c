@@ -20,9 +20,22 @@
 #include <pthread.h>
 #endif
 
+const char *flp_vk_shader_name(flp_vk_shader shader) {
+    static const char *const names[FLP_VK_SHADER_COUNT] = {
+        [FLP_VK_SHADER_DECODE] = "decode",
+        [FLP_VK_SHADER_DECODE_CPU] = "decode_cpu",
+        [FLP_VK_SHADER_DECODE_CPU_TEXEL] = "decode_cpu_texel",
+        [FLP_VK_SHADER_DECODE_MERGE] = "decode_merge",
+        [FLP_VK_SHADER_PREFILL] = "prefill",
+        [FLP_VK_SHADER_PREFILL_MERGE] = "prefill_merge",
+        [FLP_VK_SHADER_KV_APPEND] = "kv_append",
+        [FLP_VK_SHADER_MERGE_STATES] = "merge_states",
+    };
+    return (unsigned)shader < FLP_VK_SHADER_COUNT ? names[shader] : "unknown shader";
+}
+
 bool flp_vk_jit_requested(void) {
-    const char *env = getenv("FLP_VULKAN_JIT");
-    return env && env[0] && strcmp(env, "0") != 0;
+    return flp_vk_env_on("FLP_VULKAN_JIT");
 }
 
 #ifndef FLP_HAVE_GLSLANG
@@ -52,20 +65,16 @@ static const struct {
     const unsigned char *text;
     const unsigned long *size;
     const char *defines; /* lines spliced in after #version */
-    const char *name;
 } SOURCES[FLP_VK_SHADER_COUNT] = {
-    [FLP_VK_SHADER_DECODE] = {flp_glsl_decode, &flp_glsl_decode_size, "", "decode"},
-    [FLP_VK_SHADER_DECODE_CPU] = {flp_glsl_decode_cpu, &flp_glsl_decode_cpu_size, "", "decode_cpu"},
+    [FLP_VK_SHADER_DECODE] = {flp_glsl_decode, &flp_glsl_decode_size, ""},
+    [FLP_VK_SHADER_DECODE_CPU] = {flp_glsl_decode_cpu, &flp_glsl_decode_cpu_size, ""},
     [FLP_VK_SHADER_DECODE_CPU_TEXEL] = {flp_glsl_decode_cpu, &flp_glsl_decode_cpu_size,
-                                        "#define FLP_TEXEL_KV 1\n", "decode_cpu_texel"},
-    [FLP_VK_SHADER_DECODE_MERGE] = {flp_glsl_decode_merge, &flp_glsl_decode_merge_size, "",
-                                    "decode_merge"},
-    [FLP_VK_SHADER_PREFILL] = {flp_glsl_prefill, &flp_glsl_prefill_size, "", "prefill"},
-    [FLP_VK_SHADER_PREFILL_MERGE] = {flp_glsl_prefill_merge, &flp_glsl_prefill_merge_size, "",
-                                     "prefill_merge"},
-    [FLP_VK_SHADER_KV_APPEND] = {flp_glsl_kv_append, &flp_glsl_kv_append_size, "", "kv_append"},
-    [FLP_VK_SHADER_MERGE_STATES] = {flp_glsl_merge_states, &flp_glsl_merge_states_size, "",
-                                    "merge_states"},
+                                        "#define FLP_TEXEL_KV 1\n"},
+    [FLP_VK_SHADER_DECODE_MERGE] = {flp_glsl_decode_merge, &flp_glsl_decode_merge_size, ""},
+    [FLP_VK_SHADER_PREFILL] = {flp_glsl_prefill, &flp_glsl_prefill_size, ""},
+    [FLP_VK_SHADER_PREFILL_MERGE] = {flp_glsl_prefill_merge, &flp_glsl_prefill_merge_size, ""},
+    [FLP_VK_SHADER_KV_APPEND] = {flp_glsl_kv_append, &flp_glsl_kv_append_size, ""},
+    [FLP_VK_SHADER_MERGE_STATES] = {flp_glsl_merge_states, &flp_glsl_merge_states_size, ""},
 };
 
 /* What every compile asks of glslang: Vulkan 1.2 semantics, SPIR-V 1.5. */
@@ -170,7 +179,7 @@ flp_status flp_vk_jit_spirv(flp_context *ctx, flp_vk_shader shader, void **code,
     *bytes = 0;
     if ((unsigned)shader >= FLP_VK_SHADER_COUNT)
         return flp_fail(ctx, FLP_ERROR_BACKEND, "Vulkan: shader %d has no source", (int)shader);
-    const char *name = SOURCES[shader].name;
+    const char *name = flp_vk_shader_name(shader);
     char *source = source_of((const char *)SOURCES[shader].text, *SOURCES[shader].size,
                              SOURCES[shader].defines);
     if (!source)

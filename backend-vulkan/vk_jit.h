@@ -11,6 +11,10 @@
 /* Whether the library was built with glslang (meson: the glslang dependency found). */
 bool flp_vk_jit_available(void);
 
+/* The shader's name in messages ("decode", "merge_states", ...; its source shaders/<name>.comp
+ * but for decode_cpu_texel, decode_cpu.comp with FLP_TEXEL_KV). */
+const char *flp_vk_shader_name(flp_vk_shader shader);
+
 /* Whether FLP_VULKAN_JIT asks for run-time compiled shaders (read when a context opens). */
 bool flp_vk_jit_requested(void);
 

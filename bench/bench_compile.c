@@ -46,17 +46,6 @@ static double median(double *x, int n) {
 
 enum { MAX_ROUNDS = 64 };
 
-static const char *const SHADER_NAMES[FLP_VK_SHADER_COUNT] = {
-    [FLP_VK_SHADER_DECODE] = "decode",
-    [FLP_VK_SHADER_DECODE_CPU] = "decode_cpu",
-    [FLP_VK_SHADER_DECODE_CPU_TEXEL] = "decode_cpu_texel",
-    [FLP_VK_SHADER_DECODE_MERGE] = "decode_merge",
-    [FLP_VK_SHADER_PREFILL] = "prefill",
-    [FLP_VK_SHADER_PREFILL_MERGE] = "prefill_merge",
-    [FLP_VK_SHADER_KV_APPEND] = "kv_append",
-    [FLP_VK_SHADER_MERGE_STATES] = "merge_states",
-};
-
 /* One flp_vk_jit_spirv of shader on ctx: its time in ms (the image's bytes in *bytes). */
 static double jit_once(flp_context *ctx, flp_vk_shader shader, size_t *bytes) {
     void *code = NULL;
@@ -64,7 +53,7 @@ static double jit_once(flp_context *ctx, flp_vk_shader shader, size_t *bytes) {
     const flp_status st = flp_vk_jit_spirv(ctx, shader, &code, bytes);
     const double t = now_ms() - t0;
     if (st != FLP_OK) {
-        fprintf(stderr, "flp_vk_jit_spirv(%s): %s: %s\n", SHADER_NAMES[shader],
+        fprintf(stderr, "flp_vk_jit_spirv(%s): %s: %s\n", flp_vk_shader_name(shader),
                 flp_status_string(st), ctx->last_error);
         exit(1);
     }
@@ -104,8 +93,8 @@ static void bench_vulkan(int rounds) {
         }
         printf("compile backend=vulkan shader=%s spirv_bytes=%zu cold_ms=%.2f disk_ms=%.3f "
                "memory_ms=%.3f\n",
-               SHADER_NAMES[s], bytes, median(cold, rounds), median(disk, rounds),
-               median(memory, rounds));
+               flp_vk_shader_name((flp_vk_shader)s), bytes, median(cold, rounds),
+               median(disk, rounds), median(memory, rounds));
     }
     flp_kernel_cache_clear_memory();
     char command[128];

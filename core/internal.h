@@ -37,6 +37,10 @@ struct flp_buffer {
  * ctx may be NULL (then it only returns status). */
 flp_status flp_fail(flp_context *ctx, flp_status status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* Writes the reason to message[size] (may be NULL or 0 bytes, then nothing is written) and
+ * returns status: for checks that report to a caller's buffer rather than to a context. */
+flp_status flp_report(flp_status status, char *message, size_t size, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 /* Logs through ctx's callback when one is set and level passes the threshold. */
 void flp_log(const flp_context *ctx, flp_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

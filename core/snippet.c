@@ -308,37 +308,29 @@ bool flp_snippet_name_ok(const char *name, const char **why) {
     return problem == NULL;
 }
 
-static flp_status fail(char *message, size_t size, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static flp_status fail(char *message, size_t size, const char *fmt, ...) {
-    if (message && size > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(message, size, fmt, ap);
-        va_end(ap);
-    }
-    return FLP_ERROR_INVALID_ARGUMENT;
-}
-
 flp_status flp_snippet_check_params(const flp_variant_param *params, int num_params, char *message,
                                     size_t message_size) {
     if (num_params < 0 || num_params > FLP_SNIPPET_MAX_PARAMS)
-        return fail(message, message_size, "%d user parameters: 0 to %d", num_params,
-                    FLP_SNIPPET_MAX_PARAMS);
+        return flp_report(FLP_ERROR_INVALID_ARGUMENT, message, message_size,
+                          "%d user parameters: 0 to %d", num_params, FLP_SNIPPET_MAX_PARAMS);
     if (num_params > 0 && !params)
-        return fail(message, message_size, "%d user parameters but params is NULL", num_params);
+        return flp_report(FLP_ERROR_INVALID_ARGUMENT, message, message_size,
+                          "%d user parameters but params is NULL", num_params);
     for (int i = 0; i < num_params; i++) {
         const char *why = NULL;
         if (!flp_snippet_name_ok(params[i].name, &why))
-            return fail(message, message_size, "user parameter %d (\"%s\") %s", i,
-                        params[i].name ? params[i].name : "", why);
+            return flp_report(FLP_ERROR_INVALID_ARGUMENT, message, message_size,
+                              "user parameter %d (\"%s\") %s", i,
+                              params[i].name ? params[i].name : "", why);
         if ((unsigned)params[i].type > FLP_PARAM_INT_BUFFER)
-            return fail(message, message_size, "user parameter %d (%s): type %d is unknown", i,
-                        params[i].name, (int)params[i].type);
+            return flp_report(FLP_ERROR_INVALID_ARGUMENT, message, message_size,
+                              "user parameter %d (%s): type %d is unknown", i, params[i].name,
+                              (int)params[i].type);
         for (int j = 0; j < i; j++)
             if (strcmp(params[i].name, params[j].name) == 0)
-                return fail(message, message_size, "user parameters %d and %d are both named %s", j,
-                            i, params[i].name);
+                return flp_report(FLP_ERROR_INVALID_ARGUMENT, message, message_size,
+                                  "user parameters %d and %d are both named %s", j, i,
+                                  params[i].name);
     }
     return FLP_OK;
 }
@@ -718,12 +710,14 @@ flp_status flp_snippet_translate(flp_snippet_kind kind, const char *body,
                                  const flp_variant_param *params, int num_params, flp_snippet *out,
                                  char *message, size_t message_size) {
     if (!out)
-        return fail(message, message_size, "out is NULL");
+        return flp_report(FLP_ERROR_INVALID_ARGUMENT, message, message_size, "out is NULL");
     *out = (flp_snippet){0};
     if ((unsigned)kind >= FLP_SNIPPET_NUM_KINDS)
-        return fail(message, message_size, "snippet kind %d is unknown", (int)kind);
+        return flp_report(FLP_ERROR_INVALID_ARGUMENT, message, message_size,
+                          "snippet kind %d is unknown", (int)kind);
     if (!body)
-        return fail(message, message_size, "%s is NULL", flp_snippet_kind_name(kind));
+        return flp_report(FLP_ERROR_INVALID_ARGUMENT, message, message_size, "%s is NULL",
+                          flp_snippet_kind_name(kind));
     const flp_status checked = flp_snippet_check_params(params, num_params, message, message_size);
     if (checked != FLP_OK)
         return checked;
@@ -769,13 +763,11 @@ flp_status flp_snippet_translate(flp_snippet_kind kind, const char *body,
         status = fail_at(&t, p, "%d bracket%s never closed (the innermost: %c)", t.depth,
                          t.depth == 1 ? " is" : "s are", t.stack[t.depth - 1]);
     else if (!has_return)
-        status =
-            fail(message, message_size, "%s has no return statement", flp_snippet_kind_name(kind));
-    else if (t.out_of_memory || !t.out) {
-        fail(message, message_size, "out of host memory translating %s",
-             flp_snippet_kind_name(kind));
-        status = FLP_ERROR_OUT_OF_MEMORY;
-    }
+        status = flp_report(FLP_ERROR_INVALID_ARGUMENT, message, message_size,
+                            "%s has no return statement", flp_snippet_kind_name(kind));
+    else if (t.out_of_memory || !t.out)
+        status = flp_report(FLP_ERROR_OUT_OF_MEMORY, message, message_size,
+                            "out of host memory translating %s", flp_snippet_kind_name(kind));
     if (status != FLP_OK) {
         flp_free(t.out);
         *out = (flp_snippet){0};

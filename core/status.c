@@ -1,6 +1,7 @@
 /* Status names, the per-context last error, and logging. */
 #include "core/internal.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -84,4 +85,14 @@ void flp_error_prefix(flp_context *ctx, const char *fn) {
     memcpy(message + used, ctx->last_error, len);
     message[(size_t)used + len] = '\0';
     memcpy(ctx->last_error, message, sizeof message);
+}
+
+flp_status flp_report(flp_status status, char *message, size_t size, const char *fmt, ...) {
+    if (message && size) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(message, size, fmt, ap);
+        va_end(ap);
+    }
+    return status;
 }

@@ -14,19 +14,6 @@ _Static_assert(FLP_DT_F32 == FLP_DTYPE_F32 && FLP_DT_F16 == FLP_DTYPE_F16 &&
                    FLP_DT_E5M2 == FLP_DTYPE_E5M2,
                "core/kernel_constants.h dtype codes must equal enum flp_dtype");
 
-static flp_status reject(flp_status status, char *message, size_t size, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static flp_status reject(flp_status status, char *message, size_t size, const char *fmt, ...) {
-    if (message && size) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(message, size, fmt, ap);
-        va_end(ap);
-    }
-    return status;
-}
-
 flp_status flp_head_dim_status(int32_t head_dim) {
     if (head_dim == 64 || head_dim == 128 || head_dim == 256)
         return FLP_OK;
@@ -44,7 +31,7 @@ static bool finite_positive(float x) {
 static flp_status check_snippets(const flp_variant *v, char *msg, size_t size, bool *any) {
     char why[400];
     if (flp_snippet_check_params(v->params, v->num_params, why, sizeof why) != FLP_OK)
-        return reject(FLP_ERROR_INVALID_ARGUMENT, msg, size, "variant.params: %s", why);
+        return flp_report(FLP_ERROR_INVALID_ARGUMENT, msg, size, "variant.params: %s", why);
     const char *const bodies[FLP_SNIPPET_NUM_KINDS] = {
         [FLP_SNIPPET_LOGITS_TRANSFORM] = v->logits_transform,
         [FLP_SNIPPET_LOGITS_MASK] = v->logits_mask,
@@ -60,9 +47,9 @@ static flp_status check_snippets(const flp_variant *v, char *msg, size_t size, b
         const flp_status status = flp_snippet_translate((flp_snippet_kind)k, bodies[k], v->params,
                                                         v->num_params, &snippet, why, sizeof why);
         if (status == FLP_ERROR_INVALID_ARGUMENT)
-            return reject(status, msg, size, "variant.%s", why);
+            return flp_report(status, msg, size, "variant.%s", why);
         if (status != FLP_OK)
-            return reject(status, msg, size, "variant: %s", why);
+            return flp_report(status, msg, size, "variant: %s", why);
         flp_snippet_free(&snippet);
     }
     return FLP_OK;
@@ -72,7 +59,7 @@ flp_status flp_variant_validate(const flp_variant *v, char *msg, size_t size) {
     if (msg && size)
         msg[0] = '\0';
     if (!v)
-        return reject(FLP_ERROR_INVALID_ARGUMENT, msg, size, "variant is NULL");
+        return flp_report(FLP_ERROR_INVALID_ARGUMENT, msg, size, "variant is NULL");
     /* the snippets first: a bad one is reported even where something else is unsupported */
     bool has_snippet = false;
     const flp_status snippets = check_snippets(v, msg, size, &has_snippet);
@@ -80,69 +67,71 @@ flp_status flp_variant_validate(const flp_variant *v, char *msg, size_t size) {
         return snippets;
     flp_status head_dim = flp_head_dim_status(v->head_dim);
     if (head_dim != FLP_OK)
-        return reject(head_dim, msg, size,
-                      "variant.head_dim = %d: supported head dims are " FLP_HEAD_DIMS_TEXT,
-                      v->head_dim);
+        return flp_report(head_dim, msg, size,
+                          "variant.head_dim = %d: supported head dims are " FLP_HEAD_DIMS_TEXT,
+                          v->head_dim);
     if (v->q_dtype != FLP_DTYPE_DEFAULT && v->q_dtype != FLP_DTYPE_F16 &&
         v->q_dtype != FLP_DTYPE_BF16)
-        return reject(FLP_ERROR_INVALID_ARGUMENT, msg, size,
-                      "variant.q_dtype = %s: queries and outputs are f16 or bf16",
-                      flp_dtype_name(v->q_dtype));
+        return flp_report(FLP_ERROR_INVALID_ARGUMENT, msg, size,
+                          "variant.q_dtype = %s: queries and outputs are f16 or bf16",
+                          flp_dtype_name(v->q_dtype));
     if (v->kv_dtype != FLP_DTYPE_DEFAULT && v->kv_dtype != FLP_DTYPE_F16 &&
         v->kv_dtype != FLP_DTYPE_BF16 && v->kv_dtype != FLP_DTYPE_E4M3 &&
         v->kv_dtype != FLP_DTYPE_E5M2)
-        return reject(FLP_ERROR_INVALID_ARGUMENT, msg, size,
-                      "variant.kv_dtype = %s: the KV cache is f16, bf16, e4m3 or e5m2",
-                      flp_dtype_name(v->kv_dtype));
+        return flp_report(FLP_ERROR_INVALID_ARGUMENT, msg, size,
+                          "variant.kv_dtype = %s: the KV cache is f16, bf16, e4m3 or e5m2",
+                          flp_dtype_name(v->kv_dtype));
     if (v->mask != FLP_MASK_NONE && v->mask != FLP_MASK_CAUSAL && v->mask != FLP_MASK_CUSTOM)
-        return reject(FLP_ERROR_INVALID_ARGUMENT, msg, size, "variant.mask = %d is not a mask mode",
-                      (int)v->mask);
+        return flp_report(FLP_ERROR_INVALID_ARGUMENT, msg, size,
+                          "variant.mask = %d is not a mask mode", (int)v->mask);
     if (v->use_window && v->window_left < 0)
-        return reject(FLP_ERROR_INVALID_ARGUMENT, msg, size,
-                      "variant.window_left = %d: must be >= 0 when use_window is set",
-                      v->window_left);
+        return flp_report(FLP_ERROR_INVALID_ARGUMENT, msg, size,
+                          "variant.window_left = %d: must be >= 0 when use_window is set",
+                          v->window_left);
     if (!isfinite(v->logits_soft_cap) || v->logits_soft_cap < 0.0f)
-        return reject(FLP_ERROR_INVALID_ARGUMENT, msg, size,
-                      "variant.logits_soft_cap = %g: must be 0 (off) or a positive number",
-                      (double)v->logits_soft_cap);
+        return flp_report(FLP_ERROR_INVALID_ARGUMENT, msg, size,
+                          "variant.logits_soft_cap = %g: must be 0 (off) or a positive number",
+                          (double)v->logits_soft_cap);
     if (!isfinite(v->sm_scale) || v->sm_scale < 0.0f)
-        return reject(FLP_ERROR_INVALID_ARGUMENT, msg, size,
-                      "variant.sm_scale = %g: must be 0 (default 1/sqrt(head_dim)) or positive",
-                      (double)v->sm_scale);
+        return flp_report(FLP_ERROR_INVALID_ARGUMENT, msg, size,
+                          "variant.sm_scale = %g: must be 0 (default 1/sqrt(head_dim)) or positive",
+                          (double)v->sm_scale);
     if (v->pos_encoding != FLP_POS_NONE && v->pos_encoding != FLP_POS_ROPE_LLAMA &&
         v->pos_encoding != FLP_POS_ALIBI)
-        return reject(FLP_ERROR_INVALID_ARGUMENT, msg, size,
-                      "variant.pos_encoding = %d is not a positional encoding",
-                      (int)v->pos_encoding);
+        return flp_report(FLP_ERROR_INVALID_ARGUMENT, msg, size,
+                          "variant.pos_encoding = %d is not a positional encoding",
+                          (int)v->pos_encoding);
     if (v->pos_encoding == FLP_POS_ROPE_LLAMA) {
         const flp_rope_params *r = &v->rope;
         if (!(r->theta == 0.0f || finite_positive(r->theta)) ||
             !(r->scale == 0.0f || finite_positive(r->scale)))
-            return reject(FLP_ERROR_INVALID_ARGUMENT, msg, size,
-                          "variant.rope: theta = %g and scale = %g must be positive (0 = default)",
-                          (double)r->theta, (double)r->scale);
+            return flp_report(
+                FLP_ERROR_INVALID_ARGUMENT, msg, size,
+                "variant.rope: theta = %g and scale = %g must be positive (0 = default)",
+                (double)r->theta, (double)r->scale);
         if (r->llama31 &&
             (!finite_positive(r->llama31_factor) || !finite_positive(r->llama31_low_freq_factor) ||
              !finite_positive(r->llama31_high_freq_factor) ||
              r->llama31_high_freq_factor <= r->llama31_low_freq_factor ||
              r->llama31_original_max_position <= 0))
-            return reject(FLP_ERROR_INVALID_ARGUMENT, msg, size,
-                          "variant.rope llama31: factor = %g, low_freq_factor = %g, "
-                          "high_freq_factor = %g, original_max_position = %d: all must be "
-                          "positive and high_freq_factor > low_freq_factor",
-                          (double)r->llama31_factor, (double)r->llama31_low_freq_factor,
-                          (double)r->llama31_high_freq_factor, r->llama31_original_max_position);
+            return flp_report(FLP_ERROR_INVALID_ARGUMENT, msg, size,
+                              "variant.rope llama31: factor = %g, low_freq_factor = %g, "
+                              "high_freq_factor = %g, original_max_position = %d: all must be "
+                              "positive and high_freq_factor > low_freq_factor",
+                              (double)r->llama31_factor, (double)r->llama31_low_freq_factor,
+                              (double)r->llama31_high_freq_factor,
+                              r->llama31_original_max_position);
     }
     if (!(v->k_scale == 0.0f || finite_positive(v->k_scale)) ||
         !(v->v_scale == 0.0f || finite_positive(v->v_scale)))
-        return reject(FLP_ERROR_INVALID_ARGUMENT, msg, size,
-                      "variant.k_scale = %g, v_scale = %g: must be positive (0 = 1)",
-                      (double)v->k_scale, (double)v->v_scale);
+        return flp_report(FLP_ERROR_INVALID_ARGUMENT, msg, size,
+                          "variant.k_scale = %g, v_scale = %g: must be positive (0 = 1)",
+                          (double)v->k_scale, (double)v->v_scale);
     if (has_snippet)
-        return reject(FLP_ERROR_UNSUPPORTED, msg, size,
-                      "variant snippets (logits_transform, logits_mask, query_transform, "
-                      "output_transform) are checked, but no kernel takes them yet "
-                      "(docs/variants.md)");
+        return flp_report(FLP_ERROR_UNSUPPORTED, msg, size,
+                          "variant snippets (logits_transform, logits_mask, query_transform, "
+                          "output_transform) are checked, but no kernel takes them yet "
+                          "(docs/variants.md)");
     return FLP_OK;
 }
 
