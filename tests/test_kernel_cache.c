@@ -100,12 +100,6 @@ static void temp_dir(char *dir, size_t size) {
     assert_non_null(mkdtemp(dir));
 }
 
-static void remove_tree(const char *dir) {
-    char command[4200];
-    snprintf(command, sizeof command, "rm -rf '%s'", dir);
-    assert_int_equal(system(command), 0);
-}
-
 /* A random image of size bytes. */
 static uint8_t *random_image(size_t size, uint32_t seed) {
     uint8_t *image = malloc(size);
@@ -171,7 +165,7 @@ static void test_memory_and_disk(void **state) {
     free(image);
     free(other);
     flp_kernel_cache_clear_memory();
-    remove_tree(dir);
+    test_remove_tree(dir);
 }
 
 /* Rewrites the entry file of key with f applied to its bytes. */
@@ -261,7 +255,7 @@ static void test_corrupt_entries(void **state) {
     flp_kernel_cache_clear_memory();
     expect_miss(dir, &other);
     free(image);
-    remove_tree(dir);
+    test_remove_tree(dir);
 }
 
 /* Processes storing the same entry at once, each many times, while others read it: every read
@@ -321,7 +315,7 @@ static void test_concurrent_processes(void **state) {
     snprintf(command, sizeof command, "test -z \"$(find '%s' -name '*.tmp')\"", dir);
     assert_int_equal(system(command), 0);
     flp_kernel_cache_clear_memory();
-    remove_tree(dir);
+    test_remove_tree(dir);
 }
 
 static void test_unwritable_directory(void **state) {
@@ -344,7 +338,7 @@ static void test_unwritable_directory(void **state) {
     flp_kernel_cache_clear_memory();
     expect_miss(under_file, &key);
     free(image);
-    remove_tree(dir);
+    test_remove_tree(dir);
 }
 
 /* Entries are read and written only in a directory of this user nobody else may write to, and
@@ -392,7 +386,7 @@ static void test_untrusted_places(void **state) {
         FLP_ERROR_INVALID_ARGUMENT);
     free(image);
     flp_kernel_cache_clear_memory();
-    remove_tree(dir);
+    test_remove_tree(dir);
 }
 
 static void test_directory_choice(void **state) {

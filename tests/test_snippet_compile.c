@@ -128,8 +128,7 @@ static int glslang(const char *source, char *log, size_t log_size) {
     char *text = read_text(out);
     snprintf(log, log_size, "%s", text);
     free(text);
-    snprintf(command, sizeof command, "rm -rf '%s'", dir);
-    assert_int_equal(system(command), 0);
+    test_remove_tree(dir);
     return status;
 }
 
@@ -142,7 +141,8 @@ static const char GLSL_HEAD[] =
     "#extension GL_EXT_buffer_reference : require\n"
     "#extension GL_KHR_shader_subgroup_basic : require\n"
     "layout(local_size_x = 1) in;";
-static const char GLSL_MACROS[] =
+/* How the kernels reach parameter j: stand-ins, the same text for both languages. */
+static const char USER_MACROS[] =
     "#define FLP_USER_FLOAT(j) (0.5f * float(j))\n#define FLP_USER_INT(j) (j)\n"
     "#define FLP_USER_READ_FLOAT(j, i) (float(i + j))\n#define FLP_USER_READ_INT(j, i) (i - j)";
 static const char GLSL_TAIL[] = "void main() {}";
@@ -153,14 +153,14 @@ static void test_glsl(void **state) {
     char log[8192];
     for (size_t i = 0; i < NUM_CASES; i++) {
         char *function = wrapped(good_case(i));
-        char *source = source_of(GLSL_HEAD, prelude, GLSL_MACROS, function, GLSL_TAIL);
+        char *source = source_of(GLSL_HEAD, prelude, USER_MACROS, function, GLSL_TAIL);
         if (glslang(source, log, sizeof log) != 0)
             fail_msg("case %zu does not compile as GLSL:\n%s\n%s", i, log, source);
         free(source);
         free(function);
     }
     char *function = wrapped(&BAD);
-    char *source = source_of(GLSL_HEAD, prelude, GLSL_MACROS, function, GLSL_TAIL);
+    char *source = source_of(GLSL_HEAD, prelude, USER_MACROS, function, GLSL_TAIL);
     assert_int_not_equal(glslang(source, log, sizeof log), 0);
     if (!strstr(log, ":2: "))
         fail_msg("glslang's message does not name line 2 of the snippet:\n%s", log);
@@ -170,9 +170,6 @@ static void test_glsl(void **state) {
 }
 
 #ifdef FLP_TEST_NVRTC
-static const char CUDA_MACROS[] =
-    "#define FLP_USER_FLOAT(j) (0.5f * float(j))\n#define FLP_USER_INT(j) (j)\n"
-    "#define FLP_USER_READ_FLOAT(j, i) (float(i + j))\n#define FLP_USER_READ_INT(j, i) (i - j)";
 static const char CUDA_TAIL[] = "extern \"C\" __global__ void flp_snippet_probe() {}";
 
 static void test_cuda(void **state) {
@@ -186,7 +183,7 @@ static void test_cuda(void **state) {
     static char message[65536];
     for (size_t i = 0; i < NUM_CASES; i++) {
         char *function = wrapped(good_case(i));
-        char *source = source_of("", prelude, CUDA_MACROS, function, CUDA_TAIL);
+        char *source = source_of("", prelude, USER_MACROS, function, CUDA_TAIL);
         flp_cuda_image image = {0};
         if (flp_cuda_nvrtc_compile_source(source, "snippet.cu", 80, NULL, 0, &image, message,
                                           sizeof message) != FLP_OK)
@@ -196,7 +193,7 @@ static void test_cuda(void **state) {
         free(function);
     }
     char *function = wrapped(&BAD);
-    char *source = source_of("", prelude, CUDA_MACROS, function, CUDA_TAIL);
+    char *source = source_of("", prelude, USER_MACROS, function, CUDA_TAIL);
     flp_cuda_image image = {0};
     assert_int_equal(flp_cuda_nvrtc_compile_source(source, "snippet.cu", 80, NULL, 0, &image,
                                                    message, sizeof message),

@@ -15,6 +15,12 @@
 
 static uint64_t g_seed;
 
+void test_remove_tree(const char *dir) {
+    char command[4200];
+    snprintf(command, sizeof command, "rm -rf '%s'", dir);
+    assert_int_equal(system(command), 0);
+}
+
 void test_rng_init(test_rng *rng, uint64_t default_seed) {
     uint64_t seed = default_seed;
     const char *env = getenv("FLP_TEST_SEED");

@@ -31,6 +31,10 @@ double test_rng_uniform(test_rng *rng, double lo, double hi);
 /* Uniform integer in [lo, hi] (inclusive; lo <= hi). */
 int32_t test_rng_int(test_rng *rng, int32_t lo, int32_t hi);
 
+/* Removes directory dir and everything under it (a test's temporary directory); fails the
+ * test when it cannot. */
+void test_remove_tree(const char *dir);
+
 /* Fill x[n] with uniform values in [-1, 1). */
 void test_fill_uniform_f32(test_rng *rng, float *x, size_t n);
 void test_fill_uniform_f64(test_rng *rng, double *x, size_t n);

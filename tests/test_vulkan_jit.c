@@ -149,8 +149,7 @@ static void test_jit_shaders(void **state) {
         fail_msg("a corrupt entry was not compiled again:\n%s", g_log);
     flp_context_destroy(ctx);
 
-    snprintf(command, sizeof command, "rm -rf '%s'", dir);
-    assert_int_equal(system(command), 0);
+    test_remove_tree(dir);
     flp_kernel_cache_clear_memory();
     free(in);
     free(want);
