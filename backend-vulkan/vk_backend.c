@@ -37,6 +37,9 @@ const flp_backend_ops flp_vk_ops = {
     .synchronize = flp_vk_synchronize,
     .decode_grid_size = flp_vk_decode_grid_size,
     .decode_run = flp_vk_decode_run,
+#ifdef FLP_HAVE_GLSLANG
+    .decode_snippets = true, /* compiled at run time (vk_jit.c) */
+#endif
     .prefill_grid_size = flp_vk_prefill_grid_size,
     /* The prefill pipelines are 10-100x slower than the decode pipelines on decode batches
      * (bench/RESULTS.md, "the decode kernel choice"): AUTO keeps the vector kernel. */

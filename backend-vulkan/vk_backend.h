@@ -68,7 +68,19 @@ typedef struct flp_vk_pipeline_key {
     bool full_subgroups; /* VK_PIPELINE_SHADER_STAGE_CREATE_REQUIRE_FULL_SUBGROUPS_BIT */
     uint32_t spec_count;
     uint32_t spec[FLP_VK_MAX_SPEC]; /* [spec_count] constant_id i = spec[i] */
+    /* A variant's snippets (core/variant_program.h): its digest identifies the module (all
+     * zeros: the shader as built), program is what a first use compiles (valid for the call
+     * only; NULL in the cached entries). */
+    uint8_t variant[32];
+    const struct flp_variant_program *program;
 } flp_vk_pipeline_key;
+
+/* A shader module compiled with a variant's snippets. */
+typedef struct flp_vk_variant_module {
+    flp_vk_shader shader;
+    uint8_t variant[32]; /* the program's digest */
+    VkShaderModule module;
+} flp_vk_variant_module;
 
 typedef struct flp_vk_pipeline_entry {
     flp_vk_pipeline_key key;
@@ -139,6 +151,9 @@ typedef struct flp_vk {
     VkPipelineLayout pipeline_layout; /* push constants: one 64-bit address */
     flp_vk_pipeline_entry *pipelines; /* [pipeline_count] */
     uint32_t pipeline_count, pipeline_capacity;
+    /* modules with variants' snippets, kept for the context's life like the pipelines */
+    flp_vk_variant_module *variant_modules; /* [variant_module_count] */
+    uint32_t variant_module_count, variant_module_capacity;
 
     /* texel views for decode_cpu.comp (vk_texel.c) */
     VkDescriptorSetLayout texel_set_layout; /* one uniform texel buffer */
@@ -249,7 +264,8 @@ flp_status flp_vk_pipelines_init(flp_vk *vk);
 void flp_vk_pipelines_destroy(flp_vk *vk);
 /* The pipeline layout a shader's pipelines use. */
 VkPipelineLayout flp_vk_pipeline_layout_of(const flp_vk *vk, flp_vk_shader shader);
-/* The pipeline of key, created (and cached) on first use. */
+/* The pipeline of key, created (and cached) on first use; a key with a variant compiles the
+ * shader with key->program first (vk_jit.c; FLP_ERROR_UNSUPPORTED without glslang). */
 flp_status flp_vk_pipeline_get(flp_vk *vk, const flp_vk_pipeline_key *key, VkPipeline *out);
 
 /* vk_texel.c: texel buffer views of the library's buffers for decode_cpu.comp */

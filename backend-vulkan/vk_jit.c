@@ -44,8 +44,10 @@ bool flp_vk_jit_available(void) {
     return false;
 }
 
-flp_status flp_vk_jit_spirv(flp_context *ctx, flp_vk_shader shader, void **code, size_t *bytes) {
+flp_status flp_vk_jit_spirv(flp_context *ctx, flp_vk_shader shader,
+                            const flp_variant_program *program, void **code, size_t *bytes) {
     (void)shader;
+    (void)program;
     *code = NULL;
     *bytes = 0;
     return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
@@ -90,18 +92,59 @@ static void init_glslang(void) {
     glslang_ready = glslang_initialize_process();
 }
 
-/* The source: text with defines spliced in after its #version line, flp_malloc'd. */
-static char *source_of(const char *text, size_t size, const char *defines) {
+/* The line of shaders/variant_hooks.glsl that a variant's program replaces. */
+#define PROGRAM_MARKER "// @flp-variant-program@"
+
+/* Where text[size] holds the marker line: its offset, or size when it has none. */
+static size_t marker_at(const char *text, size_t size) {
+    const size_t n = strlen(PROGRAM_MARKER);
+    for (size_t at = 0; at + n <= size;) {
+        if (memcmp(text + at, PROGRAM_MARKER, n) == 0)
+            return at;
+        const char *next = memchr(text + at, '\n', size - at);
+        if (!next)
+            break;
+        at = (size_t)(next - text) + 1;
+    }
+    return size;
+}
+
+/* The source (flp_malloc'd): text with defines spliced in after its #version line and, given a
+ * program, the program in place of the marker line (*no_marker when text has none). */
+static char *source_of(const char *text, size_t size, const char *defines,
+                       const flp_variant_program *program, bool *no_marker) {
     const char *line_end = memchr(text, '\n', size);
     const size_t head = line_end ? (size_t)(line_end - text) + 1 : size;
+    size_t marker = size, marker_end = size;
+    *no_marker = false;
+    if (program) {
+        marker = marker_at(text, size);
+        if (marker == size) {
+            *no_marker = true;
+            return NULL;
+        }
+        const char *end = memchr(text + marker, '\n', size - marker);
+        marker_end = end ? (size_t)(end - text) : size; /* the line break stays */
+    }
     const size_t n = strlen(defines);
-    char *source = flp_malloc(size + n + 1);
+    const size_t p = program ? strlen(program->text) : 0;
+    char *source = flp_malloc(size + n + p + 1);
     if (!source)
         return NULL;
-    memcpy(source, text, head);
-    memcpy(source + head, defines, n);
-    memcpy(source + head + n, text + head, size - head);
-    source[size + n] = '\0';
+    char *at = source;
+    memcpy(at, text, head);
+    at += head;
+    memcpy(at, defines, n);
+    at += n;
+    memcpy(at, text + head, marker - head);
+    at += marker - head;
+    if (program) {
+        memcpy(at, program->text, p);
+        at += p;
+        memcpy(at, text + marker_end, size - marker_end);
+        at += size - marker_end;
+    }
+    *at = '\0';
     return source;
 }
 
@@ -174,14 +217,22 @@ static flp_status compile(flp_context *ctx, const char *name, const char *source
     return status;
 }
 
-flp_status flp_vk_jit_spirv(flp_context *ctx, flp_vk_shader shader, void **code, size_t *bytes) {
+flp_status flp_vk_jit_spirv(flp_context *ctx, flp_vk_shader shader,
+                            const flp_variant_program *program, void **code, size_t *bytes) {
     *code = NULL;
     *bytes = 0;
     if ((unsigned)shader >= FLP_VK_SHADER_COUNT)
         return flp_fail(ctx, FLP_ERROR_BACKEND, "Vulkan: shader %d has no source", (int)shader);
-    const char *name = flp_vk_shader_name(shader);
+    char name[96];
+    snprintf(name, sizeof name, "%s%s", flp_vk_shader_name(shader),
+             program ? " (with the variant's snippets)" : "");
+    bool no_marker = false;
     char *source = source_of((const char *)SOURCES[shader].text, *SOURCES[shader].size,
-                             SOURCES[shader].defines);
+                             SOURCES[shader].defines, program, &no_marker);
+    if (no_marker)
+        return flp_fail(ctx, FLP_ERROR_BACKEND,
+                        "Vulkan: the %s shader has no place for a variant's snippets",
+                        flp_vk_shader_name(shader));
     if (!source)
         return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "Vulkan: out of host memory compiling %s",
                         name);

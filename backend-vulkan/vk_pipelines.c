@@ -44,6 +44,11 @@ void flp_vk_pipelines_destroy(flp_vk *vk) {
     flp_free(vk->pipelines);
     vk->pipelines = NULL;
     vk->pipeline_count = vk->pipeline_capacity = 0;
+    for (uint32_t i = 0; i < vk->variant_module_count; i++)
+        vk->vk.vkDestroyShaderModule(vk->device, vk->variant_modules[i].module, NULL);
+    flp_free(vk->variant_modules);
+    vk->variant_modules = NULL;
+    vk->variant_module_count = vk->variant_module_capacity = 0;
     for (int i = 0; i < FLP_VK_SHADER_COUNT; i++) {
         if (vk->modules[i])
             vk->vk.vkDestroyShaderModule(vk->device, vk->modules[i], NULL);
@@ -74,7 +79,8 @@ static flp_status get_module(flp_vk *vk, flp_vk_shader shader, VkShaderModule *o
         void *jit_code = NULL;
         size_t jit_bytes = 0;
         if (vk->jit_shaders) {
-            const flp_status status = flp_vk_jit_spirv(vk->ctx, shader, &jit_code, &jit_bytes);
+            const flp_status status =
+                flp_vk_jit_spirv(vk->ctx, shader, NULL, &jit_code, &jit_bytes);
             if (status != FLP_OK)
                 return status;
         }
@@ -101,15 +107,69 @@ VkPipelineLayout flp_vk_pipeline_layout_of(const flp_vk *vk, flp_vk_shader shade
                                                     : vk->pipeline_layout;
 }
 
+/* The module of shader compiled with a variant's program (digest key->variant), compiled on
+ * first use. */
+static flp_status get_variant_module(flp_vk *vk, const flp_vk_pipeline_key *key,
+                                     VkShaderModule *out) {
+    for (uint32_t i = 0; i < vk->variant_module_count; i++) {
+        const flp_vk_variant_module *m = &vk->variant_modules[i];
+        if (m->shader == key->shader && memcmp(m->variant, key->variant, sizeof m->variant) == 0) {
+            *out = m->module;
+            return FLP_OK;
+        }
+    }
+    if (!key->program)
+        return flp_fail(vk->ctx, FLP_ERROR_BACKEND,
+                        "Vulkan: a variant's pipeline without its "
+                        "program");
+    if (vk->variant_module_count == vk->variant_module_capacity) {
+        uint32_t capacity = vk->variant_module_capacity ? vk->variant_module_capacity * 2 : 4;
+        flp_vk_variant_module *grown = flp_realloc(vk->variant_modules, capacity * sizeof *grown);
+        if (!grown)
+            return flp_fail(vk->ctx, FLP_ERROR_OUT_OF_MEMORY, "out of host memory");
+        vk->variant_modules = grown;
+        vk->variant_module_capacity = capacity;
+    }
+    void *code = NULL;
+    size_t bytes = 0;
+    flp_status status = flp_vk_jit_spirv(vk->ctx, key->shader, key->program, &code, &bytes);
+    if (status != FLP_OK)
+        return status;
+    VkShaderModuleCreateInfo mi = {
+        .sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO,
+        .codeSize = bytes,
+        .pCode = code,
+    };
+    VkShaderModule module = VK_NULL_HANDLE;
+    VkResult r = FLP_VK_ALLOC(VK_ERROR_OUT_OF_HOST_MEMORY,
+                              vk->vk.vkCreateShaderModule(vk->device, &mi, NULL, &module));
+    flp_free(code);
+    if (r != VK_SUCCESS)
+        return flp_vk_fail(vk->ctx, r, "vkCreateShaderModule");
+    flp_vk_variant_module *m = &vk->variant_modules[vk->variant_module_count++];
+    m->shader = key->shader;
+    memcpy(m->variant, key->variant, sizeof m->variant);
+    m->module = module;
+    *out = module;
+    return FLP_OK;
+}
+
+static bool has_variant(const flp_vk_pipeline_key *key) {
+    static const uint8_t none[32];
+    return memcmp(key->variant, none, sizeof none) != 0;
+}
+
 static bool same_key(const flp_vk_pipeline_key *a, const flp_vk_pipeline_key *b) {
     return a->shader == b->shader && a->spec_count == b->spec_count &&
            a->full_subgroups == b->full_subgroups &&
-           memcmp(a->spec, b->spec, a->spec_count * sizeof a->spec[0]) == 0;
+           memcmp(a->spec, b->spec, a->spec_count * sizeof a->spec[0]) == 0 &&
+           memcmp(a->variant, b->variant, sizeof a->variant) == 0;
 }
 
 static flp_status create_pipeline(flp_vk *vk, const flp_vk_pipeline_key *key, VkPipeline *out) {
     VkShaderModule module = VK_NULL_HANDLE;
-    flp_status st = get_module(vk, key->shader, &module);
+    flp_status st = has_variant(key) ? get_variant_module(vk, key, &module)
+                                     : get_module(vk, key->shader, &module);
     if (st != FLP_OK)
         return st;
     VkSpecializationMapEntry entries[FLP_VK_MAX_SPEC];
@@ -170,6 +230,7 @@ flp_status flp_vk_pipeline_get(flp_vk *vk, const flp_vk_pipeline_key *key, VkPip
     flp_vk_pipeline_entry *e = &vk->pipelines[vk->pipeline_count++];
     memset(e, 0, sizeof *e);
     e->key = *key;
+    e->key.program = NULL; /* the caller's, valid for its call only */
     e->pipeline = pipeline;
     *out = pipeline;
     return FLP_OK;

@@ -50,7 +50,7 @@ enum { MAX_ROUNDS = 64 };
 static double jit_once(flp_context *ctx, flp_vk_shader shader, size_t *bytes) {
     void *code = NULL;
     const double t0 = now_ms();
-    const flp_status st = flp_vk_jit_spirv(ctx, shader, &code, bytes);
+    const flp_status st = flp_vk_jit_spirv(ctx, shader, NULL, &code, bytes);
     const double t = now_ms() - t0;
     if (st != FLP_OK) {
         fprintf(stderr, "flp_vk_jit_spirv(%s): %s: %s\n", flp_vk_shader_name(shader),

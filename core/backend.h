@@ -29,6 +29,8 @@ typedef struct flp_backend_ops {
      * decode kernel and the merge kernel (always: it skips unsplit requests). Queues nothing
      * when it fails. The launch is valid: the core checked every argument. */
     flp_status (*decode_run)(flp_context *ctx, const flp_decode_launch *launch);
+    /* Whether decode_run takes launches with a variant program (snippets). */
+    bool decode_snippets;
     /* Workgroups of the (persistent) prefill kernel for this head_dim, fixed at plan creation.
      * < 0: flp_status. */
     int32_t (*prefill_grid_size)(flp_context *ctx, int32_t head_dim);

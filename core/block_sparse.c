@@ -303,7 +303,7 @@ flp_status flp_block_sparse_plan(flp_context *ctx, flp_block_sparse *b,
         return status;
     flp_variant resolved;
     if ((status = check_variant(ctx, fn, &args->variant)) != FLP_OK ||
-        (status = flp_variant_check_for_plan(ctx, fn, &args->variant, b->desc.head_dim,
+        (status = flp_variant_check_for_plan(ctx, fn, &args->variant, b->desc.head_dim, false,
                                              &resolved)) != FLP_OK ||
         (status = check_matrix(ctx, fn, b, args)) != FLP_OK)
         return status;

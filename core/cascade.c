@@ -286,7 +286,8 @@ flp_status flp_cascade_plan(flp_context *ctx, flp_cascade *c, const flp_cascade_
     if ((status = check_plan_args(ctx, fn, c, args)) != FLP_OK)
         return status;
     flp_variant resolved;
-    status = flp_variant_check_for_plan(ctx, fn, &args->variant, c->desc.head_dim, &resolved);
+    status =
+        flp_variant_check_for_plan(ctx, fn, &args->variant, c->desc.head_dim, false, &resolved);
     if (status != FLP_OK)
         return status;
     c->planned = false;

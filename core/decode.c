@@ -25,7 +25,12 @@ static flp_status check_plan_args(flp_context *ctx, const flp_plan *plan,
         return flp_fail(ctx, FLP_ERROR_CAPACITY,
                         "%s: qo_len = %d exceeds the plan's max_qo_len = %d", FN, qo_len,
                         d->max_qo_len);
-    flp_status status = flp_variant_check_for_plan(ctx, FN, &a->variant, d->head_dim, resolved);
+    /* snippets: the vector kernel where the backend's takes them (the matrix kernel is the
+     * prefill kernel's, which does not yet) */
+    const bool takes_snippets =
+        ctx->ops->decode_snippets && plan->decode_kernel == FLP_DECODE_KERNEL_VECTOR;
+    flp_status status =
+        flp_variant_check_for_plan(ctx, FN, &a->variant, d->head_dim, takes_snippets, resolved);
     if (status != FLP_OK)
         return status;
     if (a->variant.mask == FLP_MASK_CUSTOM)
@@ -144,6 +149,7 @@ static void fill_plan_info(flp_plan *plan, const flp_decode_plan_args *a, int32_
     p->off_merge_info = WORDS(merge_info);
     p->off_partial_o = WORDS(partial_o);
     p->off_partial_lse = WORDS(partial_lse);
+    p->off_user_params = WORDS(user_slot);
 #undef WORDS
     p->batch_size = a->batch_size;
     p->qo_len = qo_len;
@@ -219,14 +225,22 @@ static flp_status plan_batch(flp_context *ctx, flp_plan *plan, const flp_decode_
     flp_status status = check_plan_args(ctx, plan, args, qo_len, &v, s->kv_len, &st.max_page_id);
     if (status != FLP_OK)
         return status;
+    flp_variant_program *program = NULL;
+    if ((status = flp_variant_program_build(ctx, FN, &v, &program)) != FLP_OK)
+        return status;
+    /* the plan keeps its own copy; the caller's strings may go once the call returns */
+    v.logits_transform = v.logits_mask = v.query_transform = v.output_transform = NULL;
+    v.params = NULL;
     /* The mirror changes from here on: until the upload succeeds the plan holds no decode
      * partition (a failed upload may have written part of the device copy). */
     plan->decode.planned = false;
     status = plan->decode_kernel == FLP_DECODE_KERNEL_MATRIX
                  ? plan_matrix_batch(ctx, plan, args, qo_len, &v, s, &st)
                  : plan_vector_batch(ctx, plan, args, qo_len, &v, s, &st);
-    if (status != FLP_OK)
+    if (status != FLP_OK) {
+        flp_variant_program_free(program);
         return status;
+    }
     st.planned = true;
     st.batch_size = args->batch_size;
     st.qo_len = qo_len;
@@ -235,6 +249,8 @@ static flp_status plan_batch(flp_context *ctx, flp_plan *plan, const flp_decode_
     st.pages_at_run = !args->kv_indices;
     st.total_pages = args->kv_indptr[args->batch_size];
     st.variant = v;
+    flp_variant_program_free(plan->decode.program);
+    st.program = program;
     plan->decode = st;
     return FLP_OK;
 }
@@ -270,9 +286,10 @@ flp_status flp_decode_plan(flp_context *ctx, flp_plan *plan, const flp_decode_pl
     return status;
 }
 
-/* Shapes the run's tensors must have, from the plan. */
+/* Shapes the run's tensors must have, from the plan; the user parameters' values into
+ * user[FLP_SNIPPET_MAX_PARAMS]. */
 static flp_status check_run_tensors(flp_context *ctx, const flp_plan *plan,
-                                    const flp_decode_run_args *a) {
+                                    const flp_decode_run_args *a, flp_user_param *user) {
     static const char *fn = "flp_decode_run";
     const flp_decode_state *st = &plan->decode;
     const flp_plan_desc *d = &plan->desc;
@@ -308,19 +325,33 @@ static flp_status check_run_tensors(flp_context *ctx, const flp_plan *plan,
         if ((status = flp_tensor_check(ctx, fn, a->lse, &lse)) != FLP_OK)
             return status;
     }
+    status = flp_variant_program_bind(ctx, fn, st->program, a->params, a->num_params, user);
+    if (status != FLP_OK)
+        return status;
     const flp_named_tensor outputs[] = {{"out", &a->out}, {"lse", a->lse}};
-    const flp_named_tensor inputs[] = {{"q", &a->q},
-                                       {"k_cache", &a->k_cache},
-                                       {"v_cache", &a->v_cache},
-                                       {"kv_indices", a->kv_indices}};
-    return flp_plan_check_outputs(ctx, fn, plan, outputs, 2, inputs, 4);
+    flp_named_tensor inputs[4 + FLP_SNIPPET_MAX_PARAMS] = {{"q", &a->q},
+                                                           {"k_cache", &a->k_cache},
+                                                           {"v_cache", &a->v_cache},
+                                                           {"kv_indices", a->kv_indices}};
+    int num_inputs = 4;
+    for (int32_t i = 0; i < a->num_params; i++)
+        if (a->params[i].buffer)
+            inputs[num_inputs++] = (flp_named_tensor){a->params[i].name, a->params[i].buffer};
+    return flp_plan_check_outputs(ctx, fn, plan, outputs, 2, inputs, num_inputs);
 }
 
 /* The launch of a checked run: the tensors' addresses and strides, the plan memory, the grids,
  * the kernel choice and a view of the current schedule. */
-static void fill_launch(const flp_plan *plan, const flp_decode_run_args *a, flp_decode_launch *l) {
+static void fill_launch(const flp_plan *plan, const flp_decode_run_args *a,
+                        const flp_user_param *user, flp_decode_launch *l) {
     const flp_decode_state *st = &plan->decode;
     memset(l, 0, sizeof *l);
+    if (st->program) {
+        l->program = st->program;
+        memcpy(l->user, user, sizeof l->user);
+        l->user_slot.buffer = plan->buffer;
+        l->user_slot.offset = plan->base + plan->layout.user_slot;
+    }
     flp_decode_params *p = &l->params;
     p->plan = plan->buffer->device_address + plan->base + plan->layout.info;
     p->q = flp_tensor_address(&a->q);
@@ -370,7 +401,8 @@ flp_status flp_decode_run(flp_context *ctx, const flp_plan *plan, const flp_deco
     if (!plan->decode.planned)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
                         "%s: the plan holds no decode plan (call flp_decode_plan first)", fn);
-    status = check_run_tensors(ctx, plan, args);
+    flp_user_param user[FLP_SNIPPET_MAX_PARAMS];
+    status = check_run_tensors(ctx, plan, args, user);
     if (status != FLP_OK)
         return status;
     if (plan->decode_kernel == FLP_DECODE_KERNEL_MATRIX) {
@@ -387,7 +419,7 @@ flp_status flp_decode_run(flp_context *ctx, const flp_plan *plan, const flp_deco
         status = ctx->ops->prefill_run(ctx, &launch);
     } else {
         flp_decode_launch launch;
-        fill_launch(plan, args, &launch);
+        fill_launch(plan, args, user, &launch);
         status = ctx->ops->decode_run(ctx, &launch);
     }
     if (status != FLP_OK)

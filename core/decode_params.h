@@ -56,8 +56,12 @@ typedef struct flp_decode_plan_info {
     int32_t q_dtype, kv_dtype; /* flp_dtype values; out has q_dtype */
     float sm_scale, soft_cap, k_scale, v_scale;
     uint32_t off_kv_begin;
-    int32_t chunk_size;  /* keys per chunk of a split request; INT32_MAX when none is split */
-    int32_t reserved[2]; /* pads to 128 bytes */
+    int32_t chunk_size; /* keys per chunk of a split request; INT32_MAX when none is split */
+    /* the plan's user slot: each run's user parameter values (core/variant_program.h:
+     * flp_user_param [FLP_SNIPPET_MAX_PARAMS]), read by the kernels of a variant with snippets
+     * (Vulkan; the CUDA kernels take none yet) */
+    uint32_t off_user_params;
+    int32_t reserved; /* pads to 128 bytes */
 } flp_decode_plan_info;
 
 /* What one run adds: the tensors. Captured by value (a CUDA kernel argument; Vulkan writes it

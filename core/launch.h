@@ -10,6 +10,7 @@
 #include "core/decode_params.h"
 #include "core/prefill_params.h"
 #include "core/prefill_schedule.h" /* flp_prefill_key_rule, flp_prefill_key_range */
+#include "core/variant_program.h"  /* flp_user_param */
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -50,6 +51,12 @@ typedef struct flp_decode_launch {
     int32_t group_size; /* query heads per KV head */
     int32_t max_qo_len; /* query tokens per request at most (the plan's capacity) */
     flp_decode_schedule_view schedule;
+    /* The variant's snippets (NULL: none; then the rest is unused): the kernels compiled with
+     * them, and the run's parameter values, written into user_slot (the plan information's
+     * off_user_params) before the kernels run. */
+    const struct flp_variant_program *program;
+    flp_user_param user[FLP_SNIPPET_MAX_PARAMS];
+    flp_params_slot user_slot;
 } flp_decode_launch;
 
 /* The prefill schedule of the plan as it is now (host mirror), valid for the call only. */

@@ -42,6 +42,7 @@ static void prefill_layout(const flp_plan_desc *d, flp_prefill_region *r, size_t
     l->partial_o = take(cursor, sizeof(float) * slot_rows * (size_t)d->head_dim, PLAN_ALIGN);
     l->partial_lse = take(cursor, sizeof(float) * slot_rows, PLAN_ALIGN);
     l->params_slot = take(cursor, 256, PLAN_ALIGN);
+    l->user_slot = take(cursor, FLP_USER_PARAMS_BYTES, PLAN_ALIGN);
     l->end = *cursor;
 }
 
@@ -73,6 +74,7 @@ static flp_plan_layout compute_layout(const flp_plan_desc *d, int32_t num_ctas, 
         take(&at, sizeof(float) * slots * rows_per_slot * (size_t)d->head_dim, PLAN_ALIGN);
     l.partial_lse = take(&at, sizeof(float) * slots * rows_per_slot, PLAN_ALIGN);
     l.params_slot = take(&at, 256, PLAN_ALIGN);
+    l.user_slot = take(&at, FLP_USER_PARAMS_BYTES, PLAN_ALIGN);
     if (prefill->max_qo_rows > 0)
         prefill_layout(d, prefill, &at);
     if (decode_rows->max_qo_rows > 0)
@@ -334,6 +336,7 @@ void flp_plan_destroy(flp_plan *plan) {
     if (plan->owns_buffer)
         flp_buffer_destroy(plan->buffer);
     flp_free(plan->host);
+    flp_variant_program_free(plan->decode.program);
     flp_free(plan->prefill.host);
     flp_free(plan->decode_rows.host);
     flp_free(plan);

@@ -5,6 +5,7 @@
 #include "core/internal.h"
 #include "core/launch.h"
 #include "core/tensor.h"
+#include "core/variant_program.h"
 
 /* Byte offsets of the prefill region (present when max_qo_rows > 0), from the start of the
  * plan's region, in the order of core/prefill_params.h: info, the int32 arrays with kv_indices
@@ -17,6 +18,7 @@ typedef struct flp_prefill_layout {
     size_t metadata_end; /* end of kv_indices capacity */
     size_t partial_o, partial_lse;
     size_t params_slot; /* 256 bytes: Vulkan writes each run's flp_prefill_params here */
+    size_t user_slot;   /* FLP_USER_PARAMS_BYTES: each run's user parameter values */
     size_t end;
 } flp_prefill_layout;
 
@@ -30,6 +32,7 @@ typedef struct flp_plan_layout {
     size_t metadata_end; /* end of kv_indices capacity */
     size_t partial_o, partial_lse;
     size_t params_slot; /* 256 bytes: Vulkan writes each run's flp_decode_params here */
+    size_t user_slot;   /* FLP_USER_PARAMS_BYTES: each run's user parameter values */
     size_t total;       /* bytes of the whole region, prefill partitions included */
 } flp_plan_layout;
 
@@ -61,6 +64,8 @@ typedef struct flp_decode_state {
     int32_t num_items;         /* work items of the schedule */
     int32_t num_partial_slots; /* > 0: some request is split into KV chunks */
     int32_t chunk_size;        /* keys per chunk of a split request, INT32_MAX: none split */
+    /* the variant's snippets, the plan's copy (NULL: none; variant's snippet fields are NULL) */
+    flp_variant_program *program;
 } flp_decode_state;
 
 /* A prefill partition: its part of plan memory, host mirror, grid and capacities, and what its

@@ -18,7 +18,7 @@ static const char *const FN = "flp_prefill_plan";
 static flp_status check_variant(flp_context *ctx, const char *fn, const flp_plan *plan,
                                 const flp_prefill_plan_args *a, flp_variant *resolved) {
     flp_status status =
-        flp_variant_check_for_plan(ctx, fn, &a->variant, plan->desc.head_dim, resolved);
+        flp_variant_check_for_plan(ctx, fn, &a->variant, plan->desc.head_dim, false, resolved);
     if (status != FLP_OK)
         return status;
     bool custom = a->variant.mask == FLP_MASK_CUSTOM;

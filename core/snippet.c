@@ -805,9 +805,12 @@ flp_status flp_snippet_wrap(flp_snippet_kind kind, const flp_snippet *snippet,
             params[j].type == FLP_PARAM_FLOAT_BUFFER || params[j].type == FLP_PARAM_INT_BUFFER;
         if (!buffer || !(snippet->params_used >> j & 1u))
             continue;
-        char line[160];
-        snprintf(line, sizeof line, "FLP_SNIPPET_FN %s flp_read_%s(int i) { return %s(%d, i); }\n",
-                 type_name(params[j].type), params[j].name,
+        /* guarded: the snippets of one variant may read the same buffer */
+        char line[256];
+        snprintf(line, sizeof line,
+                 "#ifndef FLP_READS_%s\n#define FLP_READS_%s\n"
+                 "FLP_SNIPPET_FN %s flp_read_%s(int i) { return %s(%d, i); }\n#endif\n",
+                 params[j].name, params[j].name, type_name(params[j].type), params[j].name,
                  params[j].type == FLP_PARAM_INT_BUFFER ? "FLP_USER_READ_INT"
                                                         : "FLP_USER_READ_FLOAT",
                  j);
@@ -839,8 +842,11 @@ flp_status flp_snippet_wrap(flp_snippet_kind kind, const flp_snippet *snippet,
                  params[j].type == FLP_PARAM_INT ? "FLP_USER_INT" : "FLP_USER_FLOAT", j);
         emit_text(&t, line);
     }
-    /* the body, its lines numbered from 1 in the compilers' messages */
-    emit_text(&t, "#line 1\n");
+    /* the body, its lines numbered from 1 under the kind's name in the compilers' messages
+     * ("logits_transform:2:" from glslang, "logits_transform(2):" from NVRTC) */
+    emit_text(&t, "#line 1 \"");
+    emit_text(&t, flp_snippet_kind_name(kind));
+    emit_text(&t, "\"\n");
     emit_text(&t, snippet->text);
     emit_text(&t, "\n}\n");
     if (t.out_of_memory) {

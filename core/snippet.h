@@ -63,17 +63,20 @@ flp_status flp_snippet_translate(flp_snippet_kind kind, const char *body,
 void flp_snippet_free(flp_snippet *snippet);
 
 /* The function both backends compile around a translated snippet, into *text (flp_malloc'd):
+ *   #ifndef FLP_READS_<name>   (one reader per buffer, however many snippets read it)
+ *   #define FLP_READS_<name>
  *   FLP_SNIPPET_FN <type> flp_read_<name>(int i) { return FLP_USER_READ_<FLOAT|INT>(j, i); }
- *       for each buffer parameter j the body reads, then
+ *   #endif                     for each buffer parameter j the body reads, then
  *   FLP_SNIPPET_FN <float|bool> flp_<kind name>(<the kind's inputs>) {
  *       <type> <name> = FLP_USER_<FLOAT|INT>(j);   for each scalar parameter j it reads
- *   #line 1
+ *   #line 1 "<kind name>"
  *   <body>
  *   }
  * FLP_SNIPPET_FN and the FLP_USER_* macros are the kernel's (each backend's snippet prelude
  * defines the flp_<function>s; the kernel defines how parameter j is reached); #line makes the
- * compilers' messages count the body's own lines. FLP_ERROR_INVALID_ARGUMENT for a bad kind,
- * snippet or parameter list, FLP_ERROR_OUT_OF_MEMORY. */
+ * compilers' messages name the kind and count the body's own lines (GLSL: under
+ * GL_GOOGLE_cpp_style_line_directive, which GL_GOOGLE_include_directive brings).
+ * FLP_ERROR_INVALID_ARGUMENT for a bad kind, snippet or parameter list, FLP_ERROR_OUT_OF_MEMORY. */
 flp_status flp_snippet_wrap(flp_snippet_kind kind, const flp_snippet *snippet,
                             const flp_variant_param *params, int num_params, char **text);
 

@@ -1,6 +1,8 @@
 /* Variant validation and defaults. */
 #include "core/variant.h"
 #include "core/snippet.h"
+#include "core/variant_program.h"
+#include "core/backend.h"
 #include "core/prefill_params.h"
 
 #include <math.h>
@@ -127,20 +129,23 @@ flp_status flp_variant_validate(const flp_variant *v, char *msg, size_t size) {
         return flp_report(FLP_ERROR_INVALID_ARGUMENT, msg, size,
                           "variant.k_scale = %g, v_scale = %g: must be positive (0 = 1)",
                           (double)v->k_scale, (double)v->v_scale);
-    if (has_snippet)
-        return flp_report(FLP_ERROR_UNSUPPORTED, msg, size,
-                          "variant snippets (logits_transform, logits_mask, query_transform, "
-                          "output_transform) are checked, but no kernel takes them yet "
-                          "(docs/variants.md)");
+    (void)has_snippet; /* whether a kernel takes them is the plan call's question */
     return FLP_OK;
 }
 
 flp_status flp_variant_check_for_plan(flp_context *ctx, const char *fn, const flp_variant *variant,
-                                      int32_t plan_head_dim, flp_variant *resolved) {
+                                      int32_t plan_head_dim, bool takes_snippets,
+                                      flp_variant *resolved) {
     char message[512];
     flp_status status = flp_variant_validate(variant, message, sizeof message);
     if (status != FLP_OK)
         return flp_fail(ctx, status, "%s: %s", fn, message);
+    if (!takes_snippets && flp_variant_has_snippets(variant))
+        return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
+                        "%s: the %s backend's kernels for this call do not take variant snippets "
+                        "(logits_transform, logits_mask, query_transform, output_transform) yet; "
+                        "docs/variants.md lists where they run",
+                        fn, ctx->ops->name);
     if (variant->head_dim != plan_head_dim)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
                         "%s: variant.head_dim = %d differs from the plan's head_dim = %d", fn,

@@ -12,10 +12,13 @@ flp_status flp_head_dim_status(int32_t head_dim);
 #define FLP_HEAD_DIMS_TEXT                                                                         \
     "64, 128 and 256 (other multiples of 16 up to 256 need the JIT path, not built yet)"
 
-/* A plan call's variant: valid, with the plan's head_dim. Fails ctx naming fn; on FLP_OK
- * *resolved holds the variant with its defaults filled in (flp_variant_resolved). */
+/* A plan call's variant: valid, with the plan's head_dim, and without snippets unless the
+ * call's kernels take them on this backend (takes_snippets; else FLP_ERROR_UNSUPPORTED). Fails
+ * ctx naming fn; on FLP_OK *resolved holds the variant with its defaults filled in
+ * (flp_variant_resolved). */
 flp_status flp_variant_check_for_plan(flp_context *ctx, const char *fn, const flp_variant *variant,
-                                      int32_t plan_head_dim, flp_variant *resolved);
+                                      int32_t plan_head_dim, bool takes_snippets,
+                                      flp_variant *resolved);
 
 /* A copy of v with every zero default replaced by its value (dtypes, sm_scale, RoPE theta and
  * scale, fp8 scales). Call after flp_variant_validate succeeded. */

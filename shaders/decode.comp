@@ -35,6 +35,11 @@
 #include "dtype.glsl"
 #include "merge_state.glsl"
 #include "rope.glsl"
+// the run's parameter values, in the plan's user slot
+#define FLP_USER_PARAMS                                                                            \
+    (DecodeParams(push.params).plan +                                                              \
+     4ul * uint64_t(DecodePlanInfo(DecodeParams(push.params).plan).off_user_params))
+#include "variant_hooks.glsl"
 
 layout(constant_id = FLP_SPEC_HEAD_DIM) const uint HEAD_DIM = 128;
 layout(constant_id = FLP_SPEC_Q_DTYPE) const uint Q_DTYPE = FLP_DT_F16;
@@ -182,8 +187,19 @@ Row pass_row(DecodeParams P, DecodePlanInfo I, Item it, int row0, bool alibi, bo
     return row;
 }
 
-// load_q: this thread's elements of the row's query (zeros for a row past the end), rotated.
-void load_q(DecodeParams P, Row row, bool rope) {
+// query_transform: the variant's snippet on this thread's chunk slot c (its 8 elements) of the
+// row's query, before RoPE (nothing without one).
+void query_transform(Item it, Row row, uint c, inout float x[8]) {
+#ifdef FLP_VARIANT_QUERY_TRANSFORM
+    [[unroll]] for (uint e = 0u; e < 8u; e++)
+        x[e] = flp_query_transform(x[e], int(chunk_of(c) * 8u + e), row.pos, it.b, row.h,
+                                   it.qo_len, it.kv_len);
+#endif
+}
+
+// load_q: this thread's elements of the row's query (zeros for a row past the end), through the
+// variant's query transform, rotated.
+void load_q(DecodeParams P, Item it, Row row, bool rope) {
     int64_t q_off = int64_t(row.r) * P.q_stride_row + int64_t(row.h) * P.q_stride_head;
     uint64_t row_addr = P.q + 2ul * uint64_t(q_off);
     if (NC == 1u) {
@@ -192,6 +208,7 @@ void load_q(DecodeParams P, Row row, bool rope) {
             w = U4Ref(row_addr + 16ul * uint64_t(lane_)).v;
         float x[8];
         flp_decode8(Q_DTYPE, w, x);
+        query_transform(it, row, 0u, x);
         if (rope)
             rope_shuffle(x, row.q_pos);
         [[unroll]] for (uint i = 0u; i < 2u; i++)
@@ -207,6 +224,8 @@ void load_q(DecodeParams P, Row row, bool rope) {
         float lo[8], hi[8];
         flp_decode8(Q_DTYPE, wl, lo);
         flp_decode8(Q_DTYPE, wh, hi);
+        query_transform(it, row, c, lo);
+        query_transform(it, row, c + HALF_NC, hi);
         if (rope)
             rope_pair(lo, hi, c, row.q_pos);
         [[unroll]] for (uint i = 0u; i < 2u; i++) {
@@ -337,18 +356,29 @@ float compute_scores(uint tt, bool rope, int k_pos) {
     return lane_sum(dot);
 }
 
-// mask_scores: whether key t is kept (the item's end, causal and window masks) and, for a kept
-// key only, its logit in log2 units: scaled, soft-capped, ALiBi added.
-bool mask_scores(Run run, Row row, int t, int kv_end, inout float x) {
-    bool kept = t < kv_end && (!run.causal || t <= row.pos) &&
+// mask_scores: whether key t is kept (the item's end, causal and window masks, the variant's
+// mask) and, for a kept key only, its logit in log2 units: scaled, soft-capped, ALiBi added,
+// through the variant's logits transform.
+bool mask_scores(Run run, Item it, Row row, int t, inout float x) {
+    bool kept = t < it.kv_end && (!run.causal || t <= row.pos) &&
                 (!run.window || t >= row.pos - row.window_left);
+#ifdef FLP_VARIANT_LOGITS_MASK
+    if (kept)
+        kept = flp_logits_mask(row.pos, t, it.b, row.h, it.g, it.qo_len, it.kv_len);
+#endif
     if (kept) {
-        x *= run.logit_scale;
+        // precise: computed as written (no contraction into fused multiply-adds), so that a
+        // snippet restating a built-in option gives its bits exactly (the compilers would fuse
+        // differently around a function call)
+        precise float y = x * run.logit_scale;
         if (run.softcap)
-            x = row.soft_cap * tanh(clamp(x / row.soft_cap, -15.0, 15.0));
+            y = row.soft_cap * flp_tanh(y / row.soft_cap);
         if (run.alibi)
-            x += row.slope * float(t - row.pos);
-        x *= LOG2E;
+            y += row.slope * float(t - row.pos);
+#ifdef FLP_VARIANT_LOGITS_TRANSFORM
+        y = flp_logits_transform(y, row.pos, t, it.b, row.h, it.g, it.qo_len, it.kv_len);
+#endif
+        x = y * LOG2E;
     }
     return kept;
 }
@@ -430,6 +460,11 @@ void store_output(DecodeParams P, DecodePlanInfo I, Item it, Row row, float wide
                 float x[8];
                 [[unroll]] for (uint e = 0u; e < 8u; e++)
                     x[e] = g_acc[2u * c + e / 4u][e % 4u] * inv;
+#ifdef FLP_VARIANT_OUTPUT_TRANSFORM
+                [[unroll]] for (uint e = 0u; e < 8u; e++)
+                    x[e] = flp_output_transform(x[e], lse, int(chunk_of(c) * 8u + e), row.pos,
+                                                it.b, row.h, it.qo_len, it.kv_len);
+#endif
                 U4Ref(o_row + 16ul * uint64_t(chunk_of(c))).v = flp_encode8(Q_DTYPE, x);
             }
             if (P.lse != 0ul && lane_ == 0u) {
@@ -491,7 +526,7 @@ void main() {
         // Passes of ROWS rows over the keys: one pass unless the group x qo_len is larger.
         for (int row0 = 0; row0 < it.rows_total; row0 += int(ROWS)) {
             Row row = pass_row(P, I, it, row0, run.alibi, rope);
-            load_q(P, row, rope);
+            load_q(P, it, row, rope);
             init_state();
 
             if (it.kv_begin < it.kv_end)
@@ -509,7 +544,7 @@ void main() {
                     uint tt = tz_ * TOKENS_PER_GROUP + j;
                     int t = base + int(tt);
                     float x = compute_scores(tt, rope, t + it.k_rope);
-                    if (mask_scores(run, row, t, it.kv_end, x)) { // the same for the row's lanes
+                    if (mask_scores(run, it, row, t, x)) { // the same for the row's lanes
                         float p = softmax_update(x);
                         accumulate_pv(tt, p);
                     }

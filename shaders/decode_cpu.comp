@@ -58,6 +58,11 @@ layout(set = 1, binding = 0) uniform usamplerBuffer v_texels;
 #include "decode_params.glsl"
 #include "dtype.glsl"
 #include "merge_state.glsl"
+// the run's parameter values, in the plan's user slot
+#define FLP_USER_PARAMS                                                                            \
+    (DecodeParams(push.params).plan +                                                              \
+     4ul * uint64_t(DecodePlanInfo(DecodeParams(push.params).plan).off_user_params))
+#include "variant_hooks.glsl"
 #include "rope.glsl"
 
 layout(constant_id = FLP_SPEC_HEAD_DIM) const uint HEAD_DIM = 128;
@@ -340,6 +345,12 @@ void load_q(DecodeParams P, Run run, Item it, uint j, Row row) {
     int64_t q_off = int64_t(row.r) * P.q_stride_row + int64_t(row.h) * P.q_stride_head;
     float x[E];
     load_q_lane(P.q + 2ul * uint64_t(q_off), x);
+#ifdef FLP_VARIANT_QUERY_TRANSFORM
+    [[unroll]] for (uint c = 0u; c < NC; c++)
+        [[unroll]] for (uint e = 0u; e < 8u; e++)
+            x[c * 8u + e] = flp_query_transform(x[c * 8u + e], int(chunk_of(c) * 8u + e), row.pos,
+                                                it.b, row.h, run.qo_len, it.kv_len);
+#endif
     if (run.rope)
         rope_lane(x, row.pos + it.q_rope);
     [[unroll]] for (uint i = 0u; i < E4; i++)
@@ -388,17 +399,27 @@ void compute_scores(Run run, Item it, int base) {
 
 // mask_scores: row j's dot products summed over the lanes (uniform across lanes from here on,
 // so every select below is branch-free for llvmpipe), its logits in log2 units (scaled,
-// soft-capped, ALiBi added), and which keys the masks keep (the item's end, causal, window).
+// soft-capped, ALiBi added, through the variant's logits transform), and which keys the masks
+// keep (the item's end, causal, window, the variant's mask). The variant's snippets also see the
+// keys the other masks drop (their results are not used).
 void mask_scores(Run run, Item it, int base, uint j, Row row) {
     [[unroll]] for (uint t = 0u; t < STEP; t++) {
         int tok = base + int(t);
         g_kept[t] = tok < it.kv_end && (!run.causal || tok <= row.pos) &&
                     (!run.window || tok >= row.pos - run.window_left);
-        float x = lane_sum(g_s[j][t]) * run.logit_scale;
+#ifdef FLP_VARIANT_LOGITS_MASK
+        g_kept[t] = g_kept[t] &&
+                    flp_logits_mask(row.pos, tok, it.b, row.h, it.g, run.qo_len, it.kv_len);
+#endif
+        // precise: as in decode.comp's mask_scores
+        precise float x = lane_sum(g_s[j][t]) * run.logit_scale;
         if (run.softcap)
-            x = run.soft_cap * tanh(clamp(x / run.soft_cap, -15.0, 15.0));
+            x = run.soft_cap * flp_tanh(x / run.soft_cap);
         if (run.alibi)
             x += row.slope * float(tok - row.pos);
+#ifdef FLP_VARIANT_LOGITS_TRANSFORM
+        x = flp_logits_transform(x, row.pos, tok, it.b, row.h, it.g, run.qo_len, it.kv_len);
+#endif
         g_s[j][t] = x * LOG2E;
     }
 }
@@ -447,6 +468,11 @@ void store_output(DecodeParams P, DecodePlanInfo I, uint64_t plan, Run run, Item
             float x[8];
             [[unroll]] for (uint e = 0u; e < 8u; e++)
                 x[e] = g_acc[j][2u * c + e / 4u][e % 4u] * inv;
+#ifdef FLP_VARIANT_OUTPUT_TRANSFORM
+            [[unroll]] for (uint e = 0u; e < 8u; e++)
+                x[e] = flp_output_transform(x[e], lse, int(chunk_of(c) * 8u + e), row.pos, it.b,
+                                            row.h, run.qo_len, it.kv_len);
+#endif
             U4Ref(o_row + 16ul * uint64_t(chunk_of(c))).v =
                 flp_encode8(g_q_bf16 ? FLP_DT_BF16 : FLP_DT_F16, x);
         }

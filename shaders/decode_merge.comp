@@ -13,6 +13,11 @@
 #include "decode_params.glsl"
 #include "dtype.glsl"
 #include "merge_state.glsl"
+// the run's parameter values, in the plan's user slot
+#define FLP_USER_PARAMS                                                                            \
+    (DecodeParams(push.params).plan +                                                              \
+     4ul * uint64_t(DecodePlanInfo(DecodeParams(push.params).plan).off_user_params))
+#include "variant_hooks.glsl"
 
 layout(constant_id = FLP_SPEC_HEAD_DIM) const uint HEAD_DIM = 128;
 layout(constant_id = FLP_SPEC_Q_DTYPE) const uint Q_DTYPE = FLP_DT_F16;
@@ -90,6 +95,14 @@ void main() {
             s = m + log(sum);
         }
         int r = b * qo_len + qi;
+#ifdef FLP_VARIANT_OUTPUT_TRANSFORM
+        // the variant's output transform, here for split rows (the decode kernel's for the rest)
+        int kv_len = plan_ints(plan, I.off_kv_len).v[b];
+        float row_lse = any ? s : neg_inf();
+        [[unroll]] for (int k = 0; k < 4; k++)
+            o[k] = flp_output_transform(o[k], row_lse, int(d0) + k, kv_len - qo_len + qi, b, h,
+                                        qo_len, kv_len);
+#endif
         int64_t o_off = int64_t(r) * P.o_stride_row + int64_t(h) * P.o_stride_head + int64_t(d0);
         U2Ref(P.o + 2ul * uint64_t(o_off)).v = flp_encode4(Q_DTYPE, o);
         if (want_lse && d0 == 0u) {

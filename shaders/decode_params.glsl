@@ -23,7 +23,8 @@ layout(buffer_reference, std430, buffer_reference_align = 16) readonly buffer De
     float sm_scale, soft_cap, k_scale, v_scale;
     uint off_kv_begin;
     int chunk_size; // keys per chunk of a split request; 0x7fffffff when none is split
-    int reserved[2];
+    uint off_user_params; // the run's user parameter values (variant_hooks.glsl)
+    int reserved;
 };
 
 // flp_decode_params: what one run adds (the tensors), written into the plan's params slot by

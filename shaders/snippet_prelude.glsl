@@ -3,6 +3,8 @@
 // both (GLSL leaves clamp with lo > hi undefined). A kernel that compiles user snippets
 // includes this before core/snippet.c's wrapper and defines FLP_USER_FLOAT(j), FLP_USER_INT(j),
 // FLP_USER_READ_FLOAT(j, i) and FLP_USER_READ_INT(j, i).
+#ifndef FLP_SNIPPET_PRELUDE_GLSL
+#define FLP_SNIPPET_PRELUDE_GLSL
 #define FLP_SNIPPET_FN
 float flp_exp(float x) { return exp(x); }
 float flp_exp2(float x) { return exp2(x); }
@@ -11,7 +13,8 @@ float flp_log2(float x) { return log2(x); }
 float flp_sqrt(float x) { return sqrt(x); }
 float flp_floor(float x) { return floor(x); }
 float flp_ceil(float x) { return ceil(x); }
-float flp_tanh(float x) { return tanh(x); }
+// tanh of |x| > 15 is 1 in float; some drivers compute tanh through exp and make it NaN there
+float flp_tanh(float x) { return tanh(clamp(x, -15.0f, 15.0f)); }
 float flp_sin(float x) { return sin(x); }
 float flp_cos(float x) { return cos(x); }
 float flp_pow(float x, float y) { return pow(x, y); }
@@ -24,3 +27,4 @@ float flp_max(float a, float b) { return max(a, b); }
 int flp_max(int a, int b) { return max(a, b); }
 float flp_clamp(float x, float lo, float hi) { return min(max(x, lo), hi); }
 int flp_clamp(int x, int lo, int hi) { return min(max(x, lo), hi); }
+#endif

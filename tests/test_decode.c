@@ -1373,12 +1373,6 @@ static void test_bad_variant(void **state) {
     bad_expect(&e, flp_decode_plan(g_ctx, e.plan, &a), FLP_ERROR_INVALID_ARGUMENT, "e4m3 q_dtype",
                MENTIONS("variant.q_dtype = e4m3: queries and outputs are f16 or bf16"));
     a = e.pa;
-    a.variant.logits_transform = "return logit * 2.0;";
-    bad_expect(&e, flp_decode_plan(g_ctx, e.plan, &a), FLP_ERROR_UNSUPPORTED,
-               "logits_transform snippet",
-               MENTIONS("variant snippets (logits_transform, logits_mask, query_transform, "
-                        "output_transform) are checked, but no kernel takes them yet"));
-    a = e.pa;
     a.variant.output_transform = "return x;";
     bad_expect(&e, flp_decode_plan(g_ctx, e.plan, &a), FLP_ERROR_INVALID_ARGUMENT,
                "output_transform snippet reading x",
@@ -1487,6 +1481,385 @@ static void test_bad_workspace(void **state) {
     flp_buffer_destroy(ws);
 }
 
+/* ---- variant snippets (docs/variants.md) ------------------------------------------------------
+ */
+
+/* Whether this backend's decode kernel takes snippets (else a plan refuses them). */
+static bool backend_takes_snippets(void) {
+#ifdef FLP_TEST_VULKAN_SNIPPETS
+    return test_backend_kind() == FLP_BACKEND_VULKAN;
+#else
+    return false;
+#endif
+}
+
+/* Two query rows per request (the rows' positions differ), GQA 4, and a long request that the
+ * plan splits on the test devices, so that the merge kernel's part of a variant runs too. */
+static test_rng snippet_problem(problem *p, const char *name) {
+    test_rng rng;
+    test_rng_init(&rng, test_name_seed(name));
+    problem_init(p, name, 8, 2, 64, FLP_DTYPE_F16, FLP_DTYPE_F16, FLP_KV_LAYOUT_NHD, 16, 2);
+    const int32_t lens[] = {2, 45, 611, 2900};
+    problem_set_batch(p, &rng, 4, lens, 3, false);
+    return rng;
+}
+
+/* Plans p with variant v, runs with the parameter values, waits: the outputs' contents. */
+static test_readback run_with(const problem *p, dev_problem *dv, const flp_variant *v,
+                              const flp_param_value *params, int32_t num_params) {
+    flp_plan *plan = create_plan_for(p);
+    flp_decode_plan_args a = plan_args(p);
+    a.variant = *v;
+    assert_ok(flp_decode_plan(g_ctx, plan, &a));
+    expect_split(p, plan);
+    test_qo_poison(&dv->qo);
+    flp_decode_run_args r = run_args(p, dv);
+    r.params = params;
+    r.num_params = num_params;
+    assert_ok(flp_decode_run(g_ctx, plan, &r));
+    assert_ok(flp_context_synchronize(g_ctx));
+    flp_plan_destroy(plan);
+    return test_qo_read(&dv->qo);
+}
+
+/* Where the backend takes no snippets: the plan refuses the variant, naming why. */
+static void expect_snippets_refused(const problem *p, const flp_variant *snippet) {
+    flp_plan *plan = create_plan_for(p);
+    flp_decode_plan_args a = plan_args(p);
+    a.variant = *snippet;
+    test_backend_expect_errors(true);
+    expect_status(flp_decode_plan(g_ctx, plan, &a), FLP_ERROR_UNSUPPORTED, "snippet plan",
+                  MENTIONS("do not take variant snippets"));
+    test_backend_expect_errors(false);
+    flp_plan_destroy(plan);
+}
+
+/* A test's start where the backend may take no snippets: there it checks the refusal, frees p
+ * and answers false (the test ends); else true. */
+static bool snippets_run_here(problem *p, const flp_variant *snippet) {
+    if (backend_takes_snippets())
+        return true;
+    expect_snippets_refused(p, snippet);
+    problem_free(p);
+    return false;
+}
+
+/* p's built-in variant (p->variant) against the float64 reference, and the snippet variant that
+ * restates it: bit for bit the same outputs (the kernel computes the same operations). */
+static void expect_snippet_equals_builtin(problem *p, const flp_variant *snippet,
+                                          const flp_param_value *params, int32_t num_params) {
+    if (!backend_takes_snippets()) {
+        expect_snippets_refused(p, snippet);
+        return;
+    }
+    dev_problem dv;
+    dev_create(p, p->rows, &dv);
+    test_readback want = run_with(p, &dv, &p->variant, NULL, 0);
+    const size_t n = (size_t)p->rows * (size_t)p->hq * (size_t)p->d;
+    double *ref = test_xcalloc(n, sizeof(double));
+    double *ref_lse = test_xcalloc((size_t)p->rows * (size_t)p->hq, sizeof(double));
+    problem_reference(p, ref, ref_lse);
+    check_outputs(p, &dv, &want, ref, ref_lse, "built-in variant");
+    test_readback got = run_with(p, &dv, snippet, params, num_params);
+    test_qo_expect_same_bits(&dv.qo, &want, &got, p->name);
+    test_readback_free(&want);
+    test_readback_free(&got);
+    free(ref);
+    free(ref_lse);
+    dev_free(&dv);
+}
+
+/* The variant of p's shape with nothing set beyond it. */
+static flp_variant plain_variant(const problem *p) {
+    flp_variant v = {.head_dim = p->d, .q_dtype = p->q_dtype, .kv_dtype = p->kv_dtype};
+    return v;
+}
+
+static void test_snippet_soft_cap(void **state) {
+    (void)state;
+    problem p;
+    snippet_problem(&p, "soft cap as a logits_transform");
+    p.variant.logits_soft_cap = 0.3f; /* below most logits here: the cap bites */
+    static const flp_variant_param params[] = {{"cap", FLP_PARAM_FLOAT}};
+    flp_variant v = plain_variant(&p);
+    v.logits_transform = "return cap * tanh(logit / cap);";
+    v.params = params;
+    v.num_params = 1;
+    const flp_param_value values[] = {{.name = "cap", .f = 0.3f}};
+    expect_snippet_equals_builtin(&p, &v, values, 1);
+    problem_free(&p);
+}
+
+static void test_snippet_alibi(void **state) {
+    (void)state;
+    problem p;
+    test_rng rng = snippet_problem(&p, "ALiBi as a logits_transform reading a float buffer");
+    p.alibi_slopes = test_xcalloc((size_t)p.hq, sizeof(float));
+    for (int32_t h = 0; h < p.hq; h++)
+        p.alibi_slopes[h] = (float)test_rng_uniform(&rng, 0.01, 0.5);
+    p.variant.pos_encoding = FLP_POS_ALIBI;
+    static const flp_variant_param params[] = {{"slopes", FLP_PARAM_FLOAT_BUFFER}};
+    flp_variant v = plain_variant(&p);
+    v.logits_transform = "return logit + slopes[qo_head] * float(kv_pos - qo_pos);";
+    v.params = params;
+    v.num_params = 1;
+    flp_buffer *buf = NULL;
+    const int64_t shape[] = {p.hq};
+    const flp_tensor slopes =
+        test_tensor_upload(g_ctx, p.alibi_slopes, FLP_DTYPE_F32, 1, shape, (size_t)p.hq, &buf);
+    const flp_param_value values[] = {{.name = "slopes", .buffer = &slopes}};
+    expect_snippet_equals_builtin(&p, &v, values, 1);
+    flp_buffer_destroy(buf);
+    problem_free(&p);
+}
+
+static void test_snippet_causal_mask(void **state) {
+    (void)state;
+    problem p;
+    snippet_problem(&p, "causal as a logits_mask");
+    p.variant.mask = FLP_MASK_CAUSAL;
+    flp_variant v = plain_variant(&p);
+    v.logits_mask = "return kv_pos <= qo_pos;";
+    expect_snippet_equals_builtin(&p, &v, NULL, 0);
+    problem_free(&p);
+}
+
+/* A sliding window as a mask: the plan does not know it (the built-in window's plan skips the
+ * keys outside it, so the two sum in other orders): checked against the float64 reference of
+ * the built-in window. */
+static void test_snippet_window_mask(void **state) {
+    (void)state;
+    problem p;
+    snippet_problem(&p, "a sliding window as a logits_mask with an int parameter");
+    p.variant.use_window = true;
+    p.variant.window_left = 300;
+    static const flp_variant_param params[] = {{"w", FLP_PARAM_INT}};
+    flp_variant v = plain_variant(&p);
+    v.logits_mask = "return kv_pos >= qo_pos - w;";
+    v.params = params;
+    v.num_params = 1;
+    if (!snippets_run_here(&p, &v))
+        return;
+    const flp_param_value values[] = {{.name = "w", .i = 300}};
+    dev_problem dv;
+    dev_create(&p, p.rows, &dv);
+    test_readback got = run_with(&p, &dv, &v, values, 1);
+    const size_t n = (size_t)p.rows * (size_t)p.hq * (size_t)p.d;
+    double *ref = test_xcalloc(n, sizeof(double));
+    double *ref_lse = test_xcalloc((size_t)p.rows * (size_t)p.hq, sizeof(double));
+    problem_reference(&p, ref, ref_lse);
+    check_outputs(&p, &dv, &got, ref, ref_lse, "window snippet vs the reference");
+    test_readback_free(&got);
+    free(ref);
+    free(ref_lse);
+    dev_free(&dv);
+    problem_free(&p);
+}
+
+static void test_snippet_query_transform(void **state) {
+    (void)state;
+    problem p;
+    snippet_problem(&p, "a query_transform doubling q");
+    /* 2q . k * s == q . k * 2s exactly: doubling is exact in float */
+    p.variant.sm_scale = 2.0f / 8.0f;
+    flp_variant v = plain_variant(&p);
+    v.query_transform = "return q * 2.0;";
+    expect_snippet_equals_builtin(&p, &v, NULL, 0);
+    problem_free(&p);
+}
+
+/* Attention sinks as an output transform: out scaled by sigmoid(lse - sink[head]) for every row,
+ * split (merged) rows included; lse unchanged. */
+static void test_snippet_sinks(void **state) {
+    (void)state;
+    problem p;
+    test_rng rng = snippet_problem(&p, "attention sinks as an output_transform");
+    static const flp_variant_param params[] = {{"sinks", FLP_PARAM_FLOAT_BUFFER}};
+    flp_variant v = plain_variant(&p);
+    v.output_transform = "return o * sigmoid(lse - sinks[qo_head]);";
+    v.params = params;
+    v.num_params = 1;
+    if (!snippets_run_here(&p, &v))
+        return;
+    float sinks[8];
+    for (int32_t h = 0; h < p.hq; h++)
+        sinks[h] = (float)test_rng_uniform(&rng, -1.0, 4.0);
+    flp_buffer *buf = NULL;
+    const int64_t shape[] = {p.hq};
+    const flp_tensor t = test_tensor_upload(g_ctx, sinks, FLP_DTYPE_F32, 1, shape, 8, &buf);
+    const flp_param_value values[] = {{.name = "sinks", .buffer = &t}};
+    dev_problem dv;
+    dev_create(&p, p.rows, &dv);
+    test_readback plain = run_with(&p, &dv, &p.variant, NULL, 0);
+    test_readback sunk = run_with(&p, &dv, &v, values, 1);
+    const size_t n = (size_t)p.rows * (size_t)p.hq * (size_t)p.d;
+    double *got = test_xcalloc(n, sizeof(double)), *want = test_xcalloc(n, sizeof(double));
+    for (int32_t r = 0; r < p.rows; r++)
+        for (int32_t h = 0; h < p.hq; h++) {
+            const uint32_t lse_bits = plain.lse[(size_t)r * (size_t)p.hq + (size_t)h];
+            assert_int_equal(lse_bits, sunk.lse[(size_t)r * (size_t)p.hq + (size_t)h]);
+            const double lse = test_f32_bits_to_double(lse_bits);
+            const double scale = 1.0 / (1.0 + exp(-(lse - (double)sinks[h])));
+            for (int32_t e = 0; e < p.d; e++) {
+                const size_t i = ((size_t)r * (size_t)p.hq + (size_t)h) * (size_t)p.d + (size_t)e;
+                want[i] = test_half_to_double(p.q_dtype, out_word(&p, &plain, r, h, e)) * scale;
+                got[i] = test_half_to_double(p.q_dtype, out_word(&p, &sunk, r, h, e));
+            }
+        }
+    /* two f16 roundings apart (the plain output's and the scaled one's) */
+    assert_relative_error(got, want, n, 2e-3, "sinks output vs plain output x sigmoid(lse - sink)");
+    free(got);
+    free(want);
+    test_readback_free(&plain);
+    test_readback_free(&sunk);
+    dev_free(&dv);
+    flp_buffer_destroy(buf);
+    problem_free(&p);
+}
+
+/* A mask reading an int buffer by request and KV head: the dropped (request, KV head) pairs keep
+ * no key (out 0, lse -inf), the others are bit for bit the plain run's. */
+static void test_snippet_int_buffer_mask(void **state) {
+    (void)state;
+    problem p;
+    snippet_problem(&p, "a logits_mask reading an int buffer by request and KV head");
+    static const flp_variant_param params[] = {{"keep", FLP_PARAM_INT_BUFFER}};
+    flp_variant v = plain_variant(&p);
+    v.logits_mask = "return keep[request * 2 + kv_head] != 0;";
+    v.params = params;
+    v.num_params = 1;
+    if (!snippets_run_here(&p, &v))
+        return;
+    const int32_t keep[8] = {1, 0, 0, 1, 1, 1, 0, 1}; /* [request][kv head] */
+    flp_buffer *buf = NULL;
+    const int64_t shape[] = {8};
+    const flp_tensor t = test_tensor_upload(g_ctx, keep, FLP_DTYPE_I32, 1, shape, 8, &buf);
+    const flp_param_value values[] = {{.name = "keep", .buffer = &t}};
+    dev_problem dv;
+    dev_create(&p, p.rows, &dv);
+    test_readback plain = run_with(&p, &dv, &p.variant, NULL, 0);
+    test_readback masked = run_with(&p, &dv, &v, values, 1);
+    const int32_t group = p.hq / p.hkv;
+    for (int32_t r = 0; r < p.rows; r++)
+        for (int32_t h = 0; h < p.hq; h++) {
+            const bool kept = keep[(r / p.qo_len) * 2 + h / group] != 0;
+            const size_t l = (size_t)r * (size_t)p.hq + (size_t)h;
+            if (kept)
+                assert_int_equal(masked.lse[l], plain.lse[l]);
+            else
+                assert_true(isinf(test_f32_bits_to_double(masked.lse[l])) &&
+                            test_f32_bits_to_double(masked.lse[l]) < 0);
+            for (int32_t e = 0; e < p.d; e++) {
+                const uint16_t w = out_word(&p, &masked, r, h, e);
+                if (kept ? w != out_word(&p, &plain, r, h, e) : w != 0)
+                    fail_msg("row %d head %d element %d: 0x%04x (request %s)", r, h, e, w,
+                             kept ? "kept: differs from the plain run" : "masked: not 0");
+            }
+        }
+    test_readback_free(&plain);
+    test_readback_free(&masked);
+    dev_free(&dv);
+    flp_buffer_destroy(buf);
+    problem_free(&p);
+}
+
+/* Bad parameter values are refused at run with the parameter's name, nothing written; a snippet
+ * the compiler refuses gives its log with the snippet's own line. */
+static void test_bad_snippet_run(void **state) {
+    (void)state;
+    problem p;
+    snippet_problem(&p, "bad snippet runs");
+    static const flp_variant_param params[] = {{"cap", FLP_PARAM_FLOAT},
+                                               {"bias", FLP_PARAM_FLOAT_BUFFER}};
+    flp_variant v = plain_variant(&p);
+    v.logits_transform = "return cap * tanh(logit / cap) + bias[qo_head];";
+    v.params = params;
+    v.num_params = 2;
+    if (!snippets_run_here(&p, &v))
+        return;
+    dev_problem dv;
+    dev_create(&p, p.rows, &dv);
+    flp_plan *plan = create_plan_for(&p);
+    flp_decode_plan_args a = plan_args(&p);
+    a.variant = v;
+    assert_ok(flp_decode_plan(g_ctx, plan, &a));
+    float bias_values[8] = {0.1f, 0.2f, 0.3f, 0.4f, 0.5f, 0.6f, 0.7f, 0.8f};
+    flp_buffer *fbuf = NULL, *hbuf = NULL;
+    const int64_t shape[] = {8}, shape2[] = {2, 4};
+    const flp_tensor bias =
+        test_tensor_upload(g_ctx, bias_values, FLP_DTYPE_F32, 1, shape, 8, &fbuf);
+    const flp_tensor half =
+        test_tensor_upload(g_ctx, bias_values, FLP_DTYPE_F16, 1, shape, 8, &hbuf);
+    flp_tensor two_d = bias;
+    two_d.ndim = 2;
+    two_d.shape[0] = shape2[0];
+    two_d.shape[1] = shape2[1];
+    two_d.stride[0] = 4;
+    two_d.stride[1] = 1;
+    struct {
+        flp_param_value values[3];
+        int32_t n;
+        const char *mention;
+    } bad[] = {
+        {{{.name = "cap", .f = 1.0f}},
+         1,
+         "num_params = 1, but the plan's variant declares 2 parameters"},
+        {{{.name = "cap", .f = 1.0f}, {.name = "bias", .buffer = NULL}},
+         2,
+         "params[1] (\"bias\") is a float buffer parameter: its buffer is NULL"},
+        {{{.name = "cap", .buffer = &bias}, {.name = "bias", .buffer = &bias}},
+         2,
+         "params[0] (\"cap\") is a float parameter: it takes a value, not a buffer"},
+        {{{.name = "cap", .f = 1.0f}, {.name = "cap", .f = 2.0f}},
+         2,
+         "params[1] gives \"cap\" a second time"},
+        {{{.name = "cap", .f = 1.0f}, {.name = "biass", .buffer = &bias}},
+         2,
+         "params[1].name = \"biass\" is not a parameter of the plan's variant"},
+        {{{.name = "cap", .f = 1.0f}, {.name = NULL}}, 2, "params[1].name is NULL"},
+        {{{.name = "cap", .f = 1.0f}, {.name = "bias", .buffer = &half}},
+         2,
+         "params[1] (\"bias\")"},
+        {{{.name = "cap", .f = 1.0f}, {.name = "bias", .buffer = &two_d}},
+         2,
+         "params[1] (\"bias\")"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        test_qo_poison(&dv.qo);
+        flp_decode_run_args r = run_args(&p, &dv);
+        r.params = bad[i].values;
+        r.num_params = bad[i].n;
+        test_qo_expect_failed(&dv.qo, flp_decode_run(g_ctx, plan, &r), FLP_ERROR_INVALID_ARGUMENT,
+                              bad[i].mention, MENTIONS(bad[i].mention));
+    }
+    /* the plan without the snippets takes no values */
+    flp_decode_plan_args plain = plan_args(&p);
+    assert_ok(flp_decode_plan(g_ctx, plan, &plain));
+    flp_decode_run_args r = run_args(&p, &dv);
+    const flp_param_value one[] = {{.name = "cap", .f = 1.0f}};
+    r.params = one;
+    r.num_params = 1;
+    test_qo_poison(&dv.qo);
+    test_qo_expect_failed(&dv.qo, flp_decode_run(g_ctx, plan, &r), FLP_ERROR_INVALID_ARGUMENT,
+                          "values for a plan without snippets",
+                          MENTIONS("num_params = 1, but the plan's variant declares 0 "
+                                   "parameters"));
+    /* an int returned where a bool is due: GLSL refuses it, on line 2 of the snippet */
+    flp_variant broken = plain_variant(&p);
+    broken.logits_mask = "int k = kv_pos;\nreturn k;";
+    a.variant = broken;
+    assert_ok(flp_decode_plan(g_ctx, plan, &a));
+    r = run_args(&p, &dv);
+    test_qo_poison(&dv.qo);
+    test_qo_expect_failed(&dv.qo, flp_decode_run(g_ctx, plan, &r), FLP_ERROR_COMPILE,
+                          "a snippet glslang refuses", MENTIONS("logits_mask:2:"));
+    flp_plan_destroy(plan);
+    flp_buffer_destroy(fbuf);
+    flp_buffer_destroy(hbuf);
+    dev_free(&dv);
+    problem_free(&p);
+}
+
 /* ---- main ------------------------------------------------------------------------------------ */
 
 #define GOOD(f) test_list_add(&l, "", #f, f, false, NULL)
@@ -1534,6 +1907,14 @@ int main(int argc, char **argv) {
     BAD(test_bad_page_size);
     BAD(test_bad_tensor_layout);
     BAD(test_bad_workspace);
+    GOOD(test_snippet_soft_cap);
+    GOOD(test_snippet_alibi);
+    GOOD(test_snippet_causal_mask);
+    GOOD(test_snippet_window_mask);
+    GOOD(test_snippet_query_transform);
+    GOOD(test_snippet_sinks);
+    GOOD(test_snippet_int_buffer_mask);
+    BAD(test_bad_snippet_run);
     return test_list_run(&l, "decode", argc, argv, test_backend_group_setup,
                          test_backend_group_teardown);
 }

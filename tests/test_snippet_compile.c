@@ -68,7 +68,8 @@ static const case_def *good_case(size_t i) {
     return i < NUM_GOOD ? &GOOD[i] : &EXAMPLES[i - NUM_GOOD];
 }
 
-/* both compilers refuse this (two arguments to exp), on line 2 of the body */
+/* both compilers refuse this (two arguments to exp), on line 2 of the body, which both name
+ * "logits_transform" */
 static const case_def BAD = {FLP_SNIPPET_LOGITS_TRANSFORM, "float a = logit;\nreturn exp(a, 2.0);"};
 
 static char *read_text(const char *path) {
@@ -140,6 +141,7 @@ static const char GLSL_HEAD[] =
     "#extension GL_EXT_shader_explicit_arithmetic_types_float16 : require\n"
     "#extension GL_EXT_buffer_reference : require\n"
     "#extension GL_KHR_shader_subgroup_basic : require\n"
+    "#extension GL_GOOGLE_cpp_style_line_directive : require\n"
     "layout(local_size_x = 1) in;";
 /* How the kernels reach parameter j: stand-ins, the same text for both languages. */
 static const char USER_MACROS[] =
@@ -162,8 +164,9 @@ static void test_glsl(void **state) {
     char *function = wrapped(&BAD);
     char *source = source_of(GLSL_HEAD, prelude, USER_MACROS, function, GLSL_TAIL);
     assert_int_not_equal(glslang(source, log, sizeof log), 0);
-    if (!strstr(log, ":2: "))
-        fail_msg("glslang's message does not name line 2 of the snippet:\n%s", log);
+    if (!strstr(log, "logits_transform:2: "))
+        fail_msg("glslang's message does not name line 2 of the logits_transform snippet:\n%s",
+                 log);
     free(source);
     free(function);
     free(prelude);
@@ -198,8 +201,9 @@ static void test_cuda(void **state) {
     assert_int_equal(flp_cuda_nvrtc_compile_source(source, "snippet.cu", 80, NULL, 0, &image,
                                                    message, sizeof message),
                      FLP_ERROR_COMPILE);
-    if (!strstr(message, "(2): error"))
-        fail_msg("NVRTC's message does not name line 2 of the snippet:\n%s", message);
+    if (!strstr(message, "logits_transform(2): error"))
+        fail_msg("NVRTC's message does not name line 2 of the logits_transform snippet:\n%s",
+                 message);
     free(source);
     free(function);
     free(prelude);

@@ -173,6 +173,7 @@ static const c_field plan_info_fields[] = {
     FIELD(flp_decode_plan_info, v_scale),
     FIELD(flp_decode_plan_info, off_kv_begin),
     FIELD(flp_decode_plan_info, chunk_size),
+    FIELD(flp_decode_plan_info, off_user_params),
     FIELD(flp_decode_plan_info, reserved),
 };
 static const c_field params_fields[] = {
@@ -393,7 +394,7 @@ static void test_params_layout(void **state) {
                            params_fields, COUNT(params_fields));
     }
     /* the last members end the structs (nothing after them that GLSL would not see) */
-    assert_int_equal(offsetof(flp_decode_plan_info, reserved) + 2 * sizeof(int32_t),
+    assert_int_equal(offsetof(flp_decode_plan_info, reserved) + sizeof(int32_t),
                      sizeof(flp_decode_plan_info));
     assert_int_equal(offsetof(flp_decode_params, num_pages) + sizeof(int64_t),
                      sizeof(flp_decode_params));

@@ -21,11 +21,14 @@ FLP_SNIPPET_UNARY(log2, log2f)
 FLP_SNIPPET_UNARY(sqrt, sqrtf)
 FLP_SNIPPET_UNARY(floor, floorf)
 FLP_SNIPPET_UNARY(ceil, ceilf)
-FLP_SNIPPET_UNARY(tanh, tanhf)
 FLP_SNIPPET_UNARY(sin, sinf)
 FLP_SNIPPET_UNARY(cos, cosf)
 FLP_SNIPPET_UNARY(abs, fabsf)
 #undef FLP_SNIPPET_UNARY
+/* clamped as in GLSL's prelude (the same value: tanh of |x| > 15 is 1 in float) */
+FLP_SNIPPET_FN float flp_tanh(float x) {
+    return tanhf(fminf(fmaxf(x, -15.0f), 15.0f));
+}
 FLP_SNIPPET_FN float flp_pow(float x, float y) {
     return powf(x, y);
 }

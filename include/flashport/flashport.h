@@ -237,6 +237,17 @@ typedef struct flp_variant_param {
     flp_variant_param_type type;
 } flp_variant_param;
 
+/* A run's value of one declared parameter (flp_*_run_args.params): every parameter the plan's
+ * variant declares is given exactly once, by name. */
+typedef struct flp_param_value {
+    const char *name; /* as declared in flp_variant.params */
+    float f;          /* FLP_PARAM_FLOAT */
+    int32_t i;        /* FLP_PARAM_INT */
+    /* FLP_PARAM_FLOAT_BUFFER (F32) or FLP_PARAM_INT_BUFFER (I32): 1-D, contiguous, at least one
+     * element, on the context's device; read when the run executes (like every input) */
+    const flp_tensor *buffer;
+} flp_param_value;
+
 /* One attention variant: plain data, validated by flp_variant_validate. Zero-initialise. */
 typedef struct flp_variant {
     int32_t head_dim;      /* 64, 128 or 256 (required) */
@@ -254,7 +265,9 @@ typedef struct flp_variant {
     float v_scale;
     /* User snippets (docs/variants.md): function bodies in the snippet language, NULL = none.
      * flp_variant_validate checks them (FLP_ERROR_INVALID_ARGUMENT with the snippet's line and
-     * column); no kernel takes them yet, so a variant with one is FLP_ERROR_UNSUPPORTED. */
+     * column); a plan copies them and compiles the kernels that take them (FLP_ERROR_COMPILE
+     * with the compiler's log; FLP_ERROR_UNSUPPORTED where a backend's kernel does not take
+     * them yet: docs/variants.md lists which do). */
     const char *logits_transform;
     const char *logits_mask;
     const char *query_transform;
@@ -379,6 +392,10 @@ typedef struct flp_decode_run_args {
      * of the caches) is not followed: nothing outside the caches is read, and the rows of the
      * request that holds it come out wrong (finite). NULL when the plan holds the page ids. */
     const flp_tensor *kv_indices;
+    /* The values of the variant's user parameters: params[num_params], each declared one once
+     * (NULL, 0 when the variant declares none). */
+    const flp_param_value *params;
+    int32_t num_params;
 } flp_decode_run_args;
 
 /* Launches the decode (and, for split requests, the merge) on the context's stream/queue.
