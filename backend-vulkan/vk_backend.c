@@ -39,6 +39,7 @@ const flp_backend_ops flp_vk_ops = {
     .decode_run = flp_vk_decode_run,
 #ifdef FLP_HAVE_GLSLANG
     .decode_snippets = true, /* compiled at run time (vk_jit.c) */
+    .prefill_snippets = true,
 #endif
     .prefill_grid_size = flp_vk_prefill_grid_size,
     /* The prefill pipelines are 10-100x slower than the decode pipelines on decode batches

@@ -264,6 +264,12 @@ flp_status flp_vk_pipelines_init(flp_vk *vk);
 void flp_vk_pipelines_destroy(flp_vk *vk);
 /* The pipeline layout a shader's pipelines use. */
 VkPipelineLayout flp_vk_pipeline_layout_of(const flp_vk *vk, flp_vk_shader shader);
+/* Sets key's variant to program's (NULL: none). */
+void flp_vk_key_set_variant(flp_vk_pipeline_key *key, const struct flp_variant_program *program);
+/* Records the update of a run's user parameter values (flp_user_param[FLP_SNIPPET_MAX_PARAMS])
+ * into the plan's user slot, ordered like the params update. */
+void flp_vk_record_user_params(flp_vk *vk, VkCommandBuffer cmd, const flp_params_slot *slot,
+                               const flp_user_param *user);
 /* The pipeline of key, created (and cached) on first use; a key with a variant compiles the
  * shader with key->program first (vk_jit.c; FLP_ERROR_UNSUPPORTED without glslang). */
 flp_status flp_vk_pipeline_get(flp_vk *vk, const flp_vk_pipeline_key *key, VkPipeline *out);

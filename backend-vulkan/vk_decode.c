@@ -208,14 +208,6 @@ static flp_status prepare(flp_context *ctx, const flp_decode_launch *launch,
     return FLP_OK;
 }
 
-/* A key's variant: the launch's program (snippets), if any. */
-static void key_variant(const flp_decode_launch *launch, flp_vk_pipeline_key *key) {
-    if (!launch->program)
-        return;
-    memcpy(key->variant, launch->program->digest, sizeof key->variant);
-    key->program = launch->program;
-}
-
 flp_status flp_vk_decode_run(flp_context *ctx, const flp_decode_launch *launch) {
     flp_vk *vk = ctx->backend;
     decode_recipe recipe = {0};
@@ -225,9 +217,9 @@ flp_status flp_vk_decode_run(flp_context *ctx, const flp_decode_launch *launch) 
     /* Pipelines first (creation, and a variant's compile, may fail): nothing is recorded before
      * every check passed. */
     flp_vk_pipeline_key mk = merge_key(vk, launch);
-    key_variant(launch, &mk);
+    flp_vk_key_set_variant(&mk, launch->program);
     for (int i = 0; i < recipe.key_count; i++)
-        key_variant(launch, &recipe.keys[i]);
+        flp_vk_key_set_variant(&recipe.keys[i], launch->program);
     VkPipeline decode[2], merge;
     for (int i = 0; i < recipe.key_count; i++)
         if ((st = flp_vk_pipeline_get(vk, &recipe.keys[i], &decode[i])) != FLP_OK)
@@ -241,11 +233,8 @@ flp_status flp_vk_decode_run(flp_context *ctx, const flp_decode_launch *launch) 
                                       &rec, &params_address)) != FLP_OK)
         return st;
     VkCommandBuffer cmd = rec.cmd;
-    if (launch->program) { /* the run's parameter values, where params.user_params points */
-        const flp_vk_buffer *plan = launch->user_slot.buffer->native;
-        flp_vk_record_params_update(vk, cmd, plan->buffer, launch->user_slot.offset,
-                                    sizeof launch->user, launch->user);
-    }
+    if (launch->program)
+        flp_vk_record_user_params(vk, cmd, &launch->user_slot, launch->user);
     if (recipe.keys[0].shader == FLP_VK_SHADER_DECODE_CPU_TEXEL) {
         recipe.push.params = params_address;
         vk->vk.vkCmdBindDescriptorSets(cmd, VK_PIPELINE_BIND_POINT_COMPUTE,

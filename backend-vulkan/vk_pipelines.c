@@ -154,6 +154,13 @@ static flp_status get_variant_module(flp_vk *vk, const flp_vk_pipeline_key *key,
     return FLP_OK;
 }
 
+void flp_vk_key_set_variant(flp_vk_pipeline_key *key, const flp_variant_program *program) {
+    if (!program)
+        return;
+    memcpy(key->variant, program->digest, sizeof key->variant);
+    key->program = program;
+}
+
 static bool has_variant(const flp_vk_pipeline_key *key) {
     static const uint8_t none[32];
     return memcmp(key->variant, none, sizeof none) != 0;

@@ -243,8 +243,11 @@ flp_status flp_vk_prefill_run(flp_context *ctx, const flp_prefill_launch *launch
     flp_status st = prepare(ctx, launch, &key);
     if (st != FLP_OK)
         return st;
-    /* Pipelines first (creation may fail): nothing is recorded before every check passed. */
+    /* Pipelines first (creation, and a variant's compile, may fail): nothing is recorded before
+     * every check passed. */
     flp_vk_pipeline_key mk = merge_key(launch);
+    flp_vk_key_set_variant(&key, launch->program);
+    flp_vk_key_set_variant(&mk, launch->program);
     VkPipeline prefill, merge;
     if ((st = flp_vk_pipeline_get(vk, &key, &prefill)) != FLP_OK)
         return st;
@@ -257,6 +260,8 @@ flp_status flp_vk_prefill_run(flp_context *ctx, const flp_prefill_launch *launch
                                       sizeof(flp_prefill_params), &rec, &params_address)) != FLP_OK)
         return st;
     VkCommandBuffer cmd = rec.cmd;
+    if (launch->program)
+        flp_vk_record_user_params(vk, cmd, &launch->user_slot, launch->user);
     vk->vk.vkCmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, prefill);
     vk->vk.vkCmdPushConstants(cmd, vk->pipeline_layout, VK_SHADER_STAGE_COMPUTE_BIT, 0,
                               sizeof params_address, &params_address);

@@ -162,6 +162,12 @@ void flp_vk_record_params_update(flp_vk *vk, VkCommandBuffer cmd, VkBuffer buffe
                    VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_READ_BIT);
 }
 
+void flp_vk_record_user_params(flp_vk *vk, VkCommandBuffer cmd, const flp_params_slot *slot,
+                               const flp_user_param *user) {
+    const flp_vk_buffer *plan = slot->buffer->native;
+    flp_vk_record_params_update(vk, cmd, plan->buffer, slot->offset, FLP_USER_PARAMS_BYTES, user);
+}
+
 flp_status flp_vk_record_run_begin(flp_vk *vk, const flp_params_slot *slot, const void *params,
                                    size_t size, flp_vk_recording *rec, uint64_t *params_address) {
     flp_status st = flp_vk_record_begin(vk, true, rec);

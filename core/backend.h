@@ -40,6 +40,8 @@ typedef struct flp_backend_ops {
     /* Like decode_run: backend checks, then the prefill kernel and the merge kernel (always,
      * when the plan can split). */
     flp_status (*prefill_run)(flp_context *ctx, const flp_prefill_launch *launch);
+    /* Whether prefill_run takes launches with a variant program (snippets). */
+    bool prefill_snippets;
     /* Queues the KV append (every argument validated by the core). */
     flp_status (*kv_append_run)(flp_context *ctx, const flp_kv_append_params *params);
     /* Queues a public state merge (core/merge_params.h; validated by the core, rows > 0). */

@@ -334,9 +334,7 @@ static flp_status check_run_tensors(flp_context *ctx, const flp_plan *plan,
                                                            {"v_cache", &a->v_cache},
                                                            {"kv_indices", a->kv_indices}};
     int num_inputs = 4;
-    for (int32_t i = 0; i < a->num_params; i++)
-        if (a->params[i].buffer)
-            inputs[num_inputs++] = (flp_named_tensor){a->params[i].name, a->params[i].buffer};
+    flp_variant_param_inputs(a->params, a->num_params, inputs, &num_inputs);
     return flp_plan_check_outputs(ctx, fn, plan, outputs, 2, inputs, num_inputs);
 }
 
@@ -415,7 +413,7 @@ flp_status flp_decode_run(flp_context *ctx, const flp_plan *plan, const flp_deco
             .kv_indices = args->kv_indices,
         };
         flp_prefill_launch launch;
-        flp_prefill_region_launch(plan, &plan->decode_rows, &pa, &launch);
+        flp_prefill_region_launch(plan, &plan->decode_rows, &pa, NULL, &launch);
         status = ctx->ops->prefill_run(ctx, &launch);
     } else {
         flp_decode_launch launch;

@@ -85,6 +85,10 @@ typedef struct flp_prefill_launch {
     int64_t k_extent, v_extent;
     int32_t page_size, num_kv_heads;
     flp_prefill_schedule_view schedule;
+    /* The variant's snippets, as for flp_decode_launch (NULL: none). */
+    const struct flp_variant_program *program;
+    flp_user_param user[FLP_SNIPPET_MAX_PARAMS];
+    flp_params_slot user_slot;
 } flp_prefill_launch;
 
 #endif /* FLP_CORE_LAUNCH_H */

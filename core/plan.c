@@ -337,6 +337,8 @@ void flp_plan_destroy(flp_plan *plan) {
         flp_buffer_destroy(plan->buffer);
     flp_free(plan->host);
     flp_variant_program_free(plan->decode.program);
+    flp_variant_program_free(plan->prefill.state.program);
+    flp_variant_program_free(plan->decode_rows.state.program);
     flp_free(plan->prefill.host);
     flp_free(plan->decode_rows.host);
     flp_free(plan);

@@ -50,6 +50,8 @@ typedef struct flp_prefill_state {
     int64_t mask_bytes;        /* custom mask: bytes the mask tensor must hold */
     flp_prefill_key_rule keys; /* how the schedule clipped items' keys */
     int32_t num_items, num_merge_items, num_partial_slots; /* of the schedule */
+    /* the variant's snippets, the region's copy (NULL: none; variant's snippet fields NULL) */
+    flp_variant_program *program;
 } flp_prefill_state;
 
 /* What the last decode plan decided (host side). */

@@ -53,7 +53,9 @@ typedef struct flp_prefill_plan_info {
     int32_t window_left;
     int32_t q_dtype, kv_dtype; /* flp_dtype values; out has q_dtype */
     float sm_scale, soft_cap, k_scale, v_scale;
-    int32_t reserved[1]; /* pads to 128 bytes */
+    /* the region's user slot: each run's user parameter values (core/variant_program.h), read
+     * by the kernels of a variant with snippets (Vulkan) */
+    uint32_t off_user_params;
 } flp_prefill_plan_info;
 
 /* What one run adds: the tensors (by value, like flp_decode_params). Ragged KV: *_stride_page

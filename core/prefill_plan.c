@@ -1,5 +1,6 @@
 /* flp_prefill_plan: validates a batch, builds the prefill partition and uploads it. */
 #include "core/alloc.h"
+#include "core/backend.h"
 #include "core/batch_args.h"
 #include "core/decode_chunk.h"
 #include "core/plan.h"
@@ -16,9 +17,10 @@
 static const char *const FN = "flp_prefill_plan";
 
 static flp_status check_variant(flp_context *ctx, const char *fn, const flp_plan *plan,
-                                const flp_prefill_plan_args *a, flp_variant *resolved) {
+                                const flp_prefill_plan_args *a, bool snippets,
+                                flp_variant *resolved) {
     flp_status status =
-        flp_variant_check_for_plan(ctx, fn, &a->variant, plan->desc.head_dim, false, resolved);
+        flp_variant_check_for_plan(ctx, fn, &a->variant, plan->desc.head_dim, snippets, resolved);
     if (status != FLP_OK)
         return status;
     bool custom = a->variant.mask == FLP_MASK_CUSTOM;
@@ -105,7 +107,8 @@ flp_status flp_prefill_check_batch(flp_context *ctx, const char *fn, const flp_p
     batch->args = a;
     batch->qo_len = qo_len;
     batch->kv_len = kv_len;
-    flp_status status = check_variant(ctx, fn, plan, a, &batch->variant);
+    batch->program = NULL;
+    flp_status status = check_variant(ctx, fn, plan, a, o->snippets, &batch->variant);
     if (status != FLP_OK)
         return status;
     status = flp_check_indptr_from(ctx, fn, "qo_indptr", a->qo_indptr, a->batch_size,
@@ -214,6 +217,7 @@ static void fill_info(const flp_plan *plan, flp_prefill_region *r, const flp_pre
     p->off_kv_indices = WORDS(kv_indices);
     p->off_partial_o = WORDS(partial_o);
     p->off_partial_lse = WORDS(partial_lse);
+    p->off_user_params = WORDS(user_slot);
 #undef WORDS
     p->batch_size = a->batch_size;
     p->num_qo_heads = plan->desc.num_qo_heads;
@@ -273,6 +277,12 @@ flp_status flp_prefill_region_plan(flp_context *ctx, const char *fn, flp_plan *p
     st.num_items = sched.num_items;
     st.num_merge_items = sched.num_merge_items;
     st.num_partial_slots = sched.num_partial_slots;
+    /* the region keeps its own copy of the snippets; the caller's strings may go */
+    st.variant.logits_transform = st.variant.logits_mask = NULL;
+    st.variant.query_transform = st.variant.output_transform = NULL;
+    st.variant.params = NULL;
+    flp_variant_program_free(r->state.program);
+    st.program = pb->program;
     r->state = st;
     return FLP_OK;
 }
@@ -303,7 +313,12 @@ flp_status flp_prefill_plan_internal(flp_context *ctx, flp_plan *plan,
     flp_prefill_batch pb;
     status = flp_prefill_check_batch(ctx, FN, plan, args, options, &pb, qo_len, kv_len);
     if (status == FLP_OK)
+        status = flp_variant_program_build(ctx, FN, &pb.variant, &pb.program);
+    if (status == FLP_OK) {
         status = flp_prefill_region_plan(ctx, FN, plan, &plan->prefill, &pb, scratch + lens);
+        if (status != FLP_OK)
+            flp_variant_program_free(pb.program);
+    }
     flp_free(scratch);
     return status;
 }
@@ -313,6 +328,6 @@ flp_status flp_prefill_plan(flp_context *ctx, flp_plan *plan, const flp_prefill_
     if (status != FLP_OK)
         return status;
     plan->mixed_planned = false;
-    const flp_prefill_plan_options plain = {0};
+    const flp_prefill_plan_options plain = {.snippets = ctx->ops->prefill_snippets};
     return flp_prefill_plan_internal(ctx, plan, args, &plain);
 }

@@ -13,6 +13,8 @@ typedef struct flp_prefill_batch {
     const int32_t *qo_len, *kv_len; /* [batch_size] */
     int32_t max_page_id;            /* paged: largest page id referenced, -1 when none */
     int64_t mask_bytes;             /* custom mask: bytes the mask tensor must hold */
+    /* the variant's snippets (NULL: none); flp_prefill_region_plan takes it over on success */
+    flp_variant_program *program;
 } flp_prefill_batch;
 
 /* Host scratch bytes flp_prefill_region_plan needs for a batch of batch_size (8-byte
@@ -30,11 +32,13 @@ flp_status flp_prefill_region_plan(flp_context *ctx, const char *fn, flp_plan *p
 /* The launch of a run of r's current partition over tensors the caller has checked against
  * r->state (custom_mask may be NULL). */
 void flp_prefill_region_launch(const flp_plan *plan, const flp_prefill_region *r,
-                               const flp_prefill_run_args *args, flp_prefill_launch *launch);
+                               const flp_prefill_run_args *args, const flp_user_param *user,
+                               flp_prefill_launch *launch);
 
-/* flp_prefill_run's checks of args against the plan's prefill partition (fn names the call). */
+/* flp_prefill_run's checks of args against the plan's prefill partition (fn names the call),
+ * the user parameters' values bound into user[FLP_SNIPPET_MAX_PARAMS]. */
 flp_status flp_prefill_check_run(flp_context *ctx, const char *fn, const flp_plan *plan,
-                                 const flp_prefill_run_args *args);
+                                 const flp_prefill_run_args *args, flp_user_param *user);
 
 /* What a caller inside the library may ask of a prefill plan beyond flp_prefill_plan. */
 typedef struct flp_prefill_plan_options {
@@ -45,6 +49,8 @@ typedef struct flp_prefill_plan_options {
     /* the batch is the tail of the caller's: qo_indptr and kv_indptr may start above 0 and index
      * the caller's rows and page ids in place (mixed batches) */
     bool tail;
+    /* the caller's runs take the variant's snippets (else a variant with one is refused) */
+    bool snippets;
 } flp_prefill_plan_options;
 
 /* flp_prefill_plan's checks of a batch (variant, mask_indptr, ALiBi slopes, qo_indptr, the KV,

@@ -71,7 +71,7 @@ static flp_status check_mask(flp_context *ctx, const char *fn, const flp_plan *p
 }
 
 flp_status flp_prefill_check_run(flp_context *ctx, const char *fn, const flp_plan *plan,
-                                 const flp_prefill_run_args *a) {
+                                 const flp_prefill_run_args *a, flp_user_param *user) {
     const flp_prefill_state *st = &plan->prefill.state;
     const flp_plan_desc *d = &plan->desc;
     flp_tensor_expect q = {
@@ -95,13 +95,18 @@ flp_status flp_prefill_check_run(flp_context *ctx, const char *fn, const flp_pla
                         fn, (long long)a->custom_mask->stride[0]);
     if ((status = check_mask(ctx, fn, plan, a->custom_mask)) != FLP_OK)
         return status;
+    status = flp_variant_program_bind(ctx, fn, st->program, a->params, a->num_params, user);
+    if (status != FLP_OK)
+        return status;
     const flp_named_tensor outputs[] = {{"out", &a->out}, {"lse", a->lse}};
-    const flp_named_tensor inputs[] = {{"q", &a->q},
-                                       {"k", &a->k},
-                                       {"v", &a->v},
-                                       {"custom_mask", a->custom_mask},
-                                       {"kv_indices", a->kv_indices}};
-    return flp_plan_check_outputs(ctx, fn, plan, outputs, 2, inputs, 5);
+    flp_named_tensor inputs[5 + FLP_SNIPPET_MAX_PARAMS] = {{"q", &a->q},
+                                                           {"k", &a->k},
+                                                           {"v", &a->v},
+                                                           {"custom_mask", a->custom_mask},
+                                                           {"kv_indices", a->kv_indices}};
+    int num_inputs = 5;
+    flp_variant_param_inputs(a->params, a->num_params, inputs, &num_inputs);
+    return flp_plan_check_outputs(ctx, fn, plan, outputs, 2, inputs, num_inputs);
 }
 
 /* An int32 array of a region's host mirror, at its layout offset. */
@@ -110,10 +115,17 @@ static const int32_t *mirror(const flp_prefill_region *r, size_t offset) {
 }
 
 void flp_prefill_region_launch(const flp_plan *plan, const flp_prefill_region *r,
-                               const flp_prefill_run_args *a, flp_prefill_launch *launch) {
+                               const flp_prefill_run_args *a, const flp_user_param *user,
+                               flp_prefill_launch *launch) {
     const flp_prefill_state *st = &r->state;
     const flp_prefill_layout *l = &r->layout;
     memset(launch, 0, sizeof *launch);
+    if (st->program && user) {
+        launch->program = st->program;
+        memcpy(launch->user, user, sizeof launch->user);
+        launch->user_slot.buffer = plan->buffer;
+        launch->user_slot.offset = plan->base + l->user_slot;
+    }
     flp_prefill_params *p = &launch->params;
     p->plan = plan->buffer->device_address + plan->base + l->info;
     p->q = flp_tensor_address(&a->q);
@@ -175,11 +187,12 @@ flp_status flp_prefill_run(flp_context *ctx, const flp_plan *plan,
     if (!plan->prefill.state.planned)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
                         "%s: the plan holds no prefill plan (call flp_prefill_plan first)", fn);
-    status = flp_prefill_check_run(ctx, fn, plan, args);
+    flp_user_param user[FLP_SNIPPET_MAX_PARAMS];
+    status = flp_prefill_check_run(ctx, fn, plan, args, user);
     if (status != FLP_OK)
         return status;
     flp_prefill_launch launch;
-    flp_prefill_region_launch(plan, &plan->prefill, args, &launch);
+    flp_prefill_region_launch(plan, &plan->prefill, args, user, &launch);
     status = ctx->ops->prefill_run(ctx, &launch);
     if (status != FLP_OK)
         flp_error_prefix(ctx, fn);

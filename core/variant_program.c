@@ -173,6 +173,13 @@ static flp_status bind_one(flp_context *ctx, const char *fn, const flp_variant_p
     return FLP_OK;
 }
 
+void flp_variant_param_inputs(const flp_param_value *values, int32_t num_values,
+                              flp_named_tensor *inputs, int *count) {
+    for (int32_t i = 0; i < num_values; i++)
+        if (values[i].buffer)
+            inputs[(*count)++] = (flp_named_tensor){values[i].name, values[i].buffer};
+}
+
 flp_status flp_variant_program_bind(flp_context *ctx, const char *fn,
                                     const flp_variant_program *program,
                                     const flp_param_value *values, int32_t num_values,

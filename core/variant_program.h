@@ -6,6 +6,7 @@
 
 #include "core/internal.h"
 #include "core/snippet.h"
+#include "core/tensor.h"
 
 /* What the kernels read of parameter j: a scalar's bits (float bits, or the int as two's
  * complement) in the low word of value and count 0, or a buffer's device address in value and
@@ -53,5 +54,10 @@ flp_status flp_variant_program_bind(flp_context *ctx, const char *fn,
                                     const flp_variant_program *program,
                                     const flp_param_value *values, int32_t num_values,
                                     flp_user_param *block);
+
+/* Appends the buffers among values[num_values] (checked by flp_variant_program_bind) to
+ * inputs[*count] for the run's overlap checks (outputs must not overlap them). */
+void flp_variant_param_inputs(const flp_param_value *values, int32_t num_values,
+                              flp_named_tensor *inputs, int *count);
 
 #endif /* FLP_CORE_VARIANT_PROGRAM_H */

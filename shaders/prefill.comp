@@ -46,6 +46,11 @@
 #include "dtype.glsl"
 #include "merge_state.glsl"
 #include "rope.glsl"
+// the run's parameter values, in the plan's user slot
+#define FLP_USER_PARAMS                                                                            \
+    (PrefillParams(push.params).plan +                                                             \
+     4ul * uint64_t(PrefillPlanInfo(PrefillParams(push.params).plan).off_user_params))
+#include "variant_hooks.glsl"
 
 layout(constant_id = FLP_SPEC_HEAD_DIM) const uint HEAD_DIM = 128;
 layout(constant_id = FLP_SPEC_Q_DTYPE) const uint Q_DTYPE = FLP_DT_F16;
@@ -100,7 +105,7 @@ int g_page_size, g_kv_head;
 // logit transforms and masks, and the GQA group size.
 struct Run {
     bool causal, window, softcap, alibi, rope, custom;
-    float logit_scale; // sm_scale (times k_scale for fp8) in log2 units
+    float logit_scale; // sm_scale (times k_scale for fp8)
     float soft_cap;
     int window_left;
     int group;
@@ -199,13 +204,20 @@ Row pass_row(PrefillPlanInfo I, uint64_t plan, Run run, Item it, int row0, uint 
     return row;
 }
 
-// Query row r of this invocation: this lane's columns, rotated at position pos.
-void load_q_row(uint r, uint64_t row_addr, bool ok, bool rope, int pos) {
+// Query row r of this invocation: this lane's columns, through the variant's query transform,
+// rotated at position pos.
+void load_q_row(uint r, uint64_t row_addr, Item it, Row row, bool rope, int pos) {
     [[unroll]] for (uint c = 0u; c < NV; c++) {
         uvec2 w = uvec2(0u);
-        if (ok)
+        if (row.ok)
             w = U2Ref(row_addr + 8ul * uint64_t(lane_ + c * LANES)).v;
         g_q[r * NV + c] = flp_decode4(Q_DTYPE, w);
+#ifdef FLP_VARIANT_QUERY_TRANSFORM
+        [[unroll]] for (uint e = 0u; e < 4u; e++)
+            g_q[r * NV + c][e] =
+                flp_query_transform(g_q[r * NV + c][e], int((lane_ + c * LANES) * 4u + e),
+                                    row.pos, it.b, row.head, it.qo_len, it.kv_len);
+#endif
     }
     if (!rope)
         return;
@@ -223,7 +235,7 @@ void load_q_row(uint r, uint64_t row_addr, bool ok, bool rope, int pos) {
 void load_q(PrefillParams P, Run run, Item it, uint r, Row row) {
     int64_t q_off = int64_t(it.qo_begin + row.tok) * P.q_stride_row +
                     int64_t(row.head) * P.q_stride_head;
-    load_q_row(r, P.q + 2ul * uint64_t(q_off), row.ok, run.rope, row.pos + it.q_rope);
+    load_q_row(r, P.q + 2ul * uint64_t(q_off), it, row, run.rope, row.pos + it.q_rope);
 }
 
 // init_state: row r's online-softmax state with no key yet.
@@ -359,9 +371,10 @@ uint mask_bits(uint64_t mask, int64_t bit0, int n) {
     return uint(both >> off);
 }
 
-// mask_scores: row r's logits of the sub-block's keys t0 .. t0 + SB - 1 in log2 units (scaled,
-// soft-capped, ALiBi added), then the masks (the pass's key range, causal, window, custom): a
-// dropped key's logit becomes -inf (branch-free).
+// mask_scores: row r's logits of the sub-block's keys t0 .. t0 + SB - 1 (scaled, soft-capped,
+// ALiBi added, through the variant's logits transform; then in log2 units), then the masks (the
+// pass's key range, causal, window, custom, the variant's): a dropped key's logit becomes -inf
+// (branch-free: the variant's snippets also see keys the masks drop, their results unused).
 void mask_scores(PrefillParams P, Run run, Item it, uint r, Row row, int t0, int hi) {
     uint bits = 0xffffffffu;
     if (run.custom)
@@ -370,14 +383,22 @@ void mask_scores(PrefillParams P, Run run, Item it, uint r, Row row, int t0, int
                          min(int(SB), hi - t0));
     [[unroll]] for (uint j = 0u; j < SB; j++) {
         int t = t0 + int(j);
-        float x = g_s[r * SB + j] * run.logit_scale; // log2 domain
+        // precise: as in decode.comp's mask_scores (a snippet restating a built-in gives its bits)
+        precise float y = g_s[r * SB + j] * run.logit_scale;
         if (run.softcap)
-            x = run.soft_cap * LOG2E * tanh(clamp(x * LN2 / run.soft_cap, -15.0, 15.0));
+            y = run.soft_cap * flp_tanh(y / run.soft_cap);
         if (run.alibi)
-            x += row.slope * LOG2E * float(t - row.pos);
+            y += row.slope * float(t - row.pos);
+#ifdef FLP_VARIANT_LOGITS_TRANSFORM
+        y = flp_logits_transform(y, row.pos, t, it.b, row.head, it.g, it.qo_len, it.kv_len);
+#endif
+        float x = y * LOG2E;
         bool kept = t < hi && (!run.causal || t <= row.pos) &&
                     (!run.window || t >= row.pos - run.window_left) &&
                     ((bits >> j) & 1u) != 0u;
+#ifdef FLP_VARIANT_LOGITS_MASK
+        kept = kept && flp_logits_mask(row.pos, t, it.b, row.head, it.g, it.qo_len, it.kv_len);
+#endif
         g_s[r * SB + j] = kept ? x : neg_inf();
     }
 }
@@ -423,9 +444,15 @@ void store_output(PrefillParams P, PrefillPlanInfo I, uint64_t plan, Item it, in
         int64_t o_off = int64_t(it.qo_begin + row.tok) * P.o_stride_row +
                         int64_t(row.head) * P.o_stride_head;
         uint64_t o_row = P.o + 2ul * uint64_t(o_off);
-        [[unroll]] for (uint c = 0u; c < NV; c++)
-            U2Ref(o_row + 8ul * uint64_t(lane_ + c * LANES)).v =
-                flp_encode4(Q_DTYPE, g_acc[r * NV + c] * inv);
+        [[unroll]] for (uint c = 0u; c < NV; c++) {
+            vec4 o = g_acc[r * NV + c] * inv;
+#ifdef FLP_VARIANT_OUTPUT_TRANSFORM
+            [[unroll]] for (uint e = 0u; e < 4u; e++)
+                o[e] = flp_output_transform(o[e], lse, int((lane_ + c * LANES) * 4u + e), row.pos,
+                                            it.b, row.head, it.qo_len, it.kv_len);
+#endif
+            U2Ref(o_row + 8ul * uint64_t(lane_ + c * LANES)).v = flp_encode4(Q_DTYPE, o);
+        }
         if (P.lse != 0ul && lane_ == 0u) {
             int64_t l_off = int64_t(it.qo_begin + row.tok) * P.lse_stride_row + int64_t(row.head);
             F32Ref(P.lse + 4ul * uint64_t(l_off)).v[0] = lse;
@@ -465,7 +492,7 @@ void main() {
     g_paged = (flags & FLP_FLAG_PAGED) != 0u;
     bool fp8 = KV_BYTES == 1u;
     // fp8 scales are linear: k_scale folds into the logit scale, v_scale into the output
-    run.logit_scale = I.sm_scale * (fp8 ? I.k_scale : 1.0) * LOG2E;
+    run.logit_scale = I.sm_scale * (fp8 ? I.k_scale : 1.0);
     float out_scale = fp8 ? I.v_scale : 1.0;
     run.soft_cap = I.soft_cap;
     run.window_left = I.window_left;

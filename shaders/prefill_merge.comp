@@ -16,6 +16,11 @@
 #include "prefill_params.glsl"
 #include "dtype.glsl"
 #include "merge_state.glsl"
+// the run's parameter values, in the plan's user slot
+#define FLP_USER_PARAMS                                                                            \
+    (PrefillParams(push.params).plan +                                                             \
+     4ul * uint64_t(PrefillPlanInfo(PrefillParams(push.params).plan).off_user_params))
+#include "variant_hooks.glsl"
 
 layout(constant_id = FLP_SPEC_HEAD_DIM) const uint HEAD_DIM = 128;
 layout(constant_id = FLP_SPEC_Q_DTYPE) const uint Q_DTYPE = FLP_DT_F16;
@@ -81,6 +86,17 @@ void main() {
             int p = row_begin + pr;
             int i = qo_begin + p / group;
             int h = g * group + p % group;
+#ifdef FLP_VARIANT_OUTPUT_TRANSFORM
+            // the variant's output transform, here for split rows (the prefill kernel's for the
+            // rest)
+            int qo_len = qo_indptr.v[b + 1] - qo_begin;
+            int kv_len = plan_ints(plan, I.off_kv_len).v[b];
+            float row_lse = any ? s : neg_inf();
+            [[unroll]] for (uint k = 0u; k < 8u; k++)
+                o[k / 4u][k % 4u] =
+                    flp_output_transform(o[k / 4u][k % 4u], row_lse, int(d0 + k),
+                                         kv_len - qo_len + p / group, b, h, qo_len, kv_len);
+#endif
             int64_t o_off = int64_t(i) * P.o_stride_row + int64_t(h) * P.o_stride_head + int64_t(d0);
             U4Ref(P.o + 2ul * uint64_t(o_off)).v =
                 uvec4(flp_encode4(Q_DTYPE, o[0]), flp_encode4(Q_DTYPE, o[1]));

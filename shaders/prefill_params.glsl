@@ -22,7 +22,7 @@ layout(buffer_reference, std430, buffer_reference_align = 16) readonly buffer Pr
     int window_left;
     int q_dtype, kv_dtype;
     float sm_scale, soft_cap, k_scale, v_scale;
-    int reserved[1];
+    uint off_user_params; // the run's user parameter values (variant_hooks.glsl)
 };
 
 // flp_prefill_params: the run's tensors, written into the plan's params slot by the run's own

@@ -1484,15 +1484,6 @@ static void test_bad_workspace(void **state) {
 /* ---- variant snippets (docs/variants.md) ------------------------------------------------------
  */
 
-/* Whether this backend's decode kernel takes snippets (else a plan refuses them). */
-static bool backend_takes_snippets(void) {
-#ifdef FLP_TEST_VULKAN_SNIPPETS
-    return test_backend_kind() == FLP_BACKEND_VULKAN;
-#else
-    return false;
-#endif
-}
-
 /* Two query rows per request (the rows' positions differ), GQA 4, and a long request that the
  * plan splits on the test devices, so that the merge kernel's part of a variant runs too. */
 static test_rng snippet_problem(problem *p, const char *name) {
@@ -1537,7 +1528,7 @@ static void expect_snippets_refused(const problem *p, const flp_variant *snippet
 /* A test's start where the backend may take no snippets: there it checks the refusal, frees p
  * and answers false (the test ends); else true. */
 static bool snippets_run_here(problem *p, const flp_variant *snippet) {
-    if (backend_takes_snippets())
+    if (test_backend_takes_snippets())
         return true;
     expect_snippets_refused(p, snippet);
     problem_free(p);
@@ -1548,7 +1539,7 @@ static bool snippets_run_here(problem *p, const flp_variant *snippet) {
  * restates it: bit for bit the same outputs (the kernel computes the same operations). */
 static void expect_snippet_equals_builtin(problem *p, const flp_variant *snippet,
                                           const flp_param_value *params, int32_t num_params) {
-    if (!backend_takes_snippets()) {
+    if (!test_backend_takes_snippets()) {
         expect_snippets_refused(p, snippet);
         return;
     }
@@ -1692,24 +1683,7 @@ static void test_snippet_sinks(void **state) {
     dev_create(&p, p.rows, &dv);
     test_readback plain = run_with(&p, &dv, &p.variant, NULL, 0);
     test_readback sunk = run_with(&p, &dv, &v, values, 1);
-    const size_t n = (size_t)p.rows * (size_t)p.hq * (size_t)p.d;
-    double *got = test_xcalloc(n, sizeof(double)), *want = test_xcalloc(n, sizeof(double));
-    for (int32_t r = 0; r < p.rows; r++)
-        for (int32_t h = 0; h < p.hq; h++) {
-            const uint32_t lse_bits = plain.lse[(size_t)r * (size_t)p.hq + (size_t)h];
-            assert_int_equal(lse_bits, sunk.lse[(size_t)r * (size_t)p.hq + (size_t)h]);
-            const double lse = test_f32_bits_to_double(lse_bits);
-            const double scale = 1.0 / (1.0 + exp(-(lse - (double)sinks[h])));
-            for (int32_t e = 0; e < p.d; e++) {
-                const size_t i = ((size_t)r * (size_t)p.hq + (size_t)h) * (size_t)p.d + (size_t)e;
-                want[i] = test_half_to_double(p.q_dtype, out_word(&p, &plain, r, h, e)) * scale;
-                got[i] = test_half_to_double(p.q_dtype, out_word(&p, &sunk, r, h, e));
-            }
-        }
-    /* two f16 roundings apart (the plain output's and the scaled one's) */
-    assert_relative_error(got, want, n, 2e-3, "sinks output vs plain output x sigmoid(lse - sink)");
-    free(got);
-    free(want);
+    test_qo_expect_sinks(&dv.qo, &plain, &sunk, sinks, p.rows);
     test_readback_free(&plain);
     test_readback_free(&sunk);
     dev_free(&dv);

@@ -1779,6 +1779,271 @@ static void test_bad_append(void **state) {
     append_src_free(&e.src);
 }
 
+/* ---- variant snippets (docs/variants.md) ------------------------------------------------------
+ */
+
+/* Paged f16, GQA 4, a prompt, a chunk appended to a long context and one row over many keys (the
+ * plan splits it on the test devices, so the merge's part of a variant runs too). */
+static test_rng snippet_problem(problem *p, const char *name) {
+    test_rng rng;
+    test_rng_init(&rng, test_name_seed(name));
+    memset(p, 0, sizeof *p);
+    snprintf(p->name, sizeof p->name, "%s", name);
+    p->hq = 4;
+    p->hkv = 1; /* few work items: the plan splits the long request over the grid */
+    p->d = 64;
+    p->q_dtype = p->kv_dtype = FLP_DTYPE_F16;
+    p->layout = FLP_KV_LAYOUT_NHD;
+    p->page_size = 16;
+    p->lse = true;
+    p->k_scale = p->v_scale = 1.0f;
+    p->variant = (flp_variant){.head_dim = 64, .q_dtype = FLP_DTYPE_F16};
+    const int32_t qo[] = {37, 20, 1}, kv[] = {37, 420, 2600};
+    problem_set_batch(p, &rng, 3, qo, kv, 3, false);
+    return rng;
+}
+
+/* Plans p with variant v, runs with the parameter values, waits: the outputs' contents. */
+static test_readback run_with(const problem *p, dev_problem *dv, const flp_variant *v,
+                              const flp_param_value *params, int32_t num_params) {
+    flp_plan *plan = create_plan_for(p);
+    flp_prefill_plan_args a = plan_args(p);
+    a.variant = *v;
+    assert_ok(flp_prefill_plan(g_ctx, plan, &a));
+    expect_split(p, plan);
+    test_qo_poison(&dv->qo);
+    flp_prefill_run_args r = run_args(p, dv);
+    r.params = params;
+    r.num_params = num_params;
+    assert_ok(flp_prefill_run(g_ctx, plan, &r));
+    assert_ok(flp_context_synchronize(g_ctx));
+    flp_plan_destroy(plan);
+    return test_qo_read(&dv->qo);
+}
+
+/* A test's start where the backend may take no snippets: there it checks that the plan refuses
+ * the variant, frees p and answers false (the test ends); else true. */
+static bool snippets_run_here(problem *p, const flp_variant *snippet) {
+    if (test_backend_takes_snippets())
+        return true;
+    flp_plan *plan = create_plan_for(p);
+    flp_prefill_plan_args a = plan_args(p);
+    a.variant = *snippet;
+    test_backend_expect_errors(true);
+    expect_status(flp_prefill_plan(g_ctx, plan, &a), FLP_ERROR_UNSUPPORTED, "snippet plan",
+                  MENTIONS("do not take variant snippets"));
+    test_backend_expect_errors(false);
+    flp_plan_destroy(plan);
+    problem_free(p);
+    return false;
+}
+
+/* p's built-in variant against the float64 reference, and the snippet variant restating it: bit
+ * for bit the same outputs. Frees p. */
+static void expect_snippet_equals_builtin(problem *p, const flp_variant *snippet,
+                                          const flp_param_value *params, int32_t num_params) {
+    if (!snippets_run_here(p, snippet))
+        return;
+    dev_problem dv;
+    dev_create(p, p->rows, &dv);
+    test_readback want = run_with(p, &dv, &p->variant, NULL, 0);
+    double *ref = test_xcalloc((size_t)p->rows * p->hq * p->d, sizeof(double));
+    double *ref_lse = test_xcalloc((size_t)p->rows * p->hq, sizeof(double));
+    problem_reference(p, ref, ref_lse);
+    check_outputs(p, &dv, &want, ref, ref_lse, "built-in variant");
+    test_readback got = run_with(p, &dv, snippet, params, num_params);
+    test_qo_expect_same_bits(&dv.qo, &want, &got, p->name);
+    test_readback_free(&want);
+    test_readback_free(&got);
+    free(ref);
+    free(ref_lse);
+    dev_free(&dv);
+    problem_free(p);
+}
+
+static void test_snippet_soft_cap(void **state) {
+    (void)state;
+    problem p;
+    snippet_problem(&p, "prefill: soft cap as a logits_transform");
+    p.variant.logits_soft_cap = 0.3f;
+    p.variant.mask = FLP_MASK_CAUSAL;
+    static const flp_variant_param params[] = {{"cap", FLP_PARAM_FLOAT}};
+    flp_variant v = {.head_dim = 64, .q_dtype = FLP_DTYPE_F16, .mask = FLP_MASK_CAUSAL};
+    v.logits_transform = "return cap * tanh(logit / cap);";
+    v.params = params;
+    v.num_params = 1;
+    const flp_param_value values[] = {{.name = "cap", .f = 0.3f}};
+    expect_snippet_equals_builtin(&p, &v, values, 1);
+}
+
+static void test_snippet_causal_alibi(void **state) {
+    (void)state;
+    problem p;
+    test_rng rng = snippet_problem(&p, "prefill: causal mask and ALiBi as snippets");
+    p.alibi_slopes = test_xcalloc((size_t)p.hq, sizeof(float));
+    for (int32_t h = 0; h < p.hq; h++)
+        p.alibi_slopes[h] = (float)test_rng_uniform(&rng, 0.01, 0.5);
+    p.variant.pos_encoding = FLP_POS_ALIBI;
+    p.variant.mask = FLP_MASK_CAUSAL;
+    static const flp_variant_param params[] = {{"slopes", FLP_PARAM_FLOAT_BUFFER}};
+    flp_variant v = {.head_dim = 64, .q_dtype = FLP_DTYPE_F16};
+    v.logits_transform = "return logit + slopes[qo_head] * float(kv_pos - qo_pos);";
+    v.logits_mask = "return kv_pos <= qo_pos;";
+    v.params = params;
+    v.num_params = 1;
+    flp_buffer *buf = NULL;
+    const int64_t shape[] = {p.hq};
+    const flp_tensor slopes =
+        test_tensor_upload(g_ctx, p.alibi_slopes, FLP_DTYPE_F32, 1, shape, (size_t)p.hq, &buf);
+    const flp_param_value values[] = {{.name = "slopes", .buffer = &slopes}};
+    expect_snippet_equals_builtin(&p, &v, values, 1);
+    flp_buffer_destroy(buf);
+}
+
+/* The packed custom mask restated as a snippet reading two int buffers (the language has no bit
+ * operations: one int per (row, key), and each request's first entry). */
+static void test_snippet_custom_mask(void **state) {
+    (void)state;
+    problem p;
+    test_rng rng = snippet_problem(&p, "prefill: the custom mask as a logits_mask");
+    p.variant.mask = FLP_MASK_CUSTOM;
+    problem_make_mask(&p, &rng);
+    static const flp_variant_param params[] = {{"first", FLP_PARAM_INT_BUFFER},
+                                               {"keep", FLP_PARAM_INT_BUFFER}};
+    flp_variant v = {.head_dim = 64, .q_dtype = FLP_DTYPE_F16};
+    v.logits_mask = "int i = qo_pos - (kv_len - qo_len);\n"
+                    "return keep[first[request] + i * kv_len + kv_pos] != 0;";
+    v.params = params;
+    v.num_params = 2;
+    int32_t first[3], total = 0;
+    for (int32_t b = 0; b < p.batch; b++) {
+        first[b] = total;
+        total += p.qo_len[b] * p.kv_len[b];
+    }
+    int32_t *keep = test_xcalloc((size_t)total, sizeof(int32_t));
+    for (int32_t b = 0; b < p.batch; b++)
+        for (int32_t i = 0; i < p.qo_len[b] * p.kv_len[b]; i++) {
+            const int64_t bit = (int64_t)p.mask_indptr[b] * 8 + i;
+            keep[first[b] + i] = (p.mask[bit >> 3] >> (bit & 7)) & 1;
+        }
+    flp_buffer *fbuf = NULL, *kbuf = NULL;
+    const int64_t fshape[] = {p.batch}, kshape[] = {total};
+    const flp_tensor ft = test_tensor_upload(g_ctx, first, FLP_DTYPE_I32, 1, fshape, 3, &fbuf);
+    const flp_tensor kt =
+        test_tensor_upload(g_ctx, keep, FLP_DTYPE_I32, 1, kshape, (size_t)total, &kbuf);
+    const flp_param_value values[] = {{.name = "keep", .buffer = &kt},
+                                      {.name = "first", .buffer = &ft}};
+    /* the snippet's plan has no custom mask: its run passes none */
+    uint8_t *mask = p.mask;
+    int32_t *mask_indptr = p.mask_indptr;
+    if (snippets_run_here(&p, &v)) {
+        dev_problem dv;
+        dev_create(&p, p.rows, &dv);
+        test_readback want = run_with(&p, &dv, &p.variant, NULL, 0);
+        p.mask = NULL;
+        p.mask_indptr = NULL;
+        p.variant.mask = FLP_MASK_NONE;
+        test_readback got = run_with(&p, &dv, &v, values, 2);
+        p.mask = mask;
+        p.mask_indptr = mask_indptr;
+        test_qo_expect_same_bits(&dv.qo, &want, &got, p.name);
+        test_readback_free(&want);
+        test_readback_free(&got);
+        dev_free(&dv);
+        problem_free(&p);
+    }
+    free(keep);
+    flp_buffer_destroy(fbuf);
+    flp_buffer_destroy(kbuf);
+}
+
+/* Attention sinks as an output transform: every row (split ones included) scaled by
+ * sigmoid(lse - sink[head]), lse unchanged. */
+static void test_snippet_sinks(void **state) {
+    (void)state;
+    problem p;
+    test_rng rng = snippet_problem(&p, "prefill: attention sinks as an output_transform");
+    p.variant.mask = FLP_MASK_CAUSAL;
+    static const flp_variant_param params[] = {{"sinks", FLP_PARAM_FLOAT_BUFFER}};
+    flp_variant v = p.variant;
+    v.output_transform = "return o * sigmoid(lse - sinks[qo_head]);";
+    v.params = params;
+    v.num_params = 1;
+    if (!snippets_run_here(&p, &v))
+        return;
+    float sinks[8];
+    for (int32_t h = 0; h < p.hq; h++)
+        sinks[h] = (float)test_rng_uniform(&rng, -1.0, 4.0);
+    flp_buffer *buf = NULL;
+    const int64_t shape[] = {p.hq};
+    const flp_tensor t =
+        test_tensor_upload(g_ctx, sinks, FLP_DTYPE_F32, 1, shape, (size_t)p.hq, &buf);
+    const flp_param_value values[] = {{.name = "sinks", .buffer = &t}};
+    dev_problem dv;
+    dev_create(&p, p.rows, &dv);
+    test_readback plain = run_with(&p, &dv, &p.variant, NULL, 0);
+    test_readback sunk = run_with(&p, &dv, &v, values, 1);
+    test_qo_expect_sinks(&dv.qo, &plain, &sunk, sinks, p.rows);
+    test_readback_free(&plain);
+    test_readback_free(&sunk);
+    dev_free(&dv);
+    flp_buffer_destroy(buf);
+    problem_free(&p);
+}
+
+/* A query transform and a parameter value missing at run. */
+static void test_snippet_query_transform(void **state) {
+    (void)state;
+    problem p;
+    snippet_problem(&p, "prefill: a query_transform doubling q");
+    p.variant.sm_scale = 2.0f / 8.0f; /* 2q . k * s == q . k * 2s exactly */
+    flp_variant v = {.head_dim = 64, .q_dtype = FLP_DTYPE_F16};
+    v.query_transform = "return q * 2.0;";
+    expect_snippet_equals_builtin(&p, &v, NULL, 0);
+}
+
+static void test_bad_snippet_run(void **state) {
+    (void)state;
+    problem p;
+    snippet_problem(&p, "prefill: bad snippet runs");
+    static const flp_variant_param params[] = {{"cap", FLP_PARAM_FLOAT}};
+    flp_variant v = p.variant;
+    v.logits_transform = "return cap * logit;";
+    v.params = params;
+    v.num_params = 1;
+    if (!snippets_run_here(&p, &v))
+        return;
+    dev_problem dv;
+    dev_create(&p, p.rows, &dv);
+    flp_plan *plan = create_plan_for(&p);
+    flp_prefill_plan_args a = plan_args(&p);
+    a.variant = v;
+    assert_ok(flp_prefill_plan(g_ctx, plan, &a));
+    flp_prefill_run_args r = run_args(&p, &dv);
+    test_qo_poison(&dv.qo);
+    test_qo_expect_failed(&dv.qo, flp_prefill_run(g_ctx, plan, &r), FLP_ERROR_INVALID_ARGUMENT,
+                          "no values",
+                          MENTIONS("flp_prefill_run: num_params = 0, but the plan's "
+                                   "variant declares 1 parameter"));
+    const flp_param_value wrong[] = {{.name = "cap", .i = 3, .buffer = &dv.k}};
+    r.params = wrong;
+    r.num_params = 1;
+    test_qo_expect_failed(&dv.qo, flp_prefill_run(g_ctx, plan, &r), FLP_ERROR_INVALID_ARGUMENT,
+                          "a buffer for a float",
+                          MENTIONS("params[0] (\"cap\") is a float parameter: it takes a value, "
+                                   "not a buffer"));
+    flp_variant broken = p.variant;
+    broken.output_transform = "return lse > 0.0;"; /* a bool where a float is due */
+    a.variant = broken;
+    assert_ok(flp_prefill_plan(g_ctx, plan, &a));
+    r = run_args(&p, &dv);
+    test_qo_expect_failed(&dv.qo, flp_prefill_run(g_ctx, plan, &r), FLP_ERROR_COMPILE,
+                          "a snippet glslang refuses", MENTIONS("output_transform:1:"));
+    flp_plan_destroy(plan);
+    dev_free(&dv);
+    problem_free(&p);
+}
+
 /* ---- main ------------------------------------------------------------------------------------ */
 
 /* FLP_PREFILL_CASES_SUBSET = "N" or "N:K": table cases with index % N == K. */
@@ -1839,6 +2104,12 @@ int main(int argc, char **argv) {
     test_list_add(&l, "", "bad_calls", test_bad_calls, true, NULL);
     test_list_add(&l, "", "bad_plan_desc", test_bad_plan_desc, true, NULL);
     test_list_add(&l, "", "bad_append", test_bad_append, true, NULL);
+    test_list_add(&l, "", "snippet_soft_cap", test_snippet_soft_cap, false, NULL);
+    test_list_add(&l, "", "snippet_causal_alibi", test_snippet_causal_alibi, false, NULL);
+    test_list_add(&l, "", "snippet_custom_mask", test_snippet_custom_mask, false, NULL);
+    test_list_add(&l, "", "snippet_sinks", test_snippet_sinks, false, NULL);
+    test_list_add(&l, "", "snippet_query_transform", test_snippet_query_transform, false, NULL);
+    test_list_add(&l, "", "bad_snippet_run", test_bad_snippet_run, true, NULL);
     return test_list_run(&l, "prefill", argc, argv, test_backend_group_setup,
                          test_backend_group_teardown);
 }

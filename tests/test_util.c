@@ -837,6 +837,35 @@ void test_qo_expect_same_bits(const test_qo *t, const test_readback *a, const te
                      a->lse[i], b->lse[i]);
 }
 
+void test_qo_expect_sinks(const test_qo *t, const test_readback *plain, const test_readback *sunk,
+                          const float *sinks, int32_t rows) {
+    const size_t n = (size_t)rows * (size_t)t->heads * (size_t)t->head_dim;
+    double *got = test_xcalloc(n, sizeof(double)), *want = test_xcalloc(n, sizeof(double));
+    for (int32_t r = 0; r < rows; r++)
+        for (int32_t h = 0; h < t->heads; h++) {
+            const size_t l = (size_t)r * (size_t)t->heads + (size_t)h;
+            assert_int_equal(plain->lse[l], sunk->lse[l]);
+            const double lse = test_f32_bits_to_double(plain->lse[l]);
+            const double scale = 1.0 / (1.0 + exp(-(lse - (double)sinks[h])));
+            for (int32_t e = 0; e < t->head_dim; e++) {
+                const size_t i = l * (size_t)t->head_dim + (size_t)e;
+                want[i] = test_half_to_double(t->dtype, plain->out[i]) * scale;
+                got[i] = test_half_to_double(t->dtype, sunk->out[i]);
+            }
+        }
+    assert_relative_error(got, want, n, 2e-3, "sinks output vs plain output x sigmoid(lse - sink)");
+    free(got);
+    free(want);
+}
+
+bool test_backend_takes_snippets(void) {
+#ifdef FLP_TEST_VULKAN_SNIPPETS
+    return test_backend_kind() == FLP_BACKEND_VULKAN;
+#else
+    return false;
+#endif
+}
+
 void test_qo_expect_failed(const test_qo *t, flp_status got, flp_status want, const char *call,
                            const char *const *mentions) {
     test_expect_status(t->ctx, got, want, call, mentions);

@@ -265,6 +265,16 @@ void test_qo_expect_untouched(const test_qo *t, const char *call);
 /* Fails unless a and b are the same bits. */
 void test_qo_expect_same_bits(const test_qo *t, const test_readback *a, const test_readback *b,
                               const char *when);
+/* Attention sinks applied (docs/variants.md's example): sunk's out equals plain's scaled by
+ * sigmoid(lse - sinks[head]) per row and head (within two roundings to the output dtype) and
+ * its lse is plain's, for the first rows rows of dense q/out views. */
+void test_qo_expect_sinks(const test_qo *t, const test_readback *plain, const test_readback *sunk,
+                          const float *sinks, int32_t rows);
+
+/* Whether the suite's backend runs variant snippets in its decode and prefill kernels (else
+ * their plans refuse them): Vulkan where the library compiles shaders at run time. */
+bool test_backend_takes_snippets(void);
+
 /* test_expect_status, then test_qo_expect_untouched. */
 void test_qo_expect_failed(const test_qo *t, flp_status got, flp_status want, const char *call,
                            const char *const *mentions);

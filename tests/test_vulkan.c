@@ -229,7 +229,7 @@ static const c_field prefill_info_fields[] = {
     FIELD(flp_prefill_plan_info, soft_cap),
     FIELD(flp_prefill_plan_info, k_scale),
     FIELD(flp_prefill_plan_info, v_scale),
-    FIELD(flp_prefill_plan_info, reserved),
+    FIELD(flp_prefill_plan_info, off_user_params),
 };
 static const c_field prefill_params_fields[] = {
     FIELD(flp_prefill_params, q),
@@ -418,7 +418,7 @@ static void test_prefill_params_layout(void **state) {
     }
     check_spirv_layout(flp_spv_kv_append, flp_spv_kv_append_size, "kv_append.comp",
                        "KvAppendParams", kv_append_fields, COUNT(kv_append_fields));
-    assert_int_equal(offsetof(flp_prefill_plan_info, reserved) + sizeof(int32_t),
+    assert_int_equal(offsetof(flp_prefill_plan_info, off_user_params) + sizeof(uint32_t),
                      sizeof(flp_prefill_plan_info));
     assert_int_equal(offsetof(flp_prefill_params, num_pages) + sizeof(int64_t),
                      sizeof(flp_prefill_params));

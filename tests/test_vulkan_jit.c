@@ -156,6 +156,104 @@ static void test_jit_shaders(void **state) {
     free(got);
 }
 
+/* A decode with a variant snippet on ctx (2 requests, GQA 4, head dim 64, f16): out's bits. */
+enum { V_BATCH = 2, V_HQ = 4, V_D = 64, V_PAGE = 16, V_PAGES = 6 };
+static void snippet_decode_on(flp_context *ctx, uint16_t *out) {
+    test_rng rng;
+    test_rng_init(&rng, 20261208);
+    const size_t q_elems = (size_t)V_BATCH * V_HQ * V_D, kv_elems = (size_t)V_PAGES * V_PAGE * V_D;
+    float *host = malloc(sizeof(float) * (q_elems + 2 * kv_elems));
+    uint16_t *half = malloc(sizeof(uint16_t) * (q_elems + 2 * kv_elems));
+    assert_non_null(host);
+    assert_non_null(half);
+    for (size_t i = 0; i < q_elems + 2 * kv_elems; i++)
+        host[i] = (float)test_rng_uniform(&rng, -1.0, 1.0);
+    assert_ok(ctx, flp_convert_from_f32(FLP_DTYPE_F16, host, half, q_elems + 2 * kv_elems));
+    const size_t in_bytes = sizeof(uint16_t) * (q_elems + 2 * kv_elems);
+    flp_buffer *in = NULL, *dst = NULL;
+    const flp_buffer_desc in_desc = {in_bytes}, out_desc = {sizeof(uint16_t) * q_elems};
+    assert_ok(ctx, flp_buffer_create(ctx, &in_desc, &in));
+    assert_ok(ctx, flp_buffer_create(ctx, &out_desc, &dst));
+    assert_ok(ctx, flp_buffer_write(ctx, in, 0, half, in_bytes));
+    memset(out, 0xff, sizeof(uint16_t) * q_elems);
+    assert_ok(ctx, flp_buffer_write(ctx, dst, 0, out, sizeof(uint16_t) * q_elems));
+    flp_plan_desc pd = {.max_batch_size = V_BATCH,
+                        .max_pages = V_PAGES,
+                        .num_qo_heads = V_HQ,
+                        .num_kv_heads = 1,
+                        .head_dim = V_D};
+    flp_plan *plan = NULL;
+    assert_ok(ctx, flp_plan_create(ctx, &pd, &plan));
+    static const flp_variant_param params[] = {{"cap", FLP_PARAM_FLOAT}};
+    const int32_t kv_indptr[] = {0, 2, 6}, kv_indices[] = {5, 0, 3, 1, 4, 2}, last[] = {4, 2};
+    flp_decode_plan_args pa = {
+        .batch_size = V_BATCH,
+        .page_size = V_PAGE,
+        .kv_indptr = kv_indptr,
+        .kv_indices = kv_indices,
+        .kv_last_page_len = last,
+        .variant = {.head_dim = V_D,
+                    .logits_transform = "return cap * tanh(logit / cap);",
+                    .params = params,
+                    .num_params = 1},
+    };
+    assert_ok(ctx, flp_decode_plan(ctx, plan, &pa));
+    int64_t q_shape[3] = {V_BATCH, V_HQ, V_D}, kv_shape[4] = {V_PAGES, V_PAGE, 1, V_D};
+    const size_t kv_bytes = sizeof(uint16_t) * kv_elems;
+    const flp_param_value values[] = {{.name = "cap", .f = 0.5f}};
+    flp_decode_run_args ra = {
+        .q = flp_tensor_contiguous(in, 0, FLP_DTYPE_F16, 3, q_shape),
+        .k_cache =
+            flp_tensor_contiguous(in, sizeof(uint16_t) * q_elems, FLP_DTYPE_F16, 4, kv_shape),
+        .v_cache = flp_tensor_contiguous(in, sizeof(uint16_t) * q_elems + kv_bytes, FLP_DTYPE_F16,
+                                         4, kv_shape),
+        .out = flp_tensor_contiguous(dst, 0, FLP_DTYPE_F16, 3, q_shape),
+        .params = values,
+        .num_params = 1,
+    };
+    assert_ok(ctx, flp_decode_run(ctx, plan, &ra));
+    assert_ok(ctx, flp_buffer_read(ctx, dst, 0, out, sizeof(uint16_t) * q_elems));
+    for (size_t i = 0; i < q_elems; i++)
+        if (out[i] == 0xffffu)
+            fail_msg("output element %zu was not written", i);
+    flp_plan_destroy(plan);
+    flp_buffer_destroy(in);
+    flp_buffer_destroy(dst);
+    free(host);
+    free(half);
+}
+
+/* A variant's kernels: compiled by the first context, found on disk by a second "process". */
+static void test_variant_disk_cache(void **state) {
+    (void)state;
+#ifndef FLP_TEST_VULKAN_SNIPPETS
+    print_message("this library was built without glslang: its plans refuse snippets "
+                  "(test_decode checks that)\n");
+    return;
+#endif
+    char dir[] = "/tmp/flp-vulkan-jit-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    flp_kernel_cache_clear_memory();
+    flp_context *ctx = open_context(dir, false);
+    uint16_t first[V_BATCH * V_HQ * V_D], second[V_BATCH * V_HQ * V_D];
+    g_log[0] = '\0';
+    snippet_decode_on(ctx, first);
+    if (!strstr(g_log, "(with the variant's snippets) compiled by glslang"))
+        fail_msg("no compile of the variant's kernels logged:\n%s", g_log);
+    flp_context_destroy(ctx);
+    flp_kernel_cache_clear_memory();
+    ctx = open_context(dir, false);
+    g_log[0] = '\0';
+    snippet_decode_on(ctx, second);
+    if (!strstr(g_log, "(with the variant's snippets) from the kernel cache") ||
+        strstr(g_log, "compiled by"))
+        fail_msg("expected the variant's kernels from disk:\n%s", g_log);
+    assert_memory_equal(first, second, sizeof first);
+    flp_context_destroy(ctx);
+    test_remove_tree(dir);
+    flp_kernel_cache_clear_memory();
+}
+
 int main(void) {
     unsetenv("FLP_VULKAN_JIT");
     flp_context *probe = NULL;
@@ -167,6 +265,7 @@ int main(void) {
     flp_context_destroy(probe);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_jit_shaders),
+        cmocka_unit_test(test_variant_disk_cache),
     };
     return cmocka_run_group_tests_name("vulkan_jit", tests, NULL, NULL);
 }

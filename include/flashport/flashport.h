@@ -458,6 +458,9 @@ typedef struct flp_prefill_run_args {
     /* paged KV planned with kv_indices = NULL: the page ids, as flp_decode_run_args.kv_indices
      * (1-D I32, contiguous, >= kv_indptr[batch_size] entries); else NULL */
     const flp_tensor *kv_indices;
+    /* The values of the variant's user parameters, as flp_decode_run_args.params. */
+    const flp_param_value *params;
+    int32_t num_params;
 } flp_prefill_run_args;
 
 /* Launches the prefill (and the merge of split requests). Allocates nothing, synchronises
