@@ -4,7 +4,8 @@
  *            [--quick] [--qo-heads H] [--kv-heads H] [--head-dim D] [--page P] [--dtype bf16|f16]
  *            [--kv-dtype bf16|f16|e4m3|e5m2]
  *            [--budget-ms MS] [--max-iters N] [--check-rows N] [--seed S] [--copy-gbps X]
- *            [--mask causal|none] [--soft-cap X] [--gemm-tflops X] [--peer FILE] [--dry-run]
+ *            [--mask causal|none] [--soft-cap X] [--soft-cap-as builtin|snippet]
+ *            [--gemm-tflops X] [--peer FILE] [--dry-run]
  *            [--decode-kernel auto|vector|matrix]
  *
  * Cases (comma-separated; causal by default, --mask none for none; positions as in
@@ -24,6 +25,9 @@
  *
  * --soft-cap X: logits = X * tanh(logit / X) (default 0: off); an option the kernels compile out
  * for plans without any (backend-cuda/kernels/prefill.cuh), so this times their other copy.
+ * --soft-cap-as snippet: the same soft cap as a variant snippet (docs/variants.md:
+ * "return cap * tanh(logit / cap);" with a float parameter), to time a snippet variant against
+ * the built-in it restates (where the backend's kernels take snippets).
  *
  * --kv-dtype: the K/V cache's dtype (default: --dtype); fp8 caches hold the values as stored
  * (scales 1), the float64 check reads the same stored values. GB/s count K/V bytes at its size.
@@ -84,9 +88,10 @@ typedef struct bench_opts {
     int max_iters, check_rows;
     uint64_t seed;
     double copy_gbps;
-    double gemm_tflops; /* CUDA matrix ceiling measured in the same job; 0: nominal */
-    bool causal;        /* --mask causal (default) or none */
-    double soft_cap;    /* --soft-cap: > 0 on, 0 off */
+    double gemm_tflops;    /* CUDA matrix ceiling measured in the same job; 0: nominal */
+    bool causal;           /* --mask causal (default) or none */
+    double soft_cap;       /* --soft-cap: > 0 on, 0 off */
+    bool soft_cap_snippet; /* --soft-cap-as snippet: the soft cap as a logits_transform */
     const char *peer_file;
     bool dry_run;
     flp_decode_kernel decode_kernel; /* specdec cases */
@@ -260,6 +265,11 @@ static bench_opts parse_args(int argc, char **argv) {
             o.soft_cap = atof(v);
             if (!(o.soft_cap >= 0))
                 usage_error("--soft-cap must be 0 (off) or positive, not", v);
+        } else if (!strcmp(k, "--soft-cap-as")) {
+            if (!strcmp(v, "snippet"))
+                o.soft_cap_snippet = true;
+            else if (strcmp(v, "builtin") != 0)
+                usage_error("--soft-cap-as is builtin or snippet, not", v);
         } else if (!strcmp(k, "--peer")) {
             o.peer_file = v;
         } else {
@@ -734,11 +744,16 @@ typedef struct case_result {
 
 static void plan_case(const bench_case *c, const bench_opts *o, case_run *r, flp_status *st) {
     flp_context *ctx = r->ctx;
+    static const flp_variant_param cap_param[] = {{"cap", FLP_PARAM_FLOAT}};
+    const bool snippet = o->soft_cap_snippet && o->soft_cap > 0;
     flp_variant var = {.head_dim = o->head_dim,
                        .q_dtype = o->dtype,
                        .kv_dtype = o->kv_dtype,
                        .mask = o->causal ? FLP_MASK_CAUSAL : FLP_MASK_NONE,
-                       .logits_soft_cap = (float)o->soft_cap};
+                       .logits_soft_cap = snippet ? 0.0f : (float)o->soft_cap,
+                       .logits_transform = snippet ? "return cap * tanh(logit / cap);" : NULL,
+                       .params = snippet ? cap_param : NULL,
+                       .num_params = snippet ? 1 : 0};
     flp_plan_desc pd = {.max_batch_size = c->batch,
                         .max_pages = c->paged ? c->num_pages : 1,
                         .num_qo_heads = o->hq,
@@ -794,8 +809,23 @@ static case_result run_case(flp_context *ctx, const bench_case *c, const bench_o
                                  : flp_tensor_contiguous(k_buf, 0, o->kv_dtype, 3, kv_ragged);
         flp_tensor vt = c->paged ? flp_tensor_contiguous(v_buf, 0, o->kv_dtype, 4, kv_shape)
                                  : flp_tensor_contiguous(v_buf, 0, o->kv_dtype, 3, kv_ragged);
-        r.prefill = (flp_prefill_run_args){.q = qt, .k = kt, .v = vt, .out = ot};
-        r.dec = (flp_decode_run_args){.q = qt, .k_cache = kt, .v_cache = vt, .out = ot};
+        /* --soft-cap-as snippet: the cap's value for the snippet (ignored by the plans without) */
+        const flp_param_value *values = NULL;
+        int32_t num_values = 0;
+        static flp_param_value cap_value = {.name = "cap"};
+        if (o->soft_cap_snippet && o->soft_cap > 0) {
+            cap_value.f = (float)o->soft_cap;
+            values = &cap_value;
+            num_values = 1;
+        }
+        r.prefill = (flp_prefill_run_args){
+            .q = qt, .k = kt, .v = vt, .out = ot, .params = values, .num_params = num_values};
+        r.dec = (flp_decode_run_args){.q = qt,
+                                      .k_cache = kt,
+                                      .v_cache = vt,
+                                      .out = ot,
+                                      .params = values,
+                                      .num_params = num_values};
 
         /* Poison the output (all-ones bits: NaN in bf16 and f16), run once, check. */
         size_t o_bytes = (size_t)c->rows * (size_t)o->hq * (size_t)o->head_dim * 2;
@@ -993,13 +1023,13 @@ int main(int argc, char **argv) {
         double t_case = timing_now_seconds();
         case_result res = run_case(ctx, c, &o, q_buf, k_buf, v_buf, o_buf, q, k, v);
         double flop = case_flop(c, &o), bytes = case_bytes(c, &o);
-        printf(
-            "flp_prefill case=%s mask=%s soft_cap=%g api=%s decode_kernel=%s backend=%s kv=%s B=%d "
-            "rows=%lld kept_keys=%lld Hq=%d Hkv=%d D=%d dtype=%s kv_dtype=%s gflop=%.3f",
-            c->name, mask_name, o.soft_cap, case_api_name(c), res.decode_kernel, info.backend_name,
-            c->paged ? "paged" : "ragged", c->batch, (long long)c->rows, (long long)c->kept_keys,
-            o.hq, o.hkv, o.head_dim, flp_dtype_name(o.dtype), flp_dtype_name(o.kv_dtype),
-            flop * 1e-9);
+        printf("flp_prefill case=%s mask=%s soft_cap=%g%s api=%s decode_kernel=%s backend=%s kv=%s "
+               "B=%d rows=%lld kept_keys=%lld Hq=%d Hkv=%d D=%d dtype=%s kv_dtype=%s gflop=%.3f",
+               c->name, mask_name, o.soft_cap,
+               o.soft_cap_snippet && o.soft_cap > 0 ? " soft_cap_as=snippet" : "", case_api_name(c),
+               res.decode_kernel, info.backend_name, c->paged ? "paged" : "ragged", c->batch,
+               (long long)c->rows, (long long)c->kept_keys, o.hq, o.hkv, o.head_dim,
+               flp_dtype_name(o.dtype), flp_dtype_name(o.kv_dtype), flop * 1e-9);
         char desc[128], ceil_text[64] = "", peer_text[64] = "";
         describe_case(c, &o, desc, sizeof desc);
         if (strcmp(res.status, "ok") == 0) {
