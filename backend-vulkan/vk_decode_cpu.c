@@ -21,9 +21,11 @@
 
 /* Variant features decode_cpu.comp compiles in (FEATURES): RoPE (sines and cosines of every
  * key: 3x the time of a decode without it on lavapipe) only in the pipelines that may need it;
- * the masks, ALiBi and the soft cap always (about 10%; fewer pipelines to compile). */
+ * the masks, ALiBi, the soft cap and the softmax switch always (about 10%; fewer pipelines to
+ * compile). */
 #define FLP_VK_CPU_ALL                                                                             \
-    (FLP_FLAG_CAUSAL | FLP_FLAG_WINDOW | FLP_FLAG_ALIBI | FLP_FLAG_SOFTCAP | FLP_FLAG_ROPE)
+    (FLP_FLAG_CAUSAL | FLP_FLAG_WINDOW | FLP_FLAG_ALIBI | FLP_FLAG_SOFTCAP | FLP_FLAG_ROPE |       \
+     FLP_FLAG_SOFTMAX_OFF)
 #define FLP_VK_CPU_NO_ROPE (FLP_VK_CPU_ALL & ~FLP_FLAG_ROPE)
 #define FLP_VK_CPU_NO_DEFER 0xffffffffu
 

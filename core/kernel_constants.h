@@ -22,6 +22,9 @@
 #define FLP_FLAG_ROPE 16u        /* rotate-half RoPE of q (at pos + q_off) and k (at j + k_off) */
 #define FLP_FLAG_CUSTOM_MASK 32u /* prefill: key j kept only where bit (i, j) of the mask is 1 */
 #define FLP_FLAG_PAGED 64u       /* prefill: KV through the page table, else ragged rows */
+/* no softmax (flp_variant.softmax_off, Vulkan): a kept key weighs its logit after the logits
+ * transform, out = sum of weight * v unnormalised, lse 0, split chunks summed */
+#define FLP_FLAG_SOFTMAX_OFF 128u
 
 /* ---- merges of split-KV chunks ----------------------------------------------------------- */
 /* Chunks whose states the decode merges (CUDA merge_chunks4, shaders/decode_merge.comp) load at

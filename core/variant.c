@@ -140,11 +140,11 @@ flp_status flp_variant_check_for_plan(flp_context *ctx, const char *fn, const fl
     flp_status status = flp_variant_validate(variant, message, sizeof message);
     if (status != FLP_OK)
         return flp_fail(ctx, status, "%s: %s", fn, message);
-    if (!takes_snippets && flp_variant_has_snippets(variant))
+    if (!takes_snippets && (flp_variant_has_snippets(variant) || variant->softmax_off))
         return flp_fail(ctx, FLP_ERROR_UNSUPPORTED,
                         "%s: the %s backend's kernels for this call do not take variant snippets "
-                        "(logits_transform, logits_mask, query_transform, output_transform) yet; "
-                        "docs/variants.md lists where they run",
+                        "(logits_transform, logits_mask, query_transform, output_transform) or "
+                        "softmax_off yet; docs/variants.md lists where they run",
                         fn, ctx->ops->name);
     if (variant->head_dim != plan_head_dim)
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
@@ -179,5 +179,6 @@ uint32_t flp_variant_kernel_flags(const flp_variant *v) {
            (v->logits_soft_cap > 0.0f ? FLP_FLAG_SOFTCAP : 0u) |
            (v->pos_encoding == FLP_POS_ALIBI ? FLP_FLAG_ALIBI : 0u) |
            (v->pos_encoding == FLP_POS_ROPE_LLAMA ? FLP_FLAG_ROPE : 0u) |
-           (v->mask == FLP_MASK_CUSTOM ? FLP_FLAG_CUSTOM_MASK : 0u);
+           (v->mask == FLP_MASK_CUSTOM ? FLP_FLAG_CUSTOM_MASK : 0u) |
+           (v->softmax_off ? FLP_FLAG_SOFTMAX_OFF : 0u);
 }

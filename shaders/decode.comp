@@ -80,6 +80,7 @@ float g_m;      // running max of log2-domain logits
 float g_l;      // running sum of exp2(logit - g_m)
 
 uint lane_, ty_, tz_, tid_;
+bool g_softmax_off; // FLP_FLAG_SOFTMAX_OFF (set once in main)
 
 // The current item's KV addressing (set per item) and the prefetched chunks of the next tile.
 uint64_t g_kv_indices; // address of the request's first page id
@@ -93,6 +94,7 @@ uvec4 g_kw[LOAD_SLOTS], g_vw[LOAD_SLOTS];
 // (other parameters are re-read where they are used, see main).
 struct Run {
     bool causal, window, softcap, alibi;
+    bool softmax_off; // weights are the transformed logits, summed unnormalised
     float logit_scale; // sm_scale (times k_scale and the e4m3 widening factor for fp8)
 };
 
@@ -236,9 +238,10 @@ void load_q(DecodeParams P, Item it, Row row, bool rope) {
     }
 }
 
-// init_state: the online-softmax state of a row with no key yet.
-void init_state() {
-    g_m = NEG_BIG;
+// init_state: the online-softmax state of a row with no key yet (without the softmax: the sums,
+// with m fixed at 0).
+void init_state(bool softmax_off) {
+    g_m = softmax_off ? 0.0 : NEG_BIG;
     g_l = 0.0;
     [[unroll]] for (uint i = 0u; i < E4; i++)
         g_acc[i] = vec4(0.0);
@@ -378,14 +381,18 @@ bool mask_scores(Run run, Item it, Row row, int t, inout float x) {
 #ifdef FLP_VARIANT_LOGITS_TRANSFORM
         y = flp_logits_transform(y, row.pos, t, it.b, row.h, it.g, it.qo_len, it.kv_len);
 #endif
-        x = y * LOG2E;
+        x = run.softmax_off ? y : y * LOG2E; // without the softmax: the key's weight
     }
     return kept;
 }
 
 // softmax_update: a kept key's logit x into the running max and sum, the accumulator rescaled
 // when the maximum grows; returns the key's weight p.
-float softmax_update(float x) {
+float softmax_update(float x, bool softmax_off) {
+    if (softmax_off) {
+        g_l += x;
+        return x;
+    }
     if (x > g_m) { // new maximum: rescale what was summed so far
         float alpha = state_weight(g_m, x);
         g_l *= alpha;
@@ -432,7 +439,7 @@ void combine_warps() {
             g_acc[i] = vec4(0.0);
         for (uint z = 0u; z < TOKEN_GROUPS; z++) {
             vec2 ml = uintBitsToFloat(s_mem[RED_ACC_U2 + z * ROWS + ty_]);
-            float w = state_weight(ml.x, m_all);
+            float w = g_softmax_off ? 1.0 : state_weight(ml.x, m_all);
             l_all += ml.y * w;
             uint zb = (z * ROWS + ty_) * (HEAD_DIM / 2u);
             [[unroll]] for (uint c = 0u; c < NC; c++)
@@ -451,8 +458,9 @@ void combine_warps() {
 // (token group 0's threads, rows of the item only).
 void store_output(DecodeParams P, DecodePlanInfo I, Item it, Row row, float widen_scale) {
     if (tz_ == 0u && row.ok) {
-        float inv = output_scale(g_l, KV_BYTES == 1u ? I.v_scale * widen_scale : 1.0);
-        float lse = state_lse(g_m, g_l);
+        float out_scale = KV_BYTES == 1u ? I.v_scale * widen_scale : 1.0;
+        float inv = g_softmax_off ? out_scale : output_scale(g_l, out_scale);
+        float lse = g_softmax_off ? 0.0 : state_lse(g_m, g_l);
         if (it.slot < 0) {
             int64_t o_off = int64_t(row.r) * P.o_stride_row + int64_t(row.h) * P.o_stride_head;
             uint64_t o_row = P.o + 2ul * uint64_t(o_off);
@@ -501,6 +509,8 @@ void main() {
     run.window = (flags & FLP_FLAG_WINDOW) != 0u;
     run.softcap = (flags & FLP_FLAG_SOFTCAP) != 0u;
     run.alibi = (flags & FLP_FLAG_ALIBI) != 0u;
+    run.softmax_off = (flags & FLP_FLAG_SOFTMAX_OFF) != 0u;
+    g_softmax_off = run.softmax_off;
     bool rope = (flags & FLP_FLAG_ROPE) != 0u;
     // fp8 scales are linear: k_scale folds into the logit scale, v_scale into the output (with
     // the exact 2^8 of e4m3's f16 widening)
@@ -527,7 +537,7 @@ void main() {
         for (int row0 = 0; row0 < it.rows_total; row0 += int(ROWS)) {
             Row row = pass_row(P, I, it, row0, run.alibi, rope);
             load_q(P, it, row, rope);
-            init_state();
+            init_state(run.softmax_off);
 
             if (it.kv_begin < it.kv_end)
                 issue_kv_copy(it.kv_begin);
@@ -545,7 +555,7 @@ void main() {
                     int t = base + int(tt);
                     float x = compute_scores(tt, rope, t + it.k_rope);
                     if (mask_scores(run, it, row, t, x)) { // the same for the row's lanes
-                        float p = softmax_update(x);
+                        float p = softmax_update(x, run.softmax_off);
                         accumulate_pv(tt, p);
                     }
                 }

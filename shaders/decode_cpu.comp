@@ -121,6 +121,7 @@ bool g_kept[STEP];
 // transforms and masks), the rows of an item and the KV layout.
 struct Run {
     bool causal, window, softcap, alibi, rope;
+    bool softmax_off;  // weights are the transformed logits, summed unnormalised
     float logit_scale; // sm_scale (times k_scale for fp8)
     float soft_cap;
     int window_left;
@@ -358,10 +359,10 @@ void load_q(DecodeParams P, Run run, Item it, uint j, Row row) {
 }
 
 // init_state: row j's online-softmax state with no key yet.
-void init_state(uint j) {
+void init_state(uint j, bool softmax_off) {
     [[unroll]] for (uint i = 0u; i < E4; i++)
         g_acc[j][i] = vec4(0.0);
-    g_m[j] = NEG_BIG;
+    g_m[j] = softmax_off ? 0.0 : NEG_BIG;
     g_l[j] = 0.0;
 }
 
@@ -420,14 +421,21 @@ void mask_scores(Run run, Item it, int base, uint j, Row row) {
 #ifdef FLP_VARIANT_LOGITS_TRANSFORM
         x = flp_logits_transform(x, row.pos, tok, it.b, row.h, it.g, run.qo_len, it.kv_len);
 #endif
-        g_s[j][t] = x * LOG2E;
+        g_s[j][t] = run.softmax_off ? x : x * LOG2E; // without the softmax: the key's weight
     }
 }
 
 // softmax_update: row j's new running max over the step's kept keys, one rescale of l and the
 // accumulator, and the keys' weights p (0 for a dropped key) in place of their logits, summed
 // into l.
-void softmax_update(uint j) {
+void softmax_update(uint j, bool softmax_off) {
+    if (softmax_off) { // the weights as they are, summed unnormalised (m stays 0)
+        [[unroll]] for (uint t = 0u; t < STEP; t++) {
+            g_s[j][t] = g_kept[t] ? g_s[j][t] : 0.0;
+            g_l[j] += g_s[j][t];
+        }
+        return;
+    }
     float m_new = g_m[j];
     [[unroll]] for (uint t = 0u; t < STEP; t++)
         m_new = g_kept[t] ? max(m_new, g_s[j][t]) : m_new;
@@ -459,8 +467,8 @@ void accumulate_pv() {
 // store_output: row j normalised, as out/lse or as the partial state of the item's slot.
 void store_output(DecodeParams P, DecodePlanInfo I, uint64_t plan, Run run, Item it,
                   float out_scale, uint j, Row row) {
-    float inv = output_scale(g_l[j], out_scale);
-    float lse = state_lse(g_m[j], g_l[j]);
+    float inv = run.softmax_off ? out_scale : output_scale(g_l[j], out_scale);
+    float lse = run.softmax_off ? 0.0 : state_lse(g_m[j], g_l[j]);
     if (it.slot < 0) {
         int64_t o_off = int64_t(row.r) * P.o_stride_row + int64_t(row.h) * P.o_stride_head;
         uint64_t o_row = P.o + 2ul * uint64_t(o_off);
@@ -509,6 +517,7 @@ void main() {
     run.softcap = (flags & FLP_FLAG_SOFTCAP) != 0u;
     run.alibi = (flags & FLP_FLAG_ALIBI) != 0u;
     run.rope = (flags & FLP_FLAG_ROPE) != 0u;
+    run.softmax_off = (flags & FLP_FLAG_SOFTMAX_OFF) != 0u;
     bool fp8 = KV_BYTES == 1u;
     run.logit_scale = I.sm_scale * (fp8 ? I.k_scale : 1.0);
     float out_scale = fp8 ? I.v_scale : 1.0;
@@ -541,7 +550,7 @@ void main() {
             [[unroll]] for (uint j = 0u; j < ROWS; j++) {
                 rows[j] = pass_row(I, plan, run, it, row0, j);
                 load_q(P, run, it, j, rows[j]);
-                init_state(j);
+                init_state(j, run.softmax_off);
             }
 
             // The key loop: STEP keys per iteration (keys past kv_end load the last key again
@@ -560,7 +569,7 @@ void main() {
                 compute_scores(run, it, base);
                 [[unroll]] for (uint j = 0u; j < ROWS; j++) {
                     mask_scores(run, it, base, j, rows[j]);
-                    softmax_update(j); // row j's g_s: the keys' weights p from here on
+                    softmax_update(j, run.softmax_off); // g_s: the keys' weights from here on
                 }
                 accumulate_pv();
             }

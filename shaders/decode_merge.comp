@@ -65,6 +65,8 @@ void main() {
                     if (!partial_is_empty(sb))
                         m = max(m, sb);
                 }
+        // without the softmax the chunks' unnormalised sums add (their lse is 0: weights 1)
+        bool sum_only = (I.flags & FLP_FLAG_SOFTMAX_OFF) != 0u;
         bool any = m > NEG_BIG;
         float s = 0.0, sum = 0.0;
         vec4 o = vec4(0.0);
@@ -78,7 +80,7 @@ void main() {
                     int prow = row0 + (c0 + i) * row_stride;
                     float sb = partial_lse.v[prow];
                     if (!partial_is_empty(sb)) {
-                        wt[i] = exp(sb - m);
+                        wt[i] = sum_only ? 1.0 : exp(sb - m);
                         F32Ref row = F32Ref(partial_o + 4ul * (uint64_t(prow) * uint64_t(HEAD_DIM) +
                                                                d0));
                         ob[i] = vec4(row.v[0], row.v[1], row.v[2], row.v[3]);
@@ -90,7 +92,7 @@ void main() {
                 o += wt[i] * ob[i];
             }
         }
-        if (any) {
+        if (any && !sum_only) {
             o /= sum;
             s = m + log(sum);
         }

@@ -105,6 +105,7 @@ int g_page_size, g_kv_head;
 // logit transforms and masks, and the GQA group size.
 struct Run {
     bool causal, window, softcap, alibi, rope, custom;
+    bool softmax_off; // weights are the transformed logits, summed unnormalised
     float logit_scale; // sm_scale (times k_scale for fp8)
     float soft_cap;
     int window_left;
@@ -239,8 +240,8 @@ void load_q(PrefillParams P, Run run, Item it, uint r, Row row) {
 }
 
 // init_state: row r's online-softmax state with no key yet.
-void init_state(uint r) {
-    g_m[r] = NEG_BIG;
+void init_state(uint r, bool softmax_off) {
+    g_m[r] = softmax_off ? 0.0 : NEG_BIG;
     g_l[r] = 0.0;
     [[unroll]] for (uint c = 0u; c < NV; c++)
         g_acc[r * NV + c] = vec4(0.0);
@@ -392,21 +393,26 @@ void mask_scores(PrefillParams P, Run run, Item it, uint r, Row row, int t0, int
 #ifdef FLP_VARIANT_LOGITS_TRANSFORM
         y = flp_logits_transform(y, row.pos, t, it.b, row.head, it.g, it.qo_len, it.kv_len);
 #endif
-        float x = y * LOG2E;
+        float x = run.softmax_off ? y : y * LOG2E; // without the softmax: the key's weight
         bool kept = t < hi && (!run.causal || t <= row.pos) &&
                     (!run.window || t >= row.pos - run.window_left) &&
                     ((bits >> j) & 1u) != 0u;
 #ifdef FLP_VARIANT_LOGITS_MASK
         kept = kept && flp_logits_mask(row.pos, t, it.b, row.head, it.g, it.qo_len, it.kv_len);
 #endif
-        g_s[r * SB + j] = kept ? x : neg_inf();
+        g_s[r * SB + j] = kept ? x : (run.softmax_off ? 0.0 : neg_inf());
     }
 }
 
 // softmax_update: row r's new running max over the sub-block, one rescale of l and the
 // accumulator (exp2(NEG_BIG - x) is 0; a sub-block with no kept key leaves the state as it is),
 // and the keys' weights p = exp2(x - m) in place of their logits, summed into l.
-void softmax_update(uint r) {
+void softmax_update(uint r, bool softmax_off) {
+    if (softmax_off) { // the weights as they are (0 for a dropped key), summed unnormalised
+        [[unroll]] for (uint j = 0u; j < SB; j++)
+            g_l[r] += g_s[r * SB + j];
+        return;
+    }
     float mx = neg_inf();
     [[unroll]] for (uint j = 0u; j < SB; j++)
         mx = max(mx, g_s[r * SB + j]);
@@ -438,8 +444,9 @@ void accumulate_pv(uint sb) {
 // store_output: row r normalised, as out/lse or as the partial state of the item's slot.
 void store_output(PrefillParams P, PrefillPlanInfo I, uint64_t plan, Item it, int row0,
                   float out_scale, uint r, Row row) {
-    float inv = output_scale(g_l[r], out_scale);
-    float lse = state_lse(g_m[r], g_l[r]);
+    bool softmax_off = (I.flags & FLP_FLAG_SOFTMAX_OFF) != 0u;
+    float inv = softmax_off ? out_scale : output_scale(g_l[r], out_scale);
+    float lse = softmax_off ? 0.0 : state_lse(g_m[r], g_l[r]);
     if (it.slot < 0) {
         int64_t o_off = int64_t(it.qo_begin + row.tok) * P.o_stride_row +
                         int64_t(row.head) * P.o_stride_head;
@@ -489,6 +496,7 @@ void main() {
     run.alibi = (flags & FLP_FLAG_ALIBI) != 0u;
     run.rope = (flags & FLP_FLAG_ROPE) != 0u;
     run.custom = (flags & FLP_FLAG_CUSTOM_MASK) != 0u;
+    run.softmax_off = (flags & FLP_FLAG_SOFTMAX_OFF) != 0u;
     g_paged = (flags & FLP_FLAG_PAGED) != 0u;
     bool fp8 = KV_BYTES == 1u;
     // fp8 scales are linear: k_scale folds into the logit scale, v_scale into the output
@@ -515,7 +523,7 @@ void main() {
             [[unroll]] for (uint r = 0u; r < ROWS; r++) {
                 rows[r] = pass_row(I, plan, run, it, row0, r);
                 load_q(P, run, it, r, rows[r]);
-                init_state(r);
+                init_state(r, run.softmax_off);
             }
             ivec2 keys = clip_keys(run, it, row0); // [lo, hi): keys some row of the pass keeps
 
@@ -535,7 +543,7 @@ void main() {
                     reduce_scores();
                     [[unroll]] for (uint r = 0u; r < ROWS; r++) {
                         mask_scores(P, run, it, r, rows[r], base + int(sb), keys.y);
-                        softmax_update(r); // row r's g_s: the keys' weights p from here on
+                        softmax_update(r, run.softmax_off); // g_s: the keys' weights from here
                     }
                     accumulate_pv(sb);
                 }

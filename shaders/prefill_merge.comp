@@ -41,6 +41,8 @@ void main() {
     F32Ref partial_lse = plan_floats(plan, I.off_partial_lse);
     I32Ref qo_indptr = plan_ints(plan, I.off_qo_indptr);
     bool want_lse = P.lse != 0ul;
+    // without the softmax the chunks' unnormalised sums add (their lse is 0)
+    bool sum_only = (I.flags & FLP_FLAG_SOFTMAX_OFF) != 0u;
     int stride = int(gl_NumWorkGroups.x * gl_NumWorkGroups.y);
     int w = int(gl_WorkGroupID.y * gl_NumWorkGroups.x + gl_WorkGroupID.x);
 
@@ -77,6 +79,11 @@ void main() {
                     s = sb;
                     o = ob;
                     any = true;
+                    continue;
+                }
+                if (sum_only) {
+                    o[0] += ob[0];
+                    o[1] += ob[1];
                     continue;
                 }
                 vec3 w = merge_lse(s, sb);

@@ -1737,6 +1737,63 @@ static void test_snippet_int_buffer_mask(void **state) {
     problem_free(&p);
 }
 
+/* Sigmoid attention: softmax off, each key weighed by sigmoid(logit + b), the weighted values
+ * summed (split rows' chunks added in the merge); lse 0. Against a float64 sum on the host. */
+static void test_snippet_sigmoid(void **state) {
+    (void)state;
+    problem p;
+    snippet_problem(&p, "sigmoid attention (softmax off)");
+    static const flp_variant_param params[] = {{"b", FLP_PARAM_FLOAT}};
+    flp_variant v = plain_variant(&p);
+    v.logits_transform = "return sigmoid(logit + b);";
+    v.params = params;
+    v.num_params = 1;
+    v.softmax_off = true;
+    if (!snippets_run_here(&p, &v))
+        return;
+    const float bias = -1.5f;
+    const flp_param_value values[] = {{.name = "b", .f = bias}};
+    dev_problem dv;
+    dev_create(&p, p.rows, &dv);
+    test_readback got = run_with(&p, &dv, &v, values, 1);
+    const size_t n = (size_t)p.rows * (size_t)p.hq * (size_t)p.d;
+    double *want = test_xcalloc(n, sizeof(double)), *out = test_xcalloc(n, sizeof(double));
+    const int32_t group = p.hq / p.hkv;
+    const double scale = 1.0 / sqrt((double)p.d);
+    for (int32_t r = 0; r < p.rows; r++) {
+        const int32_t b = r / p.qo_len;
+        for (int32_t h = 0; h < p.hq; h++) {
+            const int32_t g = h / group;
+            const float *q = p.q + ((size_t)r * (size_t)p.hq + (size_t)h) * (size_t)p.d;
+            double *o = want + ((size_t)r * (size_t)p.hq + (size_t)h) * (size_t)p.d;
+            for (int32_t t = 0; t < p.kv_lens[b]; t++) {
+                const int32_t page = p.kv_indices[p.kv_indptr[b] + t / p.page_size];
+                const size_t at =
+                    (((size_t)page * (size_t)p.page_size + (size_t)(t % p.page_size)) *
+                         (size_t)p.hkv +
+                     (size_t)g) *
+                    (size_t)p.d;
+                double dot = 0.0;
+                for (int32_t e = 0; e < p.d; e++)
+                    dot += (double)q[e] * (double)p.k_raw[at + (size_t)e];
+                const double w = 1.0 / (1.0 + exp(-(dot * scale + bias)));
+                for (int32_t e = 0; e < p.d; e++)
+                    o[e] += w * (double)p.v_raw[at + (size_t)e];
+            }
+            assert_int_equal(got.lse[(size_t)r * (size_t)p.hq + (size_t)h], 0u);
+            for (int32_t e = 0; e < p.d; e++)
+                out[((size_t)r * (size_t)p.hq + (size_t)h) * (size_t)p.d + (size_t)e] =
+                    test_half_to_double(p.q_dtype, out_word(&p, &got, r, h, e));
+        }
+    }
+    assert_relative_error(out, want, n, 2e-3, "sigmoid attention vs the float64 sum");
+    free(want);
+    free(out);
+    test_readback_free(&got);
+    dev_free(&dv);
+    problem_free(&p);
+}
+
 /* Bad parameter values are refused at run with the parameter's name, nothing written; a snippet
  * the compiler refuses gives its log with the snippet's own line. */
 static void test_bad_snippet_run(void **state) {
@@ -1888,6 +1945,7 @@ int main(int argc, char **argv) {
     GOOD(test_snippet_query_transform);
     GOOD(test_snippet_sinks);
     GOOD(test_snippet_int_buffer_mask);
+    GOOD(test_snippet_sigmoid);
     BAD(test_bad_snippet_run);
     return test_list_run(&l, "decode", argc, argv, test_backend_group_setup,
                          test_backend_group_teardown);

@@ -2002,6 +2002,67 @@ static void test_snippet_query_transform(void **state) {
     expect_snippet_equals_builtin(&p, &v, NULL, 0);
 }
 
+/* Sigmoid attention (softmax off) with the causal mask: each kept key weighed by
+ * sigmoid(logit + b), summed (split chunks added in the merge); lse 0. Against float64. */
+static void test_snippet_sigmoid(void **state) {
+    (void)state;
+    problem p;
+    snippet_problem(&p, "prefill: sigmoid attention (softmax off)");
+    static const flp_variant_param params[] = {{"b", FLP_PARAM_FLOAT}};
+    flp_variant v = p.variant;
+    v.mask = FLP_MASK_CAUSAL;
+    v.logits_transform = "return sigmoid(logit + b);";
+    v.params = params;
+    v.num_params = 1;
+    v.softmax_off = true;
+    if (!snippets_run_here(&p, &v))
+        return;
+    const float bias = -1.5f;
+    const flp_param_value values[] = {{.name = "b", .f = bias}};
+    dev_problem dv;
+    dev_create(&p, p.rows, &dv);
+    test_readback got = run_with(&p, &dv, &v, values, 1);
+    int32_t *tok_indptr = test_xcalloc((size_t)p.batch + 1, sizeof(int32_t));
+    double *k = gather_keys(&p, p.k_raw, p.k_scale, tok_indptr);
+    double *vv = gather_keys(&p, p.v_raw, p.v_scale, tok_indptr);
+    const size_t n = (size_t)p.rows * (size_t)p.hq * (size_t)p.d;
+    double *want = test_xcalloc(n, sizeof(double)), *out = test_xcalloc(n, sizeof(double));
+    const int32_t group = p.hq / p.hkv;
+    const double scale = 1.0 / sqrt((double)p.d);
+    for (int32_t b = 0; b < p.batch; b++)
+        for (int32_t i = 0; i < p.qo_len[b]; i++) {
+            const int32_t r = p.qo_indptr[b] + i, pos = p.kv_len[b] - p.qo_len[b] + i;
+            for (int32_t h = 0; h < p.hq; h++) {
+                const size_t l = (size_t)r * (size_t)p.hq + (size_t)h;
+                const float *q = p.q + l * (size_t)p.d;
+                for (int32_t t = 0; t <= pos; t++) {
+                    const size_t at =
+                        ((size_t)(tok_indptr[b] + t) * (size_t)p.hkv + (size_t)(h / group)) *
+                        (size_t)p.d;
+                    double dot = 0.0;
+                    for (int32_t e = 0; e < p.d; e++)
+                        dot += (double)q[e] * k[at + (size_t)e];
+                    const double w = 1.0 / (1.0 + exp(-(dot * scale + bias)));
+                    for (int32_t e = 0; e < p.d; e++)
+                        want[l * (size_t)p.d + (size_t)e] += w * vv[at + (size_t)e];
+                }
+                assert_int_equal(got.lse[l], 0u);
+                for (int32_t e = 0; e < p.d; e++)
+                    out[l * (size_t)p.d + (size_t)e] =
+                        test_half_to_double(p.q_dtype, got.out[l * (size_t)p.d + (size_t)e]);
+            }
+        }
+    assert_relative_error(out, want, n, 2e-3, "sigmoid attention vs the float64 sum");
+    free(want);
+    free(out);
+    free(k);
+    free(vv);
+    free(tok_indptr);
+    test_readback_free(&got);
+    dev_free(&dv);
+    problem_free(&p);
+}
+
 static void test_bad_snippet_run(void **state) {
     (void)state;
     problem p;
@@ -2109,6 +2170,7 @@ int main(int argc, char **argv) {
     test_list_add(&l, "", "snippet_custom_mask", test_snippet_custom_mask, false, NULL);
     test_list_add(&l, "", "snippet_sinks", test_snippet_sinks, false, NULL);
     test_list_add(&l, "", "snippet_query_transform", test_snippet_query_transform, false, NULL);
+    test_list_add(&l, "", "snippet_sigmoid", test_snippet_sigmoid, false, NULL);
     test_list_add(&l, "", "bad_snippet_run", test_bad_snippet_run, true, NULL);
     return test_list_run(&l, "prefill", argc, argv, test_backend_group_setup,
                          test_backend_group_teardown);

@@ -275,6 +275,10 @@ typedef struct flp_variant {
     /* The snippets' user parameters: params[num_params], at most 32, names unique. */
     const flp_variant_param *params;
     int32_t num_params;
+    /* No softmax (sigmoid attention, docs/variants.md): each kept key weighs its logit after the
+     * logits transform, out = sum of weight * v (not normalised), lse is written as 0, split
+     * chunks are summed. Taken where the call's kernels take snippets. */
+    bool softmax_off;
 } flp_variant;
 
 /* FLP_OK, or FLP_ERROR_INVALID_ARGUMENT / FLP_ERROR_UNSUPPORTED with the reason written to
