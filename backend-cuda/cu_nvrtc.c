@@ -3,12 +3,12 @@
 #include "backend-cuda/cu_embedded.h"
 #include "backend-cuda/kernels/decode_config.h"
 #include "core/alloc.h"
+#include "core/internal.h" /* flp_report */
 
 #include <nvrtc.h>
 
 #include <dlfcn.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -136,18 +136,6 @@ bool flp_cuda_nvrtc_available(const char **why, int *version) {
     return a != NULL;
 }
 
-static flp_status say(char *message, size_t size, flp_status status, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static flp_status say(char *message, size_t size, flp_status status, const char *fmt, ...) {
-    if (message && size) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(message, size, fmt, ap);
-        va_end(ap);
-    }
-    return status;
-}
-
 /* The -arch for cc: a cubin for an architecture this NVRTC knows, else PTX of the newest one
  * below cc (the driver compiles it). sm_90 gets the arch-specific sm_90a, as in the fatbin. */
 static flp_status choose_target(const nvrtc_api *a, int cc, flp_cuda_image *out, char *message,
@@ -165,9 +153,9 @@ static flp_status choose_target(const nvrtc_api *a, int cc, flp_cuda_image *out,
                 best = archs[i];
         }
         if (best == 0)
-            return say(message, size, FLP_ERROR_UNSUPPORTED,
-                       "NVRTC %d.%d compiles for no architecture at or below sm_%d",
-                       a->version / 1000, a->version % 1000 / 10, cc);
+            return flp_report(FLP_ERROR_UNSUPPORTED, message, size,
+                              "NVRTC %d.%d compiles for no architecture at or below sm_%d",
+                              a->version / 1000, a->version % 1000 / 10, cc);
         if (best != cc) {
             out->is_cubin = false;
             snprintf(out->target, sizeof out->target, "compute_%d", best);
@@ -184,24 +172,24 @@ flp_status flp_cuda_nvrtc_compile_source(const char *source, const char *program
                                          const char *const *options, int num_options,
                                          flp_cuda_image *out, char *message, size_t message_size) {
     if (!source || !out || cc <= 0 || num_options < 0 || (num_options > 0 && !options))
-        return say(message, message_size, FLP_ERROR_INVALID_ARGUMENT,
-                   "flp_cuda_nvrtc_compile_source: bad argument (source %p, out %p, cc %d, "
-                   "%d options)",
-                   (const void *)source, (void *)out, cc, num_options);
+        return flp_report(FLP_ERROR_INVALID_ARGUMENT, message, message_size,
+                          "flp_cuda_nvrtc_compile_source: bad argument (source %p, out %p, cc %d, "
+                          "%d options)",
+                          (const void *)source, (void *)out, cc, num_options);
     memset(out, 0, sizeof *out);
     const char *why = NULL;
     const nvrtc_api *a = get_api(&why);
     if (!a)
-        return say(message, message_size, FLP_ERROR_UNSUPPORTED, "%s", why);
+        return flp_report(FLP_ERROR_UNSUPPORTED, message, message_size, "%s", why);
     flp_status status = choose_target(a, cc, out, message, message_size);
     if (status != FLP_OK)
         return status;
 
     enum { MAX_OPTIONS = 32 };
     if (num_options > MAX_OPTIONS - 2)
-        return say(message, message_size, FLP_ERROR_INVALID_ARGUMENT,
-                   "flp_cuda_nvrtc_compile_source: %d options (at most %d)", num_options,
-                   MAX_OPTIONS - 2);
+        return flp_report(FLP_ERROR_INVALID_ARGUMENT, message, message_size,
+                          "flp_cuda_nvrtc_compile_source: %d options (at most %d)", num_options,
+                          MAX_OPTIONS - 2);
     char arch[40];
     snprintf(arch, sizeof arch, "-arch=%s", out->target);
     const char *all[MAX_OPTIONS];
@@ -219,9 +207,9 @@ flp_status flp_cuda_nvrtc_compile_source(const char *source, const char *program
             : a->nvrtcCreateProgram(&prog, source, program_name ? program_name : "source.cu", 0,
                                     NULL, NULL);
     if (r != NVRTC_SUCCESS)
-        return say(message, message_size,
-                   r == NVRTC_ERROR_OUT_OF_MEMORY ? FLP_ERROR_OUT_OF_MEMORY : FLP_ERROR_BACKEND,
-                   "nvrtcCreateProgram: %s", a->nvrtcGetErrorString(r));
+        return flp_report(
+            r == NVRTC_ERROR_OUT_OF_MEMORY ? FLP_ERROR_OUT_OF_MEMORY : FLP_ERROR_BACKEND, message,
+            message_size, "nvrtcCreateProgram: %s", a->nvrtcGetErrorString(r));
     r = a->nvrtcCompileProgram(prog, n, all);
     if (r != NVRTC_SUCCESS) {
         size_t log_size = 0;
@@ -232,13 +220,13 @@ flp_status flp_cuda_nvrtc_compile_source(const char *source, const char *program
                 log[0] = '\0';
             log[log_size] = '\0';
         }
-        status = say(message, message_size,
-                     r == NVRTC_ERROR_COMPILATION     ? FLP_ERROR_COMPILE
-                     : r == NVRTC_ERROR_OUT_OF_MEMORY ? FLP_ERROR_OUT_OF_MEMORY
-                                                      : FLP_ERROR_BACKEND,
-                     "NVRTC %d.%d compile of %s for %s failed (%s):\n%s", a->version / 1000,
-                     a->version % 1000 / 10, program_name ? program_name : "source.cu", out->target,
-                     a->nvrtcGetErrorString(r), log ? log : "(no log)");
+        status = flp_report(r == NVRTC_ERROR_COMPILATION     ? FLP_ERROR_COMPILE
+                            : r == NVRTC_ERROR_OUT_OF_MEMORY ? FLP_ERROR_OUT_OF_MEMORY
+                                                             : FLP_ERROR_BACKEND,
+                            message, message_size,
+                            "NVRTC %d.%d compile of %s for %s failed (%s):\n%s", a->version / 1000,
+                            a->version % 1000 / 10, program_name ? program_name : "source.cu",
+                            out->target, a->nvrtcGetErrorString(r), log ? log : "(no log)");
         flp_free(log);
         a->nvrtcDestroyProgram(&prog);
         return status;
@@ -250,8 +238,8 @@ flp_status flp_cuda_nvrtc_compile_source(const char *source, const char *program
         out->data = flp_malloc(size);
         if (!out->data) {
             a->nvrtcDestroyProgram(&prog);
-            return say(message, message_size, FLP_ERROR_OUT_OF_MEMORY,
-                       "out of host memory for the NVRTC image (%zu bytes)", size);
+            return flp_report(FLP_ERROR_OUT_OF_MEMORY, message, message_size,
+                              "out of host memory for the NVRTC image (%zu bytes)", size);
         }
         r = out->is_cubin ? a->nvrtcGetCUBIN(prog, out->data) : a->nvrtcGetPTX(prog, out->data);
     }
@@ -259,8 +247,8 @@ flp_status flp_cuda_nvrtc_compile_source(const char *source, const char *program
     if (r != NVRTC_SUCCESS || size == 0) {
         const char *call = out->is_cubin ? "nvrtcGetCUBIN" : "nvrtcGetPTX";
         flp_cuda_image_free(out);
-        return say(message, message_size, FLP_ERROR_BACKEND, "%s: %s", call,
-                   r != NVRTC_SUCCESS ? a->nvrtcGetErrorString(r) : "empty image");
+        return flp_report(FLP_ERROR_BACKEND, message, message_size, "%s: %s", call,
+                          r != NVRTC_SUCCESS ? a->nvrtcGetErrorString(r) : "empty image");
     }
     out->size = size;
     return FLP_OK;

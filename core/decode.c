@@ -229,8 +229,7 @@ static flp_status plan_batch(flp_context *ctx, flp_plan *plan, const flp_decode_
     if ((status = flp_variant_program_build(ctx, FN, &v, &program)) != FLP_OK)
         return status;
     /* the plan keeps its own copy; the caller's strings may go once the call returns */
-    v.logits_transform = v.logits_mask = v.query_transform = v.output_transform = NULL;
-    v.params = NULL;
+    flp_variant_drop_snippets(&v);
     /* The mirror changes from here on: until the upload succeeds the plan holds no decode
      * partition (a failed upload may have written part of the device copy). */
     plan->decode.planned = false;

@@ -135,7 +135,7 @@ flp_status flp_mixed_run(flp_context *ctx, const flp_plan *plan, const flp_prefi
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT,
                         "%s: the plan holds no mixed batch (call flp_mixed_plan first)", fn);
     /* every check of both runs before anything is queued: no partial output on bad input */
-    flp_user_param user[FLP_SNIPPET_MAX_PARAMS]; /* mixed plans take no snippets: all zero */
+    flp_user_param user[FLP_SNIPPET_MAX_PARAMS]; /* mixed plans take no snippets: unused */
     if ((status = flp_prefill_check_run(ctx, fn, plan, args, user)) != FLP_OK)
         return status;
     const int32_t rows = plan->mixed_decode_rows;

@@ -278,9 +278,7 @@ flp_status flp_prefill_region_plan(flp_context *ctx, const char *fn, flp_plan *p
     st.num_merge_items = sched.num_merge_items;
     st.num_partial_slots = sched.num_partial_slots;
     /* the region keeps its own copy of the snippets; the caller's strings may go */
-    st.variant.logits_transform = st.variant.logits_mask = NULL;
-    st.variant.query_transform = st.variant.output_transform = NULL;
-    st.variant.params = NULL;
+    flp_variant_drop_snippets(&st.variant);
     flp_variant_program_free(r->state.program);
     st.program = pb->program;
     r->state = st;

@@ -29,22 +29,16 @@ static bool finite_positive(float x) {
 }
 
 /* The snippets and their parameters, each body checked by the snippet language's checker
- * (core/snippet.h); *any: whether the variant has a snippet. */
-static flp_status check_snippets(const flp_variant *v, char *msg, size_t size, bool *any) {
+ * (core/snippet.h). */
+static flp_status check_snippets(const flp_variant *v, char *msg, size_t size) {
     char why[400];
     if (flp_snippet_check_params(v->params, v->num_params, why, sizeof why) != FLP_OK)
         return flp_report(FLP_ERROR_INVALID_ARGUMENT, msg, size, "variant.params: %s", why);
-    const char *const bodies[FLP_SNIPPET_NUM_KINDS] = {
-        [FLP_SNIPPET_LOGITS_TRANSFORM] = v->logits_transform,
-        [FLP_SNIPPET_LOGITS_MASK] = v->logits_mask,
-        [FLP_SNIPPET_QUERY_TRANSFORM] = v->query_transform,
-        [FLP_SNIPPET_OUTPUT_TRANSFORM] = v->output_transform,
-    };
-    *any = false;
+    const char *bodies[FLP_SNIPPET_NUM_KINDS];
+    flp_variant_snippet_bodies(v, bodies);
     for (int k = 0; k < FLP_SNIPPET_NUM_KINDS; k++) {
         if (!bodies[k])
             continue;
-        *any = true;
         flp_snippet snippet;
         const flp_status status = flp_snippet_translate((flp_snippet_kind)k, bodies[k], v->params,
                                                         v->num_params, &snippet, why, sizeof why);
@@ -63,8 +57,7 @@ flp_status flp_variant_validate(const flp_variant *v, char *msg, size_t size) {
     if (!v)
         return flp_report(FLP_ERROR_INVALID_ARGUMENT, msg, size, "variant is NULL");
     /* the snippets first: a bad one is reported even where something else is unsupported */
-    bool has_snippet = false;
-    const flp_status snippets = check_snippets(v, msg, size, &has_snippet);
+    const flp_status snippets = check_snippets(v, msg, size);
     if (snippets != FLP_OK)
         return snippets;
     flp_status head_dim = flp_head_dim_status(v->head_dim);
@@ -129,7 +122,7 @@ flp_status flp_variant_validate(const flp_variant *v, char *msg, size_t size) {
         return flp_report(FLP_ERROR_INVALID_ARGUMENT, msg, size,
                           "variant.k_scale = %g, v_scale = %g: must be positive (0 = 1)",
                           (double)v->k_scale, (double)v->v_scale);
-    (void)has_snippet; /* whether a kernel takes them is the plan call's question */
+    /* whether a kernel takes snippets is the plan call's question */
     return FLP_OK;
 }
 

@@ -7,8 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 
-/* The variant's snippet of each kind (NULL: none). */
-static void bodies_of(const flp_variant *v, const char *bodies[FLP_SNIPPET_NUM_KINDS]) {
+void flp_variant_snippet_bodies(const flp_variant *v, const char *bodies[FLP_SNIPPET_NUM_KINDS]) {
     bodies[FLP_SNIPPET_LOGITS_TRANSFORM] = v->logits_transform;
     bodies[FLP_SNIPPET_LOGITS_MASK] = v->logits_mask;
     bodies[FLP_SNIPPET_QUERY_TRANSFORM] = v->query_transform;
@@ -17,6 +16,11 @@ static void bodies_of(const flp_variant *v, const char *bodies[FLP_SNIPPET_NUM_K
 
 bool flp_variant_has_snippets(const flp_variant *v) {
     return v->logits_transform || v->logits_mask || v->query_transform || v->output_transform;
+}
+
+void flp_variant_drop_snippets(flp_variant *v) {
+    v->logits_transform = v->logits_mask = v->query_transform = v->output_transform = NULL;
+    v->params = NULL;
 }
 
 /* The kernels' switch for a kind: FLP_VARIANT_LOGITS_TRANSFORM, ... */
@@ -51,7 +55,7 @@ flp_status flp_variant_program_build(flp_context *ctx, const char *fn, const flp
     if (!p)
         return flp_fail(ctx, FLP_ERROR_OUT_OF_MEMORY, "%s: out of host memory", fn);
     const char *bodies[FLP_SNIPPET_NUM_KINDS];
-    bodies_of(v, bodies);
+    flp_variant_snippet_bodies(v, bodies);
     size_t len = 0;
     bool ok = true;
     flp_status status = FLP_OK;
@@ -184,7 +188,6 @@ flp_status flp_variant_program_bind(flp_context *ctx, const char *fn,
                                     const flp_variant_program *program,
                                     const flp_param_value *values, int32_t num_values,
                                     flp_user_param *block) {
-    memset(block, 0, FLP_USER_PARAMS_BYTES);
     const int32_t declared = program ? program->num_params : 0;
     if (num_values < 0 || (num_values > 0 && !values))
         return flp_fail(ctx, FLP_ERROR_INVALID_ARGUMENT, "%s: num_params = %d with params %s", fn,
@@ -194,6 +197,9 @@ flp_status flp_variant_program_bind(flp_context *ctx, const char *fn,
                         "%s: num_params = %d, but the plan's variant declares %d parameter%s "
                         "(each is given once)",
                         fn, num_values, declared, declared == 1 ? "" : "s");
+    if (!program)
+        return FLP_OK; /* no values, and no block to fill (runs without snippets skip it) */
+    memset(block, 0, FLP_USER_PARAMS_BYTES);
     bool seen[FLP_SNIPPET_MAX_PARAMS] = {false};
     for (int32_t i = 0; i < num_values; i++) {
         const char *name = values[i].name;

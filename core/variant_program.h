@@ -36,6 +36,13 @@ typedef struct flp_variant_program {
 /* Whether v has a snippet. */
 bool flp_variant_has_snippets(const flp_variant *v);
 
+/* v's snippet of each kind, indexed by flp_snippet_kind (NULL: none). */
+void flp_variant_snippet_bodies(const flp_variant *v, const char *bodies[FLP_SNIPPET_NUM_KINDS]);
+
+/* Clears v's snippet fields and parameter list (the caller's memory): for a plan's stored copy
+ * of a variant whose program it keeps. */
+void flp_variant_drop_snippets(flp_variant *v);
+
 /* The program of a valid variant with snippets (flp_variant_validate passed), or *out = NULL
  * for a variant without. Fails ctx naming fn (FLP_ERROR_OUT_OF_MEMORY). */
 flp_status flp_variant_program_build(flp_context *ctx, const char *fn, const flp_variant *v,
@@ -45,7 +52,7 @@ void flp_variant_program_free(flp_variant_program *program);
 /* Whether two programs (either may be NULL: none) are the same kernels' program. */
 bool flp_variant_program_same(const flp_variant_program *a, const flp_variant_program *b);
 
-/* A run's values for program (NULL: the run must pass none) into
+/* A run's values for program (NULL: the run must pass none, and block is left as it is) into
  * block[FLP_SNIPPET_MAX_PARAMS]: every declared parameter once, by name; a buffer 1-D,
  * contiguous, of at least one element, F32 for a float buffer and I32 for an int buffer, on
  * ctx's device. Unused entries are zero. FLP_ERROR_INVALID_ARGUMENT naming fn and the

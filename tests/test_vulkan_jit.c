@@ -163,20 +163,14 @@ static void snippet_decode_on(flp_context *ctx, uint16_t *out) {
     test_rng_init(&rng, 20261208);
     const size_t q_elems = (size_t)V_BATCH * V_HQ * V_D, kv_elems = (size_t)V_PAGES * V_PAGE * V_D;
     float *host = malloc(sizeof(float) * (q_elems + 2 * kv_elems));
-    uint16_t *half = malloc(sizeof(uint16_t) * (q_elems + 2 * kv_elems));
     assert_non_null(host);
-    assert_non_null(half);
     for (size_t i = 0; i < q_elems + 2 * kv_elems; i++)
         host[i] = (float)test_rng_uniform(&rng, -1.0, 1.0);
-    assert_ok(ctx, flp_convert_from_f32(FLP_DTYPE_F16, host, half, q_elems + 2 * kv_elems));
-    const size_t in_bytes = sizeof(uint16_t) * (q_elems + 2 * kv_elems);
-    flp_buffer *in = NULL, *dst = NULL;
-    const flp_buffer_desc in_desc = {in_bytes}, out_desc = {sizeof(uint16_t) * q_elems};
-    assert_ok(ctx, flp_buffer_create(ctx, &in_desc, &in));
-    assert_ok(ctx, flp_buffer_create(ctx, &out_desc, &dst));
-    assert_ok(ctx, flp_buffer_write(ctx, in, 0, half, in_bytes));
-    memset(out, 0xff, sizeof(uint16_t) * q_elems);
-    assert_ok(ctx, flp_buffer_write(ctx, dst, 0, out, sizeof(uint16_t) * q_elems));
+    const int64_t q_shape[3] = {V_BATCH, V_HQ, V_D}, kv_shape[4] = {V_PAGES, V_PAGE, 1, V_D};
+    flp_buffer *q_buf = NULL, *k_buf = NULL, *v_buf = NULL;
+    const size_t out_bytes = sizeof(uint16_t) * q_elems;
+    flp_buffer *dst = test_buffer_new(ctx, out_bytes);
+    test_buffer_fill(ctx, dst, out_bytes, 0xff);
     flp_plan_desc pd = {.max_batch_size = V_BATCH,
                         .max_pages = V_PAGES,
                         .num_qo_heads = V_HQ,
@@ -198,29 +192,30 @@ static void snippet_decode_on(flp_context *ctx, uint16_t *out) {
                     .num_params = 1},
     };
     assert_ok(ctx, flp_decode_plan(ctx, plan, &pa));
-    int64_t q_shape[3] = {V_BATCH, V_HQ, V_D}, kv_shape[4] = {V_PAGES, V_PAGE, 1, V_D};
-    const size_t kv_bytes = sizeof(uint16_t) * kv_elems;
     const flp_param_value values[] = {{.name = "cap", .f = 0.5f}};
     flp_decode_run_args ra = {
-        .q = flp_tensor_contiguous(in, 0, FLP_DTYPE_F16, 3, q_shape),
+        .q = test_tensor_upload(ctx, host, FLP_DTYPE_F16, 3, q_shape, q_elems, &q_buf),
         .k_cache =
-            flp_tensor_contiguous(in, sizeof(uint16_t) * q_elems, FLP_DTYPE_F16, 4, kv_shape),
-        .v_cache = flp_tensor_contiguous(in, sizeof(uint16_t) * q_elems + kv_bytes, FLP_DTYPE_F16,
-                                         4, kv_shape),
+            test_tensor_upload(ctx, host + q_elems, FLP_DTYPE_F16, 4, kv_shape, kv_elems, &k_buf),
+        .v_cache = test_tensor_upload(ctx, host + q_elems + kv_elems, FLP_DTYPE_F16, 4, kv_shape,
+                                      kv_elems, &v_buf),
         .out = flp_tensor_contiguous(dst, 0, FLP_DTYPE_F16, 3, q_shape),
         .params = values,
         .num_params = 1,
     };
     assert_ok(ctx, flp_decode_run(ctx, plan, &ra));
-    assert_ok(ctx, flp_buffer_read(ctx, dst, 0, out, sizeof(uint16_t) * q_elems));
+    uint16_t *got = test_buffer_read_all(ctx, dst, out_bytes);
+    memcpy(out, got, out_bytes);
+    free(got);
     for (size_t i = 0; i < q_elems; i++)
         if (out[i] == 0xffffu)
             fail_msg("output element %zu was not written", i);
     flp_plan_destroy(plan);
-    flp_buffer_destroy(in);
+    flp_buffer_destroy(q_buf);
+    flp_buffer_destroy(k_buf);
+    flp_buffer_destroy(v_buf);
     flp_buffer_destroy(dst);
     free(host);
-    free(half);
 }
 
 /* A variant's kernels: compiled by the first context, found on disk by a second "process". */
